@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs every Debian 12 package facteur needs to build, test and benchmark.
+# Idempotent and non-interactive; run as root (or through sudo). Safe to re-run.
+set -euo pipefail
+
+packages=(
+  # toolchain
+  build-essential cmake pkg-config git
+  # libraries (see ../shared/research/deps.md for what was probed)
+  liburing-dev libssl-dev openssl librocksdb-dev prometheus-cpp-dev libcivetweb-dev
+  libabsl-dev libtomlplusplus-dev libsodium-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
+  # test clients and tools: Debian's python3 (smtplib), swaks with TLS, curl, openssl CLI
+  python3 swaks libnet-ssleay-perl curl procps
+)
+# The benchmark's reference sink (smtp-sink, smtp-source) ships with Postfix.
+if [[ "${FACTEUR_SETUP_BENCH:-0}" == 1 ]]; then
+  packages+=(postfix)
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$' || missing+=("$p")
+done
+if ((${#missing[@]} == 0)); then
+  echo "setup: all ${#packages[@]} packages already installed"
+  exit 0
+fi
+
+SUDO=""
+if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
+export DEBIAN_FRONTEND=noninteractive
+echo "setup: installing ${missing[*]}"
+# Postfix must not ask which kind of mail system to configure; tests start their own instances.
+echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"

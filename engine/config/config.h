@@ -1,0 +1,126 @@
+// File: engine/config/config.h
+// facteur's configuration: TOML (toml++) read into one immutable snapshot of each module's
+// options, validated once (STYLE.md rule 8). Every key is declared here with its default;
+// unknown keys and bad values are errors that name the file, line and key.
+// `deploy/facteur.example.toml` documents every key.
+// Thread contract: value types; a loaded Config is immutable and shared read-only.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace facteur::config {
+
+// What a listener lets its clients do (DESIGN.md §6, issue #2 point 4).
+enum class ListenerRole {
+  kSubmission,  // AUTH required before MAIL (RFC 6409), except on a Unix socket
+  kRelay,       // clients in `trusted_networks` relay without AUTH; others may not relay
+};
+
+enum class TlsMode {
+  kNone,      // plain text, no STARTTLS offered
+  kStartTls,  // plain text, STARTTLS offered (RFC 3207)
+  kImplicit,  // TLS from the first byte (RFC 8314 §3.3, port 465)
+};
+
+// An IPv4 or IPv6 network in CIDR form: "127.0.0.0/8", "::1/128", "192.0.2.7" (a host).
+struct Cidr {
+  std::string text;        // as written, for messages
+  bool v6 = false;
+  uint8_t address[16] = {};  // network address, first 4 bytes used for IPv4
+  int prefix_length = 0;
+
+  static absl::StatusOr<Cidr> Parse(std::string_view text);
+  // `peer` is 4 (IPv4) or 16 (IPv6) bytes; an IPv4-mapped IPv6 peer matches IPv4 networks.
+  bool Contains(const uint8_t* peer, size_t peer_length) const;
+};
+
+struct ListenerOptions {
+  // Name in logs, metrics and the Received: header. Default: the address.
+  std::string name;
+  // "127.0.0.1:2525", "[::1]:587", "0.0.0.0:25", or "unix:PATH" (a relative PATH is under
+  // data_dir). Required.
+  std::string address;
+  // Default: "submission" on ports 587 and 465, else "relay".
+  ListenerRole role = ListenerRole::kRelay;
+  // Default: "implicit" on port 465, "starttls" on 587 and 25, else "none". Unix: always none.
+  TlsMode tls = TlsMode::kNone;
+  // Networks whose clients relay without AUTH on a "relay" listener.
+  // Default: ["127.0.0.0/8", "::1/128"].
+  std::vector<Cidr> trusted_networks;
+
+  bool is_unix() const { return address.rfind("unix:", 0) == 0; }
+  std::string unix_path() const { return is_unix() ? address.substr(5) : std::string(); }
+};
+
+struct SmtpOptions {
+  // Largest message accepted, in bytes, announced with SIZE (RFC 1870). Default: 36700160 (35 MiB).
+  uint64_t max_message_size = 35 * 1024 * 1024;
+  // Most recipients in one transaction; past it 452 4.5.3 (RFC 5321 §4.5.3.1.10). Default: 1000.
+  uint32_t max_recipients = 1000;
+  // Errors after which the session gets 421 4.7.0 and is closed. Default: 10.
+  uint32_t max_errors = 10;
+  // Time without input before 421 4.4.2 (RFC 5321 §4.5.3.2.7). Default: 300s.
+  absl::Duration idle_timeout = absl::Seconds(300);
+  // Most simultaneous SMTP sessions on all listeners; past it new ones get 421 4.7.0. Default: 1000.
+  uint32_t max_sessions = 1000;
+};
+
+struct TlsOptions {
+  // PEM certificate chain and private key. Default: empty, and then a self-signed pair is made
+  // once into data_dir/tls/ (named after `hostname`).
+  std::string certificate_file;
+  std::string private_key_file;
+};
+
+struct SpoolOptions {
+  // RocksDB directory. Default: data_dir/spool.
+  std::string path;
+  // Most messages committed by one synced write (group commit). Default: 256.
+  uint32_t max_batch = 256;
+};
+
+struct AdminOptions {
+  // HTTP listener for /metrics and the admin API; "" disables it. Default: "127.0.0.1:9464".
+  std::string address = "127.0.0.1:9464";
+};
+
+struct Config {
+  // Where the spool, the Unix socket and generated TLS material live. Default: "./var".
+  std::string data_dir = "./var";
+  // Our name in the greeting, EHLO and Received:. Default: the machine's host name.
+  std::string hostname;
+  // I/O threads, each with its own io_uring ring. Default: 0 = one per core.
+  uint32_t io_threads = 0;
+  // Threads that verify passwords (argon2id is slow on purpose). Default: 2.
+  uint32_t auth_threads = 2;
+
+  SmtpOptions smtp;
+  TlsOptions tls;
+  SpoolOptions spool;
+  AdminOptions admin;
+  // Default: a "relay" listener on 127.0.0.1:2525 trusting loopback, and "unix:facteur.sock".
+  std::vector<ListenerOptions> listeners;
+
+  // Where a path from the config lands: absolute paths as they are, others under data_dir.
+  std::string ResolvePath(std::string_view path) const;
+};
+
+// The embedded default configuration, as TOML text: what `facteur serve` runs with no --config.
+std::string_view DefaultConfigToml();
+
+// Parses and validates `text`; `source_name` (a file name) starts every error message, as in
+// "facteur.toml:12:1: key 'smtp.max_errors': must be a positive integer".
+absl::StatusOr<Config> ParseConfig(std::string_view text, std::string_view source_name);
+// Reads `path` and parses it. An unreadable file is an error naming it.
+absl::StatusOr<Config> LoadConfigFile(const std::string& path);
+// DefaultConfigToml() parsed.
+Config DefaultConfig();
+
+}  // namespace facteur::config

@@ -1,0 +1,99 @@
+// File: queue/spool.h
+// The durable message queue. Enqueue() hands a message to one writer thread that commits
+// batches of messages with a single synced write (group commit): body, envelope and schedule
+// entry of a message land in one WriteBatch, so a crash leaves either all of a message or none
+// of it. The caller replies 250 only from `done`, i.e. after the fsync (DESIGN.md §2).
+// Reads go straight to the Store and may run on any non-I/O thread.
+// Thread contract: thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/functional/any_invocable.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "engine/base/clock.h"
+#include "engine/base/message_id.h"
+#include "queue/store.h"
+
+namespace facteur::queue {
+
+enum class RecipientState : uint8_t { kPending = 0, kDelivered = 1, kBounced = 2 };
+
+struct RecipientRecord {
+  std::string address;  // "local@domain" as the client gave it (Mailbox::ToString())
+  RecipientState state = RecipientState::kPending;
+  std::string notify;   // DSN NOTIFY= (RFC 3461), empty when absent
+  std::string orcpt;    // DSN ORCPT=, empty when absent
+
+  friend bool operator==(const RecipientRecord&, const RecipientRecord&) = default;
+};
+
+struct Envelope {
+  MessageId id;
+  std::string sender;                      // reverse-path; empty for the null sender <>
+  std::vector<RecipientRecord> recipients;
+  std::string listener;                    // name of the listener that received it
+  std::string account;                     // authenticated account, empty when none
+  std::string client;                      // "[192.0.2.1]:4567" or "unix"
+  absl::Time received_at = absl::UnixEpoch();
+  bool smtputf8 = false;
+  bool eight_bit = false;                  // BODY=8BITMIME or BINARYMIME
+  std::string dsn_ret;                     // RET=FULL|HDRS, empty when absent
+  std::string dsn_envid;                   // ENVID=, empty when absent
+  uint32_t attempts = 0;
+  absl::Time next_attempt = absl::UnixEpoch();  // key of the schedule entry
+
+  friend bool operator==(const Envelope&, const Envelope&) = default;
+};
+
+// Versioned binary encoding of an Envelope (the `envelope` column family's values).
+std::string EncodeEnvelope(const Envelope& envelope);
+absl::StatusOr<Envelope> DecodeEnvelope(std::string_view bytes);
+
+struct SpoolOptions {
+  // Most messages committed by one synced write. Default: 256.
+  size_t max_batch = 256;
+  // Most messages waiting for the writer; past it Enqueue() fails at once with Unavailable
+  // (the session answers 451 4.3.0) instead of memory growing. Default: 65536.
+  size_t max_pending = 65536;
+};
+
+// Called on the writer thread after each commit: messages in the batch and commit latency.
+// Metrics hook; must be cheap.
+using CommitObserver = absl::AnyInvocable<void(size_t batch_size, absl::Duration latency)>;
+
+class Spool {
+ public:
+  // Starts the writer thread on `store` (opened read-write), after recovery: counts what the
+  // queue holds and removes half-written or corrupt entries (logged, not fatal).
+  static absl::StatusOr<std::unique_ptr<Spool>> Open(Store& store, const SpoolOptions& options,
+                                                     Clock& clock);
+  ~Spool();  // commits what is pending, then stops the writer
+
+  // Queues `envelope` (its id set by the caller) and `body` for the next synced commit. `done`
+  // runs exactly once, on the writer thread: OK once the message is durable; ResourceExhausted
+  // on a full disk; Unavailable when the writer is saturated or the database is in error.
+  void Enqueue(Envelope envelope, std::string body, absl::AnyInvocable<void(absl::Status) &&> done);
+
+  void SetCommitObserver(CommitObserver observer);
+
+  // Number of messages in the queue (as counted at recovery plus what was enqueued since).
+  uint64_t size() const;
+};
+
+// Read access for the CLI and the admin API, on a read-write or read-only Store.
+// Blocking: not for I/O threads.
+absl::StatusOr<std::optional<Envelope>> ReadEnvelope(Store& store, const MessageId& id);
+absl::StatusOr<std::optional<std::string>> ReadBody(Store& store, const MessageId& id);
+// Envelopes in id (= arrival) order, starting after `after` (zero id: from the start).
+absl::StatusOr<std::vector<Envelope>> ListEnvelopes(Store& store, size_t limit,
+                                                    const MessageId& after = MessageId());
+absl::StatusOr<uint64_t> CountMessages(Store& store);
+
+}  // namespace facteur::queue

@@ -1,0 +1,53 @@
+// File: queue/store.h
+// The RocksDB database under the spool directory and its column families (DESIGN.md §3):
+// `body`, `envelope`, `schedule`, `accounts`. The one place where rocksdb::Status becomes
+// absl::Status (STYLE.md rule 1).
+// Thread contract: thread-safe (rocksdb::DB is). Every call may block on disk: never call it
+// from an I/O thread; use the spool's writer or a worker pool.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "rocksdb/db.h"
+
+namespace facteur::queue {
+
+enum class Family { kBody, kEnvelope, kSchedule, kAccounts };
+
+class Store {
+ public:
+  // Opens (creating if needed) the database at `path` for reading and writing. Only one process
+  // may: when a running server holds it, FailedPrecondition says so.
+  static absl::StatusOr<std::unique_ptr<Store>> Open(const std::string& path);
+  // Opens the database for reading while another process (a running server) may hold it, or
+  // while nobody does. Sees the state as of the call. NotFound when there is no database.
+  static absl::StatusOr<std::unique_ptr<Store>> OpenReadOnly(const std::string& path);
+
+  ~Store();
+  Store(const Store&) = delete;
+  Store& operator=(const Store&) = delete;
+
+  rocksdb::DB& db() { return *db_; }
+  rocksdb::ColumnFamilyHandle* family(Family f) const;
+  bool read_only() const { return read_only_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  Store() = default;
+  std::string path_;
+  std::string secondary_path_;  // scratch dir of a read-only (secondary) instance, removed on close
+  bool read_only_ = false;
+  std::vector<rocksdb::ColumnFamilyHandle*> handles_;  // owned; destroyed before db_
+  std::unique_ptr<rocksdb::DB> db_;
+};
+
+// Translates a RocksDB status: NoSpace → ResourceExhausted, Busy/TryAgain/Incomplete →
+// Unavailable, Corruption → DataLoss, NotFound → NotFound, other IOError → Unavailable, the rest
+// Internal. The message starts with `context`.
+absl::Status ToStatus(const rocksdb::Status& status, std::string_view context);
+
+}  // namespace facteur::queue
