@@ -8,7 +8,7 @@ packages=(
   build-essential cmake pkg-config git
   # libraries (see ../shared/research/deps.md for what was probed)
   liburing-dev libssl-dev openssl librocksdb-dev prometheus-cpp-dev libcivetweb-dev
-  libabsl-dev libtomlplusplus-dev libsodium-dev
+  libabsl-dev libtomlplusplus-dev libsodium-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   # test clients and tools: Debian's python3 (smtplib), swaks with TLS, curl, openssl CLI
   python3 swaks libnet-ssleay-perl curl procps
