@@ -11,6 +11,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/functional/any_invocable.h"
@@ -53,8 +54,21 @@ struct Envelope {
 };
 
 // Versioned binary encoding of an Envelope (the `envelope` column family's values).
+// Layout (version 1): version byte, 16 id bytes, then varints (times as zigzag int64 Unix
+// microseconds: sub-microsecond parts are dropped) and varint-length strings; see spool.cc. DecodeEnvelope returns DataLoss on
+// anything malformed: truncation, unknown version or flags, a length past the end, trailing bytes.
 std::string EncodeEnvelope(const Envelope& envelope);
 absl::StatusOr<Envelope> DecodeEnvelope(std::string_view bytes);
+
+// Key of a `schedule` entry: 8-byte big-endian Unix microseconds of `due` (times before the epoch
+// count as the epoch: due at once) followed by the 16 id bytes, so that keys sort by due time.
+std::string ScheduleKey(absl::Time due, const MessageId& id);
+struct ScheduleEntry {
+  absl::Time due;
+  MessageId id;
+};
+// The inverse of ScheduleKey(); DataLoss unless `key` is 24 bytes.
+absl::StatusOr<ScheduleEntry> ParseScheduleKey(std::string_view key);
 
 struct SpoolOptions {
   // Most messages committed by one synced write. Default: 256.
@@ -77,14 +91,22 @@ class Spool {
   ~Spool();  // commits what is pending, then stops the writer
 
   // Queues `envelope` (its id set by the caller) and `body` for the next synced commit. `done`
-  // runs exactly once, on the writer thread: OK once the message is durable; ResourceExhausted
-  // on a full disk; Unavailable when the writer is saturated or the database is in error.
+  // runs exactly once: on the writer thread with OK once the message is durable,
+  // ResourceExhausted on a full disk, Unavailable when the database is in error; or at once, on
+  // the caller's thread, with Unavailable when `max_pending` messages already wait (or the spool
+  // is closing) and InvalidArgument for a zero id. It is never called with a lock held.
   void Enqueue(Envelope envelope, std::string body, absl::AnyInvocable<void(absl::Status) &&> done);
 
   void SetCommitObserver(CommitObserver observer);
 
   // Number of messages in the queue (as counted at recovery plus what was enqueued since).
   uint64_t size() const;
+
+ private:
+  class Writer;  // spool.cc: the pending deque and the writer thread
+
+  explicit Spool(std::unique_ptr<Writer> writer);
+  std::unique_ptr<Writer> writer_;
 };
 
 // Read access for the CLI and the admin API, on a read-write or read-only Store.

@@ -9,6 +9,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -18,11 +19,20 @@ namespace facteur::queue {
 
 enum class Family { kBody, kEnvelope, kSchedule, kAccounts };
 
+struct StoreOptions {
+  // The RocksDB environment (file system, threads). Tests inject a fault-injecting file system
+  // here (tests/support/full_disk_file_system.h). Shared by the caller and the Store, which keeps
+  // it alive until the database is closed. Default: null, i.e. rocksdb::Env::Default().
+  std::shared_ptr<rocksdb::Env> env;
+};
+
 class Store {
  public:
   // Opens (creating if needed) the database at `path` for reading and writing. Only one process
   // may: when a running server holds it, FailedPrecondition says so.
   static absl::StatusOr<std::unique_ptr<Store>> Open(const std::string& path);
+  static absl::StatusOr<std::unique_ptr<Store>> Open(const std::string& path,
+                                                     const StoreOptions& options);
   // Opens the database for reading while another process (a running server) may hold it, or
   // while nobody does. Sees the state as of the call. NotFound when there is no database.
   static absl::StatusOr<std::unique_ptr<Store>> OpenReadOnly(const std::string& path);
@@ -38,6 +48,7 @@ class Store {
 
  private:
   Store() = default;
+  std::shared_ptr<rocksdb::Env> env_;  // shared with the caller; outlives db_ (declared first)
   std::string path_;
   std::string secondary_path_;  // scratch dir of a read-only (secondary) instance, removed on close
   bool read_only_ = false;

@@ -74,13 +74,14 @@ struct SmtpOptions {
 
 struct TlsOptions {
   // PEM certificate chain and private key. Default: empty, and then a self-signed pair is made
-  // once into data_dir/tls/ (named after `hostname`).
+  // once into data_dir/tls/ (named after `hostname`). Both or neither. Relative paths are under
+  // data_dir: use them through Config::ResolvePath (data_dir may be overridden after parsing).
   std::string certificate_file;
   std::string private_key_file;
 };
 
 struct SpoolOptions {
-  // RocksDB directory. Default: data_dir/spool.
+  // RocksDB directory. Default: "" = data_dir/spool. Use it through SpoolPath().
   std::string path;
   // Most messages committed by one synced write (group commit). Default: 256.
   uint32_t max_batch = 256;
@@ -106,17 +107,38 @@ struct Config {
   SpoolOptions spool;
   AdminOptions admin;
   // Default: a "relay" listener on 127.0.0.1:2525 trusting loopback, and "unix:facteur.sock".
+  // Addresses stay as written: bind ResolvePath(listener.unix_path()) for a Unix socket.
   std::vector<ListenerOptions> listeners;
 
   // Where a path from the config lands: absolute paths as they are, others under data_dir.
+  // Paths are kept as written and resolved when used, so that --data-dir can move them all.
   std::string ResolvePath(std::string_view path) const;
+  // The spool directory: spool.path resolved, data_dir/spool by default.
+  std::string SpoolPath() const { return ResolvePath(spool.path.empty() ? "spool" : spool.path); }
 };
+
+// A listener or admin address, split: "127.0.0.1:25", "[::1]:587", "localhost:2525" (taken as
+// 127.0.0.1: nothing is resolved at startup), "unix:PATH". Port 0 asks the kernel for a free port.
+struct ListenAddress {
+  enum class Family { kIpv4, kIpv6, kUnix };
+  Family family = Family::kIpv4;
+  std::string host;          // kIpv4/kIpv6: the literal, without brackets
+  uint8_t address[16] = {};  // kIpv4/kIpv6: the binary address (4 or 16 bytes used)
+  uint16_t port = 0;         // kIpv4/kIpv6
+  std::string path;          // kUnix: PATH as written (relative = under data_dir)
+};
+absl::StatusOr<ListenAddress> ParseListenAddress(std::string_view address);
+
+// "35MiB", "10MB", "512KiB", "1GiB", "2048B", "2048": B, KB/MB/GB (powers of 1000) and
+// KiB/MiB/GiB (powers of 1024); other units, fractions and overflow are errors.
+absl::StatusOr<uint64_t> ParseByteSize(std::string_view text);
 
 // The embedded default configuration, as TOML text: what `facteur serve` runs with no --config.
 std::string_view DefaultConfigToml();
 
 // Parses and validates `text`; `source_name` (a file name) starts every error message, as in
-// "facteur.toml:12:1: key 'smtp.max_errors': must be a positive integer".
+// "facteur.toml:12:1: key 'smtp.max_errors': must be a positive integer". Keys of array
+// elements are 0-based: "listener[1].role". All errors are InvalidArgument.
 absl::StatusOr<Config> ParseConfig(std::string_view text, std::string_view source_name);
 // Reads `path` and parses it. An unreadable file is an error naming it.
 absl::StatusOr<Config> LoadConfigFile(const std::string& path);

@@ -1,0 +1,757 @@
+// File: engine/config/config.cc
+// TOML → Config. toml++ throws; every exception is caught here and becomes a Status, so nothing
+// crosses the module boundary (STYLE.md rule 1). Validation stops at the first error, and every
+// error names the source, the line and column toml++ recorded, and the dotted key.
+#include "engine/config/config.h"
+
+#include <arpa/inet.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <initializer_list>
+#include <limits>
+#include <map>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "engine/base/status.h"
+#include "toml++/toml.h"
+
+namespace facteur::config {
+namespace {
+
+constexpr uint64_t kMaxMessageSize = uint64_t{4} << 30;  // 4 GiB: SIZE values stay 32-bit-safe
+constexpr uint32_t kMaxThreads = 256;
+constexpr uint32_t kMaxBatch = 65536;
+// sockaddr_un.sun_path is 108 bytes including the terminating NUL.
+constexpr size_t kMaxUnixPath = 107;
+// A config file is small; the cap keeps `--config /dev/zero` from eating memory.
+constexpr size_t kMaxConfigFileSize = 16 << 20;
+
+constexpr std::string_view kDefaultConfigToml = R"toml(# facteur's embedded defaults: what `facteur serve` runs without --config.
+data_dir = "./var"
+
+[admin]
+address = "127.0.0.1:9464"
+
+[[listener]]
+name = "relay"
+address = "127.0.0.1:2525"
+role = "relay"
+tls = "none"
+trusted_networks = ["127.0.0.0/8", "::1/128"]
+
+[[listener]]
+name = "local"
+address = "unix:facteur.sock"
+)toml";
+
+const std::vector<std::string_view> kTopKeys = {"data_dir", "hostname", "io_threads", "auth_threads",
+                                                "smtp",     "tls",      "spool",      "admin",
+                                                "listener"};
+const std::vector<std::string_view> kSmtpKeys = {"max_message_size", "max_recipients", "max_errors",
+                                                 "idle_timeout", "max_sessions"};
+const std::vector<std::string_view> kTlsKeys = {"certificate_file", "private_key_file"};
+const std::vector<std::string_view> kSpoolKeys = {"path", "max_batch"};
+const std::vector<std::string_view> kAdminKeys = {"address"};
+const std::vector<std::string_view> kListenerKeys = {"name", "address", "role", "tls",
+                                                     "trusted_networks"};
+
+// Optimal string alignment distance (Levenshtein plus adjacent transpositions): "max_eorrs" is
+// one typo away from "max_errors", as a person sees it.
+size_t EditDistance(std::string_view a, std::string_view b) {
+  std::vector<std::vector<size_t>> d(a.size() + 1, std::vector<size_t>(b.size() + 1));
+  for (size_t i = 0; i <= a.size(); ++i) d[i][0] = i;
+  for (size_t j = 0; j <= b.size(); ++j) d[0][j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    for (size_t j = 1; j <= b.size(); ++j) {
+      size_t cost = a[i - 1] == b[j - 1] ? 0 : 1;
+      d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost});
+      if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1]) {
+        d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
+      }
+    }
+  }
+  return d[a.size()][b.size()];
+}
+
+std::string Dotted(std::string_view prefix, std::string_view name) {
+  return prefix.empty() ? std::string(name) : absl::StrCat(ToAbsl(prefix), ".", ToAbsl(name));
+}
+
+// Digits only: no sign, no spaces, no hex; absl::SimpleAtoi alone accepts "+5" and " 5".
+bool ParseDigits(std::string_view text, uint64_t max, uint64_t& out) {
+  if (text.empty() || text.size() > 20) return false;
+  uint64_t value = 0;
+  for (char c : text) {
+    if (c < '0' || c > '9') return false;
+    uint64_t digit = static_cast<uint64_t>(c - '0');
+    if (value > (max - digit) / 10) return false;
+    value = value * 10 + digit;
+  }
+  out = value;
+  return true;
+}
+
+const char* TypeName(const toml::node& node) {
+  switch (node.type()) {
+    case toml::node_type::table: return "a table";
+    case toml::node_type::array: return "an array";
+    case toml::node_type::string: return "a string";
+    case toml::node_type::integer: return "an integer";
+    case toml::node_type::floating_point: return "a float";
+    case toml::node_type::boolean: return "a boolean";
+    case toml::node_type::date: return "a date";
+    case toml::node_type::time: return "a time";
+    case toml::node_type::date_time: return "a date-time";
+    default: return "nothing";
+  }
+}
+
+bool IsOpenRelay(const Cidr& network) {
+  if (network.prefix_length == 0) return true;
+  // ::ffff:0:0/96 (or shorter) holds every IPv4-mapped peer of a dual-stack socket.
+  static const uint8_t kMappedAny[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0};
+  return network.v6 && network.prefix_length <= 96 && network.Contains(kMappedAny, 16);
+}
+
+// Where a listener's keys were written, for errors found after all listeners are read.
+struct ListenerSource {
+  toml::source_region table;
+  toml::source_region name;
+  toml::source_region address;
+};
+
+class Parser {
+ public:
+  explicit Parser(std::string_view source_name) : source_name_(source_name) {}
+
+  absl::StatusOr<Config> Parse(const toml::table& root) {
+    Config config;
+    FACTEUR_RETURN_IF_ERROR(CheckKeys(root, "", kTopKeys));
+    FACTEUR_RETURN_IF_ERROR(ReadString(root, "", "data_dir", config.data_dir));
+    if (config.data_dir.empty()) {
+      return Error(root.get("data_dir")->source(), "data_dir", "must not be empty");
+    }
+    FACTEUR_RETURN_IF_ERROR(ReadString(root, "", "hostname", config.hostname));
+    if (const toml::node* node = root.get("hostname")) {
+      FACTEUR_RETURN_IF_ERROR(CheckHostname(*node, config.hostname));
+    } else {
+      config.hostname = MachineHostname();
+    }
+    FACTEUR_RETURN_IF_ERROR(ReadInteger(root, "", "io_threads", 0, kMaxThreads, config.io_threads));
+    FACTEUR_RETURN_IF_ERROR(
+        ReadInteger(root, "", "auth_threads", 1, kMaxThreads, config.auth_threads));
+
+    FACTEUR_ASSIGN_OR_RETURN(const toml::table* smtp, SubTable(root, "smtp", kSmtpKeys));
+    if (smtp != nullptr) FACTEUR_RETURN_IF_ERROR(ParseSmtp(*smtp, config.smtp));
+
+    FACTEUR_ASSIGN_OR_RETURN(const toml::table* tls, SubTable(root, "tls", kTlsKeys));
+    if (tls != nullptr) FACTEUR_RETURN_IF_ERROR(ParseTls(*tls, config.tls));
+
+    FACTEUR_ASSIGN_OR_RETURN(const toml::table* spool, SubTable(root, "spool", kSpoolKeys));
+    if (spool != nullptr) {
+      FACTEUR_RETURN_IF_ERROR(ReadString(*spool, "spool", "path", config.spool.path));
+      FACTEUR_RETURN_IF_ERROR(
+          ReadInteger(*spool, "spool", "max_batch", 1, kMaxBatch, config.spool.max_batch));
+    }
+
+    FACTEUR_ASSIGN_OR_RETURN(const toml::table* admin, SubTable(root, "admin", kAdminKeys));
+    if (admin != nullptr) {
+      FACTEUR_RETURN_IF_ERROR(ReadString(*admin, "admin", "address", config.admin.address));
+      const toml::node* node = admin->get("address");
+      if (node != nullptr && !config.admin.address.empty()) {
+        const toml::source_region& where = node->source();
+        absl::StatusOr<ListenAddress> address = ParseListenAddress(config.admin.address);
+        if (!address.ok()) return Error(where, "admin.address", address.status().message());
+        if (address->family == ListenAddress::Family::kUnix) {
+          return Error(where, "admin.address",
+                       "must be HOST:PORT; the admin HTTP listener has no Unix socket");
+        }
+      }
+    }
+
+    FACTEUR_RETURN_IF_ERROR(ParseListeners(root, config));
+    return config;
+  }
+
+ private:
+  absl::Status Error(const toml::source_region& where, std::string_view key,
+                     absl::string_view reason) const {
+    return absl::InvalidArgumentError(absl::StrCat(ToAbsl(source_name_), ":", where.begin.line, ":",
+                                                   where.begin.column, ": key '", ToAbsl(key),
+                                                   "': ", reason));
+  }
+
+  absl::Status CheckKeys(const toml::table& table, std::string_view prefix,
+                         const std::vector<std::string_view>& known) const {
+    for (const auto& [key, value] : table) {
+      std::string_view name = key.str();
+      if (std::find(known.begin(), known.end(), name) != known.end()) continue;
+      std::string reason = "unknown key";
+      // Suggest a key only when one known key is clearly the closest (within 2 edits).
+      size_t best = 3;
+      std::string_view suggestion;
+      bool tie = false;
+      for (std::string_view candidate : known) {
+        size_t distance = EditDistance(name, candidate);
+        if (distance < best) {
+          best = distance;
+          suggestion = candidate;
+          tie = false;
+        } else if (distance == best) {
+          tie = true;
+        }
+      }
+      if (!suggestion.empty() && !tie) {
+        reason = absl::StrCat("unknown key; did you mean '", Dotted(prefix, suggestion), "'?");
+      }
+      return Error(key.source(), Dotted(prefix, name), reason);
+    }
+    return absl::OkStatus();
+  }
+
+  // The table at `name` (checked for unknown keys), or nullptr when absent.
+  absl::StatusOr<const toml::table*> SubTable(const toml::table& root, std::string_view name,
+                                               const std::vector<std::string_view>& known) const {
+    const toml::node* node = root.get(name);
+    if (node == nullptr) return nullptr;
+    const toml::table* table = node->as_table();
+    if (table == nullptr) {
+      return Error(node->source(), name,
+                   absl::StrCat("must be a table ([", ToAbsl(name), "]), not ", TypeName(*node)));
+    }
+    FACTEUR_RETURN_IF_ERROR(CheckKeys(*table, name, known));
+    return table;
+  }
+
+  absl::Status ReadString(const toml::table& table, std::string_view prefix, std::string_view name,
+                          std::string& out) const {
+    const toml::node* node = table.get(name);
+    if (node == nullptr) return absl::OkStatus();
+    const auto* value = node->as_string();
+    if (value == nullptr) {
+      return Error(node->source(), Dotted(prefix, name),
+                   absl::StrCat("must be a string, not ", TypeName(*node)));
+    }
+    out = value->get();
+    return absl::OkStatus();
+  }
+
+  template <typename T>
+  absl::Status ReadInteger(const toml::table& table, std::string_view prefix, std::string_view name,
+                           uint64_t min, uint64_t max, T& out) const {
+    const toml::node* node = table.get(name);
+    if (node == nullptr) return absl::OkStatus();
+    const auto* value = node->as_integer();
+    std::string key = Dotted(prefix, name);
+    if (value == nullptr) {
+      return Error(node->source(), key, absl::StrCat("must be an integer, not ", TypeName(*node)));
+    }
+    int64_t number = value->get();
+    if (number < 0 || static_cast<uint64_t>(number) < min || static_cast<uint64_t>(number) > max) {
+      if (min == 1 && max == std::numeric_limits<T>::max()) {
+        return Error(node->source(), key, absl::StrCat("must be a positive integer, got ", number));
+      }
+      return Error(node->source(), key,
+                   absl::StrCat("must be between ", min, " and ", max, ", got ", number));
+    }
+    out = static_cast<T>(number);
+    return absl::OkStatus();
+  }
+
+  absl::Status CheckHostname(const toml::node& node, std::string_view hostname) const {
+    // RFC 5321 §4.1.2 Domain: letters, digits, hyphens and dots; at most 255 octets.
+    bool ok = !hostname.empty() && hostname.size() <= 253 && hostname.front() != '.' &&
+              hostname.front() != '-';
+    for (char c : hostname) {
+      if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '.') ok = false;
+    }
+    if (!ok) {
+      return Error(node.source(), "hostname",
+                   absl::StrCat("'", ToAbsl(hostname),
+                                "' is not a host name (letters, digits, '-' and '.')"));
+    }
+    return absl::OkStatus();
+  }
+
+  static std::string MachineHostname() {
+    char buffer[256] = {};
+    if (gethostname(buffer, sizeof(buffer) - 1) != 0 || buffer[0] == '\0') return "localhost";
+    // A name without a dot is still better than a made-up one (the operator can set hostname).
+    return buffer;
+  }
+
+  absl::Status ParseSmtp(const toml::table& smtp, SmtpOptions& out) const {
+    if (const toml::node* node = smtp.get("max_message_size")) {
+      constexpr std::string_view kKey = "smtp.max_message_size";
+      uint64_t size = 0;
+      if (const auto* integer = node->as_integer()) {
+        if (integer->get() < 0) {
+          return Error(node->source(), kKey,
+                       absl::StrCat("must be between 1 byte and 4 GiB, got ", integer->get()));
+        }
+        size = static_cast<uint64_t>(integer->get());
+      } else if (const auto* text = node->as_string()) {
+        absl::StatusOr<uint64_t> parsed = ParseByteSize(text->get());
+        if (!parsed.ok()) return Error(node->source(), kKey, parsed.status().message());
+        size = *parsed;
+      } else {
+        return Error(node->source(), kKey,
+                     absl::StrCat("must be an integer (bytes) or a size string such as \"35MiB\", not ",
+                                  TypeName(*node)));
+      }
+      if (size == 0 || size > kMaxMessageSize) {
+        return Error(node->source(), kKey,
+                     absl::StrCat("must be between 1 byte and 4 GiB (", kMaxMessageSize,
+                                  "), got ", size));
+      }
+      out.max_message_size = size;
+    }
+    FACTEUR_RETURN_IF_ERROR(ReadInteger(smtp, "smtp", "max_recipients", 1,
+                                        std::numeric_limits<uint32_t>::max(), out.max_recipients));
+    FACTEUR_RETURN_IF_ERROR(ReadInteger(smtp, "smtp", "max_errors", 1,
+                                        std::numeric_limits<uint32_t>::max(), out.max_errors));
+    FACTEUR_RETURN_IF_ERROR(ReadInteger(smtp, "smtp", "max_sessions", 1,
+                                        std::numeric_limits<uint32_t>::max(), out.max_sessions));
+    if (const toml::node* node = smtp.get("idle_timeout")) {
+      constexpr std::string_view kKey = "smtp.idle_timeout";
+      absl::Duration duration;
+      if (const auto* integer = node->as_integer()) {
+        // Bounded so that absl::Seconds cannot saturate to infinity.
+        if (integer->get() <= 0 || integer->get() > 365 * 86400) {
+          return Error(node->source(), kKey,
+                       absl::StrCat("must be a positive number of seconds, got ", integer->get()));
+        }
+        duration = absl::Seconds(integer->get());
+      } else if (const auto* text = node->as_string()) {
+        if (!absl::ParseDuration(ToAbsl(text->get()), &duration)) {
+          return Error(node->source(), kKey,
+                       absl::StrCat("'", ToAbsl(text->get()),
+                                    "' is not a duration (examples: \"300s\", \"5m\", \"1h30m\")"));
+        }
+        if (duration <= absl::ZeroDuration() || duration == absl::InfiniteDuration()) {
+          return Error(node->source(), kKey,
+                       absl::StrCat("must be positive and finite, got '", ToAbsl(text->get()), "'"));
+        }
+      } else {
+        return Error(node->source(), kKey,
+                     absl::StrCat("must be a duration string such as \"300s\" or an integer "
+                                  "(seconds), not ",
+                                  TypeName(*node)));
+      }
+      out.idle_timeout = duration;
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status ParseTls(const toml::table& tls, TlsOptions& out) const {
+    FACTEUR_RETURN_IF_ERROR(ReadString(tls, "tls", "certificate_file", out.certificate_file));
+    FACTEUR_RETURN_IF_ERROR(ReadString(tls, "tls", "private_key_file", out.private_key_file));
+    if (out.certificate_file.empty() != out.private_key_file.empty()) {
+      bool has_certificate = !out.certificate_file.empty();
+      std::string_view present = has_certificate ? "certificate_file" : "private_key_file";
+      return Error(tls.get(present)->source(), Dotted("tls", present),
+                   has_certificate ? "set without tls.private_key_file (give both or neither)"
+                                   : "set without tls.certificate_file (give both or neither)");
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status ParseListeners(const toml::table& root, Config& config) const {
+    std::vector<ListenerSource> sources;
+    if (const toml::node* node = root.get("listener")) {
+      const toml::array* array = node->as_array();
+      if (array == nullptr) {
+        return Error(node->source(), "listener",
+                     absl::StrCat("must be an array of tables ([[listener]]), not ",
+                                  TypeName(*node)));
+      }
+      for (size_t i = 0; i < array->size(); ++i) {
+        const toml::node& element = *array->get(i);
+        if (!element.is_table()) {
+          return Error(element.source(), absl::StrCat("listener[", i, "]"),
+                       absl::StrCat("must be a table ([[listener]]), not ", TypeName(element)));
+        }
+        const toml::table& table = *element.as_table();
+        ListenerOptions listener;
+        ListenerSource source;
+        FACTEUR_RETURN_IF_ERROR(ParseListener(table, i, listener, source));
+        config.listeners.push_back(std::move(listener));
+        sources.push_back(source);
+      }
+    }
+    if (config.listeners.empty()) {
+      // No [[listener]] (or an empty array): the embedded defaults, under this data_dir.
+      config.listeners = DefaultConfig().listeners;
+      const toml::node* data_dir = root.get("data_dir");
+      toml::source_region where = data_dir != nullptr ? data_dir->source() : root.source();
+      sources.assign(config.listeners.size(), ListenerSource{where, where, where});
+    }
+
+    std::map<std::string, size_t> names;
+    std::map<std::string, size_t> addresses;
+    for (size_t i = 0; i < config.listeners.size(); ++i) {
+      const ListenerOptions& listener = config.listeners[i];
+      std::string prefix = absl::StrCat("listener[", i, "]");
+      auto [name_at, name_new] = names.emplace(listener.name, i);
+      if (!name_new) {
+        return Error(sources[i].name, prefix + ".name",
+                     absl::StrCat("duplicate listener name '", listener.name, "' (also listener[",
+                                  name_at->second, "])"));
+      }
+      // Parsed when the listener was read, so this cannot fail.
+      ListenAddress address = *ParseListenAddress(listener.address);
+      std::string identity;
+      if (address.family == ListenAddress::Family::kUnix) {
+        std::string path = config.ResolvePath(address.path);
+        if (path.size() > kMaxUnixPath) {
+          return Error(sources[i].address, prefix + ".address",
+                       absl::StrCat("Unix socket path '", path, "' is longer than ", kMaxUnixPath,
+                                    " bytes"));
+        }
+        identity = "unix:" + path;
+      } else if (address.port != 0) {
+        // Port 0 picks a fresh port per listener: two of them never collide.
+        size_t length = address.family == ListenAddress::Family::kIpv6 ? 16 : 4;
+        identity = absl::StrCat(std::string(reinterpret_cast<const char*>(address.address), length),
+                                ":", address.port);
+      }
+      if (!identity.empty()) {
+        auto [address_at, address_new] = addresses.emplace(identity, i);
+        if (!address_new) {
+          return Error(sources[i].address, prefix + ".address",
+                       absl::StrCat("duplicate listener address '", listener.address,
+                                    "' (also listener[", address_at->second, "])"));
+        }
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status ParseListener(const toml::table& table, size_t index, ListenerOptions& out,
+                             ListenerSource& source) const {
+    std::string prefix = absl::StrCat("listener[", index, "]");
+    FACTEUR_RETURN_IF_ERROR(CheckKeys(table, prefix, kListenerKeys));
+    source.table = table.source();
+
+    const toml::node* address_node = table.get("address");
+    if (address_node == nullptr) {
+      return Error(table.source(), prefix + ".address",
+                   "required (\"HOST:PORT\", \"[IPv6]:PORT\" or \"unix:PATH\")");
+    }
+    FACTEUR_RETURN_IF_ERROR(ReadString(table, prefix, "address", out.address));
+    source.address = address_node->source();
+    absl::StatusOr<ListenAddress> address = ParseListenAddress(out.address);
+    if (!address.ok()) return Error(source.address, prefix + ".address", address.status().message());
+    bool is_unix = address->family == ListenAddress::Family::kUnix;
+
+    out.name = out.address;
+    source.name = source.address;
+    if (const toml::node* node = table.get("name")) {
+      FACTEUR_RETURN_IF_ERROR(ReadString(table, prefix, "name", out.name));
+      source.name = node->source();
+      bool ok = !out.name.empty() && out.name.size() <= 64;
+      // Printable ASCII without quotes or backslashes: names land in metric labels and Received:.
+      for (char c : out.name) {
+        if (c <= ' ' || c > '~' || c == '"' || c == '\\') ok = false;
+      }
+      if (!ok) {
+        return Error(source.name, prefix + ".name",
+                     "must be 1 to 64 printable characters without spaces, quotes or backslashes");
+      }
+    }
+
+    uint16_t port = is_unix ? 0 : address->port;
+    out.role = (!is_unix && (port == 587 || port == 465)) ? ListenerRole::kSubmission
+                                                          : ListenerRole::kRelay;
+    if (const toml::node* node = table.get("role")) {
+      std::string role;
+      FACTEUR_RETURN_IF_ERROR(ReadString(table, prefix, "role", role));
+      if (role == "submission") {
+        out.role = ListenerRole::kSubmission;
+      } else if (role == "relay") {
+        out.role = ListenerRole::kRelay;
+      } else {
+        return Error(node->source(), prefix + ".role",
+                     absl::StrCat("'", role, "' is not a role (\"submission\" or \"relay\")"));
+      }
+    }
+
+    out.tls = TlsMode::kNone;
+    if (!is_unix && port == 465) out.tls = TlsMode::kImplicit;
+    if (!is_unix && (port == 587 || port == 25)) out.tls = TlsMode::kStartTls;
+    if (const toml::node* node = table.get("tls")) {
+      std::string tls;
+      FACTEUR_RETURN_IF_ERROR(ReadString(table, prefix, "tls", tls));
+      if (tls == "none") {
+        out.tls = TlsMode::kNone;
+      } else if (tls == "starttls") {
+        out.tls = TlsMode::kStartTls;
+      } else if (tls == "implicit") {
+        out.tls = TlsMode::kImplicit;
+      } else {
+        return Error(node->source(), prefix + ".tls",
+                     absl::StrCat("'", tls,
+                                  "' is not a TLS mode (\"none\", \"starttls\" or \"implicit\")"));
+      }
+      if (is_unix && out.tls != TlsMode::kNone) {
+        return Error(node->source(), prefix + ".tls",
+                     "a Unix socket listener has no TLS (the socket never leaves the machine)");
+      }
+    }
+
+    if (const toml::node* node = table.get("trusted_networks")) {
+      std::string key = prefix + ".trusted_networks";
+      if (out.role != ListenerRole::kRelay) {
+        return Error(node->source(), key,
+                     "only a relay listener has trusted networks (a submission listener requires "
+                     "AUTH from everyone)");
+      }
+      const toml::array* array = node->as_array();
+      if (array == nullptr) {
+        return Error(node->source(), key,
+                     absl::StrCat("must be an array of CIDR strings, not ", TypeName(*node)));
+      }
+      for (size_t i = 0; i < array->size(); ++i) {
+        const toml::node& element = *array->get(i);
+        std::string element_key = absl::StrCat(key, "[", i, "]");
+        const auto* text = element.as_string();
+        if (text == nullptr) {
+          return Error(element.source(), element_key,
+                       absl::StrCat("must be a CIDR string, not ", TypeName(element)));
+        }
+        absl::StatusOr<Cidr> cidr = Cidr::Parse(text->get());
+        if (!cidr.ok()) return Error(element.source(), element_key, cidr.status().message());
+        if (IsOpenRelay(*cidr)) {
+          return Error(element.source(), element_key,
+                       absl::StrCat("'", cidr->text,
+                                    "' trusts every client: that is an open relay"));
+        }
+        out.trusted_networks.push_back(*std::move(cidr));
+      }
+    } else if (out.role == ListenerRole::kRelay) {
+      out.trusted_networks = {*Cidr::Parse("127.0.0.0/8"), *Cidr::Parse("::1/128")};
+    }
+    return absl::OkStatus();
+  }
+
+  std::string_view source_name_;
+};
+
+}  // namespace
+
+absl::StatusOr<Cidr> Cidr::Parse(std::string_view text) {
+  Cidr cidr;
+  cidr.text = std::string(text);
+  std::string_view host = text;
+  std::optional<std::string_view> prefix;
+  if (size_t slash = text.find('/'); slash != std::string_view::npos) {
+    host = text.substr(0, slash);
+    prefix = text.substr(slash + 1);
+  }
+  // inet_pton wants a NUL-terminated string; an embedded NUL must not shorten the input.
+  std::string host_string(host);
+  if (host_string.find('\0') != std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat("'", ToAbsl(text), "' is not a CIDR network"));
+  }
+  int max_prefix = 32;
+  if (inet_pton(AF_INET, host_string.c_str(), cidr.address) == 1) {
+    cidr.v6 = false;
+  } else if (inet_pton(AF_INET6, host_string.c_str(), cidr.address) == 1) {
+    cidr.v6 = true;
+    max_prefix = 128;
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "'", ToAbsl(text), "' is not a CIDR network (a.b.c.d[/0-32] or an IPv6 address[/0-128])"));
+  }
+  cidr.prefix_length = max_prefix;
+  if (prefix.has_value()) {
+    uint64_t length = 0;
+    if (!ParseDigits(*prefix, static_cast<uint64_t>(max_prefix), length) || prefix->size() > 3) {
+      return absl::InvalidArgumentError(absl::StrCat("'", ToAbsl(text),
+                                                     "' has a bad prefix length (0 to ", max_prefix,
+                                                     ")"));
+    }
+    cidr.prefix_length = static_cast<int>(length);
+  }
+  // Host bits past the prefix are cleared: "10.1.2.3/8" means 10.0.0.0/8.
+  for (int bit = cidr.prefix_length; bit < max_prefix; ++bit) {
+    cidr.address[bit / 8] &= static_cast<uint8_t>(~(0x80u >> (bit % 8)));
+  }
+  return cidr;
+}
+
+bool Cidr::Contains(const uint8_t* peer, size_t peer_length) const {
+  static const uint8_t kMappedPrefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  const uint8_t* bytes = nullptr;
+  if (!v6) {
+    if (peer_length == 4) {
+      bytes = peer;
+    } else if (peer_length == 16 && std::memcmp(peer, kMappedPrefix, 12) == 0) {
+      bytes = peer + 12;  // ::ffff:a.b.c.d, as a dual-stack socket reports an IPv4 client
+    }
+  } else if (peer_length == 16) {
+    bytes = peer;
+  }
+  if (bytes == nullptr) return false;
+  int full_bytes = prefix_length / 8;
+  if (std::memcmp(bytes, address, static_cast<size_t>(full_bytes)) != 0) return false;
+  int rest = prefix_length % 8;
+  if (rest == 0) return true;
+  uint8_t mask = static_cast<uint8_t>(0xff00u >> rest);
+  return (bytes[full_bytes] & mask) == address[full_bytes];
+}
+
+std::string Config::ResolvePath(std::string_view path) const {
+  if (!path.empty() && path.front() == '/') return std::string(path);
+  if (data_dir.empty()) return std::string(path);
+  if (path.empty()) return data_dir;
+  std::string resolved = data_dir;
+  if (resolved.back() != '/') resolved += '/';
+  resolved += path;
+  return resolved;
+}
+
+absl::StatusOr<ListenAddress> ParseListenAddress(std::string_view text) {
+  ListenAddress address;
+  if (text.rfind("unix:", 0) == 0) {
+    address.family = ListenAddress::Family::kUnix;
+    address.path = std::string(text.substr(5));
+    if (address.path.empty() || address.path.find('\0') != std::string::npos) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("'", ToAbsl(text), "' is not an address: a socket path must follow \"unix:\""));
+    }
+    return address;
+  }
+  auto bad = [&](std::string_view why) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "'", ToAbsl(text), "' is not an address: ", ToAbsl(why),
+        " (\"a.b.c.d:PORT\", \"[IPv6]:PORT\", \"localhost:PORT\" or \"unix:PATH\")"));
+  };
+  size_t colon = text.rfind(':');
+  if (colon == std::string_view::npos) return bad("no port");
+  std::string_view host = text.substr(0, colon);
+  uint64_t port = 0;
+  if (!ParseDigits(text.substr(colon + 1), 65535, port) || text.size() - colon - 1 > 5) {
+    return bad("the port must be 0 to 65535");
+  }
+  address.port = static_cast<uint16_t>(port);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    address.family = ListenAddress::Family::kIpv6;
+    address.host = std::string(host.substr(1, host.size() - 2));
+    if (address.host.find('\0') != std::string::npos ||
+        inet_pton(AF_INET6, address.host.c_str(), address.address) != 1) {
+      return bad("not an IPv6 literal");
+    }
+    return address;
+  }
+  address.family = ListenAddress::Family::kIpv4;
+  // Only literals: a name would need DNS at startup, and an answer that changes later.
+  address.host = host == "localhost" ? "127.0.0.1" : std::string(host);
+  if (address.host.find('\0') != std::string::npos ||
+      inet_pton(AF_INET, address.host.c_str(), address.address) != 1) {
+    return bad(host.find(':') != std::string_view::npos ? "an IPv6 address needs brackets"
+                                                        : "the host must be an IPv4 literal");
+  }
+  return address;
+}
+
+absl::StatusOr<uint64_t> ParseByteSize(std::string_view text) {
+  size_t digits = 0;
+  while (digits < text.size() && text[digits] >= '0' && text[digits] <= '9') ++digits;
+  std::string_view unit = text.substr(digits);
+  if (!unit.empty() && unit.front() == ' ') unit.remove_prefix(1);
+  struct Unit {
+    std::string_view name;
+    uint64_t factor;
+  };
+  static constexpr Unit kUnits[] = {
+      {"", 1},           {"B", 1},
+      {"KB", 1000},      {"kB", 1000},
+      {"MB", 1000000},   {"GB", 1000000000},
+      {"KiB", 1 << 10},  {"MiB", 1 << 20},
+      {"GiB", 1 << 30},
+  };
+  const Unit* found = nullptr;
+  for (const Unit& candidate : kUnits) {
+    if (candidate.name == unit) found = &candidate;
+  }
+  uint64_t number = 0;
+  if (digits == 0 || found == nullptr ||
+      !ParseDigits(text.substr(0, digits), std::numeric_limits<uint64_t>::max(), number)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", ToAbsl(text),
+                     "' is not a size (an integer with B, KB, MB, GB, KiB, MiB or GiB, such as "
+                     "\"35MiB\")"));
+  }
+  if (number > std::numeric_limits<uint64_t>::max() / found->factor) {
+    return absl::InvalidArgumentError(absl::StrCat("'", ToAbsl(text), "' is too large"));
+  }
+  return number * found->factor;
+}
+
+std::string_view DefaultConfigToml() { return kDefaultConfigToml; }
+
+absl::StatusOr<Config> ParseConfig(std::string_view text, std::string_view source_name) {
+  try {
+    toml::table root = toml::parse(text, source_name);
+    return Parser(source_name).Parse(root);
+  } catch (const toml::parse_error& error) {
+    return absl::InvalidArgumentError(absl::StrCat(ToAbsl(source_name), ":",
+                                                   error.source().begin.line, ":",
+                                                   error.source().begin.column, ": ",
+                                                   ToAbsl(error.description())));
+  } catch (const std::exception& error) {
+    // toml++ may also throw std::bad_alloc and the like; nothing escapes this module.
+    return absl::InternalError(absl::StrCat(ToAbsl(source_name), ": ", error.what()));
+  }
+}
+
+absl::StatusOr<Config> LoadConfigFile(const std::string& path) {
+  std::FILE* file = std::fopen(path.c_str(), "rb");
+  if (file == nullptr) return ErrnoStatus(absl::StrCat("open config file ", path), errno);
+  std::string text;
+  char buffer[65536];
+  while (true) {
+    size_t n = std::fread(buffer, 1, sizeof(buffer), file);
+    text.append(buffer, n);
+    if (n < sizeof(buffer)) break;
+    if (text.size() > kMaxConfigFileSize) {
+      std::fclose(file);
+      return absl::InvalidArgumentError(
+          absl::StrCat("config file ", path, " is larger than ", kMaxConfigFileSize, " bytes"));
+    }
+  }
+  if (std::ferror(file)) {
+    int error_number = errno;
+    std::fclose(file);
+    return ErrnoStatus(absl::StrCat("read config file ", path), error_number);
+  }
+  std::fclose(file);
+  return ParseConfig(text, path);
+}
+
+Config DefaultConfig() {
+  absl::StatusOr<Config> config = ParseConfig(DefaultConfigToml(), "<default config>");
+  if (!config.ok()) {
+    // The embedded text is ours: failing here is a bug that config_test catches.
+    std::fprintf(stderr, "facteur: the embedded default config is invalid: %s\n",
+                 std::string(config.status().message()).c_str());
+    std::abort();
+  }
+  return *std::move(config);
+}
+
+}  // namespace facteur::config

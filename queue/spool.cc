@@ -1,0 +1,591 @@
+// File: queue/spool.cc
+// The envelope codec, recovery, the group-committing writer thread and the read functions.
+#include "queue/spool.h"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <deque>
+#include <thread>
+#include <utility>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "engine/base/log.h"
+#include "engine/base/status.h"
+#include "rocksdb/iterator.h"
+#include "rocksdb/write_batch.h"
+
+namespace facteur::queue {
+namespace {
+
+constexpr uint8_t kEnvelopeVersion = 1;
+constexpr uint64_t kFlagSmtpUtf8 = 1 << 0;
+constexpr uint64_t kFlagEightBit = 1 << 1;
+constexpr uint64_t kKnownFlags = kFlagSmtpUtf8 | kFlagEightBit;
+// The smallest encoded recipient: three empty strings and a state.
+constexpr size_t kMinRecipientBytes = 4;
+// After a failed commit, Resume() is tried at most this often: a full disk does not empty itself
+// in microseconds, and each attempt flushes memtables.
+constexpr absl::Duration kResumeInterval = absl::Seconds(1);
+// Resume() flushes every memtable; if that flush hits a full disk again, RocksDB marks the error
+// fatal and only a reopen clears it. So resume only with room for the memtables plus this.
+constexpr uint64_t kResumeSpareBytes = 64 << 20;
+
+rocksdb::Slice ToSlice(std::string_view s) { return {s.data(), s.size()}; }
+std::string_view ToView(const rocksdb::Slice& s) { return {s.data(), s.size()}; }
+
+// --- Encoding primitives (LEB128 varints, as RocksDB's own coding.h) ---
+
+void PutVarint(std::string& out, uint64_t value) {
+  while (value >= 0x80) {
+    out.push_back(static_cast<char>((value & 0x7f) | 0x80));
+    value >>= 7;
+  }
+  out.push_back(static_cast<char>(value));
+}
+
+void PutString(std::string& out, std::string_view s) {
+  PutVarint(out, s.size());
+  out.append(s);
+}
+
+uint64_t ZigZag(int64_t v) {
+  return (static_cast<uint64_t>(v) << 1) ^ static_cast<uint64_t>(v >> 63);
+}
+int64_t UnZigZag(uint64_t v) {
+  return static_cast<int64_t>(v >> 1) ^ -static_cast<int64_t>(v & 1);
+}
+
+void PutTime(std::string& out, absl::Time t) { PutVarint(out, ZigZag(absl::ToUnixMicros(t))); }
+
+// Reads fields from the front of `rest_`; the first failure sticks, so a caller checks once.
+class Reader {
+ public:
+  explicit Reader(std::string_view bytes) : rest_(bytes) {}
+
+  bool Varint(uint64_t& value) {
+    value = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+      if (rest_.empty()) return false;
+      const uint8_t byte = static_cast<uint8_t>(rest_.front());
+      rest_.remove_prefix(1);
+      // The tenth byte may only carry the top bit of a 64-bit value.
+      if (shift == 63 && byte > 1) return false;
+      value |= static_cast<uint64_t>(byte & 0x7f) << shift;
+      if ((byte & 0x80) == 0) return true;
+    }
+    return false;
+  }
+  bool String(std::string& value) {
+    uint64_t length;
+    if (!Varint(length) || length > rest_.size()) return false;
+    value.assign(rest_.data(), length);
+    rest_.remove_prefix(length);
+    return true;
+  }
+  bool Time(absl::Time& value) {
+    uint64_t raw;
+    if (!Varint(raw)) return false;
+    value = absl::FromUnixMicros(UnZigZag(raw));
+    return true;
+  }
+  bool Bytes(size_t n, std::string_view& value) {
+    if (n > rest_.size()) return false;
+    value = rest_.substr(0, n);
+    rest_.remove_prefix(n);
+    return true;
+  }
+  size_t remaining() const { return rest_.size(); }
+
+ private:
+  std::string_view rest_;
+};
+
+absl::Status Malformed(std::string_view what) {
+  return absl::DataLossError(absl::StrCat("malformed envelope: ", ToAbsl(what)));
+}
+
+std::string IdText(std::string_view key) {
+  std::optional<MessageId> id = MessageId::FromBytes(key);
+  if (id.has_value()) return id->ToString();
+  std::string hex;
+  for (unsigned char c : key) absl::StrAppend(&hex, absl::Hex(c, absl::kZeroPad2));
+  return absl::StrCat("key 0x", hex);
+}
+
+// Removes what a crash or a bug could leave behind, so that every envelope left has its body and
+// its schedule entry, and every body and schedule entry its envelope. Returns the messages left.
+// Envelopes and bodies share their keys (the id), so one merge walk over both families finds
+// the orphans of either side.
+absl::StatusOr<uint64_t> Recover(Store& store) {
+  rocksdb::DB& db = store.db();
+  rocksdb::ReadOptions read_options;
+  read_options.fill_cache = false;  // a one-off scan; keep the cache for the delivery path
+  rocksdb::WriteBatch repairs;
+  uint64_t messages = 0;
+  uint64_t removed = 0;
+
+  {
+    std::unique_ptr<rocksdb::Iterator> envelopes(
+        db.NewIterator(read_options, store.family(Family::kEnvelope)));
+    std::unique_ptr<rocksdb::Iterator> bodies(
+        db.NewIterator(read_options, store.family(Family::kBody)));
+    envelopes->SeekToFirst();
+    bodies->SeekToFirst();
+    while (envelopes->Valid() || bodies->Valid()) {
+      int order;
+      if (!envelopes->Valid()) {
+        order = 1;
+      } else if (!bodies->Valid()) {
+        order = -1;
+      } else {
+        order = envelopes->key().compare(bodies->key());
+      }
+      if (order > 0) {
+        Log(LogLevel::kWarning, "spool recovery: removing body of %s, which has no envelope",
+            IdText(ToView(bodies->key())));
+        FACTEUR_RETURN_IF_ERROR(
+            ToStatus(repairs.Delete(store.family(Family::kBody), bodies->key()), "recovery"));
+        ++removed;
+        bodies->Next();
+        continue;
+      }
+      const std::string key = envelopes->key().ToString();
+      absl::StatusOr<Envelope> envelope = DecodeEnvelope(ToView(envelopes->value()));
+      const bool has_body = order == 0;
+      if (envelope.ok() && envelope->id.Bytes() != key) {
+        envelope = absl::DataLossError("envelope id differs from its key");
+      }
+      if (!envelope.ok() || !has_body) {
+        Log(LogLevel::kWarning, "spool recovery: removing message %s: %s", IdText(key),
+            envelope.ok() ? "its body is missing" : std::string(envelope.status().message()));
+        FACTEUR_RETURN_IF_ERROR(
+            ToStatus(repairs.Delete(store.family(Family::kEnvelope), key), "recovery"));
+        if (has_body) {
+          FACTEUR_RETURN_IF_ERROR(
+              ToStatus(repairs.Delete(store.family(Family::kBody), key), "recovery"));
+        }
+        // Its schedule entry, if any, loses its envelope and goes in the schedule pass below.
+        ++removed;
+      } else {
+        ++messages;
+      }
+      envelopes->Next();
+      if (has_body) bodies->Next();
+    }
+    FACTEUR_RETURN_IF_ERROR(ToStatus(envelopes->status(), "recovery: scanning envelopes"));
+    FACTEUR_RETURN_IF_ERROR(ToStatus(bodies->status(), "recovery: scanning bodies"));
+  }
+  rocksdb::WriteOptions write_options;
+  write_options.sync = true;
+  if (repairs.Count() > 0) {
+    FACTEUR_RETURN_IF_ERROR(ToStatus(db.Write(write_options, &repairs), "recovery: repairing"));
+    repairs.Clear();
+  }
+
+  // Schedule entries: each must name a live envelope whose next attempt is the entry's time;
+  // anything else would make the scheduler look up a message that is gone or run it twice.
+  // Conversely an envelope without its entry would never be tried: it gets one back.
+  {
+    std::unique_ptr<rocksdb::Iterator> schedule(
+        db.NewIterator(read_options, store.family(Family::kSchedule)));
+    for (schedule->SeekToFirst(); schedule->Valid(); schedule->Next()) {
+      absl::StatusOr<ScheduleEntry> entry = ParseScheduleKey(ToView(schedule->key()));
+      bool keep = false;
+      if (entry.ok()) {
+        absl::StatusOr<std::optional<Envelope>> envelope = ReadEnvelope(store, entry->id);
+        keep = envelope.ok() && envelope->has_value() &&
+               ScheduleKey((*envelope)->next_attempt, entry->id) == ToView(schedule->key());
+      }
+      if (!keep) {
+        Log(LogLevel::kWarning, "spool recovery: removing schedule entry %s without envelope",
+            entry.ok() ? entry->id.ToString() : IdText(ToView(schedule->key())));
+        FACTEUR_RETURN_IF_ERROR(ToStatus(
+            repairs.Delete(store.family(Family::kSchedule), schedule->key()), "recovery"));
+        ++removed;
+      }
+    }
+    FACTEUR_RETURN_IF_ERROR(ToStatus(schedule->status(), "recovery: scanning the schedule"));
+  }
+  {
+    std::unique_ptr<rocksdb::Iterator> envelopes(
+        db.NewIterator(read_options, store.family(Family::kEnvelope)));
+    for (envelopes->SeekToFirst(); envelopes->Valid(); envelopes->Next()) {
+      absl::StatusOr<Envelope> envelope = DecodeEnvelope(ToView(envelopes->value()));
+      if (!envelope.ok()) continue;  // removed by the first pass
+      const std::string key = ScheduleKey(envelope->next_attempt, envelope->id);
+      rocksdb::PinnableSlice ignored;
+      rocksdb::Status status =
+          db.Get(read_options, store.family(Family::kSchedule), ToSlice(key), &ignored);
+      if (status.IsNotFound()) {
+        Log(LogLevel::kWarning, "spool recovery: rescheduling %s, which had no schedule entry",
+            envelope->id.ToString());
+        FACTEUR_RETURN_IF_ERROR(
+            ToStatus(repairs.Put(store.family(Family::kSchedule), ToSlice(key), ""), "recovery"));
+      } else {
+        FACTEUR_RETURN_IF_ERROR(ToStatus(status, "recovery: reading the schedule"));
+      }
+    }
+    FACTEUR_RETURN_IF_ERROR(ToStatus(envelopes->status(), "recovery: scanning envelopes"));
+  }
+  if (repairs.Count() > 0) {
+    FACTEUR_RETURN_IF_ERROR(ToStatus(db.Write(write_options, &repairs), "recovery: repairing"));
+  }
+  Log(LogLevel::kInfo, "spool %s: %d messages, %d broken entries removed", store.path(),
+      messages, removed);
+  return messages;
+}
+
+}  // namespace
+
+// --- Envelope codec ---
+
+std::string EncodeEnvelope(const Envelope& envelope) {
+  std::string out;
+  out.reserve(64 + envelope.sender.size() + envelope.recipients.size() * 32);
+  out.push_back(static_cast<char>(kEnvelopeVersion));
+  out.append(envelope.id.Bytes());
+  PutVarint(out, (envelope.smtputf8 ? kFlagSmtpUtf8 : 0) | (envelope.eight_bit ? kFlagEightBit : 0));
+  PutString(out, envelope.sender);
+  PutString(out, envelope.listener);
+  PutString(out, envelope.account);
+  PutString(out, envelope.client);
+  PutTime(out, envelope.received_at);
+  PutString(out, envelope.dsn_ret);
+  PutString(out, envelope.dsn_envid);
+  PutVarint(out, envelope.attempts);
+  PutTime(out, envelope.next_attempt);
+  PutVarint(out, envelope.recipients.size());
+  for (const RecipientRecord& recipient : envelope.recipients) {
+    PutString(out, recipient.address);
+    PutVarint(out, static_cast<uint64_t>(recipient.state));
+    PutString(out, recipient.notify);
+    PutString(out, recipient.orcpt);
+  }
+  return out;
+}
+
+absl::StatusOr<Envelope> DecodeEnvelope(std::string_view bytes) {
+  Reader in(bytes);
+  Envelope envelope;
+  std::string_view version;
+  if (!in.Bytes(1, version)) return Malformed("empty");
+  if (static_cast<uint8_t>(version[0]) != kEnvelopeVersion) {
+    return Malformed(absl::StrCat("unknown version ", static_cast<uint8_t>(version[0])));
+  }
+  std::string_view id;
+  if (!in.Bytes(MessageId::kBytes, id)) return Malformed("truncated id");
+  envelope.id = *MessageId::FromBytes(id);
+  uint64_t flags;
+  if (!in.Varint(flags)) return Malformed("truncated flags");
+  if ((flags & ~kKnownFlags) != 0) return Malformed("unknown flags");
+  envelope.smtputf8 = (flags & kFlagSmtpUtf8) != 0;
+  envelope.eight_bit = (flags & kFlagEightBit) != 0;
+  uint64_t attempts;
+  if (!in.String(envelope.sender) || !in.String(envelope.listener) ||
+      !in.String(envelope.account) || !in.String(envelope.client) ||
+      !in.Time(envelope.received_at) || !in.String(envelope.dsn_ret) ||
+      !in.String(envelope.dsn_envid) || !in.Varint(attempts) || !in.Time(envelope.next_attempt)) {
+    return Malformed("truncated header field");
+  }
+  if (attempts > UINT32_MAX) return Malformed("attempts out of range");
+  envelope.attempts = static_cast<uint32_t>(attempts);
+  uint64_t count;
+  if (!in.Varint(count)) return Malformed("truncated recipient count");
+  // Bounds the reserve() below by what the bytes can hold, whatever the count claims.
+  if (count > in.remaining() / kMinRecipientBytes) return Malformed("recipient count too large");
+  envelope.recipients.reserve(count);
+  for (uint64_t i = 0; i < count; ++i) {
+    RecipientRecord& recipient = envelope.recipients.emplace_back();
+    uint64_t state;
+    if (!in.String(recipient.address) || !in.Varint(state) || !in.String(recipient.notify) ||
+        !in.String(recipient.orcpt)) {
+      return Malformed("truncated recipient");
+    }
+    if (state > static_cast<uint64_t>(RecipientState::kBounced)) {
+      return Malformed("unknown recipient state");
+    }
+    recipient.state = static_cast<RecipientState>(state);
+  }
+  if (in.remaining() != 0) return Malformed("trailing bytes");
+  return envelope;
+}
+
+std::string ScheduleKey(absl::Time due, const MessageId& id) {
+  const uint64_t micros = static_cast<uint64_t>(std::max<int64_t>(0, absl::ToUnixMicros(due)));
+  std::string key(8, '\0');
+  for (int i = 0; i < 8; ++i) key[i] = static_cast<char>(micros >> (56 - 8 * i));
+  key.append(id.Bytes());
+  return key;
+}
+
+absl::StatusOr<ScheduleEntry> ParseScheduleKey(std::string_view key) {
+  if (key.size() != 8 + MessageId::kBytes) {
+    return absl::DataLossError(absl::StrCat("schedule key of ", key.size(), " bytes"));
+  }
+  uint64_t micros = 0;
+  for (int i = 0; i < 8; ++i) micros = (micros << 8) | static_cast<uint8_t>(key[i]);
+  if (micros > static_cast<uint64_t>(INT64_MAX)) {
+    return absl::DataLossError("schedule time out of range");
+  }
+  return ScheduleEntry{absl::FromUnixMicros(static_cast<int64_t>(micros)),
+                       *MessageId::FromBytes(key.substr(8))};
+}
+
+// --- The writer ---
+
+class Spool::Writer {
+ public:
+  Writer(Store& store, const SpoolOptions& options, Clock& clock, uint64_t recovered)
+      : store_(store), options_(options), clock_(clock), size_(recovered) {
+    if (options_.max_batch == 0) options_.max_batch = 1;
+    thread_ = std::thread([this] { Run(); });
+  }
+
+  ~Writer() {
+    {
+      absl::MutexLock lock(&mutex_);
+      stopping_ = true;
+    }
+    thread_.join();  // Run() drains the deque before it returns
+  }
+
+  void Enqueue(Envelope envelope, std::string body,
+               absl::AnyInvocable<void(absl::Status) &&> done) {
+    if (envelope.id.IsZero()) {
+      std::move(done)(absl::InvalidArgumentError("spool: message without an id"));
+      return;
+    }
+    // Encoded here, on the caller's thread, so that the single writer spends its time on I/O.
+    Item item{std::string(envelope.id.Bytes()),
+              ScheduleKey(envelope.next_attempt, envelope.id), EncodeEnvelope(envelope),
+              std::move(body), std::move(done)};
+    absl::Status refusal;
+    {
+      absl::MutexLock lock(&mutex_);
+      if (stopping_) {
+        refusal = absl::UnavailableError("spool: closing");
+      } else if (pending_.size() >= options_.max_pending) {
+        refusal = absl::UnavailableError(
+            absl::StrCat("spool: writer saturated (", pending_.size(), " messages waiting)"));
+      } else {
+        pending_.push_back(std::move(item));
+        return;
+      }
+    }
+    std::move(item.done)(std::move(refusal));
+  }
+
+  void SetCommitObserver(CommitObserver observer) {
+    absl::MutexLock lock(&observer_mutex_);
+    observer_ = std::move(observer);
+  }
+
+  uint64_t size() const { return size_.load(std::memory_order_relaxed); }
+
+ private:
+  struct Item {
+    std::string key;           // the 16 id bytes
+    std::string schedule_key;
+    std::string envelope;      // encoded
+    std::string body;
+    absl::AnyInvocable<void(absl::Status) &&> done;
+  };
+
+  bool HasWorkOrStopping() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+    return !pending_.empty() || stopping_;
+  }
+
+  void Run() {
+    std::vector<Item> batch;
+    batch.reserve(options_.max_batch);
+    for (;;) {
+      {
+        absl::MutexLock lock(&mutex_);
+        mutex_.Await(absl::Condition(this, &Writer::HasWorkOrStopping));
+        if (pending_.empty()) return;  // stopping, and nothing left to commit
+        // Everything that arrived during the previous fsync goes into this one: the batch
+        // grows with the load by itself (group commit), up to max_batch.
+        const size_t n = std::min(options_.max_batch, pending_.size());
+        for (size_t i = 0; i < n; ++i) {
+          batch.push_back(std::move(pending_.front()));
+          pending_.pop_front();
+        }
+      }
+      Commit(batch);
+      batch.clear();
+    }
+  }
+
+  // After a failed commit RocksDB may have stopped writes (a background error). Resume() clears
+  // it once the cause is gone, e.g. space freed on the disk, so that the spool heals itself.
+  absl::Status MaybeResume() {
+    if (!needs_resume_) return absl::OkStatus();
+    const absl::Time now = clock_.Now();
+    if (now - last_resume_attempt_ < kResumeInterval) {
+      // Not yet: try the write anyway. If the database still refuses writes it fails at once
+      // with the stored error, without touching the disk.
+      return absl::OkStatus();
+    }
+    last_resume_attempt_ = now;
+    rocksdb::DB& db = store_.db();
+    uint64_t free_bytes = 0;
+    uint64_t memtable_bytes = 0;
+    if (db.GetEnv()->GetFreeSpace(store_.path(), &free_bytes).ok() &&
+        db.GetAggregatedIntProperty(rocksdb::DB::Properties::kCurSizeAllMemTables,
+                                    &memtable_bytes) &&
+        free_bytes < memtable_bytes + kResumeSpareBytes) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "spool: disk still full (", free_bytes, " bytes free under ", store_.path(), ")"));
+    }
+    rocksdb::Status status = db.Resume();
+    if (!status.ok()) {
+      if (status.severity() >= rocksdb::Status::Severity::kFatalError) {
+        Log(LogLevel::kError, "spool %s: unrecoverable write error, restart needed: %s",
+            store_.path(), status.ToString());
+      }
+      return ToStatus(status, "spool: resuming after a write error");
+    }
+    Log(LogLevel::kInfo, "spool %s: writes resumed after an error", store_.path());
+    needs_resume_ = false;
+    return absl::OkStatus();
+  }
+
+  void Commit(std::vector<Item>& batch) {
+    const auto start = std::chrono::steady_clock::now();
+    absl::Status status = MaybeResume();
+    if (status.ok()) {
+      size_t bytes = 0;
+      for (const Item& item : batch) {
+        bytes += item.body.size() + item.envelope.size() + 3 * MessageId::kBytes + 32;
+      }
+      rocksdb::WriteBatch write_batch(bytes);
+      rocksdb::Status put;
+      for (const Item& item : batch) {
+        put = write_batch.Put(store_.family(Family::kBody), item.key, item.body);
+        if (put.ok()) put = write_batch.Put(store_.family(Family::kEnvelope), item.key, item.envelope);
+        if (put.ok()) put = write_batch.Put(store_.family(Family::kSchedule), item.schedule_key, "");
+        if (!put.ok()) break;
+      }
+      rocksdb::WriteOptions write_options;
+      write_options.sync = true;  // the 250 reply waits for this: one fsync for the whole batch
+      rocksdb::Status written = put.ok() ? store_.db().Write(write_options, &write_batch) : put;
+      status = ToStatus(written, absl::StrCat("spool: committing ", batch.size(), " messages"));
+      if (!written.ok()) {
+        Log(LogLevel::kError, "%s", status.ToString());
+        if (!needs_resume_) last_resume_attempt_ = clock_.Now();
+        needs_resume_ = true;
+      }
+    }
+    if (status.ok()) size_.fetch_add(batch.size(), std::memory_order_relaxed);
+    const absl::Duration latency = absl::FromChrono(std::chrono::steady_clock::now() - start);
+    if (status.ok()) {
+      // Before the callbacks: whoever waits for the last `done` sees this commit counted.
+      absl::MutexLock lock(&observer_mutex_);
+      if (observer_) observer_(batch.size(), latency);
+    }
+    for (Item& item : batch) std::move(item.done)(status);
+  }
+
+  Store& store_;
+  SpoolOptions options_;
+  Clock& clock_;
+  std::atomic<uint64_t> size_;
+
+  absl::Mutex mutex_;
+  std::deque<Item> pending_ ABSL_GUARDED_BY(mutex_);
+  bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
+
+  absl::Mutex observer_mutex_;
+  CommitObserver observer_ ABSL_GUARDED_BY(observer_mutex_);
+
+  // Writer thread only.
+  bool needs_resume_ = false;
+  absl::Time last_resume_attempt_ = absl::InfinitePast();
+
+  std::thread thread_;  // last: starts after every member above is constructed
+};
+
+absl::StatusOr<std::unique_ptr<Spool>> Spool::Open(Store& store, const SpoolOptions& options,
+                                                   Clock& clock) {
+  if (store.read_only()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("spool ", store.path(), " is open read-only: cannot enqueue"));
+  }
+  FACTEUR_ASSIGN_OR_RETURN(uint64_t messages, Recover(store));
+  return std::unique_ptr<Spool>(
+      new Spool(std::make_unique<Writer>(store, options, clock, messages)));
+}
+
+Spool::Spool(std::unique_ptr<Writer> writer) : writer_(std::move(writer)) {}
+Spool::~Spool() = default;
+
+void Spool::Enqueue(Envelope envelope, std::string body,
+                    absl::AnyInvocable<void(absl::Status) &&> done) {
+  writer_->Enqueue(std::move(envelope), std::move(body), std::move(done));
+}
+
+void Spool::SetCommitObserver(CommitObserver observer) {
+  writer_->SetCommitObserver(std::move(observer));
+}
+
+uint64_t Spool::size() const { return writer_->size(); }
+
+// --- Reads ---
+
+absl::StatusOr<std::optional<Envelope>> ReadEnvelope(Store& store, const MessageId& id) {
+  rocksdb::PinnableSlice value;
+  rocksdb::Status status = store.db().Get(rocksdb::ReadOptions(), store.family(Family::kEnvelope),
+                                          ToSlice(id.Bytes()), &value);
+  if (status.IsNotFound()) return std::optional<Envelope>();
+  FACTEUR_RETURN_IF_ERROR(ToStatus(status, absl::StrCat("reading envelope ", id.ToString())));
+  FACTEUR_ASSIGN_OR_RETURN(Envelope envelope, DecodeEnvelope(ToView(value)));
+  return std::optional<Envelope>(std::move(envelope));
+}
+
+absl::StatusOr<std::optional<std::string>> ReadBody(Store& store, const MessageId& id) {
+  std::string value;
+  rocksdb::Status status = store.db().Get(rocksdb::ReadOptions(), store.family(Family::kBody),
+                                          ToSlice(id.Bytes()), &value);
+  if (status.IsNotFound()) return std::optional<std::string>();
+  FACTEUR_RETURN_IF_ERROR(ToStatus(status, absl::StrCat("reading body ", id.ToString())));
+  return std::optional<std::string>(std::move(value));
+}
+
+absl::StatusOr<std::vector<Envelope>> ListEnvelopes(Store& store, size_t limit,
+                                                    const MessageId& after) {
+  std::vector<Envelope> envelopes;
+  std::unique_ptr<rocksdb::Iterator> it(
+      store.db().NewIterator(rocksdb::ReadOptions(), store.family(Family::kEnvelope)));
+  if (after.IsZero()) {
+    it->SeekToFirst();
+  } else {
+    it->Seek(ToSlice(after.Bytes()));
+    if (it->Valid() && ToView(it->key()) == after.Bytes()) it->Next();
+  }
+  for (; it->Valid() && envelopes.size() < limit; it->Next()) {
+    absl::StatusOr<Envelope> envelope = DecodeEnvelope(ToView(it->value()));
+    if (!envelope.ok()) {
+      return absl::DataLossError(absl::StrCat("envelope ", IdText(ToView(it->key())), ": ",
+                                              envelope.status().message()));
+    }
+    envelopes.push_back(*std::move(envelope));
+  }
+  FACTEUR_RETURN_IF_ERROR(ToStatus(it->status(), "listing envelopes"));
+  return envelopes;
+}
+
+absl::StatusOr<uint64_t> CountMessages(Store& store) {
+  rocksdb::ReadOptions read_options;
+  read_options.fill_cache = false;
+  std::unique_ptr<rocksdb::Iterator> it(
+      store.db().NewIterator(read_options, store.family(Family::kEnvelope)));
+  uint64_t count = 0;
+  for (it->SeekToFirst(); it->Valid(); it->Next()) ++count;
+  FACTEUR_RETURN_IF_ERROR(ToStatus(it->status(), "counting messages"));
+  return count;
+}
+
+}  // namespace facteur::queue

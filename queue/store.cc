@@ -1,0 +1,176 @@
+// File: queue/store.cc
+// Opening the spool's RocksDB database (read-write as the one primary, or read-only as a
+// secondary instance) and the rocksdb::Status → absl::Status adapter.
+#include "queue/store.h"
+
+#include <stdlib.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <filesystem>
+#include <system_error>
+#include <utility>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "engine/base/log.h"
+#include "engine/base/status.h"
+#include "rocksdb/listener.h"
+#include "rocksdb/options.h"
+
+namespace facteur::queue {
+namespace {
+
+// Order matters: handles_[0] is "default", handles_[1 + Family] the named ones.
+constexpr const char* kFamilyNames[] = {"default", "body", "envelope", "schedule", "accounts"};
+
+// RocksDB's own recovery from a full disk starts at once, while the disk is likely still full;
+// its flush then fails too and the error turns fatal (only a reopen clears it). The spool's
+// writer calls Resume() itself, at most once a second, when it has work (spool.cc).
+class NoAutoRecovery : public rocksdb::EventListener {
+ public:
+  const char* Name() const override { return "FacteurNoAutoRecovery"; }
+  void OnErrorRecoveryBegin(rocksdb::BackgroundErrorReason /*reason*/,
+                            rocksdb::Status /*bg_error*/, bool* auto_recovery) override {
+    *auto_recovery = false;
+  }
+};
+
+rocksdb::Options PrimaryOptions(const StoreOptions& store_options) {
+  rocksdb::Options options;
+  // Two background threads are enough for flushes and compactions of a queue whose writes come
+  // from one writer thread; more would compete with the I/O shards for CPU.
+  options.IncreaseParallelism(2);
+  options.create_if_missing = true;
+  options.create_missing_column_families = true;
+  // Lets the memtable insert of one write group overlap the WAL write of the next: helps when
+  // the account store or an admin command write next to the spool's writer.
+  options.enable_pipelined_write = true;
+  // The WAL is the durability of an acknowledged message: never disabled, never recycled in a
+  // way that could resurrect old records after a crash.
+  options.recycle_log_file_num = 0;
+  options.listeners.push_back(std::make_shared<NoAutoRecovery>());
+  if (store_options.env != nullptr) options.env = store_options.env.get();
+  return options;
+}
+
+bool IsLockHeld(const rocksdb::Status& status) {
+  // RocksDB reports the LOCK file held by another process as an IOError "While lock file ...:
+  // Resource temporarily unavailable", and held by this process as "lock hold by current
+  // process". Both mean a running instance owns the spool.
+  if (!status.IsIOError()) return false;
+  const std::string text = status.ToString();
+  return absl::StrContains(text, "lock file") || absl::StrContains(text, "LOCK") ||
+         absl::StrContains(text, "lock hold");
+}
+
+}  // namespace
+
+absl::Status ToStatus(const rocksdb::Status& status, std::string_view context) {
+  if (status.ok()) return absl::OkStatus();
+  std::string message = absl::StrCat(ToAbsl(context), ": ", status.ToString());
+  if (status.IsNoSpace()) return absl::ResourceExhaustedError(message);
+  if (status.IsBusy() || status.IsTryAgain() || status.IsIncomplete()) {
+    return absl::UnavailableError(message);
+  }
+  if (status.IsCorruption()) return absl::DataLossError(message);
+  if (status.IsNotFound()) return absl::NotFoundError(message);
+  if (status.IsIOError()) return absl::UnavailableError(message);
+  return absl::InternalError(message);
+}
+
+absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& path) {
+  return Open(path, StoreOptions{});
+}
+
+absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& path,
+                                                   const StoreOptions& options) {
+  std::unique_ptr<Store> store(new Store());
+  store->env_ = options.env;
+  store->path_ = path;
+  rocksdb::Options db_options = PrimaryOptions(options);
+  std::vector<rocksdb::ColumnFamilyDescriptor> families;
+  for (const char* name : kFamilyNames) {
+    families.emplace_back(name, rocksdb::ColumnFamilyOptions(db_options));
+  }
+  rocksdb::DB* db = nullptr;
+  rocksdb::Status status = rocksdb::DB::Open(db_options, path, families, &store->handles_, &db);
+  if (!status.ok()) {
+    if (IsLockHeld(status)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("spool ", path, " is in use by a running facteur (", status.ToString(),
+                       "); stop it, or open the spool read-only"));
+    }
+    return ToStatus(status, absl::StrCat("opening spool ", path));
+  }
+  store->db_.reset(db);
+  return store;
+}
+
+absl::StatusOr<std::unique_ptr<Store>> Store::OpenReadOnly(const std::string& path) {
+  // A secondary instance instead of DB::OpenForReadOnly: it does not need the LOCK, so it works
+  // next to a running server, and it replays the primary's live WAL so it sees every
+  // acknowledged message, not only what was flushed.
+  struct stat info;
+  const std::string current = path + "/CURRENT";
+  if (::stat(current.c_str(), &info) != 0) {
+    return absl::NotFoundError(absl::StrCat("no spool database at ", path));
+  }
+
+  std::unique_ptr<Store> store(new Store());
+  store->path_ = path;
+  store->read_only_ = true;
+  char scratch[] = "/tmp/facteur-secondary-XXXXXX";
+  if (::mkdtemp(scratch) == nullptr) {
+    return ErrnoStatus("mkdtemp for the read-only spool instance", errno);
+  }
+  // From here ~Store removes the scratch directory on every return path.
+  store->secondary_path_ = scratch;
+
+  rocksdb::Options db_options;
+  db_options.max_open_files = -1;  // required by secondary instances
+  std::vector<std::string> existing;
+  rocksdb::Status status = rocksdb::DB::ListColumnFamilies(db_options, path, &existing);
+  if (!status.ok()) return ToStatus(status, absl::StrCat("listing families of spool ", path));
+  std::vector<rocksdb::ColumnFamilyDescriptor> families;
+  for (const char* name : kFamilyNames) {
+    if (std::find(existing.begin(), existing.end(), name) == existing.end()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("database at ", path, " is not a facteur spool: no family ", name));
+    }
+    families.emplace_back(name, rocksdb::ColumnFamilyOptions(db_options));
+  }
+  rocksdb::DB* db = nullptr;
+  status = rocksdb::DB::OpenAsSecondary(db_options, path, store->secondary_path_, families,
+                                        &store->handles_, &db);
+  if (!status.ok()) return ToStatus(status, absl::StrCat("opening spool ", path, " read-only"));
+  store->db_.reset(db);
+  status = store->db_->TryCatchUpWithPrimary();
+  if (!status.ok()) return ToStatus(status, absl::StrCat("catching up with spool ", path));
+  return store;
+}
+
+Store::~Store() {
+  if (db_ != nullptr) {
+    for (rocksdb::ColumnFamilyHandle* handle : handles_) {
+      db_->DestroyColumnFamilyHandle(handle).PermitUncheckedError();
+    }
+    handles_.clear();
+    rocksdb::Status status = db_->Close();
+    if (!status.ok()) {
+      Log(LogLevel::kWarning, "closing spool %s: %s", path_, status.ToString());
+    }
+    db_.reset();
+  }
+  if (!secondary_path_.empty()) {
+    std::error_code error;  // best effort: a leftover scratch dir in /tmp is harmless
+    std::filesystem::remove_all(secondary_path_, error);
+  }
+}
+
+rocksdb::ColumnFamilyHandle* Store::family(Family f) const {
+  return handles_[1 + static_cast<size_t>(f)];
+}
+
+}  // namespace facteur::queue
