@@ -1,0 +1,856 @@
+#include "engine/smtp/server/session.h"
+
+#include <algorithm>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "engine/base/log.h"
+#include "engine/base/status.h"
+#include "engine/mail/header.h"
+#include "engine/policy/sender_policy.h"
+
+namespace facteur::smtp {
+namespace {
+
+using mail::Command;
+using mail::Verb;
+
+// Input buffered while host work is pending (a pipelining client may send ahead). Past this the
+// stream stops reading, so a hostile client cannot grow our memory.
+constexpr size_t kMaxBufferedInput = 256 * 1024;
+// A data line longer than this with no LF yet is dropped as it comes (it is refused anyway).
+constexpr size_t kMaxPartialDataLine = 64 * 1024;
+
+// Printable ASCII only, for client-supplied text copied into headers and replies.
+std::string Printable(std::string_view text, size_t max_length = 255) {
+  std::string out;
+  for (char c : text.substr(0, max_length)) {
+    out.push_back(c > 32 && c < 127 ? c : '?');
+  }
+  return out;
+}
+
+bool PeerIsTrusted(const io::PeerInfo& peer, const std::vector<config::Cidr>& networks) {
+  if (peer.is_unix) return true;
+  for (const config::Cidr& network : networks) {
+    if (network.Contains(peer.address, peer.address_length)) return true;
+  }
+  return false;
+}
+
+// Where Date:/Message-ID: go: after the last header field. `needs_separator` when the message
+// has no empty line after its header fields, so that what follows stays the body.
+size_t HeaderInsertPosition(std::string_view message, const mail::HeaderSection& section,
+                            bool* needs_separator) {
+  if (section.fields.empty()) {
+    *needs_separator = !absl::StartsWith(ToAbsl(message), "\r\n");
+    return 0;
+  }
+  const mail::HeaderField& last = section.fields.back();
+  size_t end = static_cast<size_t>(last.raw.data() + last.raw.size() - message.data());
+  *needs_separator = message.substr(end, 2) != "\r\n";
+  return end;
+}
+
+}  // namespace
+
+Session::Session(io::Stream& stream, const ListenerPolicy& policy, SessionHost& host)
+    : stream_(stream), policy_(policy), host_(host), alive_(std::make_shared<bool>(true)) {}
+
+Session::~Session() = default;
+
+// ---------------------------------------------------------------------------------------------
+// Stream events
+
+void Session::OnStart(const io::TlsInfo* implicit_tls) {
+  tls_active_ = implicit_tls != nullptr;
+  stream_.SetIdleTimeout(policy_.limits.idle_timeout);
+  // RFC 5321 §4.2: the greeting carries no enhanced status code.
+  Reply(220, "", absl::StrCat(policy_.hostname, " ESMTP facteur"));
+}
+
+void Session::RefuseAndClose(const mail::Reply& reply) {
+  Reply(reply);
+  Close();
+}
+
+void Session::OnData(std::string_view bytes) {
+  if (closed_) return;
+  input_.append(bytes);
+  Process();
+}
+
+void Session::OnTlsStarted(const io::TlsInfo& /*tls*/) {
+  tls_active_ = true;
+  waiting_ = false;
+  Process();
+}
+
+void Session::OnTlsFailed(std::string_view reason) {
+  Log(LogLevel::kInfo, "%s: TLS handshake with %s failed: %s", policy_.listener_name,
+      stream_.peer().text, ToAbsl(reason));
+  closed_ = true;
+}
+
+void Session::OnIdleTimeout() {
+  if (closed_) return;
+  // RFC 5321 §4.5.3.2.7: the server may close an idle session, with 421.
+  Reply(421, "4.4.2", absl::StrCat(policy_.hostname, " Idle timeout, closing connection"));
+  Close();
+}
+
+void Session::OnClosed() { closed_ = true; }
+
+// ---------------------------------------------------------------------------------------------
+// Input
+
+void Session::Process() {
+  // A host may answer synchronously, from inside this loop: the loop then simply goes on.
+  if (processing_) return;
+  processing_ = true;
+  while (!closed_ && !waiting_) {
+    if (input_state_ == Input::kData) {
+      if (!ConsumeDataLines()) break;
+      FinishMessage();
+      continue;
+    }
+    if (input_state_ == Input::kBdat) {
+      if (!ConsumeBdatOctets()) break;
+      input_state_ = Input::kCommand;
+      if (bdat_refusal_.has_value()) {
+        mail::Reply refusal = *std::move(bdat_refusal_);
+        bdat_refusal_.reset();
+        RefuseWith(refusal);
+      } else if (bdat_last_) {
+        FinishMessage();
+      } else {
+        Reply(250, "2.0.0", "Chunk received");
+      }
+      continue;
+    }
+    // A command line, or a line of an AUTH exchange (RFC 4954 §4 allows those to be longer).
+    const size_t limit =
+        input_state_ == Input::kCommand ? mail::kMaxCommandLine : mail::kMaxAuthLine;
+    size_t lf = input_.find('\n');
+    if (discarding_long_line_) {
+      if (lf == std::string::npos) {
+        input_.clear();
+        break;
+      }
+      input_.erase(0, lf + 1);
+      discarding_long_line_ = false;
+      input_state_ = Input::kCommand;
+      Refuse(500, "5.5.2", "Line too long");
+      continue;
+    }
+    if (lf == std::string::npos) {
+      if (input_.size() >= limit) {  // no end in sight: drop it as it comes
+        discarding_long_line_ = true;
+        input_.clear();
+      }
+      break;
+    }
+    if (lf + 1 > limit) {
+      input_.erase(0, lf + 1);
+      input_state_ = Input::kCommand;
+      Refuse(500, "5.5.2", "Line too long");
+      continue;
+    }
+    std::string line = input_.substr(0, lf);
+    input_.erase(0, lf + 1);
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (input_state_ == Input::kCommand) {
+      ProcessCommandLine(line);
+    } else {
+      HandleAuthResponse(line);
+    }
+  }
+  processing_ = false;
+  if (!closed_) stream_.SetReading(input_.size() < kMaxBufferedInput);
+}
+
+bool Session::ProcessCommandLine(std::string_view line) {
+  Command command = mail::ParseCommand(line);
+  switch (command.verb) {
+    case Verb::kEhlo:
+      HandleEhlo(command, /*extended=*/true);
+      break;
+    case Verb::kHelo:
+      HandleEhlo(command, /*extended=*/false);
+      break;
+    case Verb::kMail:
+      HandleMail(command);
+      break;
+    case Verb::kRcpt:
+      HandleRcpt(command);
+      break;
+    case Verb::kData:
+      HandleData(command);
+      break;
+    case Verb::kBdat:
+      HandleBdat(command);
+      break;
+    case Verb::kRset:
+      ResetTransaction();
+      Reply(250, "2.0.0", "Ok");
+      break;
+    case Verb::kNoop:
+      Reply(250, "2.0.0", "Ok");
+      break;
+    case Verb::kQuit:
+      Reply(221, "2.0.0", absl::StrCat(policy_.hostname, " closing connection"));
+      Close();
+      break;
+    case Verb::kVrfy:
+      // RFC 5321 §3.5.3: 252 when we will not verify but would try delivery.
+      Reply(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery");
+      break;
+    case Verb::kExpn:
+      Refuse(502, "5.5.1", "EXPN is not supported");
+      break;
+    case Verb::kHelp:
+      Reply(214, "2.0.0",
+            "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS AUTH\n"
+            "See RFC 5321");
+      break;
+    case Verb::kStartTls:
+      HandleStartTls(command);
+      break;
+    case Verb::kAuth:
+      HandleAuth(command);
+      break;
+    case Verb::kUnknown:
+      Refuse(500, "5.5.1", "Command unrecognized");
+      break;
+  }
+  return !closed_ && !waiting_;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Commands
+
+void Session::HandleEhlo(const Command& command, bool extended) {
+  if (command.argument.empty()) {
+    Refuse(501, "5.5.4", extended ? "Syntax: EHLO domain" : "Syntax: HELO domain");
+    return;
+  }
+  ResetTransaction();  // RFC 5321 §4.1.4: EHLO resets the state like RSET
+  helo_ = Printable(command.argument);
+  plain_helo_ = !extended;
+  if (!extended) {
+    Reply(250, "", policy_.hostname);
+    return;
+  }
+  std::vector<std::string> lines = {
+      absl::StrCat(policy_.hostname, " Hello ", helo_),
+      "PIPELINING",
+      absl::StrCat("SIZE ", policy_.limits.max_message_size),
+      "8BITMIME",
+      "SMTPUTF8",
+      "ENHANCEDSTATUSCODES",
+      "CHUNKING",
+  };
+  if (StartTlsAvailable()) lines.push_back("STARTTLS");
+  if (AuthAvailable() && !account_.has_value()) lines.push_back("AUTH PLAIN LOGIN");
+  // RFC 2034 §3: EHLO replies carry no enhanced status codes.
+  Reply(250, "", absl::StrJoin(lines, "\n"));
+}
+
+void Session::HandleMail(const Command& command) {
+  if (helo_.empty()) {
+    Refuse(503, "5.5.1", "Send EHLO or HELO first");
+    return;
+  }
+  if (in_transaction_) {
+    Refuse(503, "5.5.1", "Nested MAIL command");
+    return;
+  }
+  if (policy_.role == config::ListenerRole::kSubmission && !policy_.is_unix &&
+      !account_.has_value()) {
+    // RFC 6409 §4.3, RFC 4954 §6; RFC 3207 §4 when TLS must come first.
+    Refuse(530, "5.7.0",
+           StartTlsAvailable() && !tls_active_ ? "Must issue a STARTTLS command first"
+                                               : "Authentication required");
+    return;
+  }
+  mail::ReplyOr<mail::MailFromArguments> parsed = mail::ParseMailFrom(command.argument);
+  if (const mail::Reply* refusal = mail::RefusalOf(parsed)) {
+    RefuseWith(*refusal);
+    return;
+  }
+  mail::MailFromArguments arguments = std::get<mail::MailFromArguments>(std::move(parsed));
+  if (arguments.body == mail::BodyType::kBinaryMime) {
+    Refuse(555, "5.5.4", "BODY=BINARYMIME is not supported");
+    return;
+  }
+  if (arguments.size.has_value() && *arguments.size > policy_.limits.max_message_size) {
+    // RFC 1870 §6.1
+    Refuse(552, "5.3.4", "Message size exceeds fixed maximum message size");
+    return;
+  }
+  if (account_.has_value() && arguments.sender.has_value() &&
+      !policy::MaySendAs(account_->grants, *arguments.sender)) {
+    Refuse(553, "5.7.1", policy::SenderRefusal(account_->name, *arguments.sender));
+    return;
+  }
+  mail_from_ = std::move(arguments);
+  in_transaction_ = true;
+  Reply(250, "2.1.0", "Ok");
+}
+
+void Session::HandleRcpt(const Command& command) {
+  if (!in_transaction_) {
+    Refuse(503, "5.5.1", "Need MAIL before RCPT");
+    return;
+  }
+  mail::ReplyOr<mail::RcptToArguments> parsed =
+      mail::ParseRcptTo(command.argument, mail_from_.smtputf8);
+  if (const mail::Reply* refusal = mail::RefusalOf(parsed)) {
+    RefuseWith(*refusal);
+    return;
+  }
+  mail::RcptToArguments arguments = std::get<mail::RcptToArguments>(std::move(parsed));
+  if (!ClientMayRelay()) {
+    Refuse(554, "5.7.1", absl::StrCat("<", arguments.recipient.ToString(),
+                                      ">: Relay access denied"));
+    return;
+  }
+  if (arguments.recipient.domain.empty()) {
+    // <Postmaster> alone names a local mailbox, and this relay delivers no local mail.
+    Refuse(550, "5.1.1", "This relay has no local mailboxes; give the postmaster's full address");
+    return;
+  }
+  if (recipients_.size() >= policy_.limits.max_recipients) {
+    // RFC 5321 §4.5.3.1.10: the client sends the rest in another transaction. Not an error.
+    Reply(452, "4.5.3", "Too many recipients");
+    return;
+  }
+  std::string canonical = arguments.recipient.Canonical();
+  bool duplicate = std::any_of(recipients_.begin(), recipients_.end(),
+                               [&](const mail::RcptToArguments& r) {
+                                 return r.recipient.Canonical() == canonical;
+                               });
+  if (!duplicate) recipients_.push_back(std::move(arguments));
+  Reply(250, "2.1.5", "Ok");
+}
+
+void Session::HandleData(const Command& command) {
+  if (!command.argument.empty()) {
+    Refuse(501, "5.5.4", "Syntax: DATA");
+    return;
+  }
+  if (!in_transaction_) {
+    Refuse(503, "5.5.1", "Need MAIL and RCPT before DATA");
+    return;
+  }
+  if (recipients_.empty()) {
+    Refuse(554, "5.5.1", "No valid recipients");  // RFC 5321 §3.3
+    return;
+  }
+  if (bdat_used_) {
+    Refuse(503, "5.5.1", "DATA cannot follow BDAT in one transaction");  // RFC 3030 §3
+    return;
+  }
+  message_.clear();
+  data_fault_ = DataFault::kNone;
+  input_state_ = Input::kData;
+  Reply(354, "", "End data with <CR><LF>.<CR><LF>");
+}
+
+void Session::HandleBdat(const Command& command) {
+  // RFC 3030 §3: "BDAT" SP chunk-size [ SP end-marker ]
+  std::vector<absl::string_view> words =
+      absl::StrSplit(ToAbsl(command.argument), ' ', absl::SkipEmpty());
+  uint64_t size = 0;
+  bool valid = (words.size() == 1 || words.size() == 2) && words[0].size() <= 20 &&
+               std::all_of(words[0].begin(), words[0].end(), absl::ascii_isdigit) &&
+               absl::SimpleAtoi(words[0], &size) &&
+               (words.size() == 1 || absl::EqualsIgnoreCase(words[1], "LAST"));
+  if (!valid) {
+    // Without a size the octets that follow cannot be skipped: the framing is lost.
+    Refuse(501, "5.5.4", "Syntax: BDAT chunk-size [LAST]");
+    return;
+  }
+  bdat_last_ = words.size() == 2;
+  bdat_remaining_ = size;
+  bdat_discard_ = false;
+  bdat_refusal_.reset();
+  input_state_ = Input::kBdat;
+  // The chunk's octets are read whatever the verdict, to keep the framing (RFC 3030 §3).
+  if (!in_transaction_ || recipients_.empty()) {
+    bdat_discard_ = true;
+    bdat_refusal_ = mail::Reply{503, "5.5.1", in_transaction_ ? "No valid recipients"
+                                                               : "Need MAIL and RCPT before BDAT"};
+    return;
+  }
+  if (!bdat_used_) {
+    bdat_used_ = true;
+    message_.clear();
+    data_fault_ = DataFault::kNone;
+  }
+}
+
+void Session::HandleStartTls(const Command& command) {
+  if (tls_active_) {
+    Refuse(503, "5.5.1", "TLS already active");
+    return;
+  }
+  if (!StartTlsAvailable()) {
+    Refuse(502, "5.5.1", "STARTTLS not available");
+    return;
+  }
+  if (!command.argument.empty()) {
+    Refuse(501, "5.5.4", "Syntax: STARTTLS");
+    return;
+  }
+  Reply(220, "2.0.0", "Ready to start TLS");
+  // RFC 3207 §4.2: forget everything learnt before TLS, and anything the client pipelined
+  // after STARTTLS (CVE-2011-0411): the stream discards undelivered input too.
+  input_.clear();
+  ResetTransaction();
+  helo_.clear();
+  plain_helo_ = false;
+  account_.reset();
+  waiting_ = true;  // until OnTlsStarted()
+  stream_.StartTls();
+}
+
+void Session::HandleAuth(const Command& command) {
+  if (helo_.empty() || plain_helo_) {
+    Refuse(503, "5.5.1", "Send EHLO first");
+    return;
+  }
+  if (account_.has_value()) {
+    Refuse(503, "5.5.1", "Already authenticated");  // RFC 4954 §4
+    return;
+  }
+  if (in_transaction_) {
+    Refuse(503, "5.5.1", "AUTH is not allowed during a mail transaction");
+    return;
+  }
+  if (!AuthAvailable()) {
+    if (StartTlsAvailable()) {
+      Refuse(538, "5.7.11", "Encryption required for requested authentication mechanism");
+    } else {
+      Refuse(503, "5.5.1", "AUTH not available on this listener");
+    }
+    return;
+  }
+  std::vector<absl::string_view> words =
+      absl::StrSplit(ToAbsl(command.argument), ' ', absl::SkipEmpty());
+  if (words.empty() || words.size() > 2) {
+    Refuse(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]");
+    return;
+  }
+  std::string mechanism = absl::AsciiStrToUpper(words[0]);
+  if (mechanism == "PLAIN") {
+    if (words.size() == 1) {
+      input_state_ = Input::kAuthPlain;
+      // RFC 4954 §4: "334" SP [base64]; an empty challenge still carries the space.
+      stream_.Write("334 \r\n");
+      host_.OnReplySent(334);
+    } else {
+      HandleAuthResponse(ToStd(words[1]));  // treated as the response to an empty challenge
+    }
+    return;
+  }
+  if (mechanism == "LOGIN") {
+    if (words.size() == 1) {
+      input_state_ = Input::kAuthLoginUser;
+      Reply(334, "", "VXNlcm5hbWU6");  // "Username:"
+    } else {
+      input_state_ = Input::kAuthLoginUser;
+      HandleAuthResponse(ToStd(words[1]));
+    }
+    return;
+  }
+  Refuse(504, "5.5.4", "Unrecognized authentication type");
+}
+
+void Session::HandleAuthResponse(std::string_view line) {
+  const Input state = input_state_;
+  input_state_ = Input::kCommand;
+  if (line == "*") {  // RFC 4954 §4: the client cancels
+    auth_login_user_.clear();
+    Refuse(501, "5.0.0", "Authentication aborted");
+    return;
+  }
+  std::string decoded;
+  if (line != "=" && !absl::Base64Unescape(ToAbsl(line), &decoded)) {
+    auth_login_user_.clear();
+    Refuse(501, "5.5.2", "Cannot decode the response as base64");
+    return;
+  }
+  switch (state) {
+    case Input::kAuthLoginUser:
+      auth_login_user_ = std::move(decoded);
+      input_state_ = Input::kAuthLoginPassword;
+      Reply(334, "", "UGFzc3dvcmQ6");  // "Password:"
+      return;
+    case Input::kAuthLoginPassword:
+      StartAuthentication("", std::exchange(auth_login_user_, {}), std::move(decoded));
+      return;
+    default: {
+      // RFC 4616 §2: [authzid] NUL authcid NUL passwd
+      std::vector<std::string> parts = absl::StrSplit(decoded, absl::ByChar('\0'));
+      if (parts.size() != 3 || parts[1].empty()) {
+        Refuse(501, "5.5.2", "Malformed PLAIN response");
+        return;
+      }
+      StartAuthentication(std::move(parts[0]), std::move(parts[1]), std::move(parts[2]));
+      return;
+    }
+  }
+}
+
+void Session::StartAuthentication(std::string authzid, std::string account,
+                                  std::string password) {
+  if (!authzid.empty() && authzid != account) {
+    // Acting for another identity is not something accounts may do here.
+    host_.OnAuthFailure();
+    Refuse(535, "5.7.8", "Authentication credentials invalid");
+    return;
+  }
+  waiting_ = true;
+  std::weak_ptr<bool> alive = alive_;
+  host_.Authenticate(
+      std::move(account), std::move(password),
+      [this, alive](absl::StatusOr<AuthenticatedAccount> result) {
+        if (alive.expired()) return;
+        waiting_ = false;
+        if (result.ok()) {
+          account_ = *std::move(result);
+          Reply(235, "2.7.0", "Authentication successful");
+        } else if (absl::IsUnavailable(result.status())) {
+          Reply(454, "4.7.0", "Temporary authentication failure, try again later");
+        } else {
+          host_.OnAuthFailure();
+          Refuse(535, "5.7.8", "Authentication credentials invalid");  // RFC 4954 §6
+        }
+        Process();
+      });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Message data
+
+bool Session::ConsumeDataLines() {
+  size_t position = 0;
+  bool finished = false;
+  while (true) {
+    size_t lf = input_.find('\n', position);
+    if (lf == std::string::npos) {
+      size_t partial = input_.size() - position;
+      if (partial > kMaxPartialDataLine) {
+        // An endless line: refused at the end anyway, so drop it now, keeping its last byte (a
+        // CR that the next LF may complete). A CR before that is a bare CR.
+        std::string_view dropped(input_.data() + position, partial - 1);
+        if (dropped.find('\r') != std::string_view::npos) {
+          host_.OnMessageRefused();
+          Reply(521, "5.5.2", "Bare <CR> in message data (RFC 5321 §2.3.8); closing connection");
+          Close();
+          return false;
+        }
+        data_fault_ = data_fault_ == DataFault::kTooBig ? data_fault_ : DataFault::kLineTooLong;
+        position = input_.size() - 1;
+      }
+      break;
+    }
+    std::string_view line(input_.data() + position, lf - position);
+    const size_t wire_length = lf - position + 1;
+    position = lf + 1;
+    // RFC 5321 §2.3.8: lines end with CRLF; a bare LF or CR is never a line end here, so that
+    // "<LF>.<LF>" or "<CR>.<CR>" cannot end the data (SMTP smuggling, CVE-2023-51764).
+    if (line.empty() || line.back() != '\r') {
+      host_.OnMessageRefused();
+      Reply(521, "5.5.2", "Bare <LF> in message data (RFC 5321 §2.3.8); closing connection");
+      Close();
+      return false;
+    }
+    line.remove_suffix(1);
+    if (line.find('\r') != std::string_view::npos) {
+      host_.OnMessageRefused();
+      Reply(521, "5.5.2", "Bare <CR> in message data (RFC 5321 §2.3.8); closing connection");
+      Close();
+      return false;
+    }
+    if (line == ".") {
+      finished = true;
+      break;
+    }
+    if (!line.empty() && line.front() == '.') line.remove_prefix(1);  // RFC 5321 §4.5.2
+    if (wire_length > mail::kMaxTextLine && data_fault_ == DataFault::kNone) {
+      data_fault_ = DataFault::kLineTooLong;  // RFC 5321 §4.5.3.1.6
+    }
+    AppendMessageBytes(line);
+    AppendMessageBytes("\r\n");
+  }
+  input_.erase(0, position);
+  return finished;
+}
+
+bool Session::ConsumeBdatOctets() {
+  size_t take = static_cast<size_t>(std::min<uint64_t>(bdat_remaining_, input_.size()));
+  if (!bdat_discard_) AppendMessageBytes(std::string_view(input_.data(), take));
+  input_.erase(0, take);
+  bdat_remaining_ -= take;
+  if (bdat_remaining_ > 0) return false;
+  if (!bdat_discard_ && data_fault_ == DataFault::kTooBig && !bdat_last_) {
+    // Refuse now: the client need not send the rest (RFC 3030 §3: the transaction failed).
+    bdat_refusal_ = mail::Reply{552, "5.3.4", "Message size exceeds fixed maximum message size"};
+    ResetTransaction();
+  }
+  return true;
+}
+
+void Session::AppendMessageBytes(std::string_view bytes) {
+  if (data_fault_ == DataFault::kTooBig) return;
+  if (message_.size() + bytes.size() > policy_.limits.max_message_size) {
+    data_fault_ = DataFault::kTooBig;
+    std::string().swap(message_);  // release the memory now
+    return;
+  }
+  message_.append(bytes);
+}
+
+std::optional<mail::Reply> Session::CheckMessage(std::string_view message) const {
+  if (!account_.has_value()) return std::nullopt;
+  // RFC 6409 §6.1 leaves the check to the MSA: an authenticated account may only send as the
+  // addresses it owns, in the envelope (checked at MAIL) and in From:.
+  mail::HeaderSection section = mail::ParseHeaderSection(message);
+  std::optional<mail::HeaderField> from;
+  int from_count = 0;
+  for (const mail::HeaderField& field : section.fields) {
+    if (absl::EqualsIgnoreCase(ToAbsl(field.name), "From")) {
+      ++from_count;
+      from = field;
+    }
+  }
+  if (from_count == 0) {
+    return mail::Reply{553, "5.7.1",
+                       "The message has no From: header; say which of your addresses sends it"};
+  }
+  if (from_count > 1) {
+    return mail::Reply{553, "5.7.1", "The message has more than one From: header"};  // RFC 5322 §3.6
+  }
+  absl::StatusOr<std::vector<mail::Mailbox>> authors =
+      mail::ParseAddressList(mail::UnfoldedValue(*from));
+  if (!authors.ok()) {
+    return mail::Reply{553, "5.7.1",
+                       absl::StrCat("The From: header cannot be read as an address list: ",
+                                    authors.status().message())};
+  }
+  for (const mail::Mailbox& author : *authors) {
+    if (!policy::MaySendAs(account_->grants, author)) {
+      return mail::Reply{553, "5.7.1",
+                         absl::StrCat("From: header: ",
+                                      policy::SenderRefusal(account_->name, author))};
+    }
+  }
+  return std::nullopt;
+}
+
+std::string Session::ReceivedHeader(const MessageId& id) const {
+  // RFC 5321 §4.4 trace field. The address is the one we saw, never a name the client chose.
+  const io::PeerInfo& peer = stream_.peer();
+  std::string from_clause;
+  if (peer.is_unix) {
+    from_clause = absl::StrCat(helo_.empty() ? "localhost" : helo_, " (local socket)");
+  } else {
+    bool v6 = peer.address_length == 16;
+    from_clause = absl::StrCat(helo_.empty() ? "unknown" : helo_, " ([", v6 ? "IPv6:" : "",
+                               peer.ip_text, "])");
+  }
+  std::string for_clause;
+  if (recipients_.size() == 1) {  // more would disclose the other recipients
+    for_clause = absl::StrCat("\r\n\tfor <", recipients_.front().recipient.ToString(), ">");
+  }
+  return absl::StrCat("Received: from ", from_clause, "\r\n\tby ", policy_.hostname,
+                      " (facteur) with ", Protocol(), " id ", id.ToString(), for_clause, ";\r\n\t",
+                      mail::FormatRfc5322Date(host_.clock().Now()), "\r\n");
+}
+
+void Session::FinishMessage() {
+  input_state_ = Input::kCommand;
+  if (data_fault_ != DataFault::kNone) host_.OnMessageRefused();
+  if (data_fault_ == DataFault::kTooBig) {
+    Refuse(552, "5.3.4", "Message size exceeds fixed maximum message size");  // RFC 1870 §6.2
+    ResetTransaction();
+    return;
+  }
+  if (data_fault_ == DataFault::kLineTooLong) {
+    Refuse(500, "5.5.6", "Message has a line longer than 1000 octets (RFC 5321 §4.5.3.1.6)");
+    ResetTransaction();
+    return;
+  }
+  if (bdat_used_) {
+    // Chunks carry raw octets: hold them to the same line rules as DATA so that what we relay
+    // is plain RFC 5322 text.
+    if (!message_.empty() && !absl::EndsWith(message_, "\r\n")) message_.append("\r\n");
+    size_t start = 0;
+    while (start < message_.size()) {
+      size_t lf = message_.find('\n', start);
+      std::string_view line(message_.data() + start, lf - start);
+      if (line.empty() || line.back() != '\r' ||
+          line.substr(0, line.size() - 1).find('\r') != std::string_view::npos) {
+        host_.OnMessageRefused();
+        Refuse(550, "5.6.0", "Message contains a bare <CR> or <LF>; use CRLF line endings");
+        ResetTransaction();
+        return;
+      }
+      if (line.size() + 1 > mail::kMaxTextLine) {
+        host_.OnMessageRefused();
+        Refuse(500, "5.5.6", "Message has a line longer than 1000 octets (RFC 5321 §4.5.3.1.6)");
+        ResetTransaction();
+        return;
+      }
+      start = lf + 1;
+    }
+  }
+  if (std::optional<mail::Reply> refusal = CheckMessage(message_)) {
+    host_.OnMessageRefused();
+    RefuseWith(*refusal);
+    ResetTransaction();
+    return;
+  }
+
+  const absl::Time now = host_.clock().Now();
+  const MessageId id = MessageId::Generate(now);
+  // RFC 6409 §8.2-8.3: the MSA adds Date: and Message-ID: when the client left them out.
+  mail::HeaderSection section = mail::ParseHeaderSection(message_);
+  std::string added;
+  if (!mail::FindField(section, "Date").has_value()) {
+    absl::StrAppend(&added, "Date: ", mail::FormatRfc5322Date(now), "\r\n");
+  }
+  if (!mail::FindField(section, "Message-ID").has_value()) {
+    absl::StrAppend(&added, "Message-ID: <", id.ToString(), "@", policy_.hostname, ">\r\n");
+  }
+  std::string final_message = ReceivedHeader(id);
+  final_message.reserve(final_message.size() + message_.size() + added.size() + 2);
+  if (added.empty()) {
+    final_message.append(message_);
+  } else {
+    bool needs_separator = false;
+    size_t at = HeaderInsertPosition(message_, section, &needs_separator);
+    final_message.append(message_, 0, at);
+    final_message.append(added);
+    if (needs_separator) final_message.append("\r\n");
+    final_message.append(message_, at, std::string::npos);
+  }
+
+  queue::Envelope envelope;
+  envelope.id = id;
+  envelope.sender = mail_from_.sender.has_value() ? mail_from_.sender->ToString() : "";
+  for (const mail::RcptToArguments& r : recipients_) {
+    envelope.recipients.push_back(queue::RecipientRecord{
+        r.recipient.ToString(), queue::RecipientState::kPending, r.notify, r.orcpt});
+  }
+  envelope.listener = policy_.listener_name;
+  envelope.account = account_.has_value() ? account_->name : "";
+  envelope.client = stream_.peer().text;
+  envelope.received_at = now;
+  envelope.smtputf8 = mail_from_.smtputf8;
+  envelope.eight_bit = mail_from_.body != mail::BodyType::k7Bit;
+  envelope.dsn_ret = mail_from_.ret;
+  envelope.dsn_envid = mail_from_.envid;
+  envelope.next_attempt = now;
+  const size_t size = final_message.size();
+  ResetTransaction();
+
+  waiting_ = true;
+  std::weak_ptr<bool> alive = alive_;
+  host_.Enqueue(std::move(envelope), std::move(final_message),
+                [this, alive, id, size, now](absl::Status status) {
+                  if (alive.expired()) return;  // queued all the same; the client left early
+                  waiting_ = false;
+                  if (status.ok()) {
+                    Reply(250, "2.0.0", absl::StrCat("Ok: queued as ", id.ToString()));
+                    host_.OnMessageAccepted(size, host_.clock().Now() - now);
+                  } else if (host_.OnMessageRefused(); absl::IsResourceExhausted(status)) {
+                    Log(LogLevel::kError, "queueing failed: %s", status.ToString());
+                    Reply(452, "4.3.1", "Insufficient system storage");  // RFC 3463
+                  } else {
+                    Log(LogLevel::kError, "queueing failed: %s", status.ToString());
+                    Reply(451, "4.3.0", "Temporary queue failure, try again later");
+                  }
+                  Process();
+                });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replies and state
+
+void Session::Reply(const mail::Reply& reply) {
+  if (closed_) return;
+  stream_.Write(reply.Format(/*with_enhanced=*/!plain_helo_));
+  host_.OnReplySent(reply.code);
+}
+
+void Session::Reply(int code, std::string_view enhanced, std::string_view text) {
+  Reply(mail::Reply{code, std::string(enhanced), std::string(text)});
+}
+
+void Session::Refuse(int code, std::string_view enhanced, std::string_view text) {
+  RefuseWith(mail::Reply{code, std::string(enhanced), std::string(text)});
+}
+
+void Session::RefuseWith(const mail::Reply& reply) {
+  Reply(reply);
+  if (++errors_ >= policy_.limits.max_errors) {
+    Reply(421, "4.7.0", absl::StrCat(policy_.hostname, " Too many errors, closing connection"));
+    Close();
+  }
+}
+
+void Session::ResetTransaction() {
+  in_transaction_ = false;
+  mail_from_ = mail::MailFromArguments();
+  recipients_.clear();
+  if (message_.capacity() > 1024 * 1024) {
+    std::string().swap(message_);
+  } else {
+    message_.clear();
+  }
+  data_fault_ = DataFault::kNone;
+  bdat_used_ = false;
+  bdat_last_ = false;
+}
+
+void Session::Close() {
+  if (closed_) return;
+  closed_ = true;
+  stream_.Close();
+}
+
+bool Session::ClientMayRelay() const {
+  if (account_.has_value() || policy_.is_unix) return true;
+  return policy_.role == config::ListenerRole::kRelay &&
+         PeerIsTrusted(stream_.peer(), policy_.trusted_networks);
+}
+
+bool Session::AuthAvailable() const {
+  // RFC 4954 §4: no password in the clear; the Unix socket never leaves the machine.
+  return tls_active_ || policy_.is_unix;
+}
+
+bool Session::StartTlsAvailable() const {
+  return policy_.tls_mode == config::TlsMode::kStartTls && !tls_active_ && !policy_.is_unix;
+}
+
+const char* Session::Protocol() const {
+  if (plain_helo_) return "SMTP";
+  const bool utf8 = mail_from_.smtputf8;
+  if (tls_active_ && account_.has_value()) return utf8 ? "UTF8SMTPSA" : "ESMTPSA";
+  if (tls_active_) return utf8 ? "UTF8SMTPS" : "ESMTPS";
+  if (account_.has_value()) return utf8 ? "UTF8SMTPA" : "ESMTPA";
+  return utf8 ? "UTF8SMTP" : "ESMTP";
+}
+
+}  // namespace facteur::smtp

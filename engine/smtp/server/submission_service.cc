@@ -1,0 +1,126 @@
+#include "engine/smtp/server/submission_service.h"
+
+#include <memory>
+#include <utility>
+
+#include "absl/time/clock.h"
+#include "engine/io/event_loop.h"
+
+namespace facteur::smtp {
+namespace {
+
+// The SessionHost of one connection: knows the loop to come back to.
+class ConnectionHost final : public SessionHost {
+ public:
+  ConnectionHost(io::EventLoop& loop, SubmissionServices& services,
+                 metrics::ListenerMetrics& metrics)
+      : loop_(loop), services_(services), metrics_(metrics) {}
+
+  void Authenticate(std::string account, std::string password,
+                    absl::AnyInvocable<void(absl::StatusOr<AuthenticatedAccount>) &&> done)
+      override {
+    // Shared by this function and the pool task: whichever runs last frees it. It lets a
+    // refused submission answer without having moved `done` into the lost task.
+    auto pending = std::make_shared<decltype(done)>(std::move(done));
+    io::EventLoop* loop = &loop_;
+    policy::AccountStore* accounts = &services_.accounts;
+    bool submitted = services_.auth_pool.TrySubmit(
+        [loop, accounts, pending, account = std::move(account),
+         password = std::move(password)]() mutable {
+          absl::StatusOr<policy::Account> result = accounts->Authenticate(account, password);
+          policy::WipeSecret(password);
+          absl::StatusOr<AuthenticatedAccount> answer =
+              result.ok() ? absl::StatusOr<AuthenticatedAccount>(
+                                AuthenticatedAccount{result->name, std::move(result->grants)})
+                          : absl::StatusOr<AuthenticatedAccount>(result.status());
+          loop->Post([pending, answer = std::move(answer)]() mutable {
+            std::move (*pending)(std::move(answer));
+          });
+        });
+    if (!submitted) {
+      // Back-pressure: every verifier is busy; the client may try again (454 4.7.0).
+      loop_.Post([pending]() mutable {
+        std::move (*pending)(absl::UnavailableError("authentication pool is full"));
+      });
+    }
+  }
+
+  void Enqueue(queue::Envelope envelope, std::string message,
+               absl::AnyInvocable<void(absl::Status) &&> done) override {
+    io::EventLoop* loop = &loop_;
+    // `done` runs on the spool writer thread: hand the result back to our loop.
+    services_.spool.Enqueue(std::move(envelope), std::move(message),
+                            [loop, done = std::move(done)](absl::Status status) mutable {
+                              loop->Post([done = std::move(done), status]() mutable {
+                                std::move(done)(status);
+                              });
+                            });
+  }
+
+  Clock& clock() override { return services_.clock; }
+
+  void OnReplySent(int code) override { metrics_.CountReply(code); }
+  void OnMessageRefused() override { metrics_.messages_rejected.Increment(); }
+  void OnMessageAccepted(size_t /*bytes*/, absl::Duration time_to_reply) override {
+    metrics_.messages_accepted.Increment();
+    metrics_.accept_seconds.Observe(absl::ToDoubleSeconds(time_to_reply));
+    services_.metrics.smtp_accept_seconds().Observe(absl::ToDoubleSeconds(time_to_reply));
+  }
+  void OnAuthFailure() override { metrics_.auth_failures.Increment(); }
+
+ private:
+  io::EventLoop& loop_;
+  SubmissionServices& services_;
+  metrics::ListenerMetrics& metrics_;
+};
+
+// Owns one connection's host and session; counts the session while it lives.
+class SessionHandler final : public io::StreamHandler {
+ public:
+  SessionHandler(io::Stream& stream, const ListenerPolicy& policy, SubmissionServices& services,
+                 metrics::ListenerMetrics& metrics)
+      : services_(services),
+        metrics_(metrics),
+        host_(stream.loop(), services, metrics),
+        session_(stream, policy, host_),
+        admitted_(services.sessions.fetch_add(1) < policy.limits.max_sessions) {
+    metrics_.sessions.Increment();
+    metrics_.sessions_active.Increment();
+  }
+  ~SessionHandler() override {
+    services_.sessions.fetch_sub(1);
+    metrics_.sessions_active.Decrement();
+  }
+
+  void OnStart(const io::TlsInfo* implicit_tls) override {
+    if (!admitted_) {
+      session_.RefuseAndClose(mail::Reply{421, "4.7.0", "Too many sessions, try again later"});
+      return;
+    }
+    session_.OnStart(implicit_tls);
+  }
+  void OnData(std::string_view bytes) override { session_.OnData(bytes); }
+  void OnTlsStarted(const io::TlsInfo& tls) override { session_.OnTlsStarted(tls); }
+  void OnTlsFailed(std::string_view reason) override { session_.OnTlsFailed(reason); }
+  void OnIdleTimeout() override { session_.OnIdleTimeout(); }
+  void OnClosed() override { session_.OnClosed(); }
+
+ private:
+  SubmissionServices& services_;
+  metrics::ListenerMetrics& metrics_;
+  ConnectionHost host_;  // declared before session_: the session borrows it
+  Session session_;
+  const bool admitted_;
+};
+
+}  // namespace
+
+io::StreamHandlerFactory MakeSessionFactory(const ListenerPolicy& policy,
+                                            SubmissionServices& services) {
+  metrics::ListenerMetrics* metrics = &services.metrics.ForListener(policy.listener_name);
+  return [&policy, &services, metrics](io::Stream& stream) -> std::unique_ptr<io::StreamHandler> {
+    return std::make_unique<SessionHandler>(stream, policy, services, *metrics);
+  };
+}
+
+}  // namespace facteur::smtp

@@ -1,0 +1,37 @@
+// File: engine/smtp/server/submission_service.h
+// Connects SMTP sessions to the services behind them: password checks on the auth worker pool,
+// durable queueing on the spool writer, metrics. Work leaves the session's loop thread and its
+// result comes back to that same thread by EventLoop::Post (DESIGN.md §2), so a Session only
+// ever runs on its own shard.
+// Thread contract: SubmissionServices is shared by every shard and thread-safe (each member is);
+// a handler made by MakeSessionFactory is shard-confined like its stream.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+
+#include "engine/base/clock.h"
+#include "engine/base/worker_pool.h"
+#include "engine/io/stream.h"
+#include "engine/metrics/metrics.h"
+#include "engine/policy/account_store.h"
+#include "engine/smtp/server/session.h"
+#include "queue/spool.h"
+
+namespace facteur::smtp {
+
+struct SubmissionServices {
+  queue::Spool& spool;
+  policy::AccountStore& accounts;
+  WorkerPool& auth_pool;  // argon2id takes tens of milliseconds: never on a loop thread
+  Clock& clock;
+  metrics::Metrics& metrics;
+  // Sessions open on every listener, against SmtpOptions::max_sessions.
+  std::atomic<uint32_t> sessions{0};
+};
+
+// The handler factory of one listener. `policy` and `services` outlive the listener.
+io::StreamHandlerFactory MakeSessionFactory(const ListenerPolicy& policy,
+                                            SubmissionServices& services);
+
+}  // namespace facteur::smtp

@@ -1,0 +1,452 @@
+#include "engine/smtp/server/session.h"
+
+#include <deque>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/support/fake_stream.h"
+
+namespace facteur::smtp {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::Not;
+using ::testing::StartsWith;
+
+struct Queued {
+  queue::Envelope envelope;
+  std::string message;
+};
+
+// Answers at once unless `defer` is set; then the test completes the work by hand.
+class FakeHost final : public SessionHost {
+ public:
+  void Authenticate(std::string account, std::string password,
+                    absl::AnyInvocable<void(absl::StatusOr<AuthenticatedAccount>) &&> done)
+      override {
+    auto it = passwords.find(account);
+    absl::StatusOr<AuthenticatedAccount> result =
+        (it != passwords.end() && it->second == password)
+            ? absl::StatusOr<AuthenticatedAccount>(AuthenticatedAccount{account, grants[account]})
+            : absl::UnauthenticatedError("bad credentials");
+    if (defer) {
+      pending_auth.push_back([done = std::move(done), result]() mutable {
+        std::move(done)(result);
+      });
+    } else {
+      std::move(done)(result);
+    }
+  }
+  void Enqueue(queue::Envelope envelope, std::string message,
+               absl::AnyInvocable<void(absl::Status) &&> done) override {
+    if (enqueue_status.ok()) queued.push_back({std::move(envelope), std::move(message)});
+    if (defer) {
+      pending_enqueue.push_back(
+          [done = std::move(done), s = enqueue_status]() mutable { std::move(done)(s); });
+    } else {
+      std::move(done)(enqueue_status);
+    }
+  }
+  Clock& clock() override { return clock_; }
+
+  std::map<std::string, std::string> passwords;
+  std::map<std::string, std::vector<std::string>> grants;
+  absl::Status enqueue_status;
+  bool defer = false;
+  std::vector<absl::AnyInvocable<void() &&>> pending_auth;
+  std::vector<absl::AnyInvocable<void() &&>> pending_enqueue;
+  std::vector<Queued> queued;
+  SimulatedClock clock_;
+};
+
+class SessionTest : public ::testing::Test {
+ protected:
+  SessionTest() {
+    policy_.listener_name = "test";
+    policy_.hostname = "relay.example.org";
+    policy_.role = config::ListenerRole::kRelay;
+    policy_.trusted_networks = {*config::Cidr::Parse("127.0.0.0/8")};
+    stream_.peer_info = facteur::testing::Ipv4Peer(127, 0, 0, 1);
+    host_.passwords["alice"] = "correct horse";
+    host_.grants["alice"] = {"alice@asso.org", "@alumni.asso.org"};
+  }
+
+  void Start(bool implicit_tls = false) {
+    session_ = std::make_unique<Session>(stream_, policy_, host_);
+    io::TlsInfo tls{"TLSv1.3", "TLS_AES_256_GCM_SHA384", 256};
+    session_->OnStart(implicit_tls ? &tls : nullptr);
+  }
+
+  // Feeds `bytes` and returns everything the session wrote in answer.
+  std::string Send(std::string_view bytes) {
+    session_->OnData(bytes);
+    return stream_.TakeOutput();
+  }
+
+  // Starts a session and says EHLO; returns nothing, asserts the greeting.
+  void StartWithEhlo(bool implicit_tls = false) {
+    Start(implicit_tls);
+    ASSERT_THAT(stream_.TakeOutput(), StartsWith("220 relay.example.org ESMTP"));
+    ASSERT_THAT(Send("EHLO client.example\r\n"), StartsWith("250-relay.example.org"));
+  }
+
+  std::string AuthPlain(std::string_view user, std::string_view password) {
+    // RFC 4616 §2: [authzid] NUL authcid NUL passwd
+    std::string raw = std::string(1, '\0') + std::string(user) + std::string(1, '\0') +
+                      std::string(password);
+    return absl::StrCat("AUTH PLAIN ", absl::Base64Escape(raw), "\r\n");
+  }
+
+  ListenerPolicy policy_;
+  facteur::testing::FakeStream stream_;
+  FakeHost host_;
+  std::unique_ptr<Session> session_;
+};
+
+constexpr char kMessage[] =
+    "From: Alice <alice@asso.org>\r\n"
+    "To: bob@example.com\r\n"
+    "Subject: hello\r\n"
+    "\r\n"
+    "..leading dot\r\n"
+    "body\r\n"
+    ".\r\n";
+
+TEST_F(SessionTest, GreetsAndListsExtensions) {
+  StartWithEhlo();
+  Start();
+  stream_.TakeOutput();
+  std::string ehlo = Send("EHLO client.example\r\n");
+  for (const char* extension : {"PIPELINING", "SIZE 36700160", "8BITMIME", "SMTPUTF8",
+                                "ENHANCEDSTATUSCODES", "CHUNKING"}) {
+    EXPECT_THAT(ehlo, HasSubstr(extension));
+  }
+  EXPECT_THAT(ehlo, Not(HasSubstr("STARTTLS")));  // tls = none
+  EXPECT_THAT(ehlo, Not(HasSubstr("AUTH")));      // no TLS: no passwords in the clear
+  EXPECT_EQ(stream_.idle_timeout, absl::Seconds(300));
+}
+
+TEST_F(SessionTest, AcceptsAMessageFromATrustedClientAndQueuesIt) {
+  StartWithEhlo();
+  EXPECT_EQ(Send("MAIL FROM:<app@asso.org>\r\n"), "250 2.1.0 Ok\r\n");
+  EXPECT_EQ(Send("RCPT TO:<bob@example.com>\r\n"), "250 2.1.5 Ok\r\n");
+  EXPECT_THAT(Send("DATA\r\n"), StartsWith("354 "));
+  std::string reply = Send(kMessage);
+  ASSERT_THAT(reply, StartsWith("250 2.0.0 Ok: queued as "));
+  ASSERT_EQ(host_.queued.size(), 1u);
+  const Queued& q = host_.queued[0];
+  EXPECT_EQ(reply, absl::StrCat("250 2.0.0 Ok: queued as ", q.envelope.id.ToString(), "\r\n"));
+  EXPECT_EQ(q.envelope.sender, "app@asso.org");
+  ASSERT_EQ(q.envelope.recipients.size(), 1u);
+  EXPECT_EQ(q.envelope.recipients[0].address, "bob@example.com");
+  EXPECT_EQ(q.envelope.listener, "test");
+  EXPECT_EQ(q.envelope.client, "[127.0.0.1]:40000");
+  EXPECT_THAT(q.message, StartsWith("Received: from client.example ([127.0.0.1])\r\n\tby "
+                                    "relay.example.org (facteur) with ESMTP id "));
+  EXPECT_THAT(q.message, HasSubstr("\r\n\tfor <bob@example.com>;"));
+  EXPECT_THAT(q.message, HasSubstr("\r\nMessage-ID: <" + q.envelope.id.ToString() +
+                                   "@relay.example.org>\r\n"));
+  EXPECT_THAT(q.message, HasSubstr("\r\nDate: "));
+  // Added fields sit in the header section, before the empty line; the dot is unstuffed.
+  EXPECT_THAT(q.message, HasSubstr("Subject: hello\r\nDate: "));
+  EXPECT_TRUE(absl::EndsWith(q.message, "\r\n\r\n.leading dot\r\nbody\r\n"));
+}
+
+TEST_F(SessionTest, PipelinedCommandsGetTheirRepliesInOrder) {
+  StartWithEhlo();
+  std::string replies = Send(
+      "MAIL FROM:<app@asso.org>\r\nRCPT TO:<a@example.com>\r\nRCPT TO:<b@example.com>\r\n"
+      "DATA\r\n");
+  EXPECT_EQ(replies, "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n354 End data with "
+                     "<CR><LF>.<CR><LF>\r\n");
+  replies = Send(absl::StrCat(kMessage, "MAIL FROM:<>\r\nRCPT TO:<c@example.com>\r\nQUIT\r\n"));
+  EXPECT_THAT(replies, StartsWith("250 2.0.0 Ok: queued as"));
+  EXPECT_THAT(replies, HasSubstr("\r\n250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n221 2.0.0 "));
+  EXPECT_TRUE(stream_.closed);
+  ASSERT_EQ(host_.queued.size(), 1u);
+  EXPECT_EQ(host_.queued[0].envelope.recipients.size(), 2u);
+  EXPECT_THAT(host_.queued[0].message, Not(HasSubstr("\r\n\tfor <")));  // several recipients
+}
+
+TEST_F(SessionTest, InputIsHeldWhileTheQueueWriteIsPending) {
+  host_.defer = true;
+  StartWithEhlo();
+  Send("MAIL FROM:<app@asso.org>\r\nRCPT TO:<a@example.com>\r\nDATA\r\n");
+  // The 250 must wait for the synced write; the next command waits behind it.
+  EXPECT_EQ(Send(absl::StrCat(kMessage, "NOOP\r\n")), "");
+  ASSERT_EQ(host_.pending_enqueue.size(), 1u);
+  std::move(host_.pending_enqueue[0])();
+  EXPECT_THAT(stream_.TakeOutput(), ::testing::MatchesRegex("250 2.0.0 Ok: queued as [0-9A-Z]{26}\r\n"
+                                                          "250 2.0.0 Ok\r\n"));
+}
+
+TEST_F(SessionTest, AQueueCallbackAfterTheClientLeftIsHarmless) {
+  host_.defer = true;
+  StartWithEhlo();
+  Send(absl::StrCat("MAIL FROM:<app@asso.org>\r\nRCPT TO:<a@example.com>\r\nDATA\r\n", kMessage));
+  session_->OnClosed();
+  session_.reset();
+  ASSERT_EQ(host_.pending_enqueue.size(), 1u);
+  std::move(host_.pending_enqueue[0])();  // must not touch the destroyed session
+  EXPECT_EQ(host_.queued.size(), 1u);     // still queued: at-least-once
+}
+
+TEST_F(SessionTest, QueueFailuresAreTransientReplies) {
+  host_.enqueue_status = absl::ResourceExhaustedError("No space left on device");
+  StartWithEhlo();
+  Send("MAIL FROM:<app@asso.org>\r\nRCPT TO:<a@example.com>\r\nDATA\r\n");
+  EXPECT_EQ(Send(kMessage), "452 4.3.1 Insufficient system storage\r\n");
+  host_.enqueue_status = absl::UnavailableError("writer saturated");
+  Send("MAIL FROM:<app@asso.org>\r\nRCPT TO:<a@example.com>\r\nDATA\r\n");
+  EXPECT_THAT(Send(kMessage), StartsWith("451 4.3.0 "));
+  host_.enqueue_status = absl::OkStatus();
+  Send("MAIL FROM:<app@asso.org>\r\nRCPT TO:<a@example.com>\r\nDATA\r\n");
+  EXPECT_THAT(Send(kMessage), StartsWith("250 2.0.0 Ok: queued as"));  // the session goes on
+}
+
+TEST_F(SessionTest, UntrustedClientsCannotRelay) {
+  stream_.peer_info = facteur::testing::Ipv4Peer(192, 0, 2, 1);
+  StartWithEhlo();
+  EXPECT_EQ(Send("MAIL FROM:<x@example.net>\r\n"), "250 2.1.0 Ok\r\n");
+  EXPECT_EQ(Send("RCPT TO:<victim@example.com>\r\n"),
+            "554 5.7.1 <victim@example.com>: Relay access denied\r\n");
+  EXPECT_EQ(Send("DATA\r\n"), "554 5.5.1 No valid recipients\r\n");
+}
+
+TEST_F(SessionTest, SubmissionRequiresTlsThenAuthentication) {
+  policy_.role = config::ListenerRole::kSubmission;
+  policy_.tls_mode = config::TlsMode::kStartTls;
+  StartWithEhlo();
+  EXPECT_EQ(Send("MAIL FROM:<alice@asso.org>\r\n"),
+            "530 5.7.0 Must issue a STARTTLS command first\r\n");
+  EXPECT_EQ(Send(AuthPlain("alice", "correct horse")),
+            "538 5.7.11 Encryption required for requested authentication mechanism\r\n");
+  // STARTTLS: whatever the client pipelined after it is dropped (CVE-2011-0411).
+  EXPECT_EQ(Send("STARTTLS\r\nMAIL FROM:<evil@example.com>\r\n"), "220 2.0.0 Ready to start TLS\r\n");
+  EXPECT_TRUE(stream_.tls_requested);
+  stream_.tls = true;
+  session_->OnTlsStarted(io::TlsInfo{"TLSv1.3", "x", 256});
+  EXPECT_EQ(stream_.TakeOutput(), "");  // the injected MAIL was never processed
+  EXPECT_EQ(Send("MAIL FROM:<alice@asso.org>\r\n"), "503 5.5.1 Send EHLO or HELO first\r\n");
+  std::string ehlo = Send("EHLO client.example\r\n");
+  EXPECT_THAT(ehlo, HasSubstr("AUTH PLAIN LOGIN"));
+  EXPECT_THAT(ehlo, Not(HasSubstr("STARTTLS")));
+  EXPECT_EQ(Send("MAIL FROM:<alice@asso.org>\r\n"), "530 5.7.0 Authentication required\r\n");
+  EXPECT_EQ(Send(AuthPlain("alice", "wrong")), "535 5.7.8 Authentication credentials invalid\r\n");
+  EXPECT_EQ(Send(AuthPlain("alice", "correct horse")), "235 2.7.0 Authentication successful\r\n");
+  EXPECT_EQ(Send("MAIL FROM:<alice@asso.org>\r\n"), "250 2.1.0 Ok\r\n");
+  EXPECT_EQ(Send("RCPT TO:<bob@example.com>\r\n"), "250 2.1.5 Ok\r\n");
+  Send("DATA\r\n");
+  std::string reply = Send(kMessage);
+  EXPECT_THAT(reply, StartsWith("250 2.0.0 Ok: queued as"));
+  ASSERT_EQ(host_.queued.size(), 1u);
+  EXPECT_EQ(host_.queued[0].envelope.account, "alice");
+  EXPECT_THAT(host_.queued[0].message, HasSubstr(" with ESMTPSA id "));
+}
+
+TEST_F(SessionTest, AnAccountSendsOnlyAsTheAddressesItOwns) {
+  policy_.role = config::ListenerRole::kSubmission;
+  StartWithEhlo(/*implicit_tls=*/true);
+  ASSERT_THAT(Send(AuthPlain("alice", "correct horse")), StartsWith("235 "));
+  EXPECT_THAT(Send("MAIL FROM:<bob@asso.org>\r\n"), StartsWith("553 5.7.1 "));
+  EXPECT_EQ(Send("MAIL FROM:<Alice@ASSO.org>\r\n"), "250 2.1.0 Ok\r\n");  // case does not matter
+  Send("RCPT TO:<x@example.com>\r\nDATA\r\n");
+  EXPECT_THAT(Send("From: Bob <bob@asso.org>\r\n\r\nhi\r\n.\r\n"),
+              StartsWith("553 5.7.1 From: header: "));
+  Send("MAIL FROM:<alice@asso.org>\r\nRCPT TO:<x@example.com>\r\nDATA\r\n");
+  EXPECT_THAT(Send("Subject: no author\r\n\r\nhi\r\n.\r\n"), StartsWith("553 5.7.1 "));
+  Send("MAIL FROM:<alice@asso.org>\r\nRCPT TO:<x@example.com>\r\nDATA\r\n");
+  EXPECT_THAT(Send("From: a@asso.org\r\nFrom: alice@asso.org\r\n\r\nhi\r\n.\r\n"),
+              StartsWith("553 5.7.1 "));
+  // A domain grant covers every address of that domain, not its subdomains.
+  Send("MAIL FROM:<jean.dupont@alumni.asso.org>\r\nRCPT TO:<x@example.com>\r\nDATA\r\n");
+  EXPECT_THAT(Send("From: \"Dupont, Jean\" <jean.dupont@alumni.asso.org>\r\n\r\nhi\r\n.\r\n"),
+              StartsWith("250 2.0.0 Ok: queued as"));
+  EXPECT_THAT(Send("MAIL FROM:<x@sub.alumni.asso.org>\r\n"), StartsWith("553 5.7.1 "));
+  EXPECT_EQ(host_.queued.size(), 1u);
+}
+
+TEST_F(SessionTest, AuthLoginAndAbortedExchanges) {
+  StartWithEhlo(/*implicit_tls=*/true);
+  EXPECT_EQ(Send("AUTH LOGIN\r\n"), "334 VXNlcm5hbWU6\r\n");
+  EXPECT_EQ(Send(absl::StrCat(absl::Base64Escape("alice"), "\r\n")), "334 UGFzc3dvcmQ6\r\n");
+  EXPECT_EQ(Send(absl::StrCat(absl::Base64Escape("correct horse"), "\r\n")),
+            "235 2.7.0 Authentication successful\r\n");
+  EXPECT_EQ(Send("AUTH PLAIN\r\n"), "503 5.5.1 Already authenticated\r\n");
+
+  Start(/*implicit_tls=*/true);
+  stream_.TakeOutput();
+  Send("EHLO c\r\n");
+  EXPECT_EQ(Send("AUTH PLAIN\r\n"), "334 \r\n");
+  EXPECT_EQ(Send("*\r\n"), "501 5.0.0 Authentication aborted\r\n");
+  EXPECT_EQ(Send("AUTH PLAIN !!!notbase64\r\n"), "501 5.5.2 Cannot decode the response as base64\r\n");
+  EXPECT_EQ(Send("AUTH CRAM-MD5\r\n"), "504 5.5.4 Unrecognized authentication type\r\n");
+}
+
+TEST_F(SessionTest, PasswordsAreCheckedOffTheLoopAndTheSessionWaits) {
+  host_.defer = true;
+  StartWithEhlo(/*implicit_tls=*/true);
+  EXPECT_EQ(Send(AuthPlain("alice", "correct horse") + "NOOP\r\n"), "");
+  ASSERT_EQ(host_.pending_auth.size(), 1u);
+  std::move(host_.pending_auth[0])();
+  EXPECT_EQ(stream_.TakeOutput(), "235 2.7.0 Authentication successful\r\n250 2.0.0 Ok\r\n");
+}
+
+TEST_F(SessionTest, RefusesOverlongCommandLinesAndGoesOn) {
+  StartWithEhlo();
+  std::string line(600, 'A');
+  EXPECT_EQ(Send("NOOP " + line + "\r\n"), "500 5.5.2 Line too long\r\n");
+  // A line with no end in sight is dropped as it comes, then refused once it ends.
+  EXPECT_EQ(Send(std::string(100000, 'B')), "");
+  EXPECT_EQ(Send("B\r\nNOOP\r\n"), "500 5.5.2 Line too long\r\n250 2.0.0 Ok\r\n");
+}
+
+TEST_F(SessionTest, RefusesOverlongTextLinesAtTheEndOfData) {
+  StartWithEhlo();
+  Send("MAIL FROM:<a@asso.org>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n");
+  std::string message = "Subject: x\r\n\r\n" + std::string(999, 'x') + "\r\n.\r\n";
+  EXPECT_EQ(Send(message), "500 5.5.6 Message has a line longer than 1000 octets (RFC 5321 "
+                           "§4.5.3.1.6)\r\n");
+  EXPECT_TRUE(host_.queued.empty());
+  Send("MAIL FROM:<a@asso.org>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n");
+  message = "Subject: x\r\n\r\n" + std::string(998, 'x') + "\r\n.\r\n";  // exactly 1000 octets
+  EXPECT_THAT(Send(message), StartsWith("250 "));
+}
+
+TEST_F(SessionTest, EnforcesTheMessageSize) {
+  policy_.limits.max_message_size = 1000;
+  StartWithEhlo();
+  EXPECT_EQ(Send("MAIL FROM:<a@asso.org> SIZE=1001\r\n"),
+            "552 5.3.4 Message size exceeds fixed maximum message size\r\n");
+  Send("MAIL FROM:<a@asso.org> SIZE=10\r\nRCPT TO:<b@example.com>\r\nDATA\r\n");
+  std::string body;
+  for (int i = 0; i < 30; ++i) body += std::string(60, 'y') + "\r\n";
+  EXPECT_EQ(Send("Subject: big\r\n\r\n" + body + ".\r\n"),
+            "552 5.3.4 Message size exceeds fixed maximum message size\r\n");
+  EXPECT_TRUE(host_.queued.empty());
+}
+
+TEST_F(SessionTest, LimitsRecipientsPerTransaction) {
+  policy_.limits.max_recipients = 2;
+  StartWithEhlo();
+  EXPECT_EQ(Send("MAIL FROM:<a@asso.org>\r\nRCPT TO:<b@example.com>\r\nRCPT TO:<c@example.com>\r\n"
+                 "RCPT TO:<d@example.com>\r\n"),
+            "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n452 4.5.3 Too many recipients\r\n");
+}
+
+TEST_F(SessionTest, RefusesCommandsOutOfSequenceAndUnknownOnes) {
+  Start();
+  stream_.TakeOutput();
+  EXPECT_EQ(Send("MAIL FROM:<a@asso.org>\r\n"), "503 5.5.1 Send EHLO or HELO first\r\n");
+  Send("EHLO c\r\n");
+  EXPECT_EQ(Send("RCPT TO:<b@example.com>\r\n"), "503 5.5.1 Need MAIL before RCPT\r\n");
+  EXPECT_EQ(Send("DATA\r\n"), "503 5.5.1 Need MAIL and RCPT before DATA\r\n");
+  EXPECT_EQ(Send("FROB\r\n"), "500 5.5.1 Command unrecognized\r\n");
+  EXPECT_EQ(Send("MAIL FROM:<a@asso.org>\r\n"), "250 2.1.0 Ok\r\n");
+  EXPECT_EQ(Send("MAIL FROM:<a@asso.org>\r\n"), "503 5.5.1 Nested MAIL command\r\n");
+  EXPECT_THAT(Send("RCPT TO:<not an address>\r\n"), StartsWith("501 5.1.3 "));
+  EXPECT_EQ(Send("VRFY bob\r\n"),
+            "252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery\r\n");
+  EXPECT_THAT(Send("HELP\r\n"), StartsWith("214-2.0.0 "));
+  EXPECT_EQ(Send("RSET\r\n"), "250 2.0.0 Ok\r\n");
+  EXPECT_EQ(Send("STARTTLS\r\n"), "502 5.5.1 STARTTLS not available\r\n");
+}
+
+TEST_F(SessionTest, TooManyErrorsEndTheSession) {
+  policy_.limits.max_errors = 3;
+  StartWithEhlo();
+  EXPECT_EQ(Send("X\r\nY\r\nZ\r\nNOOP\r\n"),
+            "500 5.5.1 Command unrecognized\r\n500 5.5.1 Command unrecognized\r\n"
+            "500 5.5.1 Command unrecognized\r\n421 4.7.0 relay.example.org Too many errors, "
+            "closing connection\r\n");
+  EXPECT_TRUE(stream_.closed);
+}
+
+TEST_F(SessionTest, IdleTimeoutSays421AndCloses) {
+  StartWithEhlo();
+  session_->OnIdleTimeout();
+  EXPECT_EQ(stream_.TakeOutput(),
+            "421 4.4.2 relay.example.org Idle timeout, closing connection\r\n");
+  EXPECT_TRUE(stream_.closed);
+}
+
+TEST_F(SessionTest, BareLineFeedInDataIsRefusedAndNeverEndsTheData) {
+  StartWithEhlo();
+  Send("MAIL FROM:<a@asso.org>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n");
+  // The smuggling attempt: "<LF>.<LF>" followed by a second, hidden transaction.
+  std::string reply = Send("Subject: x\r\n\r\nhello\n.\nMAIL FROM:<ceo@bank.example>\r\n"
+                           "RCPT TO:<victim@example.com>\r\nDATA\r\nforged\r\n.\r\n");
+  EXPECT_THAT(reply, StartsWith("521 5.5.2 Bare <LF>"));
+  EXPECT_TRUE(stream_.closed);
+  EXPECT_TRUE(host_.queued.empty());
+}
+
+TEST_F(SessionTest, BareCarriageReturnInDataIsRefused) {
+  StartWithEhlo();
+  Send("MAIL FROM:<a@asso.org>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n");
+  EXPECT_THAT(Send("Subject: x\r\n\r\nhello\r.\r\r\n.\r\n"), StartsWith("521 5.5.2 Bare <CR>"));
+  EXPECT_TRUE(stream_.closed);
+  EXPECT_TRUE(host_.queued.empty());
+}
+
+TEST_F(SessionTest, DataSplitAcrossReadsAtEveryByte) {
+  StartWithEhlo();
+  Send("MAIL FROM:<a@asso.org>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n");
+  std::string all(kMessage);
+  std::string replies;
+  for (char c : all) replies += Send(std::string_view(&c, 1));
+  EXPECT_THAT(replies, StartsWith("250 2.0.0 Ok: queued as"));
+  ASSERT_EQ(host_.queued.size(), 1u);
+  EXPECT_TRUE(absl::EndsWith(host_.queued[0].message, "\r\n\r\n.leading dot\r\nbody\r\n"));
+}
+
+TEST_F(SessionTest, ChunkingWithBdat) {
+  StartWithEhlo();
+  EXPECT_EQ(Send("BDAT 5\r\nhello"), "503 5.5.1 Need MAIL and RCPT before BDAT\r\n");
+  Send("MAIL FROM:<a@asso.org>\r\nRCPT TO:<b@example.com>\r\n");
+  std::string part1 = "From: a@asso.org\r\nSubject: chunks\r\n";
+  std::string part2 = "\r\n.not stuffed\r\n";
+  EXPECT_EQ(Send(absl::StrCat("BDAT ", part1.size(), "\r\n", part1)),
+            "250 2.0.0 Chunk received\r\n");
+  EXPECT_THAT(Send(absl::StrCat("BDAT ", part2.size(), " LAST\r\n", part2)),
+              StartsWith("250 2.0.0 Ok: queued as"));
+  ASSERT_EQ(host_.queued.size(), 1u);
+  EXPECT_TRUE(absl::EndsWith(host_.queued[0].message, "\r\n\r\n.not stuffed\r\n"));
+  EXPECT_EQ(Send("BDAT x\r\n"), "501 5.5.4 Syntax: BDAT chunk-size [LAST]\r\n");
+  Send("MAIL FROM:<a@asso.org>\r\nRCPT TO:<b@example.com>\r\n");
+  EXPECT_THAT(Send("BDAT 9 LAST\r\nbare\nline"), StartsWith("550 5.6.0 "));
+}
+
+TEST_F(SessionTest, HeloRepliesCarryNoEnhancedCodes) {
+  Start();
+  stream_.TakeOutput();
+  EXPECT_EQ(Send("HELO client\r\n"), "250 relay.example.org\r\n");
+  EXPECT_EQ(Send("NOOP\r\n"), "250 Ok\r\n");
+  EXPECT_EQ(Send("AUTH PLAIN\r\n"), "503 Send EHLO first\r\n");
+}
+
+TEST_F(SessionTest, UnixSocketClientsRelayWithoutAuthentication) {
+  policy_.role = config::ListenerRole::kSubmission;
+  policy_.is_unix = true;
+  stream_.peer_info = io::PeerInfo();
+  stream_.peer_info.is_unix = true;
+  stream_.peer_info.text = "unix";
+  StartWithEhlo();
+  EXPECT_EQ(Send("MAIL FROM:<cron@asso.org>\r\nRCPT TO:<admin@example.com>\r\n"),
+            "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n");
+  Send("DATA\r\n");
+  EXPECT_THAT(Send(kMessage), StartsWith("250 2.0.0 Ok: queued as"));
+  ASSERT_EQ(host_.queued.size(), 1u);
+  EXPECT_THAT(host_.queued[0].message, StartsWith("Received: from client.example (local socket)"));
+}
+
+}  // namespace
+}  // namespace facteur::smtp
