@@ -1,0 +1,471 @@
+// File: engine/admin/admin_server.cc
+#include "engine/admin/admin_server.h"
+
+#include <arpa/inet.h>
+#include <civetweb.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <exception>
+#include <optional>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/time.h"
+#include "engine/admin/json.h"
+#include "engine/base/log.h"
+#include "engine/base/message_id.h"
+#include "engine/base/status.h"
+#include "nlohmann/json.hpp"
+#include "queue/spool.h"
+
+namespace facteur::admin {
+
+using Json = nlohmann::json;
+
+struct AdminResponse {
+  int status = 200;
+  std::string content_type = "application/json";
+  std::string body;
+};
+
+namespace {
+
+constexpr size_t kDefaultQueueLimit = 100;
+constexpr size_t kMaxQueueLimit = 1000;
+
+AdminResponse JsonResponse(int status, const Json& value) {
+  return {status, "application/json", DumpJson(value) + "\n"};
+}
+
+AdminResponse Error(int status, std::string_view message) {
+  return JsonResponse(status, Json{{"error", std::string(message)}});
+}
+
+int HttpStatusFor(const absl::Status& status) {
+  switch (status.code()) {
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kOutOfRange: return 400;
+    case absl::StatusCode::kUnauthenticated: return 401;
+    case absl::StatusCode::kNotFound: return 404;
+    case absl::StatusCode::kAlreadyExists:
+    case absl::StatusCode::kFailedPrecondition:
+    case absl::StatusCode::kAborted: return 409;
+    case absl::StatusCode::kResourceExhausted:
+    case absl::StatusCode::kUnavailable: return 503;
+    default: return 500;
+  }
+}
+
+AdminResponse StatusError(const absl::Status& status) {
+  const int http = HttpStatusFor(status);
+  if (http >= 500) Log(LogLevel::kWarning, "admin API: %s", status.ToString());
+  return Error(http, ToStd(status.message()));
+}
+
+const char* ReasonPhrase(int status) {
+  switch (status) {
+    case 200: return "OK";
+    case 201: return "Created";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 409: return "Conflict";
+    case 413: return "Payload Too Large";
+    case 503: return "Service Unavailable";
+    default: return "Internal Server Error";
+  }
+}
+
+// A JSON object from a request body, or nullopt when the body is not one.
+std::optional<Json> ParseObject(const std::string& body) {
+  Json value = Json::parse(body, nullptr, /*allow_exceptions=*/false);
+  if (value.is_discarded() || !value.is_object()) return std::nullopt;
+  return value;
+}
+
+// The string member `key` of `object`, or nullptr when absent or not a string.
+std::string* StringField(Json& object, const char* key) {
+  auto it = object.find(key);
+  if (it == object.end() || !it->is_string()) return nullptr;
+  return &it->get_ref<std::string&>();
+}
+
+// "host:port" or "[v6]:port" → (host with brackets, port); nullopt when malformed.
+std::optional<std::pair<std::string, int>> SplitAddress(const std::string& address) {
+  size_t colon;
+  if (!address.empty() && address.front() == '[') {
+    const size_t close = address.find(']');
+    if (close == std::string::npos || close + 1 >= address.size() || address[close + 1] != ':') {
+      return std::nullopt;
+    }
+    colon = close + 1;
+  } else {
+    colon = address.rfind(':');
+    if (colon == std::string::npos || address.find(':') != colon) return std::nullopt;
+  }
+  const std::string host = address.substr(0, colon);
+  const std::string port_text = address.substr(colon + 1);
+  int port = 0;
+  if (host.empty() || port_text.empty() || port_text.size() > 5 ||
+      port_text.find_first_not_of("0123456789") != std::string::npos ||
+      !absl::SimpleAtoi(port_text, &port) || port > 65535) {
+    return std::nullopt;
+  }
+  return std::make_pair(host, port);
+}
+
+int LogCivetweb(const mg_connection*, const char* message) {
+  Log(LogLevel::kWarning, "admin http: %s", message);
+  return 1;  // handled: civetweb must not print to stderr itself
+}
+
+// Opens and at once closes a connection to 127.0.0.1:`port`. civetweb's master thread sleeps in
+// poll() for up to 2 s (SOCKET_TIMEOUT_QUANTUM) before it notices mg_stop(); an incoming
+// connection wakes it. The connection carries no request, so a worker that picks it up reads
+// EOF and drops it at once.
+void PokeLoopback(int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return;
+  sockaddr_in peer{};
+  peer.sin_family = AF_INET;
+  peer.sin_port = htons(static_cast<uint16_t>(port));
+  peer.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  (void)connect(fd, reinterpret_cast<const sockaddr*>(&peer), sizeof peer);
+  close(fd);
+}
+
+void InitCivetweb() {
+  static const unsigned features = mg_init_library(0);  // once, thread-safe static init
+  (void)features;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<AdminServer>> AdminServer::Start(const std::string& address,
+                                                                metrics::Metrics& metrics,
+                                                                queue::Store& store,
+                                                                policy::AccountStore& accounts) {
+  auto split = SplitAddress(address);
+  if (!split) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "admin address '", address, "' is not host:port or [ipv6]:port"));
+  }
+  const bool ipv6 = split->first.front() == '[';
+  if (ipv6 && mg_check_feature(MG_FEATURES_IPV6) == 0) {
+    return absl::UnimplementedError(absl::StrCat(
+        "admin address '", address,
+        "': this civetweb build has no IPv6 support; listen on an IPv4 address"));
+  }
+  InitCivetweb();
+
+  auto server = std::unique_ptr<AdminServer>(new AdminServer(split->first, metrics, store, accounts));
+  const std::string ports = address;
+  // A few threads: the admin API serves an operator and a Prometheus scraper, not the public.
+  const char* options[] = {"listening_ports",    ports.c_str(),
+                           "num_threads",        "4",
+                           "request_timeout_ms", "10000",
+                           "enable_keep_alive",  "no",
+                           nullptr};
+  mg_callbacks callbacks{};
+  callbacks.log_message = LogCivetweb;
+  mg_init_data init{};
+  init.callbacks = &callbacks;
+  init.user_data = server.get();
+  init.configuration_options = options;
+  char error_text[256] = "";
+  unsigned error_code = 0;
+  mg_error_data error{};
+  error.code = &error_code;
+  error.text = error_text;
+  error.text_buffer_size = sizeof error_text;
+  server->context_ = mg_start2(&init, &error);
+  if (server->context_ == nullptr) {
+    return absl::UnavailableError(absl::StrCat("admin HTTP server cannot listen on '", address,
+                                               "': ", error_text));
+  }
+  mg_set_request_handler(server->context_, "/", &AdminServer::HandleRequest, server.get());
+
+  mg_server_port bound[4] = {};
+  const int count = mg_get_server_ports(server->context_, 4, bound);
+  if (count < 1) return absl::InternalError("admin HTTP server reports no listening port");
+  server->port_ = bound[0].port;
+  Log(LogLevel::kInfo, "admin HTTP listening on %s", server->BoundAddress());
+  return server;
+}
+
+AdminServer::AdminServer(std::string host, metrics::Metrics& metrics, queue::Store& store,
+                         policy::AccountStore& accounts)
+    : host_(std::move(host)), metrics_(metrics), store_(store), accounts_(accounts) {}
+
+AdminServer::~AdminServer() {
+  if (context_ == nullptr) return;
+  // mg_stop() joins civetweb's threads. Its master thread only notices the stop after its
+  // poll() times out (2 s) unless a connection wakes it: poke it while mg_stop() runs, when we
+  // can reach it over IPv4 loopback (a loopback or wildcard listener).
+  const bool reachable = host_ == "127.0.0.1" || host_ == "0.0.0.0" || host_ == "localhost";
+  if (!reachable) {
+    mg_stop(context_);
+    return;
+  }
+  std::atomic<bool> stopped{false};
+  std::thread stopper([this, &stopped] {
+    mg_stop(context_);
+    stopped.store(true);
+  });
+  while (!stopped.load()) {
+    PokeLoopback(port_);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  stopper.join();
+}
+
+std::string AdminServer::BoundAddress() const { return absl::StrCat(host_, ":", port_); }
+
+int AdminServer::HandleRequest(mg_connection* connection, void* self_pointer) {
+  auto& self = *static_cast<AdminServer*>(self_pointer);
+  const mg_request_info* request = mg_get_request_info(connection);
+  Response response;
+  std::string body;
+  try {
+    const std::string method = request->request_method ? request->request_method : "";
+    const char* uri = request->local_uri_raw ? request->local_uri_raw : request->local_uri;
+    const std::string path = uri ? uri : "";
+    const std::string query = request->query_string ? request->query_string : "";
+
+    bool too_large = request->content_length > static_cast<long long>(kMaxRequestBody);
+    if (!too_large && request->content_length != 0) {
+      // content_length is -1 for a chunked body: read until the end or past the limit.
+      char buffer[8192];
+      for (;;) {
+        const int n = mg_read(connection, buffer, sizeof buffer);
+        if (n <= 0) break;
+        body.append(buffer, static_cast<size_t>(n));
+        if (body.size() > kMaxRequestBody) {
+          too_large = true;
+          break;
+        }
+      }
+    }
+    if (too_large) {
+      response = Error(413, "Request body is larger than 64 KiB.");
+    } else {
+      response = self.Route(method, path, query, body);
+    }
+  } catch (const std::exception& e) {
+    // Only nlohmann::json or the allocator can throw here; the exception stops at this boundary.
+    Log(LogLevel::kError, "admin API: exception: %s", e.what());
+    response = Error(500, "internal error");
+  }
+  policy::WipeSecret(body);  // it may have held a password
+
+  mg_printf(connection,
+            "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+            "Cache-Control: no-store\r\nConnection: close\r\n\r\n",
+            response.status, ReasonPhrase(response.status), response.content_type.c_str(),
+            response.body.size());
+  mg_write(connection, response.body.data(), response.body.size());
+  return response.status;
+}
+
+AdminServer::Response AdminServer::Route(const std::string& method, const std::string& path,
+                                         const std::string& query, std::string& body) {
+  const auto method_not_allowed = [] { return Error(405, "Method not allowed on this path."); };
+  if (path == "/metrics") {
+    if (method != "GET") return method_not_allowed();
+    return {200, "text/plain; version=0.0.4; charset=utf-8", metrics_.Serialize()};
+  }
+  if (path == "/healthz") {
+    if (method != "GET") return method_not_allowed();
+    return {200, "text/plain; charset=utf-8", "ok\n"};
+  }
+  if (path == "/api/queue" || path == "/api/queue/") {
+    if (method != "GET") return method_not_allowed();
+    return QueueList(query);
+  }
+  if (path == "/api/queue/count") {
+    if (method != "GET") return method_not_allowed();
+    return QueueCount();
+  }
+  if (absl::StartsWith(path, "/api/queue/")) {
+    if (method != "GET") return method_not_allowed();
+    return QueueMessage(path.substr(std::string_view("/api/queue/").size()));
+  }
+  if (path == "/api/accounts" || path == "/api/accounts/") {
+    if (method == "GET") return AccountList();
+    if (method == "POST") return AccountCreate(body);
+    return method_not_allowed();
+  }
+  constexpr std::string_view kAccountsPrefix = "/api/accounts/";
+  if (absl::StartsWith(path, ToAbsl(kAccountsPrefix))) {
+    // Account names hold no '/', so the first segment is the name; a grant pattern may hold
+    // one (it is an address), so it is everything after "/grants/".
+    const std::string rest = path.substr(kAccountsPrefix.size());
+    const size_t slash = rest.find('/');
+    const std::string name = rest.substr(0, slash);
+    const std::string tail = slash == std::string::npos ? "" : rest.substr(slash);
+    if (name.empty()) return Error(404, "No such endpoint.");
+    if (tail.empty()) {
+      if (method == "GET") return AccountGet(name);
+      if (method == "DELETE") return AccountDelete(name);
+      return method_not_allowed();
+    }
+    if (tail == "/password") {
+      if (method != "PUT") return method_not_allowed();
+      return AccountPassword(name, body);
+    }
+    if (tail == "/suspended") {
+      if (method != "PUT") return method_not_allowed();
+      return AccountSuspended(name, body);
+    }
+    if (tail == "/grants") {
+      if (method != "POST") return method_not_allowed();
+      return GrantAdd(name, body);
+    }
+    constexpr std::string_view kGrantsPrefix = "/grants/";
+    if (absl::StartsWith(tail, ToAbsl(kGrantsPrefix)) && tail.size() > kGrantsPrefix.size()) {
+      if (method != "DELETE") return method_not_allowed();
+      return GrantRemove(name, tail.substr(kGrantsPrefix.size()));
+    }
+  }
+  return Error(404, "No such endpoint.");
+}
+
+AdminServer::Response AdminServer::QueueList(const std::string& query) {
+  size_t limit = kDefaultQueueLimit;
+  char value[64];
+  if (mg_get_var(query.data(), query.size(), "limit", value, sizeof value) >= 0) {
+    if (!absl::SimpleAtoi(value, &limit) || limit < 1 || limit > kMaxQueueLimit) {
+      return Error(400, "limit must be a number from 1 to 1000.");
+    }
+  }
+  MessageId after;
+  if (mg_get_var(query.data(), query.size(), "after", value, sizeof value) >= 0) {
+    auto parsed = MessageId::Parse(value);
+    if (!parsed) return Error(400, "after must be a message id.");
+    after = *parsed;
+  }
+  auto envelopes = queue::ListEnvelopes(store_, limit, after);
+  if (!envelopes.ok()) return StatusError(envelopes.status());
+  Json messages = Json::array();
+  for (const queue::Envelope& envelope : *envelopes) messages.push_back(EnvelopeSummaryJson(envelope));
+  return JsonResponse(200, Json{{"messages", std::move(messages)}});
+}
+
+AdminServer::Response AdminServer::QueueCount() {
+  auto count = queue::CountMessages(store_);
+  if (!count.ok()) return StatusError(count.status());
+  return JsonResponse(200, Json{{"count", *count}});
+}
+
+AdminServer::Response AdminServer::QueueMessage(const std::string& id_text) {
+  auto id = MessageId::Parse(id_text);
+  if (!id) return Error(400, "Not a message id (26 base32 characters).");
+  auto envelope = queue::ReadEnvelope(store_, *id);
+  if (!envelope.ok()) return StatusError(envelope.status());
+  if (!envelope->has_value()) return Error(404, "No message with this id in the queue.");
+  auto body = queue::ReadBody(store_, *id);
+  if (!body.ok()) return StatusError(body.status());
+
+  return JsonResponse(200, MessageJson(**envelope, body->has_value() ? (*body)->size() : 0));
+}
+
+AdminServer::Response AdminServer::AccountList() {
+  auto accounts = accounts_.List();
+  if (!accounts.ok()) return StatusError(accounts.status());
+  Json list = Json::array();
+  for (const policy::Account& account : *accounts) list.push_back(AccountJson(account));
+  return JsonResponse(200, Json{{"accounts", std::move(list)}});
+}
+
+AdminServer::Response AdminServer::AccountGet(const std::string& name) {
+  auto account = accounts_.Get(name);
+  if (!account.ok()) return StatusError(account.status());
+  return JsonResponse(200, AccountJson(*account));
+}
+
+AdminServer::Response AdminServer::AccountCreate(std::string& body) {
+  std::optional<Json> request = ParseObject(body);
+  policy::WipeSecret(body);
+  if (!request) return Error(400, R"(Expected a JSON object {"name": ..., "password": ...}.)");
+  std::string* name = StringField(*request, "name");
+  std::string* password = StringField(*request, "password");
+  Response response;
+  if (name == nullptr || password == nullptr) {
+    response = Error(400, R"(Both "name" and "password" must be strings.)");
+  } else if (absl::Status status = accounts_.Create(*name, *password); !status.ok()) {
+    response = StatusError(status);
+  } else {
+    auto account = accounts_.Get(*name);
+    response = account.ok() ? JsonResponse(201, AccountJson(*account)) : StatusError(account.status());
+  }
+  if (password != nullptr) policy::WipeSecret(*password);
+  return response;
+}
+
+AdminServer::Response AdminServer::AccountDelete(const std::string& name) {
+  if (absl::Status status = accounts_.Delete(name); !status.ok()) return StatusError(status);
+  return JsonResponse(200, Json{{"deleted", name}});
+}
+
+AdminServer::Response AdminServer::AccountPassword(const std::string& name, std::string& body) {
+  std::optional<Json> request = ParseObject(body);
+  policy::WipeSecret(body);
+  if (!request) return Error(400, R"(Expected a JSON object {"password": ...}.)");
+  std::string* password = StringField(*request, "password");
+  if (password == nullptr) return Error(400, R"("password" must be a string.)");
+  const absl::Status status = accounts_.SetPassword(name, *password);
+  policy::WipeSecret(*password);
+  if (!status.ok()) return StatusError(status);
+  return JsonResponse(200, Json{{"name", name}, {"password_changed", true}});
+}
+
+AdminServer::Response AdminServer::AccountSuspended(const std::string& name,
+                                                    const std::string& body) {
+  std::optional<Json> request = ParseObject(body);
+  if (!request) return Error(400, R"(Expected a JSON object {"suspended": true|false}.)");
+  auto it = request->find("suspended");
+  if (it == request->end() || !it->is_boolean()) {
+    return Error(400, R"("suspended" must be true or false.)");
+  }
+  if (absl::Status status = accounts_.SetSuspended(name, it->get<bool>()); !status.ok()) {
+    return StatusError(status);
+  }
+  return AccountGet(name);
+}
+
+AdminServer::Response AdminServer::GrantAdd(const std::string& name, const std::string& body) {
+  std::optional<Json> request = ParseObject(body);
+  if (!request) return Error(400, R"(Expected a JSON object {"pattern": ...}.)");
+  std::string* pattern = StringField(*request, "pattern");
+  if (pattern == nullptr) return Error(400, R"("pattern" must be a string.)");
+  if (absl::Status status = accounts_.Grant(name, *pattern); !status.ok()) {
+    return StatusError(status);
+  }
+  auto account = accounts_.Get(name);
+  if (!account.ok()) return StatusError(account.status());
+  return JsonResponse(201, AccountJson(*account));
+}
+
+AdminServer::Response AdminServer::GrantRemove(const std::string& name,
+                                               const std::string& pattern) {
+  if (absl::Status status = accounts_.Revoke(name, pattern); !status.ok()) {
+    return StatusError(status);
+  }
+  auto account = accounts_.Get(name);
+  if (!account.ok()) return StatusError(account.status());
+  return JsonResponse(200, AccountJson(*account));
+}
+
+}  // namespace facteur::admin

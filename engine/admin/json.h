@@ -1,0 +1,27 @@
+// File: engine/admin/json.h
+// The JSON views of queue entries and accounts, shared by the admin API and the CLI so that
+// both always print the same fields.
+// Thread contract: pure functions.
+#pragma once
+
+#include <cstddef>
+#include <string>
+
+#include "engine/policy/account_store.h"
+#include "nlohmann/json.hpp"
+#include "queue/spool.h"
+
+namespace facteur::admin {
+
+// id, sender, recipients, received_at (RFC 3339), attempts, account, listener.
+nlohmann::json EnvelopeSummaryJson(const queue::Envelope& envelope);
+// The summary plus per-recipient state, client, next_attempt, SMTPUTF8/8BIT, DSN fields, size.
+nlohmann::json MessageJson(const queue::Envelope& envelope, size_t body_size);
+// name, grants, suspended, created_at. Never the password hash.
+nlohmann::json AccountJson(const policy::Account& account);
+const char* RecipientStateName(queue::RecipientState state);
+std::string Rfc3339(absl::Time t);
+// Serialises without throwing: invalid UTF-8 (a hostile client's address) becomes U+FFFD.
+std::string DumpJson(const nlohmann::json& value);
+
+}  // namespace facteur::admin

@@ -1,0 +1,114 @@
+// File: engine/metrics/metrics.cc
+#include "engine/metrics/metrics.h"
+
+#include <utility>
+
+#include "prometheus/text_serializer.h"
+
+namespace facteur::metrics {
+namespace {
+
+prometheus::Family<prometheus::Counter>& CounterFamily(prometheus::Registry& registry,
+                                                       const std::string& name,
+                                                       const std::string& help) {
+  return prometheus::BuildCounter().Name(name).Help(help).Register(registry);
+}
+
+prometheus::Family<prometheus::Gauge>& GaugeFamily(prometheus::Registry& registry,
+                                                   const std::string& name,
+                                                   const std::string& help) {
+  return prometheus::BuildGauge().Name(name).Help(help).Register(registry);
+}
+
+prometheus::Histogram& UnlabelledHistogram(prometheus::Registry& registry, const std::string& name,
+                                           const std::string& help,
+                                           prometheus::Histogram::BucketBoundaries buckets) {
+  return prometheus::BuildHistogram()
+      .Name(name)
+      .Help(help)
+      .Register(registry)
+      .Add({}, std::move(buckets));
+}
+
+}  // namespace
+
+void ListenerMetrics::CountReply(int code) {
+  switch (code / 100) {
+    case 2: replies_2xx.Increment(); break;
+    case 4: replies_4xx.Increment(); break;
+    case 5: replies_5xx.Increment(); break;
+    default: break;
+  }
+}
+
+Metrics::Metrics()
+    : registry_(std::make_shared<prometheus::Registry>()),
+      sessions_total_(CounterFamily(*registry_, "facteur_smtp_sessions_total",
+                                    "SMTP sessions opened, by listener.")),
+      messages_accepted_total_(CounterFamily(
+          *registry_, "facteur_smtp_messages_accepted_total",
+          "Messages answered 250 after DATA/BDAT (durably queued), by listener.")),
+      messages_rejected_total_(CounterFamily(
+          *registry_, "facteur_smtp_messages_rejected_total",
+          "Messages refused with a 4xx or 5xx after DATA/BDAT, by listener.")),
+      replies_total_(CounterFamily(*registry_, "facteur_smtp_replies_total",
+                                   "SMTP replies sent, by listener and class (2xx, 4xx, 5xx).")),
+      auth_failures_total_(CounterFamily(*registry_, "facteur_smtp_auth_failures_total",
+                                         "Failed AUTH attempts, by listener.")),
+      sessions_active_(GaugeFamily(*registry_, "facteur_smtp_sessions_active",
+                                   "SMTP sessions currently open, by listener.")),
+      spool_commit_errors_(CounterFamily(*registry_, "facteur_spool_commit_errors_total",
+                                         "Spool group commits that failed (the messages of the "
+                                         "batch were answered 4xx).")
+                               .Add({})),
+      spool_messages_(GaugeFamily(*registry_, "facteur_spool_messages",
+                                  "Messages currently in the spool.")
+                          .Add({})),
+      spool_commit_batch_size_(UnlabelledHistogram(
+          *registry_, "facteur_spool_commit_batch_size",
+          "Messages made durable by one synced spool write (group commit).",
+          {1, 2, 4, 8, 16, 32, 64, 128, 256})),
+      spool_commit_seconds_(UnlabelledHistogram(
+          *registry_, "facteur_spool_commit_seconds",
+          "Duration of one synced spool write, in seconds.",
+          {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1})),
+      smtp_accept_seconds_(UnlabelledHistogram(
+          *registry_, "facteur_smtp_accept_seconds",
+          "Time from the end of a message's data to its 250 reply (signing and the synced "
+          "enqueue), in seconds.",
+          {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2})) {}
+
+ListenerMetrics& Metrics::ForListener(const std::string& name) {
+  absl::MutexLock lock(&mutex_);
+  auto it = listeners_.find(name);
+  if (it != listeners_.end()) return *it->second;
+  const prometheus::Labels labels{{"listener", name}};
+  auto reply_labels = [&](const char* reply_class) {
+    return prometheus::Labels{{"listener", name}, {"class", reply_class}};
+  };
+  auto created = std::unique_ptr<ListenerMetrics>(new ListenerMetrics{
+      sessions_total_.Add(labels),
+      messages_accepted_total_.Add(labels),
+      messages_rejected_total_.Add(labels),
+      replies_total_.Add(reply_labels("2xx")),
+      replies_total_.Add(reply_labels("4xx")),
+      replies_total_.Add(reply_labels("5xx")),
+      auth_failures_total_.Add(labels),
+      sessions_active_.Add(labels),
+      smtp_accept_seconds_,
+  });
+  ListenerMetrics& result = *created;
+  listeners_.emplace(name, std::move(created));
+  return result;
+}
+
+void Metrics::ObserveSpoolCommit(size_t batch_size, double seconds) {
+  spool_commit_batch_size_.Observe(static_cast<double>(batch_size));
+  spool_commit_seconds_.Observe(seconds);
+}
+
+std::string Metrics::Serialize() const {
+  return prometheus::TextSerializer().Serialize(registry_->Collect());
+}
+
+}  // namespace facteur::metrics

@@ -1,0 +1,92 @@
+// File: engine/metrics/metrics.h
+// Every Prometheus metric facteur exports, declared once here with its help text (STYLE.md
+// rule 8), and the text exposition served by the admin API's GET /metrics. Labels are bounded
+// (DESIGN.md §6): `listener` is the name of a configured listener, `class` one of 2xx/4xx/5xx;
+// never an address, a domain or anything a client chose.
+// Thread contract: thread-safe. ForListener() is meant to be called once per configured listener
+// at startup (sessions keep the returned reference); it may be called again from any thread and
+// returns the same object. Counters, gauges and histograms are atomics, updated lock-free.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "prometheus/counter.h"
+#include "prometheus/family.h"
+#include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+
+namespace facteur::metrics {
+
+// The series of one SMTP listener. Every member refers into the Metrics registry and lives as
+// long as the Metrics object.
+struct ListenerMetrics {
+  prometheus::Counter& sessions;            // facteur_smtp_sessions_total
+  prometheus::Counter& messages_accepted;   // facteur_smtp_messages_accepted_total
+  prometheus::Counter& messages_rejected;   // facteur_smtp_messages_rejected_total
+  prometheus::Counter& replies_2xx;         // facteur_smtp_replies_total{class="2xx"}
+  prometheus::Counter& replies_4xx;         // facteur_smtp_replies_total{class="4xx"}
+  prometheus::Counter& replies_5xx;         // facteur_smtp_replies_total{class="5xx"}
+  prometheus::Counter& auth_failures;       // facteur_smtp_auth_failures_total
+  prometheus::Gauge& sessions_active;       // facteur_smtp_sessions_active
+  // facteur_smtp_accept_seconds, shared by all listeners (no listener label): kept here so a
+  // session finds everything it records in one place.
+  prometheus::Histogram& accept_seconds;
+
+  // Counts one reply by its first digit (2, 4 or 5); other codes (1xx, 3xx) are not counted.
+  void CountReply(int code);
+};
+
+class Metrics {
+ public:
+  Metrics();
+  Metrics(const Metrics&) = delete;
+  Metrics& operator=(const Metrics&) = delete;
+
+  // The series of listener `name`, created on first call (startup), the same object afterwards.
+  ListenerMetrics& ForListener(const std::string& name);
+
+  // Spool metrics, fed by the spool's CommitObserver and the queue size.
+  prometheus::Counter& spool_commit_errors() { return spool_commit_errors_; }
+  prometheus::Gauge& spool_messages() { return spool_messages_; }
+  prometheus::Histogram& spool_commit_batch_size() { return spool_commit_batch_size_; }
+  prometheus::Histogram& spool_commit_seconds() { return spool_commit_seconds_; }
+  prometheus::Histogram& smtp_accept_seconds() { return smtp_accept_seconds_; }
+
+  // Records one group commit: what queue::CommitObserver reports.
+  void ObserveSpoolCommit(size_t batch_size, double seconds);
+
+  // Shared with whoever wants to register more collectables or collect directly (an optional
+  // prometheus::Exposer, tests); the Metrics object keeps its own reference, so the registry
+  // outlives it for as long as any sharer holds one.
+  std::shared_ptr<prometheus::Registry> registry() { return registry_; }
+
+  // The Prometheus text exposition format (version 0.0.4) of every metric.
+  std::string Serialize() const;
+
+ private:
+  std::shared_ptr<prometheus::Registry> registry_;  // see registry()
+
+  prometheus::Family<prometheus::Counter>& sessions_total_;
+  prometheus::Family<prometheus::Counter>& messages_accepted_total_;
+  prometheus::Family<prometheus::Counter>& messages_rejected_total_;
+  prometheus::Family<prometheus::Counter>& replies_total_;
+  prometheus::Family<prometheus::Counter>& auth_failures_total_;
+  prometheus::Family<prometheus::Gauge>& sessions_active_;
+
+  prometheus::Counter& spool_commit_errors_;
+  prometheus::Gauge& spool_messages_;
+  prometheus::Histogram& spool_commit_batch_size_;
+  prometheus::Histogram& spool_commit_seconds_;
+  prometheus::Histogram& smtp_accept_seconds_;
+
+  absl::Mutex mutex_;
+  // std::map of unique_ptr: references handed out stay valid while the map grows.
+  std::map<std::string, std::unique_ptr<ListenerMetrics>> listeners_ ABSL_GUARDED_BY(mutex_);
+};
+
+}  // namespace facteur::metrics
