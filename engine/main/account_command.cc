@@ -1,0 +1,269 @@
+// File: engine/main/account_command.cc
+// `facteur account add|del|passwd|list|grant|revoke`: the accounts that may submit mail and the
+// addresses each may send as. With the server stopped the command opens the store itself; while
+// a server runs (it holds the RocksDB lock) the command goes through the server's admin API, so
+// that the running server sees the change at once.
+// Passwords are read from standard input (a terminal prompt with echo off, or one line from a
+// pipe), never from the command line where `ps` would show them.
+// Thread contract: main thread of a short-lived process; blocking I/O is fine here.
+#include <termios.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <iostream>
+#include <memory>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "engine/admin/json.h"
+#include "engine/base/clock.h"
+#include "engine/main/admin_client.h"
+#include "engine/main/cli.h"
+#include "engine/main/commands.h"
+#include "engine/policy/account_store.h"
+#include "queue/store.h"
+
+namespace facteur::cli {
+namespace {
+
+constexpr char kUsage[] =
+    "usage: facteur account add NAME          (password on standard input)\n"
+    "       facteur account passwd NAME       (password on standard input)\n"
+    "       facteur account del NAME\n"
+    "       facteur account list [--json]\n"
+    "       facteur account grant NAME ADDRESS|@DOMAIN\n"
+    "       facteur account revoke NAME ADDRESS|@DOMAIN\n"
+    "An account may send only as the addresses and domains granted to it (MAIL FROM and From:).\n"
+    "Works on a stopped server's data directory, or through a running server's admin API.\n"
+    "Common options: --config FILE, --data-dir DIR.\n";
+
+// What the account commands need, served by the store itself or by a running server.
+class Accounts {
+ public:
+  virtual ~Accounts() = default;
+  virtual absl::Status Create(const std::string& name, const std::string& password) = 0;
+  virtual absl::Status Delete(const std::string& name) = 0;
+  virtual absl::Status SetPassword(const std::string& name, const std::string& password) = 0;
+  virtual absl::Status Grant(const std::string& name, const std::string& pattern) = 0;
+  virtual absl::Status Revoke(const std::string& name, const std::string& pattern) = 0;
+  virtual absl::StatusOr<std::vector<policy::Account>> List() = 0;
+};
+
+class LocalAccounts final : public Accounts {
+ public:
+  LocalAccounts(std::unique_ptr<queue::Store> store, std::unique_ptr<policy::AccountStore> accounts)
+      : store_(std::move(store)), accounts_(std::move(accounts)) {}
+  absl::Status Create(const std::string& n, const std::string& p) override {
+    return accounts_->Create(n, p);
+  }
+  absl::Status Delete(const std::string& n) override { return accounts_->Delete(n); }
+  absl::Status SetPassword(const std::string& n, const std::string& p) override {
+    return accounts_->SetPassword(n, p);
+  }
+  absl::Status Grant(const std::string& n, const std::string& p) override {
+    return accounts_->Grant(n, p);
+  }
+  absl::Status Revoke(const std::string& n, const std::string& p) override {
+    return accounts_->Revoke(n, p);
+  }
+  absl::StatusOr<std::vector<policy::Account>> List() override { return accounts_->List(); }
+
+ private:
+  std::unique_ptr<queue::Store> store_;  // declared first: outlives accounts_
+  std::unique_ptr<policy::AccountStore> accounts_;
+};
+
+// RFC 3986 §2.3: everything but unreserved characters is percent-encoded in a path segment.
+std::string PathSegment(std::string_view text) {
+  std::string out;
+  for (unsigned char c : text) {
+    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') {
+      out.push_back(static_cast<char>(c));
+    } else {
+      absl::StrAppend(&out, "%", absl::Hex(c, absl::kZeroPad2));
+    }
+  }
+  return out;
+}
+
+class RemoteAccounts final : public Accounts {
+ public:
+  explicit RemoteAccounts(std::string address) : address_(std::move(address)) {}
+
+  absl::Status Create(const std::string& name, const std::string& password) override {
+    return Call("POST", "/api/accounts", nlohmann::json{{"name", name}, {"password", password}});
+  }
+  absl::Status Delete(const std::string& name) override {
+    return Call("DELETE", absl::StrCat("/api/accounts/", PathSegment(name)), nullptr);
+  }
+  absl::Status SetPassword(const std::string& name, const std::string& password) override {
+    return Call("PUT", absl::StrCat("/api/accounts/", PathSegment(name), "/password"),
+                nlohmann::json{{"password", password}});
+  }
+  absl::Status Grant(const std::string& name, const std::string& pattern) override {
+    return Call("POST", absl::StrCat("/api/accounts/", PathSegment(name), "/grants"),
+                nlohmann::json{{"pattern", pattern}});
+  }
+  absl::Status Revoke(const std::string& name, const std::string& pattern) override {
+    return Call("DELETE",
+                absl::StrCat("/api/accounts/", PathSegment(name), "/grants/", PathSegment(pattern)),
+                nullptr);
+  }
+  absl::StatusOr<std::vector<policy::Account>> List() override {
+    nlohmann::json answer;
+    if (absl::Status s = Call("GET", "/api/accounts", nullptr, &answer); !s.ok()) return s;
+    std::vector<policy::Account> accounts;
+    if (!answer.contains("accounts") || !answer["accounts"].is_array()) {
+      return absl::DataLossError("admin API: unexpected account list");
+    }
+    for (const nlohmann::json& item : answer["accounts"]) {
+      policy::Account account;
+      account.name = item.value("name", "");
+      account.suspended = item.value("suspended", false);
+      if (item.contains("grants") && item["grants"].is_array()) {
+        for (const nlohmann::json& g : item["grants"]) {
+          if (g.is_string()) account.grants.push_back(g.get<std::string>());
+        }
+      }
+      accounts.push_back(std::move(account));
+    }
+    return accounts;
+  }
+
+ private:
+  absl::Status Call(std::string_view method, const std::string& path, const nlohmann::json& body,
+                    nlohmann::json* answer = nullptr) {
+    std::string text = body.is_null() ? "" : admin::DumpJson(body);
+    absl::StatusOr<HttpResponse> response = HttpRequest(address_, method, path, text);
+    std::fill(text.begin(), text.end(), '\0');  // it may hold a password
+    if (!response.ok()) return response.status();
+    nlohmann::json json = nlohmann::json::parse(response->body, nullptr, false);
+    if (response->status >= 200 && response->status < 300) {
+      if (answer != nullptr) *answer = json.is_discarded() ? nlohmann::json() : json;
+      return absl::OkStatus();
+    }
+    std::string message = !json.is_discarded() && json.is_object() && json.contains("error")
+                              ? json["error"].get<std::string>()
+                              : absl::StrCat("admin API answered HTTP ", response->status);
+    switch (response->status) {
+      case 400: return absl::InvalidArgumentError(message);
+      case 404: return absl::NotFoundError(message);
+      case 409: return absl::AlreadyExistsError(message);
+      case 503: return absl::UnavailableError(message);
+      default: return absl::InternalError(message);
+    }
+  }
+
+  std::string address_;
+};
+
+absl::StatusOr<std::unique_ptr<Accounts>> OpenAccounts(const config::Config& config) {
+  absl::StatusOr<std::unique_ptr<queue::Store>> store = queue::Store::Open(SpoolPath(config));
+  if (store.ok()) {
+    absl::StatusOr<std::unique_ptr<policy::AccountStore>> accounts =
+        policy::AccountStore::Open(**store, RealClock::Get());
+    if (!accounts.ok()) return accounts.status();
+    return std::make_unique<LocalAccounts>(*std::move(store), *std::move(accounts));
+  }
+  if (!absl::IsFailedPrecondition(store.status())) return store.status();
+  // A running server holds the store: ask it.
+  absl::StatusOr<Endpoints> endpoints = ReadEndpoints(config);
+  if (!endpoints.ok() || endpoints->admin.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        store.status().message(),
+        "; and it has no admin listener to take the change: stop it, or enable [admin]"));
+  }
+  return std::make_unique<RemoteAccounts>(endpoints->admin);
+}
+
+// One line from standard input, or a prompt with echo off when it is a terminal.
+absl::StatusOr<std::string> ReadPassword() {
+  if (::isatty(STDIN_FILENO)) {
+    termios saved{};
+    ::tcgetattr(STDIN_FILENO, &saved);
+    termios quiet = saved;
+    quiet.c_lflag &= ~static_cast<tcflag_t>(ECHO);
+    auto prompt = [&](const char* text) {
+      std::cerr << text << std::flush;
+      ::tcsetattr(STDIN_FILENO, TCSAFLUSH, &quiet);
+      std::string line;
+      std::getline(std::cin, line);
+      ::tcsetattr(STDIN_FILENO, TCSAFLUSH, &saved);
+      std::cerr << "\n";
+      return line;
+    };
+    std::string first = prompt("Password: ");
+    std::string second = prompt("Again: ");
+    if (first != second) return absl::InvalidArgumentError("the two passwords differ");
+    return first;
+  }
+  std::string line;
+  if (!std::getline(std::cin, line)) {
+    return absl::InvalidArgumentError("no password on standard input");
+  }
+  if (!line.empty() && line.back() == '\r') line.pop_back();
+  return line;
+}
+
+}  // namespace
+
+int AccountMain(const std::vector<std::string>& args) {
+  absl::StatusOr<CommandLine> command_line = ParseCommandLine(args, {}, {});
+  if (!command_line.ok()) {
+    std::cerr << "facteur account: " << command_line.status().message() << "\n" << kUsage;
+    return kExitUsage;
+  }
+  if (command_line->help) {
+    std::cout << kUsage;
+    return kExitOk;
+  }
+  const std::vector<std::string>& words = command_line->positional;
+  const std::string verb = words.empty() ? "" : words[0];
+  const size_t arity = verb == "list" ? 1 : (verb == "grant" || verb == "revoke") ? 3 : 2;
+  if (verb.empty() || words.size() != arity ||
+      !(verb == "add" || verb == "del" || verb == "passwd" || verb == "list" || verb == "grant" ||
+        verb == "revoke")) {
+    std::cerr << kUsage;
+    return kExitUsage;
+  }
+  const std::string command = absl::StrCat("account ", verb);
+  absl::StatusOr<config::Config> config = LoadConfig(*command_line);
+  if (!config.ok()) return ReportError(command, config.status());
+  absl::StatusOr<std::unique_ptr<Accounts>> accounts = OpenAccounts(*config);
+  if (!accounts.ok()) return ReportError(command, accounts.status());
+
+  absl::Status status;
+  if (verb == "add" || verb == "passwd") {
+    absl::StatusOr<std::string> password = ReadPassword();
+    if (!password.ok()) return ReportError(command, password.status());
+    status = verb == "add" ? (*accounts)->Create(words[1], *password)
+                           : (*accounts)->SetPassword(words[1], *password);
+    policy::WipeSecret(*password);
+  } else if (verb == "del") {
+    status = (*accounts)->Delete(words[1]);
+  } else if (verb == "grant") {
+    status = (*accounts)->Grant(words[1], words[2]);
+  } else if (verb == "revoke") {
+    status = (*accounts)->Revoke(words[1], words[2]);
+  } else {
+    absl::StatusOr<std::vector<policy::Account>> list = (*accounts)->List();
+    if (!list.ok()) return ReportError(command, list.status());
+    if (command_line->json) {
+      nlohmann::json items = nlohmann::json::array();
+      for (const policy::Account& a : *list) items.push_back(admin::AccountJson(a));
+      std::cout << admin::DumpJson(nlohmann::json{{"accounts", std::move(items)}}) << "\n";
+    } else {
+      for (const policy::Account& a : *list) {
+        std::cout << a.name << (a.suspended ? " (suspended)" : "") << ": "
+                  << (a.grants.empty() ? "(may send as nobody yet)" : absl::StrJoin(a.grants, " "))
+                  << "\n";
+      }
+    }
+    return kExitOk;
+  }
+  if (!status.ok()) return ReportError(command, status);
+  return kExitOk;
+}
+
+}  // namespace facteur::cli

@@ -1,0 +1,144 @@
+#include "engine/main/cli.h"
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <iterator>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "engine/base/status.h"
+#include "nlohmann/json.hpp"
+
+namespace facteur::cli {
+
+absl::StatusOr<CommandLine> ParseCommandLine(const std::vector<std::string>& args,
+                                             const std::set<std::string>& value_flags,
+                                             const std::set<std::string>& switch_flags) {
+  CommandLine result;
+  for (size_t i = 0; i < args.size(); ++i) {
+    std::string arg = args[i];
+    if (arg == "--") {
+      result.positional.insert(result.positional.end(), args.begin() + i + 1, args.end());
+      break;
+    }
+    if (arg == "-h" || arg == "--help") {
+      result.help = true;
+      continue;
+    }
+    if (!absl::StartsWith(arg, "--")) {
+      result.positional.push_back(arg);
+      continue;
+    }
+    std::string value;
+    bool has_inline_value = false;
+    if (size_t eq = arg.find('='); eq != std::string::npos) {
+      value = arg.substr(eq + 1);
+      arg = arg.substr(0, eq);
+      has_inline_value = true;
+    }
+    const std::string name = arg.substr(2);
+    const bool takes_value = name == "config" || name == "data-dir" || value_flags.count(name);
+    if (takes_value) {
+      if (!has_inline_value) {
+        if (i + 1 >= args.size()) {
+          return absl::InvalidArgumentError(absl::StrCat("option ", arg, " needs a value"));
+        }
+        value = args[++i];
+      }
+      if (name == "config") {
+        result.config_path = value;
+      } else if (name == "data-dir") {
+        result.data_dir = value;
+      } else {
+        result.values[name] = value;
+      }
+    } else if (name == "json" || switch_flags.count(name)) {
+      if (has_inline_value) {
+        return absl::InvalidArgumentError(absl::StrCat("option ", arg, " takes no value"));
+      }
+      if (name == "json") {
+        result.json = true;
+      } else {
+        result.switches.insert(name);
+      }
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat("unknown option ", arg));
+    }
+  }
+  return result;
+}
+
+absl::StatusOr<config::Config> LoadConfig(const CommandLine& command_line) {
+  config::Config config;
+  if (command_line.config_path.empty()) {
+    config = config::DefaultConfig();
+  } else {
+    FACTEUR_ASSIGN_OR_RETURN(config, config::LoadConfigFile(command_line.config_path));
+  }
+  if (!command_line.data_dir.empty()) config.data_dir = command_line.data_dir;
+  std::error_code error;
+  std::filesystem::path absolute = std::filesystem::absolute(config.data_dir, error);
+  if (error) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("data directory ", config.data_dir, ": ", error.message()));
+  }
+  config.data_dir = absolute.lexically_normal().string();
+  if (config.data_dir.size() > 1 && config.data_dir.back() == '/') config.data_dir.pop_back();
+  return config;
+}
+
+std::string SpoolPath(const config::Config& config) { return config.SpoolPath(); }
+
+std::string SocketPath(const config::Config& config) {
+  for (const config::ListenerOptions& listener : config.listeners) {
+    if (listener.is_unix()) return config.ResolvePath(listener.unix_path());
+  }
+  return "";
+}
+
+std::string EndpointsPath(const config::Config& config) {
+  return config.ResolvePath("endpoints.json");
+}
+
+absl::StatusOr<Endpoints> ReadEndpoints(const config::Config& config) {
+  const std::string path = EndpointsPath(config);
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat(path, ": no running server left it"));
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  nlohmann::json json = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (json.is_discarded() || !json.is_object()) {
+    return absl::DataLossError(absl::StrCat(path, ": not JSON"));
+  }
+  Endpoints endpoints;
+  endpoints.pid = json.value("pid", 0);
+  endpoints.admin = json.value("admin", "");
+  endpoints.socket = json.value("socket", "");
+  return endpoints;
+}
+
+int ReportError(std::string_view command, const absl::Status& status) {
+  std::cerr << "facteur " << command << ": " << status.message() << "\n";
+  switch (status.code()) {
+    case absl::StatusCode::kNotFound:
+      return kExitNoInput;
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kAlreadyExists:
+      return kExitDataError;
+    case absl::StatusCode::kUnavailable:
+    case absl::StatusCode::kFailedPrecondition:
+      return kExitTempFail;
+    case absl::StatusCode::kResourceExhausted:
+    case absl::StatusCode::kDataLoss:
+      return kExitIoError;
+    case absl::StatusCode::kPermissionDenied:
+    case absl::StatusCode::kUnauthenticated:
+      return kExitUnavailable;
+    default:
+      return kExitSoftware;
+  }
+}
+
+}  // namespace facteur::cli

@@ -1,0 +1,19 @@
+// File: engine/main/commands.h
+// The subcommands of the facteur binary. Each takes the words after its name and returns the
+// process exit status.
+// Thread contract: main thread.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace facteur::cli {
+
+int ServeMain(const std::vector<std::string>& args);
+int QueueMain(const std::vector<std::string>& args);
+int AccountMain(const std::vector<std::string>& args);
+int ConfigMain(const std::vector<std::string>& args);
+int VersionMain(const std::vector<std::string>& args);
+int SendmailCommand(const std::vector<std::string>& args);
+
+}  // namespace facteur::cli

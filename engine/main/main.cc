@@ -1,0 +1,130 @@
+// File: engine/main/main.cc
+// The facteur binary: one executable, subcommands (serve, queue, account, config, version,
+// sendmail). When invoked under the name "sendmail" it behaves as `facteur sendmail`, so it can
+// be installed as /usr/sbin/sendmail for PHP's mail(), cron and scripts.
+#include <iostream>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <openssl/crypto.h>
+
+#include "engine/config/config.h"
+#include "engine/main/cli.h"
+#include "engine/main/commands.h"
+#include "engine/main/sendmail.h"
+#include "nlohmann/json.hpp"
+#include "rocksdb/version.h"
+
+namespace facteur::cli {
+namespace {
+
+constexpr char kUsage[] =
+    "usage: facteur COMMAND [OPTIONS]\n"
+    "Commands:\n"
+    "  serve      run the relay (SMTP listeners, queue, admin HTTP)\n"
+    "  queue      ls | show ID | count: what the queue holds\n"
+    "  account    add | del | passwd | list | grant | revoke: who may submit, and as whom\n"
+    "  config     check FILE: validate a configuration file\n"
+    "  version    print the version\n"
+    "  sendmail   sendmail(1)-compatible submission through the Unix socket\n"
+    "Every command accepts --help. Common options: --config FILE, --data-dir DIR, --json.\n";
+
+constexpr char kConfigUsage[] =
+    "usage: facteur config check FILE\n"
+    "Validates FILE; on error prints FILE:LINE:COLUMN, the key and the reason, and exits 78.\n";
+
+}  // namespace
+
+int ConfigMain(const std::vector<std::string>& args) {
+  absl::StatusOr<CommandLine> command_line = ParseCommandLine(args, {}, {});
+  if (!command_line.ok()) {
+    std::cerr << "facteur config: " << command_line.status().message() << "\n" << kConfigUsage;
+    return kExitUsage;
+  }
+  if (command_line->help) {
+    std::cout << kConfigUsage;
+    return kExitOk;
+  }
+  if (command_line->positional.size() != 2 || command_line->positional[0] != "check") {
+    std::cerr << kConfigUsage;
+    return kExitUsage;
+  }
+  const std::string& path = command_line->positional[1];
+  absl::StatusOr<config::Config> config = config::LoadConfigFile(path);
+  if (!config.ok()) {
+    std::cerr << config.status().message() << "\n";
+    return kExitConfig;
+  }
+  std::cout << path << ": ok\n";
+  return kExitOk;
+}
+
+int VersionMain(const std::vector<std::string>& args) {
+  absl::StatusOr<CommandLine> command_line = ParseCommandLine(args, {}, {});
+  if (!command_line.ok() || command_line->help) {
+    std::cout << "usage: facteur version [--json]\n";
+    return command_line.ok() ? kExitOk : kExitUsage;
+  }
+  const std::string rocksdb = std::to_string(ROCKSDB_MAJOR) + "." + std::to_string(ROCKSDB_MINOR) +
+                              "." + std::to_string(ROCKSDB_PATCH);
+  if (command_line->json) {
+    std::cout << nlohmann::json{{"version", FACTEUR_VERSION},
+                                {"openssl", OpenSSL_version(OPENSSL_VERSION_STRING)},
+                                {"rocksdb", rocksdb}}
+                     .dump()
+              << "\n";
+  } else {
+    std::cout << "facteur " << FACTEUR_VERSION << " (OpenSSL "
+              << OpenSSL_version(OPENSSL_VERSION_STRING) << ", RocksDB " << rocksdb << ")\n";
+  }
+  return kExitOk;
+}
+
+int SendmailCommand(const std::vector<std::string>& args) {
+  // --config / --data-dir choose the socket; every other word is sendmail's.
+  CommandLine command_line;
+  for (size_t i = 0; i + 1 < args.size(); ++i) {
+    if (args[i] == "--config") command_line.config_path = args[i + 1];
+    if (args[i] == "--data-dir") command_line.data_dir = args[i + 1];
+  }
+  SendmailContext context;
+  absl::StatusOr<config::Config> config = LoadConfig(command_line);
+  if (!config.ok()) {
+    std::cerr << "facteur sendmail: " << config.status().message() << "\n";
+    return kExitTempFail;  // a mail submitter retries later; the admin fixes the file
+  }
+  context.default_socket_path = SocketPath(*config);
+  context.hostname = config->hostname;
+  return SendmailMain(args, context);
+}
+
+}  // namespace facteur::cli
+
+int main(int argc, char** argv) {
+  using namespace facteur::cli;
+  std::vector<std::string> args(argv + 1, argv + argc);
+  std::string_view program(argv[0]);
+  if (size_t slash = program.rfind('/'); slash != std::string_view::npos) {
+    program.remove_prefix(slash + 1);
+  }
+  if (program == "sendmail") return SendmailCommand(args);
+  if (args.empty()) {
+    std::cerr << kUsage;
+    return kExitUsage;
+  }
+  const std::string command = args[0];
+  args.erase(args.begin());
+  if (command == "serve") return ServeMain(args);
+  if (command == "queue") return QueueMain(args);
+  if (command == "account") return AccountMain(args);
+  if (command == "config") return ConfigMain(args);
+  if (command == "version" || command == "--version") return VersionMain(args);
+  if (command == "sendmail") return SendmailCommand(args);
+  if (command == "help" || command == "--help" || command == "-h") {
+    std::cout << kUsage;
+    return kExitOk;
+  }
+  std::cerr << "facteur: unknown command '" << command << "'\n" << kUsage;
+  return kExitUsage;
+}

@@ -1,0 +1,140 @@
+// File: engine/main/queue_command.cc
+// `facteur queue ls|show|count`: read-only views of the spool. They open the RocksDB spool as a
+// secondary (read-only) instance, which works both while a server runs and when it is stopped.
+// Thread contract: main thread of a short-lived process; blocking I/O is fine here.
+#include "engine/main/commands.h"
+
+#include <iostream>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/time.h"
+#include "engine/admin/json.h"
+#include "engine/base/message_id.h"
+#include "engine/main/cli.h"
+#include "queue/spool.h"
+#include "queue/store.h"
+
+namespace facteur::cli {
+namespace {
+
+constexpr char kUsage[] =
+    "usage: facteur queue ls [--limit N] [--json]\n"
+    "       facteur queue show ID [--json] [--body]\n"
+    "       facteur queue count [--json]\n"
+    "Shows what the spool holds, whether the server runs or not.\n"
+    "Common options: --config FILE, --data-dir DIR.\n";
+
+int List(queue::Store& store, const CommandLine& command_line) {
+  size_t limit = 100;
+  if (auto it = command_line.values.find("limit"); it != command_line.values.end()) {
+    if (!absl::SimpleAtoi(it->second, &limit) || limit == 0) {
+      std::cerr << "facteur queue ls: --limit needs a positive number\n";
+      return kExitUsage;
+    }
+  }
+  absl::StatusOr<std::vector<queue::Envelope>> envelopes = queue::ListEnvelopes(store, limit);
+  if (!envelopes.ok()) return ReportError("queue ls", envelopes.status());
+  if (command_line.json) {
+    nlohmann::json messages = nlohmann::json::array();
+    for (const queue::Envelope& e : *envelopes) messages.push_back(admin::EnvelopeSummaryJson(e));
+    std::cout << admin::DumpJson(nlohmann::json{{"messages", std::move(messages)}}) << "\n";
+    return kExitOk;
+  }
+  for (const queue::Envelope& e : *envelopes) {
+    std::vector<std::string> recipients;
+    for (const queue::RecipientRecord& r : e.recipients) recipients.push_back(r.address);
+    std::cout << absl::StrFormat(
+        "%s  %s  <%s>  %s\n", e.id.ToString(),
+        absl::FormatTime("%Y-%m-%d %H:%M:%S", e.received_at, absl::UTCTimeZone()), e.sender,
+        absl::StrJoin(recipients, ", "));
+  }
+  return kExitOk;
+}
+
+int Show(queue::Store& store, const CommandLine& command_line) {
+  if (command_line.positional.size() != 2) {
+    std::cerr << kUsage;
+    return kExitUsage;
+  }
+  std::optional<MessageId> id = MessageId::Parse(command_line.positional[1]);
+  if (!id.has_value()) {
+    std::cerr << "facteur queue show: " << command_line.positional[1]
+              << " is not a message id (26 base32 characters)\n";
+    return kExitDataError;
+  }
+  absl::StatusOr<std::optional<queue::Envelope>> envelope = queue::ReadEnvelope(store, *id);
+  if (!envelope.ok()) return ReportError("queue show", envelope.status());
+  if (!envelope->has_value()) {
+    std::cerr << "facteur queue show: no message " << id->ToString() << " in the queue\n";
+    return kExitNoInput;
+  }
+  absl::StatusOr<std::optional<std::string>> body = queue::ReadBody(store, *id);
+  if (!body.ok()) return ReportError("queue show", body.status());
+  const size_t body_size = body->has_value() ? (*body)->size() : 0;
+  if (command_line.switches.count("body")) {
+    if (body->has_value()) std::cout << **body;
+    return kExitOk;
+  }
+  if (command_line.json) {
+    std::cout << admin::DumpJson(admin::MessageJson(**envelope, body_size)) << "\n";
+    return kExitOk;
+  }
+  const queue::Envelope& e = **envelope;
+  std::cout << "id:          " << e.id.ToString() << "\n"
+            << "received:    " << absl::FormatTime(absl::RFC3339_sec, e.received_at, absl::UTCTimeZone())
+            << "\n"
+            << "sender:      <" << e.sender << ">\n"
+            << "listener:    " << e.listener << "\n"
+            << "client:      " << e.client << "\n"
+            << "account:     " << (e.account.empty() ? "-" : e.account) << "\n"
+            << "size:        " << body_size << "\n"
+            << "attempts:    " << e.attempts << "\n";
+  for (const queue::RecipientRecord& r : e.recipients) {
+    std::cout << "recipient:   <" << r.address << "> "
+              << admin::RecipientStateName(r.state) << "\n";
+  }
+  return kExitOk;
+}
+
+}  // namespace
+
+int QueueMain(const std::vector<std::string>& args) {
+  absl::StatusOr<CommandLine> command_line = ParseCommandLine(args, {"limit"}, {"body"});
+  if (!command_line.ok()) {
+    std::cerr << "facteur queue: " << command_line.status().message() << "\n" << kUsage;
+    return kExitUsage;
+  }
+  if (command_line->help) {
+    std::cout << kUsage;
+    return kExitOk;
+  }
+  if (command_line->positional.empty()) {
+    std::cerr << kUsage;
+    return kExitUsage;
+  }
+  const std::string& verb = command_line->positional[0];
+  if (verb != "ls" && verb != "show" && verb != "count") {
+    std::cerr << "facteur queue: unknown command '" << verb << "'\n" << kUsage;
+    return kExitUsage;
+  }
+  absl::StatusOr<config::Config> config = LoadConfig(*command_line);
+  if (!config.ok()) return ReportError("queue", config.status());
+  absl::StatusOr<std::unique_ptr<queue::Store>> store =
+      queue::Store::OpenReadOnly(SpoolPath(*config));
+  if (!store.ok()) return ReportError("queue", store.status());
+
+  if (verb == "ls") return List(**store, *command_line);
+  if (verb == "show") return Show(**store, *command_line);
+  absl::StatusOr<uint64_t> count = queue::CountMessages(**store);
+  if (!count.ok()) return ReportError("queue count", count.status());
+  if (command_line->json) {
+    std::cout << admin::DumpJson(nlohmann::json{{"count", *count}}) << "\n";
+  } else {
+    std::cout << *count << "\n";
+  }
+  return kExitOk;
+}
+
+}  // namespace facteur::cli

@@ -1,0 +1,265 @@
+"""Test harness for integration scenarios: runs the real build/facteur on loopback.
+
+Each scenario file is a unittest module run by ctest with Debian's /usr/bin/python3. The server
+is started on port 0; the addresses it really bound are read from <data_dir>/endpoints.json,
+which `facteur serve` writes once every listener is up.
+"""
+
+import json
+import os
+import shutil
+import signal
+import smtplib
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+BINARY = os.environ.get("FACTEUR_BINARY") or os.path.join(
+    os.path.dirname(__file__), "..", "..", "build", "facteur")
+
+# The bounded wait for the server to come up or go down.
+START_TIMEOUT = 30.0
+
+
+def toml_string(value):
+    return json.dumps(value)  # a JSON string is a valid TOML basic string
+
+
+class Facteur:
+    """One facteur server process with its own data directory.
+
+    listeners: list of dicts with keys name, address (e.g. "127.0.0.1:0" or "unix:facteur.sock"),
+    role, tls, trusted_networks. extra: TOML text appended to the configuration.
+    """
+
+    def __init__(self, listeners=None, extra="", data_dir=None, admin=True):
+        self.owns_dir = data_dir is None
+        self.data_dir = data_dir or tempfile.mkdtemp(prefix="facteur-it-")
+        if listeners is None:
+            listeners = [
+                {"name": "relay", "address": "127.0.0.1:0", "role": "relay", "tls": "none"},
+                {"name": "local", "address": "unix:facteur.sock"},
+            ]
+        lines = [
+            "data_dir = %s" % toml_string(self.data_dir),
+            'hostname = "relay.test.example"',
+            "io_threads = 2",
+            "[admin]",
+            'address = %s' % toml_string("127.0.0.1:0" if admin else ""),
+        ]
+        # Top-level tables must come before [[listener]] arrays only for readability; TOML
+        # allows any order, but `extra` may hold tables too, so it goes before the listeners.
+        lines.append(extra)
+        for listener in listeners:
+            lines.append("[[listener]]")
+            for key, value in listener.items():
+                if isinstance(value, list):
+                    lines.append("%s = [%s]" % (key, ", ".join(toml_string(v) for v in value)))
+                else:
+                    lines.append("%s = %s" % (key, toml_string(value)))
+        self.config_path = os.path.join(self.data_dir, "facteur.toml")
+        with open(self.config_path, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        self.process = None
+        self.endpoints = None
+        self.log_path = os.path.join(self.data_dir, "facteur.log")
+
+    # -- process control ------------------------------------------------------------------
+
+    def start(self):
+        endpoints_path = os.path.join(self.data_dir, "endpoints.json")
+        if os.path.exists(endpoints_path):
+            os.unlink(endpoints_path)
+        with open(self.log_path, "ab") as log:  # the child keeps its own copy of the fd
+            self.process = subprocess.Popen(
+                [BINARY, "serve", "--config", self.config_path],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError("facteur exited with %s:\n%s" % (
+                    self.process.returncode, self.log()))
+            if os.path.exists(endpoints_path):
+                try:
+                    with open(endpoints_path) as f:
+                        self.endpoints = json.load(f)
+                    if self.endpoints.get("pid") == self.process.pid:
+                        return self
+                except ValueError:
+                    pass  # being written
+            time.sleep(0.02)
+        raise AssertionError("facteur did not come up within %ss:\n%s" % (
+            START_TIMEOUT, self.log()))
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            code = self.process.wait(timeout=START_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            code = self.process.wait()
+        self.process = None
+        return code
+
+    def kill9(self):
+        return self.stop(signal.SIGKILL)
+
+    def cleanup(self):
+        if self.process is not None and self.process.poll() is not None:
+            # It died on its own: its log is what the test report needs.
+            sys.stderr.write("facteur exited with %s; its log:\n%s\n" % (
+                self.process.returncode, self.log()[-20000:]))
+        code = self.stop()
+        if code not in (0, None):
+            sys.stderr.write("facteur stopped with %s; its log:\n%s\n" % (
+                code, self.log()[-20000:]))
+        if self.owns_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.cleanup()
+
+    def log(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    # -- endpoints ------------------------------------------------------------------------
+
+    def listener(self, name):
+        for listener in self.endpoints["listeners"]:
+            if listener["name"] == name:
+                return listener
+        raise KeyError(name)
+
+    def host_port(self, name):
+        address = self.listener(name)["address"]
+        host, _, port = address.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    def socket_path(self):
+        return self.endpoints["socket"]
+
+    def admin_url(self, path=""):
+        return "http://%s%s" % (self.endpoints["admin"], path)
+
+    # -- clients --------------------------------------------------------------------------
+
+    def smtp(self, name="relay", timeout=10):
+        host, port = self.host_port(name)
+        return smtplib.SMTP(host, port, timeout=timeout)
+
+    def smtp_ssl(self, name, timeout=10):
+        host, port = self.host_port(name)
+        return smtplib.SMTP_SSL(host, port, timeout=timeout, context=insecure_tls_context())
+
+    def raw(self, name="relay", timeout=10):
+        host, port = self.host_port(name)
+        return RawSmtp(socket.create_connection((host, port), timeout=timeout))
+
+    def raw_unix(self, timeout=10):
+        """A RawSmtp session over the server's Unix socket."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(self.socket_path())
+        except OSError:
+            sock.close()
+            raise
+        return RawSmtp(sock)
+
+    def cli(self, *args, input=None, check=True, data_dir=True):
+        """Runs `facteur ARGS --config <this config>`; returns the CompletedProcess."""
+        command = [BINARY] + list(args)
+        if data_dir:
+            command += ["--config", self.config_path]
+        result = subprocess.run(command, input=input, capture_output=True, timeout=60)
+        if check and result.returncode != 0:
+            raise AssertionError("%s exited %d:\nstdout: %s\nstderr: %s" % (
+                command, result.returncode, result.stdout.decode(), result.stderr.decode()))
+        return result
+
+
+def insecure_tls_context():
+    """Our default certificate is self-signed: tests check TLS works, not who signed it."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class RawSmtp:
+    """A byte-level SMTP client for inputs smtplib refuses to send."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.buffer = b""
+
+    def send(self, data):
+        if isinstance(data, str):
+            data = data.encode()
+        self.sock.sendall(data)
+
+    def reply(self):
+        """Reads one reply; returns (code, full text). Raises on EOF."""
+        lines = []
+        while True:
+            while b"\n" not in self.buffer:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    raise ConnectionError("closed after %r" % (b"".join(lines)))
+                self.buffer += chunk
+            line, _, self.buffer = self.buffer.partition(b"\n")
+            lines.append(line + b"\n")
+            line = line.rstrip(b"\r")
+            if len(line) < 4 or line[3:4] == b" ":
+                text = b"".join(lines).decode("utf-8", "replace")
+                return int(line[:3]), text
+
+    def command(self, data):
+        self.send(data)
+        return self.reply()
+
+    def closed(self, timeout=5):
+        """True when the server closed the connection (EOF) within `timeout` seconds."""
+        self.sock.settimeout(timeout)
+        try:
+            while True:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    return True
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+        except socket.timeout:
+            return False
+
+    def close(self):
+        self.sock.close()
+
+
+def queued_id(reply_text):
+    """The id from '250 2.0.0 Ok: queued as ID'."""
+    marker = "queued as "
+    assert marker in reply_text, reply_text
+    return reply_text.split(marker, 1)[1].split()[0]
+
+
+def simple_message(sender="app@asso.example", to="bob@example.com", subject="hello",
+                   body="Hello,\r\nthis is a test.\r\n"):
+    return ("From: %s\r\nTo: %s\r\nSubject: %s\r\n\r\n%s" % (sender, to, subject, body)).encode()
+
+
+def main():
+    unittest.main(verbosity=2)
