@@ -8,6 +8,8 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdarg>
+#include <cstdio>
 #include <filesystem>
 #include <system_error>
 #include <utility>
@@ -37,6 +39,27 @@ class NoAutoRecovery : public rocksdb::EventListener {
   }
 };
 
+// RocksDB's messages go to facteur's log instead of a LOG file in the spool directory: on a
+// full disk, RocksDB's own LOG writer trips an assertion in Debian's librocksdb (its
+// WritableFileWriter after a failed append) and aborts the process, where the spool must
+// instead answer 452 4.3.1 and heal once space is back. Warnings and errors only: the info
+// level (compaction statistics every few minutes) would drown the relay's own log.
+class ForwardingLogger final : public rocksdb::Logger {
+ public:
+  ForwardingLogger() : rocksdb::Logger(rocksdb::InfoLogLevel::WARN_LEVEL) {}
+  using rocksdb::Logger::Logv;
+  void Logv(const char* format, va_list ap) override {
+    Logv(rocksdb::InfoLogLevel::WARN_LEVEL, format, ap);
+  }
+  void Logv(const rocksdb::InfoLogLevel level, const char* format, va_list ap) override {
+    if (level < GetInfoLogLevel()) return;
+    char line[1024];
+    std::vsnprintf(line, sizeof(line), format, ap);
+    Log(level >= rocksdb::InfoLogLevel::ERROR_LEVEL ? LogLevel::kError : LogLevel::kWarning,
+        "rocksdb: %s", line);
+  }
+};
+
 rocksdb::Options PrimaryOptions(const StoreOptions& store_options) {
   rocksdb::Options options;
   // Two background threads are enough for flushes and compactions of a queue whose writes come
@@ -51,6 +74,7 @@ rocksdb::Options PrimaryOptions(const StoreOptions& store_options) {
   // way that could resurrect old records after a crash.
   options.recycle_log_file_num = 0;
   options.listeners.push_back(std::make_shared<NoAutoRecovery>());
+  options.info_log = std::make_shared<ForwardingLogger>();
   if (store_options.env != nullptr) options.env = store_options.env.get();
   return options;
 }
@@ -130,6 +154,7 @@ absl::StatusOr<std::unique_ptr<Store>> Store::OpenReadOnly(const std::string& pa
 
   rocksdb::Options db_options;
   db_options.max_open_files = -1;  // required by secondary instances
+  db_options.info_log = std::make_shared<ForwardingLogger>();
   std::vector<std::string> existing;
   rocksdb::Status status = rocksdb::DB::ListColumnFamilies(db_options, path, &existing);
   if (!status.ok()) return ToStatus(status, absl::StrCat("listing families of spool ", path));

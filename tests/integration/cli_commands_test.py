@@ -1,0 +1,201 @@
+"""The command line (issue #2 point 3): config check on a good and a bad file, version, --help on
+every subcommand, the account lifecycle on a stopped server, and the read-only queue commands
+on a stopped server's --data-dir."""
+
+import base64
+import json
+import os
+import re
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+
+EX_CONFIG = 78
+REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+PASSWORD = "Pl41n-T3xt-Never-Stored"
+
+HELP = [
+    ["--help"], ["serve", "--help"], ["queue", "--help"], ["queue", "ls", "--help"],
+    ["queue", "show", "--help"], ["queue", "count", "--help"], ["account", "--help"],
+    ["account", "add", "--help"], ["account", "del", "--help"], ["account", "passwd", "--help"],
+    ["account", "list", "--help"], ["account", "grant", "--help"],
+    ["account", "revoke", "--help"], ["config", "--help"], ["config", "check", "--help"],
+    ["version", "--help"], ["sendmail", "--help"],
+]
+
+
+class CliCommandsTest(harness.unittest.TestCase):
+    def setUp(self):
+        self.server = harness.Facteur()
+        self.addCleanup(self.server.cleanup)
+
+    def run_cli(self, *args, **kwargs):
+        return self.server.cli(*args, **kwargs)
+
+    def accounts(self):
+        return json.loads(self.run_cli("account", "list", "--json").stdout)["accounts"]
+
+    def write(self, name, text):
+        path = os.path.join(self.server.data_dir, name)
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    # -- config, version, help -----------------------------------------------------------------
+
+    def test_config_check_accepts_a_good_file(self):
+        result = self.run_cli("config", "check", self.server.config_path, data_dir=False)
+        self.assertEqual(result.stdout.decode().strip(), "%s: ok" % self.server.config_path)
+        example = os.path.normpath(os.path.join(REPO, "deploy", "facteur.example.toml"))
+        if os.path.exists(example):
+            result = self.run_cli("config", "check", example, data_dir=False)
+            self.assertIn(b": ok", result.stdout)
+
+    def test_config_check_names_file_line_and_key(self):
+        cases = [
+            ("unknown.toml", 'hostname = "x.example"\n[smtp]\nmax_errorz = 3\n', 3,
+             "smtp.max_errorz"),
+            ("badvalue.toml", '[smtp]\nmax_recipients = 10\nmax_errors = -1\n', 3,
+             "smtp.max_errors"),
+            ("badtype.toml", '\n\nhostname = 12\n', 3, "hostname"),
+            ("badtls.toml", '[[listener]]\naddress = "127.0.0.1:0"\ntls = "sometimes"\n', 3,
+             "tls"),
+        ]
+        for name, text, line, key in cases:
+            with self.subTest(name):
+                path = self.write(name, text)
+                result = self.run_cli("config", "check", path, check=False, data_dir=False)
+                self.assertEqual(result.returncode, EX_CONFIG, result)
+                stderr = result.stderr.decode()
+                match = re.search(r"^(.*):(\d+):(\d+): key '([^']+)': .+", stderr, re.M)
+                self.assertIsNotNone(match, stderr)
+                self.assertTrue(match.group(1).endswith(name), stderr)
+                self.assertEqual(int(match.group(2)), line, stderr)
+                self.assertTrue(match.group(4).endswith(key), stderr)
+        result = self.run_cli("config", "check", "/nonexistent/facteur.toml", check=False,
+                              data_dir=False)
+        self.assertNotEqual(result.returncode, 0)
+        # serve refuses a bad file the same way, before binding anything.
+        result = self.run_cli("serve", "--config", path, check=False, data_dir=False)
+        self.assertEqual(result.returncode, EX_CONFIG, result)
+
+    def test_version(self):
+        result = self.run_cli("version", data_dir=False)
+        self.assertRegex(result.stdout.decode(), r"^facteur \d+\.\d+\.\d+")
+        result = self.run_cli("version", "--json", data_dir=False)
+        self.assertRegex(json.loads(result.stdout)["version"], r"^\d+\.\d+\.\d+")
+
+    def test_help_everywhere(self):
+        for args in HELP:
+            with self.subTest(" ".join(args)):
+                result = self.run_cli(*args, check=False, data_dir=False)
+                self.assertEqual(result.returncode, 0, result)
+                self.assertIn(b"usage", result.stdout.lower())
+        result = self.run_cli("frobnicate", check=False, data_dir=False)
+        self.assertNotEqual(result.returncode, 0)
+
+    # -- accounts, server stopped ---------------------------------------------------------------
+
+    def test_account_lifecycle_with_the_server_stopped(self):
+        self.run_cli("account", "add", "alice", input=(PASSWORD + "\n").encode())
+        result = self.run_cli("account", "add", "alice", input=b"other\n", check=False)
+        self.assertNotEqual(result.returncode, 0, "a second account with the same name")
+        accounts = self.accounts()  # more fields (e.g. created_at) are fine
+        self.assertEqual([(a["name"], a["grants"], a["suspended"]) for a in accounts],
+                         [("alice", [], False)])
+        self.run_cli("account", "grant", "alice", "alice@asso.example")
+        self.run_cli("account", "grant", "alice", "@team.example")
+        self.assertEqual(sorted(self.accounts()[0]["grants"]),
+                         ["@team.example", "alice@asso.example"])
+        result = self.run_cli("account", "grant", "alice", "not an address", check=False)
+        self.assertNotEqual(result.returncode, 0)
+        result = self.run_cli("account", "grant", "nobody", "x@asso.example", check=False)
+        self.assertNotEqual(result.returncode, 0)
+        self.run_cli("account", "revoke", "alice", "@team.example")
+        self.assertEqual(self.accounts()[0]["grants"], ["alice@asso.example"])
+        self.run_cli("account", "add", "bob", input=b"bob password\n")
+        self.assertEqual(sorted(a["name"] for a in self.accounts()), ["alice", "bob"])
+        self.assertIn(b"alice", self.run_cli("account", "list").stdout)
+
+        # The password is stored hashed: its clear text is in no file of the data dir.
+        for directory, _, files in os.walk(self.server.data_dir):
+            for name in files:
+                with open(os.path.join(directory, name), "rb") as f:
+                    self.assertNotIn(PASSWORD.encode(), f.read(), os.path.join(directory, name))
+
+        self.run_cli("account", "passwd", "alice", input=b"new alice password\n")
+        self.server.start()
+        self.assertEqual(self.auth_plain("alice", PASSWORD)[:9], "535 5.7.8")
+        self.assertEqual(self.auth_plain("alice", "new alice password")[:9], "235 2.7.0")
+        self.assertEqual(self.server.stop(), 0)
+
+        self.run_cli("account", "del", "bob")
+        self.assertEqual([a["name"] for a in self.accounts()], ["alice"])
+        result = self.run_cli("account", "del", "bob", check=False)
+        self.assertNotEqual(result.returncode, 0)
+        self.run_cli("account", "del", "alice")
+        self.assertEqual(self.accounts(), [])
+
+    def auth_plain(self, user, password):
+        """AUTH PLAIN over the Unix socket, where AUTH needs no TLS; returns the reply."""
+        raw = self.server.raw_unix()
+        try:
+            self.assertEqual(raw.reply()[0], 220)
+            self.assertEqual(raw.command("EHLO localhost\r\n")[0], 250)
+            token = base64.b64encode(("\0%s\0%s" % (user, password)).encode()).decode()
+            return raw.command("AUTH PLAIN %s\r\n" % token)[1]
+        finally:
+            raw.close()
+
+    # -- queue, server stopped ------------------------------------------------------------------
+
+    def test_queue_commands_on_a_stopped_servers_data_dir(self):
+        self.server.start()
+        ids = []
+        with self.server.smtp() as client:
+            client.ehlo("client.example")
+            for n in range(3):
+                client.mail("app@asso.example")
+                client.rcpt("r%d@example.com" % n)
+                code, text = client.data(harness.simple_message(subject="q%d" % n))
+                self.assertEqual(code, 250, text)
+                ids.append(harness.queued_id(text.decode()))
+        self.assertEqual(self.server.stop(), 0)
+
+        # Only --data-dir, no --config: the defaults, with this data directory.
+        def stopped(*args, check=True):
+            return self.run_cli(*(list(args) + ["--data-dir", self.server.data_dir]),
+                                check=check, data_dir=False)
+
+        self.assertEqual(stopped("queue", "count").stdout.strip(), b"3")
+        self.assertEqual(json.loads(stopped("queue", "count", "--json").stdout), {"count": 3})
+        listed = json.loads(stopped("queue", "ls", "--json").stdout)["messages"]
+        self.assertEqual(sorted(m["id"] for m in listed), sorted(ids))
+        for entry in listed:
+            for key in ("id", "sender", "recipients", "received_at", "attempts", "account",
+                        "listener"):
+                self.assertIn(key, entry)
+            self.assertEqual(entry["attempts"], 0)
+        limited = json.loads(stopped("queue", "ls", "--json", "--limit", "2").stdout)["messages"]
+        self.assertEqual(len(limited), 2)
+        text = stopped("queue", "ls").stdout.decode()
+        for message_id in ids:
+            self.assertIn(message_id, text)
+        shown = json.loads(stopped("queue", "show", ids[1], "--json").stdout)
+        self.assertEqual((shown["id"], shown["sender"], shown["recipients"]),
+                         (ids[1], "app@asso.example", ["r1@example.com"]))
+        self.assertIn("size", shown)
+        body = stopped("queue", "show", ids[1], "--body").stdout
+        self.assertEqual(len(body), shown["size"])
+        self.assertIn(b"Subject: q1", body)
+        result = stopped("queue", "show", "0" * 26, check=False)
+        self.assertNotEqual(result.returncode, 0)
+        result = stopped("queue", "show", "not-an-id", check=False)
+        self.assertNotEqual(result.returncode, 0)
+        # Reading did not change anything.
+        self.assertEqual(stopped("queue", "count").stdout.strip(), b"3")
+
+
+if __name__ == "__main__":
+    harness.main()
