@@ -209,15 +209,10 @@ absl::StatusOr<std::string> ReadPassword() {
 }  // namespace
 
 int AccountMain(const std::vector<std::string>& args) {
-  absl::StatusOr<CommandLine> command_line = ParseCommandLine(args, {}, {});
-  if (!command_line.ok()) {
-    std::cerr << "facteur account: " << command_line.status().message() << "\n" << kUsage;
-    return kExitUsage;
-  }
-  if (command_line->help) {
-    std::cout << kUsage;
-    return kExitOk;
-  }
+  int exit_code = kExitOk;
+  std::optional<CommandLine> command_line =
+      ParseOrExit(args, "account", kUsage, {}, {}, &exit_code);
+  if (!command_line.has_value()) return exit_code;
   const std::vector<std::string>& words = command_line->positional;
   const std::string verb = words.empty() ? "" : words[0];
   const size_t arity = verb == "list" ? 1 : (verb == "grant" || verb == "revoke") ? 3 : 2;

@@ -71,6 +71,25 @@ absl::StatusOr<CommandLine> ParseCommandLine(const std::vector<std::string>& arg
   return result;
 }
 
+std::optional<CommandLine> ParseOrExit(const std::vector<std::string>& args,
+                                       std::string_view command, std::string_view usage,
+                                       const std::set<std::string>& value_flags,
+                                       const std::set<std::string>& switch_flags, int* exit_code) {
+  absl::StatusOr<CommandLine> command_line = ParseCommandLine(args, value_flags, switch_flags);
+  if (!command_line.ok()) {
+    std::cerr << "facteur " << command << ": " << command_line.status().message() << "\n"
+              << usage;
+    *exit_code = kExitUsage;
+    return std::nullopt;
+  }
+  if (command_line->help) {
+    std::cout << usage;
+    *exit_code = kExitOk;
+    return std::nullopt;
+  }
+  return *std::move(command_line);
+}
+
 absl::StatusOr<config::Config> LoadConfig(const CommandLine& command_line) {
   config::Config config;
   if (command_line.config_path.empty()) {

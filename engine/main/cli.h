@@ -6,6 +6,8 @@
 #pragma once
 
 #include <map>
+#include <optional>
+#include <string_view>
 #include <set>
 #include <string>
 #include <vector>
@@ -31,6 +33,14 @@ struct CommandLine {
 absl::StatusOr<CommandLine> ParseCommandLine(const std::vector<std::string>& args,
                                              const std::set<std::string>& value_flags,
                                              const std::set<std::string>& switch_flags);
+
+// ParseCommandLine for subcommand `command`, with the usual endings handled: on --help prints
+// `usage` and sets *exit_code to 0; on a usage error prints the error and `usage` to stderr and
+// sets *exit_code to 64. Returns the command line only when the command should run.
+std::optional<CommandLine> ParseOrExit(const std::vector<std::string>& args,
+                                       std::string_view command, std::string_view usage,
+                                       const std::set<std::string>& value_flags,
+                                       const std::set<std::string>& switch_flags, int* exit_code);
 
 // The configuration the command line names, with --data-dir applied and data_dir made absolute
 // (so that paths stay right whatever the working directory of a later process).

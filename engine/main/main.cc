@@ -37,15 +37,10 @@ constexpr char kConfigUsage[] =
 }  // namespace
 
 int ConfigMain(const std::vector<std::string>& args) {
-  absl::StatusOr<CommandLine> command_line = ParseCommandLine(args, {}, {});
-  if (!command_line.ok()) {
-    std::cerr << "facteur config: " << command_line.status().message() << "\n" << kConfigUsage;
-    return kExitUsage;
-  }
-  if (command_line->help) {
-    std::cout << kConfigUsage;
-    return kExitOk;
-  }
+  int exit_code = kExitOk;
+  std::optional<CommandLine> command_line =
+      ParseOrExit(args, "config", kConfigUsage, {}, {}, &exit_code);
+  if (!command_line.has_value()) return exit_code;
   if (command_line->positional.size() != 2 || command_line->positional[0] != "check") {
     std::cerr << kConfigUsage;
     return kExitUsage;
@@ -61,11 +56,10 @@ int ConfigMain(const std::vector<std::string>& args) {
 }
 
 int VersionMain(const std::vector<std::string>& args) {
-  absl::StatusOr<CommandLine> command_line = ParseCommandLine(args, {}, {});
-  if (!command_line.ok() || command_line->help) {
-    std::cout << "usage: facteur version [--json]\n";
-    return command_line.ok() ? kExitOk : kExitUsage;
-  }
+  int exit_code = kExitOk;
+  std::optional<CommandLine> command_line =
+      ParseOrExit(args, "version", "usage: facteur version [--json]\n", {}, {}, &exit_code);
+  if (!command_line.has_value()) return exit_code;
   const std::string rocksdb = std::to_string(ROCKSDB_MAJOR) + "." + std::to_string(ROCKSDB_MINOR) +
                               "." + std::to_string(ROCKSDB_PATCH);
   if (command_line->json) {

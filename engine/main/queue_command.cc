@@ -101,15 +101,10 @@ int Show(queue::Store& store, const CommandLine& command_line) {
 }  // namespace
 
 int QueueMain(const std::vector<std::string>& args) {
-  absl::StatusOr<CommandLine> command_line = ParseCommandLine(args, {"limit"}, {"body"});
-  if (!command_line.ok()) {
-    std::cerr << "facteur queue: " << command_line.status().message() << "\n" << kUsage;
-    return kExitUsage;
-  }
-  if (command_line->help) {
-    std::cout << kUsage;
-    return kExitOk;
-  }
+  int exit_code = kExitOk;
+  std::optional<CommandLine> command_line =
+      ParseOrExit(args, "queue", kUsage, {"limit"}, {"body"}, &exit_code);
+  if (!command_line.has_value()) return exit_code;
   if (command_line->positional.empty()) {
     std::cerr << kUsage;
     return kExitUsage;

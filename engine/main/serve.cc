@@ -230,15 +230,10 @@ class Relay {
 }  // namespace
 
 int ServeMain(const std::vector<std::string>& args) {
-  absl::StatusOr<CommandLine> command_line = ParseCommandLine(args, {}, {});
-  if (!command_line.ok()) {
-    std::cerr << "facteur serve: " << command_line.status().message() << "\n" << kUsage;
-    return kExitUsage;
-  }
-  if (command_line->help) {
-    std::cout << kUsage;
-    return kExitOk;
-  }
+  int exit_code = kExitOk;
+  std::optional<CommandLine> command_line =
+      ParseOrExit(args, "serve", kUsage, {}, {}, &exit_code);
+  if (!command_line.has_value()) return exit_code;
   absl::StatusOr<config::Config> config = LoadConfig(*command_line);
   if (!config.ok()) {
     std::cerr << config.status().message() << "\n";

@@ -180,6 +180,12 @@ class Facteur:
             raise
         return RawSmtp(sock)
 
+    def add_account(self, name, password, *grants):
+        """Creates an account with the CLI (server stopped or running) and grants it `grants`."""
+        self.cli("account", "add", name, input=(password + "\n").encode())
+        for pattern in grants:
+            self.cli("account", "grant", name, pattern)
+
     def cli(self, *args, input=None, check=True, data_dir=True):
         """Runs `facteur ARGS --config <this config>`; returns the CompletedProcess."""
         command = [BINARY] + list(args)
@@ -190,6 +196,36 @@ class Facteur:
             raise AssertionError("%s exited %d:\nstdout: %s\nstderr: %s" % (
                 command, result.returncode, result.stdout.decode(), result.stderr.decode()))
         return result
+
+
+class ServerTestCase(unittest.TestCase):
+    """One server for the whole class. Subclasses set `listeners` / `extra` and may override
+    prepare(server), which runs before the server starts (e.g. to create accounts)."""
+
+    listeners = None
+    extra = ""
+
+    @classmethod
+    def prepare(cls, server):
+        pass
+
+    @classmethod
+    def config_extra(cls):
+        return cls.extra
+
+    @classmethod
+    def setUpClass(cls):
+        cls.server = Facteur(listeners=cls.listeners, extra=cls.config_extra())
+        try:
+            cls.prepare(cls.server)
+            cls.server.start()
+        except BaseException:
+            cls.server.cleanup()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.cleanup()
 
 
 def insecure_tls_context():

@@ -26,24 +26,14 @@ idle_timeout = "%s"
 """
 
 
-class HostileSessionCase(harness.unittest.TestCase):
+class HostileSessionCase(harness.ServerTestCase):
     """A server per class; per test a bystander session opened before the hostile one."""
 
     idle_timeout = "30s"
 
     @classmethod
-    def setUpClass(cls):
-        cls.server = harness.Facteur(
-            extra=LIMITS % (MAX_SIZE, MAX_RECIPIENTS, MAX_ERRORS, cls.idle_timeout))
-        try:
-            cls.server.start()
-        except BaseException:
-            cls.server.cleanup()
-            raise
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.server.cleanup()
+    def config_extra(cls):
+        return LIMITS % (MAX_SIZE, MAX_RECIPIENTS, MAX_ERRORS, cls.idle_timeout)
 
     def setUp(self):
         self.bystander = self.session()

@@ -27,22 +27,12 @@ def message_from(author, to="bob@example.com", subject="aligned"):
     return harness.simple_message(sender=author, to=to, subject=subject)
 
 
-class StartTlsAuthSenderAlignmentTest(harness.unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.server = harness.Facteur(listeners=LISTENERS)
-        try:
-            cls.server.cli("account", "add", "alice", input=(ALICE_PASSWORD + "\n").encode())
-            cls.server.cli("account", "grant", "alice", "alice@asso.example")
-            cls.server.cli("account", "grant", "alice", "@team.example")
-            cls.server.start()
-        except BaseException:
-            cls.server.cleanup()
-            raise
+class StartTlsAuthSenderAlignmentTest(harness.ServerTestCase):
+    listeners = LISTENERS
 
     @classmethod
-    def tearDownClass(cls):
-        cls.server.cleanup()
+    def prepare(cls, server):
+        server.add_account("alice", ALICE_PASSWORD, "alice@asso.example", "@team.example")
 
     def submission(self):
         client = self.server.smtp("submission")
