@@ -156,18 +156,19 @@ class Relay {
     return Announce(threads);
   }
 
-  // Stops in the order that loses nothing: no new sessions, then the spool commits what it
-  // holds (its completions post to loops that no longer run, which the Server keeps alive
-  // until it is destroyed), then everything else.
+  // Stops in the order that loses nothing: no new sessions, then the password checks in flight
+  // finish and the spool commits what it holds (their completions post to loops that no longer
+  // run, which the Server keeps alive until it is destroyed), then everything else.
   void Stop() {
     std::error_code ignored;
     std::filesystem::remove(EndpointsPath(config_), ignored);
     admin_.reset();
     if (server_ != nullptr) server_->Stop();
+    // Both post completions to the loops: drain them while the (stopped) loops still exist.
+    auth_pool_.reset();
     spool_.reset();
     server_.reset();
     services_.reset();
-    auth_pool_.reset();
     accounts_.reset();
     store_.reset();
   }

@@ -62,7 +62,11 @@ size_t HeaderInsertPosition(std::string_view message, const mail::HeaderSection&
 }  // namespace
 
 Session::Session(io::Stream& stream, const ListenerPolicy& policy, SessionHost& host)
-    : stream_(stream), policy_(policy), host_(host), alive_(std::make_shared<bool>(true)) {}
+    : stream_(stream), policy_(policy), host_(host), alive_(std::make_shared<bool>(true)) {
+  // From the first byte: an implicit-TLS client that never finishes its handshake is timed
+  // out too (RFC 5321 §4.5.3.2.7).
+  stream_.SetIdleTimeout(policy_.limits.idle_timeout);
+}
 
 Session::~Session() = default;
 
@@ -71,7 +75,6 @@ Session::~Session() = default;
 
 void Session::OnStart(const io::TlsInfo* implicit_tls) {
   tls_active_ = implicit_tls != nullptr;
-  stream_.SetIdleTimeout(policy_.limits.idle_timeout);
   // RFC 5321 §4.2: the greeting carries no enhanced status code.
   Reply(220, "", absl::StrCat(policy_.hostname, " ESMTP facteur"));
 }

@@ -134,6 +134,12 @@ TEST_F(SessionTest, GreetsAndListsExtensions) {
   EXPECT_EQ(stream_.idle_timeout, absl::Seconds(300));
 }
 
+TEST_F(SessionTest, TheIdleTimeoutRunsFromTheFirstByteEvenBeforeAnImplicitTlsHandshake) {
+  policy_.limits.idle_timeout = absl::Seconds(7);
+  Session session(stream_, policy_, host_);  // not started: the handshake is still running
+  EXPECT_EQ(stream_.idle_timeout, absl::Seconds(7));
+}
+
 TEST_F(SessionTest, AcceptsAMessageFromATrustedClientAndQueuesIt) {
   StartWithEhlo();
   EXPECT_EQ(Send("MAIL FROM:<app@asso.org>\r\n"), "250 2.1.0 Ok\r\n");
