@@ -110,6 +110,16 @@ absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& path) {
 
 absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& path,
                                                    const StoreOptions& options) {
+  // RocksDB creates the spool directory but not its parents (and logs an error while it looks
+  // for it): a first `facteur account add` on a new data directory must work like `serve`.
+  {
+    std::error_code error;
+    std::filesystem::create_directories(path, error);
+    if (error) {
+      return absl::PermissionDeniedError(
+          absl::StrCat("creating the directory of spool ", path, ": ", error.message()));
+    }
+  }
   std::unique_ptr<Store> store(new Store());
   store->env_ = options.env;
   store->path_ = path;

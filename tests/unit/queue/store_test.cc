@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <filesystem>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -124,6 +125,14 @@ TEST(StoreTest, OpenReadOnlyBesideReadWriteInSameProcessAndAfterClose) {
   ASSERT_EQ(all->size(), 1u);
   EXPECT_EQ((*all)[0], envelope);
   EXPECT_EQ(ReadBody(**reader, envelope.id)->value_or(""), "body one");
+}
+
+TEST(StoreTest, OpenCreatesMissingParentDirectories) {
+  test::TempDir dir;
+  const std::string path = dir.Sub("new-data-dir/var/spool");
+  absl::StatusOr<std::unique_ptr<Store>> store = Store::Open(path);
+  ASSERT_TRUE(store.ok()) << store.status();
+  EXPECT_TRUE(std::filesystem::is_directory(path));
 }
 
 TEST(StoreTest, OpenReadOnlyWithoutDatabaseIsNotFound) {
