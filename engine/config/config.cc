@@ -60,8 +60,9 @@ address = "unix:facteur.sock"
 const std::vector<std::string_view> kTopKeys = {"data_dir", "hostname", "io_threads", "auth_threads",
                                                 "smtp",     "tls",      "spool",      "admin",
                                                 "listener"};
-const std::vector<std::string_view> kSmtpKeys = {"max_message_size", "max_recipients", "max_errors",
-                                                 "idle_timeout", "max_sessions"};
+const std::vector<std::string_view> kSmtpKeys = {
+    "max_message_size", "max_recipients",    "max_errors",         "idle_timeout",
+    "max_sessions",     "auth_max_failures", "auth_failure_window"};
 const std::vector<std::string_view> kTlsKeys = {"certificate_file", "private_key_file"};
 const std::vector<std::string_view> kSpoolKeys = {"path", "max_batch"};
 const std::vector<std::string_view> kAdminKeys = {"address"};
@@ -249,6 +250,41 @@ class Parser {
     return absl::OkStatus();
   }
 
+  // A positive, finite duration: a string for absl::ParseDuration ("300s", "5m", "1h30m") or an
+  // integer number of seconds.
+  absl::Status ReadDuration(const toml::table& table, std::string_view prefix,
+                            std::string_view name, absl::Duration& out) const {
+    const toml::node* node = table.get(name);
+    if (node == nullptr) return absl::OkStatus();
+    const std::string key = Dotted(prefix, name);
+    absl::Duration duration;
+    if (const auto* integer = node->as_integer()) {
+      // Bounded so that absl::Seconds cannot saturate to infinity.
+      if (integer->get() <= 0 || integer->get() > 365 * 86400) {
+        return Error(node->source(), key,
+                     absl::StrCat("must be a positive number of seconds, got ", integer->get()));
+      }
+      duration = absl::Seconds(integer->get());
+    } else if (const auto* text = node->as_string()) {
+      if (!absl::ParseDuration(ToAbsl(text->get()), &duration)) {
+        return Error(node->source(), key,
+                     absl::StrCat("'", ToAbsl(text->get()),
+                                  "' is not a duration (examples: \"300s\", \"5m\", \"1h30m\")"));
+      }
+      if (duration <= absl::ZeroDuration() || duration == absl::InfiniteDuration()) {
+        return Error(node->source(), key,
+                     absl::StrCat("must be positive and finite, got '", ToAbsl(text->get()), "'"));
+      }
+    } else {
+      return Error(node->source(), key,
+                   absl::StrCat("must be a duration string such as \"300s\" or an integer "
+                                "(seconds), not ",
+                                TypeName(*node)));
+    }
+    out = duration;
+    return absl::OkStatus();
+  }
+
   template <typename T>
   absl::Status ReadInteger(const toml::table& table, std::string_view prefix, std::string_view name,
                            uint64_t min, uint64_t max, T& out) const {
@@ -325,34 +361,12 @@ class Parser {
                                         std::numeric_limits<uint32_t>::max(), out.max_errors));
     FACTEUR_RETURN_IF_ERROR(ReadInteger(smtp, "smtp", "max_sessions", 1,
                                         std::numeric_limits<uint32_t>::max(), out.max_sessions));
-    if (const toml::node* node = smtp.get("idle_timeout")) {
-      constexpr std::string_view kKey = "smtp.idle_timeout";
-      absl::Duration duration;
-      if (const auto* integer = node->as_integer()) {
-        // Bounded so that absl::Seconds cannot saturate to infinity.
-        if (integer->get() <= 0 || integer->get() > 365 * 86400) {
-          return Error(node->source(), kKey,
-                       absl::StrCat("must be a positive number of seconds, got ", integer->get()));
-        }
-        duration = absl::Seconds(integer->get());
-      } else if (const auto* text = node->as_string()) {
-        if (!absl::ParseDuration(ToAbsl(text->get()), &duration)) {
-          return Error(node->source(), kKey,
-                       absl::StrCat("'", ToAbsl(text->get()),
-                                    "' is not a duration (examples: \"300s\", \"5m\", \"1h30m\")"));
-        }
-        if (duration <= absl::ZeroDuration() || duration == absl::InfiniteDuration()) {
-          return Error(node->source(), kKey,
-                       absl::StrCat("must be positive and finite, got '", ToAbsl(text->get()), "'"));
-        }
-      } else {
-        return Error(node->source(), kKey,
-                     absl::StrCat("must be a duration string such as \"300s\" or an integer "
-                                  "(seconds), not ",
-                                  TypeName(*node)));
-      }
-      out.idle_timeout = duration;
-    }
+    FACTEUR_RETURN_IF_ERROR(ReadDuration(smtp, "smtp", "idle_timeout", out.idle_timeout));
+    FACTEUR_RETURN_IF_ERROR(ReadInteger(smtp, "smtp", "auth_max_failures", 0,
+                                        std::numeric_limits<uint32_t>::max(),
+                                        out.auth_max_failures));
+    FACTEUR_RETURN_IF_ERROR(
+        ReadDuration(smtp, "smtp", "auth_failure_window", out.auth_failure_window));
     return absl::OkStatus();
   }
 

@@ -70,6 +70,13 @@ struct SmtpOptions {
   absl::Duration idle_timeout = absl::Seconds(300);
   // Most simultaneous SMTP sessions on all listeners; past it new ones get 421 4.7.0. Default: 1000.
   uint32_t max_sessions = 1000;
+  // Failed AUTH attempts from one client address within auth_failure_window after which its
+  // further attempts get 454 4.7.0 without a password check, until the window ends. Password
+  // hashing is slow by design (argon2id): unthrottled guessing would starve real users.
+  // 0 disables the lockout. Default: 5.
+  uint32_t auth_max_failures = 5;
+  // Default: 10m.
+  absl::Duration auth_failure_window = absl::Minutes(10);
 };
 
 struct TlsOptions {

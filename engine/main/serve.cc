@@ -32,6 +32,7 @@
 #include "engine/main/commands.h"
 #include "engine/metrics/metrics.h"
 #include "engine/policy/account_store.h"
+#include "engine/policy/auth_throttle.h"
 #include "engine/smtp/server/submission_service.h"
 #include "engine/tls/tls_context.h"
 #include "nlohmann/json.hpp"
@@ -124,8 +125,12 @@ class Relay {
 
     auth_pool_ = std::make_unique<WorkerPool>("facteur-auth", config_.auth_threads,
                                               /*max_queued=*/256);
+    auth_throttle_ = std::make_unique<policy::AuthThrottle>(
+        clock_, policy::AuthThrottleOptions{.max_failures = config_.smtp.auth_max_failures,
+                                            .window = config_.smtp.auth_failure_window});
     // Aggregate with an atomic member: built in place, never moved.
-    services_.reset(new smtp::SubmissionServices{*spool_, *accounts_, *auth_pool_, clock_, metrics_});
+    services_.reset(new smtp::SubmissionServices{*spool_, *accounts_, *auth_pool_, *auth_throttle_,
+                                                 clock_, metrics_});
     std::vector<io::ListenSpec> specs;
     for (const config::ListenerOptions& l : config_.listeners) {
       smtp::ListenerPolicy& policy = policies_.emplace_back();
@@ -222,6 +227,7 @@ class Relay {
   std::unique_ptr<policy::AccountStore> accounts_;
   std::unique_ptr<tls::TlsServerContext> tls_;
   std::unique_ptr<WorkerPool> auth_pool_;
+  std::unique_ptr<policy::AuthThrottle> auth_throttle_;
   std::unique_ptr<smtp::SubmissionServices> services_;
   std::deque<smtp::ListenerPolicy> policies_;  // stable addresses: sessions borrow them
   std::unique_ptr<io::Server> server_;

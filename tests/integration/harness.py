@@ -285,6 +285,12 @@ class RawSmtp:
         self.sock.close()
 
 
+def plain_response(user, password):
+    """The base64 AUTH PLAIN response of RFC 4616: NUL user NUL password."""
+    import base64
+    return base64.b64encode(b"\0" + user.encode() + b"\0" + password.encode()).decode()
+
+
 def queued_id(reply_text):
     """The id from '250 2.0.0 Ok: queued as ID'."""
     marker = "queued as "

@@ -533,6 +533,9 @@ void Session::StartAuthentication(std::string authzid, std::string account,
           Reply(235, "2.7.0", "Authentication successful");
         } else if (absl::IsUnavailable(result.status())) {
           Reply(454, "4.7.0", "Temporary authentication failure, try again later");
+        } else if (absl::IsResourceExhausted(result.status())) {
+          host_.OnAuthFailure();
+          Refuse(454, "4.7.0", "Too many failed authentications from your address; try later");
         } else {
           host_.OnAuthFailure();
           Refuse(535, "5.7.8", "Authentication credentials invalid");  // RFC 4954 §6

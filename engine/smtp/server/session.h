@@ -54,7 +54,8 @@ class SessionHost {
  public:
   virtual ~SessionHost() = default;
   // Checks the credentials. Unauthenticated: wrong name or password; FailedPrecondition: the
-  // account is suspended; Unavailable: no capacity now (the client may retry).
+  // account is suspended; Unavailable: no capacity now (the client may retry);
+  // ResourceExhausted: this client address failed too often and is locked out for a while.
   virtual void Authenticate(std::string account, std::string password,
                             absl::AnyInvocable<void(absl::StatusOr<AuthenticatedAccount>) &&> done) = 0;
   // Queues the message durably. OK only once it is synced to disk.

@@ -12,9 +12,12 @@ namespace {
 // The SessionHost of one connection: knows the loop to come back to.
 class ConnectionHost final : public SessionHost {
  public:
-  ConnectionHost(io::EventLoop& loop, SubmissionServices& services,
+  ConnectionHost(io::Stream& stream, SubmissionServices& services,
                  metrics::ListenerMetrics& metrics)
-      : loop_(loop), services_(services), metrics_(metrics) {}
+      : loop_(stream.loop()),
+        services_(services),
+        metrics_(metrics),
+        client_(stream.peer().is_unix ? "unix" : stream.peer().ip_text) {}
 
   void Authenticate(std::string account, std::string password,
                     absl::AnyInvocable<void(absl::StatusOr<AuthenticatedAccount>) &&> done)
@@ -22,13 +25,28 @@ class ConnectionHost final : public SessionHost {
     // Shared by this function and the pool task: whichever runs last frees it. It lets a
     // refused submission answer without having moved `done` into the lost task.
     auto pending = std::make_shared<decltype(done)>(std::move(done));
+    if (!services_.auth_throttle.Allowed(client_)) {
+      // Refused before any hashing: this address failed too often (454 4.7.0).
+      policy::WipeSecret(password);
+      loop_.Post([pending]() mutable {
+        std::move (*pending)(
+            absl::ResourceExhaustedError("too many failed authentications from this address"));
+      });
+      return;
+    }
     io::EventLoop* loop = &loop_;
     policy::AccountStore* accounts = &services_.accounts;
+    policy::AuthThrottle* throttle = &services_.auth_throttle;
     bool submitted = services_.auth_pool.TrySubmit(
-        [loop, accounts, pending, account = std::move(account),
+        [loop, accounts, throttle, client = client_, pending, account = std::move(account),
          password = std::move(password)]() mutable {
           absl::StatusOr<policy::Account> result = accounts->Authenticate(account, password);
           policy::WipeSecret(password);
+          if (result.ok()) {
+            throttle->RecordSuccess(client);
+          } else if (absl::IsUnauthenticated(result.status())) {
+            throttle->RecordFailure(client);
+          }
           absl::StatusOr<AuthenticatedAccount> answer =
               result.ok() ? absl::StatusOr<AuthenticatedAccount>(
                                 AuthenticatedAccount{result->name, std::move(result->grants)})
@@ -72,6 +90,7 @@ class ConnectionHost final : public SessionHost {
   io::EventLoop& loop_;
   SubmissionServices& services_;
   metrics::ListenerMetrics& metrics_;
+  const std::string client_;  // the throttle's key: the peer's IP address, or "unix"
 };
 
 // Owns one connection's host and session; counts the session while it lives.
@@ -81,7 +100,7 @@ class SessionHandler final : public io::StreamHandler {
                  metrics::ListenerMetrics& metrics)
       : services_(services),
         metrics_(metrics),
-        host_(stream.loop(), services, metrics),
+        host_(stream, services, metrics),
         session_(stream, policy, host_),
         admitted_(services.sessions.fetch_add(1) < policy.limits.max_sessions) {
     metrics_.sessions.Increment();

@@ -15,6 +15,7 @@
 #include "engine/io/stream.h"
 #include "engine/metrics/metrics.h"
 #include "engine/policy/account_store.h"
+#include "engine/policy/auth_throttle.h"
 #include "engine/smtp/server/session.h"
 #include "queue/spool.h"
 
@@ -23,7 +24,8 @@ namespace facteur::smtp {
 struct SubmissionServices {
   queue::Spool& spool;
   policy::AccountStore& accounts;
-  WorkerPool& auth_pool;  // argon2id takes tens of milliseconds: never on a loop thread
+  WorkerPool& auth_pool;  // argon2id takes a good part of a CPU second: never on a loop thread
+  policy::AuthThrottle& auth_throttle;  // per client address, checked before the pool
   Clock& clock;
   metrics::Metrics& metrics;
   // Sessions open on every listener, against SmtpOptions::max_sessions.

@@ -52,6 +52,8 @@ TEST(DefaultConfigTest, EmbeddedTomlParsesToTheDocumentedDefaults) {
   EXPECT_EQ(config.smtp.max_errors, 10u);
   EXPECT_EQ(config.smtp.idle_timeout, absl::Seconds(300));
   EXPECT_EQ(config.smtp.max_sessions, 1000u);
+  EXPECT_EQ(config.smtp.auth_max_failures, 5u);
+  EXPECT_EQ(config.smtp.auth_failure_window, absl::Minutes(10));
   EXPECT_TRUE(config.tls.certificate_file.empty());
   EXPECT_EQ(config.SpoolPath(), "./var/spool");
   EXPECT_EQ(config.spool.max_batch, 256u);
@@ -132,6 +134,8 @@ max_recipients = 50
 max_errors = 3
 idle_timeout = "1h30m"
 max_sessions = 77
+auth_max_failures = 0
+auth_failure_window = 90
 [tls]
 certificate_file = "tls/cert.pem"
 private_key_file = "/etc/key.pem"
@@ -161,6 +165,8 @@ trusted_networks = ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7"]
   EXPECT_EQ(config.smtp.max_errors, 3u);
   EXPECT_EQ(config.smtp.idle_timeout, absl::Minutes(90));
   EXPECT_EQ(config.smtp.max_sessions, 77u);
+  EXPECT_EQ(config.smtp.auth_max_failures, 0u);
+  EXPECT_EQ(config.smtp.auth_failure_window, absl::Seconds(90));
   EXPECT_EQ(config.ResolvePath(config.tls.certificate_file), "/var/lib/facteur/tls/cert.pem");
   EXPECT_EQ(config.ResolvePath(config.tls.private_key_file), "/etc/key.pem");
   EXPECT_EQ(config.SpoolPath(), "/data/spool");
@@ -261,6 +267,9 @@ TEST(ParseErrorTest, OutOfRange) {
   ExpectError("[smtp]\nmax_recipients = 0\n", 2, "smtp.max_recipients", "positive");
   ExpectError("[smtp]\nmax_recipients = -5\n", 2, "smtp.max_recipients", "positive");
   ExpectError("[smtp]\nmax_sessions = 4294967296\n", 2, "smtp.max_sessions", "positive");
+  ExpectError("[smtp]\nauth_failure_window = \"soon\"\n", 2, "smtp.auth_failure_window",
+              "not a duration");
+  ExpectError("[smtp]\nauth_failure_window = 0\n", 2, "smtp.auth_failure_window", "positive");
   ExpectError("[smtp]\nmax_message_size = 0\n", 2, "smtp.max_message_size", "4 GiB");
   ExpectError("[smtp]\nmax_message_size = \"5GiB\"\n", 2, "smtp.max_message_size", "4 GiB");
   ExpectError("[smtp]\nmax_message_size = 4294967297\n", 2, "smtp.max_message_size", "4 GiB");

@@ -34,7 +34,8 @@ class FakeHost final : public SessionHost {
       override {
     auto it = passwords.find(account);
     absl::StatusOr<AuthenticatedAccount> result =
-        (it != passwords.end() && it->second == password)
+        !auth_refusal.ok() ? absl::StatusOr<AuthenticatedAccount>(auth_refusal)
+        : (it != passwords.end() && it->second == password)
             ? absl::StatusOr<AuthenticatedAccount>(AuthenticatedAccount{account, grants[account]})
             : absl::UnauthenticatedError("bad credentials");
     if (defer) {
@@ -60,6 +61,7 @@ class FakeHost final : public SessionHost {
   std::map<std::string, std::string> passwords;
   std::map<std::string, std::vector<std::string>> grants;
   absl::Status enqueue_status;
+  absl::Status auth_refusal;  // when set, every AUTH gets it
   bool defer = false;
   std::vector<absl::AnyInvocable<void() &&>> pending_auth;
   std::vector<absl::AnyInvocable<void() &&>> pending_enqueue;
@@ -295,6 +297,16 @@ TEST_F(SessionTest, AuthLoginAndAbortedExchanges) {
   EXPECT_EQ(Send("*\r\n"), "501 5.0.0 Authentication aborted\r\n");
   EXPECT_EQ(Send("AUTH PLAIN !!!notbase64\r\n"), "501 5.5.2 Cannot decode the response as base64\r\n");
   EXPECT_EQ(Send("AUTH CRAM-MD5\r\n"), "504 5.5.4 Unrecognized authentication type\r\n");
+}
+
+TEST_F(SessionTest, AnAddressLockedOutForFailedAuthGets454) {
+  host_.auth_refusal = absl::ResourceExhaustedError("locked out");
+  StartWithEhlo(/*implicit_tls=*/true);
+  EXPECT_EQ(Send(AuthPlain("alice", "correct horse")),
+            "454 4.7.0 Too many failed authentications from your address; try later\r\n");
+  host_.auth_refusal = absl::UnavailableError("pool full");
+  EXPECT_EQ(Send(AuthPlain("alice", "correct horse")),
+            "454 4.7.0 Temporary authentication failure, try again later\r\n");
 }
 
 TEST_F(SessionTest, PasswordsAreCheckedOffTheLoopAndTheSessionWaits) {
