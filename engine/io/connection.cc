@@ -177,8 +177,13 @@ void Connection::Kick() {
     }
     // 6. Keep one recv armed when input is wanted: for the handler, for the handshake, or
     // while STARTTLS waits (so that pre-handshake bytes are read and discarded).
+    // Back-pressure: a peer that does not read what we send is not read either, so that its
+    // pipelined commands cannot grow our output without bound. OnSend() kicks again once the
+    // backlog drains, which re-arms the recv.
+    const size_t unsent = wire_out_.size() + (sending_.size() - send_offset_);
     bool want_input = !peer_eof_ && !close_requested_ &&
-                      (handshaking_ || starttls_pending_ || (reading_ && inbox_.empty()));
+                      (handshaking_ || starttls_pending_ ||
+                       (reading_ && inbox_.empty() && unsent < kMaxUnsentOutput));
     if (want_input && !recv_in_flight_) SubmitRecv();
   }
   in_kick_ = false;

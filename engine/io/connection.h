@@ -27,6 +27,10 @@ namespace facteur::io {
 
 enum class TlsMode { kNone, kStartTls, kImplicit };
 
+// Output queued for a peer beyond which the connection stops reading from it until the peer
+// has read enough (transport back-pressure, independent of the handler's SetReading()).
+inline constexpr size_t kMaxUnsentOutput = 256 * 1024;
+
 class Connection;
 
 // Who deletes a finished connection (the server's per-loop shard).

@@ -1,9 +1,11 @@
 #include "engine/io/server.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -514,6 +516,39 @@ TEST_F(ServerTest, SetReadingFalseHoldsInputUntilTrue) {
   ASSERT_TRUE(events_.WaitFor(&events_.closed, 1));
   absl::MutexLock lock(&events_.mu);
   EXPECT_EQ(events_.data_while_paused, 0);
+}
+
+// A client that sends without ever reading must not make the server buffer its replies without
+// bound: the server stops reading it, so the client's sends block; once the client reads,
+// everything is echoed, nothing lost.
+TEST_F(ServerTest, APeerThatDoesNotReadIsNotReadEither) {
+  Server server({ListenSpec{"127.0.0.1:0", TlsMode::kNone, EchoFactory(events_), nullptr}});
+  ASSERT_TRUE(server.Start(1).ok());
+  int fd = Connect(server.BoundAddress(0));
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK), 0);
+  const std::string line = std::string(1022, 'x') + "\r\n";
+  constexpr size_t kLimit = 64 << 20;  // far beyond kernel buffers plus kMaxUnsentOutput
+  size_t sent = 0;
+  while (sent < kLimit) {
+    const size_t offset = sent % line.size();  // a partial send continues its line
+    ssize_t n = ::send(fd, line.data() + offset, line.size() - offset, MSG_NOSIGNAL);
+    if (n > 0) {
+      sent += static_cast<size_t>(n);
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    ASSERT_TRUE(n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) << std::strerror(errno);
+    pollfd writable{fd, POLLOUT, 0};
+    if (::poll(&writable, 1, 1000) == 0) break;  // a second without room: the server stopped
+  }
+  EXPECT_LT(sent, kLimit) << "the server kept reading a peer that never reads";
+  // Now read: the server resumes and echoes every byte it was sent.
+  ASSERT_EQ(::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK), 0);
+  const size_t whole_lines = sent - sent % line.size();  // the handler echoes whole lines
+  EXPECT_EQ(ReadExactly(fd, whole_lines).size(), whole_lines);
+  ::close(fd);
+  ASSERT_TRUE(events_.WaitFor(&events_.closed, 1));
 }
 
 TEST_F(ServerTest, StopClosesLiveConnections) {
