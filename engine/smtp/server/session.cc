@@ -626,11 +626,10 @@ void Session::AppendMessageBytes(std::string_view bytes) {
   message_.append(bytes);
 }
 
-std::optional<mail::Reply> Session::CheckMessage(std::string_view message) const {
+std::optional<mail::Reply> Session::CheckMessage(const mail::HeaderSection& section) const {
   if (!account_.has_value()) return std::nullopt;
   // RFC 6409 §6.1 leaves the check to the MSA: an authenticated account may only send as the
   // addresses it owns, in the envelope (checked at MAIL) and in From:.
-  mail::HeaderSection section = mail::ParseHeaderSection(message);
   std::optional<mail::HeaderField> from;
   int from_count = 0;
   for (const mail::HeaderField& field : section.fields) {
@@ -720,7 +719,9 @@ void Session::FinishMessage() {
       start = lf + 1;
     }
   }
-  if (std::optional<mail::Reply> refusal = CheckMessage(message_)) {
+  // Read once: for the From: check and for where Date:/Message-ID: go.
+  const mail::HeaderSection section = mail::ParseHeaderSection(message_);
+  if (std::optional<mail::Reply> refusal = CheckMessage(section)) {
     host_.OnMessageRefused();
     RefuseWith(*refusal);
     ResetTransaction();
@@ -730,7 +731,6 @@ void Session::FinishMessage() {
   const absl::Time now = host_.clock().Now();
   const MessageId id = MessageId::Generate(now);
   // RFC 6409 §8.2-8.3: the MSA adds Date: and Message-ID: when the client left them out.
-  mail::HeaderSection section = mail::ParseHeaderSection(message_);
   std::string added;
   if (!mail::FindField(section, "Date").has_value()) {
     absl::StrAppend(&added, "Date: ", mail::FormatRfc5322Date(now), "\r\n");

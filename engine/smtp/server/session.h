@@ -27,6 +27,7 @@
 #include "engine/io/stream.h"
 #include "engine/mail/address.h"
 #include "engine/mail/command.h"
+#include "engine/mail/header.h"
 #include "engine/mail/reply.h"
 #include "queue/spool.h"
 
@@ -122,7 +123,7 @@ class Session final : public io::StreamHandler {
   void AppendMessageBytes(std::string_view bytes);
   // Checks and queues the message read by DATA or BDAT LAST.
   void FinishMessage();
-  std::optional<mail::Reply> CheckMessage(std::string_view message) const;
+  std::optional<mail::Reply> CheckMessage(const mail::HeaderSection& section) const;
   std::string ReceivedHeader(const MessageId& id) const;
 
   void Reply(const mail::Reply& reply);
