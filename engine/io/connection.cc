@@ -18,7 +18,19 @@ Connection::Connection(EventLoop& loop, ConnectionOwner& owner, int fd, PeerInfo
       fd_(fd),
       peer_(std::move(peer)),
       mode_(mode),
+      client_(false),
       tls_context_(tls_context) {}
+
+Connection::Connection(EventLoop& loop, ConnectionOwner& owner, int fd, PeerInfo peer,
+                       ClientTlsOptions client_tls)
+    : loop_(loop),
+      owner_(owner),
+      fd_(fd),
+      peer_(std::move(peer)),
+      mode_(TlsMode::kStartTls),
+      client_(true),
+      tls_context_(nullptr),
+      client_tls_(std::move(client_tls)) {}
 
 Connection::~Connection() {
   // Normally the ring closed the fd already; this covers a connection destroyed with its loop.
@@ -33,14 +45,7 @@ void Connection::Start(const StreamHandlerFactory& factory) {
     return;
   }
   if (mode_ == TlsMode::kImplicit) {
-    auto engine = tls::TlsEngine::NewServer(*tls_context_);
-    if (!engine.ok()) {
-      HandshakeFailed(ToStd(engine.status().message()));
-      Kick();
-      return;
-    }
-    tls_ = std::move(*engine);
-    handshaking_ = true;
+    BeginHandshake();
   } else {
     started_ = true;
     CallbackScope scope(this);
@@ -72,7 +77,8 @@ void Connection::Write(std::string_view bytes) {
 void Connection::StartTls() {
   if (phase_ != Phase::kOpen || close_requested_ || tls_ != nullptr || starttls_pending_) return;
   starttls_pending_ = true;
-  // RFC 3207 §4.2: anything the client sent before the handshake must not be acted on.
+  // RFC 3207 §4.2: anything the peer sent before the handshake must not be acted on. A server
+  // drops a client's pipelined commands; a client drops anything after the server's 220.
   inbox_.clear();
   AfterMethodCall();
 }
@@ -146,21 +152,10 @@ void Connection::Kick() {
     if (tls_ != nullptr) tls_->TakeCiphertext(&wire_out_);
     if (!send_in_flight_ && !wire_out_.empty()) SubmitSend();
     bool wire_flushed = !send_in_flight_ && wire_out_.empty();
-    // 4. STARTTLS once the reply announcing it is on the wire.
+    // 4. STARTTLS once the reply announcing it (server) or the command (client) is on the wire.
     if (starttls_pending_ && wire_flushed && out_plain_.empty() && !close_requested_) {
       starttls_pending_ = false;
-      if (tls_context_ == nullptr) {
-        HandshakeFailed("TLS is not configured on this listener");
-        again = true;
-        continue;
-      }
-      auto engine = tls::TlsEngine::NewServer(*tls_context_);
-      if (!engine.ok()) {
-        HandshakeFailed(ToStd(engine.status().message()));
-      } else {
-        tls_ = std::move(*engine);
-        handshaking_ = true;
-      }
+      BeginHandshake();
       again = true;
       continue;
     }
@@ -243,16 +238,48 @@ void Connection::OnRecv(int32_t result, uint32_t /*flags*/) {
   Kick();
 }
 
+absl::StatusOr<std::unique_ptr<tls::TlsEngine>> Connection::NewTlsEngine() const {
+  if (client_) {
+    if (client_tls_.context == nullptr) {
+      return absl::FailedPreconditionError("no TLS client context");
+    }
+    return tls::TlsEngine::NewClient(client_tls_.context->native(), client_tls_.server_name,
+                                     client_tls_.verify_peer);
+  }
+  if (tls_context_ == nullptr) {
+    return absl::FailedPreconditionError("TLS is not configured on this listener");
+  }
+  return tls::TlsEngine::NewServer(*tls_context_);
+}
+
+void Connection::BeginHandshake() {
+  auto engine = NewTlsEngine();
+  if (!engine.ok()) {
+    HandshakeFailed(ToStd(engine.status().message()));
+    return;
+  }
+  tls_ = std::move(*engine);
+  handshaking_ = true;
+  // A client speaks first: this queues its ClientHello, which Kick() sends. A server only
+  // learns that it needs input.
+  AdvanceHandshake();
+}
+
+bool Connection::AdvanceHandshake() {
+  auto progress = tls_->Handshake();
+  if (!progress.ok()) {
+    HandshakeFailed(ToStd(progress.status().message()));
+    return false;
+  }
+  if (*progress == tls::HandshakeProgress::kWantMore) return false;
+  HandshakeFinished();
+  return true;
+}
+
 void Connection::HandleCiphertext(std::string_view bytes) {
   tls_->FeedCiphertext(bytes);
   if (handshaking_) {
-    auto progress = tls_->Handshake();
-    if (!progress.ok()) {
-      HandshakeFailed(ToStd(progress.status().message()));
-      return;
-    }
-    if (*progress == tls::HandshakeProgress::kWantMore) return;
-    HandshakeFinished();
+    if (!AdvanceHandshake()) return;
     if (phase_ != Phase::kOpen || close_requested_) return;
   }
   absl::Status status = tls_->ReadPlaintext(&inbox_);
@@ -267,7 +294,7 @@ void Connection::HandleCiphertext(std::string_view bytes) {
 void Connection::HandshakeFinished() {
   handshaking_ = false;
   tls::SessionInfo session = tls_->info();
-  TlsInfo info{session.version, session.cipher, session.bits};
+  TlsInfo info{session.version, session.cipher, session.bits, session.peer_verified};
   CallbackScope scope(this);
   if (!started_) {
     started_ = true;

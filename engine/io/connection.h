@@ -1,5 +1,7 @@
 // File: engine/io/connection.h
-// Connection: the io_uring implementation of Stream for one accepted socket. It owns the fd,
+// Connection: the io_uring implementation of Stream for one connected socket, accepted (server
+// mode: StartTls() and implicit TLS run a server handshake) or made by a Connector (client
+// mode: StartTls() runs a client handshake with SNI and optional verification). It owns the fd,
 // the handler, the optional TlsEngine, and the three operations it may have in flight (one
 // recv, one send, the final close), each with its own Completion. Teardown cancels what is in
 // flight, waits for those CQEs, closes the fd through the ring, then calls OnClosed() exactly
@@ -20,6 +22,7 @@
 #include "absl/time/time.h"
 #include "engine/io/event_loop.h"
 #include "engine/io/stream.h"
+#include "engine/tls/tls_client_context.h"
 #include "engine/tls/tls_context.h"
 #include "engine/tls/tls_engine.h"
 
@@ -31,9 +34,19 @@ enum class TlsMode { kNone, kStartTls, kImplicit };
 // has read enough (transport back-pressure, independent of the handler's SetReading()).
 inline constexpr size_t kMaxUnsentOutput = 256 * 1024;
 
+// The TLS side of an outbound connection (client mode).
+struct ClientTlsOptions {
+  // Borrowed, must outlive the connection. Null: StartTls() fails with OnTlsFailed().
+  const tls::TlsClientContext* context = nullptr;
+  // SNI, and the name the server certificate is checked against ("" for neither).
+  std::string server_name;
+  // A bad chain or name fails the handshake; otherwise TlsInfo::peer_verified only reports it.
+  bool verify_peer = false;
+};
+
 class Connection;
 
-// Who deletes a finished connection (the server's per-loop shard).
+// Who deletes a finished connection (the server's per-loop shard, or the Connector).
 class ConnectionOwner {
  public:
   // Called once, after OnClosed(); deletes `connection`.
@@ -45,9 +58,13 @@ class ConnectionOwner {
 
 class Connection final : public Stream {
  public:
-  // Takes ownership of `fd`. `tls_context` is borrowed (needed unless mode is kNone).
+  // Server mode. Takes ownership of `fd`. `tls_context` is borrowed (needed unless mode is kNone).
   Connection(EventLoop& loop, ConnectionOwner& owner, int fd, PeerInfo peer, TlsMode mode,
              const tls::TlsServerContext* tls_context);
+  // Client mode: a connected outbound socket (owned); `peer` is the remote end. StartTls() runs
+  // a client handshake with `client_tls` (there is no implicit TLS on this side yet).
+  Connection(EventLoop& loop, ConnectionOwner& owner, int fd, PeerInfo peer,
+             ClientTlsOptions client_tls);
   ~Connection() override;
 
   // Makes the handler and starts: OnStart() now (plain), or after the handshake (implicit TLS).
@@ -85,6 +102,9 @@ class Connection final : public Stream {
   void SubmitRecv();
   void SubmitSend();
   void HandleCiphertext(std::string_view bytes);
+  absl::StatusOr<std::unique_ptr<tls::TlsEngine>> NewTlsEngine() const;
+  void BeginHandshake();
+  bool AdvanceHandshake();  // true once the handshake has succeeded
   void HandshakeFinished();
   void HandshakeFailed(std::string_view reason);
   void BeginTeardown();
@@ -97,7 +117,9 @@ class Connection final : public Stream {
   int fd_;
   PeerInfo peer_;
   TlsMode mode_;
-  const tls::TlsServerContext* tls_context_;
+  const bool client_;                          // made by a Connector: we speak TLS first
+  const tls::TlsServerContext* tls_context_;   // server mode
+  const ClientTlsOptions client_tls_;          // client mode
   std::unique_ptr<StreamHandler> handler_;
   std::unique_ptr<tls::TlsEngine> tls_;
 

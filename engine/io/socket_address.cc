@@ -66,6 +66,31 @@ absl::StatusOr<SocketAddress> ParseListenAddress(std::string_view text) {
   return out;
 }
 
+absl::StatusOr<SocketAddress> MakeSocketAddress(std::string_view ip_literal, uint16_t port) {
+  std::string host(ip_literal);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  SocketAddress out;
+  auto* in4 = reinterpret_cast<sockaddr_in*>(&out.storage);
+  if (inet_pton(AF_INET, host.c_str(), &in4->sin_addr) == 1) {
+    in4->sin_family = AF_INET;
+    in4->sin_port = htons(port);
+    out.length = sizeof(sockaddr_in);
+    return out;
+  }
+  out = SocketAddress();
+  auto* in6 = reinterpret_cast<sockaddr_in6*>(&out.storage);
+  if (inet_pton(AF_INET6, host.c_str(), &in6->sin6_addr) == 1) {
+    in6->sin6_family = AF_INET6;
+    in6->sin6_port = htons(port);
+    out.length = sizeof(sockaddr_in6);
+    return out;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("\"", ToAbsl(ip_literal), "\" is not an IPv4 or IPv6 address"));
+}
+
 std::string FormatAddress(const SocketAddress& address) {
   char buffer[INET6_ADDRSTRLEN] = {};
   switch (address.family()) {

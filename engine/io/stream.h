@@ -1,9 +1,11 @@
 // File: engine/io/stream.h
-// The seam between the io_uring layer and a protocol: a Stream is one accepted connection
-// (TCP or Unix, plain or TLS through memory BIOs); a StreamHandler is the protocol session that
-// reads from it and writes to it. The handler never sees a socket, a ring or OpenSSL.
+// The seam between the io_uring layer and a protocol: a Stream is one connection, accepted by a
+// listener or made by a Connector (TCP or Unix, plain or TLS through memory BIOs); a
+// StreamHandler is the protocol session that reads from it and writes to it. The handler never
+// sees a socket, a ring or OpenSSL.
 // Thread contract: shard-confined. A Stream and its handler live on the EventLoop thread that
-// accepted the connection; every callback runs there; every Stream method must be called there.
+// accepted or made the connection; every callback runs there; every Stream method must be
+// called there.
 #pragma once
 
 #include <cstddef>
@@ -32,6 +34,9 @@ struct TlsInfo {
   std::string version;  // "TLSv1.3"
   std::string cipher;   // "TLS_AES_256_GCM_SHA384"
   int bits = 0;
+  // Outbound connections: the server's certificate chain and name verified (whether or not
+  // verification was required), for the logs and for opportunistic policies. Inbound: false.
+  bool peer_verified = false;
 };
 
 class Stream {
@@ -40,9 +45,11 @@ class Stream {
   // Appends to the output; what is written during a callback is sent when it returns
   // (one send for many pipelined replies).
   virtual void Write(std::string_view bytes) = 0;
-  // After the pending output is sent, runs a server-side TLS handshake. Input that arrived
-  // before the handshake and was not yet delivered is discarded (RFC 3207 §4.2,
-  // CVE-2011-0411). Then OnTlsStarted() or OnTlsFailed().
+  // After the pending output is sent, runs a TLS handshake: server side on an accepted
+  // connection, client side on one made by a Connector. Input that arrived before the
+  // handshake and was not yet delivered is discarded, both ways (RFC 3207 §4.2,
+  // CVE-2011-0411); the rest of the OnData() chunk being handled is the handler's to drop.
+  // Then OnTlsStarted() or OnTlsFailed().
   virtual void StartTls() = 0;
   // After the pending output is sent, closes the connection. Then OnClosed(), once.
   virtual void Close() = 0;

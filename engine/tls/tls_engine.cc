@@ -1,18 +1,33 @@
 #include "engine/tls/tls_engine.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <openssl/bio.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <openssl/x509.h>
+#include <openssl/x509_vfy.h>
+#include <openssl/x509v3.h>
 
 #include <algorithm>
 #include <climits>
 
 #include "absl/memory/memory.h"
 #include "absl/strings/str_cat.h"
+#include "engine/base/status.h"
 #include "engine/tls/tls_context.h"
 #include "engine/tls/tls_error.h"
 
 namespace facteur::tls {
+namespace {
+
+bool IsIpLiteral(const std::string& name) {
+  unsigned char buffer[sizeof(in6_addr)];
+  return inet_pton(AF_INET, name.c_str(), buffer) == 1 ||
+         inet_pton(AF_INET6, name.c_str(), buffer) == 1;
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<TlsEngine>> TlsEngine::Wrap(SSL* ssl) {
   BIO* rbio = BIO_new(BIO_s_mem());
@@ -38,16 +53,55 @@ absl::StatusOr<std::unique_ptr<TlsEngine>> TlsEngine::NewServer(const TlsServerC
 }
 
 absl::StatusOr<std::unique_ptr<TlsEngine>> TlsEngine::NewClient(SSL_CTX* ctx,
-                                                                const std::string& server_name) {
+                                                                const std::string& server_name,
+                                                                bool verify_peer) {
+  // A name from DNS may carry the root's trailing dot; neither SNI (RFC 6066 §3) nor the
+  // certificate's names do.
+  std::string name = server_name;
+  if (!name.empty() && name.back() == '.') name.pop_back();
+  if (verify_peer && name.empty()) {
+    return absl::InvalidArgumentError("TLS: verifying the peer needs a server name");
+  }
   ClearOpenSslErrors();
   SSL* ssl = SSL_new(ctx);
   if (ssl == nullptr) return OpenSslStatus("SSL_new");
-  if (!server_name.empty() && SSL_set_tlsext_host_name(ssl, server_name.c_str()) != 1) {
+  auto fail = [ssl](std::string_view operation) {
     SSL_free(ssl);
-    return OpenSslStatus("SSL_set_tlsext_host_name");
+    return OpenSslStatus(operation);
+  };
+  if (!name.empty()) {
+    // The name is checked even when verification is not required, so that info() can tell
+    // a verified session from an opportunistic one.
+    if (IsIpLiteral(name)) {
+      // RFC 6066 §3: no SNI for an address; the certificate must name it in an iPAddress SAN.
+      if (X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), name.c_str()) != 1) {
+        return fail("X509_VERIFY_PARAM_set1_ip_asc");
+      }
+    } else {
+      if (SSL_set_tlsext_host_name(ssl, name.c_str()) != 1) return fail("SSL_set_tlsext_host_name");
+      if (SSL_set1_host(ssl, name.c_str()) != 1) return fail("SSL_set1_host");
+      // RFC 6125 §7.2: a wildcard is the whole left-most label or nothing.
+      SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+    }
   }
+  SSL_set_verify(ssl, verify_peer ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, nullptr);
   SSL_set_connect_state(ssl);
-  return Wrap(ssl);
+  FACTEUR_ASSIGN_OR_RETURN(std::unique_ptr<TlsEngine> engine, Wrap(ssl));
+  engine->verify_name_ = std::move(name);
+  engine->verify_peer_ = verify_peer;
+  return engine;
+}
+
+absl::Status TlsEngine::WithVerifyReason(absl::Status status) const {
+  if (!verify_peer_) return status;
+  long result = SSL_get_verify_result(ssl_);
+  if (result == X509_V_OK) return status;
+  std::string reason = X509_verify_cert_error_string(result);
+  if (result == X509_V_ERR_HOSTNAME_MISMATCH || result == X509_V_ERR_IP_ADDRESS_MISMATCH) {
+    absl::StrAppend(&reason, " (expected ", verify_name_, ")");
+  }
+  return absl::Status(status.code(),
+                      absl::StrCat(status.message(), "; peer certificate: ", reason));
 }
 
 TlsEngine::~TlsEngine() { SSL_free(ssl_); }
@@ -77,7 +131,7 @@ absl::StatusOr<HandshakeProgress> TlsEngine::Handshake() {
   if (error == SSL_ERROR_SYSCALL && ERR_peek_error() == 0) {
     return absl::UnavailableError("TLS handshake: unexpected end of stream");
   }
-  return OpenSslStatus("TLS handshake", absl::StatusCode::kUnavailable);
+  return WithVerifyReason(OpenSslStatus("TLS handshake", absl::StatusCode::kUnavailable));
 }
 
 absl::Status TlsEngine::ReadPlaintext(std::string* out) {
@@ -147,6 +201,10 @@ SessionInfo TlsEngine::info() const {
     info.cipher = SSL_CIPHER_get_name(cipher);
     info.bits = SSL_CIPHER_get_bits(cipher, nullptr);
   }
+  // OpenSSL verifies the chain and the name even under SSL_VERIFY_NONE and keeps the result.
+  info.peer_verified = !verify_name_.empty() && handshake_done_ &&
+                       SSL_get0_peer_certificate(ssl_) != nullptr &&
+                       SSL_get_verify_result(ssl_) == X509_V_OK;
   return info;
 }
 

@@ -28,6 +28,10 @@ struct SessionInfo {
   std::string version;  // "TLSv1.3"
   std::string cipher;   // "TLS_AES_256_GCM_SHA384"
   int bits = 0;
+  // Client side: the server's chain verified against the trust store AND its certificate
+  // matched the server name (RFC 6125), whether or not verification was required. Always false
+  // on the server side and for a client without a server name.
+  bool peer_verified = false;
 };
 
 enum class HandshakeProgress { kWantMore, kDone };
@@ -36,10 +40,15 @@ class TlsEngine {
  public:
   // A server-side engine; `context` must outlive it.
   static absl::StatusOr<std::unique_ptr<TlsEngine>> NewServer(const TlsServerContext& context);
-  // A client-side engine on a caller-configured SSL_CTX (borrowed); `server_name` is sent as SNI
-  // when not empty.
+  // A client-side engine on a caller-configured SSL_CTX (borrowed, e.g. a TlsClientContext's).
+  // `server_name`, when not empty, is sent as SNI (RFC 6066 §3) and checked against the server
+  // certificate (RFC 6125, no partial wildcards). With `verify_peer` a bad chain or name fails
+  // the handshake, whose error then says why ("hostname mismatch", "self-signed certificate"...);
+  // without it the outcome is only reported by info().peer_verified (opportunistic TLS,
+  // RFC 7435). `verify_peer` requires a server name (InvalidArgument otherwise).
   static absl::StatusOr<std::unique_ptr<TlsEngine>> NewClient(SSL_CTX* ctx,
-                                                              const std::string& server_name);
+                                                              const std::string& server_name,
+                                                              bool verify_peer);
   ~TlsEngine();
   TlsEngine(const TlsEngine&) = delete;
   TlsEngine& operator=(const TlsEngine&) = delete;
@@ -65,11 +74,15 @@ class TlsEngine {
 
  private:
   explicit TlsEngine(SSL* ssl, BIO* rbio, BIO* wbio) : ssl_(ssl), rbio_(rbio), wbio_(wbio) {}
+  // Appends why the peer's certificate failed verification to a failed handshake's status.
+  absl::Status WithVerifyReason(absl::Status status) const;
   static absl::StatusOr<std::unique_ptr<TlsEngine>> Wrap(SSL* ssl);
 
   SSL* ssl_;   // owned; owns both BIOs
   BIO* rbio_;  // borrowed from ssl_: ciphertext in
   BIO* wbio_;  // borrowed from ssl_: ciphertext out
+  std::string verify_name_;  // client: the name the certificate is checked against, or ""
+  bool verify_peer_ = false; // client: a verification failure fails the handshake
   bool handshake_done_ = false;
   bool peer_closed_ = false;
   bool shutdown_sent_ = false;

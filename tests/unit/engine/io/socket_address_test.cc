@@ -36,5 +36,28 @@ TEST(SocketAddressTest, RejectsBadSpecs) {
   }
 }
 
+TEST(SocketAddressTest, MakesAddressesFromIpLiterals) {
+  auto v4 = MakeSocketAddress("192.0.2.7", 25);
+  ASSERT_TRUE(v4.ok()) << v4.status();
+  EXPECT_EQ(v4->family(), AF_INET);
+  EXPECT_EQ(v4->length, sizeof(sockaddr_in));
+  EXPECT_EQ(FormatAddress(*v4), "192.0.2.7:25");
+  auto v6 = MakeSocketAddress("2001:db8::1", 587);
+  ASSERT_TRUE(v6.ok()) << v6.status();
+  EXPECT_EQ(v6->family(), AF_INET6);
+  EXPECT_EQ(v6->length, sizeof(sockaddr_in6));
+  EXPECT_EQ(FormatAddress(*v6), "[2001:db8::1]:587");
+  auto bracketed = MakeSocketAddress("[::1]", 0);
+  ASSERT_TRUE(bracketed.ok()) << bracketed.status();
+  EXPECT_EQ(FormatAddress(*bracketed), "[::1]:0");
+  for (const char* bad : {"", "mx.example.com", "192.0.2.256", "192.0.2.1:25", "[::1", "::1]",
+                          "2001:db8::g"}) {
+    auto status = MakeSocketAddress(bad, 25).status();
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << bad;
+  }
+  EXPECT_NE(MakeSocketAddress("mx.example.com", 25).status().message().find("mx.example.com"),
+            absl::string_view::npos);
+}
+
 }  // namespace
 }  // namespace facteur::io

@@ -8,6 +8,7 @@
 #include <memory>
 #include <string>
 
+#include "engine/tls/tls_client_context.h"
 #include "engine/tls/tls_context.h"
 #include "gtest/gtest.h"
 
@@ -57,7 +58,7 @@ class TlsEngineTest : public ::testing::Test {
 TEST_F(TlsEngineTest, HandshakeAndDataBothWays) {
   auto server = TlsEngine::NewServer(*server_context_);
   ASSERT_TRUE(server.ok()) << server.status();
-  auto client = TlsEngine::NewClient(client_ctx_, "mx.example.test");
+  auto client = TlsEngine::NewClient(client_ctx_, "mx.example.test", /*verify_peer=*/false);
   ASSERT_TRUE(client.ok()) << client.status();
   Handshake(**server, **client);
   ASSERT_TRUE((*server)->handshake_done());
@@ -129,6 +130,128 @@ TEST_F(TlsEngineTest, RawSslClientSeesTheSelfSignedName) {
   EXPECT_EQ(X509_check_host(peer, "mx.example.test", 0, 0, nullptr), 1);
   X509_free(peer);
   SSL_free(ssl);
+}
+
+// Runs both handshakes to the end; the client's error when it fails (the server's otherwise).
+absl::Status RunHandshake(TlsEngine& server, TlsEngine& client) {
+  for (int round = 0; round < 20; ++round) {
+    auto c = client.Handshake();
+    if (!c.ok()) return c.status();
+    std::string wire;
+    client.TakeCiphertext(&wire);
+    server.FeedCiphertext(wire);
+    auto s = server.Handshake();
+    if (!s.ok()) return s.status();
+    wire.clear();
+    server.TakeCiphertext(&wire);
+    client.FeedCiphertext(wire);
+    if (*c == HandshakeProgress::kDone && *s == HandshakeProgress::kDone) return absl::OkStatus();
+  }
+  return absl::InternalError("handshake did not finish");
+}
+
+// Loading the system bundle is slow under sanitizers: the contexts are made once.
+class TlsClientVerifyTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    char pattern[] = "/tmp/facteur_tls_verify_XXXXXX";
+    dir_ = new std::string(::mkdtemp(pattern));
+    auto server = TlsServerContext::SelfSigned(*dir_ + "/tls", "mx.example.test");
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_context_ = server->release();
+    auto trusting = TlsClientContext::Create(*dir_ + "/tls/cert.pem");
+    ASSERT_TRUE(trusting.ok()) << trusting.status();
+    trusting_ = trusting->release();
+    auto system_only = TlsClientContext::Create("");
+    ASSERT_TRUE(system_only.ok()) << system_only.status();
+    system_only_ = system_only->release();
+  }
+  static void TearDownTestSuite() {
+    delete server_context_;
+    delete trusting_;
+    delete system_only_;
+    std::string cmd = "rm -rf '" + *dir_ + "'";
+    EXPECT_EQ(std::system(cmd.c_str()), 0);
+    delete dir_;
+  }
+  // The client's handshake outcome and, on success, its session.
+  absl::StatusOr<SessionInfo> Connect(const TlsClientContext& context, const std::string& name,
+                                      bool verify_peer) {
+    auto server = TlsEngine::NewServer(*server_context_);
+    if (!server.ok()) return server.status();
+    auto client = TlsEngine::NewClient(context.native(), name, verify_peer);
+    if (!client.ok()) return client.status();
+    absl::Status status = RunHandshake(**server, **client);
+    if (!status.ok()) return status;
+    return (*client)->info();
+  }
+  static std::string* dir_;
+  static TlsServerContext* server_context_;
+  static TlsClientContext* trusting_;     // trusts the server's self-signed cert
+  static TlsClientContext* system_only_;  // does not
+};
+std::string* TlsClientVerifyTest::dir_ = nullptr;
+TlsServerContext* TlsClientVerifyTest::server_context_ = nullptr;
+TlsClientContext* TlsClientVerifyTest::trusting_ = nullptr;
+TlsClientContext* TlsClientVerifyTest::system_only_ = nullptr;
+
+TEST_F(TlsClientVerifyTest, TrustedChainAndRightNameVerify) {
+  auto info = Connect(*trusting_, "mx.example.test", true);
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_TRUE(info->peer_verified);
+  EXPECT_EQ(info->version, "TLSv1.3");
+  // A DNS name with the root's trailing dot is the same name.
+  info = Connect(*trusting_, "mx.example.test.", true);
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_TRUE(info->peer_verified);
+}
+
+TEST_F(TlsClientVerifyTest, WrongNameFailsWithTheReason) {
+  auto info = Connect(*trusting_, "other.example.test", true);
+  ASSERT_FALSE(info.ok());
+  EXPECT_NE(info.status().message().find("hostname mismatch (expected other.example.test)"),
+            absl::string_view::npos)
+      << info.status();
+  // RFC 6125 §7.2: no partial matching of a longer name either.
+  info = Connect(*trusting_, "x.mx.example.test", true);
+  ASSERT_FALSE(info.ok());
+  EXPECT_NE(info.status().message().find("hostname mismatch"), absl::string_view::npos);
+  // An address is checked against iPAddress names, which this certificate has none of.
+  info = Connect(*trusting_, "127.0.0.1", true);
+  ASSERT_FALSE(info.ok());
+  EXPECT_NE(info.status().message().find("IP address mismatch"), absl::string_view::npos)
+      << info.status();
+}
+
+TEST_F(TlsClientVerifyTest, UntrustedChainFailsWithTheReason) {
+  auto info = Connect(*system_only_, "mx.example.test", true);
+  ASSERT_FALSE(info.ok());
+  EXPECT_EQ(info.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_NE(info.status().message().find("certificate verify failed"), absl::string_view::npos)
+      << info.status();
+  EXPECT_NE(info.status().message().find("self-signed certificate"), absl::string_view::npos)
+      << info.status();
+}
+
+TEST_F(TlsClientVerifyTest, OpportunisticTlsSucceedsAndReportsWhatItSaw) {
+  auto info = Connect(*system_only_, "mx.example.test", false);
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_FALSE(info->peer_verified);  // untrusted chain
+  info = Connect(*trusting_, "other.example.test", false);
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_FALSE(info->peer_verified);  // trusted chain, wrong name
+  info = Connect(*trusting_, "", false);
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_FALSE(info->peer_verified);  // no name to check: not verified for anyone
+  info = Connect(*trusting_, "mx.example.test", false);
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_TRUE(info->peer_verified);   // everything checked, though not required
+}
+
+TEST_F(TlsClientVerifyTest, VerifyingNeedsAName) {
+  auto client = TlsEngine::NewClient(trusting_->native(), "", true);
+  ASSERT_FALSE(client.ok());
+  EXPECT_EQ(client.status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(TlsEngineTest, GarbageFailsTheHandshake) {
