@@ -1,15 +1,19 @@
 // File: queue/spool.cc
-// The envelope codec, recovery, the group-committing writer thread and the read functions.
+// The envelope codec, recovery, the due index, the group-committing writer thread and the read
+// functions.
 #include "queue/spool.h"
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <deque>
+#include <optional>
 #include <thread>
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/btree_set.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "engine/base/log.h"
@@ -115,17 +119,29 @@ std::string IdText(std::string_view key) {
   return absl::StrCat("key 0x", hex);
 }
 
+// The time a schedule key holds for `t` (ScheduleKey()): whole microseconds, and the epoch for
+// anything before it. The due index keeps these, so that an entry it hands out names its key.
+absl::Time KeyTime(absl::Time t) {
+  return absl::FromUnixMicros(std::max<int64_t>(0, absl::ToUnixMicros(t)));
+}
+
 // Removes what a crash or a bug could leave behind, so that every envelope left has its body and
-// its schedule entry, and every body and schedule entry its envelope. Returns the messages left.
-// Envelopes and bodies share their keys (the id), so one merge walk over both families finds
-// the orphans of either side.
-absl::StatusOr<uint64_t> Recover(Store& store) {
+// exactly one schedule entry, at its next attempt, and every body and schedule entry its
+// envelope. Returns the schedule of the messages left (one entry each) for the due index.
+// Each family is read once: envelopes and bodies share their keys (the id), so one merge walk
+// over both finds the orphans of either side and notes the due time of each good envelope; the
+// walk over the schedule then checks each entry against those notes.
+absl::StatusOr<std::vector<ScheduleEntry>> Recover(Store& store) {
   rocksdb::DB& db = store.db();
   rocksdb::ReadOptions read_options;
   read_options.fill_cache = false;  // a one-off scan; keep the cache for the delivery path
   rocksdb::WriteBatch repairs;
-  uint64_t messages = 0;
   uint64_t removed = 0;
+  struct Due {
+    absl::Time due;
+    bool scheduled = false;  // its schedule entry was seen
+  };
+  absl::flat_hash_map<MessageId, Due> messages;
 
   {
     std::unique_ptr<rocksdb::Iterator> envelopes(
@@ -167,10 +183,10 @@ absl::StatusOr<uint64_t> Recover(Store& store) {
           FACTEUR_RETURN_IF_ERROR(
               ToStatus(repairs.Delete(store.family(Family::kBody), key), "recovery"));
         }
-        // Its schedule entry, if any, loses its envelope and goes in the schedule pass below.
+        // Its schedule entry, if any, finds no envelope in the schedule walk below.
         ++removed;
       } else {
-        ++messages;
+        messages.try_emplace(envelope->id, Due{KeyTime(envelope->next_attempt)});
       }
       envelopes->Next();
       if (has_body) bodies->Next();
@@ -178,65 +194,154 @@ absl::StatusOr<uint64_t> Recover(Store& store) {
     FACTEUR_RETURN_IF_ERROR(ToStatus(envelopes->status(), "recovery: scanning envelopes"));
     FACTEUR_RETURN_IF_ERROR(ToStatus(bodies->status(), "recovery: scanning bodies"));
   }
-  rocksdb::WriteOptions write_options;
-  write_options.sync = true;
-  if (repairs.Count() > 0) {
-    FACTEUR_RETURN_IF_ERROR(ToStatus(db.Write(write_options, &repairs), "recovery: repairing"));
-    repairs.Clear();
-  }
 
   // Schedule entries: each must name a live envelope whose next attempt is the entry's time;
   // anything else would make the scheduler look up a message that is gone or run it twice.
-  // Conversely an envelope without its entry would never be tried: it gets one back.
   {
     std::unique_ptr<rocksdb::Iterator> schedule(
         db.NewIterator(read_options, store.family(Family::kSchedule)));
     for (schedule->SeekToFirst(); schedule->Valid(); schedule->Next()) {
       absl::StatusOr<ScheduleEntry> entry = ParseScheduleKey(ToView(schedule->key()));
-      bool keep = false;
       if (entry.ok()) {
-        absl::StatusOr<std::optional<Envelope>> envelope = ReadEnvelope(store, entry->id);
-        keep = envelope.ok() && envelope->has_value() &&
-               ScheduleKey((*envelope)->next_attempt, entry->id) == ToView(schedule->key());
+        auto it = messages.find(entry->id);
+        if (it != messages.end() && it->second.due == entry->due) {
+          it->second.scheduled = true;  // keys are unique: one entry per (due, id)
+          continue;
+        }
       }
-      if (!keep) {
-        Log(LogLevel::kWarning, "spool recovery: removing schedule entry %s without envelope",
-            entry.ok() ? entry->id.ToString() : IdText(ToView(schedule->key())));
-        FACTEUR_RETURN_IF_ERROR(ToStatus(
-            repairs.Delete(store.family(Family::kSchedule), schedule->key()), "recovery"));
-        ++removed;
-      }
+      Log(LogLevel::kWarning,
+          "spool recovery: removing schedule entry %s without an envelope due then",
+          entry.ok() ? entry->id.ToString() : IdText(ToView(schedule->key())));
+      FACTEUR_RETURN_IF_ERROR(ToStatus(
+          repairs.Delete(store.family(Family::kSchedule), schedule->key()), "recovery"));
+      ++removed;
     }
     FACTEUR_RETURN_IF_ERROR(ToStatus(schedule->status(), "recovery: scanning the schedule"));
   }
-  {
-    std::unique_ptr<rocksdb::Iterator> envelopes(
-        db.NewIterator(read_options, store.family(Family::kEnvelope)));
-    for (envelopes->SeekToFirst(); envelopes->Valid(); envelopes->Next()) {
-      absl::StatusOr<Envelope> envelope = DecodeEnvelope(ToView(envelopes->value()));
-      if (!envelope.ok()) continue;  // removed by the first pass
-      const std::string key = ScheduleKey(envelope->next_attempt, envelope->id);
-      rocksdb::PinnableSlice ignored;
-      rocksdb::Status status =
-          db.Get(read_options, store.family(Family::kSchedule), ToSlice(key), &ignored);
-      if (status.IsNotFound()) {
-        Log(LogLevel::kWarning, "spool recovery: rescheduling %s, which had no schedule entry",
-            envelope->id.ToString());
-        FACTEUR_RETURN_IF_ERROR(
-            ToStatus(repairs.Put(store.family(Family::kSchedule), ToSlice(key), ""), "recovery"));
-      } else {
-        FACTEUR_RETURN_IF_ERROR(ToStatus(status, "recovery: reading the schedule"));
-      }
+  // Conversely an envelope without its entry would never be tried: it gets one back.
+  std::vector<ScheduleEntry> due_times;
+  due_times.reserve(messages.size());
+  for (const auto& [id, due] : messages) {
+    if (!due.scheduled) {
+      Log(LogLevel::kWarning, "spool recovery: rescheduling %s, which had no schedule entry",
+          id.ToString());
+      FACTEUR_RETURN_IF_ERROR(ToStatus(
+          repairs.Put(store.family(Family::kSchedule), ScheduleKey(due.due, id), ""), "recovery"));
     }
-    FACTEUR_RETURN_IF_ERROR(ToStatus(envelopes->status(), "recovery: scanning envelopes"));
+    due_times.push_back(ScheduleEntry{due.due, id});
   }
   if (repairs.Count() > 0) {
+    rocksdb::WriteOptions write_options;
+    write_options.sync = true;
     FACTEUR_RETURN_IF_ERROR(ToStatus(db.Write(write_options, &repairs), "recovery: repairing"));
   }
   Log(LogLevel::kInfo, "spool %s: %d messages, %d broken entries removed", store.path(),
-      messages, removed);
-  return messages;
+      due_times.size(), removed);
+  return due_times;
 }
+
+// The due time of every queued message and which of them are leased: the scheduler's view of
+// the `schedule` family, in memory so that finding due work costs no disk read. Loaded from
+// recovery; the writer thread applies each commit to it after the synced write returns, so it
+// holds exactly what is durable, and the writer resolves updates and removals against it.
+// Thread contract: thread-safe.
+class DueIndex {
+ public:
+  // What a commit did: each id's new due time, or nullopt when it left the queue.
+  using Changes = absl::flat_hash_map<MessageId, std::optional<absl::Time>>;
+
+  explicit DueIndex(const std::vector<ScheduleEntry>& entries) {
+    absl::MutexLock lock(&mutex_);
+    by_id_.reserve(entries.size());
+    for (const ScheduleEntry& entry : entries) {
+      if (by_id_.try_emplace(entry.id, Slot{entry.due, false}).second) {
+        unleased_.insert({entry.due, entry.id});
+      }
+    }
+  }
+
+  // The due time of `id`; nullopt when it is not queued.
+  std::optional<absl::Time> DueOf(const MessageId& id) const {
+    absl::MutexLock lock(&mutex_);
+    auto it = by_id_.find(id);
+    if (it == by_id_.end()) return std::nullopt;
+    return it->second.due;
+  }
+
+  // A committed change ends the lease of each id it touches.
+  void Apply(const Changes& changes) {
+    absl::MutexLock lock(&mutex_);
+    for (const auto& [id, due] : changes) {
+      auto it = by_id_.find(id);
+      if (it != by_id_.end()) {
+        if (it->second.leased) {
+          --leased_;
+        } else {
+          unleased_.erase({it->second.due, id});
+        }
+        if (!due.has_value()) {
+          by_id_.erase(it);
+          continue;
+        }
+        it->second = Slot{*due, false};
+      } else if (due.has_value()) {
+        by_id_.try_emplace(id, Slot{*due, false});
+      } else {
+        continue;
+      }
+      unleased_.insert({*due, id});
+    }
+  }
+
+  std::vector<ScheduleEntry> LeaseDue(absl::Time now, size_t max) {
+    std::vector<ScheduleEntry> due;
+    absl::MutexLock lock(&mutex_);
+    while (due.size() < max && !unleased_.empty() && unleased_.begin()->first <= now) {
+      auto first = unleased_.begin();
+      due.push_back(ScheduleEntry{first->first, first->second});
+      by_id_.find(first->second)->second.leased = true;
+      ++leased_;
+      unleased_.erase(first);
+    }
+    return due;
+  }
+
+  void Release(const MessageId& id) {
+    absl::MutexLock lock(&mutex_);
+    auto it = by_id_.find(id);
+    if (it == by_id_.end() || !it->second.leased) return;
+    it->second.leased = false;
+    --leased_;
+    unleased_.insert({it->second.due, id});
+  }
+
+  absl::Time NextDue() const {
+    absl::MutexLock lock(&mutex_);
+    return unleased_.empty() ? absl::InfiniteFuture() : unleased_.begin()->first;
+  }
+
+  size_t size() const {
+    absl::MutexLock lock(&mutex_);
+    return by_id_.size();
+  }
+
+  size_t leased() const {
+    absl::MutexLock lock(&mutex_);
+    return leased_;
+  }
+
+ private:
+  struct Slot {
+    absl::Time due;
+    bool leased;  // when leased, the message is not in unleased_
+  };
+
+  mutable absl::Mutex mutex_;
+  // (due, id) of the messages not leased, earliest first: LeaseDue() and NextDue() read its front.
+  absl::btree_set<std::pair<absl::Time, MessageId>> unleased_ ABSL_GUARDED_BY(mutex_);
+  absl::flat_hash_map<MessageId, Slot> by_id_ ABSL_GUARDED_BY(mutex_);
+  size_t leased_ ABSL_GUARDED_BY(mutex_) = 0;
+};
 
 }  // namespace
 
@@ -338,8 +443,9 @@ absl::StatusOr<ScheduleEntry> ParseScheduleKey(std::string_view key) {
 
 class Spool::Writer {
  public:
-  Writer(Store& store, const SpoolOptions& options, Clock& clock, uint64_t recovered)
-      : store_(store), options_(options), clock_(clock), size_(recovered) {
+  Writer(Store& store, const SpoolOptions& options, Clock& clock,
+         const std::vector<ScheduleEntry>& recovered)
+      : store_(store), options_(options), clock_(clock), index_(recovered) {
     if (options_.max_batch == 0) options_.max_batch = 1;
     thread_ = std::thread([this] { Run(); });
   }
@@ -352,30 +458,46 @@ class Spool::Writer {
     thread_.join();  // Run() drains the deque before it returns
   }
 
+  // The three kinds of change are encoded here, on the caller's thread, so that the single
+  // writer spends its time on I/O.
   void Enqueue(Envelope envelope, std::string body,
                absl::AnyInvocable<void(absl::Status) &&> done) {
     if (envelope.id.IsZero()) {
       std::move(done)(absl::InvalidArgumentError("spool: message without an id"));
       return;
     }
-    // Encoded here, on the caller's thread, so that the single writer spends its time on I/O.
-    Item item{std::string(envelope.id.Bytes()),
-              ScheduleKey(envelope.next_attempt, envelope.id), EncodeEnvelope(envelope),
-              std::move(body), std::move(done)};
-    absl::Status refusal;
-    {
-      absl::MutexLock lock(&mutex_);
-      if (stopping_) {
-        refusal = absl::UnavailableError("spool: closing");
-      } else if (pending_.size() >= options_.max_pending) {
-        refusal = absl::UnavailableError(
-            absl::StrCat("spool: writer saturated (", pending_.size(), " messages waiting)"));
-      } else {
-        pending_.push_back(std::move(item));
-        return;
-      }
+    Submit(Item{.kind = Kind::kEnqueue,
+                .id = envelope.id,
+                .due = KeyTime(envelope.next_attempt),
+                .envelope = EncodeEnvelope(envelope),
+                .body = std::move(body),
+                .done = std::move(done)});
+  }
+
+  void Update(Envelope envelope, absl::Time previous_due,
+              absl::AnyInvocable<void(absl::Status) &&> done) {
+    if (envelope.id.IsZero()) {
+      std::move(done)(absl::InvalidArgumentError("spool: update without an id"));
+      return;
     }
-    std::move(item.done)(std::move(refusal));
+    Submit(Item{.kind = Kind::kUpdate,
+                .id = envelope.id,
+                .due = KeyTime(envelope.next_attempt),
+                .previous_due = KeyTime(previous_due),
+                .envelope = EncodeEnvelope(envelope),
+                .done = std::move(done)});
+  }
+
+  void Remove(const MessageId& id, absl::Time due,
+              absl::AnyInvocable<void(absl::Status) &&> done) {
+    if (id.IsZero()) {
+      std::move(done)(absl::InvalidArgumentError("spool: removal without an id"));
+      return;
+    }
+    Submit(Item{.kind = Kind::kRemove,
+                .id = id,
+                .previous_due = KeyTime(due),
+                .done = std::move(done)});
   }
 
   void SetCommitObserver(CommitObserver observer) {
@@ -383,16 +505,46 @@ class Spool::Writer {
     observer_ = std::move(observer);
   }
 
-  uint64_t size() const { return size_.load(std::memory_order_relaxed); }
+  void SetScheduleObserver(absl::AnyInvocable<void()> observer) {
+    absl::MutexLock lock(&schedule_observer_mutex_);
+    schedule_observer_ = std::move(observer);
+  }
+
+  DueIndex& index() { return index_; }
+  const DueIndex& index() const { return index_; }
 
  private:
+  enum class Kind : uint8_t { kEnqueue, kUpdate, kRemove };
+
+  // One change waiting for the writer. Each becomes a few Put/Delete operations in the batch's
+  // WriteBatch (Stage()), so that any mix of kinds shares one synced write.
   struct Item {
-    std::string key;           // the 16 id bytes
-    std::string schedule_key;
-    std::string envelope;      // encoded
-    std::string body;
+    Kind kind;
+    MessageId id;
+    absl::Time due = absl::InfinitePast();           // kEnqueue, kUpdate: the new schedule entry
+    absl::Time previous_due = absl::InfinitePast();  // kUpdate, kRemove: as the caller saw it
+    std::string envelope = {};                       // kEnqueue, kUpdate: encoded
+    std::string body = {};                           // kEnqueue
     absl::AnyInvocable<void(absl::Status) &&> done;
+    absl::Status refusal = absl::OkStatus();  // set by Stage() when the item cannot apply
   };
+
+  void Submit(Item item) {
+    absl::Status refusal;
+    {
+      absl::MutexLock lock(&mutex_);
+      if (stopping_) {
+        refusal = absl::UnavailableError("spool: closing");
+      } else if (pending_.size() >= options_.max_pending) {
+        refusal = absl::UnavailableError(
+            absl::StrCat("spool: writer saturated (", pending_.size(), " changes waiting)"));
+      } else {
+        pending_.push_back(std::move(item));
+        return;
+      }
+    }
+    std::move(item.done)(std::move(refusal));
+  }
 
   bool HasWorkOrStopping() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
     return !pending_.empty() || stopping_;
@@ -453,46 +605,108 @@ class Spool::Writer {
     return absl::OkStatus();
   }
 
+  // Adds the operations of `item` to `out`, given the message's schedule entry on disk as the
+  // batch so far leaves it (`current`: nullopt when not queued). The due index, not the
+  // caller's `previous_due`, names the entry to delete: it is what is durable, and a queue
+  // operation may have moved the message since the caller read it. So an update never leaves a
+  // second entry behind, and an update of a message that is gone is refused (NotFound) instead
+  // of bringing back an envelope without a body.
+  rocksdb::Status Stage(Item& item, std::optional<absl::Time> current, rocksdb::WriteBatch& out) {
+    const rocksdb::Slice key = ToSlice(item.id.Bytes());
+    rocksdb::ColumnFamilyHandle* const body = store_.family(Family::kBody);
+    rocksdb::ColumnFamilyHandle* const envelope = store_.family(Family::kEnvelope);
+    rocksdb::ColumnFamilyHandle* const schedule = store_.family(Family::kSchedule);
+    rocksdb::Status status;
+    switch (item.kind) {
+      case Kind::kEnqueue:  // an id queued twice replaces the message: `current` goes
+        status = out.Put(body, key, item.body);
+        if (status.ok()) status = out.Put(envelope, key, item.envelope);
+        break;
+      case Kind::kUpdate:
+        if (!current.has_value()) {
+          item.refusal = absl::NotFoundError(
+              absl::StrCat("spool: message ", item.id.ToString(), " is no longer queued"));
+          return status;
+        }
+        status = out.Put(envelope, key, item.envelope);
+        break;
+      case Kind::kRemove:
+        status = out.Delete(body, key);
+        if (status.ok()) status = out.Delete(envelope, key);
+        // Idempotent: when the index knows nothing of the message, delete the entry the caller
+        // named anyway; a tombstone costs nothing.
+        if (!current.has_value()) current = item.previous_due;
+        break;
+    }
+    const bool adds_entry = item.kind != Kind::kRemove;
+    if (status.ok() && current.has_value() && !(adds_entry && *current == item.due)) {
+      status = out.Delete(schedule, ScheduleKey(*current, item.id));
+    }
+    if (status.ok() && adds_entry) status = out.Put(schedule, ScheduleKey(item.due, item.id), "");
+    return status;
+  }
+
   void Commit(std::vector<Item>& batch) {
     const auto start = std::chrono::steady_clock::now();
-    absl::Status status = MaybeResume();
-    if (status.ok()) {
-      size_t bytes = 0;
-      for (const Item& item : batch) {
-        bytes += item.body.size() + item.envelope.size() + 3 * MessageId::kBytes + 32;
-      }
-      rocksdb::WriteBatch write_batch(bytes);
-      rocksdb::Status put;
-      for (const Item& item : batch) {
-        put = write_batch.Put(store_.family(Family::kBody), item.key, item.body);
-        if (put.ok()) put = write_batch.Put(store_.family(Family::kEnvelope), item.key, item.envelope);
-        if (put.ok()) put = write_batch.Put(store_.family(Family::kSchedule), item.schedule_key, "");
-        if (!put.ok()) break;
-      }
-      rocksdb::WriteOptions write_options;
-      write_options.sync = true;  // the 250 reply waits for this: one fsync for the whole batch
-      rocksdb::Status written = put.ok() ? store_.db().Write(write_options, &write_batch) : put;
-      status = ToStatus(written, absl::StrCat("spool: committing ", batch.size(), " messages"));
-      if (!written.ok()) {
-        Log(LogLevel::kError, "%s", status.ToString());
-        if (!needs_resume_) last_resume_attempt_ = clock_.Now();
-        needs_resume_ = true;
+    size_t bytes = 0;
+    for (const Item& item : batch) {
+      bytes += item.body.size() + item.envelope.size() + 4 * (8 + MessageId::kBytes) + 32;
+    }
+    rocksdb::WriteBatch write_batch(bytes);
+    // What the batch does to the index, item after item: a batch may touch one id twice (an
+    // update then a removal), and each item must see the ones before it.
+    DueIndex::Changes changes;
+    size_t staged = 0;
+    bool schedule_grew = false;  // an entry added or moved: the scheduler may have work sooner
+    rocksdb::Status staging;
+    for (Item& item : batch) {
+      auto change = changes.find(item.id);
+      staging = Stage(item, change != changes.end() ? change->second : index_.DueOf(item.id),
+                      write_batch);
+      if (!staging.ok()) break;
+      if (!item.refusal.ok()) continue;
+      ++staged;
+      if (item.kind == Kind::kRemove) {
+        changes.insert_or_assign(item.id, std::nullopt);
+      } else {
+        changes.insert_or_assign(item.id, item.due);
+        schedule_grew = true;
       }
     }
-    if (status.ok()) size_.fetch_add(batch.size(), std::memory_order_relaxed);
+    absl::Status status = ToStatus(staging, "spool: building a batch");
+    if (status.ok() && staged > 0) {
+      status = MaybeResume();
+      if (status.ok()) {
+        rocksdb::WriteOptions write_options;
+        write_options.sync = true;  // the 250 reply waits for this: one fsync for the whole batch
+        const rocksdb::Status written = store_.db().Write(write_options, &write_batch);
+        status = ToStatus(written, absl::StrCat("spool: committing ", staged, " changes"));
+        if (!written.ok()) {
+          Log(LogLevel::kError, "%s", status.ToString());
+          if (!needs_resume_) last_resume_attempt_ = clock_.Now();
+          needs_resume_ = true;
+        }
+      }
+    }
+    // Before the observers and callbacks: whoever waits for the last `done` sees this commit
+    // in size() and LeaseDue(). A failed commit changes nothing, leases included.
+    if (status.ok()) index_.Apply(changes);
     const absl::Duration latency = absl::FromChrono(std::chrono::steady_clock::now() - start);
-    if (status.ok()) {
-      // Before the callbacks: whoever waits for the last `done` sees this commit counted.
+    if (status.ok() && staged > 0) {
       absl::MutexLock lock(&observer_mutex_);
-      if (observer_) observer_(batch.size(), latency);
+      if (observer_) observer_(staged, latency);
     }
-    for (Item& item : batch) std::move(item.done)(status);
+    if (status.ok() && schedule_grew) {
+      absl::MutexLock lock(&schedule_observer_mutex_);
+      if (schedule_observer_) schedule_observer_();
+    }
+    for (Item& item : batch) std::move(item.done)(item.refusal.ok() ? status : item.refusal);
   }
 
   Store& store_;
   SpoolOptions options_;
   Clock& clock_;
-  std::atomic<uint64_t> size_;
+  DueIndex index_;
 
   absl::Mutex mutex_;
   std::deque<Item> pending_ ABSL_GUARDED_BY(mutex_);
@@ -500,6 +714,8 @@ class Spool::Writer {
 
   absl::Mutex observer_mutex_;
   CommitObserver observer_ ABSL_GUARDED_BY(observer_mutex_);
+  absl::Mutex schedule_observer_mutex_;
+  absl::AnyInvocable<void()> schedule_observer_ ABSL_GUARDED_BY(schedule_observer_mutex_);
 
   // Writer thread only.
   bool needs_resume_ = false;
@@ -514,9 +730,9 @@ absl::StatusOr<std::unique_ptr<Spool>> Spool::Open(Store& store, const SpoolOpti
     return absl::FailedPreconditionError(
         absl::StrCat("spool ", store.path(), " is open read-only: cannot enqueue"));
   }
-  FACTEUR_ASSIGN_OR_RETURN(uint64_t messages, Recover(store));
+  FACTEUR_ASSIGN_OR_RETURN(std::vector<ScheduleEntry> schedule, Recover(store));
   return std::unique_ptr<Spool>(
-      new Spool(std::make_unique<Writer>(store, options, clock, messages)));
+      new Spool(std::make_unique<Writer>(store, options, clock, schedule)));
 }
 
 Spool::Spool(std::unique_ptr<Writer> writer) : writer_(std::move(writer)) {}
@@ -527,11 +743,35 @@ void Spool::Enqueue(Envelope envelope, std::string body,
   writer_->Enqueue(std::move(envelope), std::move(body), std::move(done));
 }
 
+void Spool::Update(Envelope envelope, absl::Time previous_due,
+                   absl::AnyInvocable<void(absl::Status) &&> done) {
+  writer_->Update(std::move(envelope), previous_due, std::move(done));
+}
+
+void Spool::Remove(const MessageId& id, absl::Time due,
+                   absl::AnyInvocable<void(absl::Status) &&> done) {
+  writer_->Remove(id, due, std::move(done));
+}
+
+std::vector<ScheduleEntry> Spool::LeaseDue(absl::Time now, size_t max) {
+  return writer_->index().LeaseDue(now, max);
+}
+
+void Spool::ReleaseLease(const MessageId& id) { writer_->index().Release(id); }
+
+absl::Time Spool::NextDue() const { return writer_->index().NextDue(); }
+
+void Spool::SetScheduleObserver(absl::AnyInvocable<void()> observer) {
+  writer_->SetScheduleObserver(std::move(observer));
+}
+
+size_t Spool::leased() const { return writer_->index().leased(); }
+
 void Spool::SetCommitObserver(CommitObserver observer) {
   writer_->SetCommitObserver(std::move(observer));
 }
 
-uint64_t Spool::size() const { return writer_->size(); }
+uint64_t Spool::size() const { return writer_->index().size(); }
 
 // --- Reads ---
 
@@ -575,6 +815,22 @@ absl::StatusOr<std::vector<Envelope>> ListEnvelopes(Store& store, size_t limit,
   }
   FACTEUR_RETURN_IF_ERROR(ToStatus(it->status(), "listing envelopes"));
   return envelopes;
+}
+
+absl::StatusOr<std::vector<ScheduleEntry>> ListSchedule(Store& store, size_t limit) {
+  std::vector<ScheduleEntry> entries;
+  std::unique_ptr<rocksdb::Iterator> it(
+      store.db().NewIterator(rocksdb::ReadOptions(), store.family(Family::kSchedule)));
+  for (it->SeekToFirst(); it->Valid() && entries.size() < limit; it->Next()) {
+    absl::StatusOr<ScheduleEntry> entry = ParseScheduleKey(ToView(it->key()));
+    if (!entry.ok()) {
+      return absl::DataLossError(absl::StrCat("schedule entry ", IdText(ToView(it->key())), ": ",
+                                              entry.status().message()));
+    }
+    entries.push_back(*entry);
+  }
+  FACTEUR_RETURN_IF_ERROR(ToStatus(it->status(), "listing the schedule"));
+  return entries;
 }
 
 absl::StatusOr<uint64_t> CountMessages(Store& store) {

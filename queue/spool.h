@@ -1,9 +1,11 @@
 // File: queue/spool.h
-// The durable message queue. Enqueue() hands a message to one writer thread that commits
-// batches of messages with a single synced write (group commit): body, envelope and schedule
-// entry of a message land in one WriteBatch, so a crash leaves either all of a message or none
-// of it. The caller replies 250 only from `done`, i.e. after the fsync (DESIGN.md §2).
-// Reads go straight to the Store and may run on any non-I/O thread.
+// The durable message queue. Enqueue(), Update() and Remove() hand changes to one writer thread
+// that commits batches of them, of any mix, with a single synced write (group commit): body,
+// envelope and schedule entry of a message change in one WriteBatch, so a crash leaves either
+// all of a change or none of it. The caller replies 250 only from `done`, i.e. after the fsync
+// (DESIGN.md §2). The spool also keeps the due time of every message in memory and leases due
+// messages to the delivery side. Reads go straight to the Store and may run on any non-I/O
+// thread.
 // Thread contract: thread-safe.
 #pragma once
 
@@ -78,8 +80,8 @@ struct SpoolOptions {
   size_t max_pending = 65536;
 };
 
-// Called on the writer thread after each commit: messages in the batch and commit latency.
-// Metrics hook; must be cheap.
+// Called on the writer thread after each commit: the changes in the batch (enqueues, updates,
+// removals; one fsync for all) and the commit latency. Metrics hook; must be cheap.
 using CommitObserver = absl::AnyInvocable<void(size_t batch_size, absl::Duration latency)>;
 
 class Spool {
@@ -97,9 +99,45 @@ class Spool {
   // is closing) and InvalidArgument for a zero id. It is never called with a lock held.
   void Enqueue(Envelope envelope, std::string body, absl::AnyInvocable<void(absl::Status) &&> done);
 
+  // Rewrites the envelope of a queued message (same id) and moves its schedule entry from
+  // `previous_due` to `envelope.next_attempt`, in one batch of the next synced commit. `done` as
+  // for Enqueue(). Recipient state changes of many deliveries share one fsync this way
+  // (DESIGN.md §3). NotFound (through `done`) when the message is no longer queued. The entry
+  // moved is the one the spool's index holds, so a `previous_due` made stale by a queue
+  // operation in between does no harm.
+  void Update(Envelope envelope, absl::Time previous_due,
+              absl::AnyInvocable<void(absl::Status) &&> done);
+  // Removes a message: its body, its envelope and its schedule entry at `due`, in one batch of
+  // the next synced commit (the index's entry when the spool knows the message, else the one at
+  // `due`). Removing a message that is gone is OK (idempotent).
+  void Remove(const MessageId& id, absl::Time due, absl::AnyInvocable<void(absl::Status) &&> done);
+
+  // --- Due messages: the scheduler's index over the `schedule` family. ---
+  // The spool keeps the due time of every queued message in memory (loaded at Open() from the
+  // schedule family, kept current by each commit) and *leases* due messages to the delivery
+  // side, so that one message is never handed out twice at once.
+
+  // Up to `max` messages due at or before `now`, earliest first, that are not leased; leases
+  // them. A lease ends when an Update() or Remove() of that message commits (just before its
+  // `done` runs; a failed one keeps it), or ReleaseLease(). Leases are not stored: after a
+  // restart every message is free again.
+  std::vector<ScheduleEntry> LeaseDue(absl::Time now, size_t max);
+  // Ends a lease without a change (shutdown, a delivery given up before it started): the message
+  // is due again at its recorded time.
+  void ReleaseLease(const MessageId& id);
+  // The earliest due time among messages not leased; InfiniteFuture when there are none.
+  absl::Time NextDue() const;
+  // Called on the writer thread after each commit that added or moved a schedule entry (new
+  // messages, updates), so that a waiting scheduler wakes up. Must be cheap and not call back
+  // into the spool.
+  void SetScheduleObserver(absl::AnyInvocable<void()> observer);
+  // Messages leased now.
+  size_t leased() const;
+
   void SetCommitObserver(CommitObserver observer);
 
-  // Number of messages in the queue (as counted at recovery plus what was enqueued since).
+  // Number of messages in the queue (as counted at recovery, plus what was enqueued and minus
+  // what was removed since).
   uint64_t size() const;
 
  private:
@@ -116,6 +154,9 @@ absl::StatusOr<std::optional<std::string>> ReadBody(Store& store, const MessageI
 // Envelopes in id (= arrival) order, starting after `after` (zero id: from the start).
 absl::StatusOr<std::vector<Envelope>> ListEnvelopes(Store& store, size_t limit,
                                                     const MessageId& after = MessageId());
+// Up to `limit` schedule entries, earliest due first (the raw `schedule` family, leases aside);
+// DataLoss on a malformed key.
+absl::StatusOr<std::vector<ScheduleEntry>> ListSchedule(Store& store, size_t limit);
 absl::StatusOr<uint64_t> CountMessages(Store& store);
 
 }  // namespace facteur::queue

@@ -1,6 +1,7 @@
 // File: tests/unit/queue/queue_test_util.h
 // Helpers shared by the queue tests: a scratch directory removed at the end of the test,
-// sample envelopes, a synchronous Enqueue, and re-running this test binary as a child process.
+// sample envelopes, synchronous spool calls, opening a store with its spool, and re-running
+// this test binary as a child process.
 // Thread contract: TempDir is test-thread only; the rest is stateless.
 #pragma once
 
@@ -11,6 +12,7 @@
 
 #include <cerrno>
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <system_error>
 #include <utility>
@@ -20,6 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
+#include "gtest/gtest.h"
 #include "queue/spool.h"
 
 namespace facteur::queue::test {
@@ -76,18 +79,56 @@ inline std::string BodyFor(const MessageId& id) {
   return body;
 }
 
-inline absl::Status EnqueueAndWait(Spool& spool, Envelope envelope, std::string body) {
+// Calls `start` with a `done` callback and waits for it: a spool call made synchronous.
+template <typename Start>
+absl::Status CallAndWait(Start start) {
   absl::Notification done;
   absl::Status result;
-  spool.Enqueue(std::move(envelope), std::move(body), [&](absl::Status status) {
+  start([&](absl::Status status) {
     result = std::move(status);
     done.Notify();
   });
   // Bounded: a synced write takes milliseconds; a minute means the writer is stuck.
   if (!done.WaitForNotificationWithTimeout(absl::Seconds(60))) {
-    return absl::DeadlineExceededError("enqueue did not complete");
+    return absl::DeadlineExceededError("spool call did not complete");
   }
   return result;
+}
+
+inline absl::Status EnqueueAndWait(Spool& spool, Envelope envelope, std::string body) {
+  return CallAndWait([&](auto done) {
+    spool.Enqueue(std::move(envelope), std::move(body), std::move(done));
+  });
+}
+
+inline absl::Status UpdateAndWait(Spool& spool, Envelope envelope, absl::Time previous_due) {
+  return CallAndWait(
+      [&](auto done) { spool.Update(std::move(envelope), previous_due, std::move(done)); });
+}
+
+inline absl::Status RemoveAndWait(Spool& spool, const MessageId& id, absl::Time due) {
+  return CallAndWait([&](auto done) { spool.Remove(id, due, std::move(done)); });
+}
+
+// A store and the spool on it; the spool goes first (members are destroyed in reverse).
+struct Opened {
+  std::unique_ptr<Store> store;
+  std::unique_ptr<Spool> spool;
+};
+
+// Opens both, or records a test failure and returns what it could open.
+inline Opened OpenOrDie(const std::string& path, Clock& clock,
+                        SpoolOptions options = SpoolOptions(),
+                        StoreOptions store_options = StoreOptions()) {
+  Opened opened;
+  absl::StatusOr<std::unique_ptr<Store>> store = Store::Open(path, store_options);
+  EXPECT_TRUE(store.ok()) << store.status();
+  if (!store.ok()) return opened;
+  opened.store = *std::move(store);
+  absl::StatusOr<std::unique_ptr<Spool>> spool = Spool::Open(*opened.store, options, clock);
+  EXPECT_TRUE(spool.ok()) << spool.status();
+  if (spool.ok()) opened.spool = *std::move(spool);
+  return opened;
 }
 
 // Starts this test binary again with only `test_name` selected and `env` added to the

@@ -19,25 +19,9 @@ namespace {
 
 using test::BodyFor;
 using test::EnqueueAndWait;
+using test::Opened;
+using test::OpenOrDie;
 using test::SampleEnvelope;
-
-struct Opened {
-  std::unique_ptr<Store> store;
-  std::unique_ptr<Spool> spool;
-};
-
-Opened OpenOrDie(const std::string& path, Clock& clock, SpoolOptions options = SpoolOptions(),
-                 StoreOptions store_options = StoreOptions()) {
-  Opened opened;
-  absl::StatusOr<std::unique_ptr<Store>> store = Store::Open(path, store_options);
-  EXPECT_TRUE(store.ok()) << store.status();
-  if (!store.ok()) return opened;
-  opened.store = *std::move(store);
-  absl::StatusOr<std::unique_ptr<Spool>> spool = Spool::Open(*opened.store, options, clock);
-  EXPECT_TRUE(spool.ok()) << spool.status();
-  if (spool.ok()) opened.spool = *std::move(spool);
-  return opened;
-}
 
 TEST(SpoolTest, ConcurrentEnqueuesAreGroupCommittedAndSurviveReopen) {
   constexpr int kThreads = 8;
