@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -18,6 +19,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -26,6 +28,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "engine/base/status.h"
+#include "engine/mail/address.h"
 #include "toml++/toml.h"
 
 namespace facteur::config {
@@ -34,6 +37,8 @@ namespace {
 constexpr uint64_t kMaxMessageSize = uint64_t{4} << 30;  // 4 GiB: SIZE values stay 32-bit-safe
 constexpr uint32_t kMaxThreads = 256;
 constexpr uint32_t kMaxBatch = 65536;
+constexpr uint32_t kMaxDnsAttempts = 16;
+constexpr uint16_t kDnsPort = 53;
 // sockaddr_un.sun_path is 108 bytes including the terminating NUL.
 constexpr size_t kMaxUnixPath = 107;
 // A config file is small; the cap keeps `--config /dev/zero` from eating memory.
@@ -57,9 +62,9 @@ name = "local"
 address = "unix:facteur.sock"
 )toml";
 
-const std::vector<std::string_view> kTopKeys = {"data_dir", "hostname", "io_threads", "auth_threads",
-                                                "smtp",     "tls",      "spool",      "admin",
-                                                "listener"};
+const std::vector<std::string_view> kTopKeys = {
+    "data_dir", "hostname", "io_threads", "auth_threads", "smtp",     "tls",    "spool", "admin",
+    "dns",      "delivery", "events",     "dkim",         "listener", "source", "route"};
 const std::vector<std::string_view> kSmtpKeys = {
     "max_message_size", "max_recipients",    "max_errors",         "idle_timeout",
     "max_sessions",     "auth_max_failures", "auth_failure_window"};
@@ -68,6 +73,56 @@ const std::vector<std::string_view> kSpoolKeys = {"path", "max_batch"};
 const std::vector<std::string_view> kAdminKeys = {"address"};
 const std::vector<std::string_view> kListenerKeys = {"name", "address", "role", "tls",
                                                      "trusted_networks"};
+const std::vector<std::string_view> kDnsKeys = {"nameservers", "timeout", "attempts"};
+const std::vector<std::string_view> kDeliveryKeys = {
+    "enabled",
+    "smtp_port",
+    "pool",
+    "tls",
+    "tls_ca_file",
+    "max_connections_per_destination",
+    "max_messages_per_connection",
+    "max_recipients_per_transaction",
+    "max_messages_in_flight",
+    "connection_idle_timeout",
+    "connect_timeout",
+    "greeting_timeout",
+    "command_timeout",
+    "data_initiation_timeout",
+    "data_block_timeout",
+    "data_termination_timeout",
+    "first_retry",
+    "retry_backoff",
+    "max_retry_interval",
+    "retry_jitter",
+    "queue_lifetime",
+    "validate_recipient_domains"};
+const std::vector<std::string_view> kEventsKeys = {"path"};
+const std::vector<std::string_view> kDkimKeys = {"engine", "threads", "max_queued", "key"};
+const std::vector<std::string_view> kDkimKeyKeys = {"domain", "selector", "algorithm", "key_file",
+                                                    "account"};
+const std::vector<std::string_view> kSourceKeys = {"name", "address", "ehlo_name", "pool"};
+const std::vector<std::string_view> kRouteKeys = {"domain", "destination", "tls", "pool"};
+
+// One spelling of an enum value in the config; each table is the only place a spelling lives.
+template <typename E>
+struct EnumName {
+  std::string_view name;
+  E value;
+};
+constexpr EnumName<DeliveryTlsPolicy> kDeliveryTlsPolicies[] = {
+    {"none", DeliveryTlsPolicy::kNone},
+    {"opportunistic", DeliveryTlsPolicy::kOpportunistic},
+    {"required", DeliveryTlsPolicy::kRequired},
+};
+constexpr EnumName<DkimAlgorithm> kDkimAlgorithms[] = {
+    {"rsa-sha256", DkimAlgorithm::kRsaSha256},
+    {"ed25519-sha256", DkimAlgorithm::kEd25519Sha256},  // RFC 8463
+};
+constexpr EnumName<DkimEngine> kDkimEngines[] = {
+    {"native", DkimEngine::kNative},
+    {"opendkim", DkimEngine::kOpenDkim},
+};
 
 // Optimal string alignment distance (Levenshtein plus adjacent transpositions): "max_eorrs" is
 // one typo away from "max_errors", as a person sees it.
@@ -120,6 +175,48 @@ const char* TypeName(const toml::node& node) {
   }
 }
 
+template <typename E, size_t N>
+std::string_view NameOf(const EnumName<E> (&names)[N], E value) {
+  for (const EnumName<E>& entry : names) {
+    if (entry.value == value) return entry.name;
+  }
+  return "?";
+}
+
+// An RFC 5321 §4.1.2 Domain in ASCII (an internationalised name in its A-label form), not an
+// address literal, and not all-numeric in its last label (RFC 3696 §2: no top-level domain is),
+// so that "192.0.2.1" or "999.1.1.1" is never taken for a host name.
+bool IsDomainName(std::string_view domain) {
+  if (domain.empty() || domain.front() == '[' || !mail::IsValidDomain(domain, false)) return false;
+  size_t dot = domain.rfind('.');
+  std::string_view last = dot == std::string_view::npos ? domain : domain.substr(dot + 1);
+  return !std::all_of(last.begin(), last.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
+
+// inet_pton of `text` into `out` (16 bytes); false for anything but an IPv4 (v6 = false) or IPv6
+// literal. An embedded NUL must not shorten the input, so it fails.
+bool ParseIpLiteral(std::string_view text, bool& v6, uint8_t* out) {
+  std::string host(text);
+  if (host.find('\0') != std::string::npos) return false;
+  if (inet_pton(AF_INET, host.c_str(), out) == 1) {
+    v6 = false;
+    return true;
+  }
+  if (inet_pton(AF_INET6, host.c_str(), out) == 1) {
+    v6 = true;
+    return true;
+  }
+  return false;
+}
+
+// A port of 1 to 65535 in digits only.
+bool ParsePort(std::string_view text, uint16_t& out) {
+  uint64_t port = 0;
+  if (text.size() > 5 || !ParseDigits(text, 65535, port) || port == 0) return false;
+  out = static_cast<uint16_t>(port);
+  return true;
+}
+
 bool IsOpenRelay(const Cidr& network) {
   if (network.prefix_length == 0) return true;
   // ::ffff:0:0/96 (or shorter) holds every IPv4-mapped peer of a dual-stack socket.
@@ -147,7 +244,7 @@ class Parser {
     }
     FACTEUR_RETURN_IF_ERROR(ReadString(root, "", "hostname", config.hostname));
     if (const toml::node* node = root.get("hostname")) {
-      FACTEUR_RETURN_IF_ERROR(CheckHostname(*node, config.hostname));
+      FACTEUR_RETURN_IF_ERROR(CheckHostname(*node, "hostname", config.hostname));
     } else {
       config.hostname = MachineHostname();
     }
@@ -183,7 +280,25 @@ class Parser {
       }
     }
 
+    FACTEUR_ASSIGN_OR_RETURN(const toml::table* dns, SubTable(root, "dns", kDnsKeys));
+    if (dns != nullptr) FACTEUR_RETURN_IF_ERROR(ParseDns(*dns, config.dns));
+
+    FACTEUR_ASSIGN_OR_RETURN(const toml::table* delivery,
+                             SubTable(root, "delivery", kDeliveryKeys));
+    if (delivery != nullptr) FACTEUR_RETURN_IF_ERROR(ParseDelivery(*delivery, config.delivery));
+
+    FACTEUR_ASSIGN_OR_RETURN(const toml::table* events, SubTable(root, "events", kEventsKeys));
+    if (events != nullptr) {
+      FACTEUR_RETURN_IF_ERROR(ReadString(*events, "events", "path", config.events.path));
+    }
+
+    FACTEUR_ASSIGN_OR_RETURN(const toml::table* dkim, SubTable(root, "dkim", kDkimKeys));
+    if (dkim != nullptr) FACTEUR_RETURN_IF_ERROR(ParseDkim(*dkim, config.dkim));
+
     FACTEUR_RETURN_IF_ERROR(ParseListeners(root, config));
+    // Sources need `hostname` (their EHLO default) and precede routes, whose pools they define.
+    FACTEUR_RETURN_IF_ERROR(ParseSources(root, delivery, config));
+    FACTEUR_RETURN_IF_ERROR(ParseRoutes(root, config));
     return config;
   }
 
@@ -297,7 +412,9 @@ class Parser {
     }
     int64_t number = value->get();
     if (number < 0 || static_cast<uint64_t>(number) < min || static_cast<uint64_t>(number) > max) {
-      if (min == 1 && max == std::numeric_limits<T>::max()) {
+      // "positive" says it all for a 32-bit or wider count; a port gets its range spelled out.
+      if (min == 1 && max == std::numeric_limits<T>::max() &&
+          max >= std::numeric_limits<uint32_t>::max()) {
         return Error(node->source(), key, absl::StrCat("must be a positive integer, got ", number));
       }
       return Error(node->source(), key,
@@ -307,7 +424,123 @@ class Parser {
     return absl::OkStatus();
   }
 
-  absl::Status CheckHostname(const toml::node& node, std::string_view hostname) const {
+  absl::Status ReadBool(const toml::table& table, std::string_view prefix, std::string_view name,
+                        bool& out) const {
+    const toml::node* node = table.get(name);
+    if (node == nullptr) return absl::OkStatus();
+    const auto* value = node->as_boolean();
+    if (value == nullptr) {
+      return Error(node->source(), Dotted(prefix, name),
+                   absl::StrCat("must be true or false, not ", TypeName(*node)));
+    }
+    out = value->get();
+    return absl::OkStatus();
+  }
+
+  // A finite number in [min, max]; an integer is taken as a number too ("retry_backoff = 2").
+  absl::Status ReadNumber(const toml::table& table, std::string_view prefix, std::string_view name,
+                          double min, double max, double& out) const {
+    const toml::node* node = table.get(name);
+    if (node == nullptr) return absl::OkStatus();
+    const std::string key = Dotted(prefix, name);
+    double number = 0;
+    if (const auto* floating = node->as_floating_point()) {
+      number = floating->get();
+    } else if (const auto* integer = node->as_integer()) {
+      number = static_cast<double>(integer->get());
+    } else {
+      return Error(node->source(), key, absl::StrCat("must be a number, not ", TypeName(*node)));
+    }
+    if (!std::isfinite(number) || number < min || number > max) {
+      std::string range = std::isinf(max) ? absl::StrCat("at least ", min)
+                                          : absl::StrCat("between ", min, " and ", max);
+      return Error(node->source(), key, absl::StrCat("must be ", range, ", got ", number));
+    }
+    out = number;
+    return absl::OkStatus();
+  }
+
+  // One of the spellings in `names`; `what` names the kind in the error ("a TLS policy").
+  template <typename E, size_t N>
+  absl::Status ReadEnum(const toml::table& table, std::string_view prefix, std::string_view name,
+                        std::string_view what, const EnumName<E> (&names)[N], E& out) const {
+    const toml::node* node = table.get(name);
+    if (node == nullptr) return absl::OkStatus();
+    std::string text;
+    FACTEUR_RETURN_IF_ERROR(ReadString(table, prefix, name, text));
+    std::string choices;
+    for (size_t i = 0; i < N; ++i) {
+      if (names[i].name == text) {
+        out = names[i].value;
+        return absl::OkStatus();
+      }
+      absl::StrAppend(&choices, i == 0 ? "" : (i + 1 == N ? " or " : ", "), "\"",
+                      ToAbsl(names[i].name), "\"");
+    }
+    return Error(node->source(), Dotted(prefix, name),
+                 absl::StrCat("'", text, "' is not ", ToAbsl(what), " (", choices, ")"));
+  }
+
+  // A string key that must be present and not empty; `what` says what it holds.
+  absl::Status ReadRequiredString(const toml::table& table, std::string_view prefix,
+                                  std::string_view name, std::string_view what,
+                                  std::string& out) const {
+    const toml::node* node = table.get(name);
+    if (node == nullptr) {
+      return Error(table.source(), Dotted(prefix, name),
+                   absl::StrCat("required (", ToAbsl(what), ")"));
+    }
+    FACTEUR_RETURN_IF_ERROR(ReadString(table, prefix, name, out));
+    if (out.empty()) {
+      return Error(node->source(), Dotted(prefix, name),
+                   absl::StrCat("must not be empty (", ToAbsl(what), ")"));
+    }
+    return absl::OkStatus();
+  }
+
+  // The tables of the array of tables `name` ([[name]]) in `parent`; none when it is absent.
+  // `key` is its dotted name in messages ("dkim.key"); elements are "dkim.key[0]".
+  absl::StatusOr<std::vector<const toml::table*>> ArrayOfTables(const toml::table& parent,
+                                                                std::string_view name,
+                                                                std::string_view key) const {
+    std::vector<const toml::table*> tables;
+    const toml::node* node = parent.get(name);
+    if (node == nullptr) return tables;
+    const toml::array* array = node->as_array();
+    if (array == nullptr) {
+      return Error(node->source(), key,
+                   absl::StrCat("must be an array of tables ([[", ToAbsl(key), "]]), not ",
+                                TypeName(*node)));
+    }
+    for (size_t i = 0; i < array->size(); ++i) {
+      const toml::node& element = *array->get(i);
+      if (!element.is_table()) {
+        return Error(element.source(), absl::StrCat(ToAbsl(key), "[", i, "]"),
+                     absl::StrCat("must be a table ([[", ToAbsl(key), "]]), not ",
+                                  TypeName(element)));
+      }
+      tables.push_back(element.as_table());
+    }
+    return tables;
+  }
+
+  // Names of listeners, sources and pools land in metric labels, logs and Received: fields.
+  absl::Status CheckName(const toml::node& node, std::string_view key,
+                         std::string_view name) const {
+    bool ok = !name.empty() && name.size() <= 64;
+    // Printable ASCII without quotes or backslashes.
+    for (char c : name) {
+      if (c <= ' ' || c > '~' || c == '"' || c == '\\') ok = false;
+    }
+    if (!ok) {
+      return Error(node.source(), key,
+                   "must be 1 to 64 printable characters without spaces, quotes or backslashes");
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status CheckHostname(const toml::node& node, std::string_view key,
+                             std::string_view hostname) const {
     // RFC 5321 §4.1.2 Domain: letters, digits, hyphens and dots; at most 255 octets.
     bool ok = !hostname.empty() && hostname.size() <= 253 && hostname.front() != '.' &&
               hostname.front() != '-';
@@ -315,7 +548,7 @@ class Parser {
       if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '.') ok = false;
     }
     if (!ok) {
-      return Error(node.source(), "hostname",
+      return Error(node.source(), key,
                    absl::StrCat("'", ToAbsl(hostname),
                                 "' is not a host name (letters, digits, '-' and '.')"));
     }
@@ -385,26 +618,14 @@ class Parser {
 
   absl::Status ParseListeners(const toml::table& root, Config& config) const {
     std::vector<ListenerSource> sources;
-    if (const toml::node* node = root.get("listener")) {
-      const toml::array* array = node->as_array();
-      if (array == nullptr) {
-        return Error(node->source(), "listener",
-                     absl::StrCat("must be an array of tables ([[listener]]), not ",
-                                  TypeName(*node)));
-      }
-      for (size_t i = 0; i < array->size(); ++i) {
-        const toml::node& element = *array->get(i);
-        if (!element.is_table()) {
-          return Error(element.source(), absl::StrCat("listener[", i, "]"),
-                       absl::StrCat("must be a table ([[listener]]), not ", TypeName(element)));
-        }
-        const toml::table& table = *element.as_table();
-        ListenerOptions listener;
-        ListenerSource source;
-        FACTEUR_RETURN_IF_ERROR(ParseListener(table, i, listener, source));
-        config.listeners.push_back(std::move(listener));
-        sources.push_back(source);
-      }
+    FACTEUR_ASSIGN_OR_RETURN(std::vector<const toml::table*> tables,
+                             ArrayOfTables(root, "listener", "listener"));
+    for (size_t i = 0; i < tables.size(); ++i) {
+      ListenerOptions listener;
+      ListenerSource source;
+      FACTEUR_RETURN_IF_ERROR(ParseListener(*tables[i], i, listener, source));
+      config.listeners.push_back(std::move(listener));
+      sources.push_back(source);
     }
     if (config.listeners.empty()) {
       // No [[listener]] (or an empty array): the embedded defaults, under this data_dir.
@@ -476,15 +697,7 @@ class Parser {
     if (const toml::node* node = table.get("name")) {
       FACTEUR_RETURN_IF_ERROR(ReadString(table, prefix, "name", out.name));
       source.name = node->source();
-      bool ok = !out.name.empty() && out.name.size() <= 64;
-      // Printable ASCII without quotes or backslashes: names land in metric labels and Received:.
-      for (char c : out.name) {
-        if (c <= ' ' || c > '~' || c == '"' || c == '\\') ok = false;
-      }
-      if (!ok) {
-        return Error(source.name, prefix + ".name",
-                     "must be 1 to 64 printable characters without spaces, quotes or backslashes");
-      }
+      FACTEUR_RETURN_IF_ERROR(CheckName(*node, prefix + ".name", out.name));
     }
 
     uint16_t port = is_unix ? 0 : address->port;
@@ -559,6 +772,276 @@ class Parser {
       out.trusted_networks = {*Cidr::Parse("127.0.0.0/8"), *Cidr::Parse("::1/128")};
     }
     return absl::OkStatus();
+  }
+
+  absl::Status ParseDns(const toml::table& dns, DnsOptions& out) const {
+    if (const toml::node* node = dns.get("nameservers")) {
+      constexpr std::string_view kKey = "dns.nameservers";
+      const toml::array* array = node->as_array();
+      if (array == nullptr) {
+        return Error(node->source(), kKey,
+                     absl::StrCat("must be an array of addresses such as [\"127.0.0.1:53\"], not ",
+                                  TypeName(*node)));
+      }
+      for (size_t i = 0; i < array->size(); ++i) {
+        const toml::node& element = *array->get(i);
+        std::string element_key = absl::StrCat(ToAbsl(kKey), "[", i, "]");
+        const auto* text = element.as_string();
+        if (text == nullptr) {
+          return Error(element.source(), element_key,
+                       absl::StrCat("must be an address string, not ", TypeName(element)));
+        }
+        absl::StatusOr<ListenAddress> address = ParseNameserverAddress(text->get());
+        if (!address.ok()) return Error(element.source(), element_key, address.status().message());
+        out.nameservers.push_back(text->get());
+      }
+    }
+    FACTEUR_RETURN_IF_ERROR(ReadDuration(dns, "dns", "timeout", out.timeout));
+    FACTEUR_RETURN_IF_ERROR(
+        ReadInteger(dns, "dns", "attempts", 1, kMaxDnsAttempts, out.attempts));
+    return absl::OkStatus();
+  }
+
+  absl::Status ParseDelivery(const toml::table& delivery, DeliveryOptions& out) const {
+    constexpr std::string_view kPrefix = "delivery";
+    constexpr uint64_t kMax32 = std::numeric_limits<uint32_t>::max();
+    FACTEUR_RETURN_IF_ERROR(ReadBool(delivery, kPrefix, "enabled", out.enabled));
+    FACTEUR_RETURN_IF_ERROR(ReadInteger(delivery, kPrefix, "smtp_port", 1, 65535, out.smtp_port));
+    if (const toml::node* node = delivery.get("pool")) {
+      FACTEUR_RETURN_IF_ERROR(ReadString(delivery, kPrefix, "pool", out.pool));
+      FACTEUR_RETURN_IF_ERROR(CheckName(*node, "delivery.pool", out.pool));
+    }
+    FACTEUR_RETURN_IF_ERROR(
+        ReadEnum(delivery, kPrefix, "tls", "a TLS policy", kDeliveryTlsPolicies, out.tls));
+    FACTEUR_RETURN_IF_ERROR(ReadString(delivery, kPrefix, "tls_ca_file", out.tls_ca_file));
+    FACTEUR_RETURN_IF_ERROR(ReadInteger(delivery, kPrefix, "max_connections_per_destination", 1,
+                                        kMax32, out.max_connections_per_destination));
+    FACTEUR_RETURN_IF_ERROR(ReadInteger(delivery, kPrefix, "max_messages_per_connection", 1,
+                                        kMax32, out.max_messages_per_connection));
+    FACTEUR_RETURN_IF_ERROR(ReadInteger(delivery, kPrefix, "max_recipients_per_transaction", 1,
+                                        kMax32, out.max_recipients_per_transaction));
+    FACTEUR_RETURN_IF_ERROR(ReadInteger(delivery, kPrefix, "max_messages_in_flight", 1, kMax32,
+                                        out.max_messages_in_flight));
+    const std::pair<std::string_view, absl::Duration*> durations[] = {
+        {"connection_idle_timeout", &out.connection_idle_timeout},
+        {"connect_timeout", &out.connect_timeout},
+        {"greeting_timeout", &out.greeting_timeout},
+        {"command_timeout", &out.command_timeout},
+        {"data_initiation_timeout", &out.data_initiation_timeout},
+        {"data_block_timeout", &out.data_block_timeout},
+        {"data_termination_timeout", &out.data_termination_timeout},
+        {"first_retry", &out.first_retry},
+        {"max_retry_interval", &out.max_retry_interval},
+        {"queue_lifetime", &out.queue_lifetime},
+    };
+    for (const auto& [name, duration] : durations) {
+      FACTEUR_RETURN_IF_ERROR(ReadDuration(delivery, kPrefix, name, *duration));
+    }
+    FACTEUR_RETURN_IF_ERROR(ReadNumber(delivery, kPrefix, "retry_backoff", 1,
+                                       std::numeric_limits<double>::infinity(),
+                                       out.retry_backoff));
+    FACTEUR_RETURN_IF_ERROR(ReadNumber(delivery, kPrefix, "retry_jitter", 0, 1, out.retry_jitter));
+    if (out.max_retry_interval < out.first_retry) {
+      // Blame the key that was written; when both were, the cap.
+      bool cap_written = delivery.get("max_retry_interval") != nullptr;
+      std::string_view key = cap_written ? "max_retry_interval" : "first_retry";
+      return Error(delivery.get(key)->source(), Dotted(kPrefix, key),
+                   absl::StrCat("delivery.max_retry_interval (",
+                                absl::FormatDuration(out.max_retry_interval),
+                                ") is shorter than delivery.first_retry (",
+                                absl::FormatDuration(out.first_retry), ")"));
+    }
+    FACTEUR_RETURN_IF_ERROR(ReadBool(delivery, kPrefix, "validate_recipient_domains",
+                                     out.validate_recipient_domains));
+    return absl::OkStatus();
+  }
+
+  absl::Status ParseDkim(const toml::table& dkim, DkimOptions& out) const {
+    FACTEUR_RETURN_IF_ERROR(ReadEnum(dkim, "dkim", "engine", "a DKIM engine", kDkimEngines,
+                                     out.engine));
+    FACTEUR_RETURN_IF_ERROR(ReadInteger(dkim, "dkim", "threads", 0, kMaxThreads, out.threads));
+    FACTEUR_RETURN_IF_ERROR(ReadInteger(dkim, "dkim", "max_queued", 1,
+                                        std::numeric_limits<uint32_t>::max(), out.max_queued));
+    FACTEUR_ASSIGN_OR_RETURN(std::vector<const toml::table*> tables,
+                             ArrayOfTables(dkim, "key", "dkim.key"));
+    // (domain, algorithm, account) → index: two keys there would leave the choice to chance.
+    std::map<std::tuple<std::string, DkimAlgorithm, std::string>, size_t> seen;
+    for (size_t i = 0; i < tables.size(); ++i) {
+      const toml::table& table = *tables[i];
+      std::string prefix = absl::StrCat("dkim.key[", i, "]");
+      FACTEUR_RETURN_IF_ERROR(CheckKeys(table, prefix, kDkimKeyKeys));
+      DkimKeyOptions key;
+      FACTEUR_RETURN_IF_ERROR(ReadRequiredString(table, prefix, "domain",
+                                                 "the From: domain the key signs for", key.domain));
+      absl::AsciiStrToLower(&key.domain);
+      if (!IsDomainName(key.domain)) {
+        return Error(table.get("domain")->source(), prefix + ".domain",
+                     absl::StrCat("'", key.domain,
+                                  "' is not a domain name (letters, digits, '-' and '.'; an "
+                                  "internationalised name in its xn-- form)"));
+      }
+      FACTEUR_RETURN_IF_ERROR(ReadRequiredString(table, prefix, "selector",
+                                                 "the s= tag, e.g. \"mail2024\"", key.selector));
+      // RFC 6376 §3.1: selector = sub-domain *( "." sub-domain ); "2024" is one.
+      if (key.selector.front() == '[' || !mail::IsValidDomain(key.selector, false)) {
+        return Error(table.get("selector")->source(), prefix + ".selector",
+                     absl::StrCat("'", key.selector,
+                                  "' is not a selector (DNS labels of letters, digits and '-' "
+                                  "separated by '.', RFC 6376 §3.1)"));
+      }
+      FACTEUR_RETURN_IF_ERROR(
+          ReadEnum(table, prefix, "algorithm", "a DKIM algorithm", kDkimAlgorithms, key.algorithm));
+      FACTEUR_RETURN_IF_ERROR(ReadRequiredString(table, prefix, "key_file",
+                                                 "the PEM private key", key.key_file));
+      FACTEUR_RETURN_IF_ERROR(ReadString(table, prefix, "account", key.account));
+      auto [at, is_new] = seen.emplace(std::make_tuple(key.domain, key.algorithm, key.account), i);
+      if (!is_new) {
+        return Error(table.get("domain")->source(), prefix + ".domain",
+                     absl::StrCat("a second ", ToAbsl(DkimAlgorithmName(key.algorithm)),
+                                  " key for '", key.domain, "'",
+                                  key.account.empty()
+                                      ? ""
+                                      : absl::StrCat(" and account '", key.account, "'"),
+                                  " (also dkim.key[", at->second,
+                                  "]); give each domain, algorithm and account one key"));
+      }
+      out.keys.push_back(std::move(key));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status ParseSources(const toml::table& root, const toml::table* delivery,
+                            Config& config) const {
+    FACTEUR_ASSIGN_OR_RETURN(std::vector<const toml::table*> tables,
+                             ArrayOfTables(root, "source", "source"));
+    std::map<std::string, size_t> names;
+    for (size_t i = 0; i < tables.size(); ++i) {
+      const toml::table& table = *tables[i];
+      std::string prefix = absl::StrCat("source[", i, "]");
+      FACTEUR_RETURN_IF_ERROR(CheckKeys(table, prefix, kSourceKeys));
+      SourceOptions source;
+      FACTEUR_RETURN_IF_ERROR(ReadRequiredString(table, prefix, "name",
+                                                 "the source's name in logs and metrics",
+                                                 source.name));
+      const toml::node& name_node = *table.get("name");
+      FACTEUR_RETURN_IF_ERROR(CheckName(name_node, prefix + ".name", source.name));
+      auto [name_at, name_new] = names.emplace(source.name, i);
+      if (!name_new) {
+        return Error(name_node.source(), prefix + ".name",
+                     absl::StrCat("duplicate source name '", source.name, "' (also source[",
+                                  name_at->second, "])"));
+      }
+      FACTEUR_RETURN_IF_ERROR(ReadString(table, prefix, "address", source.address));
+      if (!source.address.empty()) {
+        bool v6 = false;
+        uint8_t bytes[16];
+        if (!ParseIpLiteral(source.address, v6, bytes)) {
+          return Error(table.get("address")->source(), prefix + ".address",
+                       absl::StrCat("'", source.address,
+                                    "' is not an IP address (an IPv4 or IPv6 literal, without "
+                                    "brackets or port)"));
+        }
+      }
+      source.ehlo_name = config.hostname;
+      if (const toml::node* node = table.get("ehlo_name")) {
+        FACTEUR_RETURN_IF_ERROR(ReadString(table, prefix, "ehlo_name", source.ehlo_name));
+        FACTEUR_RETURN_IF_ERROR(CheckHostname(*node, prefix + ".ehlo_name", source.ehlo_name));
+      }
+      if (const toml::node* node = table.get("pool")) {
+        FACTEUR_RETURN_IF_ERROR(ReadString(table, prefix, "pool", source.pool));
+        FACTEUR_RETURN_IF_ERROR(CheckName(*node, prefix + ".pool", source.pool));
+      }
+      config.sources.push_back(std::move(source));
+    }
+    if (config.sources.empty()) {
+      // No [[source]] (or an empty array): one unbound source in pool "default".
+      SourceOptions source;
+      source.name = "default";
+      source.ehlo_name = config.hostname;
+      config.sources.push_back(std::move(source));
+    }
+    if (!HasPool(config, config.delivery.pool)) {
+      const toml::node* pool = delivery != nullptr ? delivery->get("pool") : nullptr;
+      toml::source_region where = pool != nullptr         ? pool->source()
+                                  : delivery != nullptr   ? delivery->source()
+                                  : !tables.empty()       ? tables.front()->source()
+                                                          : root.source();
+      return Error(where, "delivery.pool", UnknownPool(config, config.delivery.pool));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status ParseRoutes(const toml::table& root, Config& config) const {
+    FACTEUR_ASSIGN_OR_RETURN(std::vector<const toml::table*> tables,
+                             ArrayOfTables(root, "route", "route"));
+    std::map<std::string, size_t> domains;
+    for (size_t i = 0; i < tables.size(); ++i) {
+      const toml::table& table = *tables[i];
+      std::string prefix = absl::StrCat("route[", i, "]");
+      FACTEUR_RETURN_IF_ERROR(CheckKeys(table, prefix, kRouteKeys));
+      RouteOptions route;
+      FACTEUR_RETURN_IF_ERROR(ReadRequiredString(
+          table, prefix, "domain", "\"example.org\", \".example.org\" or \"*\"", route.domain));
+      const toml::node& domain_node = *table.get("domain");
+      absl::AsciiStrToLower(&route.domain);
+      std::string_view domain = route.domain;
+      if (domain.front() == '.') domain.remove_prefix(1);
+      if (route.domain != "*" && !IsDomainName(domain)) {
+        if (route.domain.rfind("*.", 0) == 0 && IsDomainName(domain.substr(2))) {
+          return Error(domain_node.source(), prefix + ".domain",
+                       absl::StrCat("'", route.domain, "' is not a route domain; write '",
+                                    ToAbsl(domain.substr(1)), "' for the subdomains of ",
+                                    ToAbsl(domain.substr(2))));
+        }
+        return Error(domain_node.source(), prefix + ".domain",
+                     absl::StrCat("'", route.domain,
+                                  "' is not a route domain (\"example.org\", \".example.org\" for "
+                                  "its subdomains, or \"*\" for every other domain)"));
+      }
+      auto [domain_at, domain_new] = domains.emplace(route.domain, i);
+      if (!domain_new) {
+        return Error(domain_node.source(), prefix + ".domain",
+                     absl::StrCat("duplicate route for '", route.domain, "' (also route[",
+                                  domain_at->second, "])"));
+      }
+      FACTEUR_RETURN_IF_ERROR(ReadString(table, prefix, "destination", route.destination));
+      absl::StatusOr<RouteDestination> next_hop =
+          ParseRouteDestination(route.destination, config.delivery.smtp_port);
+      if (!next_hop.ok()) {
+        return Error(table.get("destination")->source(), prefix + ".destination",
+                     next_hop.status().message());
+      }
+      route.next_hop = *std::move(next_hop);
+      if (table.get("tls") != nullptr) {
+        DeliveryTlsPolicy tls = config.delivery.tls;
+        FACTEUR_RETURN_IF_ERROR(
+            ReadEnum(table, prefix, "tls", "a TLS policy", kDeliveryTlsPolicies, tls));
+        route.tls = tls;
+      }
+      FACTEUR_RETURN_IF_ERROR(ReadString(table, prefix, "pool", route.pool));
+      if (!route.pool.empty() && !HasPool(config, route.pool)) {
+        return Error(table.get("pool")->source(), prefix + ".pool",
+                     UnknownPool(config, route.pool));
+      }
+      config.routes.push_back(std::move(route));
+    }
+    return absl::OkStatus();
+  }
+
+  static bool HasPool(const Config& config, std::string_view pool) {
+    return std::any_of(config.sources.begin(), config.sources.end(),
+                       [&](const SourceOptions& source) { return source.pool == pool; });
+  }
+
+  static std::string UnknownPool(const Config& config, std::string_view pool) {
+    std::vector<std::string> pools;
+    for (const SourceOptions& source : config.sources) {
+      if (std::find(pools.begin(), pools.end(), source.pool) == pools.end()) {
+        pools.push_back(source.pool);
+      }
+    }
+    return absl::StrCat("no [[source]] is in pool '", ToAbsl(pool), "' (pools: ",
+                        absl::StrJoin(pools, ", "), ")");
   }
 
   std::string_view source_name_;
@@ -681,6 +1164,107 @@ absl::StatusOr<ListenAddress> ParseListenAddress(std::string_view text) {
   }
   return address;
 }
+
+absl::StatusOr<ListenAddress> ParseNameserverAddress(std::string_view text) {
+  auto bad = [&](std::string_view why) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "'", ToAbsl(text), "' is not a nameserver address: ", ToAbsl(why),
+        " (\"192.0.2.53\", \"127.0.0.1:5353\", \"2001:db8::53\" or \"[::1]:5353\")"));
+  };
+  ListenAddress address;
+  address.port = kDnsPort;
+  std::string_view host = text;
+  std::optional<std::string_view> port;
+  bool v6 = false;
+  if (!text.empty() && text.front() == '[') {
+    size_t close = text.find(']');
+    if (close == std::string_view::npos) return bad("no closing ']'");
+    host = text.substr(1, close - 1);
+    std::string_view rest = text.substr(close + 1);
+    if (!rest.empty()) {
+      if (rest.front() != ':') return bad("only \":PORT\" may follow ']'");
+      port = rest.substr(1);
+    }
+    if (!ParseIpLiteral(host, v6, address.address) || !v6) return bad("not an IPv6 literal");
+  } else if (std::count(text.begin(), text.end(), ':') >= 2) {
+    // Two colons or more: a bare IPv6 address, which cannot carry a port without brackets.
+    if (!ParseIpLiteral(host, v6, address.address) || !v6) return bad("not an IPv6 literal");
+  } else {
+    if (size_t colon = text.find(':'); colon != std::string_view::npos) {
+      host = text.substr(0, colon);
+      port = text.substr(colon + 1);
+    }
+    // Only literals: looking the resolver's own address up would need a resolver.
+    if (!ParseIpLiteral(host, v6, address.address) || v6) {
+      return bad("the host must be an IP address literal");
+    }
+  }
+  if (port.has_value() && !ParsePort(*port, address.port)) {
+    return bad("the port must be 1 to 65535");
+  }
+  address.family = v6 ? ListenAddress::Family::kIpv6 : ListenAddress::Family::kIpv4;
+  address.host = std::string(host);
+  return address;
+}
+
+absl::StatusOr<RouteDestination> ParseRouteDestination(std::string_view text,
+                                                       uint16_t default_port) {
+  auto bad = [&](std::string_view why) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "'", ToAbsl(text), "' is not a destination: ", ToAbsl(why),
+        " (\"[host]:port\" or \"[192.0.2.1]:port\" for that host, \"host\" or \"host:port\" "
+        "for its MX hosts)"));
+  };
+  RouteDestination destination;
+  destination.port = default_port;
+  if (text.empty()) return destination;  // the recipient domain's own MX hosts
+  std::string_view host = text;
+  std::optional<std::string_view> port;
+  if (text.front() == '[') {
+    // Postfix's notation: brackets turn the MX lookup off.
+    size_t close = text.find(']');
+    if (close == std::string_view::npos) return bad("no closing ']'");
+    host = text.substr(1, close - 1);
+    std::string_view rest = text.substr(close + 1);
+    if (!rest.empty()) {
+      if (rest.front() != ':') return bad("only \":port\" may follow ']'");
+      port = rest.substr(1);
+    }
+    destination.mx_lookup = false;
+    if (ParseIpLiteral(host, destination.v6, destination.address)) {
+      destination.ip_literal = true;
+    } else if (host.find(':') != std::string_view::npos) {
+      return bad("not an IPv6 literal");
+    } else if (!IsDomainName(host)) {
+      return bad("not a host name or IP literal inside the brackets");
+    }
+  } else {
+    if (size_t colon = text.rfind(':'); colon != std::string_view::npos) {
+      host = text.substr(0, colon);
+      port = text.substr(colon + 1);
+    }
+    bool v6 = false;
+    uint8_t bytes[16];
+    if (host.find(':') != std::string_view::npos || ParseIpLiteral(host, v6, bytes)) {
+      // An address has no MX records: it must be written as "[192.0.2.1]:25".
+      return bad("an IP address needs brackets");
+    }
+    if (!IsDomainName(host)) return bad("not a host name");
+  }
+  if (port.has_value() && !ParsePort(*port, destination.port)) {
+    return bad("the port must be 1 to 65535");
+  }
+  destination.host = absl::AsciiStrToLower(ToAbsl(host));
+  return destination;
+}
+
+std::string_view DeliveryTlsPolicyName(DeliveryTlsPolicy policy) {
+  return NameOf(kDeliveryTlsPolicies, policy);
+}
+std::string_view DkimAlgorithmName(DkimAlgorithm algorithm) {
+  return NameOf(kDkimAlgorithms, algorithm);
+}
+std::string_view DkimEngineName(DkimEngine engine) { return NameOf(kDkimEngines, engine); }
 
 absl::StatusOr<uint64_t> ParseByteSize(std::string_view text) {
   size_t digits = 0;

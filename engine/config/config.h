@@ -99,6 +99,144 @@ struct AdminOptions {
   std::string address = "127.0.0.1:9464";
 };
 
+struct DnsOptions {
+  // Nameservers: "127.0.0.1:5353", "[::1]:53", "192.0.2.53" (port 53).
+  // Default: [] = those of /etc/resolv.conf.
+  std::vector<std::string> nameservers;
+  // Most time one lookup may take, every try included. Default: 5s.
+  absl::Duration timeout = absl::Seconds(5);
+  // Tries per nameserver. Default: 2.
+  uint32_t attempts = 2;
+};
+
+// TLS toward a destination (RFC 3207 client side).
+enum class DeliveryTlsPolicy {
+  kNone,           // never STARTTLS
+  kOpportunistic,  // STARTTLS when offered, certificate not checked
+  kRequired,       // STARTTLS required, certificate verified against the MX host name
+};
+
+// One egress address with its EHLO name (DESIGN.md §4). Sources form pools.
+struct SourceOptions {
+  // Name in logs and metrics. Required, unique.
+  std::string name;
+  // IPv4 or IPv6 literal the connections are bound to. Default: "" = the kernel chooses.
+  std::string address;
+  // Our name in EHLO from this source. Default: hostname.
+  std::string ehlo_name;
+  // Pool this source belongs to. Default: "default".
+  std::string pool = "default";
+};
+
+// A route's `destination`, split once when the config is read so that delivery never parses
+// text. "" → {"", smtp_port, mx_lookup}: the MX hosts of the recipient's own domain.
+struct RouteDestination {
+  // The host to look up: its MX records (mx_lookup), else its A/AAAA records; an IP literal
+  // when ip_literal (without brackets). Lower case.
+  std::string host;
+  // Port of every host reached through this route. Default: delivery.smtp_port.
+  uint16_t port = 25;
+  // "host" / "host:port": MX lookup (RFC 5321 §5.1); "[host]:port": no MX lookup.
+  bool mx_lookup = true;
+  // "[192.0.2.1]:port" / "[2001:db8::1]:port": no DNS at all; `address` holds the binary address
+  // (4 bytes used when !v6, 16 when v6).
+  bool ip_literal = false;
+  bool v6 = false;
+  uint8_t address[16] = {};
+};
+
+// A static route: like Postfix's transport map / relayhost, it overrides MX lookups.
+struct RouteOptions {
+  // "example.org" (that domain), ".example.org" (its subdomains) or "*" (every other domain,
+  // a smart host). Required, unique.
+  std::string domain;
+  // "[host]:port" or "[192.0.2.1]:port": that host's addresses, no MX lookup; "host" or
+  // "host:port": the MX hosts of `host`. Default: "" = the MX hosts of the recipient domain.
+  std::string destination;
+  // Default: unset = delivery.tls.
+  std::optional<DeliveryTlsPolicy> tls;
+  // Source pool for this route. Default: "" = delivery.pool.
+  std::string pool;
+  // `destination` split (filled by ParseConfig; `domain` and the host are kept in lower case,
+  // as domains compare case-insensitively).
+  RouteDestination next_hop;
+};
+
+struct DeliveryOptions {
+  // Deliver queued mail. false holds everything in the queue (maintenance, tests of the
+  // submission side). Default: true.
+  bool enabled = true;
+  // Port of MX hosts (routes name their own). Default: 25.
+  uint16_t smtp_port = 25;
+  // Source pool used when a route names none. Default: "default".
+  std::string pool = "default";
+  // Default TLS policy toward MX hosts. Default: "opportunistic".
+  DeliveryTlsPolicy tls = DeliveryTlsPolicy::kOpportunistic;
+  // PEM certificates trusted besides the system store when verifying servers. Default: "".
+  std::string tls_ca_file;
+  // Simultaneous connections to one destination (a route or an MX set). Default: 10.
+  uint32_t max_connections_per_destination = 10;
+  // Messages sent over one connection before it is closed. Default: 100.
+  uint32_t max_messages_per_connection = 100;
+  // Recipients per transaction (RFC 5321 §4.5.3.1.8: servers accept at least 100). Default: 100.
+  uint32_t max_recipients_per_transaction = 100;
+  // Messages being delivered at once (read from the spool, not yet settled). Default: 10000.
+  uint32_t max_messages_in_flight = 10000;
+  // How long an idle connection is kept for the next message. Default: 10s.
+  absl::Duration connection_idle_timeout = absl::Seconds(10);
+  // Default: 30s.
+  absl::Duration connect_timeout = absl::Seconds(30);
+  // RFC 5321 §4.5.3.2 timeouts. Defaults: 5m, 5m, 2m, 3m, 10m.
+  absl::Duration greeting_timeout = absl::Minutes(5);
+  absl::Duration command_timeout = absl::Minutes(5);
+  absl::Duration data_initiation_timeout = absl::Minutes(2);
+  absl::Duration data_block_timeout = absl::Minutes(3);
+  absl::Duration data_termination_timeout = absl::Minutes(10);
+  // Retry schedule: first delay, growth factor, cap, random spread, and the queue lifetime after
+  // which undelivered recipients bounce. Defaults: 5m, 2.0, 4h, 0.2, 5d.
+  absl::Duration first_retry = absl::Minutes(5);
+  double retry_backoff = 2.0;
+  absl::Duration max_retry_interval = absl::Hours(4);
+  double retry_jitter = 0.2;
+  absl::Duration queue_lifetime = absl::Hours(24 * 5);
+  // Look recipient domains up at RCPT time and refuse NXDOMAIN (550 5.1.2) and null MX
+  // (556 5.1.10) at once. Default: true.
+  bool validate_recipient_domains = true;
+};
+
+struct EventsOptions {
+  // The events log (JSON lines); relative paths are under data_dir; "" disables it.
+  // Default: "events.log".
+  std::string path = "events.log";
+};
+
+enum class DkimAlgorithm { kRsaSha256, kEd25519Sha256 };
+enum class DkimEngine { kNative, kOpenDkim };
+
+struct DkimKeyOptions {
+  // The From: domain this key signs for (d=). Required. Kept in lower case.
+  std::string domain;
+  // s=. Required.
+  std::string selector;
+  // "rsa-sha256" or "ed25519-sha256". Default: "rsa-sha256".
+  DkimAlgorithm algorithm = DkimAlgorithm::kRsaSha256;
+  // PEM private key; relative paths are under data_dir. Required.
+  std::string key_file;
+  // Only for mail of this account. Default: "" = every sender of the domain.
+  std::string account;
+};
+
+struct DkimOptions {
+  // "native" (OpenSSL, each key parsed once) or "opendkim" (libopendkim). Default: "native".
+  DkimEngine engine = DkimEngine::kNative;
+  // Signing threads. Default: 0 = one per core.
+  uint32_t threads = 0;
+  // Messages waiting for a signer; past it submissions get 451 4.3.0. Default: 1024.
+  uint32_t max_queued = 1024;
+  // Default: none (mail goes out unsigned and is counted).
+  std::vector<DkimKeyOptions> keys;
+};
+
 struct Config {
   // Where the spool, the Unix socket and generated TLS material live. Default: "./var".
   std::string data_dir = "./var";
@@ -113,6 +251,14 @@ struct Config {
   TlsOptions tls;
   SpoolOptions spool;
   AdminOptions admin;
+  DnsOptions dns;
+  DeliveryOptions delivery;
+  EventsOptions events;
+  DkimOptions dkim;
+  // [[source]] tables. Default: one source "default" in pool "default", unbound, EHLO hostname.
+  std::vector<SourceOptions> sources;
+  // [[route]] tables. Default: none (MX lookups for every domain).
+  std::vector<RouteOptions> routes;
   // Default: a "relay" listener on 127.0.0.1:2525 trusting loopback, and "unix:facteur.sock".
   // Addresses stay as written: bind ResolvePath(listener.unix_path()) for a Unix socket.
   std::vector<ListenerOptions> listeners;
@@ -135,6 +281,21 @@ struct ListenAddress {
   std::string path;          // kUnix: PATH as written (relative = under data_dir)
 };
 absl::StatusOr<ListenAddress> ParseListenAddress(std::string_view address);
+
+// A nameserver address: "192.0.2.53", "127.0.0.1:5353", "2001:db8::53", "[::1]:5353" or
+// "[::1]"; the port defaults to 53 and must not be 0. `family` is kIpv4 or kIpv6.
+absl::StatusOr<ListenAddress> ParseNameserverAddress(std::string_view text);
+
+// A route destination (see RouteOptions::destination); ports absent take `default_port`.
+// "host:port" with an IP literal host, or an unbracketed IPv6 address, are errors.
+absl::StatusOr<RouteDestination> ParseRouteDestination(std::string_view text,
+                                                       uint16_t default_port);
+
+// The config spellings, for logs, metrics labels and events: "none", "opportunistic",
+// "required"; "rsa-sha256", "ed25519-sha256"; "native", "opendkim".
+std::string_view DeliveryTlsPolicyName(DeliveryTlsPolicy policy);
+std::string_view DkimAlgorithmName(DkimAlgorithm algorithm);
+std::string_view DkimEngineName(DkimEngine engine);
 
 // "35MiB", "10MB", "512KiB", "1GiB", "2048B", "2048": B, KB/MB/GB (powers of 1000) and
 // KiB/MiB/GiB (powers of 1024); other units, fractions and overflow are errors.
