@@ -102,6 +102,26 @@ ListenerMetrics& Metrics::ForListener(const std::string& name) {
   return result;
 }
 
+DkimMetrics::DkimMetrics(prometheus::Registry& registry)
+    : signatures_total(CounterFamily(registry, "facteur_dkim_signatures_total",
+                                     "DKIM signatures made, by algorithm and signing engine.")),
+      unsigned_total(CounterFamily(registry, "facteur_dkim_unsigned_total",
+                                   "Messages queued without a DKIM signature: no key for their "
+                                   "From: domain.")
+                         .Add({})),
+      sign_seconds(UnlabelledHistogram(
+          registry, "facteur_dkim_sign_seconds",
+          "Time to make one DKIM signature (canonicalisation, hashes, signature), in seconds.",
+          {0.00002, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1})),
+      queue_depth(GaugeFamily(registry, "facteur_dkim_queue_depth",
+                              "Messages waiting for a DKIM signing thread.")
+                      .Add({})) {}
+
+prometheus::Counter& DkimMetrics::Signatures(const std::string& algorithm,
+                                             const std::string& engine) {
+  return signatures_total.Add({{"algorithm", algorithm}, {"engine", engine}});
+}
+
 void Metrics::ObserveSpoolCommit(size_t batch_size, double seconds) {
   spool_commit_batch_size_.Observe(static_cast<double>(batch_size));
   spool_commit_seconds_.Observe(seconds);

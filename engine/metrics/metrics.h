@@ -41,6 +41,18 @@ struct ListenerMetrics {
   void CountReply(int code);
 };
 
+// DKIM signing (engine/dkim/signing_pool.h).
+struct DkimMetrics {
+  explicit DkimMetrics(prometheus::Registry& registry);
+  // facteur_dkim_signatures_total{algorithm="rsa-sha256"|"ed25519-sha256",engine="native"|"opendkim"}
+  prometheus::Counter& Signatures(const std::string& algorithm, const std::string& engine);
+
+  prometheus::Family<prometheus::Counter>& signatures_total;
+  prometheus::Counter& unsigned_total;    // facteur_dkim_unsigned_total
+  prometheus::Histogram& sign_seconds;    // facteur_dkim_sign_seconds
+  prometheus::Gauge& queue_depth;         // facteur_dkim_queue_depth
+};
+
 class Metrics {
  public:
   Metrics();
@@ -65,11 +77,14 @@ class Metrics {
   // outlives it for as long as any sharer holds one.
   std::shared_ptr<prometheus::Registry> registry() { return registry_; }
 
+  DkimMetrics& dkim() { return *dkim_; }
+
   // The Prometheus text exposition format (version 0.0.4) of every metric.
   std::string Serialize() const;
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;  // see registry()
+  std::unique_ptr<DkimMetrics> dkim_ = std::make_unique<DkimMetrics>(*registry_);
 
   prometheus::Family<prometheus::Counter>& sessions_total_;
   prometheus::Family<prometheus::Counter>& messages_accepted_total_;
