@@ -8,15 +8,15 @@ packages=(
   build-essential cmake pkg-config git
   # libraries (see ../shared/research/deps.md for what was probed)
   liburing-dev libssl-dev openssl librocksdb-dev prometheus-cpp-dev libcivetweb-dev
-  libabsl-dev libtomlplusplus-dev libsodium-dev nlohmann-json3-dev
+  libabsl-dev libtomlplusplus-dev libsodium-dev nlohmann-json3-dev libc-ares-dev
+  libopendkim-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  # test clients and tools: Debian's python3 (smtplib), swaks with TLS, curl, openssl CLI
+  # test clients and tools: Debian's python3 (smtplib, email), swaks with TLS, curl, openssl CLI
   python3 swaks libnet-ssleay-perl curl procps
+  # test peers started by the tests on loopback: a DNS server serving test zones, Postfix as a
+  # receiving MX (and its smtp-sink / smtp-source for the benchmarks), dkimpy as DKIM verifier
+  dnsmasq-base postfix python3-dkim
 )
-# The benchmark's reference sink (smtp-sink, smtp-source) ships with Postfix.
-if [[ "${FACTEUR_SETUP_BENCH:-0}" == 1 ]]; then
-  packages+=(postfix)
-fi
 
 missing=()
 for p in "${packages[@]}"; do

@@ -298,9 +298,32 @@ AdminServer::Response AdminServer::Route(const std::string& method, const std::s
     if (method != "GET") return method_not_allowed();
     return QueueCount();
   }
-  if (absl::StartsWith(path, "/api/queue/")) {
+  if (path == "/api/queue/suspended") {
     if (method != "GET") return method_not_allowed();
-    return QueueMessage(path.substr(std::string_view("/api/queue/").size()));
+    delivery::QueueManager* manager = queue_manager_.load();
+    if (manager == nullptr) return Error(503, "Delivery is not running.");
+    return JsonResponse(200, Json{{"domains", manager->SuspendedDomains()}});
+  }
+  if (path == "/api/queue/flush" || path == "/api/queue/bounce" || path == "/api/queue/suspend" ||
+      path == "/api/queue/resume") {
+    if (method != "POST") return method_not_allowed();
+    return QueueOperation(path.substr(std::string_view("/api/queue/").size()), "", body);
+  }
+  if (absl::StartsWith(path, "/api/queue/")) {
+    const std::string rest = path.substr(std::string_view("/api/queue/").size());
+    const size_t slash = rest.find('/');
+    const std::string id = rest.substr(0, slash);
+    const std::string action = slash == std::string::npos ? "" : rest.substr(slash + 1);
+    if (action.empty()) {
+      if (method == "GET") return QueueMessage(id);
+      if (method == "DELETE") return QueueOperation("delete", id, body);
+      return method_not_allowed();
+    }
+    if (action == "retry" || action == "bounce") {
+      if (method != "POST") return method_not_allowed();
+      return QueueOperation(action, id, body);
+    }
+    return Error(404, "No such endpoint.");
   }
   if (path == "/api/accounts" || path == "/api/accounts/") {
     if (method == "GET") return AccountList();
@@ -379,6 +402,45 @@ AdminServer::Response AdminServer::QueueMessage(const std::string& id_text) {
   if (!body.ok()) return StatusError(body.status());
 
   return JsonResponse(200, MessageJson(**envelope, body->has_value() ? (*body)->size() : 0));
+}
+
+AdminServer::Response AdminServer::QueueOperation(const std::string& operation,
+                                                  const std::string& id_text,
+                                                  const std::string& body) {
+  delivery::QueueManager* manager = queue_manager_.load();
+  if (manager == nullptr) return Error(503, "Delivery is not running: queue operations need it.");
+  absl::StatusOr<delivery::OperationResult> result;
+  if (!id_text.empty()) {
+    auto id = MessageId::Parse(id_text);
+    if (!id) return Error(400, "Not a message id (26 base32 characters).");
+    if (operation == "retry") result = manager->Retry(*id);
+    if (operation == "bounce") result = manager->Bounce(*id);
+    if (operation == "delete") result = manager->Delete(*id);
+  } else {
+    std::optional<std::string> domain;
+    if (!body.empty()) {
+      std::optional<Json> request = ParseObject(body);
+      if (!request) return Error(400, R"(Expected a JSON object {"domain": ...}.)");
+      if (request->contains("domain")) {
+        std::string* text = StringField(*request, "domain");
+        if (text == nullptr || text->empty()) return Error(400, R"("domain" must be a domain name.)");
+        domain = *text;
+      }
+    }
+    if (operation == "flush") {
+      result = manager->Flush(domain);
+    } else if (!domain.has_value()) {
+      return Error(400, R"(This operation needs {"domain": ...}.)");
+    } else if (operation == "bounce") {
+      result = manager->BounceDomain(*domain);
+    } else if (operation == "suspend") {
+      result = manager->Suspend(*domain);
+    } else {
+      result = manager->Resume(*domain);
+    }
+  }
+  if (!result.ok()) return StatusError(result.status());
+  return JsonResponse(200, Json{{"messages", result->messages}, {"recipients", result->recipients}});
 }
 
 AdminServer::Response AdminServer::AccountList() {

@@ -8,6 +8,14 @@
 //   GET    /api/queue/count                      {"count":N}
 //   GET    /api/queue?limit=N&after=ID           {"messages":[...]}, in arrival order
 //   GET    /api/queue/<ID>                       one message, with its body size
+//   DELETE /api/queue/<ID>                       removes it, no DSN
+//   POST   /api/queue/<ID>/retry                 makes it due now
+//   POST   /api/queue/<ID>/bounce                bounces its open recipients (DSN to the sender)
+//   POST   /api/queue/flush                      {"domain"} optional: makes messages due now
+//   POST   /api/queue/bounce                     {"domain"}: bounces that domain's recipients
+//   POST   /api/queue/suspend | /api/queue/resume {"domain"}
+//   GET    /api/queue/suspended                  {"domains":[...]}
+//   Queue operations answer {"messages":N,"recipients":M}, or 503 when delivery is not running.
 //   GET    /api/accounts                         {"accounts":[...]}
 //   POST   /api/accounts                         {"name","password"} → 201
 //   GET    /api/accounts/<name>                  one account
@@ -26,7 +34,10 @@
 #include <memory>
 #include <string>
 
+#include <atomic>
+
 #include "absl/status/statusor.h"
+#include "engine/delivery/queue_manager.h"
 #include "engine/metrics/metrics.h"
 #include "engine/policy/account_store.h"
 #include "queue/store.h"
@@ -58,6 +69,9 @@ class AdminServer {
 
   // "host:port" with the port actually bound, e.g. "127.0.0.1:41234" or "[::1]:9464".
   std::string BoundAddress() const;
+  // Enables the queue operations (null disables them again). `manager` outlives the server or
+  // is reset to null before it goes.
+  void SetQueueManager(delivery::QueueManager* manager) { queue_manager_.store(manager); }
 
  private:
   using Response = AdminResponse;
@@ -79,11 +93,15 @@ class AdminServer {
   Response AccountSuspended(const std::string& name, const std::string& body);
   Response GrantAdd(const std::string& name, const std::string& body);
   Response GrantRemove(const std::string& name, const std::string& pattern);
+  // POST /api/queue/{flush,bounce,suspend,resume} and /api/queue/<ID>[/retry|/bounce].
+  Response QueueOperation(const std::string& operation, const std::string& id_text,
+                          const std::string& body);
 
   const std::string host_;  // as configured, brackets included for IPv6
   metrics::Metrics& metrics_;
   queue::Store& store_;
   policy::AccountStore& accounts_;
+  std::atomic<delivery::QueueManager*> queue_manager_{nullptr};
   mg_context* context_ = nullptr;  // owned: mg_stop() in the destructor
   int port_ = 0;
 };

@@ -134,25 +134,10 @@ class RemoteAccounts final : public Accounts {
  private:
   absl::Status Call(std::string_view method, const std::string& path, const nlohmann::json& body,
                     nlohmann::json* answer = nullptr) {
-    std::string text = body.is_null() ? "" : admin::DumpJson(body);
-    absl::StatusOr<HttpResponse> response = HttpRequest(address_, method, path, text);
-    std::fill(text.begin(), text.end(), '\0');  // it may hold a password
-    if (!response.ok()) return response.status();
-    nlohmann::json json = nlohmann::json::parse(response->body, nullptr, false);
-    if (response->status >= 200 && response->status < 300) {
-      if (answer != nullptr) *answer = json.is_discarded() ? nlohmann::json() : json;
-      return absl::OkStatus();
-    }
-    std::string message = !json.is_discarded() && json.is_object() && json.contains("error")
-                              ? json["error"].get<std::string>()
-                              : absl::StrCat("admin API answered HTTP ", response->status);
-    switch (response->status) {
-      case 400: return absl::InvalidArgumentError(message);
-      case 404: return absl::NotFoundError(message);
-      case 409: return absl::AlreadyExistsError(message);
-      case 503: return absl::UnavailableError(message);
-      default: return absl::InternalError(message);
-    }
+    absl::StatusOr<nlohmann::json> json = AdminCall(address_, method, path, body);
+    if (!json.ok()) return json.status();
+    if (answer != nullptr) *answer = *std::move(json);
+    return absl::OkStatus();
   }
 
   std::string address_;

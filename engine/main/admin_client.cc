@@ -4,6 +4,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -109,6 +110,30 @@ absl::StatusOr<HttpResponse> HttpRequest(const std::string& address, std::string
     FACTEUR_ASSIGN_OR_RETURN(response.body, Dechunk(response.body));
   }
   return response;
+}
+
+absl::StatusOr<nlohmann::json> AdminCall(const std::string& address, std::string_view method,
+                                         const std::string& path, const nlohmann::json& body) {
+  std::string text =
+      body.is_null() ? "" : body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  absl::StatusOr<HttpResponse> response = HttpRequest(address, method, path, text);
+  std::fill(text.begin(), text.end(), '\0');
+  if (!response.ok()) return response.status();
+  nlohmann::json json = nlohmann::json::parse(response->body, nullptr, false);
+  if (response->status >= 200 && response->status < 300) {
+    return json.is_discarded() ? nlohmann::json() : json;
+  }
+  std::string message = !json.is_discarded() && json.is_object() && json.contains("error") &&
+                                json["error"].is_string()
+                            ? json["error"].get<std::string>()
+                            : absl::StrCat("admin API answered HTTP ", response->status);
+  switch (response->status) {
+    case 400: return absl::InvalidArgumentError(message);
+    case 404: return absl::NotFoundError(message);
+    case 409: return absl::AlreadyExistsError(message);
+    case 503: return absl::UnavailableError(message);
+    default: return absl::InternalError(message);
+  }
 }
 
 }  // namespace facteur::cli

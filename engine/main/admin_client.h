@@ -8,6 +8,7 @@
 #include <string_view>
 
 #include "absl/status/statusor.h"
+#include "nlohmann/json.hpp"
 
 namespace facteur::cli {
 
@@ -20,5 +21,12 @@ struct HttpResponse {
 // Fails (Unavailable) only when no HTTP answer came back; any HTTP status is a response.
 absl::StatusOr<HttpResponse> HttpRequest(const std::string& address, std::string_view method,
                                          std::string_view path, std::string_view json_body = "");
+
+// A JSON call of the admin API: `body` is sent unless null; a 2xx answer's JSON comes back
+// (null when it is not JSON); other statuses become the Status of their {"error": ...}:
+// 400 InvalidArgument, 404 NotFound, 409 AlreadyExists, 503 Unavailable, others Internal.
+// The request text is wiped after sending (it may hold a password).
+absl::StatusOr<nlohmann::json> AdminCall(const std::string& address, std::string_view method,
+                                         const std::string& path, const nlohmann::json& body);
 
 }  // namespace facteur::cli

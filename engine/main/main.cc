@@ -25,6 +25,7 @@ constexpr char kUsage[] =
     "  serve      run the relay (SMTP listeners, queue, admin HTTP)\n"
     "  queue      ls | show ID | count: what the queue holds\n"
     "  account    add | del | passwd | list | grant | revoke: who may submit, and as whom\n"
+    "  dkim       keygen | check: DKIM keys and their DNS records\n"
     "  config     check FILE: validate a configuration file\n"
     "  version    print the version\n"
     "  sendmail   sendmail(1)-compatible submission through the Unix socket\n"
@@ -112,6 +113,7 @@ int main(int argc, char** argv) {
   if (command == "serve") return ServeMain(args);
   if (command == "queue") return QueueMain(args);
   if (command == "account") return AccountMain(args);
+  if (command == "dkim") return DkimMain(args);
   if (command == "config") return ConfigMain(args);
   if (command == "version" || command == "--version") return VersionMain(args);
   if (command == "sendmail") return SendmailCommand(args);

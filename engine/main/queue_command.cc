@@ -1,17 +1,21 @@
 // File: engine/main/queue_command.cc
 // `facteur queue ls|show|count`: read-only views of the spool. They open the RocksDB spool as a
 // secondary (read-only) instance, which works both while a server runs and when it is stopped.
+// `facteur queue flush|retry|bounce|delete|suspend|resume`: operations, carried out by a running
+// server's queue manager through its admin API (so that they never race a delivery).
 // Thread contract: main thread of a short-lived process; blocking I/O is fine here.
 #include "engine/main/commands.h"
 
 #include <iostream>
 
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
 #include "engine/admin/json.h"
 #include "engine/base/message_id.h"
+#include "engine/main/admin_client.h"
 #include "engine/main/cli.h"
 #include "queue/spool.h"
 #include "queue/store.h"
@@ -23,7 +27,13 @@ constexpr char kUsage[] =
     "usage: facteur queue ls [--limit N] [--json]\n"
     "       facteur queue show ID [--json] [--body]\n"
     "       facteur queue count [--json]\n"
-    "Shows what the spool holds, whether the server runs or not.\n"
+    "       facteur queue flush [DOMAIN]        make queued mail (for DOMAIN) due now\n"
+    "       facteur queue retry ID              make one message due now\n"
+    "       facteur queue bounce ID | --domain D  bounce open recipients, DSN to the sender\n"
+    "       facteur queue delete ID             remove a message, without a DSN\n"
+    "       facteur queue suspend|resume DOMAIN  hold / release a domain's mail\n"
+    "ls, show and count read the spool whether the server runs or not; the operations need\n"
+    "a running server (its admin API).\n"
     "Common options: --config FILE, --data-dir DIR.\n";
 
 int List(queue::Store& store, const CommandLine& command_line) {
@@ -98,24 +108,89 @@ int Show(queue::Store& store, const CommandLine& command_line) {
   return kExitOk;
 }
 
+// The operations: one admin API call each.
+int Operate(const config::Config& config, const CommandLine& command_line) {
+  const std::vector<std::string>& words = command_line.positional;
+  const std::string& verb = words[0];
+  const std::string name = absl::StrCat("queue ", verb);
+  auto domain_option = command_line.values.find("domain");
+  std::string method = "POST";
+  std::string path;
+  nlohmann::json body;
+  auto need_argument = [&](const char* what) {
+    std::cerr << "facteur " << name << ": needs " << what << "\n" << kUsage;
+    return kExitUsage;
+  };
+  auto need_id = [&]() -> std::optional<std::string> {
+    if (words.size() != 2) return std::nullopt;
+    std::optional<MessageId> id = MessageId::Parse(words[1]);
+    if (!id.has_value()) return std::nullopt;
+    return id->ToString();
+  };
+  if (verb == "flush") {
+    if (words.size() > 2) return need_argument("at most one DOMAIN");
+    path = "/api/queue/flush";
+    if (words.size() == 2) body = nlohmann::json{{"domain", words[1]}};
+  } else if (verb == "suspend" || verb == "resume") {
+    if (words.size() != 2) return need_argument("a DOMAIN");
+    path = absl::StrCat("/api/queue/", verb);
+    body = nlohmann::json{{"domain", words[1]}};
+  } else if (verb == "bounce" && domain_option != command_line.values.end()) {
+    if (words.size() != 1) return need_argument("either an ID or --domain D");
+    path = "/api/queue/bounce";
+    body = nlohmann::json{{"domain", domain_option->second}};
+  } else {
+    std::optional<std::string> id = need_id();
+    if (!id.has_value()) return need_argument("a message ID (26 base32 characters)");
+    path = absl::StrCat("/api/queue/", *id);
+    if (verb == "delete") {
+      method = "DELETE";
+    } else {
+      absl::StrAppend(&path, "/", verb);
+    }
+  }
+  absl::StatusOr<Endpoints> endpoints = ReadEndpoints(config);
+  if (!endpoints.ok() || endpoints->admin.empty()) {
+    std::cerr << "facteur " << name
+              << ": no running server with an admin API under " << config.data_dir
+              << " (queue operations are carried out by the server)\n";
+    return kExitUnavailable;
+  }
+  absl::StatusOr<nlohmann::json> answer = AdminCall(endpoints->admin, method, path, body);
+  if (!answer.ok()) return ReportError(name, answer.status());
+  if (command_line.json) {
+    std::cout << admin::DumpJson(*answer) << "\n";
+  } else {
+    std::cout << verb << ": " << answer->value("messages", 0) << " message(s)";
+    if (answer->value("recipients", 0) > 0) {
+      std::cout << ", " << answer->value("recipients", 0) << " recipient(s)";
+    }
+    std::cout << "\n";
+  }
+  return kExitOk;
+}
+
 }  // namespace
 
 int QueueMain(const std::vector<std::string>& args) {
   int exit_code = kExitOk;
   std::optional<CommandLine> command_line =
-      ParseOrExit(args, "queue", kUsage, {"limit"}, {"body"}, &exit_code);
+      ParseOrExit(args, "queue", kUsage, {"limit", "domain"}, {"body"}, &exit_code);
   if (!command_line.has_value()) return exit_code;
   if (command_line->positional.empty()) {
     std::cerr << kUsage;
     return kExitUsage;
   }
   const std::string& verb = command_line->positional[0];
-  if (verb != "ls" && verb != "show" && verb != "count") {
+  const bool operation = verb == "flush" || verb == "retry" || verb == "bounce" ||
+                         verb == "delete" || verb == "suspend" || verb == "resume";
+  if (verb != "ls" && verb != "show" && verb != "count" && !operation) {
     std::cerr << "facteur queue: unknown command '" << verb << "'\n" << kUsage;
     return kExitUsage;
   }
   absl::StatusOr<config::Config> config = LoadConfig(*command_line);
   if (!config.ok()) return ReportError("queue", config.status());
+  if (operation) return Operate(*config, *command_line);
   absl::StatusOr<std::unique_ptr<queue::Store>> store =
       queue::Store::OpenReadOnly(SpoolPath(*config));
   if (!store.ok()) return ReportError("queue", store.status());

@@ -27,6 +27,13 @@
 #include "engine/base/log.h"
 #include "engine/base/status.h"
 #include "engine/base/worker_pool.h"
+#include "engine/dkim/signing_pool.h"
+#include "engine/delivery/queue_manager.h"
+#include "engine/delivery/recipient_check.h"
+#include "engine/delivery/router.h"
+#include "engine/delivery/shard_delivery.h"
+#include "engine/dns/shard_resolvers.h"
+#include "engine/events/event_log.h"
 #include "engine/io/server.h"
 #include "engine/main/cli.h"
 #include "engine/main/commands.h"
@@ -34,7 +41,10 @@
 #include "engine/policy/account_store.h"
 #include "engine/policy/auth_throttle.h"
 #include "engine/smtp/server/submission_service.h"
+#include "engine/tls/tls_client_context.h"
 #include "engine/tls/tls_context.h"
+#include "absl/synchronization/notification.h"
+#include "throttle/retry_policy.h"
 #include "nlohmann/json.hpp"
 #include "queue/spool.h"
 #include "queue/store.h"
@@ -128,9 +138,30 @@ class Relay {
     auth_throttle_ = std::make_unique<policy::AuthThrottle>(
         clock_, policy::AuthThrottleOptions{.max_failures = config_.smtp.auth_max_failures,
                                             .window = config_.smtp.auth_failure_window});
+    FACTEUR_RETURN_IF_ERROR(PrepareDelivery());
     // Aggregate with an atomic member: built in place, never moved.
     services_.reset(new smtp::SubmissionServices{*spool_, *accounts_, *auth_pool_, *auth_throttle_,
                                                  clock_, metrics_});
+    services_->events = events_.get();
+    if (!config_.dkim.keys.empty()) {  // DKIM (issue #4): every key file read and checked now
+      FACTEUR_ASSIGN_OR_RETURN(std::shared_ptr<const dkim::SigningTable> table,
+                               dkim::SigningTable::FromConfig(config_));
+      FACTEUR_ASSIGN_OR_RETURN(std::unique_ptr<dkim::Signer> signer,
+                               dkim::MakeSigner(config_.dkim.engine));
+      signing_ = std::make_unique<dkim::SigningPool>(
+          std::move(signer), std::move(table), clock_, &metrics_,
+          dkim::SigningPoolOptions{.threads = config_.dkim.threads,
+                                   .max_queued = config_.dkim.max_queued});
+      services_->signer = signing_.get();
+    }
+    if (config_.delivery.validate_recipient_domains) {
+      services_->check_recipient_domain =
+          [check = recipient_check_.get()](
+              io::EventLoop& loop, std::string domain,
+              absl::AnyInvocable<void(std::optional<mail::Reply>) &&> done) {
+            check->Check(loop, std::move(domain), std::move(done));
+          };
+    }
     std::vector<io::ListenSpec> specs;
     for (const config::ListenerOptions& l : config_.listeners) {
       smtp::ListenerPolicy& policy = policies_.emplace_back();
@@ -153,10 +184,13 @@ class Relay {
     size_t threads = config_.io_threads;
     if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
     FACTEUR_RETURN_IF_ERROR(server_->Start(threads));
+    loops_running_ = true;
+    FACTEUR_RETURN_IF_ERROR(StartDelivery());
 
     if (!config_.admin.address.empty()) {
       FACTEUR_ASSIGN_OR_RETURN(
           admin_, admin::AdminServer::Start(config_.admin.address, metrics_, *store_, *accounts_));
+      admin_->SetQueueManager(queue_manager_.get());
     }
     return Announce(threads);
   }
@@ -168,17 +202,169 @@ class Relay {
     std::error_code ignored;
     std::filesystem::remove(EndpointsPath(config_), ignored);
     admin_.reset();
+    StopDelivery();
     if (server_ != nullptr) server_->Stop();
     // Both post completions to the loops: drain them while the (stopped) loops still exist.
     auth_pool_.reset();
+    signing_.reset();  // its tasks hand messages to the spool and post to the loops
     spool_.reset();
     server_.reset();
     services_.reset();
+    recipient_check_.reset();
+    resolvers_.reset();
+    events_.reset();
     accounts_.reset();
     store_.reset();
   }
 
+  // SIGHUP: the events log is reopened (log rotation).
+  void Reopen() {
+    if (events_ != nullptr) events_->Reopen();
+  }
+
+  // SIGHUP: the [[dkim.key]] entries of `config` (the file read again) replace the signing
+  // table; on any error the keys in use stay. Engine and thread changes need a restart.
+  void ReloadDkimKeys(const absl::StatusOr<config::Config>& config) {
+    if (!config.ok()) {
+      Log(LogLevel::kError, "SIGHUP: DKIM keys not reloaded: %s", config.status().ToString());
+      return;
+    }
+    if (signing_ == nullptr) {
+      if (!config->dkim.keys.empty()) {
+        Log(LogLevel::kWarning, "SIGHUP: DKIM keys were added; restart facteur to start signing");
+      }
+      return;
+    }
+    absl::StatusOr<std::shared_ptr<const dkim::SigningTable>> table =
+        dkim::SigningTable::FromConfig(*config);
+    if (!table.ok()) {
+      Log(LogLevel::kError, "SIGHUP: DKIM keys not reloaded: %s", table.status().ToString());
+      return;
+    }
+    Log(LogLevel::kInfo, "SIGHUP: %d DKIM keys loaded", static_cast<int>((*table)->size()));
+    signing_->Reload(*std::move(table));
+  }
+
  private:
+  // What submission needs of delivery before the listeners start: DNS for the RCPT checks,
+  // the routes, the events log.
+  absl::Status PrepareDelivery() {
+    const config::DnsOptions& dns = config_.dns;
+    resolvers_ = std::make_unique<dns::ShardResolvers>(
+        dns::ResolverOptions{.nameservers = dns.nameservers,
+                             .timeout = dns.timeout,
+                             .attempts = static_cast<int>(dns.attempts)},
+        clock_);
+    FACTEUR_ASSIGN_OR_RETURN(delivery::Router router, delivery::Router::Create(config_));
+    router_ = std::make_unique<delivery::Router>(std::move(router));
+    recipient_check_ = std::make_unique<delivery::RecipientDomainCheck>(*router_, *resolvers_);
+    if (!config_.events.path.empty()) {
+      FACTEUR_ASSIGN_OR_RETURN(events_,
+                               events::EventLog::Open(config_.ResolvePath(config_.events.path)));
+    }
+    return absl::OkStatus();
+  }
+
+  // The queue manager and one delivery pool per shard, on the running loops.
+  absl::Status StartDelivery() {
+    if (!config_.delivery.enabled) {
+      Log(LogLevel::kInfo, "delivery is disabled ([delivery] enabled = false): mail stays queued");
+      return absl::OkStatus();
+    }
+    const config::DeliveryOptions& options = config_.delivery;
+    FACTEUR_ASSIGN_OR_RETURN(
+        tls_client_, tls::TlsClientContext::Create(
+                         options.tls_ca_file.empty() ? "" : config_.ResolvePath(options.tls_ca_file)));
+    retry_ = std::make_unique<throttle::RetryPolicy>(throttle::RetryOptions{
+        .first_retry = options.first_retry,
+        .backoff = options.retry_backoff,
+        .max_retry_interval = options.max_retry_interval,
+        .jitter = options.retry_jitter,
+        .queue_lifetime = options.queue_lifetime});
+    queue_manager_ = std::make_unique<delivery::QueueManager>(
+        *store_, *spool_, *retry_, clock_, events_.get(),
+        delivery::QueueManagerOptions{
+            .hostname = config_.hostname,
+            .max_messages_in_flight = options.max_messages_in_flight,
+            .max_recipients_per_transaction = options.max_recipients_per_transaction});
+    delivery_context_ = std::make_unique<delivery::DeliveryContext>(delivery::DeliveryContext{
+        .router = *router_,
+        .results = *queue_manager_,
+        .clock = clock_,
+        .tls = tls_client_.get(),
+        .timeouts = smtp::ClientTimeouts{.greeting = options.greeting_timeout,
+                                         .command = options.command_timeout,
+                                         .data_initiation = options.data_initiation_timeout,
+                                         .data_block = options.data_block_timeout,
+                                         .data_termination = options.data_termination_timeout},
+        .connect_timeout = options.connect_timeout,
+        .idle_timeout = options.connection_idle_timeout,
+        .max_connections_per_destination = options.max_connections_per_destination,
+        .max_messages_per_connection = options.max_messages_per_connection});
+    std::vector<delivery::ShardedDispatcher::Shard> shards;
+    shard_deliveries_.resize(server_->loop_count());
+    for (size_t i = 0; i < server_->loop_count(); ++i) {
+      io::EventLoop& loop = server_->loop(i);
+      absl::Status status;
+      RunOnLoop(loop, [&] {
+        dns::Resolver* resolver = resolvers_->For(loop);
+        if (resolver == nullptr) {
+          status = absl::InvalidArgumentError("the DNS resolver cannot start (see the log)");
+          return;
+        }
+        shard_deliveries_[i] =
+            std::make_unique<delivery::ShardDelivery>(loop, *resolver, *delivery_context_);
+      });
+      FACTEUR_RETURN_IF_ERROR(status);
+      shards.push_back({&loop, shard_deliveries_[i].get()});
+    }
+    dispatcher_ = std::make_unique<delivery::ShardedDispatcher>(*router_, std::move(shards));
+    queue_manager_->SetDispatcher(dispatcher_.get());
+    queue_manager_->Start();
+    return absl::OkStatus();
+  }
+
+  // Connections live on the loops, which must still run to close them: delivery stops first.
+  void StopDelivery() {
+    if (loops_running_) {
+      for (size_t i = 0; i < shard_deliveries_.size(); ++i) {
+        if (shard_deliveries_[i] == nullptr) continue;
+        absl::Notification done;
+        server_->loop(i).Post([this, i, &done] {
+          shard_deliveries_[i]->Shutdown([this, i, &done] {
+            // Destroyed on the next turn: Shutdown's caller is still on the stack.
+            server_->loop(i).RunAfter(absl::ZeroDuration(), [this, i, &done] {
+              shard_deliveries_[i].reset();
+              done.Notify();
+            });
+          });
+        });
+        done.WaitForNotification();
+      }
+    }
+    if (queue_manager_ != nullptr) queue_manager_->Stop();
+    dispatcher_.reset();
+    if (loops_running_ && resolvers_ != nullptr) {
+      for (size_t i = 0; i < server_->loop_count(); ++i) {
+        io::EventLoop& loop = server_->loop(i);
+        RunOnLoop(loop, [&] { resolvers_->Close(loop); });
+      }
+    }
+    queue_manager_.reset();
+    delivery_context_.reset();
+    retry_.reset();
+  }
+
+  // Runs `fn` on `loop`'s thread and waits for it.
+  static void RunOnLoop(io::EventLoop& loop, absl::AnyInvocable<void() &&> fn) {
+    absl::Notification done;
+    loop.Post([&] {
+      std::move(fn)();
+      done.Notify();
+    });
+    done.WaitForNotification();
+  }
+
   absl::Status Announce(size_t threads) {
     nlohmann::json listeners = nlohmann::json::array();
     std::string socket;
@@ -227,10 +413,23 @@ class Relay {
   std::unique_ptr<policy::AccountStore> accounts_;
   std::unique_ptr<tls::TlsServerContext> tls_;
   std::unique_ptr<WorkerPool> auth_pool_;
+  std::unique_ptr<dkim::SigningPool> signing_;  // null when no DKIM key is configured
   std::unique_ptr<policy::AuthThrottle> auth_throttle_;
   std::unique_ptr<smtp::SubmissionServices> services_;
   std::deque<smtp::ListenerPolicy> policies_;  // stable addresses: sessions borrow them
   std::unique_ptr<io::Server> server_;
+  bool loops_running_ = false;  // server_->Start() succeeded: posted work runs
+  // Delivery (issue #3). The resolvers serve the RCPT checks and the delivery pools alike.
+  std::unique_ptr<dns::ShardResolvers> resolvers_;
+  std::unique_ptr<delivery::Router> router_;
+  std::unique_ptr<delivery::RecipientDomainCheck> recipient_check_;
+  std::unique_ptr<events::EventLog> events_;
+  std::unique_ptr<tls::TlsClientContext> tls_client_;
+  std::unique_ptr<throttle::RetryPolicy> retry_;
+  std::unique_ptr<delivery::QueueManager> queue_manager_;
+  std::unique_ptr<delivery::DeliveryContext> delivery_context_;
+  std::vector<std::unique_ptr<delivery::ShardDelivery>> shard_deliveries_;  // one per loop
+  std::unique_ptr<delivery::ShardedDispatcher> dispatcher_;
   std::unique_ptr<admin::AdminServer> admin_;
 };
 
@@ -266,7 +465,9 @@ int ServeMain(const std::vector<std::string>& args) {
     int signal_number = 0;
     if (sigwait(&signals, &signal_number) != 0) continue;
     if (signal_number == SIGHUP) {
-      Log(LogLevel::kInfo, "SIGHUP: nothing to reopen yet");
+      Log(LogLevel::kInfo, "SIGHUP: reopening the events log");
+      relay.Reopen();
+      relay.ReloadDkimKeys(LoadConfig(*command_line));
       continue;
     }
     Log(LogLevel::kInfo, "signal %d: stopping", signal_number);

@@ -51,6 +51,10 @@ class Facteur:
             "[admin]",
             'address = %s' % toml_string("127.0.0.1:0" if admin else ""),
         ]
+        if "[delivery]" not in extra:
+            # Scenarios about submission keep their mail: no delivery attempts, no DNS at RCPT
+            # time (this machine has no resolver to ask). Delivery scenarios set [delivery].
+            lines += ["[delivery]", "enabled = false", "validate_recipient_domains = false"]
         # Top-level tables must come before [[listener]] arrays only for readability; TOML
         # allows any order, but `extra` may hold tables too, so it goes before the listeners.
         lines.append(extra)

@@ -340,8 +340,29 @@ void Session::HandleRcpt(const Command& command) {
                                [&](const mail::RcptToArguments& r) {
                                  return r.recipient.Canonical() == canonical;
                                });
-  if (!duplicate) recipients_.push_back(std::move(arguments));
-  Reply(250, "2.1.5", "Ok");
+  if (duplicate) {
+    Reply(250, "2.1.5", "Ok");
+    return;
+  }
+  // Mail for a domain that can never receive it is refused now rather than bounced later.
+  waiting_ = true;
+  std::weak_ptr<bool> alive = alive_;
+  std::string domain = arguments.recipient.domain;
+  host_.CheckRecipientDomain(
+      std::move(domain), [this, alive, arguments = std::move(arguments)](
+                             std::optional<mail::Reply> refusal) mutable {
+        if (alive.expired()) return;
+        waiting_ = false;
+        if (!refusal.has_value()) {
+          recipients_.push_back(std::move(arguments));
+          Reply(250, "2.1.5", "Ok");
+        } else if (refusal->IsPermanent()) {
+          RefuseWith(*refusal);
+        } else {
+          Reply(*refusal);
+        }
+        Process();
+      });
 }
 
 void Session::HandleData(const Command& command) {

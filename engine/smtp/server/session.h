@@ -63,6 +63,13 @@ class SessionHost {
   virtual void Enqueue(queue::Envelope envelope, std::string message,
                        absl::AnyInvocable<void(absl::Status) &&> done) = 0;
   virtual Clock& clock() = 0;
+  // RCPT-time check of a recipient's domain (RFC 7505 §4.2, RFC 5321 §5.1): `done` gets nullopt
+  // to accept, or the refusal — 550 5.1.2 for a domain that does not exist, 556 5.1.10 for a
+  // null MX, 451 4.4.3 when DNS cannot tell. May answer synchronously. Default: accept.
+  virtual void CheckRecipientDomain(std::string /*domain*/,
+                                    absl::AnyInvocable<void(std::optional<mail::Reply>) &&> done) {
+    std::move(done)(std::nullopt);
+  }
 
   // Observation hooks for metrics; default no-ops.
   virtual void OnReplySent(int /*code*/) {}

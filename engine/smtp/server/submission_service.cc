@@ -1,9 +1,11 @@
 #include "engine/smtp/server/submission_service.h"
 
 #include <memory>
+#include <optional>
 #include <utility>
 
 #include "absl/time/clock.h"
+#include "engine/base/log.h"
 #include "engine/io/event_loop.h"
 
 namespace facteur::smtp {
@@ -66,16 +68,74 @@ class ConnectionHost final : public SessionHost {
   void Enqueue(queue::Envelope envelope, std::string message,
                absl::AnyInvocable<void(absl::Status) &&> done) override {
     io::EventLoop* loop = &loop_;
-    // `done` runs on the spool writer thread: hand the result back to our loop.
-    services_.spool.Enqueue(std::move(envelope), std::move(message),
-                            [loop, done = std::move(done)](absl::Status status) mutable {
-                              loop->Post([done = std::move(done), status]() mutable {
-                                std::move(done)(status);
-                              });
-                            });
+    std::optional<events::Event> reception;
+    if (services_.events != nullptr) {
+      reception.emplace();
+      reception->type = events::EventType::kReception;
+      reception->queue_id = envelope.id.ToString();
+      reception->sender = envelope.sender;
+      reception->listener = envelope.listener;
+      reception->client = envelope.client;
+      reception->account = envelope.account;
+      reception->size = message.size();
+      reception->recipients = static_cast<uint32_t>(envelope.recipients.size());
+    }
+    // `reply` runs on the spool writer or a signing thread: hand the result back to our loop.
+    absl::AnyInvocable<void(absl::Status) &&> reply =
+        [loop, done = std::move(done), log = services_.events, clock = &services_.clock,
+         reception = std::move(reception)](absl::Status status) mutable {
+          if (status.ok() && reception.has_value()) {
+            reception->time = clock->Now();
+            log->Record(*reception);
+          }
+          loop->Post([done = std::move(done), status]() mutable { std::move(done)(status); });
+        };
+    if (services_.signer == nullptr) {
+      services_.spool.Enqueue(std::move(envelope), std::move(message), std::move(reply));
+      return;
+    }
+    // DKIM first, on the signing pool (DESIGN.md §2). The signing thread prepends the fields and
+    // hands the message to the spool itself: the loop neither waits nor copies the message.
+    struct Pending {
+      queue::Envelope envelope;
+      std::string message;
+      absl::AnyInvocable<void(absl::Status) &&> reply;
+    };
+    // Shared by this function and the pool task: a refused submission still answers.
+    auto pending = std::make_shared<Pending>(
+        Pending{std::move(envelope), std::move(message), std::move(reply)});
+    queue::Spool* spool = &services_.spool;
+    bool submitted = services_.signer->Sign(
+        pending->message, pending->envelope.account,
+        [pending, spool](absl::StatusOr<std::string> fields) {
+          if (!fields.ok()) {
+            // Unsigned mail from a domain that signs may be refused downstream (DMARC):
+            // better a 451 and a retry by the client.
+            Log(LogLevel::kError, "DKIM signing failed: %s", fields.status().ToString());
+            std::move(pending->reply)(absl::UnavailableError("DKIM signing failed"));
+            return;
+          }
+          std::string signed_message =
+              fields->empty() ? std::move(pending->message) : *fields + pending->message;
+          spool->Enqueue(std::move(pending->envelope), std::move(signed_message),
+                         std::move(pending->reply));
+        });
+    if (!submitted) {
+      // Back-pressure: every signer is busy and the queue is full (451 4.3.0).
+      std::move(pending->reply)(absl::UnavailableError("DKIM signing queue is full"));
+    }
   }
 
   Clock& clock() override { return services_.clock; }
+
+  void CheckRecipientDomain(std::string domain,
+                            absl::AnyInvocable<void(std::optional<mail::Reply>) &&> done) override {
+    if (!services_.check_recipient_domain) {
+      std::move(done)(std::nullopt);
+      return;
+    }
+    services_.check_recipient_domain(loop_, std::move(domain), std::move(done));
+  }
 
   void OnReplySent(int code) override { metrics_.CountReply(code); }
   void OnMessageRefused() override { metrics_.messages_rejected.Increment(); }

@@ -1,8 +1,8 @@
 // File: engine/smtp/server/submission_service.h
 // Connects SMTP sessions to the services behind them: password checks on the auth worker pool,
-// durable queueing on the spool writer, metrics. Work leaves the session's loop thread and its
-// result comes back to that same thread by EventLoop::Post (DESIGN.md §2), so a Session only
-// ever runs on its own shard.
+// DKIM signing on the signing pool, durable queueing on the spool writer, metrics. Work leaves
+// the session's loop thread and its result comes back to that same thread by EventLoop::Post
+// (DESIGN.md §2), so a Session only ever runs on its own shard.
 // Thread contract: SubmissionServices is shared by every shard and thread-safe (each member is);
 // a handler made by MakeSessionFactory is shard-confined like its stream.
 #pragma once
@@ -10,8 +10,17 @@
 #include <atomic>
 #include <cstdint>
 
+#include <functional>
+#include <optional>
+#include <string>
+
+#include "absl/functional/any_invocable.h"
 #include "engine/base/clock.h"
+#include "engine/events/event_log.h"
+#include "engine/io/event_loop.h"
+#include "engine/mail/reply.h"
 #include "engine/base/worker_pool.h"
+#include "engine/dkim/signing_pool.h"
 #include "engine/io/stream.h"
 #include "engine/metrics/metrics.h"
 #include "engine/policy/account_store.h"
@@ -30,6 +39,15 @@ struct SubmissionServices {
   metrics::Metrics& metrics;
   // Sessions open on every listener, against SmtpOptions::max_sessions.
   std::atomic<uint32_t> sessions{0};
+  // The RCPT-time recipient domain check (SessionHost::CheckRecipientDomain), run on the
+  // session's loop. Empty: every domain is accepted.
+  std::function<void(io::EventLoop& loop, std::string domain,
+                     absl::AnyInvocable<void(std::optional<mail::Reply>) &&> done)>
+      check_recipient_domain = nullptr;
+  // Reception events go here; null: no events log.
+  events::EventLog* events = nullptr;
+  // DKIM signing of every accepted message before it is queued; null: no signing.
+  dkim::SigningPool* signer = nullptr;
 };
 
 // The handler factory of one listener. `policy` and `services` outlive the listener.

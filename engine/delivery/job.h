@@ -1,0 +1,56 @@
+// File: engine/delivery/job.h
+// The unit of work between the queue manager and the delivery shards: one message's recipients
+// at one destination domain (one SMTP transaction), and what became of each of them.
+// Thread contract: value types, moved across threads (the manager thread ↔ a shard).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/time/time.h"
+#include "engine/base/message_id.h"
+#include "engine/mail/outcome.h"
+#include "engine/smtp/client/client_session.h"
+
+namespace facteur::delivery {
+
+struct DeliveryJob {
+  MessageId id;
+  std::string domain;  // the recipients' domain, lower case
+  uint32_t attempt = 1;  // 1 for the first attempt of the message
+  // The transaction: sender, this domain's recipients (at most max_recipients_per_transaction),
+  // the body shared with the message's other jobs.
+  smtp::OutboundMessage message;
+  // Position of each of message.recipients in the envelope's recipient list.
+  std::vector<uint32_t> recipient_indexes;
+};
+
+struct JobResult {
+  MessageId id;
+  std::string domain;
+  std::vector<uint32_t> recipient_indexes;
+  // One per recipient, in the job's order.
+  std::vector<mail::DeliveryOutcome> outcomes;
+  std::string destination;  // the destination key: "mx:example.org" or "route:[host]:port"
+  std::string mx;           // "mx1.example.org[192.0.2.1]:25" that answered, "" when none did
+  std::string source_ip;    // the source the connection was bound to, "" when unbound
+  bool tls = false;
+  absl::Duration elapsed = absl::ZeroDuration();  // from dispatch to result
+};
+
+// Where the queue manager sends jobs (the delivery shards). Thread-safe.
+class JobDispatcher {
+ public:
+  virtual ~JobDispatcher() = default;
+  virtual void Dispatch(DeliveryJob job) = 0;
+};
+
+// Where the shards send results (the queue manager). Thread-safe; never blocks for long.
+class ResultSink {
+ public:
+  virtual ~ResultSink() = default;
+  virtual void OnJobDone(JobResult result) = 0;
+};
+
+}  // namespace facteur::delivery

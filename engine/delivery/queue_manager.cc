@@ -1,0 +1,688 @@
+// File: engine/delivery/queue_manager.cc
+#include "engine/delivery/queue_manager.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "engine/base/log.h"
+#include "engine/base/status.h"
+#include "engine/mail/dsn.h"
+#include "engine/mail/text.h"
+
+namespace facteur::delivery {
+namespace {
+
+// Longest a manager waits without looking at the queue; a safety net, not the schedule (the
+// spool's schedule observer and the results wake it).
+constexpr absl::Duration kMaxIdleWait = absl::Seconds(1);
+// Envelopes read per batch by the operations that walk the whole queue.
+constexpr size_t kScanBatch = 1000;
+
+std::string DomainOf(std::string_view address) {
+  size_t at = address.rfind('@');
+  return mail::LowerAscii(at == std::string_view::npos ? std::string_view() : address.substr(at + 1));
+}
+
+// RFC 3461 §4.1: NOTIFY=NEVER asks for no DSN at all; without NOTIFY, failures are reported.
+bool WantsFailureReport(const queue::RecipientRecord& recipient) {
+  return recipient.notify.empty() ||
+         mail::UpperAscii(recipient.notify).find("FAILURE") != std::string::npos;
+}
+
+// "mx1.example.net[192.0.2.1]:25" → "mx1.example.net", for Remote-MTA (type dns).
+std::string RemoteHostName(std::string_view remote) {
+  size_t bracket = remote.find('[');
+  return std::string(bracket == std::string_view::npos ? remote : remote.substr(0, bracket));
+}
+
+mail::DeliveryOutcome LocalOutcome(int code, std::string enhanced, std::string text) {
+  mail::DeliveryOutcome outcome;
+  outcome.scope = mail::OutcomeScope::kMessage;
+  outcome.reply = mail::Reply{code, std::move(enhanced), std::move(text)};
+  outcome.local = true;
+  return outcome;
+}
+
+events::Event OutcomeEvent(events::EventType type, const queue::Envelope& envelope,
+                           uint32_t index, const mail::DeliveryOutcome& outcome, absl::Time now) {
+  events::Event event;
+  event.type = type;
+  event.time = now;
+  event.queue_id = envelope.id.ToString();
+  event.sender = envelope.sender;
+  event.recipient = envelope.recipients[index].address;
+  event.domain = DomainOf(event.recipient);
+  event.code = outcome.reply.code;
+  event.enhanced = outcome.reply.enhanced;
+  event.response = outcome.reply.text;
+  event.mx = outcome.remote;
+  event.attempt = envelope.attempts;
+  event.queue_time = now - envelope.received_at;
+  return event;
+}
+
+}  // namespace
+
+struct QueueManager::InFlight {
+  queue::Envelope envelope;
+  absl::Time leased_due;
+  std::shared_ptr<const std::string> body;  // shared with the jobs of every domain
+  size_t jobs_outstanding = 0;
+  std::vector<JobResult> results;
+  // An operation that arrived while the message was out: applied when it settles.
+  enum class After { kNothing, kDelete, kBounce } after = After::kNothing;
+  std::string after_domain;  // kBounce: only this domain's recipients ("" = all)
+};
+
+struct QueueManager::Operation {
+  enum class Kind { kFlush, kRetry, kBounce, kBounceDomain, kDelete, kSuspend, kResume };
+  Kind kind = Kind::kFlush;
+  std::optional<std::string> domain;
+  MessageId id;
+  absl::StatusOr<OperationResult> result = OperationResult{};
+  absl::Notification done;
+};
+
+QueueManager::QueueManager(queue::Store& store, queue::Spool& spool,
+                           const throttle::RetryPolicy& retry, Clock& clock,
+                           events::EventLog* events, QueueManagerOptions options)
+    : store_(store),
+      spool_(spool),
+      retry_(retry),
+      clock_(clock),
+      events_(events),
+      options_(std::move(options)) {}
+
+QueueManager::~QueueManager() { Stop(); }
+
+void QueueManager::Start() {
+  spool_.SetScheduleObserver([this] { Wake(); });
+  thread_ = std::thread([this] { ThreadMain(); });
+}
+
+void QueueManager::Stop() {
+  {
+    absl::MutexLock lock(&mutex_);
+    if (stopping_ && !thread_.joinable()) return;
+    stopping_ = true;
+  }
+  if (thread_.joinable()) thread_.join();
+  spool_.SetScheduleObserver(nullptr);
+  // What is still out is tried again at the next start: its queued state is unchanged.
+  for (auto& [id, flight] : in_flight_) spool_.ReleaseLease(id);
+  in_flight_.clear();
+  absl::MutexLock lock(&mutex_);
+  in_flight_count_ = 0;
+}
+
+void QueueManager::Wake() {
+  absl::MutexLock lock(&mutex_);
+  wake_ = true;
+}
+
+bool QueueManager::HasWork() const {
+  return wake_ || stopping_ || !results_.empty() || !operations_.empty();
+}
+
+void QueueManager::ThreadMain() {
+  for (;;) {
+    RunOnce();
+    // Read outside mutex_: the spool calls Wake() (which takes mutex_) from its own thread.
+    const absl::Time next_due = in_flight_.size() >= options_.max_messages_in_flight
+                                    ? absl::InfiniteFuture()
+                                    : spool_.NextDue();
+    const absl::Duration wait =
+        std::clamp(next_due - clock_.Now(), absl::ZeroDuration(), kMaxIdleWait);
+    absl::MutexLock lock(&mutex_);
+    mutex_.AwaitWithTimeout(absl::Condition(this, &QueueManager::HasWork), wait);
+    if (stopping_) break;
+  }
+  // Results and operations that arrived meanwhile are still handled; nothing new is leased.
+  RunOnce();
+}
+
+void QueueManager::OnJobDone(JobResult result) {
+  absl::MutexLock lock(&mutex_);
+  results_.push_back(std::move(result));
+}
+
+size_t QueueManager::in_flight() const {
+  absl::MutexLock lock(&mutex_);
+  return in_flight_count_;
+}
+
+void QueueManager::RunOnce() {
+  std::vector<JobResult> results;
+  std::deque<Operation*> operations;
+  bool stopping;
+  {
+    absl::MutexLock lock(&mutex_);
+    results.swap(results_);
+    operations.swap(operations_);
+    wake_ = false;
+    stopping = stopping_;
+  }
+  for (JobResult& result : results) {
+    auto it = in_flight_.find(result.id);
+    if (it == in_flight_.end()) {
+      Log(LogLevel::kWarning, "delivery: result for %s, which is not in flight", result.id.ToString());
+      continue;
+    }
+    InFlight& flight = *it->second;
+    flight.results.push_back(std::move(result));
+    if (--flight.jobs_outstanding == 0) {
+      std::unique_ptr<InFlight> done = std::move(it->second);
+      in_flight_.erase(it);
+      Settle(*done, std::move(done->results));
+    }
+  }
+  for (Operation* operation : operations) {
+    ExecuteOperation(*operation);
+    operation->done.Notify();
+  }
+  if (!stopping) LeaseAndDispatch();
+  absl::MutexLock lock(&mutex_);
+  in_flight_count_ = in_flight_.size();
+}
+
+void QueueManager::LeaseAndDispatch() {
+  if (dispatcher_ == nullptr || in_flight_.size() >= options_.max_messages_in_flight) return;
+  const size_t room = options_.max_messages_in_flight - in_flight_.size();
+  for (const queue::ScheduleEntry& entry : spool_.LeaseDue(clock_.Now(), room)) {
+    StartMessage(entry);
+  }
+}
+
+void QueueManager::StartMessage(const queue::ScheduleEntry& entry) {
+  absl::StatusOr<std::optional<queue::Envelope>> read = queue::ReadEnvelope(store_, entry.id);
+  if (!read.ok() || !read->has_value()) {
+    Log(LogLevel::kError, "delivery: cannot read envelope %s: %s", entry.id.ToString(),
+        read.ok() ? "it is gone" : read.status().ToString());
+    if (read.ok()) {
+      RemoveMessage(entry.id, entry.due);
+    } else {
+      spool_.ReleaseLease(entry.id);
+    }
+    return;
+  }
+  queue::Envelope envelope = **std::move(read);
+  const absl::Time now = clock_.Now();
+
+  std::vector<uint32_t> pending;
+  for (uint32_t i = 0; i < envelope.recipients.size(); ++i) {
+    if (envelope.recipients[i].state == queue::RecipientState::kPending) pending.push_back(i);
+  }
+  if (pending.empty()) {
+    RemoveMessage(envelope.id, entry.due);
+    return;
+  }
+
+  // Expiry holds whatever happened before: a message due after its lifetime bounces untried.
+  if (retry_.Expired(envelope.received_at, now)) {
+    std::vector<std::pair<uint32_t, mail::DeliveryOutcome>> expired;
+    const mail::DeliveryOutcome outcome = LocalOutcome(
+        550, "5.4.7",
+        absl::StrCat("delivery time expired: undelivered after ",
+                     absl::FormatDuration(retry_.options().queue_lifetime), " in the queue"));
+    for (uint32_t index : pending) expired.emplace_back(index, outcome);
+    BounceRecipients(envelope, nullptr, expired, events::EventType::kExpiration);
+    Persist(std::move(envelope), entry.due);
+    return;
+  }
+
+  // Group the open recipients by domain, in their order, leaving suspended domains out.
+  std::vector<std::pair<std::string, std::vector<uint32_t>>> groups;
+  for (uint32_t index : pending) {
+    std::string domain = DomainOf(envelope.recipients[index].address);
+    if (IsSuspended(domain)) continue;
+    auto group = std::find_if(groups.begin(), groups.end(),
+                              [&](const auto& g) { return g.first == domain; });
+    if (group == groups.end()) {
+      groups.emplace_back(std::move(domain), std::vector<uint32_t>{index});
+    } else {
+      group->second.push_back(index);
+    }
+  }
+  if (groups.empty() || dispatcher_ == nullptr) {
+    // Every open recipient is in a suspended domain: look again later (Resume() flushes).
+    envelope.next_attempt = std::min(now + retry_.options().first_retry,
+                                     retry_.ExpiresAt(envelope.received_at));
+    Persist(std::move(envelope), entry.due);
+    return;
+  }
+
+  absl::StatusOr<std::optional<std::string>> body = queue::ReadBody(store_, entry.id);
+  if (!body.ok() || !body->has_value()) {
+    Log(LogLevel::kError, "delivery: cannot read the body of %s: %s", entry.id.ToString(),
+        body.ok() ? "it is gone" : body.status().ToString());
+    spool_.ReleaseLease(entry.id);
+    return;
+  }
+
+  auto flight = std::make_unique<InFlight>();
+  flight->leased_due = entry.due;
+  flight->body = std::make_shared<const std::string>(**std::move(body));
+  std::vector<DeliveryJob> jobs;
+  const size_t per_transaction = std::max<size_t>(1, options_.max_recipients_per_transaction);
+  for (auto& [domain, indexes] : groups) {
+    for (size_t start = 0; start < indexes.size(); start += per_transaction) {
+      DeliveryJob& job = jobs.emplace_back();
+      job.id = envelope.id;
+      job.domain = domain;
+      job.attempt = envelope.attempts + 1;
+      job.message.sender = envelope.sender;
+      job.message.body = flight->body;
+      job.message.eight_bit = envelope.eight_bit;
+      job.message.smtputf8 = envelope.smtputf8;
+      job.message.dsn_ret = envelope.dsn_ret;
+      job.message.dsn_envid = envelope.dsn_envid;
+      const size_t end = std::min(indexes.size(), start + per_transaction);
+      for (size_t k = start; k < end; ++k) {
+        const queue::RecipientRecord& recipient = envelope.recipients[indexes[k]];
+        job.message.recipients.push_back({recipient.address, recipient.notify, recipient.orcpt});
+        job.recipient_indexes.push_back(indexes[k]);
+      }
+    }
+  }
+  flight->envelope = std::move(envelope);
+  flight->jobs_outstanding = jobs.size();
+  in_flight_.emplace(entry.id, std::move(flight));
+  for (DeliveryJob& job : jobs) dispatcher_->Dispatch(std::move(job));
+}
+
+void QueueManager::Settle(InFlight& flight, std::vector<JobResult> results) {
+  const absl::Time now = clock_.Now();
+  queue::Envelope& envelope = flight.envelope;
+  envelope.attempts += 1;
+
+  if (flight.after == InFlight::After::kDelete) {
+    RemoveMessage(envelope.id, flight.leased_due);
+    return;
+  }
+
+  std::vector<std::pair<uint32_t, mail::DeliveryOutcome>> bounced;
+  std::vector<events::Event> deferred;
+  for (const JobResult& result : results) {
+    for (size_t k = 0; k < result.recipient_indexes.size() && k < result.outcomes.size(); ++k) {
+      const uint32_t index = result.recipient_indexes[k];
+      if (index >= envelope.recipients.size()) continue;
+      const mail::DeliveryOutcome& outcome = result.outcomes[k];
+      events::EventType type = outcome.delivered()   ? events::EventType::kDelivery
+                               : outcome.permanent() ? events::EventType::kBounce
+                                                     : events::EventType::kTransientFailure;
+      if (type == events::EventType::kBounce) {
+        bounced.emplace_back(index, outcome);
+        continue;  // BounceRecipients writes its event
+      }
+      if (type == events::EventType::kDelivery) {
+        envelope.recipients[index].state = queue::RecipientState::kDelivered;
+      }
+      events::Event event = OutcomeEvent(type, envelope, index, outcome, now);
+      event.site = result.destination;
+      event.source_ip = result.source_ip;
+      event.tls = result.tls;
+      event.delivery_time = result.elapsed;
+      if (event.mx.empty()) event.mx = result.mx;
+      if (type == events::EventType::kDelivery) {
+        if (events_ != nullptr) events_->Record(event);
+      } else {
+        deferred.push_back(std::move(event));
+      }
+    }
+  }
+
+  if (flight.after == InFlight::After::kBounce) {
+    const mail::DeliveryOutcome cancelled =
+        LocalOutcome(550, "5.0.0", "delivery cancelled by the administrator");
+    for (uint32_t i = 0; i < envelope.recipients.size(); ++i) {
+      if (envelope.recipients[i].state != queue::RecipientState::kPending) continue;
+      if (std::any_of(bounced.begin(), bounced.end(), [&](const auto& b) { return b.first == i; })) continue;
+      if (!flight.after_domain.empty() &&
+          DomainOf(envelope.recipients[i].address) != flight.after_domain) {
+        continue;
+      }
+      bounced.emplace_back(i, cancelled);
+    }
+    deferred.erase(std::remove_if(deferred.begin(), deferred.end(),
+                                  [&](const events::Event& e) {
+                                    return std::any_of(bounced.begin(), bounced.end(), [&](const auto& b) {
+                                      return envelope.recipients[b.first].address == e.recipient;
+                                    });
+                                  }),
+                   deferred.end());
+  }
+  BounceRecipients(envelope, flight.body.get(), bounced, events::EventType::kBounce);
+
+  const bool open = std::any_of(envelope.recipients.begin(), envelope.recipients.end(), [](const auto& r) {
+    return r.state == queue::RecipientState::kPending;
+  });
+  if (open && retry_.Expired(envelope.received_at, now)) {
+    // Leased again at once: StartMessage bounces what is left as expired.
+    envelope.next_attempt = now;
+  } else if (open) {
+    envelope.next_attempt = retry_.NextAttempt(envelope.attempts, envelope.received_at, now, random_);
+  }
+  if (events_ != nullptr) {
+    for (events::Event& event : deferred) {
+      event.next_attempt = envelope.next_attempt;
+      events_->Record(event);
+    }
+  }
+  Persist(std::move(envelope), flight.leased_due);
+}
+
+void QueueManager::BounceRecipients(
+    queue::Envelope& envelope, const std::string* body,
+    const std::vector<std::pair<uint32_t, mail::DeliveryOutcome>>& bounced, events::EventType type) {
+  if (bounced.empty()) return;
+  const absl::Time now = clock_.Now();
+  mail::DsnReport report;
+  for (const auto& [index, outcome] : bounced) {
+    queue::RecipientRecord& recipient = envelope.recipients[index];
+    recipient.state = queue::RecipientState::kBounced;
+    if (events_ != nullptr) events_->Record(OutcomeEvent(type, envelope, index, outcome, now));
+    if (!WantsFailureReport(recipient)) continue;
+    mail::DsnRecipient& line = report.recipients.emplace_back();
+    line.final_recipient = recipient.address;
+    line.original_recipient = recipient.orcpt;
+    line.action = mail::DsnAction::kFailed;
+    line.status = outcome.reply.enhanced.empty()
+                      ? absl::StrCat(outcome.reply.code / 100, ".0.0")
+                      : outcome.reply.enhanced;
+    line.remote_mta = outcome.local ? std::string() : RemoteHostName(outcome.remote);
+    line.diagnostic = absl::StrCat(outcome.reply.code, " ",
+                                   outcome.reply.enhanced.empty() ? "" : outcome.reply.enhanced + " ",
+                                   outcome.reply.text);
+    line.last_attempt = now;
+  }
+  // RFC 3464 §2 / RFC 5321 §4.5.5: no report for a message with the null reverse-path (it is
+  // itself a report), which is also what stops bounce loops.
+  if (envelope.sender.empty() || report.recipients.empty()) return;
+
+  std::string fetched;
+  if (body == nullptr) {
+    absl::StatusOr<std::optional<std::string>> read = queue::ReadBody(store_, envelope.id);
+    if (read.ok() && read->has_value()) fetched = **std::move(read);
+    body = &fetched;
+  }
+  const MessageId dsn_id = MessageId::Generate(now);
+  report.reporting_mta = options_.hostname;
+  report.from = absl::StrCat("MAILER-DAEMON@", options_.hostname);
+  report.to = envelope.sender;
+  report.message_id = absl::StrCat("<", dsn_id.ToString(), "@", options_.hostname, ">");
+  report.date = now;
+  report.original_queue_id = envelope.id.ToString();
+  report.original_envelope_id = envelope.dsn_envid;
+  report.arrival_date = envelope.received_at;
+  report.return_full = mail::EqualsIgnoreCase(envelope.dsn_ret, "FULL");
+
+  queue::Envelope dsn;
+  dsn.id = dsn_id;
+  dsn.sender = "";  // the null reverse-path: a DSN never causes another
+  dsn.recipients.push_back({envelope.sender, queue::RecipientState::kPending, "", ""});
+  dsn.listener = "bounce";
+  dsn.client = "local";
+  dsn.received_at = now;
+  dsn.next_attempt = now;
+  dsn.smtputf8 = envelope.smtputf8;
+  std::string text = mail::BuildDsn(report, *body);
+  const std::string original = envelope.id.ToString();
+  spool_.Enqueue(std::move(dsn), std::move(text), [original, dsn_id](absl::Status status) {
+    if (!status.ok()) {
+      Log(LogLevel::kError, "delivery: could not queue the DSN for %s: %s", original,
+          status.ToString());
+    } else {
+      Log(LogLevel::kInfo, "delivery: DSN %s queued for %s", dsn_id.ToString(), original);
+    }
+  });
+}
+
+void QueueManager::RemoveMessage(const MessageId& id, absl::Time due) {
+  queue::Envelope nothing_open;
+  nothing_open.id = id;
+  Persist(std::move(nothing_open), due);
+}
+
+bool QueueManager::AllWritesCommitted() const { return uncommitted_writes_ == 0; }
+
+void QueueManager::Persist(queue::Envelope envelope, absl::Time previous_due) {
+  const MessageId id = envelope.id;
+  const bool open = std::any_of(envelope.recipients.begin(), envelope.recipients.end(), [](const auto& r) {
+    return r.state == queue::RecipientState::kPending;
+  });
+  {
+    absl::MutexLock lock(&mutex_);
+    ++uncommitted_writes_;
+  }
+  auto done = [this, id](absl::Status status) {
+    {
+      absl::MutexLock lock(&mutex_);
+      --uncommitted_writes_;
+    }
+    if (status.ok() || absl::IsNotFound(status)) return;
+    // The lease would otherwise hold the message until a restart.
+    Log(LogLevel::kError, "delivery: could not record the outcome of %s: %s", id.ToString(),
+        status.ToString());
+    spool_.ReleaseLease(id);
+  };
+  if (open) {
+    spool_.Update(std::move(envelope), previous_due, std::move(done));
+  } else {
+    spool_.Remove(id, previous_due, std::move(done));
+  }
+}
+
+bool QueueManager::IsSuspended(std::string_view domain) const {
+  absl::MutexLock lock(&mutex_);
+  return suspended_.contains(std::string(domain));
+}
+
+std::vector<std::string> QueueManager::SuspendedDomains() const {
+  absl::MutexLock lock(&mutex_);
+  std::vector<std::string> domains(suspended_.begin(), suspended_.end());
+  std::sort(domains.begin(), domains.end());
+  return domains;
+}
+
+// ---- Operations ----
+
+absl::StatusOr<OperationResult> QueueManager::RunOperation(Operation& operation) {
+  {
+    absl::MutexLock lock(&mutex_);
+    if (stopping_) return absl::UnavailableError("the queue manager is stopping");
+    operations_.push_back(&operation);
+    wake_ = true;
+  }
+  operation.done.WaitForNotification();
+  return std::move(operation.result);
+}
+
+absl::StatusOr<OperationResult> QueueManager::Flush(std::optional<std::string> domain) {
+  Operation operation;
+  operation.kind = Operation::Kind::kFlush;
+  if (domain.has_value()) operation.domain = mail::LowerAscii(*domain);
+  return RunOperation(operation);
+}
+
+absl::StatusOr<OperationResult> QueueManager::Retry(const MessageId& id) {
+  Operation operation;
+  operation.kind = Operation::Kind::kRetry;
+  operation.id = id;
+  return RunOperation(operation);
+}
+
+absl::StatusOr<OperationResult> QueueManager::Bounce(const MessageId& id) {
+  Operation operation;
+  operation.kind = Operation::Kind::kBounce;
+  operation.id = id;
+  return RunOperation(operation);
+}
+
+absl::StatusOr<OperationResult> QueueManager::BounceDomain(const std::string& domain) {
+  Operation operation;
+  operation.kind = Operation::Kind::kBounceDomain;
+  operation.domain = mail::LowerAscii(domain);
+  return RunOperation(operation);
+}
+
+absl::StatusOr<OperationResult> QueueManager::Delete(const MessageId& id) {
+  Operation operation;
+  operation.kind = Operation::Kind::kDelete;
+  operation.id = id;
+  return RunOperation(operation);
+}
+
+absl::StatusOr<OperationResult> QueueManager::Suspend(const std::string& domain) {
+  Operation operation;
+  operation.kind = Operation::Kind::kSuspend;
+  operation.domain = mail::LowerAscii(domain);
+  return RunOperation(operation);
+}
+
+absl::StatusOr<OperationResult> QueueManager::Resume(const std::string& domain) {
+  Operation operation;
+  operation.kind = Operation::Kind::kResume;
+  operation.domain = mail::LowerAscii(domain);
+  return RunOperation(operation);
+}
+
+void QueueManager::ExecuteOperation(Operation& operation) {
+  using Kind = Operation::Kind;
+  {
+    // Operations read envelopes from the store: the outcomes settled before them must be there,
+    // or an operation would write back a stale envelope. The writer commits within milliseconds.
+    absl::MutexLock lock(&mutex_);
+    if (!mutex_.AwaitWithTimeout(absl::Condition(this, &QueueManager::AllWritesCommitted),
+                                 absl::Seconds(30))) {
+      operation.result = absl::UnavailableError("the spool has not committed recent changes; try again");
+      return;
+    }
+  }
+  const absl::Time now = clock_.Now();
+  OperationResult result;
+  const std::string domain = operation.domain.value_or("");
+
+  if (operation.kind == Kind::kSuspend || operation.kind == Kind::kResume) {
+    {
+      absl::MutexLock lock(&mutex_);
+      if (operation.kind == Kind::kSuspend) {
+        suspended_.insert(domain);
+      } else {
+        suspended_.erase(domain);
+      }
+    }
+    if (events_ != nullptr) {
+      events::Event event;
+      event.type = events::EventType::kSuspension;
+      event.time = now;
+      event.domain = domain;
+      event.detail = operation.kind == Kind::kSuspend ? "suspended by the administrator"
+                                                      : "resumed by the administrator";
+      events_->Record(event);
+    }
+    if (operation.kind == Kind::kSuspend) {
+      operation.result = result;
+      return;
+    }
+    // A resumed domain's mail goes at once.
+    operation.kind = Kind::kFlush;
+    operation.domain = domain;
+  }
+
+  // Applies the operation to one envelope that is not in flight; returns whether it changed.
+  auto apply = [&](queue::Envelope envelope) {
+    auto matches = [&](const queue::RecipientRecord& r) {
+      return r.state == queue::RecipientState::kPending &&
+             (domain.empty() || DomainOf(r.address) == domain);
+    };
+    if (std::none_of(envelope.recipients.begin(), envelope.recipients.end(), matches) &&
+        operation.kind != Kind::kDelete) {
+      return;
+    }
+    const absl::Time due = envelope.next_attempt;
+    switch (operation.kind) {
+      case Kind::kFlush:
+      case Kind::kRetry:
+        if (due <= now) return;  // already due: the scheduler takes it
+        envelope.next_attempt = now;
+        Persist(std::move(envelope), due);
+        break;
+      case Kind::kBounce:
+      case Kind::kBounceDomain: {
+        std::vector<std::pair<uint32_t, mail::DeliveryOutcome>> bounced;
+        const mail::DeliveryOutcome cancelled =
+            LocalOutcome(550, "5.0.0", "delivery cancelled by the administrator");
+        for (uint32_t i = 0; i < envelope.recipients.size(); ++i) {
+          if (matches(envelope.recipients[i])) bounced.emplace_back(i, cancelled);
+        }
+        result.recipients += bounced.size();
+        BounceRecipients(envelope, nullptr, bounced, events::EventType::kBounce);
+        Persist(std::move(envelope), due);
+        break;
+      }
+      case Kind::kDelete:
+        RemoveMessage(envelope.id, due);
+        break;
+      default:
+        return;
+    }
+    ++result.messages;
+  };
+
+  if (operation.kind == Kind::kRetry || operation.kind == Kind::kBounce ||
+      operation.kind == Kind::kDelete) {
+    auto flight = in_flight_.find(operation.id);
+    if (flight != in_flight_.end()) {
+      // Out for delivery now: the operation applies when the attempt settles.
+      if (operation.kind == Kind::kDelete) flight->second->after = InFlight::After::kDelete;
+      if (operation.kind == Kind::kBounce) flight->second->after = InFlight::After::kBounce;
+      result.messages = operation.kind == Kind::kRetry ? 0 : 1;
+      operation.result = result;
+      return;
+    }
+    absl::StatusOr<std::optional<queue::Envelope>> envelope = queue::ReadEnvelope(store_, operation.id);
+    if (!envelope.ok()) {
+      operation.result = envelope.status();
+      return;
+    }
+    if (!envelope->has_value()) {
+      operation.result = absl::NotFoundError(
+          absl::StrCat("message ", operation.id.ToString(), " is not in the queue"));
+      return;
+    }
+    apply(**std::move(envelope));
+    operation.result = result;
+    return;
+  }
+
+  // Flush and BounceDomain walk the whole queue.
+  MessageId after;
+  for (;;) {
+    absl::StatusOr<std::vector<queue::Envelope>> batch = queue::ListEnvelopes(store_, kScanBatch, after);
+    if (!batch.ok()) {
+      operation.result = batch.status();
+      return;
+    }
+    for (queue::Envelope& envelope : *batch) {
+      after = envelope.id;
+      auto flight = in_flight_.find(envelope.id);
+      if (flight != in_flight_.end()) {
+        if (operation.kind == Kind::kBounceDomain) {
+          flight->second->after = InFlight::After::kBounce;
+          flight->second->after_domain = domain;
+          ++result.messages;
+        }
+        continue;
+      }
+      apply(std::move(envelope));
+    }
+    if (batch->size() < kScanBatch) break;
+  }
+  operation.result = result;
+}
+
+}  // namespace facteur::delivery

@@ -1,0 +1,137 @@
+// File: engine/delivery/queue_manager.h
+// The queue manager (DESIGN.md §1 "scheduler"): leases due messages from the spool, reads each
+// once, splits its open recipients by domain into jobs for the delivery shards, and when every
+// job of a message is back, settles it: delivered recipients are marked, transient failures are
+// rescheduled by the retry policy, permanent failures and expired recipients bounce with an
+// RFC 3464 DSN queued to the sender (never to the null sender), and a message with nothing left
+// to do is removed. Every state change is one synced spool write (at-least-once: a crash before
+// it delivers those recipients again, never loses them). Queue operations (flush, retry,
+// bounce, delete, suspend, resume) run here too, so they never race a delivery in flight.
+// Thread contract: thread-safe. The manager's own thread does the blocking work (RocksDB reads,
+// DSN building); OnJobDone() and the operations only queue work for it. Tests drive RunOnce()
+// themselves instead of Start().
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/functional/any_invocable.h"
+#include "absl/random/random.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "engine/base/clock.h"
+#include "engine/delivery/job.h"
+#include "engine/events/event_log.h"
+#include "queue/spool.h"
+#include "queue/store.h"
+#include "throttle/retry_policy.h"
+
+namespace facteur::delivery {
+
+struct QueueManagerOptions {
+  std::string hostname;  // Reporting-MTA and MAILER-DAEMON@hostname of DSNs
+  size_t max_messages_in_flight = 10000;
+  size_t max_recipients_per_transaction = 100;
+};
+
+// What the queue operations report.
+struct OperationResult {
+  uint64_t messages = 0;    // messages changed
+  uint64_t recipients = 0;  // recipients changed (bounce)
+};
+
+class QueueManager final : public ResultSink {
+ public:
+  // Every reference outlives the manager. `events` may be null (no events log).
+  QueueManager(queue::Store& store, queue::Spool& spool, const throttle::RetryPolicy& retry,
+               Clock& clock, events::EventLog* events, QueueManagerOptions options);
+  ~QueueManager() override;  // Stop()
+
+  // Where jobs go. Set before Start() / the first RunOnce().
+  void SetDispatcher(JobDispatcher* dispatcher) { dispatcher_ = dispatcher; }
+
+  // Runs RunOnce() on the manager thread whenever there is work: a message due, a result, an
+  // operation.
+  void Start();
+  // Stops the thread. Messages still in flight keep their queued state and are tried again at
+  // the next start (their leases end); results already back are settled first.
+  void Stop();
+
+  // One round: operations, settling finished messages, leasing and dispatching due ones.
+  void RunOnce();
+
+  // ResultSink: a job is back (any thread).
+  void OnJobDone(JobResult result) override;
+
+  // Operations (any thread but the manager's; they block until done). A domain is matched
+  // against the recipients' domains, case-insensitively.
+  // Makes the matching messages due now.
+  absl::StatusOr<OperationResult> Flush(std::optional<std::string> domain);
+  absl::StatusOr<OperationResult> Retry(const MessageId& id);
+  // Bounces the open recipients (of `domain`, or all), with a DSN to the sender.
+  absl::StatusOr<OperationResult> Bounce(const MessageId& id);
+  absl::StatusOr<OperationResult> BounceDomain(const std::string& domain);
+  // Removes the message without a DSN.
+  absl::StatusOr<OperationResult> Delete(const MessageId& id);
+  // Suspended domains get no delivery attempt until resumed (then they are flushed).
+  absl::StatusOr<OperationResult> Suspend(const std::string& domain);
+  absl::StatusOr<OperationResult> Resume(const std::string& domain);
+  std::vector<std::string> SuspendedDomains() const;
+
+  size_t in_flight() const;
+
+ private:
+  struct InFlight;
+  struct Operation;
+
+  void Wake();
+  void ThreadMain();
+  bool HasWork() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  absl::StatusOr<OperationResult> RunOperation(Operation& operation);
+  void ExecuteOperation(Operation& operation);
+  void LeaseAndDispatch();
+  void StartMessage(const queue::ScheduleEntry& entry);
+  void Settle(InFlight& flight, std::vector<JobResult> results);
+  // Bounces `indexes` of `envelope` (DSN to the sender when asked) and writes their events.
+  void BounceRecipients(queue::Envelope& envelope, const std::string* body,
+                        const std::vector<std::pair<uint32_t, mail::DeliveryOutcome>>& bounced,
+                        events::EventType type);
+  // Writes the settled envelope (Update), or removes the message when no recipient is open.
+  void Persist(queue::Envelope envelope, absl::Time previous_due);
+  void RemoveMessage(const MessageId& id, absl::Time due);
+  bool AllWritesCommitted() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  bool IsSuspended(std::string_view domain) const;
+
+  queue::Store& store_;
+  queue::Spool& spool_;
+  const throttle::RetryPolicy& retry_;
+  Clock& clock_;
+  events::EventLog* events_;
+  const QueueManagerOptions options_;
+  JobDispatcher* dispatcher_ = nullptr;
+
+  mutable absl::Mutex mutex_;
+  std::vector<JobResult> results_ ABSL_GUARDED_BY(mutex_);
+  std::deque<Operation*> operations_ ABSL_GUARDED_BY(mutex_);  // owned by their callers
+  bool wake_ ABSL_GUARDED_BY(mutex_) = false;
+  bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
+  absl::flat_hash_set<std::string> suspended_ ABSL_GUARDED_BY(mutex_);
+  size_t in_flight_count_ ABSL_GUARDED_BY(mutex_) = 0;
+  size_t uncommitted_writes_ ABSL_GUARDED_BY(mutex_) = 0;  // Persist() calls not yet committed
+
+  // Manager thread only.
+  absl::flat_hash_map<MessageId, std::unique_ptr<InFlight>> in_flight_;
+  absl::BitGen random_;
+  std::thread thread_;
+};
+
+}  // namespace facteur::delivery

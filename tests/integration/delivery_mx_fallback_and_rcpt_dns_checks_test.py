@@ -1,0 +1,146 @@
+"""MX routing against a real DNS server (dnsmasq on loopback): the preferred MX does not answer,
+so the message falls through to the next one (RFC 5321 §5.1); a domain without MX but with an
+address is delivered to that address (implicit MX); and at RCPT time a null-MX domain gets
+556 5.1.10, a domain that does not exist 550 5.1.2, and a DNS failure 451 4.4.3 — never a 250
+for mail that can never leave."""
+
+import json
+import os
+import socket
+import time
+import unittest
+
+import harness
+from dns_server import DnsServer
+from smtp_test_server import SmtpTestServer
+
+
+def wait_for_event(server, recipient, kind, timeout=20):
+    path = os.path.join(server.data_dir, "events.log")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.exists(path):
+            with open(path) as f:
+                events = [json.loads(line) for line in f if line.strip()]
+            found = [e for e in events if e.get("recipient") == recipient and e["type"] == kind]
+            if found:
+                return found
+        time.sleep(0.05)
+    raise AssertionError("no %s event for %s" % (kind, recipient))
+
+
+class MxAndRcptChecksTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.sink = SmtpTestServer(host="127.0.0.32").start()
+        cls.dns = DnsServer(
+            mx=[("mail.test", "mx1.mail.test", 10), ("mail.test", "mx2.mail.test", 20)],
+            addresses=[("mx1.mail.test", "127.0.0.31"), ("mx2.mail.test", "127.0.0.32"),
+                       ("implicit.test", "127.0.0.32")],
+            null_mx=["nullmx.test"])
+        cls.dns.start()
+        extra = "\n".join([
+            "[dns]",
+            "nameservers = [%s]" % harness.toml_string(cls.dns.nameserver),
+            'timeout = "3s"',
+            "[delivery]",
+            "smtp_port = %d" % cls.sink.port,
+            'connect_timeout = "2s"',
+        ])
+        cls.server = harness.Facteur(extra=extra)
+        try:
+            cls.server.start()
+        except BaseException:
+            cls.server.cleanup()
+            cls.dns.cleanup()
+            cls.sink.stop()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.cleanup()
+        cls.dns.cleanup()
+        cls.sink.stop()
+
+    def rcpt(self, address):
+        raw = self.server.raw()
+        try:
+            self.assertEqual(raw.reply()[0], 220)
+            self.assertEqual(raw.command("EHLO client.test\r\n")[0], 250)
+            self.assertEqual(raw.command("MAIL FROM:<app@asso.example>\r\n")[0], 250)
+            return raw.command("RCPT TO:<%s>\r\n" % address)
+        finally:
+            raw.close()
+
+    def test_falls_through_to_the_next_mx(self):
+        with self.server.smtp() as client:
+            client.sendmail("app@asso.example", ["someone@mail.test"],
+                            harness.simple_message(to="someone@mail.test", subject="fallback"))
+        self.sink.wait_for(lambda: self.sink.delivered_to("someone@mail.test"), timeout=20)
+        # The events log names the host that took it: the second MX.
+        events = wait_for_event(self.server, "someone@mail.test", "delivery")
+        self.assertTrue(events[0]["mx"].startswith("mx2.mail.test[127.0.0.32]"), events[0])
+
+    def test_implicit_mx(self):
+        with self.server.smtp() as client:
+            client.sendmail("app@asso.example", ["someone@implicit.test"],
+                            harness.simple_message(to="someone@implicit.test", subject="implicit"))
+        self.sink.wait_for(lambda: self.sink.delivered_to("someone@implicit.test"), timeout=20)
+
+    def test_null_mx_refused_at_rcpt(self):
+        code, text = self.rcpt("someone@nullmx.test")
+        self.assertEqual(code, 556, text)
+        self.assertIn("5.1.10", text)
+        self.assertIn("Domain does not accept mail (nullMX)", text)
+
+    def test_nxdomain_refused_at_rcpt(self):
+        code, text = self.rcpt("someone@does-not-exist.test")
+        self.assertEqual(code, 550, text)
+        self.assertIn("5.1.2", text)
+
+    def test_dns_refusal_is_temporary(self):
+        # dnsmasq refuses names outside its zones: the answer says nothing about the domain.
+        code, text = self.rcpt("someone@outside.example")
+        self.assertEqual(code, 451, text)
+        self.assertIn("4.4.3", text)
+
+    def test_known_domain_accepted(self):
+        code, text = self.rcpt("someone@mail.test")
+        self.assertEqual(code, 250, text)
+
+
+class DnsTimeoutAtRcptTest(unittest.TestCase):
+    """A nameserver that never answers: RCPT gets 451 4.4.3 once the configured timeout passed."""
+
+    def test_timeout(self):
+        silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        silent.bind(("127.0.0.1", 0))
+        extra = "\n".join([
+            "[dns]",
+            'nameservers = ["127.0.0.1:%d"]' % silent.getsockname()[1],
+            'timeout = "1s"',
+            "attempts = 1",
+            "[delivery]",
+        ])
+        server = harness.Facteur(extra=extra)
+        try:
+            server.start()
+            raw = server.raw(timeout=20)
+            self.assertEqual(raw.reply()[0], 220)
+            raw.command("EHLO client.test\r\n")
+            raw.command("MAIL FROM:<app@asso.example>\r\n")
+            started = time.monotonic()
+            code, text = raw.command("RCPT TO:<someone@slow.test>\r\n")
+            elapsed = time.monotonic() - started
+            raw.close()
+            self.assertEqual(code, 451, text)
+            self.assertIn("4.4.3", text)
+            self.assertGreater(elapsed, 0.5)
+            self.assertLess(elapsed, 5.0)
+        finally:
+            server.cleanup()
+            silent.close()
+
+
+if __name__ == "__main__":
+    harness.main()

@@ -1,0 +1,159 @@
+"""Delivery through a static route to a scriptable SMTP server: one pipelined transaction per
+domain with per-recipient outcomes (250, 451, 550), an RFC 3464 DSN for the refused recipient sent
+back to the sender and parsed with Python's email package, the transient one kept and delivered on
+`facteur queue retry`, connection reuse for the next message, and the events log."""
+
+import email
+import email.policy
+import json
+import os
+import time
+import unittest
+
+import harness
+from smtp_test_server import SmtpTestServer
+
+
+def wait_until(predicate, timeout=20, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("%s not met within %ss" % (what, timeout))
+
+
+class DeliveryOutcomesTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.sink = SmtpTestServer(rcpt_replies={
+            "unknown@dest.test": "550 5.1.1 <unknown@dest.test>: no such user",
+            "later@dest.test": "451 4.3.0 try again later",
+        }).start()
+        extra = "\n".join([
+            "[delivery]",
+            "connection_idle_timeout = \"30s\"",
+            "[[route]]",
+            'domain = "dest.test"',
+            'destination = "[127.0.0.1]:%d"' % cls.sink.port,
+            'tls = "none"',
+            "[[route]]",
+            'domain = "asso.example"',  # where DSNs to the sender go
+            'destination = "[127.0.0.1]:%d"' % cls.sink.port,
+            'tls = "none"',
+        ])
+        cls.server = harness.Facteur(extra=extra)
+        try:
+            cls.server.start()
+        except BaseException:
+            cls.server.cleanup()
+            cls.sink.stop()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.cleanup()
+        cls.sink.stop()
+
+    def queue_json(self, *args):
+        result = self.server.cli("queue", *args, "--json")
+        return json.loads(result.stdout)
+
+    def events(self):
+        path = os.path.join(self.server.data_dir, "events.log")
+        if not os.path.exists(path):
+            return []
+        with open(path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    def test_outcomes_dsn_retry_and_reuse(self):
+        with self.server.smtp() as client:
+            refused = client.sendmail(
+                "app@asso.example", ["ok@dest.test", "unknown@dest.test", "later@dest.test"],
+                harness.simple_message(to="ok@dest.test", subject="three outcomes"))
+            self.assertEqual(refused, {})  # the relay accepts all three for delivery
+        # One transaction carried the three recipients; MAIL, the RCPTs and DATA were pipelined.
+        self.sink.wait_for(lambda: any("ok@dest.test" in t.rcpt_to for t in self.sink.transactions))
+        transaction = self.sink.delivered_to("ok@dest.test")[0]
+        self.assertEqual(transaction.mail_from, "app@asso.example")
+        self.assertEqual(sorted(r for r, _ in transaction.refused),
+                         ["later@dest.test", "unknown@dest.test"])
+        self.assertIn(b"Subject: three outcomes", transaction.data)
+        session = [s for s in self.sink.sessions if transaction in s.transactions][0]
+        self.assertTrue(any(len(batch) >= 5 and batch[0].upper().startswith("MAIL")
+                            for batch in session.batches), session.batches)
+
+        # The DSN for unknown@ comes back to the sender, from the null sender.
+        self.sink.wait_for(lambda: self.sink.delivered_to("app@asso.example"))
+        dsn_transaction = self.sink.delivered_to("app@asso.example")[0]
+        self.assertEqual(dsn_transaction.mail_from, "")
+        dsn = email.message_from_bytes(dsn_transaction.data, policy=email.policy.default)
+        self.assertEqual(dsn.get_content_type(), "multipart/report")
+        self.assertEqual(dsn.get_param("report-type"), "delivery-status")
+        parts = list(dsn.iter_parts())
+        status = [p for p in parts if p.get_content_type() == "message/delivery-status"][0]
+        blocks = status.get_payload()
+        self.assertIn("dns;", blocks[0]["Reporting-MTA"])
+        recipients = blocks[1:]
+        self.assertEqual(len(recipients), 1, [dict(b) for b in recipients])
+        block = recipients[0]
+        self.assertIn("unknown@dest.test", block["Final-Recipient"])
+        self.assertEqual(block["Action"].strip(), "failed")
+        self.assertEqual(block["Status"].strip(), "5.1.1")
+        self.assertIn("550 5.1.1", block["Diagnostic-Code"])
+        self.assertNotIn("later@dest.test", dsn_transaction.data.decode("utf-8", "replace"))
+
+        # later@ is still queued, pending, after one attempt.
+        messages = self.queue_json("ls")["messages"]
+        original = [m for m in messages if m["sender"] == "app@asso.example"]
+        self.assertEqual(len(original), 1, messages)
+        queue_id = original[0]["id"]
+        shown = self.queue_json("show", queue_id)
+        states = {r["address"]: r["state"] for r in shown["recipient_states"]}
+        self.assertEqual(states, {"ok@dest.test": "delivered", "unknown@dest.test": "bounced",
+                                  "later@dest.test": "pending"})
+        self.assertEqual(shown["attempts"], 1)
+
+        # The server now takes it; a retry makes it due at once instead of in five minutes.
+        self.sink.rcpt_replies.pop("later@dest.test")
+        self.server.cli("queue", "retry", queue_id)
+        self.sink.wait_for(lambda: self.sink.delivered_to("later@dest.test"))
+        wait_until(lambda: self.queue_json("count")["count"] == 0, what="empty queue")
+
+        # The events log tells each recipient's story.
+        events = wait_until(lambda: [e for e in self.events() if e.get("queue_id") == queue_id
+                                     and e["type"] != "reception"] or None, what="events")
+        kinds = sorted((e["type"], e["recipient"]) for e in events)
+        self.assertIn(("delivery", "ok@dest.test"), kinds)
+        self.assertIn(("bounce", "unknown@dest.test"), kinds)
+        self.assertIn(("transient_failure", "later@dest.test"), kinds)
+        self.assertIn(("delivery", "later@dest.test"), kinds)
+        reception = [e for e in self.events()
+                     if e["type"] == "reception" and e.get("queue_id") == queue_id]
+        self.assertEqual(len(reception), 1)
+        self.assertEqual(reception[0]["recipients"], 3)
+        self.assertEqual(reception[0]["listener"], "relay")
+        delivery = [e for e in events if e["type"] == "delivery"][0]
+        for field in ("time", "queue_id", "recipient", "site", "mx", "code", "attempt"):
+            self.assertIn(field, delivery)
+        self.assertEqual(delivery["code"], 250)
+        retried = [e for e in events if e["type"] == "delivery" and e["recipient"] == "later@dest.test"]
+        self.assertEqual(retried[0]["attempt"], 2)
+
+    def test_connection_is_reused_for_the_next_message(self):
+        before = len(self.sink.sessions)
+        for number in range(2):
+            with self.server.smtp() as client:
+                client.sendmail("app@asso.example", ["reuse@dest.test"],
+                                harness.simple_message(to="reuse@dest.test",
+                                                       subject="reuse %d" % number))
+            self.sink.wait_for(lambda: len(self.sink.delivered_to("reuse@dest.test")) == number + 1)
+        sessions = [s for s in self.sink.sessions[before:]
+                    if any("reuse@dest.test" in t.rcpt_to for t in s.transactions)]
+        self.assertEqual(len(sessions), 1, "both messages should share one SMTP session")
+        self.assertEqual(len(sessions[0].transactions), 2)
+
+
+if __name__ == "__main__":
+    harness.main()

@@ -1,0 +1,115 @@
+"""Delivery TLS policy and failures of the receiving side: required TLS verified against a
+trusted certificate, required TLS refused by a server without STARTTLS, a server that stalls past
+the data-termination timeout, and one that drops the connection mid-DATA. Nothing is lost: every
+failure is transient and leaves the recipient queued."""
+
+import json
+import os
+import time
+import unittest
+
+import harness
+from smtp_test_server import STALL, SmtpTestServer
+
+
+def wait_until(predicate, timeout=20, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("%s not met within %ss" % (what, timeout))
+
+
+class DeliveryTlsAndTimeoutsTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tls_sink = SmtpTestServer(starttls=True, hostname="mx.tls.test").start()
+        cls.plain_sink = SmtpTestServer(starttls=False).start()
+        cls.stall_sink = SmtpTestServer(end_of_data_reply=STALL).start()
+        cls.drop_sink = SmtpTestServer(drop_mid_data=True).start()
+        routes = []
+        for domain, sink, tls in (("tls.test", cls.tls_sink, "required"),
+                                  ("notls.test", cls.plain_sink, "required"),
+                                  ("stall.test", cls.stall_sink, "none"),
+                                  ("drop.test", cls.drop_sink, "none")):
+            routes += ["[[route]]", 'domain = "%s"' % domain,
+                       'destination = "[127.0.0.1]:%d"' % sink.port, 'tls = "%s"' % tls]
+        extra = "\n".join([
+            "[delivery]",
+            "tls_ca_file = %s" % harness.toml_string(cls.tls_sink.certfile),
+            'data_block_timeout = "1s"',
+            'data_termination_timeout = "1s"',
+            'command_timeout = "5s"',
+        ] + routes)
+        cls.server = harness.Facteur(extra=extra)
+        try:
+            cls.server.start()
+        except BaseException:
+            cls.server.cleanup()
+            for sink in (cls.tls_sink, cls.plain_sink, cls.stall_sink, cls.drop_sink):
+                sink.stop()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.cleanup()
+        for sink in (cls.tls_sink, cls.plain_sink, cls.stall_sink, cls.drop_sink):
+            sink.stop()
+
+    def send(self, recipient):
+        with self.server.smtp() as client:
+            client.sendmail("app@asso.example", [recipient],
+                            harness.simple_message(to=recipient, subject="to " + recipient))
+
+    def events_for(self, recipient):
+        path = os.path.join(self.server.data_dir, "events.log")
+        if not os.path.exists(path):
+            return []
+        with open(path) as f:
+            events = [json.loads(line) for line in f if line.strip()]
+        return [e for e in events if e.get("recipient") == recipient]
+
+    def pending_recipients(self):
+        result = self.server.cli("queue", "ls", "--json")
+        pending = []
+        for message in json.loads(result.stdout)["messages"]:
+            shown = json.loads(self.server.cli("queue", "show", message["id"], "--json").stdout)
+            pending += [r["address"] for r in shown["recipient_states"] if r["state"] == "pending"]
+        return pending
+
+    def assert_deferred(self, recipient):
+        events = wait_until(lambda: [e for e in self.events_for(recipient)
+                                     if e["type"] == "transient_failure"],
+                            what="a transient failure for " + recipient)
+        self.assertTrue(400 <= events[0]["code"] < 500, events[0])
+        self.assertIn(recipient, self.pending_recipients())
+        return events[0]
+
+    def test_required_tls_verified(self):
+        self.send("someone@tls.test")
+        self.tls_sink.wait_for(lambda: self.tls_sink.delivered_to("someone@tls.test"))
+        self.assertTrue(self.tls_sink.delivered_to("someone@tls.test")[0].tls)
+        event = wait_until(lambda: [e for e in self.events_for("someone@tls.test")
+                                    if e["type"] == "delivery"], what="delivery event")[0]
+        self.assertTrue(event.get("tls"))
+
+    def test_required_tls_without_starttls_waits(self):
+        self.send("someone@notls.test")
+        event = self.assert_deferred("someone@notls.test")
+        self.assertEqual(event["enhanced"][:4], "4.7.")
+        self.assertEqual(self.plain_sink.transactions, [])  # no mail sent in clear text
+
+    def test_stall_past_the_data_termination_timeout(self):
+        self.send("someone@stall.test")
+        event = self.assert_deferred("someone@stall.test")
+        self.assertIn("timeout", event["response"].lower())
+
+    def test_connection_dropped_mid_data(self):
+        self.send("someone@drop.test")
+        self.assert_deferred("someone@drop.test")
+
+
+if __name__ == "__main__":
+    harness.main()

@@ -1,0 +1,128 @@
+"""Queue operations against a running server, through the CLI and the admin API: suspend and
+resume a domain (resume delivers at once), bounce a domain's recipients (DSN to the sender),
+delete a message (no DSN), retry, and the errors for bad input or a stopped server."""
+
+import email
+import email.policy
+import json
+import time
+import unittest
+
+import harness
+from smtp_test_server import SmtpTestServer
+
+
+def wait_until(predicate, timeout=20, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("%s not met within %ss" % (what, timeout))
+
+
+class QueueOperationsTest(harness.ServerTestCase):
+    sink = None
+
+    @classmethod
+    def config_extra(cls):
+        # Everything waits, except the sender's own mailbox, where DSNs arrive.
+        cls.sink = SmtpTestServer(rcpt_reply="451 4.3.0 not now",
+                                  rcpt_replies={"app@asso.example": "250 2.1.5 Ok"}).start()
+        lines = ["[delivery]"]
+        for domain in ("hold.test", "asso.example"):
+            lines += ["[[route]]", 'domain = "%s"' % domain,
+                      'destination = "[127.0.0.1]:%d"' % cls.sink.port, 'tls = "none"']
+        return "\n".join(lines)
+
+    @classmethod
+    def tearDownClass(cls):
+        super().tearDownClass()
+        cls.sink.stop()
+
+    def submit(self, recipient, subject):
+        with self.server.smtp() as client:
+            client.sendmail("app@asso.example", [recipient],
+                            harness.simple_message(to=recipient, subject=subject))
+        for message in self.queue("ls")["messages"]:
+            if recipient in message["recipients"]:
+                return message["id"]
+        raise AssertionError("not queued: " + recipient)
+
+    def queue(self, *args):
+        return json.loads(self.server.cli("queue", *args, "--json").stdout)
+
+    def show(self, queue_id):
+        return self.queue("show", queue_id)
+
+    def attempted(self, queue_id):
+        return self.show(queue_id)["attempts"] >= 1
+
+    def test_suspend_then_resume_delivers(self):
+        self.server.cli("queue", "suspend", "hold.test")
+        self.assertEqual(json.loads(self.server.cli(
+            "queue", "suspend", "hold.test", "--json").stdout)["messages"], 0)
+        queue_id = self.submit("s@hold.test", "suspended")
+        # The manager looked at it and put it off without any attempt.
+        wait_until(lambda: self.show(queue_id)["next_attempt"] > self.show(queue_id)["received_at"],
+                   what="message put off")
+        self.assertEqual(self.show(queue_id)["attempts"], 0)
+        self.assertFalse([t for t in self.sink.transactions if "s@hold.test" in t.rcpt_to]
+                         or [s for s in self.sink.sessions
+                             if any("s@hold.test" in c for c in s.commands)])
+        self.sink.rcpt_replies["s@hold.test"] = "250 2.1.5 Ok"
+        result = self.server.cli("queue", "resume", "hold.test")
+        self.assertIn("1 message", result.stdout.decode())
+        self.sink.wait_for(lambda: self.sink.delivered_to("s@hold.test"))
+
+    def test_bounce_domain_sends_a_dsn(self):
+        queue_id = self.submit("b@hold.test", "to be bounced")
+        wait_until(lambda: self.attempted(queue_id), what="first attempt")
+        answer = self.queue("bounce", "--domain", "hold.test")
+        self.assertGreaterEqual(answer["messages"], 1)
+        self.sink.wait_for(lambda: [t for t in self.sink.delivered_to("app@asso.example")
+                                    if b"b@hold.test" in t.data])
+        dsn_data = [t for t in self.sink.delivered_to("app@asso.example")
+                    if b"b@hold.test" in t.data][0].data
+        dsn = email.message_from_bytes(dsn_data, policy=email.policy.default)
+        self.assertEqual(dsn.get_content_type(), "multipart/report")
+        self.assertIn(b"cancelled by the administrator", dsn_data)
+        wait_until(lambda: queue_id not in [m["id"] for m in self.queue("ls")["messages"]],
+                   what="bounced message removed")
+
+    def test_delete_and_retry(self):
+        queue_id = self.submit("d@hold.test", "to be deleted")
+        wait_until(lambda: self.attempted(queue_id), what="first attempt")
+        retried = self.queue("retry", queue_id)
+        self.assertEqual(retried["messages"], 1)
+        wait_until(lambda: self.show(queue_id)["attempts"] >= 2, what="second attempt")
+        self.server.cli("queue", "delete", queue_id)
+        wait_until(lambda: queue_id not in [m["id"] for m in self.queue("ls")["messages"]],
+                   what="deleted")
+        self.assertFalse([t for t in self.sink.delivered_to("app@asso.example")
+                          if b"d@hold.test" in t.data])
+        missing = self.server.cli("queue", "retry", queue_id, check=False)
+        self.assertNotEqual(missing.returncode, 0)
+        self.assertIn("not in the queue", missing.stderr.decode())
+
+    def test_bad_input(self):
+        bad = self.server.cli("queue", "retry", "not-an-id", check=False)
+        self.assertEqual(bad.returncode, 64)
+        missing_domain = self.server.cli("queue", "suspend", check=False)
+        self.assertEqual(missing_domain.returncode, 64)
+
+
+class QueueOperationsNeedAServerTest(unittest.TestCase):
+    def test_stopped_server(self):
+        server = harness.Facteur()
+        try:
+            result = server.cli("queue", "flush", check=False)
+            self.assertEqual(result.returncode, 69)
+            self.assertIn("no running server", result.stderr.decode())
+        finally:
+            server.cleanup()
+
+
+if __name__ == "__main__":
+    harness.main()

@@ -1,0 +1,372 @@
+// Tests of the queue manager on a real spool (RocksDB on disk) and a simulated clock: jobs per
+// domain, settling of mixed outcomes, retry schedule, expiry, DSNs (and none for the null
+// sender or NOTIFY=NEVER), suspended domains, and the queue operations.
+#include "engine/delivery/queue_manager.h"
+
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "engine/base/clock.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "queue/spool.h"
+#include "queue/store.h"
+#include "tests/unit/queue/queue_test_util.h"
+
+namespace facteur::delivery {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+using ::testing::SizeIs;
+
+class CollectingDispatcher final : public JobDispatcher {
+ public:
+  void Dispatch(DeliveryJob job) override { jobs.push_back(std::move(job)); }
+  std::vector<DeliveryJob> Take() { return std::exchange(jobs, {}); }
+  std::vector<DeliveryJob> jobs;
+};
+
+queue::RecipientRecord R(std::string address, std::string notify = "") {
+  queue::RecipientRecord recipient;
+  recipient.address = std::move(address);
+  recipient.notify = std::move(notify);
+  return recipient;
+}
+
+mail::DeliveryOutcome Outcome(int code, std::string enhanced, std::string text) {
+  mail::DeliveryOutcome outcome;
+  outcome.reply = mail::Reply{code, std::move(enhanced), std::move(text)};
+  outcome.remote = "mx.example.test[127.0.0.1]:25";
+  return outcome;
+}
+
+JobResult ResultFor(const DeliveryJob& job, std::vector<mail::DeliveryOutcome> outcomes) {
+  JobResult result;
+  result.id = job.id;
+  result.domain = job.domain;
+  result.recipient_indexes = job.recipient_indexes;
+  result.outcomes = std::move(outcomes);
+  result.destination = "mx:" + job.domain;
+  return result;
+}
+
+class QueueManagerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto store = queue::Store::Open(dir_.Sub("spool"));
+    ASSERT_TRUE(store.ok()) << store.status();
+    store_ = *std::move(store);
+    auto spool = queue::Spool::Open(*store_, queue::SpoolOptions{}, clock_);
+    ASSERT_TRUE(spool.ok()) << spool.status();
+    spool_ = *std::move(spool);
+    spool_->SetCommitObserver([this](size_t batch, absl::Duration) {
+      absl::MutexLock lock(&mutex_);
+      committed_ += batch;
+    });
+    auto events = events::EventLog::Open(dir_.Sub("events.log"));
+    ASSERT_TRUE(events.ok()) << events.status();
+    events_ = *std::move(events);
+    manager_ = std::make_unique<QueueManager>(
+        *store_, *spool_, retry_, clock_, events_.get(),
+        QueueManagerOptions{.hostname = "relay.example.org", .max_messages_in_flight = 100,
+                            .max_recipients_per_transaction = 2});
+    manager_->SetDispatcher(&dispatcher_);
+  }
+
+  void TearDown() override {
+    manager_.reset();
+    spool_.reset();
+    store_.reset();
+  }
+
+  // Waits until `items` more spool items (messages, updates, removals) have committed.
+  void WaitForCommits(uint64_t items) {
+    absl::MutexLock lock(&mutex_);
+    const uint64_t target = expected_ += items;
+    auto reached = [this, target]() ABSL_SHARED_LOCKS_REQUIRED(mutex_) { return committed_ >= target; };
+    ASSERT_TRUE(mutex_.AwaitWithTimeout(absl::Condition(&reached), absl::Seconds(10)))
+        << "committed " << committed_ << " of " << target;
+  }
+
+  MessageId Enqueue(std::string sender, std::vector<queue::RecipientRecord> recipients) {
+    queue::Envelope envelope;
+    envelope.id = MessageId::Generate(clock_.Now());
+    envelope.sender = std::move(sender);
+    envelope.recipients = std::move(recipients);
+    envelope.received_at = clock_.Now();
+    envelope.next_attempt = clock_.Now();
+    const MessageId id = envelope.id;
+    spool_->Enqueue(std::move(envelope),
+                    "From: <alice@example.org>\r\nSubject: greetings\r\n\r\nHello\r\n",
+                    [](absl::Status status) { EXPECT_TRUE(status.ok()) << status; });
+    WaitForCommits(1);
+    return id;
+  }
+
+  queue::Envelope Read(const MessageId& id) {
+    auto envelope = queue::ReadEnvelope(*store_, id);
+    EXPECT_TRUE(envelope.ok() && envelope->has_value());
+    return envelope.ok() && envelope->has_value() ? **envelope : queue::Envelope();
+  }
+
+  // The DSNs in the queue: messages from the null sender.
+  std::vector<queue::Envelope> Dsns() {
+    std::vector<queue::Envelope> found;
+    auto all = queue::ListEnvelopes(*store_, 1000);
+    EXPECT_TRUE(all.ok());
+    for (const queue::Envelope& e : *all) {
+      if (e.sender.empty()) found.push_back(e);
+    }
+    return found;
+  }
+
+  queue::test::TempDir dir_;
+  SimulatedClock clock_;
+  throttle::RetryPolicy retry_{throttle::RetryOptions{.first_retry = absl::Minutes(5),
+                                                      .backoff = 2.0,
+                                                      .max_retry_interval = absl::Hours(4),
+                                                      .jitter = 0.0,
+                                                      .queue_lifetime = absl::Hours(24 * 5)}};
+  std::unique_ptr<queue::Store> store_;
+  std::unique_ptr<queue::Spool> spool_;
+  std::unique_ptr<events::EventLog> events_;
+  CollectingDispatcher dispatcher_;
+  std::unique_ptr<QueueManager> manager_;
+  absl::Mutex mutex_;
+  uint64_t committed_ ABSL_GUARDED_BY(mutex_) = 0;
+  uint64_t expected_ ABSL_GUARDED_BY(mutex_) = 0;
+};
+
+TEST_F(QueueManagerTest, SplitsByDomainAndTransactionSizeAndLeasesOnce) {
+  const MessageId id = Enqueue("alice@example.org", {R("a@x.test"), R("b@Y.test"), R("c@x.test"),
+                                                      R("d@x.test")});
+  manager_->RunOnce();
+  std::vector<DeliveryJob> jobs = dispatcher_.Take();
+  // x.test has three recipients and transactions carry two: two jobs; y.test one.
+  ASSERT_THAT(jobs, SizeIs(3));
+  EXPECT_EQ(jobs[0].domain, "x.test");
+  EXPECT_THAT(jobs[0].recipient_indexes, ElementsAre(0, 2));
+  EXPECT_EQ(jobs[1].domain, "x.test");
+  EXPECT_THAT(jobs[1].recipient_indexes, ElementsAre(3));
+  EXPECT_EQ(jobs[2].domain, "y.test");
+  EXPECT_EQ(jobs[0].message.body, jobs[2].message.body);  // read once, shared
+  EXPECT_EQ(jobs[0].attempt, 1u);
+  EXPECT_EQ(jobs[0].id, id);
+  manager_->RunOnce();
+  EXPECT_THAT(dispatcher_.Take(), IsEmpty());  // leased: not handed out twice
+  EXPECT_EQ(manager_->in_flight(), 1u);
+}
+
+TEST_F(QueueManagerTest, SettlesMixedOutcomesRetriesAndBounces) {
+  const MessageId id = Enqueue("alice@example.org", {R("ok@x.test"), R("later@x.test"), R("gone@y.test")});
+  manager_->RunOnce();
+  std::vector<DeliveryJob> jobs = dispatcher_.Take();
+  ASSERT_THAT(jobs, SizeIs(2));
+  manager_->OnJobDone(ResultFor(jobs[0], {Outcome(250, "2.0.0", "ok"), Outcome(451, "4.3.0", "try later")}));
+  manager_->OnJobDone(ResultFor(jobs[1], {Outcome(550, "5.1.1", "no such user")}));
+  manager_->RunOnce();
+  WaitForCommits(2);  // the DSN and the envelope update
+
+  queue::Envelope envelope = Read(id);
+  EXPECT_EQ(envelope.attempts, 1u);
+  EXPECT_EQ(envelope.recipients[0].state, queue::RecipientState::kDelivered);
+  EXPECT_EQ(envelope.recipients[1].state, queue::RecipientState::kPending);
+  EXPECT_EQ(envelope.recipients[2].state, queue::RecipientState::kBounced);
+  EXPECT_EQ(envelope.next_attempt, clock_.Now() + absl::Minutes(5));
+
+  std::vector<queue::Envelope> dsns = Dsns();
+  ASSERT_THAT(dsns, SizeIs(1));
+  EXPECT_EQ(dsns[0].recipients[0].address, "alice@example.org");
+  auto body = queue::ReadBody(*store_, dsns[0].id);
+  ASSERT_TRUE(body.ok() && body->has_value());
+  EXPECT_THAT(**body, HasSubstr("gone@y.test"));
+  EXPECT_THAT(**body, HasSubstr("5.1.1"));
+  EXPECT_THAT(**body, ::testing::Not(HasSubstr("later@x.test")));
+
+  // Not due before the retry time; then only the open recipient goes, as attempt 2.
+  clock_.Advance(absl::Minutes(4));
+  manager_->RunOnce();
+  for (const DeliveryJob& job : dispatcher_.Take()) EXPECT_NE(job.id, id);  // the DSN may go
+  clock_.Advance(absl::Minutes(1));
+  manager_->RunOnce();
+  std::vector<DeliveryJob> retry;
+  for (DeliveryJob& job : dispatcher_.Take()) {
+    if (job.id == id) retry.push_back(std::move(job));
+  }
+  ASSERT_THAT(retry, SizeIs(1));
+  EXPECT_THAT(retry[0].recipient_indexes, ElementsAre(1));
+  EXPECT_EQ(retry[0].attempt, 2u);
+
+  // Delivered at last: the message leaves the queue.
+  manager_->OnJobDone(ResultFor(retry[0], {Outcome(250, "2.0.0", "ok")}));
+  manager_->RunOnce();
+  WaitForCommits(1);
+  auto gone = queue::ReadEnvelope(*store_, id);
+  ASSERT_TRUE(gone.ok());
+  EXPECT_FALSE(gone->has_value());
+}
+
+TEST_F(QueueManagerTest, ExpiredMessagesBounceUntriedWithDelayStatus) {
+  const MessageId id = Enqueue("alice@example.org", {R("slow@x.test")});
+  manager_->RunOnce();
+  std::vector<DeliveryJob> jobs = dispatcher_.Take();
+  ASSERT_THAT(jobs, SizeIs(1));
+  manager_->OnJobDone(ResultFor(jobs[0], {Outcome(451, "4.4.1", "connection refused")}));
+  manager_->RunOnce();
+  WaitForCommits(1);
+  // Five days later (a server stopped all that time) it is due and expired: it bounces untried.
+  clock_.Advance(absl::Hours(24 * 5 + 1));
+  manager_->RunOnce();
+  WaitForCommits(2);  // the DSN and the removal
+  for (const DeliveryJob& job : dispatcher_.Take()) EXPECT_NE(job.id, id);
+  auto gone = queue::ReadEnvelope(*store_, id);
+  ASSERT_TRUE(gone.ok());
+  EXPECT_FALSE(gone->has_value());
+  std::vector<queue::Envelope> dsns = Dsns();
+  ASSERT_THAT(dsns, SizeIs(1));
+  auto body = queue::ReadBody(*store_, dsns[0].id);
+  ASSERT_TRUE(body.ok() && body->has_value());
+  EXPECT_THAT(**body, HasSubstr("5.4.7"));
+}
+
+TEST_F(QueueManagerTest, NoDsnForTheNullSenderOrNotifyNever) {
+  const MessageId bounce = Enqueue("", {R("postmaster@x.test")});
+  const MessageId quiet = Enqueue("alice@example.org", {R("q@x.test", "NEVER")});
+  manager_->RunOnce();
+  std::vector<DeliveryJob> jobs = dispatcher_.Take();
+  ASSERT_THAT(jobs, SizeIs(2));
+  for (const DeliveryJob& job : jobs) {
+    manager_->OnJobDone(ResultFor(job, {Outcome(550, "5.1.1", "no such user")}));
+  }
+  manager_->RunOnce();
+  WaitForCommits(2);  // two removals, no DSN
+  for (const MessageId& id : {bounce, quiet}) {
+    auto gone = queue::ReadEnvelope(*store_, id);
+    ASSERT_TRUE(gone.ok());
+    EXPECT_FALSE(gone->has_value());
+  }
+  auto all = queue::ListEnvelopes(*store_, 10);
+  ASSERT_TRUE(all.ok());
+  EXPECT_THAT(*all, IsEmpty());
+}
+
+// Runs an operation on another thread (operations block until the manager thread ran them),
+// while this thread plays the manager thread.
+template <typename F>
+auto RunOperation(QueueManager& manager, F operation) {
+  decltype(operation()) result = absl::InternalError("not run");
+  absl::Notification done;
+  std::thread caller([&] {
+    result = operation();
+    done.Notify();
+  });
+  while (!done.WaitForNotificationWithTimeout(absl::Milliseconds(1))) manager.RunOnce();
+  caller.join();
+  return result;
+}
+
+TEST_F(QueueManagerTest, SuspendedDomainsWaitAndResumeFlushesThem) {
+  auto suspended = RunOperation(*manager_, [&] { return manager_->Suspend("X.test"); });
+  ASSERT_TRUE(suspended.ok()) << suspended.status();
+  EXPECT_THAT(manager_->SuspendedDomains(), ElementsAre("x.test"));
+  const MessageId id = Enqueue("alice@example.org", {R("a@x.test"), R("b@y.test")});
+  manager_->RunOnce();
+  std::vector<DeliveryJob> jobs = dispatcher_.Take();
+  ASSERT_THAT(jobs, SizeIs(1));
+  EXPECT_EQ(jobs[0].domain, "y.test");
+  manager_->OnJobDone(ResultFor(jobs[0], {Outcome(250, "2.0.0", "ok")}));
+  manager_->RunOnce();
+  WaitForCommits(1);
+  EXPECT_EQ(Read(id).recipients[0].state, queue::RecipientState::kPending);
+
+  auto resumed = RunOperation(*manager_, [&] { return manager_->Resume("x.test"); });
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  EXPECT_EQ(resumed->messages, 1u);
+  WaitForCommits(1);
+  manager_->RunOnce();
+  jobs = dispatcher_.Take();
+  ASSERT_THAT(jobs, SizeIs(1));
+  EXPECT_EQ(jobs[0].domain, "x.test");
+}
+
+TEST_F(QueueManagerTest, OperationsRetryBounceAndDelete) {
+  const MessageId id = Enqueue("alice@example.org", {R("a@x.test"), R("b@y.test")});
+  manager_->RunOnce();
+  std::vector<DeliveryJob> jobs = dispatcher_.Take();
+  ASSERT_THAT(jobs, SizeIs(2));
+  for (const DeliveryJob& job : jobs) {
+    manager_->OnJobDone(ResultFor(job, {Outcome(421, "4.7.0", "slow down")}));
+  }
+  manager_->RunOnce();
+  WaitForCommits(1);
+
+  // Retry makes it due now, long before its schedule.
+  auto retried = RunOperation(*manager_, [&] { return manager_->Retry(id); });
+  ASSERT_TRUE(retried.ok()) << retried.status();
+  EXPECT_EQ(retried->messages, 1u);
+  WaitForCommits(1);
+  manager_->RunOnce();
+  jobs = dispatcher_.Take();
+  ASSERT_THAT(jobs, SizeIs(2));
+
+  // Bounce while in flight: applied when the attempt settles, with a DSN.
+  auto bounced = RunOperation(*manager_, [&] { return manager_->Bounce(id); });
+  ASSERT_TRUE(bounced.ok()) << bounced.status();
+  manager_->OnJobDone(ResultFor(jobs[0], {Outcome(250, "2.0.0", "ok")}));
+  manager_->OnJobDone(ResultFor(jobs[1], {Outcome(451, "4.3.0", "later")}));
+  manager_->RunOnce();
+  WaitForCommits(2);  // DSN + removal
+  auto gone = queue::ReadEnvelope(*store_, id);
+  ASSERT_TRUE(gone.ok());
+  EXPECT_FALSE(gone->has_value());
+  std::vector<queue::Envelope> dsns = Dsns();
+  ASSERT_THAT(dsns, SizeIs(1));
+  auto body = queue::ReadBody(*store_, dsns[0].id);
+  ASSERT_TRUE(body.ok() && body->has_value());
+  EXPECT_THAT(**body, HasSubstr("b@y.test"));
+  EXPECT_THAT(**body, HasSubstr("cancelled by the administrator"));
+
+  // Delete while the DSN is out for delivery: applied when the attempt settles, no new DSN.
+  manager_->RunOnce();
+  std::vector<DeliveryJob> dsn_jobs;
+  for (DeliveryJob& job : dispatcher_.Take()) {
+    if (job.id == dsns[0].id) dsn_jobs.push_back(std::move(job));
+  }
+  ASSERT_THAT(dsn_jobs, SizeIs(1));
+  auto deleted = RunOperation(*manager_, [&] { return manager_->Delete(dsns[0].id); });
+  ASSERT_TRUE(deleted.ok()) << deleted.status();
+  EXPECT_EQ(deleted->messages, 1u);
+  EXPECT_THAT(Dsns(), SizeIs(1));  // still there until the attempt is back
+  manager_->OnJobDone(ResultFor(dsn_jobs[0], {Outcome(451, "4.3.0", "later")}));
+  manager_->RunOnce();
+  WaitForCommits(1);
+  EXPECT_THAT(Dsns(), IsEmpty());
+  auto all = queue::ListEnvelopes(*store_, 10);
+  ASSERT_TRUE(all.ok());
+  EXPECT_THAT(*all, IsEmpty());
+
+  // Unknown ids are NotFound.
+  auto unknown = RunOperation(*manager_, [&] { return manager_->Retry(MessageId::Generate(clock_.Now())); });
+  EXPECT_TRUE(absl::IsNotFound(unknown.status())) << unknown.status();
+}
+
+TEST_F(QueueManagerTest, StopReleasesLeasesSoMessagesComeBack) {
+  const MessageId id = Enqueue("alice@example.org", {R("a@x.test")});
+  manager_->RunOnce();
+  ASSERT_THAT(dispatcher_.Take(), SizeIs(1));
+  EXPECT_EQ(spool_->leased(), 1u);
+  manager_->Stop();
+  EXPECT_EQ(spool_->leased(), 0u);
+  auto again = spool_->LeaseDue(clock_.Now(), 10);
+  ASSERT_THAT(again, SizeIs(1));
+  EXPECT_EQ(again[0].id, id);
+}
+
+}  // namespace
+}  // namespace facteur::delivery
