@@ -4,6 +4,7 @@
 // MAIL FROM/RCPT TO/DATA in one write (RFC 2920 pipelining), reads the three replies, sends the
 // dot-stuffed message (RFC 5321 §4.5.2) and times the final reply: time-to-250 runs from the
 // moment the send SQE holding the final ".\r\n" is prepared until that reply has been parsed.
+// --rcpt_domains spreads the recipients over K domains (bench/deliver, issue #3 point 10).
 // Loopback only (127.0.0.0/8): this tool must never load a machine it does not own.
 // Thread contract: single-threaded; the LoadGenerator and its Sessions are confined to main().
 #include <arpa/inet.h>
@@ -45,6 +46,9 @@ ABSL_FLAG(bool, pipelining, true, "send MAIL/RCPT/DATA in one write (RFC 2920) i
 ABSL_FLAG(bool, json, false, "print one JSON line of results instead of text");
 ABSL_FLAG(std::string, mail_from, "load@[127.0.0.1]", "envelope sender");
 ABSL_FLAG(std::string, rcpt_to, "sink@[127.0.0.1]", "envelope recipient");
+ABSL_FLAG(int32_t, rcpt_domains, 0,
+          "K > 0: message i goes to LOCAL@d<i % K>.DOMAIN, LOCAL@DOMAIN being --rcpt_to "
+          "(spreads the load over K destination domains); 0: every message to --rcpt_to");
 ABSL_FLAG(std::string, helo, "smtp-load.localhost", "name sent with EHLO");
 ABSL_FLAG(double, connect_timeout_s, 5.0, "connect timeout per attempt, seconds");
 ABSL_FLAG(double, deadline_s, 120.0, "overall deadline, seconds: the run stops there");
@@ -195,6 +199,9 @@ struct Options {
   bool pipelining = true;
   std::string mail_from;
   std::string rcpt_to;
+  int rcpt_domains = 0;
+  std::string rcpt_local;   // with rcpt_domains: --rcpt_to's local part, "@" included
+  std::string rcpt_domain;  // with rcpt_domains: --rcpt_to's domain, "." prepended
   std::string helo;
   int64_t connect_timeout_ns = 0;
   int64_t deadline_ns = 0;
@@ -233,7 +240,7 @@ class LoadGenerator {
   void Broken(Session& s, const std::string& why);
   void Finish(Session& s);
   void BuildBody();
-  std::string EnvelopeCommand(size_t step) const;
+  std::string EnvelopeCommand(size_t step, int64_t message_number) const;
 
   Options options_;
   io_uring ring_{};
@@ -557,11 +564,16 @@ void LoadGenerator::OnReplies(Session& s) {
   }
 }
 
-std::string LoadGenerator::EnvelopeCommand(size_t step) const {
+std::string LoadGenerator::EnvelopeCommand(size_t step, int64_t message_number) const {
   switch (step) {
     case 0:
       return absl::StrCat("MAIL FROM:<", options_.mail_from, ">\r\n");
     case 1:
+      if (options_.rcpt_domains > 0) {
+        return absl::StrCat("RCPT TO:<", options_.rcpt_local, "d",
+                            message_number % options_.rcpt_domains, options_.rcpt_domain,
+                            ">\r\n");
+      }
       return absl::StrCat("RCPT TO:<", options_.rcpt_to, ">\r\n");
     default:
       return "DATA\r\n";
@@ -569,7 +581,8 @@ std::string LoadGenerator::EnvelopeCommand(size_t step) const {
 }
 
 void LoadGenerator::SendEnvelopeCommand(Session& s, size_t step) {
-  Send(s, EnvelopeCommand(step), 1, false);  // keeps s.replies: the earlier steps' replies
+  // Keeps s.replies: the earlier steps' replies.
+  Send(s, EnvelopeCommand(step, s.message_number), 1, false);
 }
 
 void LoadGenerator::StartTransaction(Session& s) {
@@ -585,7 +598,10 @@ void LoadGenerator::StartTransaction(Session& s) {
   s.state = State::kEnvelope;
   if (s.use_pipelining) {
     // RFC 2920 §3.1: DATA may end a group; the three replies come back in order.
-    Send(s, absl::StrCat(EnvelopeCommand(0), EnvelopeCommand(1), EnvelopeCommand(2)), 3, false);
+    Send(s,
+         absl::StrCat(EnvelopeCommand(0, s.message_number), EnvelopeCommand(1, s.message_number),
+                      EnvelopeCommand(2, s.message_number)),
+         3, false);
   } else {
     SendEnvelopeCommand(s, 0);
   }
@@ -757,6 +773,20 @@ int Main(int argc, char** argv) {
   options.pipelining = absl::GetFlag(FLAGS_pipelining);
   options.mail_from = absl::GetFlag(FLAGS_mail_from);
   options.rcpt_to = absl::GetFlag(FLAGS_rcpt_to);
+  options.rcpt_domains = absl::GetFlag(FLAGS_rcpt_domains);
+  if (options.rcpt_domains != 0) {
+    // A domain literal ("[127.0.0.1]") has no subdomains to spread over.
+    size_t at = options.rcpt_to.rfind('@');
+    if (options.rcpt_domains < 0 || at == std::string::npos || at == 0 ||
+        at + 1 >= options.rcpt_to.size() || options.rcpt_to[at + 1] == '[') {
+      absl::FPrintF(stderr, "smtp_load: --rcpt_domains needs K >= 0 and --rcpt_to=LOCAL@DOMAIN "
+                            "with a domain name, got %d and '%s'\n",
+                    options.rcpt_domains, options.rcpt_to);
+      return 2;
+    }
+    options.rcpt_local = options.rcpt_to.substr(0, at + 1);
+    options.rcpt_domain = absl::StrCat(".", options.rcpt_to.substr(at + 1));
+  }
   options.helo = absl::GetFlag(FLAGS_helo);
   options.connect_timeout_ns =
       static_cast<int64_t>(absl::GetFlag(FLAGS_connect_timeout_s) * 1e9);

@@ -189,7 +189,14 @@ void QueueManager::RunOnce() {
   in_flight_count_ = in_flight_.size();
 }
 
+void QueueManager::StopDispatching() {
+  absl::MutexLock lock(&dispatch_mutex_);
+  dispatching_stopped_ = true;
+}
+
 void QueueManager::LeaseAndDispatch() {
+  absl::MutexLock lock(&dispatch_mutex_);
+  if (dispatching_stopped_) return;
   if (dispatcher_ == nullptr || in_flight_.size() >= options_.max_messages_in_flight) return;
   const size_t room = options_.max_messages_in_flight - in_flight_.size();
   for (const queue::ScheduleEntry& entry : spool_.LeaseDue(clock_.Now(), room)) {

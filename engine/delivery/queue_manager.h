@@ -62,6 +62,9 @@ class QueueManager final : public ResultSink {
   // Runs RunOnce() on the manager thread whenever there is work: a message due, a result, an
   // operation.
   void Start();
+  // No job is dispatched once this returns (the shards may then go away); results that come
+  // back are still settled. The first step of a shutdown.
+  void StopDispatching();
   // Stops the thread. Messages still in flight keep their queued state and are tried again at
   // the next start (their leases end); results already back are settled first.
   void Stop();
@@ -127,6 +130,10 @@ class QueueManager final : public ResultSink {
   absl::flat_hash_set<std::string> suspended_ ABSL_GUARDED_BY(mutex_);
   size_t in_flight_count_ ABSL_GUARDED_BY(mutex_) = 0;
   size_t uncommitted_writes_ ABSL_GUARDED_BY(mutex_) = 0;  // Persist() calls not yet committed
+
+  // Held while jobs are dispatched, so that StopDispatching() waits for a round in progress.
+  absl::Mutex dispatch_mutex_;
+  bool dispatching_stopped_ ABSL_GUARDED_BY(dispatch_mutex_) = false;
 
   // Manager thread only.
   absl::flat_hash_map<MessageId, std::unique_ptr<InFlight>> in_flight_;

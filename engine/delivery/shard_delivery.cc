@@ -17,6 +17,8 @@
 namespace facteur::delivery {
 namespace {
 
+// Connections of one destination being opened at the same time (slow start).
+constexpr size_t kMaxConnectsInProgress = 2;
 // How often a shutting-down shard checks whether its connections are gone.
 constexpr absl::Duration kShutdownPoll = absl::Milliseconds(10);
 
@@ -365,7 +367,11 @@ void ShardDelivery::Pump(DestinationQueue& queue) {
                 "");
     return;
   }
-  while (live < context_.max_connections_per_destination && connecting < queue.waiting.size()) {
+  // Slow start, as Postfix's initial destination concurrency: a few connections are opened at
+  // a time, and more only once those answered and the backlog still asks for them — a burst of
+  // mail does not open every allowed connection to a destination at once.
+  while (live < context_.max_connections_per_destination && connecting < queue.waiting.size() &&
+         connecting < kMaxConnectsInProgress) {
     const Source& source = sources[next_source_++ % sources.size()];
     Link* link = queue.links.emplace_back(std::make_unique<Link>(*this, queue, source)).get();
     ++live;

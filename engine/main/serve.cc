@@ -326,6 +326,8 @@ class Relay {
 
   // Connections live on the loops, which must still run to close them: delivery stops first.
   void StopDelivery() {
+    // No new jobs for the shards; the manager still settles what comes back while they close.
+    if (queue_manager_ != nullptr) queue_manager_->StopDispatching();
     if (loops_running_) {
       for (size_t i = 0; i < shard_deliveries_.size(); ++i) {
         if (shard_deliveries_[i] == nullptr) continue;

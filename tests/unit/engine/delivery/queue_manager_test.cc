@@ -356,6 +356,23 @@ TEST_F(QueueManagerTest, OperationsRetryBounceAndDelete) {
   EXPECT_TRUE(absl::IsNotFound(unknown.status())) << unknown.status();
 }
 
+TEST_F(QueueManagerTest, AfterStopDispatchingResultsStillSettle) {
+  const MessageId first = Enqueue("alice@example.org", {R("a@x.test")});
+  manager_->RunOnce();
+  std::vector<DeliveryJob> jobs = dispatcher_.Take();
+  ASSERT_THAT(jobs, SizeIs(1));
+  manager_->StopDispatching();
+  const MessageId second = Enqueue("alice@example.org", {R("b@x.test")});
+  manager_->OnJobDone(ResultFor(jobs[0], {Outcome(250, "2.0.0", "ok")}));
+  manager_->RunOnce();
+  WaitForCommits(1);
+  EXPECT_THAT(dispatcher_.Take(), IsEmpty());  // the second message is not handed out
+  auto gone = queue::ReadEnvelope(*store_, first);
+  ASSERT_TRUE(gone.ok());
+  EXPECT_FALSE(gone->has_value());  // but the first one's delivery was recorded
+  EXPECT_EQ(Read(second).attempts, 0u);
+}
+
 TEST_F(QueueManagerTest, StopReleasesLeasesSoMessagesComeBack) {
   const MessageId id = Enqueue("alice@example.org", {R("a@x.test")});
   manager_->RunOnce();
