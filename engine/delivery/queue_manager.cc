@@ -79,7 +79,7 @@ struct QueueManager::InFlight {
 };
 
 struct QueueManager::Operation {
-  enum class Kind { kFlush, kRetry, kBounce, kBounceDomain, kDelete, kSuspend, kResume };
+  using Kind = OperationKind;
   Kind kind = Kind::kFlush;
   std::optional<std::string> domain;
   MessageId id;
@@ -497,7 +497,13 @@ std::vector<std::string> QueueManager::SuspendedDomains() const {
 
 // ---- Operations ----
 
-absl::StatusOr<OperationResult> QueueManager::RunOperation(Operation& operation) {
+absl::StatusOr<OperationResult> QueueManager::Operate(OperationKind kind,
+                                                      std::optional<std::string> domain,
+                                                      const MessageId& id) {
+  Operation operation;
+  operation.kind = kind;
+  if (domain.has_value()) operation.domain = mail::LowerAscii(*domain);
+  operation.id = id;
   {
     absl::MutexLock lock(&mutex_);
     if (stopping_) return absl::UnavailableError("the queue manager is stopping");
@@ -509,52 +515,31 @@ absl::StatusOr<OperationResult> QueueManager::RunOperation(Operation& operation)
 }
 
 absl::StatusOr<OperationResult> QueueManager::Flush(std::optional<std::string> domain) {
-  Operation operation;
-  operation.kind = Operation::Kind::kFlush;
-  if (domain.has_value()) operation.domain = mail::LowerAscii(*domain);
-  return RunOperation(operation);
+  return Operate(OperationKind::kFlush, std::move(domain), MessageId());
 }
 
 absl::StatusOr<OperationResult> QueueManager::Retry(const MessageId& id) {
-  Operation operation;
-  operation.kind = Operation::Kind::kRetry;
-  operation.id = id;
-  return RunOperation(operation);
+  return Operate(OperationKind::kRetry, std::nullopt, id);
 }
 
 absl::StatusOr<OperationResult> QueueManager::Bounce(const MessageId& id) {
-  Operation operation;
-  operation.kind = Operation::Kind::kBounce;
-  operation.id = id;
-  return RunOperation(operation);
+  return Operate(OperationKind::kBounce, std::nullopt, id);
 }
 
 absl::StatusOr<OperationResult> QueueManager::BounceDomain(const std::string& domain) {
-  Operation operation;
-  operation.kind = Operation::Kind::kBounceDomain;
-  operation.domain = mail::LowerAscii(domain);
-  return RunOperation(operation);
+  return Operate(OperationKind::kBounceDomain, domain, MessageId());
 }
 
 absl::StatusOr<OperationResult> QueueManager::Delete(const MessageId& id) {
-  Operation operation;
-  operation.kind = Operation::Kind::kDelete;
-  operation.id = id;
-  return RunOperation(operation);
+  return Operate(OperationKind::kDelete, std::nullopt, id);
 }
 
 absl::StatusOr<OperationResult> QueueManager::Suspend(const std::string& domain) {
-  Operation operation;
-  operation.kind = Operation::Kind::kSuspend;
-  operation.domain = mail::LowerAscii(domain);
-  return RunOperation(operation);
+  return Operate(OperationKind::kSuspend, domain, MessageId());
 }
 
 absl::StatusOr<OperationResult> QueueManager::Resume(const std::string& domain) {
-  Operation operation;
-  operation.kind = Operation::Kind::kResume;
-  operation.domain = mail::LowerAscii(domain);
-  return RunOperation(operation);
+  return Operate(OperationKind::kResume, domain, MessageId());
 }
 
 void QueueManager::ExecuteOperation(Operation& operation) {

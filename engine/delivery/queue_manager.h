@@ -94,12 +94,15 @@ class QueueManager final : public ResultSink {
 
  private:
   struct InFlight;
+  enum class OperationKind { kFlush, kRetry, kBounce, kBounceDomain, kDelete, kSuspend, kResume };
   struct Operation;
 
   void Wake();
   void ThreadMain();
   bool HasWork() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
-  absl::StatusOr<OperationResult> RunOperation(Operation& operation);
+  // Queues an operation for the manager thread and waits for its result.
+  absl::StatusOr<OperationResult> Operate(OperationKind kind, std::optional<std::string> domain,
+                                          const MessageId& id);
   void ExecuteOperation(Operation& operation);
   void LeaseAndDispatch();
   void StartMessage(const queue::ScheduleEntry& entry);

@@ -4,8 +4,6 @@ address is delivered to that address (implicit MX); and at RCPT time a null-MX d
 556 5.1.10, a domain that does not exist 550 5.1.2, and a DNS failure 451 4.4.3 — never a 250
 for mail that can never leave."""
 
-import json
-import os
 import socket
 import time
 import unittest
@@ -15,18 +13,11 @@ from dns_server import DnsServer
 from smtp_test_server import SmtpTestServer
 
 
-def wait_for_event(server, recipient, kind, timeout=20):
-    path = os.path.join(server.data_dir, "events.log")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if os.path.exists(path):
-            with open(path) as f:
-                events = [json.loads(line) for line in f if line.strip()]
-            found = [e for e in events if e.get("recipient") == recipient and e["type"] == kind]
-            if found:
-                return found
-        time.sleep(0.05)
-    raise AssertionError("no %s event for %s" % (kind, recipient))
+def wait_for_event(server, recipient, kind):
+    return harness.wait_until(
+        lambda: [e for e in harness.read_events(server)
+                 if e.get("recipient") == recipient and e["type"] == kind],
+        what="a %s event for %s" % (kind, recipient))
 
 
 class MxAndRcptChecksTest(unittest.TestCase):

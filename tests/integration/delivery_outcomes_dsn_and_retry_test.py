@@ -6,22 +6,12 @@ back to the sender and parsed with Python's email package, the transient one kep
 import email
 import email.policy
 import json
-import os
-import time
 import unittest
 
 import harness
 from smtp_test_server import SmtpTestServer
 
 
-def wait_until(predicate, timeout=20, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("%s not met within %ss" % (what, timeout))
 
 
 class DeliveryOutcomesTest(unittest.TestCase):
@@ -61,11 +51,7 @@ class DeliveryOutcomesTest(unittest.TestCase):
         return json.loads(result.stdout)
 
     def events(self):
-        path = os.path.join(self.server.data_dir, "events.log")
-        if not os.path.exists(path):
-            return []
-        with open(path) as f:
-            return [json.loads(line) for line in f if line.strip()]
+        return harness.read_events(self.server)
 
     def test_outcomes_dsn_retry_and_reuse(self):
         with self.server.smtp() as client:
@@ -119,10 +105,10 @@ class DeliveryOutcomesTest(unittest.TestCase):
         self.sink.rcpt_replies.pop("later@dest.test")
         self.server.cli("queue", "retry", queue_id)
         self.sink.wait_for(lambda: self.sink.delivered_to("later@dest.test"))
-        wait_until(lambda: self.queue_json("count")["count"] == 0, what="empty queue")
+        harness.wait_until(lambda: self.queue_json("count")["count"] == 0, what="empty queue")
 
         # The events log tells each recipient's story.
-        events = wait_until(lambda: [e for e in self.events() if e.get("queue_id") == queue_id
+        events = harness.wait_until(lambda: [e for e in self.events() if e.get("queue_id") == queue_id
                                      and e["type"] != "reception"] or None, what="events")
         kinds = sorted((e["type"], e["recipient"]) for e in events)
         self.assertIn(("delivery", "ok@dest.test"), kinds)

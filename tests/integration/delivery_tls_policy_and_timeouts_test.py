@@ -4,22 +4,12 @@ the data-termination timeout, and one that drops the connection mid-DATA. Nothin
 failure is transient and leaves the recipient queued."""
 
 import json
-import os
-import time
 import unittest
 
 import harness
 from smtp_test_server import STALL, SmtpTestServer
 
 
-def wait_until(predicate, timeout=20, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("%s not met within %ss" % (what, timeout))
 
 
 class DeliveryTlsAndTimeoutsTest(unittest.TestCase):
@@ -64,12 +54,7 @@ class DeliveryTlsAndTimeoutsTest(unittest.TestCase):
                             harness.simple_message(to=recipient, subject="to " + recipient))
 
     def events_for(self, recipient):
-        path = os.path.join(self.server.data_dir, "events.log")
-        if not os.path.exists(path):
-            return []
-        with open(path) as f:
-            events = [json.loads(line) for line in f if line.strip()]
-        return [e for e in events if e.get("recipient") == recipient]
+        return [e for e in harness.read_events(self.server) if e.get("recipient") == recipient]
 
     def pending_recipients(self):
         result = self.server.cli("queue", "ls", "--json")
@@ -80,7 +65,7 @@ class DeliveryTlsAndTimeoutsTest(unittest.TestCase):
         return pending
 
     def assert_deferred(self, recipient):
-        events = wait_until(lambda: [e for e in self.events_for(recipient)
+        events = harness.wait_until(lambda: [e for e in self.events_for(recipient)
                                      if e["type"] == "transient_failure"],
                             what="a transient failure for " + recipient)
         self.assertTrue(400 <= events[0]["code"] < 500, events[0])
@@ -91,7 +76,7 @@ class DeliveryTlsAndTimeoutsTest(unittest.TestCase):
         self.send("someone@tls.test")
         self.tls_sink.wait_for(lambda: self.tls_sink.delivered_to("someone@tls.test"))
         self.assertTrue(self.tls_sink.delivered_to("someone@tls.test")[0].tls)
-        event = wait_until(lambda: [e for e in self.events_for("someone@tls.test")
+        event = harness.wait_until(lambda: [e for e in self.events_for("someone@tls.test")
                                     if e["type"] == "delivery"], what="delivery event")[0]
         self.assertTrue(event.get("tls"))
 

@@ -289,6 +289,27 @@ class RawSmtp:
         self.sock.close()
 
 
+def wait_until(predicate, timeout=20, what="condition"):
+    """Polls predicate() (a real process is doing the work) until it returns something true,
+    which is returned; raises AssertionError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("%s not met within %ss" % (what, timeout))
+
+
+def read_events(server):
+    """The events log of `server` (DATA_DIR/events.log), one dict per line; [] before any."""
+    path = os.path.join(server.data_dir, "events.log")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def plain_response(user, password):
     """The base64 AUTH PLAIN response of RFC 4616: NUL user NUL password."""
     import base64

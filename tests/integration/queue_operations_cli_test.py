@@ -5,21 +5,12 @@ delete a message (no DSN), retry, and the errors for bad input or a stopped serv
 import email
 import email.policy
 import json
-import time
 import unittest
 
 import harness
 from smtp_test_server import SmtpTestServer
 
 
-def wait_until(predicate, timeout=20, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("%s not met within %ss" % (what, timeout))
 
 
 class QueueOperationsTest(harness.ServerTestCase):
@@ -65,7 +56,7 @@ class QueueOperationsTest(harness.ServerTestCase):
             "queue", "suspend", "hold.test", "--json").stdout)["messages"], 0)
         queue_id = self.submit("s@hold.test", "suspended")
         # The manager looked at it and put it off without any attempt.
-        wait_until(lambda: self.show(queue_id)["next_attempt"] > self.show(queue_id)["received_at"],
+        harness.wait_until(lambda: self.show(queue_id)["next_attempt"] > self.show(queue_id)["received_at"],
                    what="message put off")
         self.assertEqual(self.show(queue_id)["attempts"], 0)
         self.assertFalse([t for t in self.sink.transactions if "s@hold.test" in t.rcpt_to]
@@ -78,7 +69,7 @@ class QueueOperationsTest(harness.ServerTestCase):
 
     def test_bounce_domain_sends_a_dsn(self):
         queue_id = self.submit("b@hold.test", "to be bounced")
-        wait_until(lambda: self.attempted(queue_id), what="first attempt")
+        harness.wait_until(lambda: self.attempted(queue_id), what="first attempt")
         answer = self.queue("bounce", "--domain", "hold.test")
         self.assertGreaterEqual(answer["messages"], 1)
         self.sink.wait_for(lambda: [t for t in self.sink.delivered_to("app@asso.example")
@@ -88,17 +79,17 @@ class QueueOperationsTest(harness.ServerTestCase):
         dsn = email.message_from_bytes(dsn_data, policy=email.policy.default)
         self.assertEqual(dsn.get_content_type(), "multipart/report")
         self.assertIn(b"cancelled by the administrator", dsn_data)
-        wait_until(lambda: queue_id not in [m["id"] for m in self.queue("ls")["messages"]],
+        harness.wait_until(lambda: queue_id not in [m["id"] for m in self.queue("ls")["messages"]],
                    what="bounced message removed")
 
     def test_delete_and_retry(self):
         queue_id = self.submit("d@hold.test", "to be deleted")
-        wait_until(lambda: self.attempted(queue_id), what="first attempt")
+        harness.wait_until(lambda: self.attempted(queue_id), what="first attempt")
         retried = self.queue("retry", queue_id)
         self.assertEqual(retried["messages"], 1)
-        wait_until(lambda: self.show(queue_id)["attempts"] >= 2, what="second attempt")
+        harness.wait_until(lambda: self.show(queue_id)["attempts"] >= 2, what="second attempt")
         self.server.cli("queue", "delete", queue_id)
-        wait_until(lambda: queue_id not in [m["id"] for m in self.queue("ls")["messages"]],
+        harness.wait_until(lambda: queue_id not in [m["id"] for m in self.queue("ls")["messages"]],
                    what="deleted")
         self.assertFalse([t for t in self.sink.delivered_to("app@asso.example")
                           if b"d@hold.test" in t.data])
