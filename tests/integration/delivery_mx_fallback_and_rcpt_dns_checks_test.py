@@ -1,5 +1,6 @@
-"""MX routing against a real DNS server (dnsmasq on loopback): the preferred MX does not answer,
-so the message falls through to the next one (RFC 5321 §5.1); a domain without MX but with an
+"""MX routing against a real DNS server (dnsmasq on loopback): the preferred MX refuses the
+connection and the next one its greeting (421), so the message falls through to the third
+(RFC 5321 §5.1); a domain without MX but with an
 address is delivered to that address (implicit MX); and at RCPT time a null-MX domain gets
 556 5.1.10, a domain that does not exist 550 5.1.2, and a DNS failure 451 4.4.3 — never a 250
 for mail that can never leave."""
@@ -24,10 +25,14 @@ class MxAndRcptChecksTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.sink = SmtpTestServer(host="127.0.0.32").start()
+        # The second choice answers its greeting with 421: the third one must get the mail.
+        cls.busy = SmtpTestServer(host="127.0.0.31", port=cls.sink.port,
+                                  greeting="421 4.3.2 busy, try another MX").start()
         cls.dns = DnsServer(
-            mx=[("mail.test", "mx1.mail.test", 10), ("mail.test", "mx2.mail.test", 20)],
-            addresses=[("mx1.mail.test", "127.0.0.31"), ("mx2.mail.test", "127.0.0.32"),
-                       ("implicit.test", "127.0.0.32")],
+            mx=[("mail.test", "mx0.mail.test", 5), ("mail.test", "mx1.mail.test", 10),
+                ("mail.test", "mx2.mail.test", 20)],
+            addresses=[("mx0.mail.test", "127.0.0.30"), ("mx1.mail.test", "127.0.0.31"),
+                       ("mx2.mail.test", "127.0.0.32"), ("implicit.test", "127.0.0.32")],
             null_mx=["nullmx.test"])
         cls.dns.start()
         extra = "\n".join([
@@ -45,6 +50,7 @@ class MxAndRcptChecksTest(unittest.TestCase):
             cls.server.cleanup()
             cls.dns.cleanup()
             cls.sink.stop()
+            cls.busy.stop()
             raise
 
     @classmethod
@@ -52,6 +58,7 @@ class MxAndRcptChecksTest(unittest.TestCase):
         cls.server.cleanup()
         cls.dns.cleanup()
         cls.sink.stop()
+        cls.busy.stop()
 
     def rcpt(self, address):
         raw = self.server.raw()
@@ -68,9 +75,11 @@ class MxAndRcptChecksTest(unittest.TestCase):
             client.sendmail("app@asso.example", ["someone@mail.test"],
                             harness.simple_message(to="someone@mail.test", subject="fallback"))
         self.sink.wait_for(lambda: self.sink.delivered_to("someone@mail.test"), timeout=20)
-        # The events log names the host that took it: the second MX.
+        # mx0 refused the connection, mx1 refused the greeting, mx2 took it.
         events = wait_for_event(self.server, "someone@mail.test", "delivery")
         self.assertTrue(events[0]["mx"].startswith("mx2.mail.test[127.0.0.32]"), events[0])
+        self.assertTrue(self.busy.sessions, "the 421 MX was tried first")
+        self.assertEqual(self.busy.transactions, [])
 
     def test_implicit_mx(self):
         with self.server.smtp() as client:

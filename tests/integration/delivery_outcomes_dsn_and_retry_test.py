@@ -6,6 +6,8 @@ back to the sender and parsed with Python's email package, the transient one kep
 import email
 import email.policy
 import json
+import os
+import signal
 import unittest
 
 import harness
@@ -24,6 +26,11 @@ class DeliveryOutcomesTest(unittest.TestCase):
         extra = "\n".join([
             "[delivery]",
             "connection_idle_timeout = \"30s\"",
+            # One egress address with its own EHLO name: connections are bound to it.
+            "[[source]]",
+            'name = "out1"',
+            'address = "127.0.0.5"',
+            'ehlo_name = "out1.asso.example"',
             "[[route]]",
             'domain = "dest.test"',
             'destination = "[127.0.0.1]:%d"' % cls.sink.port,
@@ -66,6 +73,8 @@ class DeliveryOutcomesTest(unittest.TestCase):
         self.assertEqual(sorted(r for r, _ in transaction.refused),
                          ["later@dest.test", "unknown@dest.test"])
         self.assertIn(b"Subject: three outcomes", transaction.data)
+        self.assertEqual(transaction.peer[0], "127.0.0.5")  # bound to the source address
+        self.assertEqual(transaction.ehlo, "out1.asso.example")
         session = [s for s in self.sink.sessions if transaction in s.transactions][0]
         self.assertTrue(any(len(batch) >= 5 and batch[0].upper().startswith("MAIL")
                             for batch in session.batches), session.batches)
@@ -124,8 +133,27 @@ class DeliveryOutcomesTest(unittest.TestCase):
         for field in ("time", "queue_id", "recipient", "site", "mx", "code", "attempt"):
             self.assertIn(field, delivery)
         self.assertEqual(delivery["code"], 250)
+        self.assertEqual(delivery["source_ip"], "127.0.0.5")
         retried = [e for e in events if e["type"] == "delivery" and e["recipient"] == "later@dest.test"]
         self.assertEqual(retried[0]["attempt"], 2)
+
+    def test_sighup_reopens_the_events_log(self):
+        path = os.path.join(self.server.data_dir, "events.log")
+        harness.wait_until(lambda: os.path.exists(path), what="an events log")
+        rotated = path + ".1"
+        os.rename(path, rotated)
+        self.server.process.send_signal(signal.SIGHUP)
+        # Lines written after the signal go to a new file at the path.
+        with self.server.smtp() as client:
+            client.sendmail("app@asso.example", ["rotated@dest.test"],
+                            harness.simple_message(to="rotated@dest.test", subject="rotated"))
+        events = harness.wait_until(
+            lambda: [e for e in harness.read_events(self.server)
+                     if e.get("recipient") == "rotated@dest.test" and e["type"] == "delivery"],
+            what="the delivery event in the reopened log")
+        self.assertEqual(len(events), 1)
+        with open(rotated) as f:
+            self.assertNotIn("rotated@dest.test", f.read())
 
     def test_connection_is_reused_for_the_next_message(self):
         before = len(self.sink.sessions)
