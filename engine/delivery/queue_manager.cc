@@ -112,6 +112,10 @@ void QueueManager::Stop() {
   }
   if (thread_.joinable()) thread_.join();
   spool_.SetScheduleObserver(nullptr);
+  // What was settled is on disk before Stop() returns.
+  if (!WaitForWrites(absl::Seconds(30))) {
+    Log(LogLevel::kWarning, "delivery: the spool did not commit the last outcomes within 30s");
+  }
   // What is still out is tried again at the next start: its queued state is unchanged.
   for (auto& [id, flight] : in_flight_) spool_.ReleaseLease(id);
   in_flight_.clear();
@@ -454,7 +458,12 @@ void QueueManager::RemoveMessage(const MessageId& id, absl::Time due) {
   Persist(std::move(nothing_open), due);
 }
 
-bool QueueManager::AllWritesCommitted() const { return uncommitted_writes_ == 0; }
+bool QueueManager::WaitForWrites(absl::Duration timeout) {
+  PendingWrites& writes = *writes_;
+  absl::MutexLock lock(&writes.mutex);
+  return writes.mutex.AwaitWithTimeout(
+      absl::Condition(+[](size_t* count) { return *count == 0; }, &writes.count), timeout);
+}
 
 void QueueManager::Persist(queue::Envelope envelope, absl::Time previous_due) {
   const MessageId id = envelope.id;
@@ -462,19 +471,20 @@ void QueueManager::Persist(queue::Envelope envelope, absl::Time previous_due) {
     return r.state == queue::RecipientState::kPending;
   });
   {
-    absl::MutexLock lock(&mutex_);
-    ++uncommitted_writes_;
+    absl::MutexLock lock(&writes_->mutex);
+    ++writes_->count;
   }
-  auto done = [this, id](absl::Status status) {
-    {
-      absl::MutexLock lock(&mutex_);
-      --uncommitted_writes_;
+  // Runs on the spool's writer, possibly after this manager is gone: it touches only the spool
+  // (which outlives the manager) and the shared counter.
+  auto done = [spool = &spool_, writes = writes_, id](absl::Status status) {
+    if (!status.ok() && !absl::IsNotFound(status)) {
+      // The lease would otherwise hold the message until a restart.
+      Log(LogLevel::kError, "delivery: could not record the outcome of %s: %s", id.ToString(),
+          status.ToString());
+      spool->ReleaseLease(id);
     }
-    if (status.ok() || absl::IsNotFound(status)) return;
-    // The lease would otherwise hold the message until a restart.
-    Log(LogLevel::kError, "delivery: could not record the outcome of %s: %s", id.ToString(),
-        status.ToString());
-    spool_.ReleaseLease(id);
+    absl::MutexLock lock(&writes->mutex);
+    --writes->count;
   };
   if (open) {
     spool_.Update(std::move(envelope), previous_due, std::move(done));
@@ -547,9 +557,7 @@ void QueueManager::ExecuteOperation(Operation& operation) {
   {
     // Operations read envelopes from the store: the outcomes settled before them must be there,
     // or an operation would write back a stale envelope. The writer commits within milliseconds.
-    absl::MutexLock lock(&mutex_);
-    if (!mutex_.AwaitWithTimeout(absl::Condition(this, &QueueManager::AllWritesCommitted),
-                                 absl::Seconds(30))) {
+    if (!WaitForWrites(absl::Seconds(30))) {
       operation.result = absl::UnavailableError("the spool has not committed recent changes; try again");
       return;
     }

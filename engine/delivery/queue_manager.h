@@ -114,7 +114,8 @@ class QueueManager final : public ResultSink {
   // Writes the settled envelope (Update), or removes the message when no recipient is open.
   void Persist(queue::Envelope envelope, absl::Time previous_due);
   void RemoveMessage(const MessageId& id, absl::Time due);
-  bool AllWritesCommitted() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // Waits until every Persist() has committed; false after `timeout`.
+  bool WaitForWrites(absl::Duration timeout);
   bool IsSuspended(std::string_view domain) const;
 
   queue::Store& store_;
@@ -132,7 +133,14 @@ class QueueManager final : public ResultSink {
   bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
   absl::flat_hash_set<std::string> suspended_ ABSL_GUARDED_BY(mutex_);
   size_t in_flight_count_ ABSL_GUARDED_BY(mutex_) = 0;
-  size_t uncommitted_writes_ ABSL_GUARDED_BY(mutex_) = 0;  // Persist() calls not yet committed
+
+  // Persist() calls not yet committed. Shared with their spool callbacks, which may run after
+  // the manager is gone (the last one frees it).
+  struct PendingWrites {
+    absl::Mutex mutex;
+    size_t count ABSL_GUARDED_BY(mutex) = 0;
+  };
+  std::shared_ptr<PendingWrites> writes_ = std::make_shared<PendingWrites>();
 
   // Held while jobs are dispatched, so that StopDispatching() waits for a round in progress.
   absl::Mutex dispatch_mutex_;
