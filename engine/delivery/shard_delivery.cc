@@ -9,6 +9,7 @@
 #include <optional>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "engine/base/log.h"
 #include "engine/base/status.h"
@@ -120,6 +121,18 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
       std::vector<mail::DeliveryOutcome> outcomes(job.job.message.recipients.size(), why);
       shard_.Report(std::move(job), queue_.destination, std::move(outcomes), remote_, source_.ip,
                     false);
+    }
+    if (!ever_ready_ && !quitting_ && !shard_.shutting_down_ && !plaintext_ &&
+        queue_.destination.tls == config::DeliveryTlsPolicy::kOpportunistic &&
+        absl::StartsWith(why.reply.text, "TLS handshake")) {
+      // Opportunistic TLS whose handshake failed: the same host again, in plain text, as
+      // Postfix does at its "may" level — otherwise a server with broken TLS would never get
+      // its mail.
+      plaintext_ = true;
+      --next_target_;
+      --tried_;
+      ConnectNext();
+      return;
     }
     if (!ever_ready_ && !quitting_ && !shard_.shutting_down_) {
       // Refused greeting, TLS policy not met, timeout before the first transaction: the next
@@ -234,7 +247,7 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
     smtp::ClientOptions options;
     options.ehlo_name = source_.ehlo_name;
     options.tls = ClientPolicy(queue_.destination.tls);
-    if (context.tls == nullptr) options.tls = smtp::TlsPolicy::kNone;
+    if (context.tls == nullptr || plaintext_) options.tls = smtp::TlsPolicy::kNone;
     options.timeouts = context.timeouts;
     std::weak_ptr<bool> alive = alive_;
     shard_.connector_.Connect(
@@ -316,6 +329,7 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
   uint32_t sent_ = 0;
   io::TimerId idle_timer_ = io::kNoTimer;
   bool ever_ready_ = false;
+  bool plaintext_ = false;  // an opportunistic handshake failed: no STARTTLS on this link
   bool quitting_ = false;
   bool finished_ = false;
   mail::DeliveryOutcome last_failure_;

@@ -4,6 +4,7 @@ the data-termination timeout, and one that drops the connection mid-DATA. Nothin
 failure is transient and leaves the recipient queued."""
 
 import json
+import ssl
 import unittest
 
 import harness
@@ -19,11 +20,17 @@ class DeliveryTlsAndTimeoutsTest(unittest.TestCase):
         cls.plain_sink = SmtpTestServer(starttls=False).start()
         cls.stall_sink = SmtpTestServer(end_of_data_reply=STALL).start()
         cls.drop_sink = SmtpTestServer(drop_mid_data=True).start()
+        # Offers STARTTLS but speaks only TLS 1.0, which facteur refuses: the handshake fails.
+        cls.broken_tls_sink = SmtpTestServer(starttls=True)
+        cls.broken_tls_sink._tls_context.minimum_version = ssl.TLSVersion.TLSv1
+        cls.broken_tls_sink._tls_context.maximum_version = ssl.TLSVersion.TLSv1
+        cls.broken_tls_sink.start()
         routes = []
         for domain, sink, tls in (("tls.test", cls.tls_sink, "required"),
                                   ("notls.test", cls.plain_sink, "required"),
                                   ("stall.test", cls.stall_sink, "none"),
-                                  ("drop.test", cls.drop_sink, "none")):
+                                  ("drop.test", cls.drop_sink, "none"),
+                                  ("brokentls.test", cls.broken_tls_sink, "opportunistic")):
             routes += ["[[route]]", 'domain = "%s"' % domain,
                        'destination = "[127.0.0.1]:%d"' % sink.port, 'tls = "%s"' % tls]
         extra = "\n".join([
@@ -38,14 +45,16 @@ class DeliveryTlsAndTimeoutsTest(unittest.TestCase):
             cls.server.start()
         except BaseException:
             cls.server.cleanup()
-            for sink in (cls.tls_sink, cls.plain_sink, cls.stall_sink, cls.drop_sink):
+            for sink in (cls.tls_sink, cls.plain_sink, cls.stall_sink, cls.drop_sink,
+                         cls.broken_tls_sink):
                 sink.stop()
             raise
 
     @classmethod
     def tearDownClass(cls):
         cls.server.cleanup()
-        for sink in (cls.tls_sink, cls.plain_sink, cls.stall_sink, cls.drop_sink):
+        for sink in (cls.tls_sink, cls.plain_sink, cls.stall_sink, cls.drop_sink,
+                         cls.broken_tls_sink):
             sink.stop()
 
     def send(self, recipient):
@@ -90,6 +99,15 @@ class DeliveryTlsAndTimeoutsTest(unittest.TestCase):
         self.send("someone@stall.test")
         event = self.assert_deferred("someone@stall.test")
         self.assertIn("timeout", event["response"].lower())
+
+    def test_opportunistic_tls_falls_back_to_plain_text(self):
+        self.send("someone@brokentls.test")
+        self.broken_tls_sink.wait_for(
+            lambda: self.broken_tls_sink.delivered_to("someone@brokentls.test"))
+        self.assertFalse(self.broken_tls_sink.delivered_to("someone@brokentls.test")[0].tls)
+        # The first connection tried STARTTLS; the one that carried the mail did not.
+        self.assertTrue(any("STARTTLS" in c.upper() for s in self.broken_tls_sink.sessions
+                            for c in s.commands))
 
     def test_connection_dropped_mid_data(self):
         self.send("someone@drop.test")
