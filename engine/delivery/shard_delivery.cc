@@ -139,6 +139,15 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
       // address or MX host may do better (RFC 5321 §5.1).
       last_failure_ = why;
       if (last_failure_.remote.empty()) last_failure_.remote = remote_;
+      if (!why.local && why.permanent()) {
+        // A 5xx greeting or EHLO refuses this connection, not the recipients: like Postfix's
+        // smtp_skip_5xx_greeting, it defers the mail instead of bouncing it.
+        mail::Reply& reply = last_failure_.reply;
+        reply.text = absl::StrCat("session refused by ", remote_, ": ", reply.code, " ",
+                                  reply.text);
+        reply.code = 451;
+        reply.enhanced = reply.enhanced.size() > 1 ? "4" + reply.enhanced.substr(1) : "4.0.0";
+      }
       ConnectNext();
       return;
     }

@@ -28,11 +28,15 @@ class MxAndRcptChecksTest(unittest.TestCase):
         # The second choice answers its greeting with 421: the third one must get the mail.
         cls.busy = SmtpTestServer(host="127.0.0.31", port=cls.sink.port,
                                   greeting="421 4.3.2 busy, try another MX").start()
+        # The only MX of refusing.test refuses every session at the greeting.
+        cls.refusing = SmtpTestServer(host="127.0.0.35", port=cls.sink.port,
+                                      greeting="554 5.7.1 no service for you").start()
         cls.dns = DnsServer(
             mx=[("mail.test", "mx0.mail.test", 5), ("mail.test", "mx1.mail.test", 10),
-                ("mail.test", "mx2.mail.test", 20)],
+                ("mail.test", "mx2.mail.test", 20), ("refusing.test", "mx.refusing.test", 10)],
             addresses=[("mx0.mail.test", "127.0.0.30"), ("mx1.mail.test", "127.0.0.31"),
-                       ("mx2.mail.test", "127.0.0.32"), ("implicit.test", "127.0.0.32")],
+                       ("mx2.mail.test", "127.0.0.32"), ("implicit.test", "127.0.0.32"),
+                       ("mx.refusing.test", "127.0.0.35")],
             null_mx=["nullmx.test"])
         cls.dns.start()
         extra = "\n".join([
@@ -51,6 +55,7 @@ class MxAndRcptChecksTest(unittest.TestCase):
             cls.dns.cleanup()
             cls.sink.stop()
             cls.busy.stop()
+            cls.refusing.stop()
             raise
 
     @classmethod
@@ -59,6 +64,7 @@ class MxAndRcptChecksTest(unittest.TestCase):
         cls.dns.cleanup()
         cls.sink.stop()
         cls.busy.stop()
+        cls.refusing.stop()
 
     def rcpt(self, address):
         raw = self.server.raw()
@@ -80,6 +86,16 @@ class MxAndRcptChecksTest(unittest.TestCase):
         self.assertTrue(events[0]["mx"].startswith("mx2.mail.test[127.0.0.32]"), events[0])
         self.assertTrue(self.busy.sessions, "the 421 MX was tried first")
         self.assertEqual(self.busy.transactions, [])
+
+    def test_a_5xx_greeting_defers_instead_of_bouncing(self):
+        with self.server.smtp() as client:
+            client.sendmail("app@asso.example", ["someone@refusing.test"],
+                            harness.simple_message(to="someone@refusing.test", subject="refused"))
+        events = wait_for_event(self.server, "someone@refusing.test", "transient_failure")
+        self.assertEqual(events[0]["code"], 451, events[0])
+        self.assertIn("554 no service for you", events[0]["response"])
+        self.assertFalse([e for e in harness.read_events(self.server)
+                          if e.get("recipient") == "someone@refusing.test" and e["type"] == "bounce"])
 
     def test_implicit_mx(self):
         with self.server.smtp() as client:
