@@ -115,6 +115,13 @@ class QueueManagerTest : public ::testing::Test {
     return envelope.ok() && envelope->has_value() ? **envelope : queue::Envelope();
   }
 
+  // Whether the message is still in the queue (an envelope under its id).
+  bool Queued(const MessageId& id) {
+    auto envelope = queue::ReadEnvelope(*store_, id);
+    EXPECT_TRUE(envelope.ok()) << envelope.status();
+    return envelope.ok() && envelope->has_value();
+  }
+
   // The DSNs in the queue: messages from the null sender.
   std::vector<queue::Envelope> Dsns() {
     std::vector<queue::Envelope> found;
@@ -207,9 +214,7 @@ TEST_F(QueueManagerTest, SettlesMixedOutcomesRetriesAndBounces) {
   manager_->OnJobDone(ResultFor(retry[0], {Outcome(250, "2.0.0", "ok")}));
   manager_->RunOnce();
   WaitForCommits(1);
-  auto gone = queue::ReadEnvelope(*store_, id);
-  ASSERT_TRUE(gone.ok());
-  EXPECT_FALSE(gone->has_value());
+  EXPECT_FALSE(Queued(id));
 }
 
 TEST_F(QueueManagerTest, ExpiredMessagesBounceUntriedWithDelayStatus) {
@@ -225,9 +230,7 @@ TEST_F(QueueManagerTest, ExpiredMessagesBounceUntriedWithDelayStatus) {
   manager_->RunOnce();
   WaitForCommits(2);  // the DSN and the removal
   for (const DeliveryJob& job : dispatcher_.Take()) EXPECT_NE(job.id, id);
-  auto gone = queue::ReadEnvelope(*store_, id);
-  ASSERT_TRUE(gone.ok());
-  EXPECT_FALSE(gone->has_value());
+  EXPECT_FALSE(Queued(id));
   std::vector<queue::Envelope> dsns = Dsns();
   ASSERT_THAT(dsns, SizeIs(1));
   auto body = queue::ReadBody(*store_, dsns[0].id);
@@ -247,9 +250,7 @@ TEST_F(QueueManagerTest, NoDsnForTheNullSenderOrNotifyNever) {
   manager_->RunOnce();
   WaitForCommits(2);  // two removals, no DSN
   for (const MessageId& id : {bounce, quiet}) {
-    auto gone = queue::ReadEnvelope(*store_, id);
-    ASSERT_TRUE(gone.ok());
-    EXPECT_FALSE(gone->has_value());
+    EXPECT_FALSE(Queued(id));
   }
   auto all = queue::ListEnvelopes(*store_, 10);
   ASSERT_TRUE(all.ok());
@@ -322,9 +323,7 @@ TEST_F(QueueManagerTest, OperationsRetryBounceAndDelete) {
   manager_->OnJobDone(ResultFor(jobs[1], {Outcome(451, "4.3.0", "later")}));
   manager_->RunOnce();
   WaitForCommits(2);  // DSN + removal
-  auto gone = queue::ReadEnvelope(*store_, id);
-  ASSERT_TRUE(gone.ok());
-  EXPECT_FALSE(gone->has_value());
+  EXPECT_FALSE(Queued(id));
   std::vector<queue::Envelope> dsns = Dsns();
   ASSERT_THAT(dsns, SizeIs(1));
   auto body = queue::ReadBody(*store_, dsns[0].id);
@@ -367,9 +366,7 @@ TEST_F(QueueManagerTest, AfterStopDispatchingResultsStillSettle) {
   manager_->RunOnce();
   WaitForCommits(1);
   EXPECT_THAT(dispatcher_.Take(), IsEmpty());  // the second message is not handed out
-  auto gone = queue::ReadEnvelope(*store_, first);
-  ASSERT_TRUE(gone.ok());
-  EXPECT_FALSE(gone->has_value());  // but the first one's delivery was recorded
+  EXPECT_FALSE(Queued(first));  // but the first one's delivery was recorded
   EXPECT_EQ(Read(second).attempts, 0u);
 }
 
