@@ -28,6 +28,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "engine/base/status.h"
+#include "engine/config/toml_reader.h"
 #include "engine/mail/address.h"
 #include "toml++/toml.h"
 
@@ -105,11 +106,6 @@ const std::vector<std::string_view> kSourceKeys = {"name", "address", "ehlo_name
 const std::vector<std::string_view> kRouteKeys = {"domain", "destination", "tls", "pool"};
 
 // One spelling of an enum value in the config; each table is the only place a spelling lives.
-template <typename E>
-struct EnumName {
-  std::string_view name;
-  E value;
-};
 constexpr EnumName<DeliveryTlsPolicy> kDeliveryTlsPolicies[] = {
     {"none", DeliveryTlsPolicy::kNone},
     {"opportunistic", DeliveryTlsPolicy::kOpportunistic},
@@ -124,27 +120,7 @@ constexpr EnumName<DkimEngine> kDkimEngines[] = {
     {"opendkim", DkimEngine::kOpenDkim},
 };
 
-// Optimal string alignment distance (Levenshtein plus adjacent transpositions): "max_eorrs" is
-// one typo away from "max_errors", as a person sees it.
-size_t EditDistance(std::string_view a, std::string_view b) {
-  std::vector<std::vector<size_t>> d(a.size() + 1, std::vector<size_t>(b.size() + 1));
-  for (size_t i = 0; i <= a.size(); ++i) d[i][0] = i;
-  for (size_t j = 0; j <= b.size(); ++j) d[0][j] = j;
-  for (size_t i = 1; i <= a.size(); ++i) {
-    for (size_t j = 1; j <= b.size(); ++j) {
-      size_t cost = a[i - 1] == b[j - 1] ? 0 : 1;
-      d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost});
-      if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1]) {
-        d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
-      }
-    }
-  }
-  return d[a.size()][b.size()];
-}
 
-std::string Dotted(std::string_view prefix, std::string_view name) {
-  return prefix.empty() ? std::string(name) : absl::StrCat(ToAbsl(prefix), ".", ToAbsl(name));
-}
 
 // Digits only: no sign, no spaces, no hex; absl::SimpleAtoi alone accepts "+5" and " 5".
 bool ParseDigits(std::string_view text, uint64_t max, uint64_t& out) {
@@ -160,28 +136,7 @@ bool ParseDigits(std::string_view text, uint64_t max, uint64_t& out) {
   return true;
 }
 
-const char* TypeName(const toml::node& node) {
-  switch (node.type()) {
-    case toml::node_type::table: return "a table";
-    case toml::node_type::array: return "an array";
-    case toml::node_type::string: return "a string";
-    case toml::node_type::integer: return "an integer";
-    case toml::node_type::floating_point: return "a float";
-    case toml::node_type::boolean: return "a boolean";
-    case toml::node_type::date: return "a date";
-    case toml::node_type::time: return "a time";
-    case toml::node_type::date_time: return "a date-time";
-    default: return "nothing";
-  }
-}
 
-template <typename E, size_t N>
-std::string_view NameOf(const EnumName<E> (&names)[N], E value) {
-  for (const EnumName<E>& entry : names) {
-    if (entry.value == value) return entry.name;
-  }
-  return "?";
-}
 
 // An RFC 5321 §4.1.2 Domain in ASCII (an internationalised name in its A-label form), not an
 // address literal, and not all-numeric in its last label (RFC 3696 §2: no top-level domain is),
@@ -231,9 +186,9 @@ struct ListenerSource {
   toml::source_region address;
 };
 
-class Parser {
+class Parser : private TomlReader {
  public:
-  explicit Parser(std::string_view source_name) : source_name_(source_name) {}
+  explicit Parser(std::string_view source_name) : TomlReader(source_name) {}
 
   absl::StatusOr<Config> Parse(const toml::table& root) {
     Config config;
@@ -303,226 +258,6 @@ class Parser {
   }
 
  private:
-  absl::Status Error(const toml::source_region& where, std::string_view key,
-                     absl::string_view reason) const {
-    return absl::InvalidArgumentError(absl::StrCat(ToAbsl(source_name_), ":", where.begin.line, ":",
-                                                   where.begin.column, ": key '", ToAbsl(key),
-                                                   "': ", reason));
-  }
-
-  absl::Status CheckKeys(const toml::table& table, std::string_view prefix,
-                         const std::vector<std::string_view>& known) const {
-    for (const auto& [key, value] : table) {
-      std::string_view name = key.str();
-      if (std::find(known.begin(), known.end(), name) != known.end()) continue;
-      std::string reason = "unknown key";
-      // Suggest a key only when one known key is clearly the closest (within 2 edits).
-      size_t best = 3;
-      std::string_view suggestion;
-      bool tie = false;
-      for (std::string_view candidate : known) {
-        size_t distance = EditDistance(name, candidate);
-        if (distance < best) {
-          best = distance;
-          suggestion = candidate;
-          tie = false;
-        } else if (distance == best) {
-          tie = true;
-        }
-      }
-      if (!suggestion.empty() && !tie) {
-        reason = absl::StrCat("unknown key; did you mean '", Dotted(prefix, suggestion), "'?");
-      }
-      return Error(key.source(), Dotted(prefix, name), reason);
-    }
-    return absl::OkStatus();
-  }
-
-  // The table at `name` (checked for unknown keys), or nullptr when absent.
-  absl::StatusOr<const toml::table*> SubTable(const toml::table& root, std::string_view name,
-                                               const std::vector<std::string_view>& known) const {
-    const toml::node* node = root.get(name);
-    if (node == nullptr) return nullptr;
-    const toml::table* table = node->as_table();
-    if (table == nullptr) {
-      return Error(node->source(), name,
-                   absl::StrCat("must be a table ([", ToAbsl(name), "]), not ", TypeName(*node)));
-    }
-    FACTEUR_RETURN_IF_ERROR(CheckKeys(*table, name, known));
-    return table;
-  }
-
-  absl::Status ReadString(const toml::table& table, std::string_view prefix, std::string_view name,
-                          std::string& out) const {
-    const toml::node* node = table.get(name);
-    if (node == nullptr) return absl::OkStatus();
-    const auto* value = node->as_string();
-    if (value == nullptr) {
-      return Error(node->source(), Dotted(prefix, name),
-                   absl::StrCat("must be a string, not ", TypeName(*node)));
-    }
-    out = value->get();
-    return absl::OkStatus();
-  }
-
-  // A positive, finite duration: a string for absl::ParseDuration ("300s", "5m", "1h30m") or an
-  // integer number of seconds.
-  absl::Status ReadDuration(const toml::table& table, std::string_view prefix,
-                            std::string_view name, absl::Duration& out) const {
-    const toml::node* node = table.get(name);
-    if (node == nullptr) return absl::OkStatus();
-    const std::string key = Dotted(prefix, name);
-    absl::Duration duration;
-    if (const auto* integer = node->as_integer()) {
-      // Bounded so that absl::Seconds cannot saturate to infinity.
-      if (integer->get() <= 0 || integer->get() > 365 * 86400) {
-        return Error(node->source(), key,
-                     absl::StrCat("must be a positive number of seconds, got ", integer->get()));
-      }
-      duration = absl::Seconds(integer->get());
-    } else if (const auto* text = node->as_string()) {
-      if (!absl::ParseDuration(ToAbsl(text->get()), &duration)) {
-        return Error(node->source(), key,
-                     absl::StrCat("'", ToAbsl(text->get()),
-                                  "' is not a duration (examples: \"300s\", \"5m\", \"1h30m\")"));
-      }
-      if (duration <= absl::ZeroDuration() || duration == absl::InfiniteDuration()) {
-        return Error(node->source(), key,
-                     absl::StrCat("must be positive and finite, got '", ToAbsl(text->get()), "'"));
-      }
-    } else {
-      return Error(node->source(), key,
-                   absl::StrCat("must be a duration string such as \"300s\" or an integer "
-                                "(seconds), not ",
-                                TypeName(*node)));
-    }
-    out = duration;
-    return absl::OkStatus();
-  }
-
-  template <typename T>
-  absl::Status ReadInteger(const toml::table& table, std::string_view prefix, std::string_view name,
-                           uint64_t min, uint64_t max, T& out) const {
-    const toml::node* node = table.get(name);
-    if (node == nullptr) return absl::OkStatus();
-    const auto* value = node->as_integer();
-    std::string key = Dotted(prefix, name);
-    if (value == nullptr) {
-      return Error(node->source(), key, absl::StrCat("must be an integer, not ", TypeName(*node)));
-    }
-    int64_t number = value->get();
-    if (number < 0 || static_cast<uint64_t>(number) < min || static_cast<uint64_t>(number) > max) {
-      // "positive" says it all for a 32-bit or wider count; a port gets its range spelled out.
-      if (min == 1 && max == std::numeric_limits<T>::max() &&
-          max >= std::numeric_limits<uint32_t>::max()) {
-        return Error(node->source(), key, absl::StrCat("must be a positive integer, got ", number));
-      }
-      return Error(node->source(), key,
-                   absl::StrCat("must be between ", min, " and ", max, ", got ", number));
-    }
-    out = static_cast<T>(number);
-    return absl::OkStatus();
-  }
-
-  absl::Status ReadBool(const toml::table& table, std::string_view prefix, std::string_view name,
-                        bool& out) const {
-    const toml::node* node = table.get(name);
-    if (node == nullptr) return absl::OkStatus();
-    const auto* value = node->as_boolean();
-    if (value == nullptr) {
-      return Error(node->source(), Dotted(prefix, name),
-                   absl::StrCat("must be true or false, not ", TypeName(*node)));
-    }
-    out = value->get();
-    return absl::OkStatus();
-  }
-
-  // A finite number in [min, max]; an integer is taken as a number too ("retry_backoff = 2").
-  absl::Status ReadNumber(const toml::table& table, std::string_view prefix, std::string_view name,
-                          double min, double max, double& out) const {
-    const toml::node* node = table.get(name);
-    if (node == nullptr) return absl::OkStatus();
-    const std::string key = Dotted(prefix, name);
-    double number = 0;
-    if (const auto* floating = node->as_floating_point()) {
-      number = floating->get();
-    } else if (const auto* integer = node->as_integer()) {
-      number = static_cast<double>(integer->get());
-    } else {
-      return Error(node->source(), key, absl::StrCat("must be a number, not ", TypeName(*node)));
-    }
-    if (!std::isfinite(number) || number < min || number > max) {
-      std::string range = std::isinf(max) ? absl::StrCat("at least ", min)
-                                          : absl::StrCat("between ", min, " and ", max);
-      return Error(node->source(), key, absl::StrCat("must be ", range, ", got ", number));
-    }
-    out = number;
-    return absl::OkStatus();
-  }
-
-  // One of the spellings in `names`; `what` names the kind in the error ("a TLS policy").
-  template <typename E, size_t N>
-  absl::Status ReadEnum(const toml::table& table, std::string_view prefix, std::string_view name,
-                        std::string_view what, const EnumName<E> (&names)[N], E& out) const {
-    const toml::node* node = table.get(name);
-    if (node == nullptr) return absl::OkStatus();
-    std::string text;
-    FACTEUR_RETURN_IF_ERROR(ReadString(table, prefix, name, text));
-    std::string choices;
-    for (size_t i = 0; i < N; ++i) {
-      if (names[i].name == text) {
-        out = names[i].value;
-        return absl::OkStatus();
-      }
-      absl::StrAppend(&choices, i == 0 ? "" : (i + 1 == N ? " or " : ", "), "\"",
-                      ToAbsl(names[i].name), "\"");
-    }
-    return Error(node->source(), Dotted(prefix, name),
-                 absl::StrCat("'", text, "' is not ", ToAbsl(what), " (", choices, ")"));
-  }
-
-  // A string key that must be present and not empty; `what` says what it holds.
-  absl::Status ReadRequiredString(const toml::table& table, std::string_view prefix,
-                                  std::string_view name, std::string_view what,
-                                  std::string& out) const {
-    const toml::node* node = table.get(name);
-    if (node == nullptr) {
-      return Error(table.source(), Dotted(prefix, name),
-                   absl::StrCat("required (", ToAbsl(what), ")"));
-    }
-    FACTEUR_RETURN_IF_ERROR(ReadString(table, prefix, name, out));
-    if (out.empty()) {
-      return Error(node->source(), Dotted(prefix, name),
-                   absl::StrCat("must not be empty (", ToAbsl(what), ")"));
-    }
-    return absl::OkStatus();
-  }
-
-  // The tables of the array of tables `name` ([[name]]) in `parent`; none when it is absent.
-  // `key` is its dotted name in messages ("dkim.key"); elements are "dkim.key[0]".
-  absl::StatusOr<std::vector<const toml::table*>> ArrayOfTables(const toml::table& parent,
-                                                                std::string_view name,
-                                                                std::string_view key) const {
-    std::vector<const toml::table*> tables;
-    const toml::node* node = parent.get(name);
-    if (node == nullptr) return tables;
-    const toml::array* array = node->as_array();
-    if (array == nullptr) {
-      return Error(node->source(), key,
-                   absl::StrCat("must be an array of tables ([[", ToAbsl(key), "]]), not ",
-                                TypeName(*node)));
-    }
-    for (size_t i = 0; i < array->size(); ++i) {
-      const toml::node& element = *array->get(i);
-      if (!element.is_table()) {
-        return Error(element.source(), absl::StrCat(ToAbsl(key), "[", i, "]"),
-                     absl::StrCat("must be a table ([[", ToAbsl(key), "]]), not ",
-                                  TypeName(element)));
-      }
-      tables.push_back(element.as_table());
-    }
-    return tables;
-  }
 
   // Names of listeners, sources and pools land in metric labels, logs and Received: fields.
   absl::Status CheckName(const toml::node& node, std::string_view key,
@@ -1044,7 +779,6 @@ class Parser {
                         absl::StrJoin(pools, ", "), ")");
   }
 
-  std::string_view source_name_;
 };
 
 }  // namespace
@@ -1303,41 +1037,12 @@ absl::StatusOr<uint64_t> ParseByteSize(std::string_view text) {
 std::string_view DefaultConfigToml() { return kDefaultConfigToml; }
 
 absl::StatusOr<Config> ParseConfig(std::string_view text, std::string_view source_name) {
-  try {
-    toml::table root = toml::parse(text, source_name);
-    return Parser(source_name).Parse(root);
-  } catch (const toml::parse_error& error) {
-    return absl::InvalidArgumentError(absl::StrCat(ToAbsl(source_name), ":",
-                                                   error.source().begin.line, ":",
-                                                   error.source().begin.column, ": ",
-                                                   ToAbsl(error.description())));
-  } catch (const std::exception& error) {
-    // toml++ may also throw std::bad_alloc and the like; nothing escapes this module.
-    return absl::InternalError(absl::StrCat(ToAbsl(source_name), ": ", error.what()));
-  }
+  FACTEUR_ASSIGN_OR_RETURN(toml::table root, ParseToml(text, source_name));
+  return Parser(source_name).Parse(root);
 }
 
 absl::StatusOr<Config> LoadConfigFile(const std::string& path) {
-  std::FILE* file = std::fopen(path.c_str(), "rb");
-  if (file == nullptr) return ErrnoStatus(absl::StrCat("open config file ", path), errno);
-  std::string text;
-  char buffer[65536];
-  while (true) {
-    size_t n = std::fread(buffer, 1, sizeof(buffer), file);
-    text.append(buffer, n);
-    if (n < sizeof(buffer)) break;
-    if (text.size() > kMaxConfigFileSize) {
-      std::fclose(file);
-      return absl::InvalidArgumentError(
-          absl::StrCat("config file ", path, " is larger than ", kMaxConfigFileSize, " bytes"));
-    }
-  }
-  if (std::ferror(file)) {
-    int error_number = errno;
-    std::fclose(file);
-    return ErrnoStatus(absl::StrCat("read config file ", path), error_number);
-  }
-  std::fclose(file);
+  FACTEUR_ASSIGN_OR_RETURN(std::string text, ReadTextFile(path, kMaxConfigFileSize));
   return ParseConfig(text, path);
 }
 
