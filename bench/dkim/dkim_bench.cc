@@ -13,6 +13,8 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
@@ -25,6 +27,8 @@
 ABSL_FLAG(double, seconds, 2.0, "measuring time per cell");
 ABSL_FLAG(int32_t, threads, 2, "signing pool threads");
 ABSL_FLAG(std::string, engines, "native,opendkim", "engines to measure");
+ABSL_FLAG(std::string, algorithms, "rsa-2048,ed25519", "keys to measure");
+ABSL_FLAG(std::string, sizes, "2048,102400", "message sizes to measure, in bytes");
 
 namespace facteur::dkim {
 namespace {
@@ -104,6 +108,7 @@ int Main() {
   for (const std::string& engine_name :
        std::vector<std::string>(absl::StrSplit(absl::GetFlag(FLAGS_engines), ','))) {
     for (const KeySpec& spec : specs) {
+      if (!absl::StrContains(absl::GetFlag(FLAGS_algorithms), spec.name)) continue;
       absl::StatusOr<std::unique_ptr<PrivateKey>> key = PrivateKey::Generate(spec.algorithm, spec.bits);
       if (!key.ok()) return 1;
       std::vector<SigningTable::Entry> entries;
@@ -114,7 +119,9 @@ int Main() {
       SigningPool pool(std::move(*signer), SigningTable::FromEntries(std::move(entries)),
                        RealClock::Get(), nullptr,
                        SigningPoolOptions{.threads = threads, .max_queued = kMaxQueued});
-      for (size_t size : {size_t{2048}, size_t{100 * 1024}}) {
+      for (absl::string_view size_text : absl::StrSplit(absl::GetFlag(FLAGS_sizes), ',')) {
+        size_t size = 0;
+        if (!absl::SimpleAtoi(size_text, &size) || size < 512) return 2;
         const std::string message = Message(size);
         double worker = PerWorker(pool, message, seconds);
         double all = Pool(pool, message, seconds, kMaxQueued);

@@ -8,6 +8,7 @@
 // thread (OpenSSL allows concurrent signing with one EVP_PKEY).
 #pragma once
 
+#include <array>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -53,7 +54,8 @@ class PrivateKey {
 
   // The signature of a SHA-256 `digest` (the header hash): RSASSA-PKCS1-v1_5 with SHA-256
   // (RFC 6376 §3.3.1) or PureEdDSA over the hash (RFC 8463 §3). Thread-safe. Initialised
-  // OpenSSL contexts are kept for reuse, so a signature costs what the algorithm costs.
+  // OpenSSL RSA contexts are kept for reuse, so a signature costs what the algorithm costs;
+  // Ed25519 signs with libsodium.
   absl::StatusOr<std::string> SignDigest(std::string_view digest) const;
 
   // The p= value of the DNS record: base64 of the DER SubjectPublicKeyInfo for RSA (RFC 6376
@@ -69,9 +71,11 @@ class PrivateKey {
   int bits_ = 0;
   EVP_PKEY* pkey_ = nullptr;  // owned
 
-  // Contexts ready to sign with pkey_, not in use; at most one per thread that ever signed at
-  // once (for RSA an EVP_PKEY_CTX, for Ed25519 an EVP_MD_CTX).
+  // RSA contexts ready to sign with pkey_, not in use; at most one per thread that ever signed
+  // at once.
   struct Contexts;
+  // Ed25519 only: libsodium's secret key (seed ‖ public key), wiped on destruction.
+  std::array<unsigned char, 64> ed25519_secret_{};
   std::unique_ptr<Contexts> contexts_;
   std::string pem_;
   std::string origin_;

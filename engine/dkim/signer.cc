@@ -6,7 +6,6 @@
 
 #include <memory>
 
-#include "absl/container/flat_hash_map.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -144,11 +143,15 @@ std::string_view TrimmedName(std::string_view name) {
   return name;
 }
 
-bool IsSignedName(std::string_view name) {
-  for (const std::string& n : SignedHeaderNames()) {
-    if (absl::EqualsIgnoreCase(ToAbsl(name), n)) return true;
+// The position of `name` in SignedHeaderNames() (case-insensitive), or -1.
+int SignedNameIndex(std::string_view name) {
+  const std::vector<std::string>& names = SignedHeaderNames();
+  for (size_t i = 0; i < names.size(); ++i) {
+    if (names[i].size() == name.size() && absl::EqualsIgnoreCase(ToAbsl(name), names[i])) {
+      return static_cast<int>(i);
+    }
   }
-  return false;
+  return -1;
 }
 
 class NativeSigner final : public Signer {
@@ -178,35 +181,44 @@ class NativeSigner final : public Signer {
     const std::string body_hash = Base64(digest, digest_size);
 
     // h=: the signed fields in message order, then the over-signed names once more.
-    std::vector<absl::string_view> names;
-    for (const mail::HeaderField& field : section.fields) {
-      std::string_view name = TrimmedName(field.name);
-      if (IsSignedName(name)) names.push_back(ToAbsl(name));
-    }
-    for (const std::string& n : OversignedHeaderNames()) names.push_back(n);
-    const std::string header_list = absl::StrJoin(names, ":");
-
-    // Header hash (§3.7): each h= name takes the last instance not yet used (§5.4.2); names
-    // with no instance left add nothing; then this field with an empty b=, without its CRLF.
-    if (EVP_DigestInit_ex(md.get(), sha256_, nullptr) != 1) return Failure("digest init");
-    // Instances of each signed name, in message order; the last unused one is taken from the
-    // back (linear time, whatever the number of repeated fields).
-    absl::flat_hash_map<std::string, std::vector<size_t>> instances;
+    // Each h= name takes the last instance not yet used (RFC 6376 §5.4.2): the instances of
+    // each signed name are chained from the last one back (`previous`), and taking one moves
+    // the name's head down its chain; names with no instance left add nothing.
+    const std::vector<std::string>& signed_names = SignedHeaderNames();
+    std::vector<int> head(signed_names.size(), -1);
+    std::vector<int> previous(section.fields.size(), -1);
+    std::vector<int> order;  // name indexes in h= order
+    std::string header_list;
     for (size_t i = 0; i < section.fields.size(); ++i) {
-      std::string_view name = TrimmedName(section.fields[i].name);
-      if (IsSignedName(name)) instances[absl::AsciiStrToLower(ToAbsl(name))].push_back(i);
+      const std::string_view name = TrimmedName(section.fields[i].name);
+      const int index = SignedNameIndex(name);
+      if (index < 0) continue;
+      previous[i] = head[index];
+      head[index] = static_cast<int>(i);
+      order.push_back(index);
+      if (!header_list.empty()) header_list.push_back(':');
+      header_list.append(name);
     }
+    for (const std::string& name : OversignedHeaderNames()) {
+      order.push_back(SignedNameIndex(name));
+      if (!header_list.empty()) header_list.push_back(':');
+      header_list.append(name);
+    }
+
+    // Header hash (§3.7), then this field with an empty b=, without its CRLF.
+    if (EVP_DigestInit_ex(md.get(), sha256_, nullptr) != 1) return Failure("digest init");
     std::string canonical;
-    for (absl::string_view name : names) {
-      auto it = instances.find(absl::AsciiStrToLower(name));
-      if (it == instances.end() || it->second.empty()) continue;
-      AppendCanonicalHeader(Canonicalization::kRelaxed, section.fields[it->second.back()].raw,
-                            true, &canonical);
-      it->second.pop_back();
+    canonical.reserve(section.body_offset + 1024);
+    for (int index : order) {
+      const int field = head[index];
+      if (field < 0) continue;
+      AppendCanonicalHeader(Canonicalization::kRelaxed, section.fields[field].raw, true,
+                            &canonical);
+      head[index] = previous[field];
     }
+    std::vector<std::string> tags = SignatureTags(key, now, body_hash, header_list, "");
     std::string unsigned_field = absl::StrCat(
-        kFieldName, FoldSignatureTags(SignatureTags(key, now, body_hash, header_list, ""),
-                                      kFieldName.size(), kFoldMargin, *key.key));
+        kFieldName, FoldSignatureTags(tags, kFieldName.size(), kFoldMargin, *key.key));
     AppendCanonicalHeader(Canonicalization::kRelaxed, unsigned_field, false, &canonical);
     if (EVP_DigestUpdate(md.get(), canonical.data(), canonical.size()) != 1 ||
         EVP_DigestFinal_ex(md.get(), digest, &digest_size) != 1) {
@@ -217,13 +229,10 @@ class NativeSigner final : public Signer {
     FACTEUR_ASSIGN_OR_RETURN(
         std::string signature,
         key.key->SignDigest(std::string_view(reinterpret_cast<const char*>(digest), digest_size)));
+    tags.back().append(
+        Base64(reinterpret_cast<const unsigned char*>(signature.data()), signature.size()));
     std::string field = absl::StrCat(
-        kFieldName,
-        FoldSignatureTags(SignatureTags(key, now, body_hash, header_list,
-                                        Base64(reinterpret_cast<const unsigned char*>(signature.data()),
-                                               signature.size())),
-                          kFieldName.size(), kFoldMargin, *key.key),
-        "\r\n");
+        kFieldName, FoldSignatureTags(tags, kFieldName.size(), kFoldMargin, *key.key), "\r\n");
     return field;
   }
 
