@@ -9,13 +9,14 @@ packages=(
   # libraries (see ../shared/research/deps.md for what was probed)
   liburing-dev libssl-dev openssl librocksdb-dev prometheus-cpp-dev libcivetweb-dev
   libabsl-dev libtomlplusplus-dev libsodium-dev nlohmann-json3-dev libc-ares-dev
-  libopendkim-dev
+  libopendkim-dev libre2-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   # test clients and tools: Debian's python3 (smtplib, email), swaks with TLS, curl, openssl CLI
   python3 swaks libnet-ssleay-perl curl procps
   # test peers started by the tests on loopback: a DNS server serving test zones, Postfix as a
-  # receiving MX (and its smtp-sink / smtp-source for the benchmarks), dkimpy as DKIM verifier
-  dnsmasq-base postfix python3-dkim
+  # receiving MX (and its smtp-sink / smtp-source for the benchmarks), dkimpy as DKIM verifier,
+  # postgrey as a real greylisting policy service for that Postfix
+  dnsmasq-base postfix python3-dkim postgrey
 )
 
 missing=()

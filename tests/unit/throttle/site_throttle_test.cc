@@ -1,0 +1,559 @@
+// PairThrottle, ChooseSource, GreylistRetryDelay: exact next-eligible times (an event-driven
+// caller never polls), hour and day caps, rate-limit → suspension, cut and additive recovery
+// back to nominal, too-many-connections → one connection then recovery, blocklist → the source
+// stands aside for hours and the selector routes around it, bounded suspensions, greylisting
+// leaving the pair untouched, pinned sources, throttled-time accounting.
+#include "throttle/site_throttle.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <map>
+#include <vector>
+
+#include "absl/time/time.h"
+#include "gtest/gtest.h"
+
+namespace facteur::throttle {
+namespace {
+
+// A calendar hour (hence minute) boundary: 1'800'000'000 = 500'000 × 3600.
+const absl::Time kT0 = absl::FromUnixSeconds(1'800'000'000);
+
+constexpr size_t Idx(ResponseClass c) { return static_cast<size_t>(c); }
+
+int64_t Calendar(absl::Time t, absl::Duration unit) {
+  absl::Duration remainder;
+  return absl::IDivDuration(t - absl::UnixEpoch(), unit, &remainder);
+}
+
+PairOptions Options(const SiteLimits& limits) {
+  PairOptions options;
+  options.limits = limits;
+  ClassAction& rate_limit = options.actions[Idx(ResponseClass::kRateLimit)];
+  rate_limit.suspend = absl::Minutes(15);
+  rate_limit.rate_factor = 0.5;
+  options.actions[Idx(ResponseClass::kTooManyConnections)].max_connections = 1;
+  ClassAction& blocklist = options.actions[Idx(ResponseClass::kBlocklist)];
+  blocklist.suspend = absl::Hours(4);
+  blocklist.prefer_other_source = true;
+  // Configured to do everything: greylisting must still do nothing to the pair.
+  ClassAction& greylist = options.actions[Idx(ResponseClass::kGreylist)];
+  greylist.suspend = absl::Hours(1);
+  greylist.rate_factor = 0.5;
+  greylist.max_connections = 1;
+  greylist.prefer_other_source = true;
+  greylist.reputation_hit = false;
+  return options;
+}
+
+SiteLimits Limits(uint32_t messages_per_minute, uint32_t max_connections = 2) {
+  SiteLimits limits;
+  limits.messages_per_minute = messages_per_minute;
+  limits.max_connections = max_connections;
+  return limits;
+}
+
+// Starts a message at every time the pair allows, jumping straight to the time it names (as a
+// timer would), and checks that the named time is honoured: allowed then.
+std::vector<absl::Time> SendGreedily(PairThrottle& pair, absl::Time from, absl::Time to) {
+  std::vector<absl::Time> starts;
+  absl::Time now = from;
+  while (true) {
+    now = std::max(now, pair.MayStartMessage(now));
+    if (now >= to) break;
+    EXPECT_LE(pair.MayStartMessage(now), now);
+    pair.OnMessageStarted(now);
+    starts.push_back(now);
+  }
+  return starts;
+}
+
+std::map<int64_t, int> CountPer(const std::vector<absl::Time>& times, absl::Duration unit) {
+  std::map<int64_t, int> counts;
+  for (const absl::Time t : times) ++counts[Calendar(t, unit)];
+  return counts;
+}
+
+TEST(PairThrottleTest, NextEligibleTimesAreExactAndTheMinuteRateHolds) {
+  PairThrottle pair(Options(Limits(60)));
+  EXPECT_LE(pair.MayStartMessage(kT0), kT0);
+  pair.OnMessageStarted(kT0);
+  EXPECT_EQ(pair.MayStartMessage(kT0), kT0 + absl::Seconds(1));
+  EXPECT_EQ(pair.MayStartMessage(kT0 + absl::Milliseconds(999)), kT0 + absl::Seconds(1));
+  EXPECT_LE(pair.MayStartMessage(kT0 + absl::Seconds(1)), kT0 + absl::Seconds(1));
+
+  PairThrottle greedy(Options(Limits(7)));
+  const absl::Time from = kT0 + absl::Seconds(13);
+  const std::vector<absl::Time> starts = SendGreedily(greedy, from, from + absl::Hours(1));
+  EXPECT_EQ(starts.size(), 7u * 60);
+  for (const auto& [minute, n] : CountPer(starts, absl::Minutes(1))) {
+    ASSERT_LE(n, 7) << "minute " << minute;
+  }
+  EXPECT_EQ(greedy.state(from), PairState::kNormal);
+  EXPECT_EQ(greedy.current_message_rate(), 7);
+}
+
+TEST(PairThrottleTest, HourAndDayCapsHoldInEveryCalendarHourAndDay) {
+  SiteLimits hourly = Limits(0);
+  hourly.messages_per_hour = 120;
+  PairThrottle per_hour(Options(hourly));
+  EXPECT_DOUBLE_EQ(per_hour.current_message_rate(), 2);  // per minute
+  const absl::Time from = kT0 + absl::Minutes(7);
+  const std::vector<absl::Time> hour_starts = SendGreedily(per_hour, from, from + absl::Hours(5));
+  EXPECT_EQ(hour_starts.size(), 5u * 120);
+  for (const auto& [hour, n] : CountPer(hour_starts, absl::Hours(1))) {
+    ASSERT_LE(n, 120) << "hour " << hour;
+  }
+  EXPECT_EQ(hour_starts[1] - hour_starts[0], absl::Seconds(30));
+
+  SiteLimits daily = Limits(0);
+  daily.messages_per_day = 100;
+  PairThrottle per_day(Options(daily));
+  const std::vector<absl::Time> day_starts =
+      SendGreedily(per_day, from, from + absl::Hours(24 * 3));
+  EXPECT_EQ(day_starts.size(), 300u);
+  for (const auto& [day, n] : CountPer(day_starts, absl::Hours(24))) {
+    ASSERT_LE(n, 100) << "day " << day;
+  }
+
+  // Several rates: the strictest rules (1000 an hour is 16.7 a minute, under 100 a minute).
+  SiteLimits both = Limits(100);
+  both.messages_per_hour = 1000;
+  PairThrottle strictest(Options(both));
+  EXPECT_NEAR(strictest.current_message_rate(), 1000.0 / 60, 1e-9);
+  const std::vector<absl::Time> starts = SendGreedily(strictest, kT0, kT0 + absl::Hours(2));
+  EXPECT_EQ(starts.size(), 2000u);
+  for (const auto& [minute, n] : CountPer(starts, absl::Minutes(1))) {
+    ASSERT_LE(n, 17) << "minute " << minute;
+  }
+  for (const auto& [hour, n] : CountPer(starts, absl::Hours(1))) {
+    ASSERT_LE(n, 1000) << "hour " << hour;
+  }
+}
+
+TEST(PairThrottleTest, ConnectionsAreLimitedByConcurrencyAndRate) {
+  SiteLimits limits = Limits(0, 2);
+  limits.connections_per_minute = 6;
+  PairThrottle pair(Options(limits));
+  EXPECT_LE(pair.MayOpenConnection(kT0), kT0);
+  pair.OnConnectionOpened(kT0);
+  EXPECT_EQ(pair.MayOpenConnection(kT0), kT0 + absl::Seconds(10));
+  pair.OnConnectionOpened(kT0 + absl::Seconds(10));
+  EXPECT_EQ(pair.open_connections(), 2u);
+  // Both open: only a close can allow a third.
+  EXPECT_EQ(pair.MayOpenConnection(kT0 + absl::Minutes(5)), absl::InfiniteFuture());
+  pair.OnConnectionClosed(kT0 + absl::Minutes(5));
+  EXPECT_LE(pair.MayOpenConnection(kT0 + absl::Minutes(5)), kT0 + absl::Minutes(5));
+  EXPECT_EQ(pair.max_messages_per_connection(), 50u);
+  EXPECT_EQ(pair.max_recipients_per_message(), 50u);
+
+  SiteLimits hourly = Limits(0, 100);
+  hourly.connections_per_hour = 4;
+  PairThrottle per_hour(Options(hourly));
+  for (int i = 0; i < 4; ++i) {
+    const absl::Time at = per_hour.MayOpenConnection(kT0 + absl::Minutes(15 * i));
+    EXPECT_EQ(std::max(at, kT0), kT0 + absl::Minutes(15 * i)) << i;
+    per_hour.OnConnectionOpened(kT0 + absl::Minutes(15 * i));
+  }
+  EXPECT_EQ(per_hour.MayOpenConnection(kT0 + absl::Minutes(46)), kT0 + absl::Minutes(60));
+}
+
+TEST(PairThrottleTest, RateLimitSuspendsCutsAndRecoversAdditivelyToNominal) {
+  PairThrottle pair(Options(Limits(60)));
+  pair.OnConnectionOpened(kT0);
+  pair.OnMessageStarted(kT0);
+  const absl::Time reply = kT0 + absl::Seconds(1);
+  pair.OnReply(ResponseClass::kRateLimit, reply);
+  const absl::Time resume = reply + absl::Minutes(15);
+  EXPECT_EQ(pair.state(reply), PairState::kSuspended);
+  EXPECT_EQ(pair.suspended_until(), resume);
+  EXPECT_EQ(pair.suspension_class(), ResponseClass::kRateLimit);
+  EXPECT_DOUBLE_EQ(pair.current_message_rate(), 30);
+  EXPECT_DOUBLE_EQ(pair.nominal_message_rate(), 60);
+  EXPECT_EQ(pair.MayStartMessage(reply), resume);
+  EXPECT_EQ(pair.MayOpenConnection(reply), resume);
+  EXPECT_EQ(pair.counters().suspensions[Idx(ResponseClass::kRateLimit)], 1u);
+  EXPECT_EQ(pair.counters().rate_cuts, 1u);
+  EXPECT_EQ(pair.counters().reputation_hits, 1u);
+
+  // The pause is over: backing off, at half the rate (one message every 2 s).
+  EXPECT_EQ(pair.state(resume), PairState::kBackoff);
+  EXPECT_LE(pair.MayStartMessage(resume), resume);
+  pair.OnMessageStarted(resume);
+  EXPECT_EQ(pair.MayStartMessage(resume), resume + absl::Seconds(2));
+
+  // Additive increase: +6 per minute (0.1 × 60) per delivery, five deliveries to nominal.
+  absl::Time now = resume + absl::Seconds(2);
+  for (const double expected : {36.0, 42.0, 48.0, 54.0}) {
+    pair.OnDelivered(now);
+    EXPECT_NEAR(pair.current_message_rate(), expected, 1e-9);
+    EXPECT_EQ(pair.state(now), PairState::kBackoff);
+    now += absl::Seconds(2);
+  }
+  pair.OnReply(ResponseClass::kSuccess, now);  // same as OnDelivered
+  EXPECT_DOUBLE_EQ(pair.current_message_rate(), 60);
+  EXPECT_EQ(pair.state(now), PairState::kNormal);
+  EXPECT_EQ(pair.counters().deliveries, 5u);
+  // Back to one per second.
+  EXPECT_LE(pair.MayStartMessage(now), now);
+  pair.OnMessageStarted(now);
+  EXPECT_EQ(pair.MayStartMessage(now), now + absl::Seconds(1));
+}
+
+TEST(PairThrottleTest, RepliesAndDeliveriesDuringASuspensionNeitherCutNorRecover) {
+  PairThrottle pair(Options(Limits(60)));
+  pair.OnReply(ResponseClass::kRateLimit, kT0);
+  EXPECT_DOUBLE_EQ(pair.current_message_rate(), 30);
+  // Answers to messages sent before the pause.
+  pair.OnReply(ResponseClass::kRateLimit, kT0 + absl::Seconds(1));
+  EXPECT_DOUBLE_EQ(pair.current_message_rate(), 30);
+  pair.OnDelivered(kT0 + absl::Seconds(2));
+  EXPECT_DOUBLE_EQ(pair.current_message_rate(), 30);
+  EXPECT_EQ(pair.state(kT0 + absl::Seconds(2)), PairState::kSuspended);
+  EXPECT_EQ(pair.counters().rate_cuts, 1u);
+  EXPECT_EQ(pair.counters().deliveries, 1u);
+}
+
+TEST(PairThrottleTest, CutsStopAtTheMinimumRateFraction) {
+  PairOptions options = Options(Limits(60));
+  options.actions[Idx(ResponseClass::kRateLimit)].suspend = absl::ZeroDuration();
+  PairThrottle pair(options);
+  absl::Time now = kT0;
+  for (const double expected : {30.0, 15.0, 7.5, 3.75, 3.0, 3.0, 3.0}) {
+    pair.OnReply(ResponseClass::kRateLimit, now);
+    EXPECT_DOUBLE_EQ(pair.current_message_rate(), expected);
+    EXPECT_EQ(pair.state(now), PairState::kBackoff);
+    now += absl::Seconds(1);
+  }
+  EXPECT_EQ(pair.counters().rate_cuts, 5u);
+  // 3 a minute: one every 20 s.
+  pair.OnMessageStarted(now);
+  EXPECT_EQ(pair.MayStartMessage(now), now + absl::Seconds(20));
+  // Recovery is relative to nominal: ten deliveries from 3 back to 60.
+  for (int i = 0; i < 9; ++i) pair.OnDelivered(now);
+  EXPECT_EQ(pair.state(now), PairState::kBackoff);
+  EXPECT_NEAR(pair.current_message_rate(), 57, 1e-9);
+  pair.OnDelivered(now);
+  EXPECT_EQ(pair.state(now), PairState::kNormal);
+  EXPECT_DOUBLE_EQ(pair.current_message_rate(), 60);
+}
+
+TEST(PairThrottleTest, WithoutAConfiguredRateACutStartsFromTheObservedRate) {
+  PairThrottle pair(Options(Limits(0)));
+  EXPECT_EQ(pair.current_message_rate(), 0);
+  // 20 messages in the first 20 s of a calendar minute, unthrottled.
+  for (int i = 0; i < 20; ++i) {
+    const absl::Time now = kT0 + absl::Seconds(i);
+    EXPECT_EQ(pair.MayStartMessage(now), absl::InfinitePast());
+    pair.OnMessageStarted(now);
+  }
+  const absl::Time reply = kT0 + absl::Seconds(20);
+  pair.OnReply(ResponseClass::kRateLimit, reply);
+  EXPECT_DOUBLE_EQ(pair.nominal_message_rate(), 20);
+  EXPECT_DOUBLE_EQ(pair.current_message_rate(), 10);
+  // After the pause: one message every 6 s.
+  const absl::Time resume = reply + absl::Minutes(15);
+  EXPECT_EQ(pair.MayStartMessage(resume), resume);
+  pair.OnMessageStarted(resume);
+  EXPECT_EQ(pair.MayStartMessage(resume), resume + absl::Seconds(6));
+  // Recovery (+2 a minute per delivery) ends unlimited again.
+  for (int i = 0; i < 4; ++i) pair.OnDelivered(resume);
+  EXPECT_EQ(pair.state(resume), PairState::kBackoff);
+  pair.OnDelivered(resume);
+  EXPECT_EQ(pair.state(resume), PairState::kNormal);
+  EXPECT_EQ(pair.current_message_rate(), 0);
+  EXPECT_LE(pair.MayStartMessage(resume), resume);
+
+  // The observed rate slides over two calendar minutes: 30 in the previous minute, half of it
+  // still inside the last 60 s.
+  PairThrottle sliding(Options(Limits(0)));
+  for (int i = 0; i < 30; ++i) sliding.OnMessageStarted(kT0 + absl::Seconds(i));
+  sliding.OnReply(ResponseClass::kRateLimit, kT0 + absl::Seconds(90));
+  EXPECT_DOUBLE_EQ(sliding.nominal_message_rate(), 15);
+  EXPECT_DOUBLE_EQ(sliding.current_message_rate(), 7.5);
+
+  // Nothing sent lately: from one a minute, so that the cut still slows.
+  PairThrottle idle(Options(Limits(0)));
+  idle.OnReply(ResponseClass::kRateLimit, kT0);
+  EXPECT_DOUBLE_EQ(idle.current_message_rate(), 0.5);
+}
+
+TEST(PairThrottleTest, TooManyConnectionsCapsToOneThenRecovers) {
+  PairThrottle pair(Options(Limits(0, 3)));
+  for (int i = 0; i < 3; ++i) pair.OnConnectionOpened(kT0);
+  pair.OnReply(ResponseClass::kTooManyConnections, kT0);
+  EXPECT_EQ(pair.current_max_connections(), 1u);
+  EXPECT_EQ(pair.state(kT0), PairState::kBackoff);
+  EXPECT_TRUE(pair.OverConnectionLimit());
+  EXPECT_EQ(pair.counters().connection_caps, 1u);
+  EXPECT_EQ(pair.counters().suspensions[Idx(ResponseClass::kTooManyConnections)], 0u);
+  // Messages are not slowed, and the open connections are not cut under the caller's feet.
+  EXPECT_LE(pair.MayStartMessage(kT0), kT0);
+  EXPECT_EQ(pair.MayOpenConnection(kT0), absl::InfiniteFuture());
+  pair.OnConnectionClosed(kT0);
+  pair.OnConnectionClosed(kT0);
+  EXPECT_FALSE(pair.OverConnectionLimit());
+  EXPECT_EQ(pair.MayOpenConnection(kT0), absl::InfiniteFuture());
+  pair.OnConnectionClosed(kT0);
+  EXPECT_LE(pair.MayOpenConnection(kT0), kT0);
+  // One connection back per delivery.
+  pair.OnDelivered(kT0 + absl::Seconds(1));
+  EXPECT_EQ(pair.current_max_connections(), 2u);
+  EXPECT_EQ(pair.state(kT0 + absl::Seconds(1)), PairState::kBackoff);
+  pair.OnDelivered(kT0 + absl::Seconds(2));
+  EXPECT_EQ(pair.current_max_connections(), 3u);
+  EXPECT_EQ(pair.state(kT0 + absl::Seconds(2)), PairState::kNormal);
+  pair.OnDelivered(kT0 + absl::Seconds(3));
+  EXPECT_EQ(pair.current_max_connections(), 3u);
+}
+
+TEST(PairThrottleTest, AnUnlimitedConnectionCountIsCappedThenUnlimitedAgain) {
+  PairThrottle pair(Options(Limits(0, 0)));
+  EXPECT_EQ(pair.current_max_connections(), PairThrottle::kUnlimitedConnections);
+  for (int i = 0; i < 3; ++i) pair.OnConnectionOpened(kT0);
+  pair.OnReply(ResponseClass::kTooManyConnections, kT0);
+  EXPECT_EQ(pair.current_max_connections(), 1u);
+  pair.OnDelivered(kT0);
+  EXPECT_EQ(pair.current_max_connections(), 2u);
+  pair.OnDelivered(kT0);  // back to the 3 it had open: unlimited again
+  EXPECT_EQ(pair.current_max_connections(), PairThrottle::kUnlimitedConnections);
+  EXPECT_EQ(pair.state(kT0), PairState::kNormal);
+}
+
+TEST(PairThrottleTest, SuspensionsCannotBeExtendedForever) {
+  PairOptions options = Options(Limits(60));
+  options.backoff.max_suspension = absl::Hours(1);
+  PairThrottle pair(options);
+  pair.OnReply(ResponseClass::kRateLimit, kT0);
+  EXPECT_EQ(pair.suspended_until(), kT0 + absl::Minutes(15));
+  // A site answering "slow down" to every reply: each one pushes the end later, up to 1 h
+  // after the beginning and no further.
+  for (int m = 10; m <= 55; m += 5) {
+    pair.OnReply(ResponseClass::kRateLimit, kT0 + absl::Minutes(m));
+    EXPECT_EQ(pair.suspended_until(),
+              std::min(kT0 + absl::Minutes(m + 15), kT0 + absl::Hours(1))) << m;
+  }
+  EXPECT_EQ(pair.suspension_began(), kT0);
+  EXPECT_EQ(pair.counters().suspensions[Idx(ResponseClass::kRateLimit)], 1u);
+  EXPECT_EQ(pair.counters().suspension_extensions, 8u);  // the one at 45 min reaches the bound
+  EXPECT_EQ(pair.state(kT0 + absl::Hours(1) - absl::Nanoseconds(1)), PairState::kSuspended);
+  EXPECT_EQ(pair.state(kT0 + absl::Hours(1)), PairState::kBackoff);
+  EXPECT_LE(pair.MayStartMessage(kT0 + absl::Hours(1)), kT0 + absl::Hours(1));
+  // A new suspension after the pause is a new one, bounded the same way however long the
+  // announced delay.
+  const absl::Time later = kT0 + absl::Hours(2);
+  pair.OnReply(ResponseClass::kRateLimit, later, absl::Hours(48));
+  EXPECT_EQ(pair.suspension_began(), later);
+  EXPECT_EQ(pair.suspended_until(), later + absl::Hours(1));
+  EXPECT_EQ(pair.counters().suspensions[Idx(ResponseClass::kRateLimit)], 2u);
+}
+
+TEST(PairThrottleTest, AnAnnouncedDelayLengthensASuspensionButNeverShortensIt) {
+  PairThrottle longer(Options(Limits(60)));
+  longer.OnReply(ResponseClass::kRateLimit, kT0, absl::Minutes(30));
+  EXPECT_EQ(longer.suspended_until(), kT0 + absl::Minutes(30));
+  PairThrottle shorter(Options(Limits(60)));
+  shorter.OnReply(ResponseClass::kRateLimit, kT0, absl::Minutes(5));
+  EXPECT_EQ(shorter.suspended_until(), kT0 + absl::Minutes(15));
+  // A class whose action does not suspend is not suspended by an announced delay.
+  PairThrottle no_pause(Options(Limits(60)));
+  no_pause.OnReply(ResponseClass::kTooManyConnections, kT0, absl::Hours(1));
+  EXPECT_FALSE(no_pause.suspended(kT0));
+  EXPECT_EQ(no_pause.suspended_until(), absl::InfinitePast());
+}
+
+TEST(PairThrottleTest, GreylistingLeavesThePairUntouched) {
+  PairThrottle pair(Options(Limits(60, 2)));
+  pair.OnConnectionOpened(kT0);
+  for (int i = 0; i < 5; ++i) {
+    pair.OnReply(ResponseClass::kGreylist, kT0 + absl::Seconds(i), absl::Minutes(5));
+  }
+  const absl::Time now = kT0 + absl::Seconds(5);
+  EXPECT_EQ(pair.state(now), PairState::kNormal);
+  EXPECT_FALSE(pair.suspended(now));
+  EXPECT_EQ(pair.suspended_until(), absl::InfinitePast());
+  EXPECT_DOUBLE_EQ(pair.current_message_rate(), 60);
+  EXPECT_EQ(pair.current_max_connections(), 2u);
+  EXPECT_FALSE(pair.prefers_other_source());
+  EXPECT_LE(pair.MayOpenConnection(now), now);
+  EXPECT_LE(pair.MayStartMessage(now), now);
+  EXPECT_EQ(pair.counters().replies[Idx(ResponseClass::kGreylist)], 5u);
+  EXPECT_EQ(pair.counters().reputation_hits, 0u);
+  EXPECT_EQ(pair.counters().suspensions[Idx(ResponseClass::kGreylist)], 0u);
+  EXPECT_EQ(pair.counters().rate_cuts, 0u);
+}
+
+TEST(PairThrottleTest, ABlocklistSuspensionLeavesThePairInBackoffUntilADelivery) {
+  PairThrottle pair(Options(Limits(60)));
+  pair.OnReply(ResponseClass::kBlocklist, kT0);
+  EXPECT_EQ(pair.suspended_until(), kT0 + absl::Hours(4));
+  EXPECT_TRUE(pair.prefers_other_source());
+  EXPECT_DOUBLE_EQ(pair.current_message_rate(), 60);  // not cut, paused
+  const absl::Time after = kT0 + absl::Hours(4);
+  EXPECT_EQ(pair.state(after), PairState::kBackoff);
+  pair.OnDelivered(after);
+  EXPECT_EQ(pair.state(after), PairState::kNormal);
+  EXPECT_FALSE(pair.prefers_other_source());
+  // Classes without an action do nothing.
+  pair.OnReply(ResponseClass::kUserUnknown, after);
+  EXPECT_EQ(pair.state(after), PairState::kNormal);
+  EXPECT_EQ(pair.counters().replies[Idx(ResponseClass::kUserUnknown)], 1u);
+}
+
+TEST(PairThrottleTest, ThrottledTimeCountsEachWaitOnceAndEndsWhenTheLimitLifts) {
+  PairThrottle pair(Options(Limits(6, 1)));
+  pair.OnMessageStarted(kT0);
+  EXPECT_EQ(pair.MayStartMessage(kT0), kT0 + absl::Seconds(10));
+  EXPECT_EQ(pair.throttled_time(kT0 + absl::Seconds(4)), absl::Seconds(4));
+  // Asking again during the same wait does not count twice.
+  EXPECT_EQ(pair.MayStartMessage(kT0 + absl::Seconds(3)), kT0 + absl::Seconds(10));
+  pair.OnMessageStarted(kT0 + absl::Seconds(10));
+  EXPECT_EQ(pair.throttled_time(kT0 + absl::Minutes(1)), absl::Seconds(10));
+  // A caller that goes elsewhere and never comes back: the wait ends when the limit lifts.
+  EXPECT_EQ(pair.MayStartMessage(kT0 + absl::Seconds(15)), kT0 + absl::Seconds(20));
+  EXPECT_EQ(pair.throttled_time(kT0 + absl::Hours(1)), absl::Seconds(15));
+  // Waiting for a connection slot ends when one closes.
+  pair.OnConnectionOpened(kT0 + absl::Minutes(1));
+  EXPECT_EQ(pair.MayOpenConnection(kT0 + absl::Minutes(1)), absl::InfiniteFuture());
+  EXPECT_EQ(pair.throttled_time(kT0 + absl::Minutes(2)), absl::Seconds(75));
+  pair.OnConnectionClosed(kT0 + absl::Minutes(3));
+  EXPECT_EQ(pair.throttled_time(kT0 + absl::Hours(1)), absl::Seconds(135));
+}
+
+TEST(PairOptionsTest, SiteActionsOverrideTheDefaults) {
+  ShapingOptions shaping;
+  shaping.actions[Idx(ResponseClass::kRateLimit)].suspend = absl::Minutes(10);
+  shaping.actions[Idx(ResponseClass::kBlocklist)].suspend = absl::Hours(2);
+  shaping.backoff.recovery_step = 0.25;
+  SiteOptions site;
+  site.name = "orange";
+  ClassAction orange_rate_limit;
+  orange_rate_limit.suspend = absl::Hours(1);
+  site.actions[Idx(ResponseClass::kRateLimit)] = orange_rate_limit;
+  SiteLimits limits = Limits(30);
+  const PairOptions merged = PairOptions::From(limits, shaping, &site);
+  EXPECT_EQ(merged.actions[Idx(ResponseClass::kRateLimit)].suspend, absl::Hours(1));
+  EXPECT_EQ(merged.actions[Idx(ResponseClass::kBlocklist)].suspend, absl::Hours(2));
+  EXPECT_EQ(merged.backoff.recovery_step, 0.25);
+  EXPECT_EQ(merged.limits.messages_per_minute, 30u);
+  const PairOptions unknown_site = PairOptions::From(limits, shaping, nullptr);
+  EXPECT_EQ(unknown_site.actions[Idx(ResponseClass::kRateLimit)].suspend, absl::Minutes(10));
+}
+
+// --- ChooseSource --------------------------------------------------------------------------
+
+TEST(ChooseSourceTest, TheLeastLoadedEligibleSourceWins) {
+  PairThrottle a(Options(Limits(0, 4)));
+  PairThrottle b(Options(Limits(0, 2)));
+  PairThrottle c(Options(Limits(60, 2)));
+  const std::vector<SourceCandidate> pool = {{"a", &a}, {"b", &b}, {"c", &c}};
+  // All idle: the first listed.
+  EXPECT_EQ(ChooseSource(pool, kT0).source, 0u);
+  a.OnConnectionOpened(kT0);  // a: 1/4
+  b.OnConnectionOpened(kT0);  // b: 1/2
+  EXPECT_EQ(ChooseSource(pool, kT0).source, 2u);  // c: 0/2
+  c.OnConnectionOpened(kT0);
+  c.OnMessageStarted(kT0);  // c: 1/2, and rate-limited for a second
+  EXPECT_EQ(ChooseSource(pool, kT0).source, 0u);  // a: 1/4 is the lightest
+  a.OnConnectionOpened(kT0);
+  a.OnConnectionOpened(kT0);  // a: 3/4 > b, c: 1/2; c not eligible until +1 s
+  const SourceChoice choice = ChooseSource(pool, kT0);
+  EXPECT_EQ(choice.source, 1u);
+  EXPECT_EQ(choice.eligible_at, kT0);
+  // Load is relative to each source's maximum: 3 of 10 is lighter than 1 of 2.
+  PairThrottle small(Options(Limits(0, 2)));
+  PairThrottle large(Options(Limits(0, 10)));
+  small.OnConnectionOpened(kT0);
+  for (int i = 0; i < 3; ++i) large.OnConnectionOpened(kT0);
+  const std::vector<SourceCandidate> mixed = {{"small", &small}, {"large", &large}};
+  EXPECT_EQ(ChooseSource(mixed, kT0).source, 1u);
+}
+
+TEST(ChooseSourceTest, ABlocklistedSourceStandsAsideWhileAnotherIsHealthy) {
+  PairThrottle a(Options(Limits(0, 2)));
+  PairThrottle b(Options(Limits(0, 2)));
+  const std::vector<SourceCandidate> pool = {{"a", &a}, {"b", &b}};
+  a.OnConnectionOpened(kT0);
+  a.OnReply(ResponseClass::kBlocklist, kT0);
+  EXPECT_EQ(a.state(kT0), PairState::kSuspended);
+  EXPECT_EQ(ChooseSource(pool, kT0).source, 1u);
+  b.OnConnectionOpened(kT0);
+  b.OnConnectionOpened(kT0);
+  // b is full: nothing now; the next look is when a's suspension ends.
+  SourceChoice choice = ChooseSource(pool, kT0 + absl::Minutes(1));
+  EXPECT_FALSE(choice.source.has_value());
+  EXPECT_EQ(choice.eligible_at, kT0 + absl::Hours(4));
+  // a's suspension is over but it still prefers another source while b is healthy: wait for b.
+  const absl::Time later = kT0 + absl::Hours(5);
+  EXPECT_EQ(a.state(later), PairState::kBackoff);
+  choice = ChooseSource(pool, later);
+  EXPECT_FALSE(choice.source.has_value());
+  EXPECT_EQ(choice.eligible_at, absl::InfiniteFuture());
+  b.OnConnectionClosed(later);
+  EXPECT_EQ(ChooseSource(pool, later).source, 1u);
+  // b rate-limited in turn: a is the only source not suspended, so it is used.
+  b.OnReply(ResponseClass::kRateLimit, later);
+  EXPECT_EQ(ChooseSource(pool, later).source, 0u);
+  a.OnDelivered(later);
+  EXPECT_FALSE(a.prefers_other_source());
+}
+
+TEST(ChooseSourceTest, WhenAllAreSuspendedTheEarliestEndIsNamed) {
+  PairThrottle a(Options(Limits(0, 2)));
+  PairThrottle b(Options(Limits(0, 2)));
+  const std::vector<SourceCandidate> pool = {{"a", &a}, {"b", &b}};
+  a.OnReply(ResponseClass::kBlocklist, kT0);                     // until +4 h
+  b.OnReply(ResponseClass::kRateLimit, kT0 + absl::Minutes(1));  // until +16 min
+  const SourceChoice choice = ChooseSource(pool, kT0 + absl::Minutes(2));
+  EXPECT_FALSE(choice.source.has_value());
+  EXPECT_EQ(choice.eligible_at, kT0 + absl::Minutes(16));
+  EXPECT_EQ(ChooseSource(pool, kT0 + absl::Minutes(16)).source, 1u);
+  // Work waited on both until b came back.
+  EXPECT_EQ(a.throttled_time(kT0 + absl::Hours(1)), absl::Minutes(14));
+  EXPECT_EQ(b.throttled_time(kT0 + absl::Hours(1)), absl::Minutes(14));
+  EXPECT_FALSE(ChooseSource({}, kT0).source.has_value());
+}
+
+TEST(ChooseSourceTest, APinnedSourceIsWaitedForNeverRotated) {
+  PairThrottle a(Options(Limits(60, 2)));
+  PairThrottle b(Options(Limits(60, 2)));
+  const std::vector<SourceCandidate> pool = {{"a", &a}, {"b", &b}};
+  a.OnMessageStarted(kT0);  // a: next message at +1 s; b free
+  SourceChoice choice = ChooseSource(pool, kT0, "a");
+  EXPECT_FALSE(choice.source.has_value());
+  EXPECT_EQ(choice.eligible_at, kT0 + absl::Seconds(1));
+  EXPECT_EQ(ChooseSource(pool, kT0 + absl::Seconds(1), "a").source, 0u);
+  // Suspended for hours: still a, at the end of its suspension.
+  a.OnReply(ResponseClass::kBlocklist, kT0 + absl::Seconds(2));
+  choice = ChooseSource(pool, kT0 + absl::Seconds(3), "a");
+  EXPECT_FALSE(choice.source.has_value());
+  EXPECT_EQ(choice.eligible_at, kT0 + absl::Seconds(2) + absl::Hours(4));
+  // Unpinned work goes to b meanwhile; a pin naming a source no longer in the pool is ignored.
+  EXPECT_EQ(ChooseSource(pool, kT0 + absl::Seconds(3)).source, 1u);
+  EXPECT_EQ(ChooseSource(pool, kT0 + absl::Seconds(3), "gone").source, 1u);
+}
+
+// --- Greylisting ---------------------------------------------------------------------------
+
+TEST(GreylistRetryDelayTest, TheLadderGrowsToTheCap) {
+  const GreylistOptions options;  // 5 min, ×2, at most 1 h
+  EXPECT_EQ(GreylistRetryDelay(options, 0), absl::Minutes(5));
+  EXPECT_EQ(GreylistRetryDelay(options, 1), absl::Minutes(5));
+  EXPECT_EQ(GreylistRetryDelay(options, 2), absl::Minutes(10));
+  EXPECT_EQ(GreylistRetryDelay(options, 3), absl::Minutes(20));
+  EXPECT_EQ(GreylistRetryDelay(options, 4), absl::Minutes(40));
+  EXPECT_EQ(GreylistRetryDelay(options, 5), absl::Hours(1));
+  EXPECT_EQ(GreylistRetryDelay(options, UINT32_MAX), absl::Hours(1));
+}
+
+TEST(GreylistRetryDelayTest, AnAnnouncedDelayWinsWithinBounds) {
+  const GreylistOptions options;
+  EXPECT_EQ(GreylistRetryDelay(options, 3, absl::Seconds(300)), absl::Minutes(5));
+  EXPECT_EQ(GreylistRetryDelay(options, 1, absl::Minutes(30)), absl::Minutes(30));
+  EXPECT_EQ(GreylistRetryDelay(options, 1, absl::Seconds(10)), absl::Minutes(1));
+  EXPECT_EQ(GreylistRetryDelay(options, 1, absl::ZeroDuration()), absl::Minutes(1));
+  EXPECT_EQ(GreylistRetryDelay(options, 1, absl::Hours(30)), absl::Hours(1));
+}
+
+}  // namespace
+}  // namespace facteur::throttle
