@@ -65,7 +65,8 @@ address = "unix:facteur.sock"
 
 const std::vector<std::string_view> kTopKeys = {
     "data_dir", "hostname", "io_threads", "auth_threads", "smtp",     "tls",    "spool", "admin",
-    "dns",      "delivery", "events",     "dkim",         "listener", "source", "route"};
+    "dns",      "delivery", "events",     "dkim",         "listener", "source", "route",
+    "shaping",  "clock",    "quota"};
 const std::vector<std::string_view> kSmtpKeys = {
     "max_message_size", "max_recipients",    "max_errors",         "idle_timeout",
     "max_sessions",     "auth_max_failures", "auth_failure_window"};
@@ -99,9 +100,18 @@ const std::vector<std::string_view> kDeliveryKeys = {
     "queue_lifetime",
     "validate_recipient_domains"};
 const std::vector<std::string_view> kEventsKeys = {"path"};
+const std::vector<std::string_view> kShapingKeys = {"file", "classifier_file"};
+const std::vector<std::string_view> kClockKeys = {"speed", "anchor"};
 const std::vector<std::string_view> kDkimKeys = {"engine", "threads", "max_queued", "key"};
 const std::vector<std::string_view> kDkimKeyKeys = {"domain", "selector", "algorithm", "key_file",
                                                     "account"};
+const std::vector<std::string_view> kQuotaKeys = {
+    "messages_per_hour", "messages_per_day",     "recipients_per_message", "anomaly_detection",
+    "anomaly_window",    "anomaly_factor",       "anomaly_min_messages",   "history_half_life",
+    "account"};
+const std::vector<std::string_view> kQuotaAccountKeys = {
+    "name", "messages_per_hour", "messages_per_day", "recipients_per_message",
+    "anomaly_detection"};
 const std::vector<std::string_view> kSourceKeys = {"name", "address", "ehlo_name", "pool"};
 const std::vector<std::string_view> kRouteKeys = {"domain", "destination", "tls", "pool"};
 
@@ -249,6 +259,22 @@ class Parser : private TomlReader {
 
     FACTEUR_ASSIGN_OR_RETURN(const toml::table* dkim, SubTable(root, "dkim", kDkimKeys));
     if (dkim != nullptr) FACTEUR_RETURN_IF_ERROR(ParseDkim(*dkim, config.dkim));
+
+    FACTEUR_ASSIGN_OR_RETURN(const toml::table* quota, SubTable(root, "quota", kQuotaKeys));
+    if (quota != nullptr) FACTEUR_RETURN_IF_ERROR(ParseQuota(*quota, config.quota));
+
+    FACTEUR_ASSIGN_OR_RETURN(const toml::table* shaping, SubTable(root, "shaping", kShapingKeys));
+    if (shaping != nullptr) {
+      FACTEUR_RETURN_IF_ERROR(ReadString(*shaping, "shaping", "file", config.shaping.file));
+      FACTEUR_RETURN_IF_ERROR(ReadString(*shaping, "shaping", "classifier_file",
+                                         config.shaping.classifier_file));
+    }
+
+    FACTEUR_ASSIGN_OR_RETURN(const toml::table* clock, SubTable(root, "clock", kClockKeys));
+    if (clock != nullptr) {
+      FACTEUR_RETURN_IF_ERROR(ReadNumber(*clock, "clock", "speed", 0.001, 1e6, config.clock.speed));
+      FACTEUR_RETURN_IF_ERROR(ReadNumber(*clock, "clock", "anchor", 0, 1e11, config.clock.anchor));
+    }
 
     FACTEUR_RETURN_IF_ERROR(ParseListeners(root, config));
     // Sources need `hostname` (their EHLO default) and precede routes, whose pools they define.
@@ -641,6 +667,63 @@ class Parser : private TomlReader {
                                   "]); give each domain, algorithm and account one key"));
       }
       out.keys.push_back(std::move(key));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status ReadQuotaLimits(const toml::table& table, std::string_view prefix,
+                               QuotaLimits& out) const {
+    constexpr uint64_t kMax = std::numeric_limits<uint32_t>::max();
+    FACTEUR_RETURN_IF_ERROR(
+        ReadInteger(table, prefix, "messages_per_hour", 0, kMax, out.messages_per_hour));
+    FACTEUR_RETURN_IF_ERROR(
+        ReadInteger(table, prefix, "messages_per_day", 0, kMax, out.messages_per_day));
+    FACTEUR_RETURN_IF_ERROR(ReadInteger(table, prefix, "recipients_per_message", 0, kMax,
+                                        out.recipients_per_message));
+    return ReadBool(table, prefix, "anomaly_detection", out.anomaly_detection);
+  }
+
+  absl::Status ParseQuota(const toml::table& quota, QuotaOptions& out) const {
+    FACTEUR_RETURN_IF_ERROR(ReadQuotaLimits(quota, "quota", out.defaults));
+    FACTEUR_RETURN_IF_ERROR(ReadDuration(quota, "quota", "anomaly_window", out.anomaly_window));
+    FACTEUR_RETURN_IF_ERROR(
+        ReadNumber(quota, "quota", "anomaly_factor", 1.0, 1e6, out.anomaly_factor));
+    FACTEUR_RETURN_IF_ERROR(ReadInteger(quota, "quota", "anomaly_min_messages", 0,
+                                        std::numeric_limits<uint32_t>::max(),
+                                        out.anomaly_min_messages));
+    FACTEUR_RETURN_IF_ERROR(
+        ReadDuration(quota, "quota", "history_half_life", out.history_half_life));
+    FACTEUR_ASSIGN_OR_RETURN(std::vector<const toml::table*> tables,
+                             ArrayOfTables(quota, "account", "quota.account"));
+    std::map<std::string, size_t> names;
+    for (size_t i = 0; i < tables.size(); ++i) {
+      const toml::table& table = *tables[i];
+      const std::string prefix = absl::StrCat("quota.account[", i, "]");
+      FACTEUR_RETURN_IF_ERROR(CheckKeys(table, prefix, kQuotaAccountKeys));
+      QuotaAccountOptions account;
+      account.limits = out.defaults;  // what the table leaves out
+      FACTEUR_RETURN_IF_ERROR(
+          ReadRequiredString(table, prefix, "name", "the account's name", account.name));
+      // The account names of engine/policy/account_store.h.
+      bool valid = account.name.size() <= 64;
+      for (char c : account.name) {
+        if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' &&
+            c != '@' && c != '+' && c != '-') {
+          valid = false;
+        }
+      }
+      if (!valid) {
+        return Error(table.get("name")->source(), prefix + ".name",
+                     "is not an account name (1 to 64 letters, digits and . _ @ + -)");
+      }
+      auto [at, is_new] = names.emplace(account.name, i);
+      if (!is_new) {
+        return Error(table.get("name")->source(), prefix + ".name",
+                     absl::StrCat("account '", account.name, "' has limits already (quota.account[",
+                                  at->second, "])"));
+      }
+      FACTEUR_RETURN_IF_ERROR(ReadQuotaLimits(table, prefix, account.limits));
+      out.accounts.push_back(std::move(account));
     }
     return absl::OkStatus();
   }

@@ -210,6 +210,63 @@ struct EventsOptions {
   std::string path = "events.log";
 };
 
+// Traffic shaping (issue #5): the provider sites, their limits and reactions, and the rules
+// that classify remote replies. Relative paths are under data_dir.
+struct ShapingFileOptions {
+  // The shaping file (deploy/shaping.toml documents it). Default: "" = the shipped one, built in.
+  std::string file;
+  // The response classifier rules (deploy/classifier.toml). Default: "" = the shipped ones.
+  std::string classifier_file;
+};
+
+// The clock every timer, rate and delay reads (STYLE.md rule 6). For simulations and tests:
+// with speed 600, an hour of provider limits and greylisting passes in six real seconds.
+struct ClockOptions {
+  // How many times faster than real time the clock runs. Default: 1.
+  double speed = 1.0;
+  // Unix time (seconds) from which the clock runs faster: clock = anchor + (real - anchor) ×
+  // speed. Default: 0 = the time facteur starts.
+  double anchor = 0;
+};
+
+// The limits of one submission account (issue #5; throttle/account_quota.h). 0 = unlimited.
+struct QuotaLimits {
+  // Messages per clock hour (UTC); past it 450 4.7.1 until the hour ends. Default: 500.
+  uint32_t messages_per_hour = 500;
+  // Messages per UTC day; past it 450 4.7.1 until midnight UTC. Default: 5000.
+  uint32_t messages_per_day = 5000;
+  // Recipients of one message; past it 452 4.5.3 (RFC 5321 §4.5.3.1.10). Default: 100.
+  uint32_t recipients_per_message = 100;
+  // Suspend the account on a burst far above its own history. Default: true.
+  bool anomaly_detection = true;
+};
+
+// One [[quota.account]]: an account whose limits differ from [quota]'s. Keys left out keep
+// [quota]'s values.
+struct QuotaAccountOptions {
+  // The account name. Required, unique.
+  std::string name;
+  QuotaLimits limits;
+};
+
+// [quota]: per-account submission quotas and runaway-account containment.
+struct QuotaOptions {
+  // The limits of every account without a [[quota.account]] of its own. Default: QuotaLimits{}.
+  QuotaLimits defaults;
+  // The short window whose rate, extrapolated to an hour, is compared with the account's usual
+  // hourly rate. Default: 5m.
+  absl::Duration anomaly_window = absl::Minutes(5);
+  // A rate this many times the usual one suspends the account. Default: 10.
+  double anomaly_factor = 10.0;
+  // The window must hold more messages than this (the absolute minimum, and the floor that lets
+  // a new account send its first messages in one go). Default: 50.
+  uint32_t anomaly_min_messages = 50;
+  // Half-life of the usual hourly rate's history. Default: 72h.
+  absl::Duration history_half_life = absl::Hours(72);
+  // [[quota.account]] tables. Default: none.
+  std::vector<QuotaAccountOptions> accounts;
+};
+
 enum class DkimAlgorithm { kRsaSha256, kEd25519Sha256 };
 enum class DkimEngine { kNative, kOpenDkim };
 
@@ -255,6 +312,9 @@ struct Config {
   DeliveryOptions delivery;
   EventsOptions events;
   DkimOptions dkim;
+  QuotaOptions quota;
+  ShapingFileOptions shaping;
+  ClockOptions clock;
   // [[source]] tables. Default: one source "default" in pool "default", unbound, EHLO hostname.
   std::vector<SourceOptions> sources;
   // [[route]] tables. Default: none (MX lookups for every domain).

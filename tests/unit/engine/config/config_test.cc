@@ -1154,5 +1154,53 @@ TEST(EnumNamesTest, SpellingsMatchTheConfig) {
   }
 }
 
+TEST(ParseConfigTest, QuotaDefaultsAndPerAccountLimits) {
+  Config defaults = ParseOk("");
+  EXPECT_EQ(defaults.quota.defaults.messages_per_hour, 500u);
+  EXPECT_EQ(defaults.quota.defaults.messages_per_day, 5000u);
+  EXPECT_EQ(defaults.quota.defaults.recipients_per_message, 100u);
+  EXPECT_TRUE(defaults.quota.defaults.anomaly_detection);
+  EXPECT_EQ(defaults.quota.anomaly_window, absl::Minutes(5));
+  EXPECT_EQ(defaults.quota.anomaly_factor, 10.0);
+  EXPECT_EQ(defaults.quota.anomaly_min_messages, 50u);
+  EXPECT_TRUE(defaults.quota.accounts.empty());
+
+  Config config = ParseOk(R"(
+[quota]
+messages_per_hour = 3
+recipients_per_message = 0
+anomaly_window = "2m"
+anomaly_factor = 4.5
+history_half_life = "24h"
+[[quota.account]]
+name = "bulk@example.org"
+messages_per_day = 100000
+anomaly_detection = false
+)");
+  EXPECT_EQ(config.quota.defaults.messages_per_hour, 3u);
+  EXPECT_EQ(config.quota.defaults.messages_per_day, 5000u);
+  EXPECT_EQ(config.quota.defaults.recipients_per_message, 0u);
+  EXPECT_EQ(config.quota.anomaly_window, absl::Minutes(2));
+  EXPECT_EQ(config.quota.anomaly_factor, 4.5);
+  EXPECT_EQ(config.quota.history_half_life, absl::Hours(24));
+  ASSERT_EQ(config.quota.accounts.size(), 1u);
+  const QuotaAccountOptions& bulk = config.quota.accounts[0];
+  EXPECT_EQ(bulk.name, "bulk@example.org");
+  EXPECT_EQ(bulk.limits.messages_per_hour, 3u);  // from [quota]
+  EXPECT_EQ(bulk.limits.messages_per_day, 100000u);
+  EXPECT_FALSE(bulk.limits.anomaly_detection);
+}
+
+TEST(ParseErrorTest, QuotaErrors) {
+  ExpectError("[quota]\nmessages_per_houre = 3\n", 2, "quota.messages_per_houre",
+              "did you mean 'quota.messages_per_hour'?");
+  ExpectError("[quota]\nanomaly_factor = 0.5\n", 2, "quota.anomaly_factor", "");
+  ExpectError("[[quota.account]]\nname = \"a b\"\n", 2, "quota.account[0].name",
+              "is not an account name");
+  ExpectError("[[quota.account]]\nname = \"a\"\n[[quota.account]]\nname = \"a\"\n", 4,
+              "quota.account[1].name", "has limits already");
+  ExpectError("[[quota.account]]\nmessages_per_hour = 1\n", 1, "quota.account[0].name", "");
+}
+
 }  // namespace
 }  // namespace facteur::config
