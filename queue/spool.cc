@@ -24,7 +24,9 @@
 namespace facteur::queue {
 namespace {
 
-constexpr uint8_t kEnvelopeVersion = 1;
+// Version 2 added the recipients' greylisting pins; spools written by version 1 are still read.
+constexpr uint8_t kEnvelopeVersion = 2;
+constexpr uint8_t kEnvelopeVersionWithoutPins = 1;
 constexpr uint64_t kFlagSmtpUtf8 = 1 << 0;
 constexpr uint64_t kFlagEightBit = 1 << 1;
 constexpr uint64_t kKnownFlags = kFlagSmtpUtf8 | kFlagEightBit;
@@ -368,6 +370,8 @@ std::string EncodeEnvelope(const Envelope& envelope) {
     PutVarint(out, static_cast<uint64_t>(recipient.state));
     PutString(out, recipient.notify);
     PutString(out, recipient.orcpt);
+    PutString(out, recipient.pinned_source);
+    PutVarint(out, recipient.greylisted);
   }
   return out;
 }
@@ -377,8 +381,9 @@ absl::StatusOr<Envelope> DecodeEnvelope(std::string_view bytes) {
   Envelope envelope;
   std::string_view version;
   if (!in.Bytes(1, version)) return Malformed("empty");
-  if (static_cast<uint8_t>(version[0]) != kEnvelopeVersion) {
-    return Malformed(absl::StrCat("unknown version ", static_cast<uint8_t>(version[0])));
+  const uint8_t format = static_cast<uint8_t>(version[0]);
+  if (format != kEnvelopeVersion && format != kEnvelopeVersionWithoutPins) {
+    return Malformed(absl::StrCat("unknown version ", format));
   }
   std::string_view id;
   if (!in.Bytes(MessageId::kBytes, id)) return Malformed("truncated id");
@@ -408,6 +413,14 @@ absl::StatusOr<Envelope> DecodeEnvelope(std::string_view bytes) {
     if (!in.String(recipient.address) || !in.Varint(state) || !in.String(recipient.notify) ||
         !in.String(recipient.orcpt)) {
       return Malformed("truncated recipient");
+    }
+    if (format == kEnvelopeVersion) {
+      uint64_t greylisted;
+      if (!in.String(recipient.pinned_source) || !in.Varint(greylisted)) {
+        return Malformed("truncated recipient");
+      }
+      if (greylisted > UINT32_MAX) return Malformed("greylisted count out of range");
+      recipient.greylisted = static_cast<uint32_t>(greylisted);
     }
     if (state > static_cast<uint64_t>(RecipientState::kBounced)) {
       return Malformed("unknown recipient state");

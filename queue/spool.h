@@ -33,6 +33,10 @@ struct RecipientRecord {
   RecipientState state = RecipientState::kPending;
   std::string notify;   // DSN NOTIFY= (RFC 3461), empty when absent
   std::string orcpt;    // DSN ORCPT=, empty when absent
+  // Greylisting (../shared/research/providers.md §3): the source the recipient was greylisted
+  // from — its retries leave from that source only — and how many times it was greylisted.
+  std::string pinned_source;
+  uint32_t greylisted = 0;
 
   friend bool operator==(const RecipientRecord&, const RecipientRecord&) = default;
 };
@@ -56,6 +60,7 @@ struct Envelope {
 };
 
 // Versioned binary encoding of an Envelope (the `envelope` column family's values).
+// Version 2 adds each recipient's pinned_source and greylisted; version 1 is still read.
 // Layout (version 1): version byte, 16 id bytes, then varints (times as zigzag int64 Unix
 // microseconds: sub-microsecond parts are dropped) and varint-length strings; see spool.cc. DecodeEnvelope returns DataLoss on
 // anything malformed: truncation, unknown version or flags, a length past the end, trailing bytes.

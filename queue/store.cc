@@ -25,7 +25,13 @@ namespace facteur::queue {
 namespace {
 
 // Order matters: handles_[0] is "default", handles_[1 + Family] the named ones.
-constexpr const char* kFamilyNames[] = {"default", "body", "envelope", "schedule", "accounts"};
+constexpr const char* kFamilyNames[] = {"default",  "body",       "envelope",    "schedule",
+                                        "accounts", "reputation", "suppression", "quota"};
+// Families added after the first release: a read-only instance opens a spool without them
+// (written by an older primary) and leaves their handles null.
+bool IsOptionalFamily(std::string_view name) {
+  return name == "reputation" || name == "suppression" || name == "quota";
+}
 
 // RocksDB's own recovery from a full disk starts at once, while the disk is likely still full;
 // its flush then fails too and the error turns fatal (only a reopen clears it). The spool's
@@ -169,18 +175,27 @@ absl::StatusOr<std::unique_ptr<Store>> Store::OpenReadOnly(const std::string& pa
   rocksdb::Status status = rocksdb::DB::ListColumnFamilies(db_options, path, &existing);
   if (!status.ok()) return ToStatus(status, absl::StrCat("listing families of spool ", path));
   std::vector<rocksdb::ColumnFamilyDescriptor> families;
+  std::vector<bool> present;  // by kFamilyNames index
   for (const char* name : kFamilyNames) {
-    if (std::find(existing.begin(), existing.end(), name) == existing.end()) {
+    const bool exists = std::find(existing.begin(), existing.end(), name) != existing.end();
+    present.push_back(exists);
+    if (exists) {
+      families.emplace_back(name, rocksdb::ColumnFamilyOptions(db_options));
+    } else if (!IsOptionalFamily(name)) {
       return absl::FailedPreconditionError(
           absl::StrCat("database at ", path, " is not a facteur spool: no family ", name));
     }
-    families.emplace_back(name, rocksdb::ColumnFamilyOptions(db_options));
   }
   rocksdb::DB* db = nullptr;
+  std::vector<rocksdb::ColumnFamilyHandle*> opened;
   status = rocksdb::DB::OpenAsSecondary(db_options, path, store->secondary_path_, families,
-                                        &store->handles_, &db);
+                                        &opened, &db);
   if (!status.ok()) return ToStatus(status, absl::StrCat("opening spool ", path, " read-only"));
   store->db_.reset(db);
+  // handles_ stays indexed like kFamilyNames, with null for an absent optional family.
+  for (size_t i = 0, next = 0; i < present.size(); ++i) {
+    store->handles_.push_back(present[i] ? opened[next++] : nullptr);
+  }
   status = store->db_->TryCatchUpWithPrimary();
   if (!status.ok()) return ToStatus(status, absl::StrCat("catching up with spool ", path));
   return store;
@@ -189,7 +204,7 @@ absl::StatusOr<std::unique_ptr<Store>> Store::OpenReadOnly(const std::string& pa
 Store::~Store() {
   if (db_ != nullptr) {
     for (rocksdb::ColumnFamilyHandle* handle : handles_) {
-      db_->DestroyColumnFamilyHandle(handle).PermitUncheckedError();
+      if (handle != nullptr) db_->DestroyColumnFamilyHandle(handle).PermitUncheckedError();
     }
     handles_.clear();
     rocksdb::Status status = db_->Close();

@@ -1,7 +1,7 @@
 // File: queue/store.h
 // The RocksDB database under the spool directory and its column families (DESIGN.md §3):
-// `body`, `envelope`, `schedule`, `accounts`. The one place where rocksdb::Status becomes
-// absl::Status (STYLE.md rule 1).
+// `body`, `envelope`, `schedule`, `accounts`, `reputation`, `suppression`, `quota`. The one
+// place where rocksdb::Status becomes absl::Status (STYLE.md rule 1).
 // Thread contract: thread-safe (rocksdb::DB is). Every call may block on disk: never call it
 // from an I/O thread; use the spool's writer or a worker pool.
 #pragma once
@@ -17,7 +17,10 @@
 
 namespace facteur::queue {
 
-enum class Family { kBody, kEnvelope, kSchedule, kAccounts };
+// kReputation (queue/reputation_store.h) came later than the others: a primary creates it in an
+// older spool; a read-only instance of such a spool has none (family() returns null).
+// kSuppression (queue/suppression.h) and kQuota (engine/policy/account_quotas.h) likewise.
+enum class Family { kBody, kEnvelope, kSchedule, kAccounts, kReputation, kSuppression, kQuota };
 
 struct StoreOptions {
   // The RocksDB environment (file system, threads). Tests inject a fault-injecting file system
@@ -42,6 +45,7 @@ class Store {
   Store& operator=(const Store&) = delete;
 
   rocksdb::DB& db() { return *db_; }
+  // Null only for a family that a read-only Store's database lacks (see Family).
   rocksdb::ColumnFamilyHandle* family(Family f) const;
   bool read_only() const { return read_only_; }
   const std::string& path() const { return path_; }
