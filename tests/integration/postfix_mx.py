@@ -12,6 +12,15 @@ runs), so stopping is a signal, and a watchdog kills it if the test process dies
 Postfix's master must run as root (it drops to the postfix user for its daemons): when not
 root, start() raises unittest.SkipTest.
 
+With postgrey_delay=N the instance greylists like a real MX: it runs its own Debian postgrey
+(`postgrey --delay=N`, on a unix socket and a database in its directory, empty whitelists, no
+client auto-whitelisting) as a check_policy_service after reject_unlisted_recipient. The first
+RCPT of a triplet (client /24, sender, recipient) gets "450 4.2.0 <rcpt>: Recipient address
+rejected: Greylisted, see http://postgrey.schweikert.ch/help/<domain>.html"; a retry N seconds
+later (postgrey counts whole seconds of real time) is accepted, and the delivered message gets
+postgrey's "X-Greylist: delayed N seconds by postgrey-..." field on top, which Delivery.greylist
+holds (Delivery.message leaves it out).
+
     with PostfixMx(["dest.example"], address="127.0.0.2", valid_users=["bob"]) as mx:
         ... deliver to mx.address:mx.port ...
         mx.wait_for_messages(1)
@@ -35,6 +44,7 @@ import time
 import unittest
 
 POSTFIX = "/usr/sbin/postfix"
+POSTGREY = "/usr/sbin/postgrey"
 DAEMON_DIRECTORY = "/usr/lib/postfix/sbin"
 MASTER = os.path.join(DAEMON_DIRECTORY, "master")
 OPENSSL = "/usr/bin/openssl"
@@ -62,15 +72,19 @@ _FATAL = re.compile(r"^\S+ +\d+ [\d:]+ \S+ postfix/\S+: (fatal|panic): ", re.M)
 # The headers delivery prepends to what the client sent: virtual(8) writes Return-Path,
 # X-Original-To and Delivered-To above the Received: field smtpd(8) added.
 _DELIVERY_FIELDS = (b"return-path", b"x-original-to", b"delivered-to")
+# What postgrey's PREPEND action adds when a greylisted triplet passes.
+_GREYLIST_FIELD = re.compile(rb"^X-Greylist: delayed \d+ seconds by postgrey-", re.I)
 
 # One delivered message. recipient: the envelope recipient (Delivered-To:, as the client
 # spelt it, case included); original_recipient: X-Original-To: (the same here: no aliases);
 # sender: MAIL FROM (Return-Path:, "" for the null sender); message: the bytes the client sent
 # after DATA, without what this Postfix prepended, CRLF line ends (Postfix stores lines, so a
 # bare CR or LF is not kept as such); raw: the Maildir file as written (LF line ends);
-# received: the Received: field this Postfix added (shows the client's EHLO name and address).
+# received: the Received: field this Postfix added (shows the client's EHLO name and address);
+# greylist: the X-Greylist: field postgrey had added ("" when the message was not delayed).
 Delivery = collections.namedtuple(
-    "Delivery", "recipient original_recipient sender message raw received path")
+    "Delivery", "recipient original_recipient sender message raw received path greylist",
+    defaults=("",))
 
 
 class PostfixMx:
@@ -82,10 +96,12 @@ class PostfixMx:
     tls: offer STARTTLS (smtpd_tls_security_level = may) with a self-signed certificate for
     `hostname`, made with the openssl CLI. extra: main.cf parameters that override ours
     (e.g. {"message_size_limit": "100000"}).
+    postgrey_delay: None (no greylisting) or the seconds postgrey makes a new triplet wait
+    (see the module docstring); postgrey_text: its --greylist-text (None: postgrey's own).
     """
 
     def __init__(self, domains, address="127.0.0.1", port=0, tls=False, valid_users=None,
-                 hostname=None, extra=None):
+                 hostname=None, extra=None, postgrey_delay=None, postgrey_text=None):
         if isinstance(domains, str):
             domains = [domains]
         self.domains = [d.lower() for d in domains]
@@ -98,6 +114,10 @@ class PostfixMx:
         self.valid_users = valid_users
         self.hostname = hostname or "mx.%s" % self.domains[0]
         self.extra = dict(extra or {})
+        self.postgrey_delay = postgrey_delay
+        self.postgrey_text = postgrey_text
+        self.postgrey = None
+        self.postgrey_watchdog = None
         self.mail_owner = "postfix"
         self.process = None
         self.watchdog = None
@@ -126,6 +146,10 @@ class PostfixMx:
     def cert_path(self):
         return self._path("etc", "cert.pem")
 
+    @property
+    def postgrey_socket(self):
+        return self._path("postgrey.sock")
+
     # -- process control ------------------------------------------------------------------
 
     def start(self):
@@ -144,6 +168,8 @@ class PostfixMx:
                 f.write("%d\n" % os.getpid())
             self._write_files()
             self._make_queue()
+            if self.postgrey_delay is not None:
+                self._start_postgrey()
             # An explicit port is used as given; a free one is picked otherwise. Another
             # process may take it between our probe and master's bind: try a few.
             for _ in range(5):
@@ -231,16 +257,79 @@ class PostfixMx:
             return True
 
     def stop(self):
-        """Stops master and its daemons; returns once the port refuses connections."""
+        """Stops master and its daemons; returns once the port refuses connections. Then
+        stops postgrey."""
         if self.process is None:
+            self._stop_postgrey()
             return None
         began = time.monotonic()
         code = self._kill_master()
         deadline = time.monotonic() + STOP_TIMEOUT
         while not self.port_closed() and time.monotonic() < deadline:
             time.sleep(0.02)
+        self._stop_postgrey()
         self.stop_seconds = time.monotonic() - began
         return code
+
+    def _start_postgrey(self):
+        """Starts our postgrey on a unix socket in our directory; returns once it accepts."""
+        assert os.access(POSTGREY, os.X_OK), "%s is not installed" % POSTGREY
+        user = pwd.getpwnam("postgrey")
+        dbdir = self._path("postgrey")
+        os.mkdir(dbdir, 0o700)
+        os.chown(dbdir, user.pw_uid, user.pw_gid)
+        # Debian's /etc/postgrey/whitelist_* would be read otherwise: no whitelists here.
+        empty = self._path("postgrey-whitelist")
+        open(empty, "w").close()
+        command = [POSTGREY, "--unix=" + self.postgrey_socket, "--dbdir=" + dbdir,
+                   "--delay=%d" % self.postgrey_delay, "--auto-whitelist-clients=0",
+                   "--whitelist-clients=" + empty, "--whitelist-recipients=" + empty]
+        if self.postgrey_text is not None:
+            command.append("--greylist-text=" + self.postgrey_text)
+        # In the foreground (no --daemonize): it logs to stderr, and stops on SIGTERM. As
+        # root it binds the socket (mode 0666, for smtpd), then runs as postgrey.
+        with open(self._path("postgrey.log"), "ab") as log:
+            self.postgrey = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
+                                             stderr=log, start_new_session=True)
+        with open(self._path("postgrey.pid"), "w") as f:  # for remove_leftovers()
+            f.write("%d\n" % self.postgrey.pid)
+        # Like master's: kills postgrey's process group if this test process dies first.
+        self.postgrey_watchdog = subprocess.Popen(
+            [sys.executable, "-c", _WATCHDOG, str(self.postgrey.pid)],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline and self.postgrey.poll() is None:
+            try:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                    probe.connect(self.postgrey_socket)
+                return
+            except OSError:
+                time.sleep(0.02)
+        self._stop_postgrey()
+        raise AssertionError("postgrey did not come up on %s:\n%s" % (
+            self.postgrey_socket, self._read("postgrey.log")))
+
+    def _stop_postgrey(self):
+        process, self.postgrey = self.postgrey, None
+        watchdog, self.postgrey_watchdog = self.postgrey_watchdog, None
+        if watchdog is not None:
+            watchdog.kill()
+            watchdog.wait()
+            watchdog.stdin.close()
+        if process is None:
+            return
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)  # Net::Server closes its socket and exits
+        try:
+            process.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
     def _kill_master(self):
         process, self.process = self.process, None
@@ -321,7 +410,14 @@ class PostfixMx:
         stderr = self._read("master.stderr")
         if stderr:
             text += "==> master's stderr <==\n" + stderr
+        if self.postgrey_delay is not None:
+            text += "==> postgrey.log <==\n" + self.postgrey_log()
         return text
+
+    def postgrey_log(self):
+        """What postgrey logged: one "action=greylist, reason=new, ..." or "action=pass,
+        ..." line per RCPT it was asked about."""
+        return self._read("postgrey.log")
 
     def _read(self, name):
         if self.base is None:
@@ -433,7 +529,9 @@ class PostfixMx:
             # An MX for its domains only: mail for anything else is refused at RCPT, and
             # nothing ever leaves by SMTP or through local(8).
             "smtpd_relay_restrictions": "reject_unauth_destination",
-            "smtpd_recipient_restrictions": "",
+            "smtpd_recipient_restrictions": (
+                "reject_unlisted_recipient, check_policy_service unix:" + self.postgrey_socket
+                if self.postgrey_delay is not None else ""),
             "smtpd_reject_unlisted_recipient": "yes",
             "unknown_virtual_mailbox_reject_code": "550",
             "default_transport": "error:no outbound mail from a test MX",
@@ -529,6 +627,14 @@ def parse_delivery(raw, path="", hostname=None):
             break
         fields.setdefault(name.strip().lower(), value.strip())
         i += 1
+    # postgrey's X-Greylist: field, which smtpd(8) puts above its Received: field.
+    greylist = b""
+    if i < len(lines) and _GREYLIST_FIELD.match(lines[i]):
+        j = i + 1
+        while j < len(lines) and lines[j][:1] in (b" ", b"\t"):
+            j += 1
+        greylist = b"\n".join(lines[i:j])
+        i = j
     # Then the Received: field smtpd(8) added, with its continuation lines.
     received = b""
     if i < len(lines) and lines[i].lower().startswith(b"received:"):
@@ -544,7 +650,8 @@ def parse_delivery(raw, path="", hostname=None):
         recipient=fields.get(b"delivered-to", b"").decode("utf-8", "replace"),
         original_recipient=fields.get(b"x-original-to", b"").decode("utf-8", "replace"),
         sender=fields.get(b"return-path", b"").decode("utf-8", "replace").strip("<>"),
-        message=message, raw=raw, received=received.decode("utf-8", "replace"), path=path)
+        message=message, raw=raw, received=received.decode("utf-8", "replace"), path=path,
+        greylist=greylist.decode("utf-8", "replace"))
 
 
 def port_in_use(address, port):
@@ -599,14 +706,16 @@ def remove_leftovers():
             owner = 0
         if owner and os.path.exists("/proc/%d" % owner):
             continue
-        master_pid = _read_pid(os.path.join(base, "queue", "pid", "master.pid"))
-        if master_pid:
-            try:
-                with open("/proc/%d/cmdline" % master_pid, "rb") as f:
-                    if os.path.join(base, "etc").encode() in f.read():
-                        os.killpg(master_pid, signal.SIGKILL)
-            except OSError:
-                pass
+        for pid_file, marker in ((os.path.join("queue", "pid", "master.pid"), "etc"),
+                                 ("postgrey.pid", "postgrey.sock")):
+            pid = _read_pid(os.path.join(base, pid_file))
+            if pid:
+                try:
+                    with open("/proc/%d/cmdline" % pid, "rb") as f:
+                        if os.path.join(base, marker).encode() in f.read():
+                            os.killpg(pid, signal.SIGKILL)
+                except OSError:
+                    pass
         shutil.rmtree(base, ignore_errors=True)
 
 

@@ -13,6 +13,8 @@ greylisted", "250 2.1.5 Ok"] refuses the first attempt only), a callable returni
 of two actions:
     DROP   close the connection instead of answering;
     STALL  never answer: keep reading and discarding until the client gives up.
+A reply wrapped in Close ("Close('421 4.3.2 bye')") is sent, then the connection is closed, as a
+server does after a 421 (RFC 5321 §3.8).
 Settings (attributes, changeable while the server runs):
     greeting            the 220 (default "220 <hostname> ESMTP test")
     ehlo_reply          None: the normal EHLO answer; a spec: that instead (e.g. "502 5.5.2 no",
@@ -29,6 +31,17 @@ Advertised extensions: pipelining, starttls, eight_bit_mime, smtputf8, dsn, size
 None for no SIZE keyword), enhanced_status_codes. STARTTLS needs certfile/keyfile; with
 starttls=True and none given, a self-signed certificate is made with the openssl CLI in a
 temporary directory (make_self_signed_cert). require_tls refuses MAIL before STARTTLS.
+
+clock: a callable returning the time in seconds (default time.time; test_clock.ScaledClock for
+time-compressed scenarios) that stamps Session.opened_at, Transaction.started (when MAIL was
+answered) and Transaction.finished (when the final "." was answered).
+
+Subclass hooks (provider_sim.ProviderSim uses them), called from the connection's thread:
+greeting_for(session), mail_reply_for(session, address, now), rcpt_reply_for(session,
+transaction, address, now) return the spec to answer with; transaction_done(session,
+transaction) is called under the server's lock once the data is read and answered;
+session_leaving(session) when QUIT arrives (before its reply) and again when the connection
+closes.
 
 Use:
     with SmtpTestServer(rcpt_replies={"bad@x.test": "550 5.1.1 no such user"}) as sink:
@@ -47,6 +60,11 @@ import time
 
 DROP = "DROP"
 STALL = "STALL"
+
+
+class Close(str):
+    """A reply spec: send this reply, then close the connection."""
+
 
 # Longest command or data line read (RFC 5321 asks for 512 and 1000; we are lenient, bounded).
 MAX_LINE = 65536
@@ -83,6 +101,8 @@ class Transaction:
         self.data = b""             # unstuffed, CRLF line ends as sent
         self.reply = None           # the reply to the final "."
         self.accepted = False       # that reply was 2xx
+        self.started = None         # clock() when MAIL was answered
+        self.finished = None        # clock() when the final "." was answered
 
     def __repr__(self):
         return "Transaction(from=%r, to=%r, %d bytes, tls=%s, reply=%r)" % (
@@ -103,6 +123,7 @@ class Session:
         self.transactions = []
         self.closed = False
         self.error = None           # what ended it abnormally (a Python exception text)
+        self.opened_at = None       # clock() when the connection was accepted
 
 
 class _Dropped(Exception):
@@ -164,8 +185,10 @@ class SmtpTestServer:
                  require_tls=False, greeting=None, ehlo_reply=None,
                  mail_reply="250 2.1.0 Ok", rcpt_reply="250 2.1.5 Ok", rcpt_replies=None,
                  data_reply="354 End data with <CR><LF>.<CR><LF>", end_of_data_reply=None,
-                 quit_reply="221 2.0.0 Bye", drop_mid_data=False, stall_mid_data=False):
+                 quit_reply="221 2.0.0 Bye", drop_mid_data=False, stall_mid_data=False,
+                 clock=None):
         self.host = host
+        self.clock = clock or time.time
         self.hostname = hostname
         self.pipelining = pipelining
         self.starttls = starttls
@@ -280,6 +303,23 @@ class SmtpTestServer:
         address = address.lower()
         return [t for t in self.accepted() if address in (r.lower() for r in t.rcpt_to)]
 
+    # -- subclass hooks (see the module docstring) -----------------------------------------
+
+    def greeting_for(self, session):
+        return self.greeting
+
+    def mail_reply_for(self, session, address, now):
+        return self.mail_reply
+
+    def rcpt_reply_for(self, session, transaction, address, now):
+        return self.rcpt_replies.get(address.lower(), self.rcpt_reply)
+
+    def transaction_done(self, session, transaction):
+        pass
+
+    def session_leaving(self, session):
+        pass
+
     # -- internals -------------------------------------------------------------------------
 
     def _notify(self):
@@ -307,6 +347,7 @@ class SmtpTestServer:
                 return
             sock.settimeout(POLL_INTERVAL)
             session = Session(peer[:2])
+            session.opened_at = self.clock()
             thread = threading.Thread(target=self._serve, args=(sock, session), daemon=True,
                                       name="smtp-test-server-%d" % peer[1])
             with self._lock:
@@ -329,6 +370,7 @@ class SmtpTestServer:
         except (OSError, ValueError, ssl.SSLError) as e:
             session.error = "%s: %s" % (type(e).__name__, e)
         finally:
+            self.session_leaving(session)
             try:
                 conn.sock.close()
             except OSError:
@@ -368,10 +410,12 @@ class _Connection:
             last = i == len(lines) - 1
             out.append("%s%s%s\r\n" % (code, " " if last else "-", text))
         self.sock.sendall("".join(out).encode("utf-8"))
+        if isinstance(reply, Close):
+            raise _Dropped()
         return reply
 
     def run(self):
-        self.send(self.server.greeting)
+        self.send(self.server.greeting_for(self.session))
         while True:
             raw, read_number = self.reader.readline()
             if not raw:
@@ -477,9 +521,11 @@ class _Connection:
                     int(value) > self.server.size:
                 self.send("552 5.3.4 Message size exceeds fixed limit")
                 return
-        reply = self.send(self.server.mail_reply, address)
+        now = self.server.clock()
+        reply = self.send(self.server.mail_reply_for(self.session, address, now), address)
         if reply.startswith("2"):
             t = Transaction(self.session)
+            t.started = now
             t.mail_from = address
             t.mail_params = params
             self.transaction = t
@@ -495,7 +541,8 @@ class _Connection:
         if address is None:
             self.send("501 5.1.3 Bad recipient address syntax")
             return
-        spec = self.server.rcpt_replies.get(address.lower(), self.server.rcpt_reply)
+        spec = self.server.rcpt_reply_for(self.session, self.transaction, address,
+                                          self.server.clock())
         reply = self.send(spec, address)
         if reply.startswith("2"):
             self.transaction.rcpt_to.append(address)
@@ -538,12 +585,14 @@ class _Connection:
         else:
             spec = self.server.end_of_data_reply
         reply = self.server._pick(spec, t)
+        t.finished = self.server.clock()
         if reply not in (DROP, STALL):
             t.reply = reply
             t.accepted = reply.startswith("2")
         with self.server._lock:
             self.session.transactions.append(t)
             self.server.transactions.append(t)
+            self.server.transaction_done(self.session, t)
         self.server._notify()
         self.send(reply)
 
@@ -558,6 +607,9 @@ class _Connection:
         self.send("252 2.0.0 Cannot VRFY")
 
     def do_QUIT(self, argument):
+        # Before the reply: a client that reconnects as soon as it reads 221 must not find
+        # this connection still counted.
+        self.server.session_leaving(self.session)
         self.send(self.server.quit_reply)
         return False
 

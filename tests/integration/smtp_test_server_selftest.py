@@ -13,7 +13,7 @@ import threading
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from smtp_test_server import DROP, STALL, SmtpTestServer  # noqa: E402
+from smtp_test_server import DROP, STALL, Close, SmtpTestServer  # noqa: E402
 
 MESSAGE = (b"From: a@origin.test\r\nTo: b@dest.test\r\nSubject: hi\r\n\r\n"
            b"line one\r\n.leading dot\r\n..two dots\r\nlast\r\n")
@@ -109,6 +109,22 @@ class SmtpTestServerSelfTest(unittest.TestCase):
         server.wait_for(lambda: len(server.transactions) == 1)
         self.assertFalse(server.transactions[0].accepted)
         self.assertEqual(server.transactions[0].data, MESSAGE)
+
+    def test_close_after_reply_and_clock_stamps(self):
+        ticks = iter(range(100, 200))
+        server = self.server(rcpt_replies={"busy@dest.test": Close("421 4.3.2 bye")},
+                             clock=lambda: next(ticks))
+        client = self.client(server)
+        client.sendmail("a@origin.test", ["b@dest.test"], MESSAGE)
+        client.mail("a@origin.test")
+        self.assertEqual(client.rcpt("busy@dest.test"), (421, b"4.3.2 bye"))
+        # The reply was sent, then the connection closed.
+        with self.assertRaises(smtplib.SMTPServerDisconnected):
+            client.noop()
+        server.wait_for(lambda: server.sessions[0].closed)
+        t = server.transactions[0]
+        # Stamped by the server's clock, read once at accept, MAIL, RCPT and end of data.
+        self.assertEqual((server.sessions[0].opened_at, t.started, t.finished), (100, 101, 103))
 
     def test_drop_mid_data(self):
         server = self.server(drop_mid_data=True)
