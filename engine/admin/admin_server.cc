@@ -356,11 +356,35 @@ AdminServer::Response AdminServer::Route(const std::string& method, const std::s
       if (method != "POST") return method_not_allowed();
       return GrantAdd(name, body);
     }
+    if (tail == "/resume") {
+      if (method != "POST") return method_not_allowed();
+      return AccountResume(name);
+    }
+    if (tail == "/quota") {
+      if (method != "GET") return method_not_allowed();
+      return AccountQuota(name);
+    }
     constexpr std::string_view kGrantsPrefix = "/grants/";
     if (absl::StartsWith(tail, ToAbsl(kGrantsPrefix)) && tail.size() > kGrantsPrefix.size()) {
       if (method != "DELETE") return method_not_allowed();
       return GrantRemove(name, tail.substr(kGrantsPrefix.size()));
     }
+  }
+  if (path == "/api/suppression" || path == "/api/suppression/") {
+    if (method != "GET" && method != "POST") return method_not_allowed();
+    return Suppression(method, "", body);
+  }
+  constexpr std::string_view kSuppressionPrefix = "/api/suppression/";
+  if (absl::StartsWith(path, ToAbsl(kSuppressionPrefix))) {
+    if (method != "DELETE") return method_not_allowed();
+    // The path is raw (local_uri_raw): the address arrives percent-encoded ('@' as %40).
+    const std::string raw = path.substr(kSuppressionPrefix.size());
+    std::string address(raw.size() + 1, '\0');
+    const int length = mg_url_decode(raw.data(), static_cast<int>(raw.size()), address.data(),
+                                     static_cast<int>(address.size()), /*is_form_url_encoded=*/0);
+    if (length < 0) return Error(400, "Malformed address in the path.");
+    address.resize(static_cast<size_t>(length));
+    return Suppression(method, address, body);
   }
   return Error(404, "No such endpoint.");
 }
@@ -478,6 +502,10 @@ AdminServer::Response AdminServer::AccountCreate(std::string& body) {
 
 AdminServer::Response AdminServer::AccountDelete(const std::string& name) {
   if (absl::Status status = accounts_.Delete(name); !status.ok()) return StatusError(status);
+  if (policy::AccountQuotas* quotas = quotas_.load()) {
+    // A new account of the same name must not inherit the old one's history or suspension.
+    if (absl::Status status = quotas->Forget(name); !status.ok()) return StatusError(status);
+  }
   return JsonResponse(200, Json{{"deleted", name}});
 }
 
@@ -528,6 +556,103 @@ AdminServer::Response AdminServer::GrantRemove(const std::string& name,
   auto account = accounts_.Get(name);
   if (!account.ok()) return StatusError(account.status());
   return JsonResponse(200, AccountJson(*account));
+}
+
+}  // namespace facteur::admin
+
+namespace facteur::admin {
+
+AdminServer::Response AdminServer::AccountResume(const std::string& name) {
+  policy::AccountQuotas* quotas = quotas_.load();
+  if (quotas == nullptr) return Error(503, "Account quotas are not running.");
+  auto account = accounts_.Get(name);
+  if (!account.ok()) return StatusError(account.status());
+  auto resumed = quotas->Resume(name);
+  if (!resumed.ok()) return StatusError(resumed.status());
+  bool changed = *resumed;
+  // "Resume" lets the account send again, whichever suspension held it: the volume one above,
+  // or one set through PUT .../suspended.
+  if (account->suspended) {
+    if (absl::Status status = accounts_.SetSuspended(name, false); !status.ok()) {
+      return StatusError(status);
+    }
+    changed = true;
+  }
+  return JsonResponse(200, Json{{"name", name}, {"resumed", changed}});
+}
+
+AdminServer::Response AdminServer::AccountQuota(const std::string& name) {
+  policy::AccountQuotas* quotas = quotas_.load();
+  if (quotas == nullptr) return Error(503, "Account quotas are not running.");
+  auto account = accounts_.Get(name);
+  if (!account.ok()) return StatusError(account.status());
+  const throttle::AccountLimits limits = quotas->table().LimitsOf(name);
+  const std::optional<throttle::AccountQuotaState> state =
+      quotas->table().Get(name, quotas->clock().Now());
+  const throttle::AccountQuotaState none;
+  const throttle::AccountQuotaState& s = state.has_value() ? *state : none;
+  Json answer{{"name", name},
+              {"messages_per_hour", limits.messages_per_hour},
+              {"messages_per_day", limits.messages_per_day},
+              {"recipients_per_message", limits.recipients_per_message},
+              {"anomaly_detection", limits.detect_anomalies},
+              {"hour_count", s.hour_count},
+              {"day_count", s.day_count},
+              {"usual_per_hour", throttle::AccountQuotaTable::UsualRate(s)},
+              {"suspended", s.suspended}};
+  if (s.suspended) {
+    answer["suspended_at"] = Rfc3339(s.suspended_at);
+    answer["suspension_detail"] = s.suspension_detail;
+  }
+  return JsonResponse(200, answer);
+}
+
+namespace {
+
+Json SuppressionJson(const queue::SuppressionEntry& entry) {
+  return Json{{"address", entry.address},
+              {"reason", entry.reason},
+              {"added_at", Rfc3339(entry.added_at)},
+              {"reply", entry.reply}};
+}
+
+}  // namespace
+
+AdminServer::Response AdminServer::Suppression(const std::string& method,
+                                               const std::string& address,
+                                               const std::string& body) {
+  queue::SuppressionList* list = suppression_.load();
+  if (list == nullptr) return Error(503, "The suppression list is not running.");
+  if (method == "GET") {
+    auto entries = list->List();
+    if (!entries.ok()) return StatusError(entries.status());
+    Json items = Json::array();
+    for (const queue::SuppressionEntry& entry : *entries) items.push_back(SuppressionJson(entry));
+    return JsonResponse(200, Json{{"addresses", std::move(items)}});
+  }
+  if (method == "DELETE") {
+    if (absl::Status status = list->Remove(address); !status.ok()) return StatusError(status);
+    auto normalized = queue::NormalizeSuppressedAddress(address);
+    return JsonResponse(200, Json{{"removed", normalized.ok() ? *normalized : address}});
+  }
+  std::optional<Json> request = ParseObject(body);
+  if (!request) return Error(400, R"(Expected a JSON object {"address": ..., "reason": ...}.)");
+  std::string* text = StringField(*request, "address");
+  if (text == nullptr) return Error(400, R"("address" must be a string.)");
+  std::string reason(queue::kSuppressedManual);
+  if (request->contains("reason")) {
+    std::string* given = StringField(*request, "reason");
+    if (given == nullptr || given->size() > 64) {
+      return Error(400, R"("reason" must be a string of at most 64 characters.)");
+    }
+    if (!given->empty()) reason = *given;
+  }
+  if (absl::Status status = list->Add(*text, reason, "", absl::Now()); !status.ok()) {
+    return StatusError(status);
+  }
+  auto normalized = queue::NormalizeSuppressedAddress(*text);
+  return JsonResponse(201, Json{{"address", normalized.ok() ? *normalized : *text},
+                                {"reason", reason}});
 }
 
 }  // namespace facteur::admin

@@ -24,6 +24,12 @@
 //   PUT    /api/accounts/<name>/suspended        {"suspended":true|false}
 //   POST   /api/accounts/<name>/grants           {"pattern"} → 201
 //   DELETE /api/accounts/<name>/grants/<pattern>
+//   POST   /api/accounts/<name>/resume           clears a suspension → {"name","resumed":bool}
+//   GET    /api/accounts/<name>/quota            counts, usual rate, limits, suspension
+//   GET    /api/suppression                      {"addresses":[{address,reason,added_at,reply}]}
+//   POST   /api/suppression                      {"address","reason"?} → 201
+//   DELETE /api/suppression/<address>            (percent-encoded)
+//   Quota and suppression endpoints answer 503 until SetAccountQuotas / SetSuppressionList.
 // Errors are {"error":"..."} with 400 (InvalidArgument), 404 (NotFound), 409 (AlreadyExists,
 // FailedPrecondition), 413 (body over 64 KiB), 503 (Unavailable, ResourceExhausted) or 500.
 // Thread contract: requests run on civetweb's own small thread pool, never on an io_uring
@@ -39,8 +45,10 @@
 #include "absl/status/statusor.h"
 #include "engine/delivery/queue_manager.h"
 #include "engine/metrics/metrics.h"
+#include "engine/policy/account_quotas.h"
 #include "engine/policy/account_store.h"
 #include "queue/store.h"
+#include "queue/suppression.h"
 
 struct mg_context;
 struct mg_connection;
@@ -72,6 +80,9 @@ class AdminServer {
   // Enables the queue operations (null disables them again). `manager` outlives the server or
   // is reset to null before it goes.
   void SetQueueManager(delivery::QueueManager* manager) { queue_manager_.store(manager); }
+  // Enable the quota and suppression endpoints; same lifetime rule as SetQueueManager.
+  void SetAccountQuotas(policy::AccountQuotas* quotas) { quotas_.store(quotas); }
+  void SetSuppressionList(queue::SuppressionList* list) { suppression_.store(list); }
 
  private:
   using Response = AdminResponse;
@@ -93,6 +104,11 @@ class AdminServer {
   Response AccountSuspended(const std::string& name, const std::string& body);
   Response GrantAdd(const std::string& name, const std::string& body);
   Response GrantRemove(const std::string& name, const std::string& pattern);
+  Response AccountResume(const std::string& name);
+  Response AccountQuota(const std::string& name);
+  // GET/POST /api/suppression and DELETE /api/suppression/<address>.
+  Response Suppression(const std::string& method, const std::string& address,
+                       const std::string& body);
   // POST /api/queue/{flush,bounce,suspend,resume} and /api/queue/<ID>[/retry|/bounce].
   Response QueueOperation(const std::string& operation, const std::string& id_text,
                           const std::string& body);
@@ -102,6 +118,8 @@ class AdminServer {
   queue::Store& store_;
   policy::AccountStore& accounts_;
   std::atomic<delivery::QueueManager*> queue_manager_{nullptr};
+  std::atomic<policy::AccountQuotas*> quotas_{nullptr};
+  std::atomic<queue::SuppressionList*> suppression_{nullptr};
   mg_context* context_ = nullptr;  // owned: mg_stop() in the destructor
   int port_ = 0;
 };

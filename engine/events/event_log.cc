@@ -67,6 +67,7 @@ const char* EventTypeName(EventType type) {
     case EventType::kBounce: return "bounce";
     case EventType::kExpiration: return "expiration";
     case EventType::kSuspension: return "suspension";
+    case EventType::kAccountSuspended: return "account_suspended";
   }
   return "unknown";
 }

@@ -25,9 +25,19 @@
 
 namespace facteur::events {
 
-enum class EventType { kReception, kDelivery, kTransientFailure, kBounce, kExpiration, kSuspension };
+// kAccountSuspended: a submission account stopped for unusual sending volume (issue #5).
+enum class EventType {
+  kReception,
+  kDelivery,
+  kTransientFailure,
+  kBounce,
+  kExpiration,
+  kSuspension,
+  kAccountSuspended,
+};
 
-// "reception", "delivery", "transient_failure", "bounce", "expiration", "suspension".
+// "reception", "delivery", "transient_failure", "bounce", "expiration", "suspension",
+// "account_suspended".
 const char* EventTypeName(EventType type);
 
 // One event. Empty strings, zero numbers, zero durations, false and InfinitePast are left out

@@ -18,9 +18,11 @@
 #include "absl/strings/str_join.h"
 #include "engine/admin/json.h"
 #include "engine/base/clock.h"
+#include "engine/base/status.h"
 #include "engine/main/admin_client.h"
 #include "engine/main/cli.h"
 #include "engine/main/commands.h"
+#include "engine/policy/account_quotas.h"
 #include "engine/policy/account_store.h"
 #include "queue/store.h"
 
@@ -34,7 +36,10 @@ constexpr char kUsage[] =
     "       facteur account list [--json]\n"
     "       facteur account grant NAME ADDRESS|@DOMAIN\n"
     "       facteur account revoke NAME ADDRESS|@DOMAIN\n"
+    "       facteur account resume NAME       (after a suspension for unusual volume)\n"
     "An account may send only as the addresses and domains granted to it (MAIL FROM and From:).\n"
+    "An account whose sending rate jumps far above its own history is suspended ([quota]);\n"
+    "`resume` lets it send again.\n"
     "Works on a stopped server's data directory, or through a running server's admin API.\n"
     "Common options: --config FILE, --data-dir DIR.\n";
 
@@ -48,6 +53,8 @@ class Accounts {
   virtual absl::Status Grant(const std::string& name, const std::string& pattern) = 0;
   virtual absl::Status Revoke(const std::string& name, const std::string& pattern) = 0;
   virtual absl::StatusOr<std::vector<policy::Account>> List() = 0;
+  // Clears a suspension (volume or manual); whether there was one.
+  virtual absl::StatusOr<bool> Resume(const std::string& name) = 0;
 };
 
 class LocalAccounts final : public Accounts {
@@ -68,6 +75,15 @@ class LocalAccounts final : public Accounts {
     return accounts_->Revoke(n, p);
   }
   absl::StatusOr<std::vector<policy::Account>> List() override { return accounts_->List(); }
+  absl::StatusOr<bool> Resume(const std::string& n) override {
+    FACTEUR_ASSIGN_OR_RETURN(policy::Account account, accounts_->Get(n));
+    FACTEUR_ASSIGN_OR_RETURN(bool resumed, policy::ResumeStoredAccount(*store_, n));
+    if (account.suspended) {
+      FACTEUR_RETURN_IF_ERROR(accounts_->SetSuspended(n, false));
+      resumed = true;
+    }
+    return resumed;
+  }
 
  private:
   std::unique_ptr<queue::Store> store_;  // declared first: outlives accounts_
@@ -129,6 +145,13 @@ class RemoteAccounts final : public Accounts {
       accounts.push_back(std::move(account));
     }
     return accounts;
+  }
+  absl::StatusOr<bool> Resume(const std::string& name) override {
+    nlohmann::json answer;
+    FACTEUR_RETURN_IF_ERROR(
+        Call("POST", absl::StrCat("/api/accounts/", PathSegment(name), "/resume"), nullptr,
+             &answer));
+    return answer.is_object() && answer.value("resumed", false);
   }
 
  private:
@@ -203,7 +226,7 @@ int AccountMain(const std::vector<std::string>& args) {
   const size_t arity = verb == "list" ? 1 : (verb == "grant" || verb == "revoke") ? 3 : 2;
   if (verb.empty() || words.size() != arity ||
       !(verb == "add" || verb == "del" || verb == "passwd" || verb == "list" || verb == "grant" ||
-        verb == "revoke")) {
+        verb == "revoke" || verb == "resume")) {
     std::cerr << kUsage;
     return kExitUsage;
   }
@@ -226,6 +249,12 @@ int AccountMain(const std::vector<std::string>& args) {
     status = (*accounts)->Grant(words[1], words[2]);
   } else if (verb == "revoke") {
     status = (*accounts)->Revoke(words[1], words[2]);
+  } else if (verb == "resume") {
+    absl::StatusOr<bool> resumed = (*accounts)->Resume(words[1]);
+    if (!resumed.ok()) return ReportError(command, resumed.status());
+    std::cout << "account " << words[1]
+              << (*resumed ? " resumed: it may send again" : " was not suspended") << "\n";
+    return kExitOk;
   } else {
     absl::StatusOr<std::vector<policy::Account>> list = (*accounts)->List();
     if (!list.ok()) return ReportError(command, list.status());

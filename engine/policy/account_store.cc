@@ -15,6 +15,7 @@
 #include "engine/mail/address.h"
 #include "rocksdb/iterator.h"
 #include "rocksdb/options.h"
+#include "rocksdb/write_batch.h"
 
 namespace facteur::policy {
 
@@ -287,8 +288,13 @@ absl::Status AccountStore::Delete(std::string_view name) {
   FACTEUR_RETURN_IF_ERROR(CheckWritable());
   absl::MutexLock lock(&write_mutex_);
   FACTEUR_RETURN_IF_ERROR(Read(name).status());
-  rocksdb::Status status = store_.db().Delete(
-      SyncedWrite(), store_.family(queue::Family::kAccounts), rocksdb::Slice(name.data(), name.size()));
+  // With its quota state (engine/policy/account_quotas.h): a new account of the same name must
+  // not inherit the old one's history or suspension.
+  rocksdb::WriteBatch batch;
+  const rocksdb::Slice key(name.data(), name.size());
+  batch.Delete(store_.family(queue::Family::kAccounts), key);
+  batch.Delete(store_.family(queue::Family::kQuota), key);
+  rocksdb::Status status = store_.db().Write(SyncedWrite(), &batch);
   if (!status.ok()) return queue::ToStatus(status, "deleting an account");
   Log(LogLevel::kInfo, "account '%s' deleted", ToAbsl(name));
   return absl::OkStatus();

@@ -303,6 +303,17 @@ void Session::HandleMail(const Command& command) {
     Refuse(553, "5.7.1", policy::SenderRefusal(account_->name, *arguments.sender));
     return;
   }
+  if (account_.has_value()) {
+    if (std::optional<mail::Reply> refusal = host_.CheckAccountMessage(account_->name)) {
+      // A suspended account (5xx) counts as a client error; a full quota (4xx) does not.
+      if (refusal->IsPermanent()) {
+        RefuseWith(*refusal);
+      } else {
+        Reply(*refusal);
+      }
+      return;
+    }
+  }
   mail_from_ = std::move(arguments);
   in_transaction_ = true;
   Reply(250, "2.1.0", "Ok");
@@ -330,12 +341,18 @@ void Session::HandleRcpt(const Command& command) {
     Refuse(550, "5.1.1", "This relay has no local mailboxes; give the postmaster's full address");
     return;
   }
+  std::string canonical = arguments.recipient.Canonical();
+  if (std::optional<mail::Reply> refusal = host_.CheckRecipient(canonical)) {
+    // The suppression list: a refused recipient is not a client error (a mailing list may hold
+    // many), so it does not count toward max_errors.
+    Reply(*refusal);
+    return;
+  }
   if (recipients_.size() >= policy_.limits.max_recipients) {
     // RFC 5321 §4.5.3.1.10: the client sends the rest in another transaction. Not an error.
     Reply(452, "4.5.3", "Too many recipients");
     return;
   }
-  std::string canonical = arguments.recipient.Canonical();
   bool duplicate = std::any_of(recipients_.begin(), recipients_.end(),
                                [&](const mail::RcptToArguments& r) {
                                  return r.recipient.Canonical() == canonical;
@@ -343,6 +360,13 @@ void Session::HandleRcpt(const Command& command) {
   if (duplicate) {
     Reply(250, "2.1.5", "Ok");
     return;
+  }
+  if (account_.has_value()) {
+    if (std::optional<mail::Reply> refusal =
+            host_.CheckAccountRecipients(account_->name, recipients_.size() + 1)) {
+      Reply(*refusal);  // 452 4.5.3, like max_recipients: not an error
+      return;
+    }
   }
   // Mail for a domain that can never receive it is refused now rather than bounced later.
   waiting_ = true;
@@ -381,6 +405,15 @@ void Session::HandleData(const Command& command) {
   if (bdat_used_) {
     Refuse(503, "5.5.1", "DATA cannot follow BDAT in one transaction");  // RFC 3030 §3
     return;
+  }
+  if (account_.has_value()) {
+    // Another session of the account may have used up its quota since MAIL: say so before the
+    // client sends the data. The transaction is over either way.
+    if (std::optional<mail::Reply> refusal = host_.CheckAccountMessage(account_->name)) {
+      Reply(*refusal);
+      ResetTransaction();
+      return;
+    }
   }
   message_.clear();
   data_fault_ = DataFault::kNone;
@@ -750,6 +783,17 @@ void Session::FinishMessage() {
   }
 
   const absl::Time now = host_.clock().Now();
+  const std::string account = account_.has_value() ? account_->name : "";
+  if (!account.empty()) {
+    // Counted now, against every session of the account, so that concurrent sessions cannot
+    // overshoot the quota; the host gives it back if the queue then fails.
+    if (std::optional<mail::Reply> refusal = host_.AdmitAccountMessage(account, now)) {
+      host_.OnMessageRefused();
+      Reply(*refusal);
+      ResetTransaction();
+      return;
+    }
+  }
   const MessageId id = MessageId::Generate(now);
   // RFC 6409 §8.2-8.3: the MSA adds Date: and Message-ID: when the client left them out.
   std::string added;
@@ -777,10 +821,10 @@ void Session::FinishMessage() {
   envelope.sender = mail_from_.sender.has_value() ? mail_from_.sender->ToString() : "";
   for (const mail::RcptToArguments& r : recipients_) {
     envelope.recipients.push_back(queue::RecipientRecord{
-        r.recipient.ToString(), queue::RecipientState::kPending, r.notify, r.orcpt});
+        r.recipient.ToString(), queue::RecipientState::kPending, r.notify, r.orcpt, "", 0});
   }
   envelope.listener = policy_.listener_name;
-  envelope.account = account_.has_value() ? account_->name : "";
+  envelope.account = account;
   envelope.client = stream_.peer().text;
   envelope.received_at = now;
   envelope.smtputf8 = mail_from_.smtputf8;

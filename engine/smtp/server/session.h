@@ -71,6 +71,31 @@ class SessionHost {
     std::move(done)(std::nullopt);
   }
 
+  // Submission policy (issue #5): an authenticated account's quotas and suspension, and the
+  // suppression list. Each answers at once from memory (never blocking the loop): nullopt
+  // accepts, otherwise the reply that refuses. Defaults: accept.
+  // At MAIL FROM and at DATA, for an authenticated account.
+  virtual std::optional<mail::Reply> CheckAccountMessage(std::string_view /*account*/) {
+    return std::nullopt;
+  }
+  // At RCPT TO, for an authenticated account: `recipients` is the count the message would have
+  // with this recipient.
+  virtual std::optional<mail::Reply> CheckAccountRecipients(std::string_view /*account*/,
+                                                            size_t /*recipients*/) {
+    return std::nullopt;
+  }
+  // At RCPT TO, for every client: `canonical` is mail::Mailbox::Canonical().
+  virtual std::optional<mail::Reply> CheckRecipient(std::string_view /*canonical*/) {
+    return std::nullopt;
+  }
+  // At the end of the data, before queueing: counts the message against the account's quotas
+  // (`now` is the envelope's received_at), or refuses it. When Enqueue() then fails, the host
+  // gives the count back (it knows from the envelope's account and received_at).
+  virtual std::optional<mail::Reply> AdmitAccountMessage(std::string_view /*account*/,
+                                                         absl::Time /*now*/) {
+    return std::nullopt;
+  }
+
   // Observation hooks for metrics; default no-ops.
   virtual void OnReplySent(int /*code*/) {}
   virtual void OnMessageAccepted(size_t /*bytes*/, absl::Duration /*time_to_reply*/) {}

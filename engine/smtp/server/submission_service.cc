@@ -4,8 +4,10 @@
 #include <optional>
 #include <utility>
 
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "engine/base/log.h"
+#include "engine/base/status.h"
 #include "engine/io/event_loop.h"
 
 namespace facteur::smtp {
@@ -68,6 +70,11 @@ class ConnectionHost final : public SessionHost {
   void Enqueue(queue::Envelope envelope, std::string message,
                absl::AnyInvocable<void(absl::Status) &&> done) override {
     io::EventLoop* loop = &loop_;
+    // A message admitted against its account's quota (AdmitAccountMessage) but not queued is
+    // given back, whether or not the session is still there to hear the answer.
+    std::string refund_account =
+        services_.quotas != nullptr ? envelope.account : std::string();
+    const absl::Time received_at = envelope.received_at;
     std::optional<events::Event> reception;
     if (services_.events != nullptr) {
       reception.emplace();
@@ -83,10 +90,14 @@ class ConnectionHost final : public SessionHost {
     // `reply` runs on the spool writer or a signing thread: hand the result back to our loop.
     absl::AnyInvocable<void(absl::Status) &&> reply =
         [loop, done = std::move(done), log = services_.events, clock = &services_.clock,
-         reception = std::move(reception)](absl::Status status) mutable {
+         reception = std::move(reception), quotas = services_.quotas,
+         refund_account = std::move(refund_account), received_at](absl::Status status) mutable {
           if (status.ok() && reception.has_value()) {
             reception->time = clock->Now();
             log->Record(*reception);
+          }
+          if (!status.ok() && !refund_account.empty()) {
+            quotas->table().Refund(refund_account, received_at);
           }
           loop->Post([done = std::move(done), status]() mutable { std::move(done)(status); });
         };
@@ -137,6 +148,42 @@ class ConnectionHost final : public SessionHost {
     services_.check_recipient_domain(loop_, std::move(domain), std::move(done));
   }
 
+  std::optional<mail::Reply> CheckAccountMessage(std::string_view account) override {
+    if (services_.quotas == nullptr) return std::nullopt;
+    return Counted(services_.quotas->table().CheckMessage(account, services_.clock.Now()));
+  }
+
+  std::optional<mail::Reply> CheckAccountRecipients(std::string_view account,
+                                                    size_t recipients) override {
+    if (services_.quotas == nullptr) return std::nullopt;
+    return Counted(services_.quotas->table().CheckRecipients(account, recipients));
+  }
+
+  std::optional<mail::Reply> AdmitAccountMessage(std::string_view account,
+                                                 absl::Time now) override {
+    if (services_.quotas == nullptr) return std::nullopt;
+    throttle::AdmitDecision decision = services_.quotas->table().Admit(account, now);
+    if (decision.suspended_now) OnSuspended(account, now);
+    return Counted(std::move(decision.refusal));
+  }
+
+  std::optional<mail::Reply> CheckRecipient(std::string_view canonical) override {
+    if (services_.suppression == nullptr) return std::nullopt;
+    std::optional<queue::SuppressionList::Hit> hit = services_.suppression->Find(canonical);
+    if (!hit.has_value()) return std::nullopt;
+    services_.metrics.quota().suppressed_rcpt_total.Increment();
+    const std::string date = absl::FormatTime("%Y-%m-%d", hit->added_at, absl::UTCTimeZone());
+    // 5.1.1 "bad destination mailbox address" (RFC 3463): what the recipient's own server said.
+    std::string text =
+        hit->reason == queue::kSuppressedUserUnknown
+            ? absl::StrCat("<", ToAbsl(canonical),
+                           ">: recipient previously rejected as unknown by its mail server on ",
+                           date, "; not sent again")
+            : absl::StrCat("<", ToAbsl(canonical), ">: recipient on the suppression list since ",
+                           date, " (", hit->reason, "); not sent again");
+    return mail::Reply{550, "5.1.1", std::move(text)};
+  }
+
   void OnReplySent(int code) override { metrics_.CountReply(code); }
   void OnMessageRefused() override { metrics_.messages_rejected.Increment(); }
   void OnMessageAccepted(size_t /*bytes*/, absl::Duration time_to_reply) override {
@@ -147,6 +194,32 @@ class ConnectionHost final : public SessionHost {
   void OnAuthFailure() override { metrics_.auth_failures.Increment(); }
 
  private:
+  // A quota refusal as the session sends it, counted by reason.
+  std::optional<mail::Reply> Counted(std::optional<throttle::QuotaRefusal> refusal) {
+    if (!refusal.has_value()) return std::nullopt;
+    services_.metrics.quota().Refusals(throttle::QuotaReasonName(refusal->reason)).Increment();
+    return mail::Reply{refusal->code, std::move(refusal->enhanced), std::move(refusal->text)};
+  }
+
+  // Once per suspension: the metric, the log, the event, and a prompt write to the store.
+  void OnSuspended(std::string_view account, absl::Time now) {
+    services_.metrics.quota().suspensions_total.Increment();
+    std::optional<throttle::AccountQuotaState> state =
+        services_.quotas->table().Get(account, now);
+    const std::string detail = state.has_value() ? state->suspension_detail : "";
+    Log(LogLevel::kWarning, "account '%s' suspended for unusual sending volume (%s), from %s",
+        ToAbsl(account), detail, client_);
+    services_.quotas->PersistSoon();
+    if (services_.events == nullptr) return;
+    events::Event event;
+    event.type = events::EventType::kAccountSuspended;
+    event.time = now;
+    event.account = std::string(account);
+    event.client = client_;
+    event.detail = detail;
+    services_.events->Record(event);
+  }
+
   io::EventLoop& loop_;
   SubmissionServices& services_;
   metrics::ListenerMetrics& metrics_;

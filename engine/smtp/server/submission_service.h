@@ -23,10 +23,12 @@
 #include "engine/dkim/signing_pool.h"
 #include "engine/io/stream.h"
 #include "engine/metrics/metrics.h"
+#include "engine/policy/account_quotas.h"
 #include "engine/policy/account_store.h"
 #include "engine/policy/auth_throttle.h"
 #include "engine/smtp/server/session.h"
 #include "queue/spool.h"
+#include "queue/suppression.h"
 
 namespace facteur::smtp {
 
@@ -48,6 +50,10 @@ struct SubmissionServices {
   events::EventLog* events = nullptr;
   // DKIM signing of every accepted message before it is queued; null: no signing.
   dkim::SigningPool* signer = nullptr;
+  // Per-account quotas and suspension of authenticated submissions (issue #5); null: none.
+  policy::AccountQuotas* quotas = nullptr;
+  // Recipients refused at RCPT TO (550 5.1.1) for every client; null: none.
+  queue::SuppressionList* suppression = nullptr;
 };
 
 // The handler factory of one listener. `policy` and `services` outlive the listener.

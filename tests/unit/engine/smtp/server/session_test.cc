@@ -3,6 +3,8 @@
 #include <deque>
 #include <map>
 #include <memory>
+#include <optional>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -10,6 +12,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "engine/base/status.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/support/fake_stream.h"
@@ -57,8 +60,33 @@ class FakeHost final : public SessionHost {
     }
   }
   Clock& clock() override { return clock_; }
+  std::optional<mail::Reply> CheckAccountMessage(std::string_view account) override {
+    checked_accounts.emplace_back(account);
+    return account_refusal;
+  }
+  std::optional<mail::Reply> CheckAccountRecipients(std::string_view /*account*/,
+                                                    size_t recipients) override {
+    if (max_account_recipients == 0 || recipients <= max_account_recipients) return std::nullopt;
+    return mail::Reply{452, "4.5.3", "Too many recipients for this account"};
+  }
+  std::optional<mail::Reply> CheckRecipient(std::string_view canonical) override {
+    if (!suppressed.count(std::string(canonical))) return std::nullopt;
+    return mail::Reply{550, "5.1.1", absl::StrCat("<", ToAbsl(canonical), ">: suppressed")};
+  }
+  std::optional<mail::Reply> AdmitAccountMessage(std::string_view account,
+                                                 absl::Time /*now*/) override {
+    admitted.emplace_back(account);
+    return admit_refusal;
+  }
 
   std::map<std::string, std::string> passwords;
+  // Submission policy (quotas, suppression list).
+  std::optional<mail::Reply> account_refusal;
+  std::optional<mail::Reply> admit_refusal;
+  size_t max_account_recipients = 0;
+  std::set<std::string> suppressed;
+  std::vector<std::string> checked_accounts;
+  std::vector<std::string> admitted;
   std::map<std::string, std::vector<std::string>> grants;
   absl::Status enqueue_status;
   absl::Status auth_refusal;  // when set, every AUTH gets it
@@ -280,6 +308,86 @@ TEST_F(SessionTest, AnAccountSendsOnlyAsTheAddressesItOwns) {
               StartsWith("250 2.0.0 Ok: queued as"));
   EXPECT_THAT(Send("MAIL FROM:<x@sub.alumni.asso.org>\r\n"), StartsWith("553 5.7.1 "));
   EXPECT_EQ(host_.queued.size(), 1u);
+}
+
+TEST_F(SessionTest, AccountQuotasAreAskedAtMailRcptDataAndTheEndOfData) {
+  policy_.role = config::ListenerRole::kSubmission;
+  policy_.limits.max_errors = 3;
+  StartWithEhlo(/*implicit_tls=*/true);
+  ASSERT_THAT(Send(AuthPlain("alice", "correct horse")), StartsWith("235 "));
+  // A full quota is a 4xx that does not count as a client error.
+  host_.account_refusal = mail::Reply{450, "4.7.1", "Hourly sending quota reached"};
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_EQ(Send("MAIL FROM:<alice@asso.org>\r\n"), "450 4.7.1 Hourly sending quota reached\r\n");
+  }
+  EXPECT_FALSE(stream_.closed);
+  EXPECT_EQ(host_.checked_accounts.back(), "alice");
+  host_.account_refusal.reset();
+
+  // Recipients past the account's limit: 452, and the message goes to the others.
+  host_.max_account_recipients = 2;
+  EXPECT_EQ(Send("MAIL FROM:<alice@asso.org>\r\n"), "250 2.1.0 Ok\r\n");
+  EXPECT_EQ(Send("RCPT TO:<a@example.com>\r\nRCPT TO:<b@example.com>\r\n"),
+            "250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n");
+  EXPECT_EQ(Send("RCPT TO:<c@example.com>\r\n"),
+            "452 4.5.3 Too many recipients for this account\r\n");
+  EXPECT_EQ(Send("RCPT TO:<a@example.com>\r\n"), "250 2.1.5 Ok\r\n");  // a duplicate is no more
+  EXPECT_THAT(Send("DATA\r\n"), StartsWith("354 "));
+  EXPECT_THAT(Send(kMessage), StartsWith("250 2.0.0 Ok: queued as"));
+  ASSERT_EQ(host_.queued.size(), 1u);
+  EXPECT_EQ(host_.queued[0].envelope.recipients.size(), 2u);
+  EXPECT_EQ(host_.admitted, std::vector<std::string>{"alice"});
+
+  // The quota ran out between MAIL and DATA (another session): refused before the data.
+  EXPECT_EQ(Send("MAIL FROM:<alice@asso.org>\r\nRCPT TO:<a@example.com>\r\n"),
+            "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n");
+  host_.account_refusal = mail::Reply{450, "4.7.1", "Hourly sending quota reached"};
+  EXPECT_EQ(Send("DATA\r\n"), "450 4.7.1 Hourly sending quota reached\r\n");
+  EXPECT_THAT(Send("RCPT TO:<a@example.com>\r\n"), StartsWith("503 "));  // transaction over
+  host_.account_refusal.reset();
+
+  // Refused at the end of the data (the message that revealed a burst): not queued.
+  host_.admit_refusal = mail::Reply{550, "5.7.1", "Account alice is suspended"};
+  Send("MAIL FROM:<alice@asso.org>\r\nRCPT TO:<a@example.com>\r\nDATA\r\n");
+  EXPECT_EQ(Send(kMessage), "550 5.7.1 Account alice is suspended\r\n");
+  EXPECT_EQ(host_.queued.size(), 1u);
+  EXPECT_EQ(host_.admitted.size(), 2u);
+  // A suspended account's MAIL is a 5xx and counts as an error (the 503 above was the first):
+  // max_errors ends the session.
+  host_.account_refusal = mail::Reply{550, "5.7.1", "Account alice is suspended"};
+  EXPECT_EQ(Send("MAIL FROM:<alice@asso.org>\r\n"), "550 5.7.1 Account alice is suspended\r\n");
+  EXPECT_THAT(Send("MAIL FROM:<alice@asso.org>\r\n"), HasSubstr("421 4.7.0"));
+  EXPECT_TRUE(stream_.closed);
+}
+
+TEST_F(SessionTest, ClientsWithoutAnAccountHaveNoQuota) {
+  host_.account_refusal = mail::Reply{450, "4.7.1", "quota"};
+  host_.admit_refusal = mail::Reply{450, "4.7.1", "quota"};
+  StartWithEhlo();
+  EXPECT_EQ(Send("MAIL FROM:<app@asso.org>\r\nRCPT TO:<a@example.com>\r\n"),
+            "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n");
+  EXPECT_THAT(Send("DATA\r\n"), StartsWith("354 "));
+  EXPECT_THAT(Send(kMessage), StartsWith("250 2.0.0 Ok: queued as"));
+  EXPECT_TRUE(host_.checked_accounts.empty());
+  EXPECT_TRUE(host_.admitted.empty());
+}
+
+TEST_F(SessionTest, SuppressedRecipientsAreRefusedWithoutCountingAsErrors) {
+  host_.suppressed = {"gone@example.com"};
+  policy_.limits.max_errors = 3;
+  StartWithEhlo();
+  EXPECT_EQ(Send("MAIL FROM:<app@asso.org>\r\n"), "250 2.1.0 Ok\r\n");
+  for (int i = 0; i < 5; ++i) {
+    // Compared in canonical (lower-case) form.
+    EXPECT_EQ(Send("RCPT TO:<Gone@Example.COM>\r\n"), "550 5.1.1 <gone@example.com>: suppressed\r\n");
+  }
+  EXPECT_FALSE(stream_.closed);
+  EXPECT_EQ(Send("RCPT TO:<here@example.com>\r\n"), "250 2.1.5 Ok\r\n");
+  EXPECT_THAT(Send("DATA\r\n"), StartsWith("354 "));
+  EXPECT_THAT(Send(kMessage), StartsWith("250 2.0.0 Ok: queued as"));
+  ASSERT_EQ(host_.queued.size(), 1u);
+  ASSERT_EQ(host_.queued[0].envelope.recipients.size(), 1u);
+  EXPECT_EQ(host_.queued[0].envelope.recipients[0].address, "here@example.com");
 }
 
 TEST_F(SessionTest, AuthLoginAndAbortedExchanges) {
