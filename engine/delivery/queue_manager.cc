@@ -21,6 +21,9 @@ namespace {
 constexpr absl::Duration kMaxIdleWait = absl::Seconds(1);
 // Envelopes read per batch by the operations that walk the whole queue.
 constexpr size_t kScanBatch = 1000;
+// Added to a greylisting delay (a tenth of it, at most this): retrying the moment the delay ends
+// risks being early by a clock tick, which greylists again.
+constexpr absl::Duration kGreylistMargin = absl::Seconds(15);
 
 std::string DomainOf(std::string_view address) {
   size_t at = address.rfind('@');
@@ -63,6 +66,23 @@ events::Event OutcomeEvent(events::EventType type, const queue::Envelope& envelo
   event.attempt = envelope.attempts;
   event.queue_time = now - envelope.received_at;
   return event;
+}
+
+// Classes whose replies are about our IP or our pace, or that a classifier rule calls
+// transient whatever the code (Gmail's "550 5.2.1 ... receiving mail too quickly"): a 5xx of
+// theirs does not bounce.
+bool KeepsRecipient(throttle::ResponseClass c) {
+  return c == throttle::ResponseClass::kGreylist || c == throttle::ResponseClass::kRateLimit ||
+         c == throttle::ResponseClass::kTooManyConnections ||
+         c == throttle::ResponseClass::kBlocklist || c == throttle::ResponseClass::kOtherTransient;
+}
+
+// Replies the (source, site) throttle acts on: the pacing, not the retry schedule, decides when
+// the recipient goes again.
+bool PacedBySite(throttle::ResponseClass c) {
+  return c == throttle::ResponseClass::kRateLimit ||
+         c == throttle::ResponseClass::kTooManyConnections ||
+         c == throttle::ResponseClass::kBlocklist;
 }
 
 }  // namespace
@@ -139,8 +159,8 @@ void QueueManager::ThreadMain() {
     const absl::Time next_due = in_flight_.size() >= options_.max_messages_in_flight
                                     ? absl::InfiniteFuture()
                                     : spool_.NextDue();
-    const absl::Duration wait =
-        std::clamp(next_due - clock_.Now(), absl::ZeroDuration(), kMaxIdleWait);
+    const absl::Duration wait = std::clamp(clock_.ToRealDuration(next_due - clock_.Now()),
+                                           absl::ZeroDuration(), kMaxIdleWait);
     absl::MutexLock lock(&mutex_);
     mutex_.AwaitWithTimeout(absl::Condition(this, &QueueManager::HasWork), wait);
     if (stopping_) break;
@@ -245,17 +265,25 @@ void QueueManager::StartMessage(const queue::ScheduleEntry& entry) {
     return;
   }
 
-  // Group the open recipients by domain, in their order, leaving suspended domains out.
-  std::vector<std::pair<std::string, std::vector<uint32_t>>> groups;
+  // Group the open recipients by domain and greylisting pin (a pinned recipient leaves from
+  // its source only), in their order, leaving suspended domains out.
+  struct Group {
+    std::string domain;
+    std::string pinned_source;
+    std::vector<uint32_t> indexes;
+  };
+  std::vector<Group> groups;
   for (uint32_t index : pending) {
     std::string domain = DomainOf(envelope.recipients[index].address);
     if (IsSuspended(domain)) continue;
-    auto group = std::find_if(groups.begin(), groups.end(),
-                              [&](const auto& g) { return g.first == domain; });
+    const std::string& pin = envelope.recipients[index].pinned_source;
+    auto group = std::find_if(groups.begin(), groups.end(), [&](const Group& g) {
+      return g.domain == domain && g.pinned_source == pin;
+    });
     if (group == groups.end()) {
-      groups.emplace_back(std::move(domain), std::vector<uint32_t>{index});
+      groups.push_back(Group{std::move(domain), pin, {index}});
     } else {
-      group->second.push_back(index);
+      group->indexes.push_back(index);
     }
   }
   if (groups.empty() || dispatcher_ == nullptr) {
@@ -279,11 +307,13 @@ void QueueManager::StartMessage(const queue::ScheduleEntry& entry) {
   flight->body = std::make_shared<const std::string>(**std::move(body));
   std::vector<DeliveryJob> jobs;
   const size_t per_transaction = std::max<size_t>(1, options_.max_recipients_per_transaction);
-  for (auto& [domain, indexes] : groups) {
+  for (const Group& group : groups) {
+    const std::vector<uint32_t>& indexes = group.indexes;
     for (size_t start = 0; start < indexes.size(); start += per_transaction) {
       DeliveryJob& job = jobs.emplace_back();
       job.id = envelope.id;
-      job.domain = domain;
+      job.domain = group.domain;
+      job.pinned_source = group.pinned_source;
       job.attempt = envelope.attempts + 1;
       job.message.sender = envelope.sender;
       job.message.body = flight->body;
@@ -308,7 +338,11 @@ void QueueManager::StartMessage(const queue::ScheduleEntry& entry) {
 void QueueManager::Settle(InFlight& flight, std::vector<JobResult> results) {
   const absl::Time now = clock_.Now();
   queue::Envelope& envelope = flight.envelope;
-  envelope.attempts += 1;
+  // A job held back by its site's throttle (never attempted) costs no attempt.
+  const bool attempted = std::any_of(results.begin(), results.end(), [](const JobResult& r) {
+    return r.throttled_until == absl::InfinitePast();
+  });
+  if (attempted || results.empty()) envelope.attempts += 1;
 
   if (flight.after == InFlight::After::kDelete) {
     RemoveMessage(envelope.id, flight.leased_due);
@@ -317,23 +351,61 @@ void QueueManager::Settle(InFlight& flight, std::vector<JobResult> results) {
 
   std::vector<std::pair<uint32_t, mail::DeliveryOutcome>> bounced;
   std::vector<events::Event> deferred;
+  // When the open recipients are tried again: the earliest of what each asks for.
+  absl::Time next_attempt = absl::InfiniteFuture();
+  bool retry_schedule = false;  // a transient failure that takes the retry policy's schedule
   for (const JobResult& result : results) {
+    if (result.throttled_until != absl::InfinitePast()) {
+      next_attempt = std::min(next_attempt, result.throttled_until);
+      continue;
+    }
     for (size_t k = 0; k < result.recipient_indexes.size() && k < result.outcomes.size(); ++k) {
       const uint32_t index = result.recipient_indexes[k];
       if (index >= envelope.recipients.size()) continue;
+      queue::RecipientRecord& recipient = envelope.recipients[index];
       const mail::DeliveryOutcome& outcome = result.outcomes[k];
-      events::EventType type = outcome.delivered()   ? events::EventType::kDelivery
-                               : outcome.permanent() ? events::EventType::kBounce
-                                                     : events::EventType::kTransientFailure;
+      // No verdict (a failure of ours, before any server spoke): the code decides.
+      const RecipientVerdict verdict =
+          k < result.verdicts.size()
+              ? result.verdicts[k]
+              : RecipientVerdict{outcome.permanent() ? throttle::ResponseClass::kOtherPermanent
+                                                     : throttle::ResponseClass::kOtherTransient,
+                                 std::nullopt};
+      // Throttling and blocklisting concern the sender's IP, not the recipient: even in a 5xx
+      // ("550 5.2.1 ... receiving mail too quickly", "550 5.7.1 ... blocked using ...") the
+      // recipient is kept and tried again, later or from another source (DESIGN.md §5).
+      const bool held = outcome.permanent() && KeepsRecipient(verdict.response_class);
+      events::EventType type = outcome.delivered()               ? events::EventType::kDelivery
+                               : (outcome.permanent() && !held) ? events::EventType::kBounce
+                                                                 : events::EventType::kTransientFailure;
       if (type == events::EventType::kBounce) {
+        if (verdict.response_class == throttle::ResponseClass::kUserUnknown && user_unknown_) {
+          user_unknown_(recipient.address, outcome);
+        }
         bounced.emplace_back(index, outcome);
         continue;  // BounceRecipients writes its event
       }
       if (type == events::EventType::kDelivery) {
-        envelope.recipients[index].state = queue::RecipientState::kDelivered;
+        recipient.state = queue::RecipientState::kDelivered;
+        recipient.pinned_source.clear();
+      } else if (verdict.response_class == throttle::ResponseClass::kGreylist) {
+        // Retried from the same source, after the announced delay or the greylist ladder, and
+        // a little more: a retry a hair early is greylisted again.
+        recipient.greylisted += 1;
+        if (!result.source.empty()) recipient.pinned_source = result.source;
+        const absl::Duration delay = throttle::GreylistRetryDelay(
+            options_.greylist, recipient.greylisted, verdict.retry_after);
+        next_attempt = std::min(next_attempt, now + delay + std::min(kGreylistMargin, delay / 10));
+      } else if (PacedBySite(verdict.response_class)) {
+        // The site's throttle now holds its pairs back (or another source is free): the
+        // recipient may go again at once; the shard sends it when a pair admits it, or hands
+        // it back unattempted with the time one will.
+        next_attempt = std::min(next_attempt, now);
+      } else {
+        retry_schedule = true;
       }
       events::Event event = OutcomeEvent(type, envelope, index, outcome, now);
-      event.site = result.destination;
+      event.site = result.site.empty() ? result.destination : result.site;
       event.source_ip = result.source_ip;
       event.tls = result.tls;
       event.delivery_time = result.elapsed;
@@ -344,6 +416,10 @@ void QueueManager::Settle(InFlight& flight, std::vector<JobResult> results) {
         deferred.push_back(std::move(event));
       }
     }
+  }
+  if (retry_schedule || next_attempt == absl::InfiniteFuture()) {
+    next_attempt = std::min(next_attempt, retry_.NextAttempt(std::max<uint32_t>(1, envelope.attempts),
+                                                             envelope.received_at, now, random_));
   }
 
   if (flight.after == InFlight::After::kBounce) {
@@ -375,7 +451,7 @@ void QueueManager::Settle(InFlight& flight, std::vector<JobResult> results) {
     // Leased again at once: StartMessage bounces what is left as expired.
     envelope.next_attempt = now;
   } else if (open) {
-    envelope.next_attempt = retry_.NextAttempt(envelope.attempts, envelope.received_at, now, random_);
+    envelope.next_attempt = std::min(next_attempt, retry_.ExpiresAt(envelope.received_at));
   }
   if (events_ != nullptr) {
     for (events::Event& event : deferred) {
@@ -434,7 +510,7 @@ void QueueManager::BounceRecipients(
   queue::Envelope dsn;
   dsn.id = dsn_id;
   dsn.sender = "";  // the null reverse-path: a DSN never causes another
-  dsn.recipients.push_back({envelope.sender, queue::RecipientState::kPending, "", ""});
+  dsn.recipients.push_back({envelope.sender, queue::RecipientState::kPending, "", "", "", 0});
   dsn.listener = "bounce";
   dsn.client = "local";
   dsn.received_at = now;

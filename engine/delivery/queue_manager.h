@@ -7,6 +7,10 @@
 // to do is removed. Every state change is one synced spool write (at-least-once: a crash before
 // it delivers those recipients again, never loses them). Queue operations (flush, retry,
 // bounce, delete, suspend, resume) run here too, so they never race a delivery in flight.
+// Greylisted recipients (by the classifier's verdict) come back after the greylist delay, pinned
+// to the source that was greylisted; jobs a site's throttle held back cost no attempt.
+// Greylisted recipients (by the classifier's verdict) come back after the greylist delay, pinned
+// to the source that was greylisted; jobs a site's throttle held back cost no attempt.
 // Thread contract: thread-safe. The manager's own thread does the blocking work (RocksDB reads,
 // DSN building); OnJobDone() and the operations only queue work for it. Tests drive RunOnce()
 // themselves instead of Start().
@@ -14,6 +18,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -34,6 +39,8 @@
 #include "queue/spool.h"
 #include "queue/store.h"
 #include "throttle/retry_policy.h"
+#include "throttle/shaping.h"
+#include "throttle/site_throttle.h"
 
 namespace facteur::delivery {
 
@@ -41,6 +48,8 @@ struct QueueManagerOptions {
   std::string hostname;  // Reporting-MTA and MAILER-DAEMON@hostname of DSNs
   size_t max_messages_in_flight = 10000;
   size_t max_recipients_per_transaction = 100;
+  // When greylisted recipients are tried again (from the source they were greylisted from).
+  throttle::GreylistOptions greylist;
 };
 
 // What the queue operations report.
@@ -58,6 +67,11 @@ class QueueManager final : public ResultSink {
 
   // Where jobs go. Set before Start() / the first RunOnce().
   void SetDispatcher(JobDispatcher* dispatcher) { dispatcher_ = dispatcher; }
+  // Told of each recipient bounced as unknown by its server (the suppression list); runs on
+  // the manager thread. Set before Start().
+  using UserUnknownHandler =
+      std::function<void(const std::string& address, const mail::DeliveryOutcome& outcome)>;
+  void SetUserUnknownHandler(UserUnknownHandler handler) { user_unknown_ = std::move(handler); }
 
   // Runs RunOnce() on the manager thread whenever there is work: a message due, a result, an
   // operation.
@@ -125,6 +139,7 @@ class QueueManager final : public ResultSink {
   events::EventLog* events_;
   const QueueManagerOptions options_;
   JobDispatcher* dispatcher_ = nullptr;
+  UserUnknownHandler user_unknown_;
 
   mutable absl::Mutex mutex_;
   std::vector<JobResult> results_ ABSL_GUARDED_BY(mutex_);

@@ -5,7 +5,9 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <array>
 #include <functional>
+#include <map>
 #include <optional>
 #include <utility>
 
@@ -22,6 +24,8 @@ namespace {
 constexpr size_t kMaxConnectsInProgress = 2;
 // How often a shutting-down shard checks whether its connections are gone.
 constexpr absl::Duration kShutdownPoll = absl::Milliseconds(10);
+// How often the pairs' state reaches the metrics (real time: a scrape sees it this fresh).
+constexpr absl::Duration kMetricsInterval = absl::Seconds(5);
 
 mail::DeliveryOutcome LocalFailure(int code, std::string enhanced, std::string text,
                                    std::string remote = {}) {
@@ -42,32 +46,47 @@ smtp::TlsPolicy ClientPolicy(config::DeliveryTlsPolicy policy) {
   return smtp::TlsPolicy::kOpportunistic;
 }
 
+bool IsRoute(const Destination& destination) {
+  return absl::StartsWith(destination.key, "route:");
+}
+
+// A site limit of 0 means "no limit of this kind"; the [delivery] caps bound every site.
+uint32_t Capped(uint32_t site_limit, uint32_t cap) {
+  return site_limit == 0 ? cap : std::min(site_limit, cap);
+}
+
 }  // namespace
 
-// One SMTP client connection of a destination, from DNS to QUIT. Owned by its DestinationQueue;
-// the ClientSession (owned by its io::Connection) borrows it as Owner, so a Link is deleted
-// only once its session has ended (or never started).
+// Recipients beyond a site's max_recipients_per_message go in several transactions; the parts
+// report once, together, as the one job the manager dispatched.
+struct ShardDelivery::SplitJob {
+  JobResult merged;
+  size_t parts_left = 0;
+};
+
+throttle::PairThrottle& ShardDelivery::SiteQueue::Pair(const std::string& source) {
+  std::unique_ptr<throttle::PairThrottle>& pair = pairs[source];
+  if (pair == nullptr) pair = std::make_unique<throttle::PairThrottle>(pair_options);
+  return *pair;
+}
+
+// One SMTP client connection of a destination, from connect to QUIT, counted by its (source,
+// site) pair while it lives. Owned by its DestinationQueue; the ClientSession (owned by its
+// io::Connection) borrows it as Owner, so a Link is deleted only once its session has ended (or
+// never started).
 class ShardDelivery::Link final : public smtp::ClientSession::Owner {
  public:
-  Link(ShardDelivery& shard, DestinationQueue& queue, Source source)
-      : shard_(shard), queue_(queue), source_(std::move(source)) {}
+  Link(ShardDelivery& shard, DestinationQueue& queue, Source source,
+       throttle::PairThrottle& pair)
+      : shard_(shard), queue_(queue), source_(std::move(source)), pair_(pair) {}
 
   ~Link() override {
     if (idle_timer_ != io::kNoTimer) shard_.loop_.Cancel(idle_timer_);
   }
 
   void Start() {
-    const Destination& destination = queue_.destination;
-    if (!destination.mx_lookup) {
-      hosts_.push_back(destination.host);
-      ConnectNext();
-      return;
-    }
-    std::weak_ptr<bool> alive = alive_;
-    shard_.resolver_.ResolveMx(destination.host, [this, alive](absl::StatusOr<dns::MxAnswer> answer) {
-      if (alive.expired()) return;
-      OnMx(std::move(answer));
-    });
+    hosts_ = queue_.hosts;
+    ConnectNext();
   }
 
   // Ready for a job: connected, greeted, not carrying one, not leaving.
@@ -75,40 +94,44 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
     return session_ != nullptr && session_->ready() && !current_.has_value() && !quitting_;
   }
   bool connecting() const { return !ever_ready_ && !finished_; }
+  bool carrying() const { return current_.has_value(); }
   bool finished() const { return finished_; }
+  uint32_t sent() const { return sent_; }
+  const Source& source() const { return source_; }
+  throttle::PairThrottle& pair() { return pair_; }
 
-  // Takes the next waiting job, or quits when this connection has carried enough, or idles.
-  void GiveWork() {
-    if (!idle()) return;
-    if (sent_ >= shard_.context_.max_messages_per_connection) {
-      Quit();
-      return;
-    }
-    if (queue_.waiting.empty()) {
-      ArmIdleTimer();
-      return;
-    }
+  void Carry(PendingJob job) {
     CancelIdleTimer();
-    current_ = std::move(queue_.waiting.front());
-    queue_.waiting.pop_front();
+    current_ = std::move(job);
     ++sent_;
     session_->Send(current_->job.message);
+  }
+
+  // No job for this connection now: it waits for one until the idle timeout.
+  void Idle() {
+    if (idle_timer_ != io::kNoTimer || !idle()) return;
+    idle_timer_ = shard_.loop_.RunAfter(shard_.context_.idle_timeout, [this] {
+      idle_timer_ = io::kNoTimer;
+      if (idle()) Quit();
+    });
   }
 
   // smtp::ClientSession::Owner
   void OnReady(smtp::ClientSession&) override {
     ever_ready_ = true;
-    shard_.Pump(queue_);
+    shard_.Pump(*queue_.site);
   }
 
   void OnTransactionDone(smtp::ClientSession& session, smtp::TransactionResult result) override {
     if (current_.has_value()) {
       PendingJob job = *std::move(current_);
       current_.reset();
-      shard_.Report(std::move(job), queue_.destination, std::move(result.recipients), remote_,
-                    source_.ip, session.tls_active());
+      std::vector<RecipientVerdict> verdicts =
+          shard_.Judge(*queue_.site, source_.name, result.recipients);
+      shard_.Report(std::move(job), queue_, std::move(result.recipients), std::move(verdicts),
+                    remote_, &source_, session.tls_active());
     }
-    if (!shard_.shutting_down_) shard_.Pump(queue_);
+    if (!shard_.shutting_down_) shard_.Pump(*queue_.site);
   }
 
   void OnSessionEnded(smtp::ClientSession&, const mail::DeliveryOutcome& why) override {
@@ -119,8 +142,9 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
       PendingJob job = *std::move(current_);
       current_.reset();
       std::vector<mail::DeliveryOutcome> outcomes(job.job.message.recipients.size(), why);
-      shard_.Report(std::move(job), queue_.destination, std::move(outcomes), remote_, source_.ip,
-                    false);
+      std::vector<RecipientVerdict> verdicts = shard_.Judge(*queue_.site, source_.name, outcomes);
+      shard_.Report(std::move(job), queue_, std::move(outcomes), std::move(verdicts), remote_,
+                    &source_, false);
     }
     if (!ever_ready_ && !quitting_ && !shard_.shutting_down_ && !plaintext_ &&
         queue_.destination.tls == config::DeliveryTlsPolicy::kOpportunistic &&
@@ -136,7 +160,9 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
     }
     if (!ever_ready_ && !quitting_ && !shard_.shutting_down_) {
       // Refused greeting, TLS policy not met, timeout before the first transaction: the next
-      // address or MX host may do better (RFC 5321 §5.1).
+      // address or MX host may do better (RFC 5321 §5.1). What the server said still tells the
+      // pair something ("421 Too many connections", "554 blocked using ...").
+      shard_.JudgeSession(*queue_.site, source_.name, why);
       last_failure_ = why;
       if (last_failure_.remote.empty()) last_failure_.remote = remote_;
       if (!why.local && why.permanent()) {
@@ -147,6 +173,11 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
                                   reply.text);
         reply.code = 451;
         reply.enhanced = reply.enhanced.size() > 1 ? "4" + reply.enhanced.substr(1) : "4.0.0";
+      }
+      if (pair_.suspended(shard_.context_.clock.Now())) {
+        // The pair is paused (a rate limit or a block said so): no other host either.
+        Fail(last_failure_);
+        return;
       }
       ConnectNext();
       return;
@@ -166,33 +197,6 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
     std::string host;
     dns::IpAddress address;
   };
-
-  void OnMx(absl::StatusOr<dns::MxAnswer> answer) {
-    const std::string& domain = queue_.destination.host;
-    if (!answer.ok()) {
-      Fail(LocalFailure(451, "4.4.3",
-                        absl::StrCat("DNS lookup of the MX hosts of ", domain,
-                                     " failed: ", answer.status().message())));
-      return;
-    }
-    switch (answer->kind) {
-      case dns::MxKind::kNullMx:
-        Fail(LocalFailure(556, "5.1.10",
-                          absl::StrCat("domain ", domain, " does not accept mail (null MX)")));
-        return;
-      case dns::MxKind::kNxDomain:
-        Fail(LocalFailure(550, "5.1.2", absl::StrCat("domain ", domain, " does not exist")));
-        return;
-      case dns::MxKind::kNoMailHost:
-        Fail(LocalFailure(550, "5.1.2",
-                          absl::StrCat("domain ", domain, " has no MX or address records")));
-        return;
-      case dns::MxKind::kHosts:
-        break;
-    }
-    for (const dns::MxHost& host : answer->hosts) hosts_.push_back(host.name);
-    ConnectNext();
-  }
 
   // Tries the next address, resolving the next host when the known addresses are used up.
   void ConnectNext() {
@@ -277,14 +281,17 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
   }
 
   // Gives up this connection: the waiting jobs fail with `outcome` unless another connection
-  // of the destination may still carry them.
+  // of the destination may still carry them, or the pair is only paused (they then wait, or go
+  // back to the manager, for the pause to end).
   void Fail(const mail::DeliveryOutcome& outcome) {
     bool others = false;
     for (const auto& link : queue_.links) {
       if (link.get() != this && !link->finished()) others = true;
     }
-    // A permanent DNS answer holds for every connection of the destination.
-    if (!others || outcome.permanent()) shard_.FailWaiting(queue_, outcome, remote_);
+    const bool paused = pair_.suspended(shard_.context_.clock.Now());
+    if (!paused && (!others || outcome.permanent())) {
+      shard_.FailWaiting(queue_, outcome, remote_);
+    }
     Finish();
   }
 
@@ -292,6 +299,7 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
     if (finished_) return;
     finished_ = true;
     alive_.reset();
+    pair_.OnConnectionClosed(shard_.context_.clock.Now());
     shard_.LinkFinished(queue_, this);
   }
 
@@ -308,13 +316,6 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
     return std::nullopt;
   }
 
-  void ArmIdleTimer() {
-    if (idle_timer_ != io::kNoTimer) return;
-    idle_timer_ = shard_.loop_.RunAfter(shard_.context_.idle_timeout, [this] {
-      idle_timer_ = io::kNoTimer;
-      if (idle()) Quit();
-    });
-  }
   void CancelIdleTimer() {
     if (idle_timer_ == io::kNoTimer) return;
     shard_.loop_.Cancel(idle_timer_);
@@ -324,6 +325,7 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
   ShardDelivery& shard_;
   DestinationQueue& queue_;
   const Source source_;
+  throttle::PairThrottle& pair_;  // owned by the site, which outlives its links
   // Asynchronous callbacks (DNS, connect) hold a weak_ptr to this: expired once the link is
   // finished, so a late answer finds nothing to touch.
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
@@ -355,33 +357,203 @@ size_t ShardDelivery::connections() const { return connector_.size(); }
 void ShardDelivery::Submit(DeliveryJob job) {
   if (shutting_down_) return;  // its message stays queued, leased until the manager stops
   Destination destination = context_.router.Route(job.domain);
-  std::unique_ptr<DestinationQueue>& queue = queues_[destination.key];
-  if (queue == nullptr) {
-    queue = std::make_unique<DestinationQueue>();
-    queue->destination = std::move(destination);
-  }
-  queue->waiting.push_back(PendingJob{std::move(job), context_.clock.Now()});
-  Pump(*queue);
-}
-
-void ShardDelivery::Pump(DestinationQueue& queue) {
-  if (shutting_down_) return;
-  for (auto& link : queue.links) {
-    if (queue.waiting.empty()) break;
-    link->GiveWork();
-  }
-  if (queue.waiting.empty()) {
-    // Idle connections start their idle timers.
-    for (auto& link : queue.links) link->GiveWork();
+  PendingJob pending{std::move(job), context_.clock.Now(), nullptr, 0};
+  if (!destination.mx_lookup) {
+    std::vector<std::string> hosts{destination.host};
+    Route(std::move(pending), std::move(destination), std::move(hosts));
     return;
   }
-  size_t connecting = 0;
-  size_t live = 0;
-  for (const auto& link : queue.links) {
-    if (link->finished()) continue;
-    ++live;
-    if (link->connecting()) ++connecting;
+  const std::string name = destination.host;
+  std::weak_ptr<bool> alive = alive_;
+  resolver_.ResolveMx(name, [this, alive, pending = std::move(pending),
+                             destination = std::move(destination)](
+                                absl::StatusOr<dns::MxAnswer> answer) mutable {
+    if (alive.expired() || shutting_down_) return;
+    const std::string& domain = destination.host;
+    if (!answer.ok()) {
+      Fail(std::move(pending), destination,
+           LocalFailure(451, "4.4.3",
+                        absl::StrCat("DNS lookup of the MX hosts of ", domain,
+                                     " failed: ", answer.status().message())),
+           "");
+      return;
+    }
+    switch (answer->kind) {
+      case dns::MxKind::kNullMx:
+        Fail(std::move(pending), destination,
+             LocalFailure(556, "5.1.10",
+                          absl::StrCat("domain ", domain, " does not accept mail (null MX)")),
+             "");
+        return;
+      case dns::MxKind::kNxDomain:
+        Fail(std::move(pending), destination,
+             LocalFailure(550, "5.1.2", absl::StrCat("domain ", domain, " does not exist")), "");
+        return;
+      case dns::MxKind::kNoMailHost:
+        Fail(std::move(pending), destination,
+             LocalFailure(550, "5.1.2",
+                          absl::StrCat("domain ", domain, " has no MX or address records")),
+             "");
+        return;
+      case dns::MxKind::kHosts:
+        break;
+    }
+    std::vector<std::string> hosts;
+    for (const dns::MxHost& host : answer->hosts) hosts.push_back(host.name);
+    Route(std::move(pending), std::move(destination), std::move(hosts));
+  });
+}
+
+const ShardHandle* ShardDelivery::OwnerOf(const std::string& site_key) const {
+  if (shards_.empty()) return nullptr;
+  return &shards_[std::hash<std::string>()(site_key) % shards_.size()];
+}
+
+void ShardDelivery::Route(PendingJob pending, Destination destination,
+                          std::vector<std::string> hosts) {
+  RoutedJob routed{std::move(pending), std::move(destination), std::move(hosts), {}};
+  if (IsRoute(routed.destination)) {
+    // A static route (a smarthost, an internal relay) is a site of its own, with the
+    // [delivery] limits: it is not a provider to be paced.
+    routed.site.key = routed.destination.key;
+  } else {
+    routed.site = context_.shaping.matcher().ForDomain(routed.pending.job.domain, routed.hosts);
   }
+  const ShardHandle* owner = OwnerOf(routed.site.key);
+  if (owner == nullptr || owner->delivery == this) {
+    Accept(std::move(routed));
+    return;
+  }
+  ShardDelivery* delivery = owner->delivery;
+  owner->loop->Post([delivery, routed = std::move(routed)]() mutable {
+    delivery->Accept(std::move(routed));
+  });
+}
+
+void ShardDelivery::Accept(RoutedJob routed) {
+  if (shutting_down_) return;
+  ScheduleMetrics();
+  std::unique_ptr<SiteQueue>& site = sites_[routed.site.key];
+  if (site == nullptr) {
+    site = std::make_unique<SiteQueue>();
+    site->key = routed.site.key;
+    site->site = routed.site.site;
+    if (routed.site.limits == nullptr) {
+      throttle::SiteLimits limits;
+      limits.max_connections = context_.max_connections_per_destination;
+      limits.max_messages_per_connection = context_.max_messages_per_connection;
+      limits.max_recipients_per_message = context_.max_recipients_per_transaction;
+      site->pair_options = throttle::PairOptions::From(limits, context_.shaping.options(), nullptr);
+    } else {
+      site->pair_options = throttle::PairOptions::From(*routed.site.limits,
+                                                       context_.shaping.options(), routed.site.site);
+    }
+  }
+  if (site->pool.empty()) site->pool = routed.destination.pool;
+  std::unique_ptr<DestinationQueue>& queue = site->destinations[routed.destination.key];
+  if (queue == nullptr) {
+    queue = std::make_unique<DestinationQueue>();
+    queue->destination = std::move(routed.destination);
+    queue->site = site.get();
+  }
+  queue->hosts = std::move(routed.hosts);  // the latest answer
+
+  // More recipients than the site takes in one transaction: several transactions, one report.
+  const uint32_t per_message = Capped(site->pair_options.limits.max_recipients_per_message,
+                                      context_.max_recipients_per_transaction);
+  DeliveryJob& job = routed.pending.job;
+  if (job.message.recipients.size() <= per_message) {
+    queue->waiting.push_back(std::move(routed.pending));
+  } else {
+    auto split = std::make_shared<SplitJob>();
+    split->merged.id = job.id;
+    split->merged.domain = job.domain;
+    split->merged.recipient_indexes = job.recipient_indexes;
+    split->merged.outcomes.resize(job.message.recipients.size());
+    split->merged.verdicts.resize(job.message.recipients.size());
+    for (size_t start = 0; start < job.message.recipients.size(); start += per_message) {
+      const size_t end = std::min(job.message.recipients.size(), start + per_message);
+      PendingJob part{job, routed.pending.dispatched, nullptr, 0};
+      part.job.message.recipients.assign(job.message.recipients.begin() + start,
+                                         job.message.recipients.begin() + end);
+      part.job.recipient_indexes.assign(job.recipient_indexes.begin() + start,
+                                        job.recipient_indexes.begin() + end);
+      part.split = split;
+      part.split_offset = start;
+      ++split->parts_left;
+      queue->waiting.push_back(std::move(part));
+    }
+  }
+  Pump(*site);
+}
+
+void ShardDelivery::Pump(SiteQueue& site) {
+  if (shutting_down_) return;
+  const absl::Time now = context_.clock.Now();
+  std::vector<DestinationQueue*> queues;
+  queues.reserve(site.destinations.size());
+  for (auto& [key, queue] : site.destinations) queues.push_back(queue.get());
+  for (DestinationQueue* queue : queues) PumpDestination(site, *queue, now);
+}
+
+void ShardDelivery::PumpDestination(SiteQueue& site, DestinationQueue& queue, absl::Time now) {
+  const throttle::WarmupPlan* plan =
+      context_.reputation == nullptr
+          ? nullptr
+          : throttle::FindWarmupPlan(context_.shaping.options(), queue.destination.pool);
+  // Messages of a source to this site already started and not yet answered, for the warmup cap.
+  auto in_flight = [&queue](const std::string& source) {
+    uint32_t n = 0;
+    for (const auto& link : queue.links) {
+      if (link->carrying() && link->source().name == source) ++n;
+    }
+    return n;
+  };
+  absl::Time wake = absl::InfiniteFuture();
+
+  // 1. Connections ready for work take the jobs their pair admits now.
+  for (auto& link : queue.links) {
+    if (!link->idle()) continue;
+    throttle::PairThrottle& pair = link->pair();
+    const uint32_t per_connection =
+        Capped(pair.max_messages_per_connection(), context_.max_messages_per_connection);
+    if (pair.suspended(now) || pair.OverConnectionLimit() || link->sent() >= per_connection) {
+      link->Quit();
+      continue;
+    }
+    const std::string& source = link->source().name;
+    auto job = std::find_if(queue.waiting.begin(), queue.waiting.end(), [&](const PendingJob& p) {
+      return p.job.pinned_source.empty() || p.job.pinned_source == source;
+    });
+    if (job == queue.waiting.end()) {
+      link->Idle();
+      continue;
+    }
+    if (plan != nullptr &&
+        !context_.reputation->WarmupAllows(source, plan, site.key, now, in_flight(source))) {
+      wake = std::min(wake, throttle::Reputation::WarmupResetsAt(now));
+      link->Quit();
+      continue;
+    }
+    const absl::Time eligible = pair.MayStartMessage(now);
+    if (eligible > now) {
+      wake = std::min(wake, eligible);
+      link->Idle();
+      continue;
+    }
+    pair.OnMessageStarted(now);
+    PendingJob carried = std::move(*job);
+    queue.waiting.erase(job);
+    link->Carry(std::move(carried));
+  }
+  if (queue.waiting.empty()) {
+    if (wake != absl::InfiniteFuture()) WakeAt(site, wake);
+    return;
+  }
+
+  // 2. More connections, as the pairs admit them: a few at a time (slow start, as Postfix's
+  // initial destination concurrency), from the source ChooseSource picks — the greylisted
+  // jobs' own source when the first job waiting is pinned.
   const std::vector<Source>& sources = context_.router.Sources(queue.destination.pool);
   if (sources.empty()) {
     FailWaiting(queue,
@@ -390,17 +562,159 @@ void ShardDelivery::Pump(DestinationQueue& queue) {
                 "");
     return;
   }
-  // Slow start, as Postfix's initial destination concurrency: a few connections are opened at
-  // a time, and more only once those answered and the backlog still asks for them — a burst of
-  // mail does not open every allowed connection to a destination at once.
-  while (live < context_.max_connections_per_destination && connecting < queue.waiting.size() &&
-         connecting < kMaxConnectsInProgress) {
-    const Source& source = sources[next_source_++ % sources.size()];
-    Link* link = queue.links.emplace_back(std::make_unique<Link>(*this, queue, source)).get();
+  size_t live = 0;
+  size_t connecting = 0;
+  for (const auto& link : queue.links) {
+    if (link->finished()) continue;
+    ++live;
+    if (link->connecting()) ++connecting;
+  }
+  std::vector<throttle::SourceCandidate> candidates;
+  candidates.reserve(sources.size());
+  for (const Source& source : sources) {
+    candidates.push_back({source.name, &site.Pair(source.name)});
+  }
+  while (live < context_.max_connections_per_destination &&
+         connecting < std::min(queue.waiting.size(), kMaxConnectsInProgress)) {
+    std::optional<std::string_view> pinned;
+    if (!queue.waiting.front().job.pinned_source.empty()) {
+      pinned = queue.waiting.front().job.pinned_source;
+    }
+    throttle::SourceChoice choice = throttle::ChooseSource(candidates, now, pinned);
+    if (!choice.source.has_value() && pinned.has_value() &&
+        std::any_of(queue.waiting.begin(), queue.waiting.end(),
+                    [](const PendingJob& p) { return p.job.pinned_source.empty(); })) {
+      // The pinned source must wait; jobs pinned to nothing need not.
+      wake = std::min(wake, choice.eligible_at);
+      choice = throttle::ChooseSource(candidates, now);
+    }
+    if (!choice.source.has_value()) {
+      wake = std::min(wake, choice.eligible_at);
+      break;
+    }
+    const Source& source = sources[*choice.source];
+    if (plan != nullptr &&
+        !context_.reputation->WarmupAllows(source.name, plan, site.key, now, in_flight(source.name))) {
+      wake = std::min(wake, throttle::Reputation::WarmupResetsAt(now));
+      break;
+    }
+    throttle::PairThrottle& pair = *candidates[*choice.source].pair;
+    pair.OnConnectionOpened(now);
+    Link* link = queue.links.emplace_back(std::make_unique<Link>(*this, queue, source, pair)).get();
     ++live;
     ++connecting;
     link->Start();
   }
+  if (queue.waiting.empty()) return;
+  if (wake != absl::InfiniteFuture()) WakeAt(site, wake);
+
+  // 3. What cannot start soon goes back to the manager, unattempted, so that a slow or paused
+  // site does not hold leases other sites need.
+  const bool moving = std::any_of(queue.links.begin(), queue.links.end(),
+                                  [](const auto& link) { return !link->finished(); });
+  if (!moving) {
+    if (wake != absl::InfiniteFuture() && wake - now > context_.max_hold) {
+      HoldBack(queue, 0, wake, absl::ZeroDuration());
+    }
+    return;
+  }
+  // A rate-limited site drains at its rate: jobs further down than max_hold of it come back
+  // when their turn nears.
+  double per_minute = 0;
+  for (const throttle::SourceCandidate& candidate : candidates) {
+    const double rate = candidate.pair->current_message_rate();
+    if (rate <= 0) return;  // a source without a rate limit: no estimate, keep everything
+    if (!candidate.pair->suspended(now)) per_minute += rate;
+  }
+  if (per_minute <= 0) return;
+  const size_t keep = static_cast<size_t>(per_minute * (context_.max_hold / absl::Minutes(1))) + 1;
+  if (queue.waiting.size() > keep) {
+    const absl::Duration spacing = absl::Minutes(1) / per_minute;
+    HoldBack(queue, keep, now + spacing * static_cast<double>(keep), spacing);
+  }
+}
+
+void ShardDelivery::HoldBack(DestinationQueue& queue, size_t keep, absl::Time first,
+                             absl::Duration spacing) {
+  std::deque<PendingJob> kept;
+  size_t position = 0;
+  size_t returned = 0;
+  while (!queue.waiting.empty()) {
+    PendingJob job = std::move(queue.waiting.front());
+    queue.waiting.pop_front();
+    // Parts of a split job wait for their siblings here: their report is one.
+    if (position++ < keep || job.split != nullptr) {
+      kept.push_back(std::move(job));
+      continue;
+    }
+    JobResult result;
+    result.id = job.job.id;
+    result.domain = std::move(job.job.domain);
+    result.recipient_indexes = std::move(job.job.recipient_indexes);
+    result.destination = queue.destination.key;
+    result.site = queue.site->key;
+    result.throttled_until = first + spacing * static_cast<double>(returned++);
+    result.elapsed = context_.clock.Now() - job.dispatched;
+    context_.results.OnJobDone(std::move(result));
+  }
+  queue.waiting = std::move(kept);
+}
+
+void ShardDelivery::WakeAt(SiteQueue& site, absl::Time at) {
+  if (at == absl::InfiniteFuture()) return;
+  if (site.wake_timer != io::kNoTimer) {
+    if (site.wake_at <= at) return;
+    loop_.Cancel(site.wake_timer);
+  }
+  site.wake_at = at;
+  const absl::Duration delay = std::max(absl::ZeroDuration(), at - context_.clock.Now());
+  std::weak_ptr<bool> alive = alive_;
+  const std::string key = site.key;
+  site.wake_timer = loop_.RunAfter(context_.clock.ToRealDuration(delay), [this, alive, key] {
+    if (alive.expired()) return;
+    auto it = sites_.find(key);
+    if (it == sites_.end()) return;
+    it->second->wake_timer = io::kNoTimer;
+    it->second->wake_at = absl::InfiniteFuture();
+    Pump(*it->second);
+  });
+}
+
+std::vector<RecipientVerdict> ShardDelivery::Judge(
+    SiteQueue& site, const std::string& source, const std::vector<mail::DeliveryOutcome>& outcomes) {
+  const absl::Time now = context_.clock.Now();
+  throttle::PairThrottle& pair = site.Pair(source);
+  std::vector<RecipientVerdict> verdicts;
+  verdicts.reserve(outcomes.size());
+  bool delivered = false;
+  // The pair reacts once per class per transaction, however many recipients got the reply.
+  std::array<std::optional<std::optional<absl::Duration>>, throttle::kResponseClassCount> replies;
+  for (const mail::DeliveryOutcome& outcome : outcomes) {
+    throttle::Classification c = context_.shaping.classifier().Classify(
+        outcome.reply.code, outcome.reply.enhanced, outcome.reply.text, site.name());
+    verdicts.push_back(RecipientVerdict{c.response_class, c.retry_after});
+    // A failure of our own side (timeout, lost connection) says nothing of the site's mood.
+    if (outcome.local) continue;
+    if (context_.reputation != nullptr) {
+      context_.reputation->Record(source, site.key, c.response_class, outcome.permanent(), now);
+    }
+    if (c.response_class == throttle::ResponseClass::kSuccess) {
+      delivered = true;
+    } else {
+      replies[static_cast<size_t>(c.response_class)] = c.retry_after;
+    }
+  }
+  if (delivered) pair.OnDelivered(now);
+  for (size_t i = 0; i < replies.size(); ++i) {
+    if (replies[i].has_value()) pair.OnReply(static_cast<throttle::ResponseClass>(i), now, *replies[i]);
+  }
+  return verdicts;
+}
+
+void ShardDelivery::JudgeSession(SiteQueue& site, const std::string& source,
+                                 const mail::DeliveryOutcome& outcome) {
+  if (outcome.local || outcome.reply.code == 0) return;
+  Judge(site, source, {outcome});
 }
 
 void ShardDelivery::FailWaiting(DestinationQueue& queue, const mail::DeliveryOutcome& outcome,
@@ -409,21 +723,69 @@ void ShardDelivery::FailWaiting(DestinationQueue& queue, const mail::DeliveryOut
   waiting.swap(queue.waiting);
   for (PendingJob& job : waiting) {
     std::vector<mail::DeliveryOutcome> outcomes(job.job.message.recipients.size(), outcome);
-    Report(std::move(job), queue.destination, std::move(outcomes), remote, "", false);
+    Report(std::move(job), queue, std::move(outcomes), {}, remote, nullptr, false);
   }
 }
 
-void ShardDelivery::Report(PendingJob job, const Destination& destination,
-                           std::vector<mail::DeliveryOutcome> outcomes, const std::string& mx,
-                           const std::string& source_ip, bool tls) {
+void ShardDelivery::Fail(PendingJob job, const Destination& destination,
+                         const mail::DeliveryOutcome& outcome, const std::string& site) {
+  JobResult result;
+  result.id = job.job.id;
+  result.domain = std::move(job.job.domain);
+  result.recipient_indexes = std::move(job.job.recipient_indexes);
+  result.outcomes.assign(result.recipient_indexes.size(), outcome);
+  result.destination = destination.key;
+  result.site = site;
+  result.elapsed = context_.clock.Now() - job.dispatched;
+  context_.results.OnJobDone(std::move(result));
+}
+
+void ShardDelivery::Report(PendingJob job, const DestinationQueue& queue,
+                           std::vector<mail::DeliveryOutcome> outcomes,
+                           std::vector<RecipientVerdict> verdicts, const std::string& mx,
+                           const Source* source, bool tls) {
+  if (verdicts.empty()) {
+    // Failed here, never sent: classified for the manager, not held against any pair.
+    for (const mail::DeliveryOutcome& outcome : outcomes) {
+      throttle::Classification c = context_.shaping.classifier().Classify(
+          outcome.reply.code, outcome.reply.enhanced, outcome.reply.text, queue.site->name());
+      verdicts.push_back(RecipientVerdict{c.response_class, c.retry_after});
+    }
+  }
+  if (job.split != nullptr) {
+    SplitJob& split = *job.split;
+    for (size_t k = 0; k < outcomes.size(); ++k) {
+      const size_t at = job.split_offset + k;
+      if (at >= split.merged.outcomes.size()) break;
+      split.merged.outcomes[at] = std::move(outcomes[k]);
+      if (k < verdicts.size()) split.merged.verdicts[at] = verdicts[k];
+    }
+    JobResult& merged = split.merged;
+    merged.destination = queue.destination.key;
+    merged.site = queue.site->key;
+    if (!mx.empty()) merged.mx = mx;
+    if (source != nullptr) {
+      merged.source = source->name;
+      merged.source_ip = source->ip;
+    }
+    merged.tls = merged.tls || tls;
+    merged.elapsed = context_.clock.Now() - job.dispatched;
+    if (--split.parts_left == 0) context_.results.OnJobDone(std::move(merged));
+    return;
+  }
   JobResult result;
   result.id = job.job.id;
   result.domain = std::move(job.job.domain);
   result.recipient_indexes = std::move(job.job.recipient_indexes);
   result.outcomes = std::move(outcomes);
-  result.destination = destination.key;
+  result.verdicts = std::move(verdicts);
+  result.destination = queue.destination.key;
+  result.site = queue.site->key;
   result.mx = mx;
-  result.source_ip = source_ip;
+  if (source != nullptr) {
+    result.source = source->name;
+    result.source_ip = source->ip;
+  }
   result.tls = tls;
   result.elapsed = context_.clock.Now() - job.dispatched;
   context_.results.OnJobDone(std::move(result));
@@ -431,24 +793,93 @@ void ShardDelivery::Report(PendingJob job, const Destination& destination,
 
 void ShardDelivery::LinkFinished(DestinationQueue& queue, Link* link) {
   // Deleted on the next turn: the link may be deep in its own callback (or its session's).
+  const std::string site_key = queue.site->key;
   const std::string key = queue.destination.key;
   std::weak_ptr<bool> alive = alive_;
-  loop_.RunAfter(absl::ZeroDuration(), [this, alive, key, link] {
+  loop_.RunAfter(absl::ZeroDuration(), [this, alive, site_key, key, link] {
     if (alive.expired()) return;
-    auto it = queues_.find(key);
-    if (it == queues_.end()) return;
+    auto site = sites_.find(site_key);
+    if (site == sites_.end()) return;
+    auto it = site->second->destinations.find(key);
+    if (it == site->second->destinations.end()) return;
     DestinationQueue& owner = *it->second;
     owner.links.remove_if([link](const std::unique_ptr<Link>& l) { return l.get() == link; });
-    if (!shutting_down_) Pump(owner);
-    if (owner.links.empty() && owner.waiting.empty()) queues_.erase(it);
+    if (!shutting_down_) Pump(*site->second);
+    if (owner.links.empty() && owner.waiting.empty()) site->second->destinations.erase(key);
   });
+}
+
+void ShardDelivery::ScheduleMetrics() {
+  if (context_.metrics == nullptr || metrics_timer_ != io::kNoTimer || shutting_down_) return;
+  std::weak_ptr<bool> alive = alive_;
+  metrics_timer_ = loop_.RunAfter(kMetricsInterval, [this, alive] {
+    if (alive.expired()) return;
+    metrics_timer_ = io::kNoTimer;
+    ReportMetrics();
+    ScheduleMetrics();
+  });
+}
+
+void ShardDelivery::ReportMetrics() {
+  metrics::ShapingMetrics& m = *context_.metrics;
+  const absl::Time now = context_.clock.Now();
+  for (auto& [key, site] : sites_) {
+    const bool named = site->site != nullptr;
+    const std::string label = named ? site->site->name
+                              : absl::StartsWith(key, "route:") ? "route"
+                                                                : "other";
+    for (auto& [source, pair] : site->pairs) {
+      SiteQueue::Reported& last = site->reported[source];
+      const throttle::PairCounters& counters = pair->counters();
+      for (size_t c = 0; c < throttle::kResponseClassCount; ++c) {
+        const std::string name(throttle::kResponseClassNames[c]);
+        if (counters.replies[c] > last.replies[c]) {
+          m.replies_total.Add({{"site", label}, {"source", source}, {"class", name}})
+              .Increment(static_cast<double>(counters.replies[c] - last.replies[c]));
+        }
+        if (counters.suspensions[c] > last.suspensions[c]) {
+          m.suspensions_total.Add({{"site", label}, {"source", source}, {"class", name}})
+              .Increment(static_cast<double>(counters.suspensions[c] - last.suspensions[c]));
+        }
+      }
+      last.replies = counters.replies;
+      last.suspensions = counters.suspensions;
+      const absl::Duration throttled = pair->throttled_time(now);
+      if (throttled > last.throttled) {
+        m.throttled_seconds_total.Add({{"site", label}, {"source", source}})
+            .Increment(absl::ToDoubleSeconds(throttled - last.throttled));
+        last.throttled = throttled;
+      }
+      if (!named) continue;
+      const std::map<std::string, std::string> labels = {{"site", label}, {"source", source}};
+      m.state.Add(labels).Set(static_cast<double>(pair->state(now)));
+      m.message_rate.Add(labels).Set(pair->current_message_rate());
+      const uint32_t connections = pair->current_max_connections();
+      m.max_connections.Add(labels).Set(
+          connections == throttle::PairThrottle::kUnlimitedConnections ? 0 : connections);
+      m.open_connections.Add(labels).Set(pair->open_connections());
+      if (context_.reputation != nullptr) {
+        m.health.Add(labels).Set(context_.reputation->Health(source, key, now));
+        const throttle::WarmupPlan* plan =
+            throttle::FindWarmupPlan(context_.shaping.options(), site->pool);
+        if (std::optional<uint32_t> cap = context_.reputation->WarmupCap(source, plan, key, now)) {
+          m.warmup_cap.Add(labels).Set(*cap);
+          m.warmup_sent.Add(labels).Set(context_.reputation->SentToday(source, key, now));
+        }
+      }
+    }
+  }
 }
 
 void ShardDelivery::Shutdown(absl::AnyInvocable<void() &&> done) {
   shutting_down_ = true;
   shutdown_done_ = std::move(done);
-  for (auto& [key, queue] : queues_) {
-    queue->waiting.clear();
+  if (metrics_timer_ != io::kNoTimer) loop_.Cancel(metrics_timer_);
+  metrics_timer_ = io::kNoTimer;
+  for (auto& [key, site] : sites_) {
+    if (site->wake_timer != io::kNoTimer) loop_.Cancel(site->wake_timer);
+    site->wake_timer = io::kNoTimer;
+    for (auto& [destination, queue] : site->destinations) queue->waiting.clear();
   }
   connector_.AbortAll();
   MaybeFinishShutdown();
@@ -464,7 +895,7 @@ void ShardDelivery::MaybeFinishShutdown() {
   }
   // No connection is left to call a link back; links still resolving names are dropped (their
   // callbacks hold expired weak pointers).
-  queues_.clear();
+  sites_.clear();
   // Moved out first: `done` may destroy this object.
   absl::AnyInvocable<void() &&> done = std::move(shutdown_done_);
   if (done) std::move(done)();
@@ -472,8 +903,7 @@ void ShardDelivery::MaybeFinishShutdown() {
 
 void ShardedDispatcher::Dispatch(DeliveryJob job) {
   if (shards_.empty()) return;
-  const Destination destination = router_.Route(job.domain);
-  const Shard& shard = shards_[std::hash<std::string>()(destination.key) % shards_.size()];
+  const ShardHandle& shard = shards_[std::hash<std::string>()(job.domain) % shards_.size()];
   ShardDelivery* delivery = shard.delivery;
   shard.loop->Post([delivery, job = std::move(job)]() mutable { delivery->Submit(std::move(job)); });
 }

@@ -12,7 +12,9 @@ namespace facteur::cli {
 int ServeMain(const std::vector<std::string>& args);
 int QueueMain(const std::vector<std::string>& args);
 int AccountMain(const std::vector<std::string>& args);
+int SuppressionMain(const std::vector<std::string>& args);
 int DkimMain(const std::vector<std::string>& args);
+int ReputationMain(const std::vector<std::string>& args);
 int ConfigMain(const std::vector<std::string>& args);
 int VersionMain(const std::vector<std::string>& args);
 int SendmailCommand(const std::vector<std::string>& args);

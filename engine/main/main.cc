@@ -1,7 +1,7 @@
 // File: engine/main/main.cc
-// The facteur binary: one executable, subcommands (serve, queue, account, config, version,
-// sendmail). When invoked under the name "sendmail" it behaves as `facteur sendmail`, so it can
-// be installed as /usr/sbin/sendmail for PHP's mail(), cron and scripts.
+// The facteur binary: one executable, subcommands (serve, queue, account, dkim, reputation,
+// config, version, sendmail). When invoked under the name "sendmail" it behaves as `facteur
+// sendmail`, so it can be installed as /usr/sbin/sendmail for PHP's mail(), cron and scripts.
 #include <iostream>
 #include <string>
 #include <string_view>
@@ -24,8 +24,10 @@ constexpr char kUsage[] =
     "Commands:\n"
     "  serve      run the relay (SMTP listeners, queue, admin HTTP)\n"
     "  queue      ls | show ID | count: what the queue holds\n"
-    "  account    add | del | passwd | list | grant | revoke: who may submit, and as whom\n"
+    "  account    add | del | passwd | list | grant | revoke | resume: who may submit, as whom\n"
+    "  suppression list | add | remove: addresses refused at RCPT TO (unknown mailboxes)\n"
     "  dkim       keygen | check: DKIM keys and their DNS records\n"
+    "  reputation health, recent replies and warmup caps per (source IP, site)\n"
     "  config     check FILE: validate a configuration file\n"
     "  version    print the version\n"
     "  sendmail   sendmail(1)-compatible submission through the Unix socket\n"
@@ -113,7 +115,9 @@ int main(int argc, char** argv) {
   if (command == "serve") return ServeMain(args);
   if (command == "queue") return QueueMain(args);
   if (command == "account") return AccountMain(args);
+  if (command == "suppression") return SuppressionMain(args);
   if (command == "dkim") return DkimMain(args);
+  if (command == "reputation") return ReputationMain(args);
   if (command == "config") return ConfigMain(args);
   if (command == "version" || command == "--version") return VersionMain(args);
   if (command == "sendmail") return SendmailCommand(args);

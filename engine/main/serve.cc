@@ -27,6 +27,7 @@
 #include "engine/base/log.h"
 #include "engine/base/status.h"
 #include "engine/base/worker_pool.h"
+#include "engine/delivery/shaping.h"
 #include "engine/dkim/signing_pool.h"
 #include "engine/delivery/queue_manager.h"
 #include "engine/delivery/recipient_check.h"
@@ -38,6 +39,7 @@
 #include "engine/main/cli.h"
 #include "engine/main/commands.h"
 #include "engine/metrics/metrics.h"
+#include "engine/policy/account_quotas.h"
 #include "engine/policy/account_store.h"
 #include "engine/policy/auth_throttle.h"
 #include "engine/smtp/server/submission_service.h"
@@ -46,8 +48,11 @@
 #include "absl/synchronization/notification.h"
 #include "throttle/retry_policy.h"
 #include "nlohmann/json.hpp"
+#include "queue/reputation_store.h"
+#include "throttle/reputation.h"
 #include "queue/spool.h"
 #include "queue/store.h"
+#include "queue/suppression.h"
 
 namespace facteur::cli {
 namespace {
@@ -95,9 +100,35 @@ absl::Status WriteFileAtomically(const std::string& path, const std::string& tex
   return absl::OkStatus();
 }
 
+// [quota] as the quota table takes it.
+policy::AccountQuotasOptions QuotaOptionsOf(const config::Config& config) {
+  const auto limits = [](const config::QuotaLimits& l) {
+    return throttle::AccountLimits{.messages_per_hour = l.messages_per_hour,
+                                   .messages_per_day = l.messages_per_day,
+                                   .recipients_per_message = l.recipients_per_message,
+                                   .detect_anomalies = l.anomaly_detection};
+  };
+  policy::AccountQuotasOptions options;
+  const config::QuotaOptions& quota = config.quota;
+  options.quota.defaults = limits(quota.defaults);
+  for (const config::QuotaAccountOptions& account : quota.accounts) {
+    options.quota.per_account.emplace_back(account.name, limits(account.limits));
+  }
+  options.quota.anomaly = throttle::AnomalyOptions{.enabled = true,
+                                                   .window = quota.anomaly_window,
+                                                   .factor = quota.anomaly_factor,
+                                                   .min_messages = quota.anomaly_min_messages,
+                                                   .half_life = quota.history_half_life};
+  return options;
+}
+
+// How often reputation counters are written to the spool's database.
+constexpr absl::Duration kReputationFlushInterval = absl::Seconds(5);
+
 class Relay {
  public:
-  explicit Relay(config::Config config) : config_(std::move(config)) {}
+  explicit Relay(config::Config config)
+      : config_(std::move(config)), owned_clock_(MakeClock(config_.clock)), clock_(*owned_clock_) {}
 
   absl::Status Start() {
     std::error_code error;
@@ -117,6 +148,9 @@ class Relay {
       metrics_.spool_messages().Set(static_cast<double>(spool_->size()));
     });
     FACTEUR_ASSIGN_OR_RETURN(accounts_, policy::AccountStore::Open(*store_, clock_));
+    FACTEUR_ASSIGN_OR_RETURN(quotas_,
+                             policy::AccountQuotas::Open(*store_, clock_, QuotaOptionsOf(config_)));
+    FACTEUR_ASSIGN_OR_RETURN(suppression_, queue::SuppressionList::Open(*store_));
 
     bool needs_tls = false;
     for (const config::ListenerOptions& l : config_.listeners) {
@@ -143,6 +177,8 @@ class Relay {
     services_.reset(new smtp::SubmissionServices{*spool_, *accounts_, *auth_pool_, *auth_throttle_,
                                                  clock_, metrics_});
     services_->events = events_.get();
+    services_->quotas = quotas_.get();
+    services_->suppression = suppression_.get();
     if (!config_.dkim.keys.empty()) {  // DKIM (issue #4): every key file read and checked now
       FACTEUR_ASSIGN_OR_RETURN(std::shared_ptr<const dkim::SigningTable> table,
                                dkim::SigningTable::FromConfig(config_));
@@ -191,6 +227,8 @@ class Relay {
       FACTEUR_ASSIGN_OR_RETURN(
           admin_, admin::AdminServer::Start(config_.admin.address, metrics_, *store_, *accounts_));
       admin_->SetQueueManager(queue_manager_.get());
+      admin_->SetAccountQuotas(quotas_.get());
+      admin_->SetSuppressionList(suppression_.get());
     }
     return Announce(threads);
   }
@@ -213,6 +251,8 @@ class Relay {
     recipient_check_.reset();
     resolvers_.reset();
     events_.reset();
+    quotas_.reset();  // stores the counts that changed since its last write
+    suppression_.reset();
     accounts_.reset();
     store_.reset();
   }
@@ -281,16 +321,45 @@ class Relay {
         .max_retry_interval = options.max_retry_interval,
         .jitter = options.retry_jitter,
         .queue_lifetime = options.queue_lifetime});
+    FACTEUR_ASSIGN_OR_RETURN(shaping_, delivery::Shaping::Load(config_));
+    reputation_ = std::make_unique<throttle::Reputation>(
+        throttle::ReputationOptionsFrom(shaping_->options()));
+    reputation_store_ = std::make_unique<queue::ReputationStore>(*store_);
+    FACTEUR_ASSIGN_OR_RETURN(queue::ReputationLoadStats loaded,
+                             reputation_store_->LoadInto(*reputation_));
+    if (loaded.skipped > 0) {
+      Log(LogLevel::kWarning, "reputation: %d damaged records ignored",
+          static_cast<int>(loaded.skipped));
+    }
+    StartReputationFlusher();
     queue_manager_ = std::make_unique<delivery::QueueManager>(
         *store_, *spool_, *retry_, clock_, events_.get(),
         delivery::QueueManagerOptions{
             .hostname = config_.hostname,
             .max_messages_in_flight = options.max_messages_in_flight,
-            .max_recipients_per_transaction = options.max_recipients_per_transaction});
+            .max_recipients_per_transaction = options.max_recipients_per_transaction,
+            .greylist = shaping_->options().greylist});
+    if (suppression_ != nullptr) {
+      // A recipient its server called unknown is not sent to again (refused at RCPT TO).
+      queue_manager_->SetUserUnknownHandler(
+          [this](const std::string& address, const mail::DeliveryOutcome& outcome) {
+            const std::string reply = absl::StrCat(outcome.reply.code, " ", outcome.reply.enhanced,
+                                                   " ", outcome.reply.text);
+            absl::Status added =
+                suppression_->Add(address, queue::kSuppressedUserUnknown, reply, clock_.Now());
+            if (!added.ok()) {
+              Log(LogLevel::kError, "suppression list: %s not added: %s", address,
+                  added.ToString());
+            }
+          });
+    }
     delivery_context_ = std::make_unique<delivery::DeliveryContext>(delivery::DeliveryContext{
         .router = *router_,
         .results = *queue_manager_,
         .clock = clock_,
+        .shaping = *shaping_,
+        .reputation = reputation_.get(),
+        .metrics = &metrics_.shaping(),
         .tls = tls_client_.get(),
         .timeouts = smtp::ClientTimeouts{.greeting = options.greeting_timeout,
                                          .command = options.command_timeout,
@@ -300,8 +369,9 @@ class Relay {
         .connect_timeout = options.connect_timeout,
         .idle_timeout = options.connection_idle_timeout,
         .max_connections_per_destination = options.max_connections_per_destination,
-        .max_messages_per_connection = options.max_messages_per_connection});
-    std::vector<delivery::ShardedDispatcher::Shard> shards;
+        .max_messages_per_connection = options.max_messages_per_connection,
+        .max_recipients_per_transaction = options.max_recipients_per_transaction});
+    std::vector<delivery::ShardHandle> shards;
     shard_deliveries_.resize(server_->loop_count());
     for (size_t i = 0; i < server_->loop_count(); ++i) {
       io::EventLoop& loop = server_->loop(i);
@@ -318,10 +388,25 @@ class Relay {
       FACTEUR_RETURN_IF_ERROR(status);
       shards.push_back({&loop, shard_deliveries_[i].get()});
     }
-    dispatcher_ = std::make_unique<delivery::ShardedDispatcher>(*router_, std::move(shards));
+    for (size_t i = 0; i < shards.size(); ++i) {
+      RunOnLoop(server_->loop(i), [&] { shard_deliveries_[i]->SetShards(shards); });
+    }
+    dispatcher_ = std::make_unique<delivery::ShardedDispatcher>(std::move(shards));
     queue_manager_->SetDispatcher(dispatcher_.get());
     queue_manager_->Start();
     return absl::OkStatus();
+  }
+
+  // Reputation counters reach the store every few seconds, off the loops (RocksDB blocks).
+  void StartReputationFlusher() {
+    reputation_flusher_ = std::thread([this] {
+      bool stopping = false;
+      while (!stopping) {
+        stopping = reputation_stop_.WaitForNotificationWithTimeout(kReputationFlushInterval);
+        absl::Status flushed = reputation_store_->Flush(*reputation_);
+        if (!flushed.ok()) Log(LogLevel::kError, "reputation: %s", flushed.ToString());
+      }
+    });
   }
 
   // Connections live on the loops, which must still run to close them: delivery stops first.
@@ -355,6 +440,10 @@ class Relay {
     queue_manager_.reset();
     delivery_context_.reset();
     retry_.reset();
+    if (reputation_flusher_.joinable()) {
+      reputation_stop_.Notify();
+      reputation_flusher_.join();  // its last flush writes what the last deliveries counted
+    }
   }
 
   // Runs `fn` on `loop`'s thread and waits for it.
@@ -407,12 +496,26 @@ class Relay {
     return WriteFileAtomically(EndpointsPath(config_), endpoints.dump(2) + "\n");
   }
 
+  // The real clock, or for simulations ([clock] speed) a faster one.
+  static std::unique_ptr<Clock> MakeClock(const config::ClockOptions& options) {
+    if (options.speed == 1.0) return std::make_unique<RealClock>();
+    const absl::Time anchor =
+        options.anchor > 0 ? absl::FromUnixMicros(static_cast<int64_t>(options.anchor * 1e6))
+                           : absl::Now();
+    Log(LogLevel::kWarning, "[clock] speed = %g: time runs faster than real time (simulation)",
+        options.speed);
+    return std::make_unique<ScaledClock>(anchor, options.speed);
+  }
+
   config::Config config_;
-  RealClock clock_;
+  std::unique_ptr<Clock> owned_clock_;
+  Clock& clock_;
   metrics::Metrics metrics_;
   std::unique_ptr<queue::Store> store_;
   std::unique_ptr<queue::Spool> spool_;
   std::unique_ptr<policy::AccountStore> accounts_;
+  std::unique_ptr<policy::AccountQuotas> quotas_;         // issue #5: submission quotas
+  std::unique_ptr<queue::SuppressionList> suppression_;  // refused at RCPT TO
   std::unique_ptr<tls::TlsServerContext> tls_;
   std::unique_ptr<WorkerPool> auth_pool_;
   std::unique_ptr<dkim::SigningPool> signing_;  // null when no DKIM key is configured
@@ -429,6 +532,11 @@ class Relay {
   std::unique_ptr<tls::TlsClientContext> tls_client_;
   std::unique_ptr<throttle::RetryPolicy> retry_;
   std::unique_ptr<delivery::QueueManager> queue_manager_;
+  std::unique_ptr<delivery::Shaping> shaping_;
+  std::unique_ptr<throttle::Reputation> reputation_;  // shared by the shards; thread-safe
+  std::unique_ptr<queue::ReputationStore> reputation_store_;
+  std::thread reputation_flusher_;
+  absl::Notification reputation_stop_;
   std::unique_ptr<delivery::DeliveryContext> delivery_context_;
   std::vector<std::unique_ptr<delivery::ShardDelivery>> shard_deliveries_;  // one per loop
   std::unique_ptr<delivery::ShardedDispatcher> dispatcher_;

@@ -122,6 +122,51 @@ prometheus::Counter& DkimMetrics::Signatures(const std::string& algorithm,
   return signatures_total.Add({{"algorithm", algorithm}, {"engine", engine}});
 }
 
+ShapingMetrics::ShapingMetrics(prometheus::Registry& registry)
+    : replies_total(CounterFamily(registry, "facteur_site_replies_total",
+                                  "Classified replies of each site to each source, by class.")),
+      suspensions_total(CounterFamily(registry, "facteur_site_suspensions_total",
+                                      "Suspensions of a (site, source) pair, by the class of the "
+                                      "reply that began them.")),
+      throttled_seconds_total(CounterFamily(
+          registry, "facteur_site_throttled_seconds_total",
+          "Time mail waited on a (site, source) pair's limits or suspension, in seconds.")),
+      state(GaugeFamily(registry, "facteur_site_state",
+                        "State of a (site, source) pair: 0 normal, 1 backoff, 2 suspended.")),
+      message_rate(GaugeFamily(registry, "facteur_site_message_rate",
+                               "Messages per minute a (site, source) pair may start now (its "
+                               "limit, cut while backing off); 0: no limit.")),
+      max_connections(GaugeFamily(registry, "facteur_site_max_connections",
+                                  "Connections a (site, source) pair may have open now.")),
+      open_connections(GaugeFamily(registry, "facteur_site_open_connections",
+                                   "Connections a (site, source) pair has open.")),
+      health(GaugeFamily(registry, "facteur_site_health",
+                         "Health score of a (site, source) pair over the last 24 hours, 0 to 1.")),
+      warmup_cap(GaugeFamily(registry, "facteur_site_warmup_cap",
+                             "Messages a warming-up source may send to a site today; absent "
+                             "when the source has no warmup plan or is warm.")),
+      warmup_sent(GaugeFamily(registry, "facteur_site_warmup_sent",
+                              "Messages a warming-up source sent to a site today (UTC).")) {}
+
+QuotaMetrics::QuotaMetrics(prometheus::Registry& registry)
+    : refusals_total(CounterFamily(registry, "facteur_account_quota_refusals_total",
+                                   "SMTP refusals by an account's quota, by reason: hourly or "
+                                   "daily message quota, recipients per message, suspended.")),
+      suspensions_total(CounterFamily(registry, "facteur_account_suspensions_total",
+                                      "Accounts suspended for unusual sending volume.")
+                            .Add({})),
+      suppressed_rcpt_total(CounterFamily(registry, "facteur_suppressed_recipients_refused_total",
+                                          "RCPT TO refused because the address is on the "
+                                          "suppression list.")
+                                .Add({})) {
+  // Every reason from the start, so that a rate() over a fresh server is 0, not absent.
+  for (const char* reason : {"hourly", "daily", "recipients", "suspended"}) Refusals(reason);
+}
+
+prometheus::Counter& QuotaMetrics::Refusals(const std::string& reason) {
+  return refusals_total.Add({{"reason", reason}});
+}
+
 void Metrics::ObserveSpoolCommit(size_t batch_size, double seconds) {
   spool_commit_batch_size_.Observe(static_cast<double>(batch_size));
   spool_commit_seconds_.Observe(seconds);

@@ -53,6 +53,37 @@ struct DkimMetrics {
   prometheus::Gauge& queue_depth;         // facteur_dkim_queue_depth
 };
 
+// Submission quotas and the suppression list (issue #5; engine/policy/account_quotas.h,
+// queue/suppression.h). `reason` is one of throttle::QuotaReasonName()'s four words.
+struct QuotaMetrics {
+  explicit QuotaMetrics(prometheus::Registry& registry);
+  // facteur_account_quota_refusals_total{reason="hourly"|"daily"|"recipients"|"suspended"}
+  prometheus::Counter& Refusals(const std::string& reason);
+
+  prometheus::Family<prometheus::Counter>& refusals_total;
+  prometheus::Counter& suspensions_total;     // facteur_account_suspensions_total
+  prometheus::Counter& suppressed_rcpt_total;  // facteur_suppressed_recipients_refused_total
+};
+
+// Traffic shaping per (site, source) (issue #5 point 9; engine/delivery/shard_delivery.h). `site`
+// is a site of the shaping file, "other" for every unknown MX set together, "route" for static
+// routes; `source` a configured [[source]] name; `class` a throttle::ResponseClassName().
+// Gauges are written for named sites only (an "other" gauge would mix unrelated MX sets).
+struct ShapingMetrics {
+  explicit ShapingMetrics(prometheus::Registry& registry);
+
+  prometheus::Family<prometheus::Counter>& replies_total;          // {site,source,class}
+  prometheus::Family<prometheus::Counter>& suspensions_total;      // {site,source,class}
+  prometheus::Family<prometheus::Counter>& throttled_seconds_total;  // {site,source}
+  prometheus::Family<prometheus::Gauge>& state;                    // {site,source}: 0 1 2
+  prometheus::Family<prometheus::Gauge>& message_rate;             // {site,source}, per minute
+  prometheus::Family<prometheus::Gauge>& max_connections;          // {site,source}
+  prometheus::Family<prometheus::Gauge>& open_connections;         // {site,source}
+  prometheus::Family<prometheus::Gauge>& health;                   // {site,source}
+  prometheus::Family<prometheus::Gauge>& warmup_cap;               // {site,source}
+  prometheus::Family<prometheus::Gauge>& warmup_sent;              // {site,source}
+};
+
 class Metrics {
  public:
   Metrics();
@@ -78,6 +109,8 @@ class Metrics {
   std::shared_ptr<prometheus::Registry> registry() { return registry_; }
 
   DkimMetrics& dkim() { return *dkim_; }
+  QuotaMetrics& quota() { return *quota_; }
+  ShapingMetrics& shaping() { return *shaping_; }
 
   // The Prometheus text exposition format (version 0.0.4) of every metric.
   std::string Serialize() const;
@@ -85,6 +118,8 @@ class Metrics {
  private:
   std::shared_ptr<prometheus::Registry> registry_;  // see registry()
   std::unique_ptr<DkimMetrics> dkim_ = std::make_unique<DkimMetrics>(*registry_);
+  std::unique_ptr<QuotaMetrics> quota_ = std::make_unique<QuotaMetrics>(*registry_);
+  std::unique_ptr<ShapingMetrics> shaping_ = std::make_unique<ShapingMetrics>(*registry_);
 
   prometheus::Family<prometheus::Counter>& sessions_total_;
   prometheus::Family<prometheus::Counter>& messages_accepted_total_;

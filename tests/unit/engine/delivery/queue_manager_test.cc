@@ -75,7 +75,12 @@ class QueueManagerTest : public ::testing::Test {
     manager_ = std::make_unique<QueueManager>(
         *store_, *spool_, retry_, clock_, events_.get(),
         QueueManagerOptions{.hostname = "relay.example.org", .max_messages_in_flight = 100,
-                            .max_recipients_per_transaction = 2});
+                            .max_recipients_per_transaction = 2,
+                            .greylist = throttle::GreylistOptions{}});
+    manager_->SetUserUnknownHandler(
+        [this](const std::string& address, const mail::DeliveryOutcome&) {
+          unknown_users_.push_back(address);
+        });
     manager_->SetDispatcher(&dispatcher_);
   }
 
@@ -145,6 +150,7 @@ class QueueManagerTest : public ::testing::Test {
   std::unique_ptr<events::EventLog> events_;
   CollectingDispatcher dispatcher_;
   std::unique_ptr<QueueManager> manager_;
+  std::vector<std::string> unknown_users_;  // manager thread = the test thread (RunOnce)
   absl::Mutex mutex_;
   uint64_t committed_ ABSL_GUARDED_BY(mutex_) = 0;
   uint64_t expected_ ABSL_GUARDED_BY(mutex_) = 0;
@@ -168,6 +174,110 @@ TEST_F(QueueManagerTest, SplitsByDomainAndTransactionSizeAndLeasesOnce) {
   manager_->RunOnce();
   EXPECT_THAT(dispatcher_.Take(), IsEmpty());  // leased: not handed out twice
   EXPECT_EQ(manager_->in_flight(), 1u);
+}
+
+JobResult WithVerdicts(JobResult result, std::vector<RecipientVerdict> verdicts,
+                       std::string source) {
+  result.verdicts = std::move(verdicts);
+  result.source = std::move(source);
+  return result;
+}
+
+// A greylisted recipient comes back after the announced delay, pinned to the source that was
+// greylisted, and its job carries the pin; an ordinary 4xx follows the retry schedule.
+TEST_F(QueueManagerTest, GreylistedRecipientIsPinnedAndRetriedAfterTheAnnouncedDelay) {
+  const MessageId id = Enqueue("alice@example.org", {R("grey@x.test"), R("ok@x.test")});
+  manager_->RunOnce();
+  std::vector<DeliveryJob> jobs = dispatcher_.Take();
+  ASSERT_THAT(jobs, SizeIs(1));
+  EXPECT_EQ(jobs[0].pinned_source, "");
+  manager_->OnJobDone(WithVerdicts(
+      ResultFor(jobs[0], {Outcome(450, "4.2.0", "Greylisted for 120 seconds"),
+                          Outcome(250, "2.0.0", "ok")}),
+      {RecipientVerdict{throttle::ResponseClass::kGreylist, absl::Seconds(120)},
+       RecipientVerdict{throttle::ResponseClass::kSuccess, std::nullopt}},
+      "out2"));
+  manager_->RunOnce();
+  WaitForCommits(1);
+  queue::Envelope envelope = Read(id);
+  EXPECT_EQ(envelope.recipients[0].state, queue::RecipientState::kPending);
+  EXPECT_EQ(envelope.recipients[0].pinned_source, "out2");
+  EXPECT_EQ(envelope.recipients[0].greylisted, 1u);
+  // The announced delay wins over the 5-minute default (within [1 min, max_delay]).
+  EXPECT_EQ(envelope.next_attempt, clock_.Now() + absl::Seconds(120 + 12));  // + a tenth
+
+  clock_.Advance(absl::Seconds(131));
+  manager_->RunOnce();
+  EXPECT_THAT(dispatcher_.Take(), IsEmpty());  // not a second early
+  clock_.Advance(absl::Seconds(1));
+  manager_->RunOnce();
+  jobs = dispatcher_.Take();
+  ASSERT_THAT(jobs, SizeIs(1));
+  EXPECT_EQ(jobs[0].pinned_source, "out2");
+  EXPECT_THAT(jobs[0].recipient_indexes, ElementsAre(0));
+  manager_->OnJobDone(WithVerdicts(ResultFor(jobs[0], {Outcome(250, "2.0.0", "ok")}),
+                                   {RecipientVerdict{throttle::ResponseClass::kSuccess, {}}},
+                                   "out2"));
+  manager_->RunOnce();
+  WaitForCommits(1);
+  EXPECT_FALSE(Queued(id));
+}
+
+// A job its site held back was never attempted: no attempt is counted and the message comes
+// back when the site can take it.
+TEST_F(QueueManagerTest, ThrottledJobCostsNoAttemptAndReturnsWhenTheSiteAllows) {
+  const MessageId id = Enqueue("alice@example.org", {R("a@x.test")});
+  manager_->RunOnce();
+  std::vector<DeliveryJob> jobs = dispatcher_.Take();
+  ASSERT_THAT(jobs, SizeIs(1));
+  JobResult held;
+  held.id = jobs[0].id;
+  held.domain = jobs[0].domain;
+  held.recipient_indexes = jobs[0].recipient_indexes;
+  held.throttled_until = clock_.Now() + absl::Minutes(37);
+  manager_->OnJobDone(std::move(held));
+  manager_->RunOnce();
+  WaitForCommits(1);
+  queue::Envelope envelope = Read(id);
+  EXPECT_EQ(envelope.attempts, 0u);
+  EXPECT_EQ(envelope.recipients[0].state, queue::RecipientState::kPending);
+  EXPECT_EQ(envelope.next_attempt, clock_.Now() + absl::Minutes(37));
+}
+
+// "550 5.2.1 ... receiving mail too quickly" and "550 5.7.1 ... blocked using ..." are about
+// our IP, not the recipient: kept and retried. A 550 5.1.1 user-unknown bounces and reaches
+// the suppression list.
+TEST_F(QueueManagerTest, RateLimitAndBlocklistFiveHundredsKeepTheRecipientUserUnknownSuppresses) {
+  const MessageId id =
+      Enqueue("alice@example.org", {R("fast@x.test"), R("blocked@x.test")});
+  const MessageId gone = Enqueue("alice@example.org", {R("gone@y.test")});
+  manager_->RunOnce();
+  std::vector<DeliveryJob> jobs = dispatcher_.Take();
+  ASSERT_THAT(jobs, SizeIs(2));
+  for (const DeliveryJob& job : jobs) {
+    if (job.id == id) {
+      manager_->OnJobDone(WithVerdicts(
+          ResultFor(job, {Outcome(550, "5.2.1", "receiving mail at a rate that prevents delivery"),
+                          Outcome(550, "5.7.1", "blocked using zen.spamhaus.org")}),
+          {RecipientVerdict{throttle::ResponseClass::kRateLimit, {}},
+           RecipientVerdict{throttle::ResponseClass::kBlocklist, {}}},
+          "out1"));
+    } else {
+      manager_->OnJobDone(WithVerdicts(
+          ResultFor(job, {Outcome(550, "5.1.1", "no such user")}),
+          {RecipientVerdict{throttle::ResponseClass::kUserUnknown, {}}}, "out1"));
+    }
+  }
+  manager_->RunOnce();
+  WaitForCommits(3);  // both envelopes, and the DSN of the unknown user
+  queue::Envelope envelope = Read(id);
+  EXPECT_EQ(envelope.recipients[0].state, queue::RecipientState::kPending);
+  EXPECT_EQ(envelope.recipients[1].state, queue::RecipientState::kPending);
+  EXPECT_EQ(envelope.recipients[0].pinned_source, "");
+  EXPECT_EQ(envelope.next_attempt, clock_.Now());  // the site's throttle paces it, not the schedule
+  EXPECT_THAT(unknown_users_, ElementsAre("gone@y.test"));
+  EXPECT_THAT(Dsns(), SizeIs(1));
+  EXPECT_FALSE(Queued(gone));
 }
 
 TEST_F(QueueManagerTest, SettlesMixedOutcomesRetriesAndBounces) {

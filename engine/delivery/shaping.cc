@@ -1,0 +1,42 @@
+// File: engine/delivery/shaping.cc
+#include "engine/delivery/shaping.h"
+
+#include <utility>
+
+#include "engine/base/status.h"
+#include "engine/config/classifier_file.h"
+#include "engine/config/shaping_file.h"
+
+namespace facteur::delivery {
+
+Shaping::Shaping(throttle::ShapingOptions options, throttle::ResponseClassifier classifier)
+    : options_(std::move(options)),
+      matcher_(std::make_unique<throttle::SiteMatcher>(options_)),
+      classifier_(std::move(classifier)) {}
+
+absl::StatusOr<std::unique_ptr<Shaping>> Shaping::Create(
+    throttle::ShapingOptions options, std::vector<throttle::ClassifierRule> rules) {
+  FACTEUR_ASSIGN_OR_RETURN(throttle::ResponseClassifier classifier,
+                           throttle::ResponseClassifier::Create(std::move(rules)));
+  return std::unique_ptr<Shaping>(new Shaping(std::move(options), std::move(classifier)));
+}
+
+absl::StatusOr<std::unique_ptr<Shaping>> Shaping::Load(const config::Config& config) {
+  throttle::ShapingOptions options;
+  if (config.shaping.file.empty()) {
+    options = config::DefaultShaping();
+  } else {
+    FACTEUR_ASSIGN_OR_RETURN(options,
+                             config::LoadShapingFile(config.ResolvePath(config.shaping.file)));
+  }
+  std::vector<throttle::ClassifierRule> rules;
+  if (config.shaping.classifier_file.empty()) {
+    rules = config::DefaultClassifierRules();
+  } else {
+    FACTEUR_ASSIGN_OR_RETURN(
+        rules, config::LoadClassifierFile(config.ResolvePath(config.shaping.classifier_file)));
+  }
+  return Create(std::move(options), std::move(rules));
+}
+
+}  // namespace facteur::delivery

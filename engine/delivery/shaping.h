@@ -1,0 +1,40 @@
+// File: engine/delivery/shaping.h
+// Everything delivery needs from the shaping and classifier files, read once at start: the
+// shaping options (sites, limits, reactions, warmup), the site matcher over them and the
+// response classifier. Built from [shaping] (the shipped files when no path is given).
+// Thread contract: immutable once built; shared read-only by every shard and the manager.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/config/config.h"
+#include "throttle/classifier.h"
+#include "throttle/shaping.h"
+#include "throttle/site_matcher.h"
+
+namespace facteur::delivery {
+
+class Shaping {
+ public:
+  // Reads [shaping] file and classifier_file (resolved under data_dir), or the built-in ones.
+  // Errors name the file, line and key.
+  static absl::StatusOr<std::unique_ptr<Shaping>> Load(const config::Config& config);
+  // From parts (tests, benchmarks).
+  static absl::StatusOr<std::unique_ptr<Shaping>> Create(
+      throttle::ShapingOptions options, std::vector<throttle::ClassifierRule> rules);
+
+  const throttle::ShapingOptions& options() const { return options_; }
+  const throttle::SiteMatcher& matcher() const { return *matcher_; }
+  const throttle::ResponseClassifier& classifier() const { return classifier_; }
+
+ private:
+  Shaping(throttle::ShapingOptions options, throttle::ResponseClassifier classifier);
+
+  const throttle::ShapingOptions options_;
+  std::unique_ptr<throttle::SiteMatcher> matcher_;  // borrows options_
+  throttle::ResponseClassifier classifier_;
+};
+
+}  // namespace facteur::delivery
