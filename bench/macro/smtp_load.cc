@@ -51,6 +51,9 @@ ABSL_FLAG(int32_t, rcpt_domains, 0,
           "(spreads the load over K destination domains); 0: every message to --rcpt_to");
 ABSL_FLAG(std::string, helo, "smtp-load.localhost", "name sent with EHLO");
 ABSL_FLAG(double, connect_timeout_s, 5.0, "connect timeout per attempt, seconds");
+ABSL_FLAG(double, rate, 0,
+          "messages per second over all sessions (message n starts no sooner than n/rate "
+          "after the start); 0: as fast as the server answers");
 ABSL_FLAG(double, deadline_s, 120.0, "overall deadline, seconds: the run stops there");
 ABSL_FLAG(int32_t, reconnects, 100, "reconnects allowed in total after a session broke");
 
@@ -205,6 +208,7 @@ struct Options {
   std::string helo;
   int64_t connect_timeout_ns = 0;
   int64_t deadline_ns = 0;
+  double rate = 0;  // messages per second; 0: unpaced
   int reconnects = 0;
 };
 
@@ -241,6 +245,8 @@ class LoadGenerator {
   void Finish(Session& s);
   void BuildBody();
   std::string EnvelopeCommand(size_t step, int64_t message_number) const;
+  // With --rate: when the next message from the budget may start.
+  int64_t NextStartNs() const;
 
   Options options_;
   io_uring ring_{};
@@ -253,6 +259,7 @@ class LoadGenerator {
   int64_t run_id_ = 0;
 
   int64_t started_ = 0;  // messages taken from the budget
+  std::vector<Session*> paced_;  // sessions waiting for their next message's start time
   int64_t ok_ = 0;
   int64_t failed_ = 0;
   int64_t session_errors_ = 0;
@@ -591,6 +598,10 @@ void LoadGenerator::StartTransaction(Session& s) {
     Send(s, "QUIT\r\n", 1, false);
     return;
   }
+  if (options_.rate > 0 && MonotonicNanos() < NextStartNs()) {
+    paced_.push_back(&s);  // Run() starts it when its time comes
+    return;
+  }
   s.message_number = started_++;
   s.has_message = true;
   s.envelope_rejected = false;
@@ -658,6 +669,10 @@ void LoadGenerator::Finish(Session& s) {
   --active_;
 }
 
+int64_t LoadGenerator::NextStartNs() const {
+  return start_ns_ + static_cast<int64_t>(static_cast<double>(started_) * 1e9 / options_.rate);
+}
+
 void LoadGenerator::Run() {
   start_ns_ = MonotonicNanos();
   int64_t deadline = start_ns_ + options_.deadline_ns;
@@ -670,7 +685,15 @@ void LoadGenerator::Run() {
       deadline_hit_ = true;
       break;
     }
-    __kernel_timespec wait = ToKernelTimespec(std::min<int64_t>(deadline - now, 1'000'000'000));
+    if (!paced_.empty() && now >= NextStartNs()) {
+      Session* paced = paced_.front();
+      paced_.erase(paced_.begin());
+      StartTransaction(*paced);
+      continue;
+    }
+    int64_t wake = std::min<int64_t>(deadline - now, 1'000'000'000);
+    if (!paced_.empty()) wake = std::min<int64_t>(wake, std::max<int64_t>(NextStartNs() - now, 0));
+    __kernel_timespec wait = ToKernelTimespec(wake);
     io_uring_cqe* cqe = nullptr;
     int res = io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &wait, nullptr);
     if (res < 0 && res != -ETIME && res != -EINTR) {
@@ -788,6 +811,7 @@ int Main(int argc, char** argv) {
     options.rcpt_domain = absl::StrCat(".", options.rcpt_to.substr(at + 1));
   }
   options.helo = absl::GetFlag(FLAGS_helo);
+  options.rate = absl::GetFlag(FLAGS_rate);
   options.connect_timeout_ns =
       static_cast<int64_t>(absl::GetFlag(FLAGS_connect_timeout_s) * 1e9);
   options.deadline_ns = static_cast<int64_t>(absl::GetFlag(FLAGS_deadline_s) * 1e9);
@@ -797,8 +821,9 @@ int Main(int argc, char** argv) {
     return 2;
   }
   if (options.messages < 0 || options.size < 1 || options.size > (1LL << 30) ||
-      options.connect_timeout_ns <= 0 || options.deadline_ns <= 0 || options.reconnects < 0) {
-    absl::FPrintF(stderr, "smtp_load: bad --messages, --size, --reconnects or timeout\n");
+      options.connect_timeout_ns <= 0 || options.deadline_ns <= 0 || options.reconnects < 0 ||
+      !(options.rate >= 0)) {
+    absl::FPrintF(stderr, "smtp_load: bad --messages, --size, --reconnects, --rate or timeout\n");
     return 2;
   }
   RaiseFileLimit();
