@@ -689,6 +689,7 @@ std::vector<RecipientVerdict> ShardDelivery::Judge(
   bool delivered = false;
   // The pair reacts once per class per transaction, however many recipients got the reply.
   std::array<std::optional<std::optional<absl::Duration>>, throttle::kResponseClassCount> replies;
+  std::array<const mail::DeliveryOutcome*, throttle::kResponseClassCount> examples = {};
   for (const mail::DeliveryOutcome& outcome : outcomes) {
     throttle::Classification c = context_.shaping.classifier().Classify(
         outcome.reply.code, outcome.reply.enhanced, outcome.reply.text, site.name());
@@ -702,13 +703,41 @@ std::vector<RecipientVerdict> ShardDelivery::Judge(
       delivered = true;
     } else {
       replies[static_cast<size_t>(c.response_class)] = c.retry_after;
+      examples[static_cast<size_t>(c.response_class)] = &outcome;
     }
   }
   if (delivered) pair.OnDelivered(now);
   for (size_t i = 0; i < replies.size(); ++i) {
-    if (replies[i].has_value()) pair.OnReply(static_cast<throttle::ResponseClass>(i), now, *replies[i]);
+    if (!replies[i].has_value()) continue;
+    const absl::Time until_before = pair.suspended_until();
+    const auto reply_class = static_cast<throttle::ResponseClass>(i);
+    pair.OnReply(reply_class, now, *replies[i]);
+    if (pair.suspended_until() > std::max(until_before, now) && until_before <= now) {
+      RecordSuspension(site, source, *examples[i], reply_class, pair.suspended_until());
+    }
   }
   return verdicts;
+}
+
+void ShardDelivery::RecordSuspension(const SiteQueue& site, const std::string& source,
+                                     const mail::DeliveryOutcome& outcome,
+                                     throttle::ResponseClass reply_class, absl::Time until) {
+  if (context_.events == nullptr) return;
+  events::Event event;
+  event.type = events::EventType::kSuspension;
+  event.time = context_.clock.Now();
+  event.site = site.key;
+  event.mx = outcome.remote;
+  for (const Source& s : context_.router.Sources(site.pool)) {
+    if (s.name == source) event.source_ip = s.ip;
+  }
+  event.code = outcome.reply.code;
+  event.enhanced = outcome.reply.enhanced;
+  event.response = outcome.reply.text;
+  event.next_attempt = until;
+  event.detail = absl::StrCat("source ", source, " paused for site ", site.key, " (",
+                              ToAbsl(throttle::ResponseClassName(reply_class)), ")");
+  context_.events->Record(event);
 }
 
 void ShardDelivery::JudgeSession(SiteQueue& site, const std::string& source,

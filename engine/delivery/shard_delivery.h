@@ -38,6 +38,7 @@
 #include "engine/delivery/router.h"
 #include "engine/delivery/shaping.h"
 #include "engine/dns/resolver.h"
+#include "engine/events/event_log.h"
 #include "engine/io/connector.h"
 #include "engine/io/event_loop.h"
 #include "engine/metrics/metrics.h"
@@ -60,6 +61,8 @@ struct DeliveryContext {
   throttle::Reputation* reputation = nullptr;
   // Per (site, source) series; null: none exported.
   metrics::ShapingMetrics* metrics = nullptr;
+  // Where a pair's suspension is told (a "suspension" event); null: nowhere.
+  events::EventLog* events = nullptr;
   const tls::TlsClientContext* tls = nullptr;  // null: no STARTTLS
   smtp::ClientTimeouts timeouts;
   absl::Duration connect_timeout = absl::Seconds(30);
@@ -160,6 +163,10 @@ class ShardDelivery {
   // The recipients' verdicts, the pair's reaction and the reputation record of one attempt.
   std::vector<RecipientVerdict> Judge(SiteQueue& site, const std::string& source,
                                       const std::vector<mail::DeliveryOutcome>& outcomes);
+  // The "suspension" event of a pair that a reply (`outcome`, of `reply_class`) just paused.
+  void RecordSuspension(const SiteQueue& site, const std::string& source,
+                        const mail::DeliveryOutcome& outcome, throttle::ResponseClass reply_class,
+                        absl::Time until);
   // A reply that ended a session before any transaction (greeting, EHLO, STARTTLS).
   void JudgeSession(SiteQueue& site, const std::string& source,
                     const mail::DeliveryOutcome& outcome);

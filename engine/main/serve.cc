@@ -360,6 +360,7 @@ class Relay {
         .shaping = *shaping_,
         .reputation = reputation_.get(),
         .metrics = &metrics_.shaping(),
+        .events = events_.get(),
         .tls = tls_client_.get(),
         .timeouts = smtp::ClientTimeouts{.greeting = options.greeting_timeout,
                                          .command = options.command_timeout,

@@ -99,6 +99,21 @@ class DeliveryOutcomesTest(unittest.TestCase):
         self.assertIn("550 5.1.1", block["Diagnostic-Code"])
         self.assertNotIn("later@dest.test", dsn_transaction.data.decode("utf-8", "replace"))
 
+        # unknown@ is now on the suppression list: the next message to it is refused at RCPT.
+        harness.wait_until(
+            lambda: b"unknown@dest.test" in self.server.cli("suppression", "list").stdout,
+            what="unknown@dest.test on the suppression list")
+        raw = self.server.raw()
+        try:
+            self.assertEqual(raw.reply()[0], 220)
+            self.assertEqual(raw.command("EHLO client.test\r\n")[0], 250)
+            self.assertEqual(raw.command("MAIL FROM:<app@asso.example>\r\n")[0], 250)
+            code, text = raw.command("RCPT TO:<unknown@dest.test>\r\n")
+            self.assertEqual(code, 550, text)
+            self.assertIn("5.1.1", text)
+        finally:
+            raw.close()
+
         # later@ is still queued, pending, after one attempt.
         messages = self.queue_json("ls")["messages"]
         original = [m for m in messages if m["sender"] == "app@asso.example"]

@@ -1,0 +1,112 @@
+"""A new source follows its pool's warmup plan (issue #5 point 5): with daily caps of 5 then
+100 messages per site, 8 greetings to one provider leave as 5 on the source's first (UTC) day
+and the other 3 just after midnight — held in between, not bounced, not retried in a loop. The
+clock runs 60x faster and starts a minute before midnight (facteur's [clock] and the simulated
+provider share it), so the day changes after a real second. `facteur reputation` then shows
+the source's warmup day and counts."""
+
+import json
+import os
+import shutil
+import tempfile
+import time
+import unittest
+
+import harness
+from dns_server import DnsServer
+from provider_sim import ProviderSim
+from test_clock import ScaledClock
+
+SPEED = 60.0
+CAPS = (5, 100)
+MESSAGES = 8
+
+
+def anchor_for(test_now, real_now, speed):
+    """The anchor that makes test time `test_now` at real time `real_now`."""
+    return (test_now - real_now * speed) / (1 - speed)
+
+
+class WarmupCapsANewSourceTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        real_now = time.time()
+        midnight = (int(real_now // 86400) + 2) * 86400.0  # a midnight after tomorrow's
+        cls.midnight = midnight
+        cls.clock = ScaledClock(anchor=anchor_for(midnight - 60, real_now, SPEED), speed=SPEED)
+        cls.sim = ProviderSim(host="127.0.0.61", clock=cls.clock, hostname="mx1.warm.test").start()
+        cls.dns = DnsServer(mx=[("warm.test", "mx1.warm.test", 10)],
+                            addresses=[("mx1.warm.test", "127.0.0.61")])
+        cls.dns.start()
+        cls.shaping_dir = tempfile.mkdtemp(prefix="facteur-shaping-")
+        shaping = os.path.join(cls.shaping_dir, "shaping.toml")
+        with open(shaping, "w") as f:
+            f.write("[defaults]\nmax_connections = 2\nmessages_per_hour = 0\n"
+                    '[[warmup]]\nname = "new"\ndaily_caps = [%d, %d]\n'
+                    '[warmup_pools]\nfresh = "new"\n' % CAPS)
+        extra = "\n".join([
+            "[dns]",
+            "nameservers = [%s]" % harness.toml_string(cls.dns.nameserver),
+            "[delivery]",
+            "smtp_port = %d" % cls.sim.port,
+            'pool = "fresh"',
+            "[shaping]",
+            "file = %s" % harness.toml_string(shaping),
+            "[clock]",
+            "speed = %r" % SPEED,
+            "anchor = %r" % cls.clock.anchor,
+            "[[source]]",
+            'name = "new1"',
+            'address = "127.0.0.7"',
+            'pool = "fresh"',
+        ])
+        cls.server = harness.Facteur(extra=extra)
+        try:
+            cls.server.start()
+        except BaseException:
+            cls.tearDownClass()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.cleanup()
+        cls.dns.cleanup()
+        cls.sim.stop()
+        shutil.rmtree(cls.shaping_dir, ignore_errors=True)
+
+    def test_five_today_the_rest_after_midnight(self):
+        self.assertLess(self.clock(), self.midnight - 30)  # still the first day
+        with self.server.smtp() as client:
+            for i in range(MESSAGES):
+                rcpt = "friend%d@warm.test" % i
+                client.sendmail("voeux@asso.example", [rcpt],
+                                harness.simple_message(to=rcpt, subject="Bonne annee"))
+        self.sim.wait_for(lambda: len(self.sim.deliveries) >= CAPS[0], timeout=20)
+        # The cap holds until midnight, whatever the queue holds.
+        time.sleep(0.2)
+        if self.clock() < self.midnight - 2:
+            self.assertEqual(len(self.sim.deliveries), CAPS[0])
+        self.sim.wait_for(lambda: len(self.sim.deliveries) >= MESSAGES, timeout=30)
+        before = [d for d in self.sim.deliveries if d.time < self.midnight]
+        after = [d for d in self.sim.deliveries if d.time >= self.midnight]
+        self.assertEqual(len(before), CAPS[0], [d.time - self.midnight for d in self.sim.deliveries])
+        self.assertEqual(len(after), MESSAGES - CAPS[0])
+        self.assertTrue(all(d.ip == "127.0.0.7" for d in self.sim.deliveries))
+        self.assertEqual(self.sim.duplicates(), {})
+
+        # facteur reputation: day 2 of the plan, the source's counts for the site.
+        def report():
+            out = self.server.cli("reputation", "--json").stdout
+            rows = json.loads(out)
+            rows = rows.get("pairs", rows) if isinstance(rows, dict) else rows
+            return [r for r in rows if r.get("source") == "new1"] or None
+        rows = harness.wait_until(report, timeout=20, what="reputation flushed")
+        self.assertEqual(len(rows), 1, rows)
+        warmup = rows[0]["warmup"]
+        self.assertEqual((warmup["plan"], warmup["day"], warmup["cap"], warmup["sent_today"]),
+                         ("new", 2, CAPS[1], MESSAGES - CAPS[0]), rows)
+        self.assertEqual(rows[0]["lifetime"]["delivered"], MESSAGES)
+
+
+if __name__ == "__main__":
+    harness.main()
