@@ -10,6 +10,7 @@
 #include <openssl/crypto.h>
 
 #include "engine/config/config.h"
+#include "engine/delivery/shaping.h"
 #include "engine/main/cli.h"
 #include "engine/main/commands.h"
 #include "engine/main/sendmail.h"
@@ -52,6 +53,12 @@ int ConfigMain(const std::vector<std::string>& args) {
   absl::StatusOr<config::Config> config = config::LoadConfigFile(path);
   if (!config.ok()) {
     std::cerr << config.status().message() << "\n";
+    return kExitConfig;
+  }
+  // The shaping and classifier files it names are part of the configuration too.
+  absl::StatusOr<std::unique_ptr<delivery::Shaping>> shaping = delivery::Shaping::Load(*config);
+  if (!shaping.ok()) {
+    std::cerr << shaping.status().message() << "\n";
     return kExitConfig;
   }
   std::cout << path << ": ok\n";

@@ -80,6 +80,17 @@ class CliCommandsTest(harness.unittest.TestCase):
         result = self.run_cli("serve", "--config", path, check=False, data_dir=False)
         self.assertEqual(result.returncode, EX_CONFIG, result)
 
+    def test_config_check_reads_the_shaping_file_it_names(self):
+        shaping = self.write("shaping.toml", "[defaults]\nmax_connections = 2\n\n"
+                                             "[[site]]\nname = \"x\"\nmx = [\"*.x.example\"]\n"
+                                             "[site.limits]\nmax_conections = 3\n")
+        path = self.write("with-shaping.toml", '[shaping]\nfile = "%s"\n' % shaping)
+        result = self.run_cli("config", "check", path, check=False, data_dir=False)
+        self.assertEqual(result.returncode, EX_CONFIG, result)
+        stderr = result.stderr.decode()
+        self.assertRegex(stderr, r"shaping\.toml:8:\d+: key 'site\[0\]\.limits\.max_conections': "
+                                 r"unknown key; did you mean 'site\[0\]\.limits\.max_connections'\?")
+
     def test_version(self):
         result = self.run_cli("version", data_dir=False)
         self.assertRegex(result.stdout.decode(), r"^facteur \d+\.\d+\.\d+")
