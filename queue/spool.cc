@@ -18,6 +18,7 @@
 #include "absl/synchronization/mutex.h"
 #include "engine/base/log.h"
 #include "engine/base/status.h"
+#include "engine/base/varint_codec.h"
 #include "rocksdb/iterator.h"
 #include "rocksdb/write_batch.h"
 
@@ -42,72 +43,8 @@ constexpr uint64_t kResumeSpareBytes = 64 << 20;
 rocksdb::Slice ToSlice(std::string_view s) { return {s.data(), s.size()}; }
 std::string_view ToView(const rocksdb::Slice& s) { return {s.data(), s.size()}; }
 
-// --- Encoding primitives (LEB128 varints, as RocksDB's own coding.h) ---
-
-void PutVarint(std::string& out, uint64_t value) {
-  while (value >= 0x80) {
-    out.push_back(static_cast<char>((value & 0x7f) | 0x80));
-    value >>= 7;
-  }
-  out.push_back(static_cast<char>(value));
-}
-
-void PutString(std::string& out, std::string_view s) {
-  PutVarint(out, s.size());
-  out.append(s);
-}
-
-uint64_t ZigZag(int64_t v) {
-  return (static_cast<uint64_t>(v) << 1) ^ static_cast<uint64_t>(v >> 63);
-}
-int64_t UnZigZag(uint64_t v) {
-  return static_cast<int64_t>(v >> 1) ^ -static_cast<int64_t>(v & 1);
-}
-
-void PutTime(std::string& out, absl::Time t) { PutVarint(out, ZigZag(absl::ToUnixMicros(t))); }
-
-// Reads fields from the front of `rest_`; the first failure sticks, so a caller checks once.
-class Reader {
- public:
-  explicit Reader(std::string_view bytes) : rest_(bytes) {}
-
-  bool Varint(uint64_t& value) {
-    value = 0;
-    for (int shift = 0; shift < 64; shift += 7) {
-      if (rest_.empty()) return false;
-      const uint8_t byte = static_cast<uint8_t>(rest_.front());
-      rest_.remove_prefix(1);
-      // The tenth byte may only carry the top bit of a 64-bit value.
-      if (shift == 63 && byte > 1) return false;
-      value |= static_cast<uint64_t>(byte & 0x7f) << shift;
-      if ((byte & 0x80) == 0) return true;
-    }
-    return false;
-  }
-  bool String(std::string& value) {
-    uint64_t length;
-    if (!Varint(length) || length > rest_.size()) return false;
-    value.assign(rest_.data(), length);
-    rest_.remove_prefix(length);
-    return true;
-  }
-  bool Time(absl::Time& value) {
-    uint64_t raw;
-    if (!Varint(raw)) return false;
-    value = absl::FromUnixMicros(UnZigZag(raw));
-    return true;
-  }
-  bool Bytes(size_t n, std::string_view& value) {
-    if (n > rest_.size()) return false;
-    value = rest_.substr(0, n);
-    rest_.remove_prefix(n);
-    return true;
-  }
-  size_t remaining() const { return rest_.size(); }
-
- private:
-  std::string_view rest_;
-};
+// Encoding primitives: engine/base/varint_codec.h.
+using Reader = VarintReader;
 
 absl::Status Malformed(std::string_view what) {
   return absl::DataLossError(absl::StrCat("malformed envelope: ", ToAbsl(what)));

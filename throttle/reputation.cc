@@ -9,6 +9,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "engine/base/varint_codec.h"
 
 namespace facteur::throttle {
 namespace {
@@ -31,54 +32,8 @@ uint32_t ClampToU32(uint64_t value) {
   return static_cast<uint32_t>(std::min<uint64_t>(value, std::numeric_limits<uint32_t>::max()));
 }
 
-// --- Encoding primitives: LEB128 varints, zigzag for signed values ---
-
-void PutVarint(std::string& out, uint64_t value) {
-  while (value >= 0x80) {
-    out.push_back(static_cast<char>((value & 0x7f) | 0x80));
-    value >>= 7;
-  }
-  out.push_back(static_cast<char>(value));
-}
-
-uint64_t ZigZag(int64_t value) {
-  return (static_cast<uint64_t>(value) << 1) ^ static_cast<uint64_t>(value >> 63);
-}
-int64_t UnZigZag(uint64_t value) {
-  return static_cast<int64_t>(value >> 1) ^ -static_cast<int64_t>(value & 1);
-}
-
-class Reader {
- public:
-  explicit Reader(std::string_view bytes) : rest_(bytes) {}
-  bool Varint(uint64_t& value) {
-    value = 0;
-    for (int shift = 0; shift < 64; shift += 7) {
-      if (rest_.empty()) return false;
-      const uint8_t byte = static_cast<uint8_t>(rest_.front());
-      rest_.remove_prefix(1);
-      value |= static_cast<uint64_t>(byte & 0x7f) << shift;
-      if ((byte & 0x80) == 0) return true;
-    }
-    return false;  // more than 10 bytes
-  }
-  bool Signed(int64_t& value) {
-    uint64_t raw;
-    if (!Varint(raw)) return false;
-    value = UnZigZag(raw);
-    return true;
-  }
-  bool Byte(uint8_t& value) {
-    if (rest_.empty()) return false;
-    value = static_cast<uint8_t>(rest_.front());
-    rest_.remove_prefix(1);
-    return true;
-  }
-  bool done() const { return rest_.empty(); }
-
- private:
-  std::string_view rest_;
-};
+// Encoding primitives: engine/base/varint_codec.h.
+using Reader = VarintReader;
 
 constexpr uint8_t kPairVersion = 1;
 constexpr uint8_t kSourceVersion = 1;

@@ -90,19 +90,6 @@ class LocalAccounts final : public Accounts {
   std::unique_ptr<policy::AccountStore> accounts_;
 };
 
-// RFC 3986 §2.3: everything but unreserved characters is percent-encoded in a path segment.
-std::string PathSegment(std::string_view text) {
-  std::string out;
-  for (unsigned char c : text) {
-    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') {
-      out.push_back(static_cast<char>(c));
-    } else {
-      absl::StrAppend(&out, "%", absl::Hex(c, absl::kZeroPad2));
-    }
-  }
-  return out;
-}
-
 class RemoteAccounts final : public Accounts {
  public:
   explicit RemoteAccounts(std::string address) : address_(std::move(address)) {}

@@ -136,4 +136,16 @@ absl::StatusOr<nlohmann::json> AdminCall(const std::string& address, std::string
   }
 }
 
+std::string PathSegment(std::string_view text) {
+  std::string out;
+  for (unsigned char c : text) {
+    if (absl::ascii_isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') {
+      out.push_back(static_cast<char>(c));
+    } else {
+      absl::StrAppend(&out, "%", absl::Hex(c, absl::kZeroPad2));
+    }
+  }
+  return out;
+}
+
 }  // namespace facteur::cli

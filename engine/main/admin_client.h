@@ -29,4 +29,8 @@ absl::StatusOr<HttpResponse> HttpRequest(const std::string& address, std::string
 absl::StatusOr<nlohmann::json> AdminCall(const std::string& address, std::string_view method,
                                          const std::string& path, const nlohmann::json& body);
 
+// `text` as one path segment of an admin URL: everything but RFC 3986 §2.3's unreserved
+// characters percent-encoded ("bob@example.org" → "bob%40example.org").
+std::string PathSegment(std::string_view text);
+
 }  // namespace facteur::cli

@@ -58,19 +58,6 @@ class LocalSuppressions final : public Suppressions {
   std::unique_ptr<queue::SuppressionList> list_;
 };
 
-// RFC 3986 §2.3: everything but unreserved characters is percent-encoded in a path segment.
-std::string PathSegment(std::string_view text) {
-  std::string out;
-  for (unsigned char c : text) {
-    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') {
-      out.push_back(static_cast<char>(c));
-    } else {
-      absl::StrAppend(&out, "%", absl::Hex(c, absl::kZeroPad2));
-    }
-  }
-  return out;
-}
-
 class RemoteSuppressions final : public Suppressions {
  public:
   explicit RemoteSuppressions(std::string address) : address_(std::move(address)) {}
