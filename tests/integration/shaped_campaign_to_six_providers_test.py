@@ -10,6 +10,9 @@ simulators share it, test_clock.py):
   quota    a second rate limiter, 100 messages per IP per minute
   other    a domain whose MX set the shaping file does not know: its conservative defaults
 
+and a seventh, `slow`, that stops answering in the middle of every DATA: its 100 messages
+never leave, and the six others must not notice.
+
 The shaping file gives facteur each provider's limits (a little under the real ones where the
 simulator enforces a rate, as an operator would). The campaign must come out with every
 message delivered once; no simulator's limit exceeded in any minute; at most one rate-limit
@@ -38,7 +41,8 @@ SENDER = "voeux@asso.example"
 
 
 class Provider:
-    def __init__(self, name, ip, messages, per_minute, connections, sim, site=True):
+    def __init__(self, name, ip, messages, per_minute, connections, sim, site=True,
+                 stalls=False):
         self.name = name
         self.ip = ip
         self.domain = "%s.test" % name
@@ -47,6 +51,7 @@ class Provider:
         self.connections = connections
         self.sim_options = sim
         self.site = site  # named in the shaping file (else: an unknown MX set, defaults)
+        self.stalls = stalls  # never answers the end of DATA: nothing is delivered there
         self.sim = None
 
     def recipients(self):
@@ -66,7 +71,9 @@ PROVIDERS = [
     Provider("quota", "127.0.0.45", 1000, 95, 3,
              dict(rate_limit_per_minute=100, rate_limit_per_ip=True)),
     Provider("other", "127.0.0.46", 800, DEFAULT_PER_MINUTE, DEFAULT_CONNECTIONS, {}, site=False),
+    Provider("slow", "127.0.0.47", 100, 60, 2, dict(stall_mid_data=True), stalls=True),
 ]
+CAMPAIGN = [p for p in PROVIDERS if not p.stalls]
 
 
 def shortest_minutes(p):
@@ -180,18 +187,18 @@ class ShapedCampaignTest(unittest.TestCase):
             t.start()
         for t in threads:
             t.join()
-        self.assertEqual(len(everyone), 5000)
+        self.assertEqual(sum(p.messages for p in CAMPAIGN), 5000)
 
         start = self.clock()
         for p in PROVIDERS:
             self.server.cli("queue", "resume", p.domain)
-        bound = 1.1 * max(shortest_minutes(p) for p in PROVIDERS) * 60
+        bound = 1.1 * max(shortest_minutes(p) for p in CAMPAIGN) * 60
         deadline = time.time() + bound / SPEED + 60
-        for p in PROVIDERS:
+        for p in CAMPAIGN:
             p.sim.wait_for(lambda p=p: len(p.sim.delivered) >= p.messages,
                            timeout=max(1, deadline - time.time()))
 
-        finished = max(d.time for p in PROVIDERS for d in p.sim.deliveries)
+        finished = max(d.time for p in CAMPAIGN for d in p.sim.deliveries)
         report = ["campaign: %.1f test minutes; bound %.1f (1.1 x %.1f)" % (
             (finished - start) / 60, bound / 60, bound / 66)]
         for p in PROVIDERS:
@@ -199,7 +206,10 @@ class ShapedCampaignTest(unittest.TestCase):
             report.append("  %-5s %s" % (p.name, stats))
         print("\n".join(report))
 
-        for p in PROVIDERS:
+        slow = PROVIDERS[-1].sim
+        self.assertEqual(slow.deliveries, [])  # it never finishes a DATA
+        self.assertGreater(len(slow.sessions), 0)  # but it was tried all along
+        for p in CAMPAIGN:
             with self.subTest(provider=p.name):
                 # Every message delivered, once.
                 self.assertEqual(set(p.sim.delivered), set(p.recipients()))
