@@ -61,6 +61,11 @@ struct BackoffOptions {
   // No suspension, however many replies extend it, ends later than this after it began.
   // Default: 24h.
   absl::Duration max_suspension = absl::Hours(24);
+  // A rate-limit reply also teaches the pair a ceiling: 90% of the rate it was sending at when
+  // the site complained. Recovery climbs back to that ceiling, not past it, for this long after
+  // the last complaint (a site whose real limit is under the configured one then says "slow
+  // down" once, not once per recovery). Default: 1h.
+  absl::Duration rate_memory = absl::Hours(1);
 };
 
 // Greylisting (../shared/research/providers.md §3): the retry comes from the same source IP with

@@ -147,7 +147,16 @@ void PairThrottle::OnReply(ResponseClass reply_class, absl::Time now,
   }
   if (action.rate_factor < 1) {
     // A reply during a pause answers a message sent before it, at the rate already cut for.
-    if (!was_suspended) CutRate(action.rate_factor, now);
+    if (!was_suspended) {
+      LearnCeiling(now);
+      CutRate(action.rate_factor, now);
+      // The cut alone may leave the rate above what the site just said it takes.
+      const double ceiling = Ceiling(now);
+      if (rate_cut_ && ceiling > 0 && current_rate_ > ceiling) {
+        current_rate_ = ceiling;
+        messages_minute_.SetRate(current_rate_, now);
+      }
+    }
     acted = true;
   }
   if (action.max_connections > 0) {
@@ -170,6 +179,13 @@ void PairThrottle::OnDelivered(absl::Time now) {
   prefer_other_source_ = false;
   if (rate_cut_) {
     current_rate_ += options_.backoff.recovery_step * rate_target_;
+    // Under a learned ceiling the climb stops there until the ceiling is forgotten.
+    const double ceiling = Ceiling(now);
+    if (ceiling > 0 && ceiling < rate_target_ && current_rate_ >= ceiling) {
+      current_rate_ = ceiling;
+      messages_minute_.SetRate(current_rate_, now);
+      return;
+    }
     // Relative tolerance: ten steps of 0.1 add up to 0.9999999999999999 in binary.
     if (current_rate_ >= rate_target_ * (1 - 1e-9)) {
       rate_cut_ = false;
@@ -240,6 +256,24 @@ void PairThrottle::CapConnections(uint32_t cap) {
   }
   current_connections_ = cap;
   ++counters_.connection_caps;
+}
+
+void PairThrottle::LearnCeiling(absl::Time now) {
+  // Providers count per minute of their clock: what this calendar minute saw says best where
+  // the limit was crossed; early in a minute the sliding estimate over the last 60 s stands in.
+  const int64_t minute = absl::ToInt64Minutes(now - absl::UnixEpoch());
+  const double this_minute = minute == observed_minute_ ? observed_this_minute_ : 0;
+  const double observed = this_minute >= kMinCeilingSample ? this_minute : ObservedRate(now);
+  // A handful of messages says nothing about the site's limit (the complaint may be about the
+  // IP's traffic as a whole): nothing to learn from them.
+  if (observed < kMinCeilingSample) return;
+  const double ceiling = std::max(kCeilingShare * observed, kLowestRatePerMinute);
+  learned_ceiling_ = Ceiling(now) > 0 ? std::min(learned_ceiling_, ceiling) : ceiling;
+  ceiling_until_ = now + options_.backoff.rate_memory;
+}
+
+double PairThrottle::Ceiling(absl::Time now) const {
+  return now < ceiling_until_ ? learned_ceiling_ : 0;
 }
 
 double PairThrottle::ObservedRate(absl::Time now) const {

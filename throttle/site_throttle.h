@@ -162,6 +162,12 @@ class PairThrottle {
   void CutRate(double factor, absl::Time now);
   void CapConnections(uint32_t cap);
   double ObservedRate(absl::Time now) const;
+  // After a rate cut: remember kCeilingShare of the rate the site complained at.
+  void LearnCeiling(absl::Time now);
+  // The learned ceiling in force at `now`, messages per minute; 0: none.
+  double Ceiling(absl::Time now) const;
+  static constexpr double kCeilingShare = 0.9;
+  static constexpr double kMinCeilingSample = 5;  // messages in the last minute
   void CloseWait(absl::Time now);
 
   PairOptions options_;
@@ -179,6 +185,9 @@ class PairThrottle {
   double rate_target_ = 0;
   double current_rate_ = 0;
   bool rate_cut_ = false;
+  // The ceiling a rate-limit reply taught (see BackoffOptions::rate_memory), until when.
+  double learned_ceiling_ = 0;
+  absl::Time ceiling_until_ = absl::InfinitePast();
 
   // nominal_connections_: from the limits (kUnlimitedConnections for 0). connection_target_:
   // what recovery aims for (nominal, or the connections open when an unlimited pair was capped).

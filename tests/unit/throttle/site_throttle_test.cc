@@ -200,6 +200,34 @@ TEST(PairThrottleTest, RateLimitSuspendsCutsAndRecoversAdditivelyToNominal) {
   EXPECT_EQ(pair.MayStartMessage(now), now + absl::Seconds(1));
 }
 
+// A site whose real limit (10 a minute) is under the configured one (30): it complains when
+// the pair has sent 11 in the last minute. The cut (to 15) is not enough by itself; the
+// ceiling learned from the complaint (90% of 11) is where the pair resumes and where recovery
+// stops, so the site does not have to complain again — until the ceiling is forgotten.
+TEST(PairThrottleTest, ARateLimitReplyTeachesACeilingThatRecoveryRespects) {
+  PairThrottle pair(Options(Limits(30)));
+  absl::Time now = kT0;
+  for (int i = 0; i < 11; ++i) {
+    now = std::max(now, pair.MayStartMessage(now));
+    pair.OnMessageStarted(now);
+  }
+  pair.OnReply(ResponseClass::kRateLimit, now);
+  EXPECT_NEAR(pair.current_message_rate(), 9.9, 1e-9);
+  now = pair.suspended_until();
+  for (int i = 0; i < 20; ++i) pair.OnDelivered(now);
+  EXPECT_NEAR(pair.current_message_rate(), 9.9, 1e-9);
+  EXPECT_EQ(pair.state(now), PairState::kBackoff);
+  // One message every 60/9.9 s.
+  pair.OnMessageStarted(now);
+  EXPECT_NEAR(absl::ToDoubleSeconds(pair.MayStartMessage(now) - now), 60 / 9.9, 1e-6);
+
+  // An hour after the complaint the ceiling is gone and recovery reaches the configured rate.
+  now = kT0 + absl::Hours(2);
+  for (int i = 0; i < 7; ++i) pair.OnDelivered(now);
+  EXPECT_DOUBLE_EQ(pair.current_message_rate(), 30);
+  EXPECT_EQ(pair.state(now), PairState::kNormal);
+}
+
 TEST(PairThrottleTest, RepliesAndDeliveriesDuringASuspensionNeitherCutNorRecover) {
   PairThrottle pair(Options(Limits(60)));
   pair.OnReply(ResponseClass::kRateLimit, kT0);
@@ -256,13 +284,17 @@ TEST(PairThrottleTest, WithoutAConfiguredRateACutStartsFromTheObservedRate) {
   EXPECT_EQ(pair.MayStartMessage(resume), resume);
   pair.OnMessageStarted(resume);
   EXPECT_EQ(pair.MayStartMessage(resume), resume + absl::Seconds(6));
-  // Recovery (+2 a minute per delivery) ends unlimited again.
-  for (int i = 0; i < 4; ++i) pair.OnDelivered(resume);
+  // Recovery (+2 a minute per delivery) stops at the ceiling the complaint taught: 90% of the
+  // 20 a minute the site complained at ...
+  for (int i = 0; i < 5; ++i) pair.OnDelivered(resume);
   EXPECT_EQ(pair.state(resume), PairState::kBackoff);
-  pair.OnDelivered(resume);
-  EXPECT_EQ(pair.state(resume), PairState::kNormal);
+  EXPECT_DOUBLE_EQ(pair.current_message_rate(), 18);
+  // ... until it is forgotten (rate_memory, 1 h after the complaint); then it ends unlimited.
+  const absl::Time later = reply + absl::Hours(1);
+  pair.OnDelivered(later);
+  EXPECT_EQ(pair.state(later), PairState::kNormal);
   EXPECT_EQ(pair.current_message_rate(), 0);
-  EXPECT_LE(pair.MayStartMessage(resume), resume);
+  EXPECT_LE(pair.MayStartMessage(later), later);
 
   // The observed rate slides over two calendar minutes: 30 in the previous minute, half of it
   // still inside the last 60 s.
