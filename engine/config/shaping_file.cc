@@ -58,7 +58,7 @@ const std::vector<std::string_view> kLimitKeys = {
 const std::vector<std::string_view> kActionKeys = {"suspend", "rate_factor", "max_connections",
                                                    "prefer_other_source", "reputation_hit"};
 const std::vector<std::string_view> kBackoffKeys = {"recovery_step", "min_rate_fraction",
-                                                    "max_suspension"};
+                                                    "max_suspension", "rate_memory"};
 const std::vector<std::string_view> kGreylistKeys = {"first_delay", "backoff", "max_delay"};
 const std::vector<std::string_view> kSiteKeys = {"name", "mx", "limits", "actions"};
 const std::vector<std::string_view> kDomainKeys = {"domain", "site", "limits"};
@@ -256,6 +256,11 @@ class ShapingParser : private TomlReader {
     if (const toml::node* node = table.get("max_suspension")) {
       FACTEUR_RETURN_IF_ERROR(
           CheckAtMost(*node, "backoff.max_suspension", out.max_suspension, absl::Hours(30 * 24)));
+    }
+    FACTEUR_RETURN_IF_ERROR(ReadDuration(table, "backoff", "rate_memory", out.rate_memory));
+    if (const toml::node* node = table.get("rate_memory")) {
+      FACTEUR_RETURN_IF_ERROR(
+          CheckAtMost(*node, "backoff.rate_memory", out.rate_memory, absl::Hours(30 * 24)));
     }
     return absl::OkStatus();
   }

@@ -194,6 +194,8 @@ TEST(ShapingFileTest, AnEmptyFileGivesTheBuiltInReactionsAndStructDefaults) {
   EXPECT_EQ(options.default_limits.max_connections, SiteLimits().max_connections);
   EXPECT_EQ(options.greylist.first_delay, absl::Minutes(5));
   EXPECT_EQ(options.backoff.max_suspension, absl::Hours(24));
+  EXPECT_EQ(options.backoff.rate_memory, absl::Hours(1));
+  EXPECT_EQ(ParseOk("[backoff]\nrate_memory = \"20m\"\n").backoff.rate_memory, absl::Minutes(20));
 
   const ClassAction& greylist = options.actions[Index(ResponseClass::kGreylist)];
   EXPECT_EQ(greylist.suspend, absl::ZeroDuration());
