@@ -610,8 +610,11 @@ void ShardDelivery::PumpDestination(SiteQueue& site, DestinationQueue& queue, ab
 
   // 3. What cannot start soon goes back to the manager, unattempted, so that a slow or paused
   // site does not hold leases other sites need.
-  const bool moving = std::any_of(queue.links.begin(), queue.links.end(),
-                                  [](const auto& link) { return !link->finished(); });
+  // Only a connection carrying a job or still connecting moves the queue: an idle one was just
+  // refused work by its pair (or the warmup cap).
+  const bool moving = std::any_of(queue.links.begin(), queue.links.end(), [](const auto& link) {
+    return link->carrying() || link->connecting();
+  });
   if (!moving) {
     if (wake != absl::InfiniteFuture() && wake - now > context_.max_hold) {
       HoldBack(queue, 0, wake, absl::ZeroDuration());
