@@ -5,9 +5,6 @@ which facteur's classifier reads as greylisting: the recipient is retried after 
 the same source IP (pinned, though the pool has two), and Postfix accepts it — with postgrey's
 X-Greylist: field saying it was delayed. Real time: postgrey has no other clock."""
 
-import os
-import shutil
-import tempfile
 import unittest
 
 import harness
@@ -27,34 +24,19 @@ class GreylistedRetryPostgreyTest(unittest.TestCase):
         cls.dns = DnsServer(mx=[("grey.test", "mx.grey.test", 10)],
                             addresses=[("mx.grey.test", "127.0.0.52")])
         cls.dns.start()
-        cls.shaping_dir = tempfile.mkdtemp(prefix="facteur-shaping-")
-        shaping = os.path.join(cls.shaping_dir, "shaping.toml")
-        with open(shaping, "w") as f:
-            # postgrey names no delay: the first rung of the ladder is its delay, plus a second.
-            f.write('[greylist]\nfirst_delay = "%ds"\nmax_delay = "1m"\n' % (POSTGREY_DELAY + 1))
-        extra = [
-            "[dns]",
-            "nameservers = [%s]" % harness.toml_string(cls.dns.nameserver),
-            "[delivery]",
-            "smtp_port = %d" % cls.mx.port,
-            "[shaping]",
-            "file = %s" % harness.toml_string(shaping),
-        ]
-        for i, ip in enumerate(SOURCES):
-            extra += ["[[source]]", 'name = "out%d"' % (i + 1), 'address = "%s"' % ip]
-        cls.server = harness.Facteur(extra="\n".join(extra))
-        try:
-            cls.server.start()
-        except BaseException:
-            cls.tearDownClass()
-            raise
+        cls.server = harness.Facteur(extra=harness.delivery_extra(
+            cls.dns, cls.mx.port, shaping_file="shaping.toml",
+            sources=[{"name": "out%d" % (i + 1), "address": ip} for i, ip in enumerate(SOURCES)]))
+        # postgrey names no delay: the first rung of the ladder is its delay, plus a second.
+        cls.server.write_file("shaping.toml", '[greylist]\nfirst_delay = "%ds"\nmax_delay = "1m"\n'
+                              % (POSTGREY_DELAY + 1))
+        cls.server.start_or(cls.tearDownClass)
 
     @classmethod
     def tearDownClass(cls):
         cls.server.cleanup()
         cls.dns.cleanup()
         cls.mx.cleanup()
-        shutil.rmtree(cls.shaping_dir, ignore_errors=True)
 
     def test_accepted_on_the_retry_from_the_same_source(self):
         with self.server.smtp() as client:

@@ -112,6 +112,19 @@ class Facteur:
         self.process = None
         return code
 
+    def write_file(self, name, text):
+        """Writes `text` to `name` in the data directory (where relative config paths point)."""
+        with open(os.path.join(self.data_dir, name), "w") as f:
+            f.write(text)
+
+    def start_or(self, cleanup):
+        """start(); on failure runs `cleanup` (a test class's tearDownClass) and re-raises."""
+        try:
+            return self.start()
+        except BaseException:
+            cleanup()
+            raise
+
     def kill9(self):
         return self.stop(signal.SIGKILL)
 
@@ -287,6 +300,24 @@ class RawSmtp:
 
     def close(self):
         self.sock.close()
+
+
+def delivery_extra(dns, smtp_port, delivery=(), shaping_file=None, clock=None, sources=()):
+    """The `extra` TOML of a delivery scenario: DNS from `dns` (a dns_server.DnsServer), MX hosts
+    on `smtp_port`, more [delivery] lines, a shaping file (a path, relative ones under the data
+    directory: see Facteur.write_file), a scaled clock (test_clock.ScaledClock) and [[source]]
+    tables (dicts of their keys)."""
+    lines = ["[dns]", "nameservers = [%s]" % toml_string(dns.nameserver),
+             "[delivery]", "smtp_port = %d" % smtp_port]
+    lines += list(delivery)
+    if shaping_file is not None:
+        lines += ["[shaping]", "file = %s" % toml_string(shaping_file)]
+    if clock is not None:
+        lines += ["[clock]", "speed = %r" % clock.speed, "anchor = %r" % clock.anchor]
+    for source in sources:
+        lines.append("[[source]]")
+        lines += ["%s = %s" % (key, toml_string(value)) for key, value in source.items()]
+    return "\n".join(lines)
 
 
 def wait_until(predicate, timeout=20, what="condition"):

@@ -6,9 +6,6 @@ hour. Every message is delivered, exactly once; after the reply nothing is sent 
 provider before the pause ends, and the provider never has to say it twice (the backoff
 holds); the pause shows in the metrics and the events log. The clock runs 120x faster."""
 
-import os
-import shutil
-import tempfile
 import unittest
 import urllib.request
 
@@ -47,41 +44,23 @@ class RateLimitReplyBacksOffTest(unittest.TestCase):
         cls.dns = DnsServer(mx=[("strict.test", "mx1.strict.test", 10)],
                             addresses=[("mx1.strict.test", "127.0.0.62")])
         cls.dns.start()
-        cls.shaping_dir = tempfile.mkdtemp(prefix="facteur-shaping-")
-        shaping = os.path.join(cls.shaping_dir, "shaping.toml")
-        with open(shaping, "w") as f:
-            f.write('[actions.rate_limit]\nsuspend = "%ds"\nrate_factor = 0.5\nmax_connections = 1\n'
-                    '[[site]]\nname = "strict"\nmx = ["*.strict.test"]\n'
-                    "[site.limits]\nmax_connections = 1\nmax_messages_per_connection = 1000\n"
-                    "messages_per_minute = %d\nmessages_per_hour = 0\n" % (PAUSE, CONFIGURED))
-        extra = "\n".join([
-            "[dns]",
-            "nameservers = [%s]" % harness.toml_string(cls.dns.nameserver),
-            "[delivery]",
-            "smtp_port = %d" % cls.sim.port,
-            'connection_idle_timeout = "60s"',
-            "[shaping]",
-            "file = %s" % harness.toml_string(shaping),
-            "[clock]",
-            "speed = %r" % SPEED,
-            "anchor = %r" % cls.clock.anchor,
-            "[[source]]",
-            'name = "out1"',
-            'address = "127.0.0.5"',
-        ])
-        cls.server = harness.Facteur(extra=extra)
-        try:
-            cls.server.start()
-        except BaseException:
-            cls.tearDownClass()
-            raise
+        cls.server = harness.Facteur(extra=harness.delivery_extra(
+            cls.dns, cls.sim.port, delivery=['connection_idle_timeout = "60s"'],
+            shaping_file="shaping.toml", clock=cls.clock,
+            sources=[{"name": "out1", "address": "127.0.0.5"}]))
+        cls.server.write_file(
+            "shaping.toml",
+            '[actions.rate_limit]\nsuspend = "%ds"\nrate_factor = 0.5\nmax_connections = 1\n'
+            '[[site]]\nname = "strict"\nmx = ["*.strict.test"]\n'
+            "[site.limits]\nmax_connections = 1\nmax_messages_per_connection = 1000\n"
+            "messages_per_minute = %d\nmessages_per_hour = 0\n" % (PAUSE, CONFIGURED))
+        cls.server.start_or(cls.tearDownClass)
 
     @classmethod
     def tearDownClass(cls):
         cls.server.cleanup()
         cls.dns.cleanup()
         cls.sim.stop()
-        shutil.rmtree(cls.shaping_dir, ignore_errors=True)
 
     def test_backs_off_and_delivers_everything(self):
         self.server.cli("queue", "suspend", "strict.test")

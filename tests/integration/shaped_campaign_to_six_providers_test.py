@@ -21,10 +21,7 @@ second attempt, from the IP of its first; the blocklisted source abandoned for t
 the whole campaign done within 1.1 x the shortest time the configured limits allow — no
 capacity left idle."""
 
-import os
-import shutil
 import smtplib
-import tempfile
 import threading
 import time
 import unittest
@@ -133,37 +130,19 @@ class ShapedCampaignTest(unittest.TestCase):
             for sim in started:
                 sim.stop()
             raise
-        cls.shaping_dir = tempfile.mkdtemp(prefix="facteur-shaping-")
-        shaping = os.path.join(cls.shaping_dir, "shaping.toml")
-        with open(shaping, "w") as f:
-            f.write(shaping_toml())
-        extra = [
-            "[dns]",
-            "nameservers = [%s]" % harness.toml_string(cls.dns.nameserver),
-            "[delivery]",
-            "smtp_port = %d" % port,
-            'connect_timeout = "5s"',
-            'connection_idle_timeout = "30s"',
-            "max_connections_per_destination = 10",
-            "[shaping]",
-            "file = %s" % harness.toml_string(shaping),
-            "[clock]",
-            "speed = %r" % SPEED,
-            "anchor = %r" % cls.clock.anchor,
-        ]
-        for i, ip in enumerate(SOURCES):
-            extra += ["[[source]]", 'name = "out%d"' % (i + 1), 'address = "%s"' % ip,
-                      'ehlo_name = "out%d.asso.example"' % (i + 1)]
-        cls.server = harness.Facteur(extra="\n".join(extra))
-        try:
-            cls.server.start()
-        except BaseException:
-            cls.tearDownClass()
-            raise
+        cls.server = harness.Facteur(extra=harness.delivery_extra(
+            cls.dns, port,
+            delivery=['connect_timeout = "5s"', 'connection_idle_timeout = "30s"',
+                      "max_connections_per_destination = 10"],
+            shaping_file="shaping.toml", clock=cls.clock,
+            sources=[{"name": "out%d" % (i + 1), "address": ip,
+                      "ehlo_name": "out%d.asso.example" % (i + 1)}
+                     for i, ip in enumerate(SOURCES)]))
+        cls.server.write_file("shaping.toml", shaping_toml())
+        cls.server.start_or(cls.tearDownClass)
 
     @classmethod
     def tearDownClass(cls):
-        shutil.rmtree(cls.shaping_dir, ignore_errors=True)
         cls.server.cleanup()
         cls.dns.cleanup()
         for p in PROVIDERS:

@@ -7,9 +7,6 @@ midnight (facteur's [clock] and the simulated provider share it), so the day cha
 five real seconds. `facteur reputation` then shows the source's warmup day and counts."""
 
 import json
-import os
-import shutil
-import tempfile
 import time
 import unittest
 
@@ -39,41 +36,20 @@ class WarmupCapsANewSourceTest(unittest.TestCase):
         cls.dns = DnsServer(mx=[("warm.test", "mx1.warm.test", 10)],
                             addresses=[("mx1.warm.test", "127.0.0.61")])
         cls.dns.start()
-        cls.shaping_dir = tempfile.mkdtemp(prefix="facteur-shaping-")
-        shaping = os.path.join(cls.shaping_dir, "shaping.toml")
-        with open(shaping, "w") as f:
-            f.write("[defaults]\nmax_connections = 2\nmessages_per_hour = 0\n"
-                    '[[warmup]]\nname = "new"\ndaily_caps = [%d, %d]\n'
-                    '[warmup_pools]\nfresh = "new"\n' % CAPS)
-        extra = "\n".join([
-            "[dns]",
-            "nameservers = [%s]" % harness.toml_string(cls.dns.nameserver),
-            "[delivery]",
-            "smtp_port = %d" % cls.sim.port,
-            'pool = "fresh"',
-            "[shaping]",
-            "file = %s" % harness.toml_string(shaping),
-            "[clock]",
-            "speed = %r" % SPEED,
-            "anchor = %r" % cls.clock.anchor,
-            "[[source]]",
-            'name = "new1"',
-            'address = "127.0.0.7"',
-            'pool = "fresh"',
-        ])
-        cls.server = harness.Facteur(extra=extra)
-        try:
-            cls.server.start()
-        except BaseException:
-            cls.tearDownClass()
-            raise
+        cls.server = harness.Facteur(extra=harness.delivery_extra(
+            cls.dns, cls.sim.port, delivery=['pool = "fresh"'], shaping_file="shaping.toml",
+            clock=cls.clock, sources=[{"name": "new1", "address": "127.0.0.7", "pool": "fresh"}]))
+        cls.server.write_file("shaping.toml",
+                              "[defaults]\nmax_connections = 2\nmessages_per_hour = 0\n"
+                              '[[warmup]]\nname = "new"\ndaily_caps = [%d, %d]\n'
+                              '[warmup_pools]\nfresh = "new"\n' % CAPS)
+        cls.server.start_or(cls.tearDownClass)
 
     @classmethod
     def tearDownClass(cls):
         cls.server.cleanup()
         cls.dns.cleanup()
         cls.sim.stop()
-        shutil.rmtree(cls.shaping_dir, ignore_errors=True)
 
     def test_five_today_the_rest_after_midnight(self):
         self.assertLess(self.clock(), self.midnight - 30)  # still the first day
