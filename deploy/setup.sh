@@ -11,12 +11,14 @@ packages=(
   libabsl-dev libtomlplusplus-dev libsodium-dev nlohmann-json3-dev libc-ares-dev
   libopendkim-dev libre2-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  # test clients and tools: Debian's python3 (smtplib, email), swaks with TLS, curl, openssl CLI
-  python3 swaks libnet-ssleay-perl curl procps
+  # test clients and tools: Debian's python3 (smtplib, email), swaks with TLS, curl, openssl CLI,
+  # systemd-analyze (verifies deploy/systemd/facteur.service)
+  python3 swaks libnet-ssleay-perl curl procps systemd
   # test peers started by the tests on loopback: a DNS server serving test zones, Postfix as a
   # receiving MX (and its smtp-sink / smtp-source for the benchmarks), dkimpy as DKIM verifier,
-  # postgrey as a real greylisting policy service for that Postfix
-  dnsmasq-base postfix python3-dkim postgrey
+  # postgrey as a real greylisting policy service for that Postfix, Prometheus (and promtool) to
+  # check the shipped alert rules against a running facteur
+  dnsmasq-base postfix python3-dkim postgrey prometheus
 )
 
 missing=()
