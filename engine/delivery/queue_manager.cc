@@ -12,6 +12,7 @@
 #include "engine/base/status.h"
 #include "engine/mail/dsn.h"
 #include "engine/mail/text.h"
+#include "engine/delivery/shaping.h"
 
 namespace facteur::delivery {
 namespace {
@@ -209,6 +210,9 @@ void QueueManager::RunOnce() {
     operation->done.Notify();
   }
   if (!stopping) LeaseAndDispatch();
+  if (options_.metrics != nullptr) {
+    options_.metrics->in_flight.Set(static_cast<double>(in_flight_.size()));
+  }
   absl::MutexLock lock(&mutex_);
   in_flight_count_ = in_flight_.size();
 }
@@ -260,6 +264,9 @@ void QueueManager::StartMessage(const queue::ScheduleEntry& entry) {
         absl::StrCat("delivery time expired: undelivered after ",
                      absl::FormatDuration(retry_.options().queue_lifetime), " in the queue"));
     for (uint32_t index : pending) expired.emplace_back(index, outcome);
+    if (options_.metrics != nullptr) {
+      options_.metrics->expired_total.Increment(static_cast<double>(expired.size()));
+    }
     BounceRecipients(envelope, nullptr, expired, events::EventType::kExpiration);
     Persist(std::move(envelope), entry.due);
     return;
@@ -359,6 +366,9 @@ void QueueManager::Settle(InFlight& flight, std::vector<JobResult> results) {
       next_attempt = std::min(next_attempt, result.throttled_until);
       continue;
     }
+    if (options_.metrics != nullptr) {
+      options_.metrics->attempt_seconds.Observe(absl::ToDoubleSeconds(result.elapsed));
+    }
     for (size_t k = 0; k < result.recipient_indexes.size() && k < result.outcomes.size(); ++k) {
       const uint32_t index = result.recipient_indexes[k];
       if (index >= envelope.recipients.size()) continue;
@@ -378,6 +388,7 @@ void QueueManager::Settle(InFlight& flight, std::vector<JobResult> results) {
       events::EventType type = outcome.delivered()               ? events::EventType::kDelivery
                                : (outcome.permanent() && !held) ? events::EventType::kBounce
                                                                  : events::EventType::kTransientFailure;
+      CountOutcome(type, result, verdict, envelope.received_at, now);
       if (type == events::EventType::kBounce) {
         if (verdict.response_class == throttle::ResponseClass::kUserUnknown && user_unknown_) {
           user_unknown_(recipient.address, outcome);
@@ -460,6 +471,30 @@ void QueueManager::Settle(InFlight& flight, std::vector<JobResult> results) {
     }
   }
   Persist(std::move(envelope), flight.leased_due);
+}
+
+void QueueManager::CountOutcome(events::EventType type, const JobResult& result,
+                                const RecipientVerdict& verdict, absl::Time received_at,
+                                absl::Time now) {
+  metrics::DeliveryMetrics* m = options_.metrics;
+  if (m == nullptr) return;
+  const std::string site = SiteLabel(result.site);
+  const std::string source = result.source.empty() ? "none" : result.source;
+  const std::string reply_class(throttle::ResponseClassName(verdict.response_class));
+  switch (type) {
+    case events::EventType::kDelivery:
+      m->delivered_total.Add({{"site", site}, {"source", source}}).Increment();
+      m->queue_seconds.Observe(absl::ToDoubleSeconds(now - received_at));
+      break;
+    case events::EventType::kBounce:
+      m->bounced_total.Add({{"site", site}, {"source", source}, {"class", reply_class}})
+          .Increment();
+      break;
+    default:
+      m->deferred_total.Add({{"site", site}, {"source", source}, {"class", reply_class}})
+          .Increment();
+      break;
+  }
 }
 
 void QueueManager::BounceRecipients(

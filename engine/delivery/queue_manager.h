@@ -36,6 +36,7 @@
 #include "engine/base/clock.h"
 #include "engine/delivery/job.h"
 #include "engine/events/event_log.h"
+#include "engine/metrics/metrics.h"
 #include "queue/spool.h"
 #include "queue/store.h"
 #include "throttle/retry_policy.h"
@@ -50,6 +51,8 @@ struct QueueManagerOptions {
   size_t max_recipients_per_transaction = 100;
   // When greylisted recipients are tried again (from the source they were greylisted from).
   throttle::GreylistOptions greylist;
+  // Outcome counters and latencies; null: none.
+  metrics::DeliveryMetrics* metrics = nullptr;
 };
 
 // What the queue operations report.
@@ -121,6 +124,9 @@ class QueueManager final : public ResultSink {
   void LeaseAndDispatch();
   void StartMessage(const queue::ScheduleEntry& entry);
   void Settle(InFlight& flight, std::vector<JobResult> results);
+  // The metrics of one recipient's outcome.
+  void CountOutcome(events::EventType type, const JobResult& result,
+                    const RecipientVerdict& verdict, absl::Time received_at, absl::Time now);
   // Bounces `indexes` of `envelope` (DSN to the sender when asked) and writes their events.
   void BounceRecipients(queue::Envelope& envelope, const std::string* body,
                         const std::vector<std::pair<uint32_t, mail::DeliveryOutcome>>& bounced,

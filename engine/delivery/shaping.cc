@@ -9,6 +9,13 @@
 
 namespace facteur::delivery {
 
+std::string SiteLabel(std::string_view site_key) {
+  if (site_key.substr(0, 6) == "route:") return "route";
+  const std::string_view site = site_key.substr(0, site_key.find('/'));
+  if (site.empty() || site.substr(0, 3) == "mx:") return "other";
+  return std::string(site);
+}
+
 Shaping::Shaping(throttle::ShapingOptions options, throttle::ResponseClassifier classifier)
     : options_(std::move(options)),
       matcher_(std::make_unique<throttle::SiteMatcher>(options_)),

@@ -6,6 +6,8 @@
 #pragma once
 
 #include <memory>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -15,6 +17,11 @@
 #include "throttle/site_matcher.h"
 
 namespace facteur::delivery {
+
+// A site key as a bounded metric label: the shipped site's name ("google", also for a domain
+// override "google/example.com"), "route" for a static route, "other" for any unknown MX set
+// (and for "", a job that failed before its site was known).
+std::string SiteLabel(std::string_view site_key);
 
 class Shaping {
  public:

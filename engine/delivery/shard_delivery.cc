@@ -857,9 +857,7 @@ void ShardDelivery::ReportMetrics() {
   const absl::Time now = context_.clock.Now();
   for (auto& [key, site] : sites_) {
     const bool named = site->site != nullptr;
-    const std::string label = named ? site->site->name
-                              : absl::StartsWith(key, "route:") ? "route"
-                                                                : "other";
+    const std::string label = SiteLabel(key);
     for (auto& [source, pair] : site->pairs) {
       SiteQueue::Reported& last = site->reported[source];
       const throttle::PairCounters& counters = pair->counters();

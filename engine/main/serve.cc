@@ -338,7 +338,8 @@ class Relay {
             .hostname = config_.hostname,
             .max_messages_in_flight = options.max_messages_in_flight,
             .max_recipients_per_transaction = options.max_recipients_per_transaction,
-            .greylist = shaping_->options().greylist});
+            .greylist = shaping_->options().greylist,
+            .metrics = &metrics_.delivery()});
     if (suppression_ != nullptr) {
       // A recipient its server called unknown is not sent to again (refused at RCPT TO).
       queue_manager_->SetUserUnknownHandler(

@@ -122,6 +122,31 @@ prometheus::Counter& DkimMetrics::Signatures(const std::string& algorithm,
   return signatures_total.Add({{"algorithm", algorithm}, {"engine", engine}});
 }
 
+DeliveryMetrics::DeliveryMetrics(prometheus::Registry& registry)
+    : delivered_total(CounterFamily(registry, "facteur_messages_delivered_total",
+                                    "Recipients delivered (the server answered 2xx), by site and "
+                                    "source.")),
+      deferred_total(CounterFamily(registry, "facteur_messages_deferred_total",
+                                   "Recipients deferred by a delivery attempt, by site, source "
+                                   "and class of the reply.")),
+      bounced_total(CounterFamily(registry, "facteur_messages_bounced_total",
+                                  "Recipients bounced by a delivery attempt, by site, source and "
+                                  "class of the reply.")),
+      expired_total(CounterFamily(registry, "facteur_messages_expired_total",
+                                  "Recipients bounced because their queue lifetime ran out.")
+                        .Add({})),
+      queue_seconds(UnlabelledHistogram(
+          registry, "facteur_delivery_queue_seconds",
+          "Time from reception to delivery of each delivered recipient, in seconds.",
+          {1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600, 5 * 24 * 3600})),
+      attempt_seconds(UnlabelledHistogram(
+          registry, "facteur_delivery_attempt_seconds",
+          "Time of one delivery attempt (one transaction), from dispatch to result, in seconds.",
+          {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60, 300})),
+      in_flight(GaugeFamily(registry, "facteur_delivery_in_flight",
+                            "Messages leased to the delivery shards (being delivered).")
+                    .Add({})) {}
+
 ShapingMetrics::ShapingMetrics(prometheus::Registry& registry)
     : replies_total(CounterFamily(registry, "facteur_site_replies_total",
                                   "Classified replies of each site to each source, by class.")),

@@ -84,6 +84,20 @@ struct ShapingMetrics {
   prometheus::Family<prometheus::Gauge>& warmup_sent;              // {site,source}
 };
 
+// Outcomes of delivery attempts, per recipient (issue #6 point 1; engine/delivery/queue_manager.h).
+// `site` and `source` as for ShapingMetrics; `class` a throttle::ResponseClassName().
+struct DeliveryMetrics {
+  explicit DeliveryMetrics(prometheus::Registry& registry);
+
+  prometheus::Family<prometheus::Counter>& delivered_total;  // {site,source}
+  prometheus::Family<prometheus::Counter>& deferred_total;   // {site,source,class}
+  prometheus::Family<prometheus::Counter>& bounced_total;    // {site,source,class}
+  prometheus::Counter& expired_total;                        // no label
+  prometheus::Histogram& queue_seconds;    // reception to delivery, per delivered recipient
+  prometheus::Histogram& attempt_seconds;  // dispatch to result, per attempted transaction
+  prometheus::Gauge& in_flight;            // messages leased to the delivery shards
+};
+
 class Metrics {
  public:
   Metrics();
@@ -111,6 +125,7 @@ class Metrics {
   DkimMetrics& dkim() { return *dkim_; }
   QuotaMetrics& quota() { return *quota_; }
   ShapingMetrics& shaping() { return *shaping_; }
+  DeliveryMetrics& delivery() { return *delivery_; }
 
   // The Prometheus text exposition format (version 0.0.4) of every metric.
   std::string Serialize() const;
@@ -120,6 +135,7 @@ class Metrics {
   std::unique_ptr<DkimMetrics> dkim_ = std::make_unique<DkimMetrics>(*registry_);
   std::unique_ptr<QuotaMetrics> quota_ = std::make_unique<QuotaMetrics>(*registry_);
   std::unique_ptr<ShapingMetrics> shaping_ = std::make_unique<ShapingMetrics>(*registry_);
+  std::unique_ptr<DeliveryMetrics> delivery_ = std::make_unique<DeliveryMetrics>(*registry_);
 
   prometheus::Family<prometheus::Counter>& sessions_total_;
   prometheus::Family<prometheus::Counter>& messages_accepted_total_;

@@ -76,7 +76,8 @@ class QueueManagerTest : public ::testing::Test {
         *store_, *spool_, retry_, clock_, events_.get(),
         QueueManagerOptions{.hostname = "relay.example.org", .max_messages_in_flight = 100,
                             .max_recipients_per_transaction = 2,
-                            .greylist = throttle::GreylistOptions{}});
+                            .greylist = throttle::GreylistOptions{},
+                            .metrics = nullptr});
     manager_->SetUserUnknownHandler(
         [this](const std::string& address, const mail::DeliveryOutcome&) {
           unknown_users_.push_back(address);

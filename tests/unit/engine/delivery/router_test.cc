@@ -1,5 +1,6 @@
 // Tests of the router: which route a domain takes, and the sources of each pool.
 #include "engine/delivery/router.h"
+#include "engine/delivery/shaping.h"
 
 #include <sys/socket.h>
 
@@ -86,6 +87,22 @@ destination = "[relay.example.com]:587"
   EXPECT_EQ(other.host, "relay.example.com");
   EXPECT_EQ(other.port, 587);
   EXPECT_TRUE(router->Sources("no-such-pool").empty());
+}
+
+}  // namespace
+}  // namespace facteur::delivery
+
+namespace facteur::delivery {
+namespace {
+
+// Metric labels stay bounded whatever the MX sets and overrides (DESIGN.md §6).
+TEST(SiteLabelTest, NamedSitesRoutesAndOther) {
+  EXPECT_EQ(SiteLabel("google"), "google");
+  EXPECT_EQ(SiteLabel("google/example.com"), "google");
+  EXPECT_EQ(SiteLabel("mx:mx1.example.net,mx2.example.net"), "other");
+  EXPECT_EQ(SiteLabel("mx:mx.example.net/example.net"), "other");
+  EXPECT_EQ(SiteLabel("route:[smtp.example.net]:587"), "route");
+  EXPECT_EQ(SiteLabel(""), "other");
 }
 
 }  // namespace

@@ -1,8 +1,8 @@
-"""deploy/prometheus/ against the real thing (issue #6 point 2): `promtool check config` and
-`promtool check rules` pass; then Debian's Prometheus, started on loopback with the shipped
-rules, scrapes a running facteur that has delivered mail, and evaluates every alert rule without
-an error; the series the rules stand on (queue depth, replies by site and class, up) return
-data through Prometheus's HTTP API."""
+"""deploy/prometheus/ and deploy/grafana/ against the real thing (issue #6 points 2 and 3):
+`promtool check config` and `promtool check rules` pass; then Debian's Prometheus, started on
+loopback with the shipped rules, scrapes a running facteur that has delivered mail, evaluates
+every alert rule without an error, and answers every PromQL expression of the Grafana dashboard
+through its HTTP API; the core ones (throughput, queue, deliveries by site) return data."""
 
 import json
 import os
@@ -21,6 +21,15 @@ from smtp_test_server import SmtpTestServer
 REPO = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 RULES = os.path.join(REPO, "deploy", "prometheus", "facteur-alerts.yml")
 CONFIG = os.path.join(REPO, "deploy", "prometheus", "prometheus.yml")
+DASHBOARD = os.path.join(REPO, "deploy", "grafana", "facteur.json")
+# Dashboard expressions that must return data once facteur has taken and delivered mail.
+CORE = [
+    "sum(rate(facteur_smtp_messages_accepted_total[5m]))",
+    "sum(rate(facteur_messages_delivered_total[5m]))",
+    "facteur_spool_messages",
+    "sum by (site) (rate(facteur_messages_delivered_total[5m]))",
+    "sum by (le) (rate(facteur_delivery_queue_seconds_bucket[5m]))",
+]
 
 
 def free_port():
@@ -29,7 +38,7 @@ def free_port():
         return s.getsockname()[1]
 
 
-class PrometheusAlertRulesTest(unittest.TestCase):
+class PrometheusRulesAndDashboardTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.sink = SmtpTestServer(host="127.0.0.1").start()
@@ -118,6 +127,21 @@ class PrometheusAlertRulesTest(unittest.TestCase):
                 self.query(rule["query"])  # parses and runs through the query API too
         # Nothing is wrong with this relay: no alert fires.
         self.assertEqual([r["name"] for r in rules if r["state"] == "firing"], [])
+        # Every expression of the dashboard runs; the core ones have data.
+        with open(DASHBOARD) as f:
+            dashboard = json.load(f)
+        exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+        self.assertGreater(len(exprs), 20)
+        for expr in CORE:
+            self.assertIn(expr, exprs)
+        for expr in exprs:
+            with self.subTest(expr=expr):
+                self.query(expr)
+        for expr in CORE:
+            harness.wait_until(lambda expr=expr: self.query(expr) or None, timeout=20,
+                               what="data for %s" % expr)
+        delivered = self.query('sum(facteur_messages_delivered_total{site="route"})')
+        self.assertEqual(float(delivered[0]["value"][1]), 5)
         # The series the rules stand on are there.
         for expr in ("facteur_spool_messages", "facteur_spool_commit_errors_total",
                      'sum by (site, class) (facteur_site_replies_total)', 'up'):
