@@ -1,6 +1,8 @@
 // File: engine/admin/admin_server.cc
 #include "engine/admin/admin_server.h"
 
+#include <openssl/crypto.h>
+
 #include <arpa/inet.h>
 #include <civetweb.h>
 #include <netinet/in.h>
@@ -151,12 +153,28 @@ void InitCivetweb() {
   (void)features;
 }
 
+// "Bearer TOKEN" against the expected token, in constant time (a timing difference would let a
+// local process guess the token byte by byte).
+bool BearerMatches(const char* header, const std::string& token) {
+  if (header == nullptr) return false;
+  std::string_view value(header);
+  constexpr std::string_view kScheme = "Bearer ";
+  if (value.size() < kScheme.size() ||
+      !absl::EqualsIgnoreCase(ToAbsl(value.substr(0, kScheme.size())), ToAbsl(kScheme))) {
+    return false;
+  }
+  value.remove_prefix(kScheme.size());
+  return value.size() == token.size() &&
+         CRYPTO_memcmp(value.data(), token.data(), token.size()) == 0;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<AdminServer>> AdminServer::Start(const std::string& address,
                                                                 metrics::Metrics& metrics,
                                                                 queue::Store& store,
-                                                                policy::AccountStore& accounts) {
+                                                                policy::AccountStore& accounts,
+                                                                std::string token) {
   auto split = SplitAddress(address);
   if (!split) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -171,6 +189,7 @@ absl::StatusOr<std::unique_ptr<AdminServer>> AdminServer::Start(const std::strin
   InitCivetweb();
 
   auto server = std::unique_ptr<AdminServer>(new AdminServer(split->first, metrics, store, accounts));
+  server->token_ = std::move(token);
   const std::string ports = address;
   // A few threads: the admin API serves an operator and a Prometheus scraper, not the public.
   const char* options[] = {"listening_ports",    ports.c_str(),
@@ -258,7 +277,10 @@ int AdminServer::HandleRequest(mg_connection* connection, void* self_pointer) {
         }
       }
     }
-    if (too_large) {
+    if (!self.token_.empty() && absl::StartsWith(path, "/api/") &&
+        !BearerMatches(mg_get_header(connection, "Authorization"), self.token_)) {
+      response = Error(401, "This admin API asks for its bearer token ([admin] token_file).");
+    } else if (too_large) {
       response = Error(413, "Request body is larger than 64 KiB.");
     } else {
       response = self.Route(method, path, query, body);
@@ -289,6 +311,11 @@ AdminServer::Response AdminServer::Route(const std::string& method, const std::s
   if (path == "/healthz") {
     if (method != "GET") return method_not_allowed();
     return {200, "text/plain; charset=utf-8", "ok\n"};
+  }
+  if (path == "/readyz") {
+    if (method != "GET") return method_not_allowed();
+    if (!ready_.load()) return {503, "text/plain; charset=utf-8", "not ready\n"};
+    return {200, "text/plain; charset=utf-8", "ready\n"};
   }
   if (path == "/api/queue" || path == "/api/queue/") {
     if (method != "GET") return method_not_allowed();

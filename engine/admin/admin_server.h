@@ -65,11 +65,14 @@ class AdminServer {
   // Listens on `address`, "host:port" or "[v6]:port"; port 0 picks a free port (tests).
   // InvalidArgument for a malformed address, Unavailable when the address cannot be bound,
   // Unimplemented for IPv6 when the civetweb build lacks it (Debian's 1.15 does).
-  // `metrics`, `store` and `accounts` must outlive the server.
+  // `metrics`, `store` and `accounts` must outlive the server. With a `token`, every /api/
+  // request must carry "Authorization: Bearer TOKEN" (401 otherwise); /metrics, /healthz and
+  // /readyz stay open.
   static absl::StatusOr<std::unique_ptr<AdminServer>> Start(const std::string& address,
                                                             metrics::Metrics& metrics,
                                                             queue::Store& store,
-                                                            policy::AccountStore& accounts);
+                                                            policy::AccountStore& accounts,
+                                                            std::string token = "");
   // Stops listening and waits for requests in progress.
   ~AdminServer();
   AdminServer(const AdminServer&) = delete;
@@ -83,6 +86,9 @@ class AdminServer {
   // Enable the quota and suppression endpoints; same lifetime rule as SetQueueManager.
   void SetAccountQuotas(policy::AccountQuotas* quotas) { quotas_.store(quotas); }
   void SetSuppressionList(queue::SuppressionList* list) { suppression_.store(list); }
+  // /readyz answers 200 once the relay takes mail and delivers it, 503 before and while it
+  // shuts down.
+  void SetReady(bool ready) { ready_.store(ready); }
 
  private:
   using Response = AdminResponse;
@@ -122,6 +128,8 @@ class AdminServer {
   std::atomic<queue::SuppressionList*> suppression_{nullptr};
   mg_context* context_ = nullptr;  // owned: mg_stop() in the destructor
   int port_ = 0;
+  std::string token_;  // "" = no bearer token asked; set before the listener starts
+  std::atomic<bool> ready_{false};
 };
 
 }  // namespace facteur::admin

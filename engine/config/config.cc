@@ -72,7 +72,7 @@ const std::vector<std::string_view> kSmtpKeys = {
     "max_sessions",     "auth_max_failures", "auth_failure_window"};
 const std::vector<std::string_view> kTlsKeys = {"certificate_file", "private_key_file"};
 const std::vector<std::string_view> kSpoolKeys = {"path", "max_batch"};
-const std::vector<std::string_view> kAdminKeys = {"address"};
+const std::vector<std::string_view> kAdminKeys = {"address", "token_file"};
 const std::vector<std::string_view> kListenerKeys = {"name", "address", "role", "tls",
                                                      "trusted_networks"};
 const std::vector<std::string_view> kDnsKeys = {"nameservers", "timeout", "attempts"};
@@ -233,6 +233,8 @@ class Parser : private TomlReader {
     FACTEUR_ASSIGN_OR_RETURN(const toml::table* admin, SubTable(root, "admin", kAdminKeys));
     if (admin != nullptr) {
       FACTEUR_RETURN_IF_ERROR(ReadString(*admin, "admin", "address", config.admin.address));
+      FACTEUR_RETURN_IF_ERROR(
+          ReadString(*admin, "admin", "token_file", config.admin.token_file));
       const toml::node* node = admin->get("address");
       if (node != nullptr && !config.admin.address.empty()) {
         const toml::source_region& where = node->source();

@@ -97,6 +97,10 @@ struct SpoolOptions {
 struct AdminOptions {
   // HTTP listener for /metrics and the admin API; "" disables it. Default: "127.0.0.1:9464".
   std::string address = "127.0.0.1:9464";
+  // A file holding the bearer token the /api/ endpoints then require ("Authorization: Bearer
+  // TOKEN"); the CLI reads it too. It must not be readable by group or others. /metrics,
+  // /healthz and /readyz stay open. Default: "" = no token (keep the listener on loopback).
+  std::string token_file;
 };
 
 struct DnsOptions {

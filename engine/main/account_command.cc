@@ -92,7 +92,7 @@ class LocalAccounts final : public Accounts {
 
 class RemoteAccounts final : public Accounts {
  public:
-  explicit RemoteAccounts(std::string address) : address_(std::move(address)) {}
+  explicit RemoteAccounts(AdminEndpoint admin) : admin_(std::move(admin)) {}
 
   absl::Status Create(const std::string& name, const std::string& password) override {
     return Call("POST", "/api/accounts", nlohmann::json{{"name", name}, {"password", password}});
@@ -144,13 +144,13 @@ class RemoteAccounts final : public Accounts {
  private:
   absl::Status Call(std::string_view method, const std::string& path, const nlohmann::json& body,
                     nlohmann::json* answer = nullptr) {
-    absl::StatusOr<nlohmann::json> json = AdminCall(address_, method, path, body);
+    absl::StatusOr<nlohmann::json> json = AdminCall(admin_, method, path, body);
     if (!json.ok()) return json.status();
     if (answer != nullptr) *answer = *std::move(json);
     return absl::OkStatus();
   }
 
-  std::string address_;
+  AdminEndpoint admin_;
 };
 
 absl::StatusOr<std::unique_ptr<Accounts>> OpenAccounts(const config::Config& config) {
@@ -169,7 +169,7 @@ absl::StatusOr<std::unique_ptr<Accounts>> OpenAccounts(const config::Config& con
         store.status().message(),
         "; and it has no admin listener to take the change: stop it, or enable [admin]"));
   }
-  return std::make_unique<RemoteAccounts>(endpoints->admin);
+  return std::make_unique<RemoteAccounts>(AdminEndpoint{endpoints->admin, endpoints->admin_token});
 }
 
 // One line from standard input, or a prompt with echo off when it is a terminal.

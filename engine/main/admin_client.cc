@@ -43,7 +43,8 @@ absl::StatusOr<std::string> Dechunk(std::string_view body) {
 }  // namespace
 
 absl::StatusOr<HttpResponse> HttpRequest(const std::string& address, std::string_view method,
-                                         std::string_view path, std::string_view json_body) {
+                                         std::string_view path, std::string_view json_body,
+                                         std::string_view bearer_token) {
   size_t colon = address.rfind(':');
   if (colon == std::string::npos) {
     return absl::InvalidArgumentError(absl::StrCat("bad admin address ", address));
@@ -75,6 +76,7 @@ absl::StatusOr<HttpResponse> HttpRequest(const std::string& address, std::string
   std::string request = absl::StrCat(
       ToAbsl(method), " ", ToAbsl(path), " HTTP/1.1\r\nHost: ", address,
       "\r\nConnection: close\r\nAccept: application/json\r\n",
+      bearer_token.empty() ? "" : absl::StrCat("Authorization: Bearer ", ToAbsl(bearer_token), "\r\n"),
       json_body.empty() ? "" : "Content-Type: application/json\r\n",
       "Content-Length: ", json_body.size(), "\r\n\r\n", ToAbsl(json_body));
   for (std::string_view rest = request; !rest.empty();) {
@@ -112,11 +114,12 @@ absl::StatusOr<HttpResponse> HttpRequest(const std::string& address, std::string
   return response;
 }
 
-absl::StatusOr<nlohmann::json> AdminCall(const std::string& address, std::string_view method,
+absl::StatusOr<nlohmann::json> AdminCall(const AdminEndpoint& admin, std::string_view method,
                                          const std::string& path, const nlohmann::json& body) {
   std::string text =
       body.is_null() ? "" : body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-  absl::StatusOr<HttpResponse> response = HttpRequest(address, method, path, text);
+  absl::StatusOr<HttpResponse> response =
+      HttpRequest(admin.address, method, path, text, admin.token);
   std::fill(text.begin(), text.end(), '\0');
   if (!response.ok()) return response.status();
   nlohmann::json json = nlohmann::json::parse(response->body, nullptr, false);
@@ -129,6 +132,7 @@ absl::StatusOr<nlohmann::json> AdminCall(const std::string& address, std::string
                             : absl::StrCat("admin API answered HTTP ", response->status);
   switch (response->status) {
     case 400: return absl::InvalidArgumentError(message);
+    case 401: return absl::UnauthenticatedError(message);
     case 404: return absl::NotFoundError(message);
     case 409: return absl::AlreadyExistsError(message);
     case 503: return absl::UnavailableError(message);

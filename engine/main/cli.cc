@@ -1,5 +1,7 @@
 #include "engine/main/cli.h"
 
+#include <sys/stat.h>
+
 #include <unistd.h>
 
 #include <filesystem>
@@ -9,6 +11,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "engine/base/status.h"
 #include "nlohmann/json.hpp"
 
@@ -118,6 +121,28 @@ std::string SocketPath(const config::Config& config) {
   return "";
 }
 
+absl::StatusOr<std::string> ReadAdminToken(const config::Config& config) {
+  if (config.admin.token_file.empty()) return std::string();
+  const std::string path = config.ResolvePath(config.admin.token_file);
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) {
+    return ErrnoStatus(absl::StrCat("admin token file ", path), errno);
+  }
+  if ((st.st_mode & 077) != 0) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "admin token file %s is open to group or others (mode %04o): chmod 600 %s", path,
+        st.st_mode & 07777, path));
+  }
+  std::ifstream in(path);
+  std::string token;
+  std::getline(in, token);
+  while (!token.empty() && (token.back() == '\r' || token.back() == ' ')) token.pop_back();
+  if (token.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("admin token file ", path, " is empty"));
+  }
+  return token;
+}
+
 std::string EndpointsPath(const config::Config& config) {
   return config.ResolvePath("endpoints.json");
 }
@@ -132,6 +157,7 @@ absl::StatusOr<Endpoints> ReadEndpoints(const config::Config& config) {
     return absl::DataLossError(absl::StrCat(path, ": not JSON"));
   }
   Endpoints endpoints;
+  FACTEUR_ASSIGN_OR_RETURN(endpoints.admin_token, ReadAdminToken(config));
   endpoints.pid = json.value("pid", 0);
   endpoints.admin = json.value("admin", "");
   endpoints.socket = json.value("socket", "");

@@ -56,7 +56,12 @@ struct Endpoints {
   int pid = 0;
   std::string admin;   // "127.0.0.1:9464", or "" when disabled
   std::string socket;  // Unix socket path, or ""
+  std::string admin_token;  // from [admin] token_file; "" when none
 };
+
+// The bearer token of [admin] token_file ("" when none is set): the first line of the file,
+// refused when the file is open to group or others or the token is empty.
+absl::StatusOr<std::string> ReadAdminToken(const config::Config& config);
 std::string EndpointsPath(const config::Config& config);
 absl::StatusOr<Endpoints> ReadEndpoints(const config::Config& config);
 

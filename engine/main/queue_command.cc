@@ -156,7 +156,8 @@ int Operate(const config::Config& config, const CommandLine& command_line) {
               << " (queue operations are carried out by the server)\n";
     return kExitUnavailable;
   }
-  absl::StatusOr<nlohmann::json> answer = AdminCall(endpoints->admin, method, path, body);
+  absl::StatusOr<nlohmann::json> answer =
+      AdminCall(AdminEndpoint{endpoints->admin, endpoints->admin_token}, method, path, body);
   if (!answer.ok()) return ReportError(name, answer.status());
   if (command_line.json) {
     std::cout << admin::DumpJson(*answer) << "\n";

@@ -224,11 +224,14 @@ class Relay {
     FACTEUR_RETURN_IF_ERROR(StartDelivery());
 
     if (!config_.admin.address.empty()) {
-      FACTEUR_ASSIGN_OR_RETURN(
-          admin_, admin::AdminServer::Start(config_.admin.address, metrics_, *store_, *accounts_));
+      FACTEUR_ASSIGN_OR_RETURN(std::string token, ReadAdminToken(config_));
+      FACTEUR_ASSIGN_OR_RETURN(admin_, admin::AdminServer::Start(config_.admin.address, metrics_,
+                                                                 *store_, *accounts_,
+                                                                 std::move(token)));
       admin_->SetQueueManager(queue_manager_.get());
       admin_->SetAccountQuotas(quotas_.get());
       admin_->SetSuppressionList(suppression_.get());
+      admin_->SetReady(true);
     }
     return Announce(threads);
   }
@@ -237,6 +240,7 @@ class Relay {
   // finish and the spool commits what it holds (their completions post to loops that no longer
   // run, which the Server keeps alive until it is destroyed), then everything else.
   void Stop() {
+    if (admin_ != nullptr) admin_->SetReady(false);  // load balancers stop sending first
     std::error_code ignored;
     std::filesystem::remove(EndpointsPath(config_), ignored);
     admin_.reset();

@@ -60,11 +60,11 @@ class LocalSuppressions final : public Suppressions {
 
 class RemoteSuppressions final : public Suppressions {
  public:
-  explicit RemoteSuppressions(std::string address) : address_(std::move(address)) {}
+  explicit RemoteSuppressions(AdminEndpoint admin) : admin_(std::move(admin)) {}
 
   absl::StatusOr<std::vector<queue::SuppressionEntry>> List() override {
     FACTEUR_ASSIGN_OR_RETURN(nlohmann::json answer,
-                             AdminCall(address_, "GET", "/api/suppression", nullptr));
+                             AdminCall(admin_, "GET", "/api/suppression", nullptr));
     if (!answer.is_object() || !answer.contains("addresses") || !answer["addresses"].is_array()) {
       return absl::DataLossError("admin API: unexpected suppression list");
     }
@@ -85,18 +85,18 @@ class RemoteSuppressions final : public Suppressions {
     return entries;
   }
   absl::Status Add(const std::string& address, const std::string& reason) override {
-    return AdminCall(address_, "POST", "/api/suppression",
+    return AdminCall(admin_, "POST", "/api/suppression",
                      nlohmann::json{{"address", address}, {"reason", reason}})
         .status();
   }
   absl::Status Remove(const std::string& address) override {
-    return AdminCall(address_, "DELETE", absl::StrCat("/api/suppression/", PathSegment(address)),
+    return AdminCall(admin_, "DELETE", absl::StrCat("/api/suppression/", PathSegment(address)),
                      nullptr)
         .status();
   }
 
  private:
-  std::string address_;
+  AdminEndpoint admin_;
 };
 
 absl::StatusOr<std::unique_ptr<Suppressions>> OpenSuppressions(const config::Config& config) {
@@ -114,7 +114,8 @@ absl::StatusOr<std::unique_ptr<Suppressions>> OpenSuppressions(const config::Con
         store.status().message(),
         "; and it has no admin listener to take the change: stop it, or enable [admin]"));
   }
-  return std::make_unique<RemoteSuppressions>(endpoints->admin);
+  return std::make_unique<RemoteSuppressions>(
+      AdminEndpoint{endpoints->admin, endpoints->admin_token});
 }
 
 }  // namespace
