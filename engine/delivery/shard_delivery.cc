@@ -650,14 +650,8 @@ void ShardDelivery::HoldBack(DestinationQueue& queue, size_t keep, absl::Time fi
       kept.push_back(std::move(job));
       continue;
     }
-    JobResult result;
-    result.id = job.job.id;
-    result.domain = std::move(job.job.domain);
-    result.recipient_indexes = std::move(job.job.recipient_indexes);
-    result.destination = queue.destination.key;
-    result.site = queue.site->key;
+    JobResult result = ResultOf(job, queue.destination.key, queue.site->key);
     result.throttled_until = first + spacing * static_cast<double>(returned++);
-    result.elapsed = context_.clock.Now() - job.dispatched;
     context_.results.OnJobDone(std::move(result));
   }
   queue.waiting = std::move(kept);
@@ -761,15 +755,21 @@ void ShardDelivery::FailWaiting(DestinationQueue& queue, const mail::DeliveryOut
 
 void ShardDelivery::Fail(PendingJob job, const Destination& destination,
                          const mail::DeliveryOutcome& outcome, const std::string& site) {
+  JobResult result = ResultOf(job, destination.key, site);
+  result.outcomes.assign(result.recipient_indexes.size(), outcome);
+  context_.results.OnJobDone(std::move(result));
+}
+
+JobResult ShardDelivery::ResultOf(PendingJob& job, const std::string& destination,
+                                  const std::string& site) const {
   JobResult result;
   result.id = job.job.id;
   result.domain = std::move(job.job.domain);
   result.recipient_indexes = std::move(job.job.recipient_indexes);
-  result.outcomes.assign(result.recipient_indexes.size(), outcome);
-  result.destination = destination.key;
+  result.destination = destination;
   result.site = site;
   result.elapsed = context_.clock.Now() - job.dispatched;
-  context_.results.OnJobDone(std::move(result));
+  return result;
 }
 
 void ShardDelivery::Report(PendingJob job, const DestinationQueue& queue,
@@ -805,21 +805,15 @@ void ShardDelivery::Report(PendingJob job, const DestinationQueue& queue,
     if (--split.parts_left == 0) context_.results.OnJobDone(std::move(merged));
     return;
   }
-  JobResult result;
-  result.id = job.job.id;
-  result.domain = std::move(job.job.domain);
-  result.recipient_indexes = std::move(job.job.recipient_indexes);
+  JobResult result = ResultOf(job, queue.destination.key, queue.site->key);
   result.outcomes = std::move(outcomes);
   result.verdicts = std::move(verdicts);
-  result.destination = queue.destination.key;
-  result.site = queue.site->key;
   result.mx = mx;
   if (source != nullptr) {
     result.source = source->name;
     result.source_ip = source->ip;
   }
   result.tls = tls;
-  result.elapsed = context_.clock.Now() - job.dispatched;
   context_.results.OnJobDone(std::move(result));
 }
 

@@ -177,6 +177,9 @@ class ShardDelivery {
   void Report(PendingJob job, const DestinationQueue& queue,
               std::vector<mail::DeliveryOutcome> outcomes, std::vector<RecipientVerdict> verdicts,
               const std::string& mx, const Source* source, bool tls);
+  // The result of `job` (its id, domain and recipients moved out) with nothing else said yet.
+  JobResult ResultOf(PendingJob& job, const std::string& destination,
+                     const std::string& site) const;
   void LinkFinished(DestinationQueue& queue, Link* link);
   void MaybeFinishShutdown();
   // Every few seconds: the pairs' counters and gauges into ShapingMetrics.

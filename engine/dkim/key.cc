@@ -8,11 +8,8 @@
 #include <openssl/rsa.h>
 #include <openssl/x509.h>
 #include <sodium.h>
-#include <sys/stat.h>
 
 #include <cerrno>
-#include <fstream>
-#include <sstream>
 #include <vector>
 
 #include "absl/strings/ascii.h"
@@ -20,6 +17,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
+#include "engine/base/secret_file.h"
 #include "engine/base/status.h"
 
 namespace facteur::dkim {
@@ -113,21 +111,10 @@ absl::StatusOr<std::string> PrivateKey::SignDigest(std::string_view digest) cons
 
 absl::StatusOr<std::unique_ptr<PrivateKey>> PrivateKey::LoadFile(const std::string& path,
                                                                  DkimAlgorithm algorithm) {
-  struct stat st;
-  if (::stat(path.c_str(), &st) != 0) {
-    return ErrnoStatus(absl::StrCat("DKIM key file ", path), errno);
-  }
-  if ((st.st_mode & 077) != 0) {
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "DKIM key file %s is open to group or others (mode %04o); a DKIM key lets whoever reads "
-        "it sign as the domain: chmod 600 %s",
-        path, st.st_mode & 07777, path));
-  }
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return ErrnoStatus(absl::StrCat("DKIM key file ", path), errno);
-  std::ostringstream text;
-  text << in.rdbuf();
-  return FromPem(text.str(), algorithm, path);
+  FACTEUR_ASSIGN_OR_RETURN(
+      std::string pem,
+      ReadSecretFile(path, "DKIM key file", "a DKIM key lets whoever reads it sign as the domain"));
+  return FromPem(std::move(pem), algorithm, path);
 }
 
 absl::StatusOr<std::unique_ptr<PrivateKey>> PrivateKey::FromPem(std::string pem,

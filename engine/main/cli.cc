@@ -1,7 +1,5 @@
 #include "engine/main/cli.h"
 
-#include <sys/stat.h>
-
 #include <unistd.h>
 
 #include <filesystem>
@@ -11,7 +9,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
+#include "engine/base/secret_file.h"
 #include "engine/base/status.h"
 #include "nlohmann/json.hpp"
 
@@ -124,18 +122,8 @@ std::string SocketPath(const config::Config& config) {
 absl::StatusOr<std::string> ReadAdminToken(const config::Config& config) {
   if (config.admin.token_file.empty()) return std::string();
   const std::string path = config.ResolvePath(config.admin.token_file);
-  struct stat st;
-  if (::stat(path.c_str(), &st) != 0) {
-    return ErrnoStatus(absl::StrCat("admin token file ", path), errno);
-  }
-  if ((st.st_mode & 077) != 0) {
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "admin token file %s is open to group or others (mode %04o): chmod 600 %s", path,
-        st.st_mode & 07777, path));
-  }
-  std::ifstream in(path);
-  std::string token;
-  std::getline(in, token);
+  FACTEUR_ASSIGN_OR_RETURN(std::string text, ReadSecretFile(path, "admin token file"));
+  std::string token = text.substr(0, text.find('\n'));
   while (!token.empty() && (token.back() == '\r' || token.back() == ' ')) token.pop_back();
   if (token.empty()) {
     return absl::InvalidArgumentError(absl::StrCat("admin token file ", path, " is empty"));
