@@ -4,6 +4,7 @@
 #include "queue/spool.h"
 
 #include <algorithm>
+#include <iterator>
 #include <atomic>
 #include <chrono>
 #include <deque>
@@ -269,6 +270,40 @@ class DueIndex {
     return leased_;
   }
 
+  // Walks the unleased set from both ends at once and stops when either side reaches `now`:
+  // O(the smaller of the two counts), however large the queue.
+  QueueCounts Counts(absl::Time now) const {
+    absl::MutexLock lock(&mutex_);
+    QueueCounts counts;
+    counts.leased = leased_;
+    const uint64_t unleased = unleased_.size();
+    auto front = unleased_.begin();
+    auto back = unleased_.end();
+    uint64_t due = 0;    // entries before `front`, all due
+    uint64_t later = 0;  // entries from `back` on, all later
+    for (;;) {
+      if (front == back || front->first > now) {
+        counts.ready = due;
+        break;
+      }
+      ++front;
+      ++due;
+      if (front == back) {
+        counts.ready = due;
+        break;
+      }
+      auto previous = std::prev(back);
+      if (previous->first <= now) {
+        counts.ready = unleased - later;
+        break;
+      }
+      back = previous;
+      ++later;
+    }
+    counts.scheduled = unleased - counts.ready;
+    return counts;
+  }
+
  private:
   struct Slot {
     absl::Time due;
@@ -410,9 +445,11 @@ class Spool::Writer {
 
   // The three kinds of change are encoded here, on the caller's thread, so that the single
   // writer spends its time on I/O.
+  // `expected`: this enqueue keeps a promise of ExpectEnqueue().
   void Enqueue(Envelope envelope, std::string body,
-               absl::AnyInvocable<void(absl::Status) &&> done) {
+               absl::AnyInvocable<void(absl::Status) &&> done, bool expected = false) {
     if (envelope.id.IsZero()) {
+      if (expected) Withdraw();
       std::move(done)(absl::InvalidArgumentError("spool: message without an id"));
       return;
     }
@@ -421,7 +458,19 @@ class Spool::Writer {
                 .due = KeyTime(envelope.next_attempt),
                 .envelope = EncodeEnvelope(envelope),
                 .body = std::move(body),
-                .done = std::move(done)});
+                .done = std::move(done)},
+           expected);
+  }
+
+  void Expect() {
+    absl::MutexLock lock(&mutex_);
+    ++expected_;
+  }
+  // The writer's condition is evaluated again when the lock is released: a held commit whose
+  // last promise is withdrawn goes at once.
+  void Withdraw() {
+    absl::MutexLock lock(&mutex_);
+    --expected_;
   }
 
   void Update(Envelope envelope, absl::Time previous_due,
@@ -479,10 +528,11 @@ class Spool::Writer {
     absl::Status refusal = absl::OkStatus();  // set by Stage() when the item cannot apply
   };
 
-  void Submit(Item item) {
+  void Submit(Item item, bool expected = false) {
     absl::Status refusal;
     {
       absl::MutexLock lock(&mutex_);
+      if (expected) --expected_;  // kept or refused, the promise is settled
       if (stopping_) {
         refusal = absl::UnavailableError("spool: closing");
       } else if (pending_.size() >= options_.max_pending) {
@@ -500,6 +550,21 @@ class Spool::Writer {
     return !pending_.empty() || stopping_;
   }
 
+  // A held commit goes when every promised enqueue has come (or been withdrawn), when the
+  // batch would be full, or at stop.
+  bool ExpectedArrived() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+    return expected_ == 0 || stopping_ || pending_.size() >= room_;
+  }
+
+  // Moves up to `room` pending changes into `batch`.
+  void Take(std::vector<Item>& batch, size_t room) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+    const size_t n = std::min(room, pending_.size());
+    for (size_t i = 0; i < n; ++i) {
+      batch.push_back(std::move(pending_.front()));
+      pending_.pop_front();
+    }
+  }
+
   void Run() {
     std::vector<Item> batch;
     batch.reserve(options_.max_batch);
@@ -510,10 +575,15 @@ class Spool::Writer {
         if (pending_.empty()) return;  // stopping, and nothing left to commit
         // Everything that arrived during the previous fsync goes into this one: the batch
         // grows with the load by itself (group commit), up to max_batch.
-        const size_t n = std::min(options_.max_batch, pending_.size());
-        for (size_t i = 0; i < n; ++i) {
-          batch.push_back(std::move(pending_.front()));
-          pending_.pop_front();
+        Take(batch, options_.max_batch);
+        // Messages being signed arrive within about one signature: hold the commit for them
+        // (bounded, in real time whatever the clock) rather than each paying its own fsync.
+        if (expected_ > 0 && batch.size() < options_.max_batch &&
+            options_.expected_wait > absl::ZeroDuration()) {
+          room_ = options_.max_batch - batch.size();
+          mutex_.AwaitWithTimeout(absl::Condition(this, &Writer::ExpectedArrived),
+                                  options_.expected_wait);
+          Take(batch, room_);
         }
       }
       Commit(batch);
@@ -661,6 +731,8 @@ class Spool::Writer {
   absl::Mutex mutex_;
   std::deque<Item> pending_ ABSL_GUARDED_BY(mutex_);
   bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
+  size_t expected_ ABSL_GUARDED_BY(mutex_) = 0;  // outstanding ExpectEnqueue() promises
+  size_t room_ ABSL_GUARDED_BY(mutex_) = 0;      // what a held batch can still take
 
   absl::Mutex observer_mutex_;
   CommitObserver observer_ ABSL_GUARDED_BY(observer_mutex_);
@@ -693,6 +765,33 @@ void Spool::Enqueue(Envelope envelope, std::string body,
   writer_->Enqueue(std::move(envelope), std::move(body), std::move(done));
 }
 
+void Spool::Enqueue(Envelope envelope, std::string body,
+                    absl::AnyInvocable<void(absl::Status) &&> done, ExpectedEnqueue expected) {
+  const bool kept = expected.writer_ == writer_.get();
+  if (kept) expected.writer_ = nullptr;  // settled by the writer, under its lock
+  writer_->Enqueue(std::move(envelope), std::move(body), std::move(done), kept);
+}
+
+Spool::ExpectedEnqueue Spool::ExpectEnqueue() {
+  writer_->Expect();
+  return ExpectedEnqueue(writer_.get());
+}
+
+Spool::ExpectedEnqueue& Spool::ExpectedEnqueue::operator=(ExpectedEnqueue&& other) noexcept {
+  if (this != &other) {
+    Withdraw();
+    writer_ = other.writer_;
+    other.writer_ = nullptr;
+  }
+  return *this;
+}
+
+void Spool::ExpectedEnqueue::Withdraw() {
+  if (writer_ == nullptr) return;
+  writer_->Withdraw();
+  writer_ = nullptr;
+}
+
 void Spool::Update(Envelope envelope, absl::Time previous_due,
                    absl::AnyInvocable<void(absl::Status) &&> done) {
   writer_->Update(std::move(envelope), previous_due, std::move(done));
@@ -722,6 +821,8 @@ void Spool::SetCommitObserver(CommitObserver observer) {
 }
 
 uint64_t Spool::size() const { return writer_->index().size(); }
+
+QueueCounts Spool::Counts(absl::Time now) const { return writer_->index().Counts(now); }
 
 // --- Reads ---
 

@@ -1,6 +1,7 @@
 // The delivery side of the spool: Update() and Remove() on disk, the due index (LeaseDue(),
 // leases, NextDue()) live and rebuilt at Open(), one fsync for a batch mixing the three kinds of
 // change, the schedule observer, and ListSchedule().
+#include <algorithm>
 #include <atomic>
 #include <vector>
 
@@ -244,6 +245,36 @@ TEST(SpoolDeliveryTest, LeaseDueHandsOutDueMessagesEarliestFirstAndNeverTwice) {
   EXPECT_EQ(spool.leased(), 5u);
   EXPECT_EQ(spool.NextDue(), absl::InfiniteFuture());
   EXPECT_EQ(spool.size(), 5u);  // leased messages are still queued
+}
+
+MATCHER_P3(Counts, ready, scheduled, leased, "") {
+  *result_listener << "ready " << arg.ready << ", scheduled " << arg.scheduled << ", leased "
+                   << arg.leased;
+  return arg.ready == ready && arg.scheduled == scheduled && arg.leased == leased;
+}
+
+TEST(SpoolDeliveryTest, CountsSplitsTheQueueIntoReadyScheduledAndLeased) {
+  test::TempDir dir;
+  SimulatedClock clock;
+  Opened opened = OpenOrDie(dir.Sub("spool"), clock);
+  ASSERT_NE(opened.spool, nullptr);
+  Spool& spool = *opened.spool;
+  const absl::Time t = absl::FromUnixMicros(absl::ToUnixMicros(clock.Now()));
+  EXPECT_THAT(spool.Counts(t), Counts(0u, 0u, 0u));
+  std::vector<Envelope> m;
+  for (int minutes : {0, 1, 2, 3, 4, 5, 6}) m.push_back(Due(clock, absl::Minutes(minutes)));
+  ASSERT_TRUE(EnqueueAll(spool, m));
+  // Every cut: the walk from both ends stops on either side.
+  for (int minutes = 0; minutes <= 7; ++minutes) {
+    EXPECT_THAT(spool.Counts(t + absl::Minutes(minutes)),
+                Counts(static_cast<uint64_t>(std::min(minutes + 1, 7)),
+                       static_cast<uint64_t>(std::max(6 - minutes, 0)), 0u))
+        << minutes;
+  }
+  EXPECT_THAT(spool.Counts(t - absl::Seconds(1)), Counts(0u, 7u, 0u));
+  ASSERT_EQ(spool.LeaseDue(t + absl::Minutes(1), 10).size(), 2u);
+  EXPECT_THAT(spool.Counts(t + absl::Minutes(3)), Counts(2u, 3u, 2u));
+  EXPECT_THAT(spool.Counts(absl::InfiniteFuture()), Counts(5u, 0u, 2u));
 }
 
 TEST(SpoolDeliveryTest, LeaseEndsWhenItsUpdateOrRemovalCommitsOrOnRelease) {

@@ -8,6 +8,7 @@
 
 #include "absl/synchronization/blocking_counter.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "rocksdb/iterator.h"
@@ -266,6 +267,85 @@ TEST(SpoolTest, ZeroIdIsInvalidArgument) {
   Envelope envelope = SampleEnvelope(MessageId(), clock.Now());
   EXPECT_EQ(EnqueueAndWait(*opened.spool, envelope, "x").code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+// A promised enqueue (a message being signed) holds the commit open: the message already there
+// and the promised one share one fsync.
+TEST(SpoolTest, PromisedEnqueueJoinsTheHeldCommit) {
+  test::TempDir dir;
+  SimulatedClock clock;
+  SpoolOptions options;
+  options.expected_wait = absl::Seconds(30);  // far longer than the test: only arrival ends it
+  Opened opened = OpenOrDie(dir.Sub("spool"), clock, options);
+  ASSERT_NE(opened.spool, nullptr);
+  absl::Mutex mutex;
+  std::vector<size_t> batches;
+  opened.spool->SetCommitObserver([&](size_t batch_size, absl::Duration) {
+    absl::MutexLock lock(&mutex);
+    batches.push_back(batch_size);
+  });
+  Spool::ExpectedEnqueue promise = opened.spool->ExpectEnqueue();
+  absl::BlockingCounter outstanding(2);
+  auto count = [&](absl::Status status) {
+    EXPECT_TRUE(status.ok()) << status;
+    outstanding.DecrementCount();
+  };
+  opened.spool->Enqueue(SampleEnvelope(MessageId::Generate(clock.Now()), clock.Now()), "first",
+                        count);
+  absl::SleepFor(absl::Milliseconds(200));  // the writer has the first one and waits
+  {
+    absl::MutexLock lock(&mutex);
+    EXPECT_TRUE(batches.empty()) << "committed without waiting for the promised message";
+  }
+  opened.spool->Enqueue(SampleEnvelope(MessageId::Generate(clock.Now()), clock.Now()), "second",
+                        count, std::move(promise));
+  outstanding.Wait();
+  absl::MutexLock lock(&mutex);
+  EXPECT_THAT(batches, ::testing::ElementsAre(2u));
+}
+
+// A promise given up (signing failed) releases the held commit at once; an unkept one is
+// bounded by expected_wait.
+TEST(SpoolTest, WithdrawnOrLatePromiseDoesNotHoldTheCommit) {
+  test::TempDir dir;
+  SimulatedClock clock;
+  {
+    SpoolOptions options;
+    options.expected_wait = absl::Seconds(30);
+    Opened opened = OpenOrDie(dir.Sub("withdrawn"), clock, options);
+    ASSERT_NE(opened.spool, nullptr);
+    Spool::ExpectedEnqueue promise = opened.spool->ExpectEnqueue();
+    absl::Notification done;
+    opened.spool->Enqueue(SampleEnvelope(MessageId::Generate(clock.Now()), clock.Now()), "x",
+                          [&](absl::Status status) {
+                            EXPECT_TRUE(status.ok()) << status;
+                            done.Notify();
+                          });
+    EXPECT_FALSE(done.WaitForNotificationWithTimeout(absl::Milliseconds(200)));
+    promise.Withdraw();
+    EXPECT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(10)))
+        << "a withdrawn promise still holds the commit";
+  }
+  {
+    SpoolOptions options;
+    options.expected_wait = absl::Milliseconds(20);
+    Opened opened = OpenOrDie(dir.Sub("late"), clock, options);
+    ASSERT_NE(opened.spool, nullptr);
+    Spool::ExpectedEnqueue never_kept = opened.spool->ExpectEnqueue();
+    EXPECT_TRUE(EnqueueAndWait(*opened.spool,
+                               SampleEnvelope(MessageId::Generate(clock.Now()), clock.Now()), "x")
+                    .ok());
+    // A promise of another spool, or a default one, is not counted by this one.
+    Spool::ExpectedEnqueue none;
+    absl::Notification kept;
+    opened.spool->Enqueue(SampleEnvelope(MessageId::Generate(clock.Now()), clock.Now()), "y",
+                          [&](absl::Status status) {
+                            EXPECT_TRUE(status.ok()) << status;
+                            kept.Notify();
+                          },
+                          std::move(none));
+    EXPECT_TRUE(kept.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  }
 }
 
 }  // namespace
