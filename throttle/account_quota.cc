@@ -275,6 +275,13 @@ bool AccountQuotaTable::Suspend(std::string_view account, absl::Time now, std::s
   return true;
 }
 
+size_t AccountQuotaTable::SuspendedCount() const {
+  absl::MutexLock lock(&mutex_);
+  size_t count = 0;
+  for (const auto& [name, entry] : entries_) count += entry.state.suspended ? 1 : 0;
+  return count;
+}
+
 void AccountQuotaTable::Forget(std::string_view account) {
   absl::MutexLock lock(&mutex_);
   auto it = entries_.find(Absl(account));

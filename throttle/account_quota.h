@@ -154,6 +154,8 @@ class AccountQuotaTable {
   bool Suspend(std::string_view account, absl::Time now, std::string detail);
   // Forgets the account (deleted).
   void Forget(std::string_view account);
+  // Accounts suspended now (facteur_accounts_suspended); one pass over the accounts.
+  size_t SuspendedCount() const;
 
   // Persistence: installs a stored state (at startup), and takes the states changed since the
   // last call. Counts are not rolled on Load: the next call with a time does it.

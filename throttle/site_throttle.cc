@@ -67,6 +67,45 @@ PairThrottle::PairThrottle(const PairOptions& options)
   current_rate_ = nominal_rate_;
 }
 
+void PairThrottle::SetOptions(const PairOptions& options, absl::Time now) {
+  options_ = options;
+  const SiteLimits& l = options_.limits;
+  messages_hour_.SetRate(l.messages_per_hour, now);
+  messages_day_.SetRate(l.messages_per_day, now);
+  connections_minute_.SetRate(l.connections_per_minute, now);
+  connections_hour_.SetRate(l.connections_per_hour, now);
+
+  nominal_rate_ = 0;
+  for (const double rate : {static_cast<double>(l.messages_per_minute),
+                            l.messages_per_hour / kMinutesPerHour,
+                            l.messages_per_day / kMinutesPerDay}) {
+    if (rate > 0 && (nominal_rate_ == 0 || rate < nominal_rate_)) nominal_rate_ = rate;
+  }
+  if (!rate_cut_) {
+    rate_target_ = nominal_rate_;
+    current_rate_ = nominal_rate_;
+    messages_minute_.SetRate(l.messages_per_minute, now);
+  } else {
+    // Still recovering: toward the new nominal (or the observed rate of an unlimited site),
+    // never from above it.
+    if (nominal_rate_ > 0) rate_target_ = nominal_rate_;
+    current_rate_ = std::min(current_rate_, rate_target_);
+    messages_minute_.SetRate(current_rate_, now);
+  }
+
+  const uint32_t nominal = l.max_connections > 0 ? l.max_connections : kUnlimitedConnections;
+  const bool capped = current_connections_ < connection_target_ ||
+                      connection_target_ != nominal_connections_;
+  nominal_connections_ = nominal;
+  if (!capped) {
+    connection_target_ = nominal;
+    current_connections_ = nominal;
+  } else {
+    if (nominal != kUnlimitedConnections) connection_target_ = nominal;
+    current_connections_ = std::min(current_connections_, connection_target_);
+  }
+}
+
 // --- Admission -----------------------------------------------------------------------------
 
 absl::Time PairThrottle::ConnectionEligibleAt(absl::Time) const {
@@ -226,7 +265,28 @@ void PairThrottle::Suspend(ResponseClass reply_class, absl::Duration duration, a
   suspension_began_ = now;
   suspended_until_ = until;
   suspension_class_ = reply_class;
+  manual_ = false;
   ++counters_.suspensions[Index(reply_class)];
+}
+
+void PairThrottle::SuspendManually(absl::Time now, absl::Time until) {
+  if (until <= now) return;
+  if (!suspended(now)) {
+    suspension_began_ = now;
+    suspension_class_.reset();
+  }
+  if (until > suspended_until_ || !suspended(now)) {
+    suspended_until_ = until;
+    manual_ = true;
+  }
+}
+
+bool PairThrottle::Resume(absl::Time now) {
+  if (!suspended(now)) return false;
+  suspended_until_ = now;
+  manual_ = false;
+  CloseWait(now);
+  return true;
 }
 
 void PairThrottle::CutRate(double factor, absl::Time now) {

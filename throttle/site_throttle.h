@@ -99,6 +99,13 @@ class PairThrottle {
 
   explicit PairThrottle(const PairOptions& options);
 
+  // New nominal limits and reactions (a reload of the shaping file), keeping what the pair has
+  // learned: its counters, suspension, learned ceiling, throttled time and the events already
+  // paid for in each rate (Gcra::SetRate keeps the backlog). A pair at nominal moves to the new
+  // nominal; a pair backing off keeps recovering, toward the new nominal, from its current rate
+  // and connection cap (lowered to the new nominal if above it).
+  void SetOptions(const PairOptions& options, absl::Time now);
+
   // --- Admission. Each returns the time from which the action is allowed: <= now (possibly
   // absl::InfinitePast()) when allowed now; absl::InfiniteFuture() when only a connection
   // closing can allow it (all max_connections are open). The May* forms also record that work
@@ -125,6 +132,14 @@ class PairThrottle {
   // Work waits on this pair from `now` until `until` (May* call it; so does ChooseSource when
   // it chooses nothing). Overlapping waits are counted once.
   void NoteWaiting(absl::Time now, absl::Time until);
+  // An operator pauses the pair until `until` (the admin API's site suspend): no bound by
+  // max_suspension, no rate cut, no suspension counted by class. A running automatic suspension
+  // that ends later keeps its end. Replies during it may still extend it, as in any suspension.
+  void SuspendManually(absl::Time now, absl::Time until);
+  // An operator lifts the pair's suspension, whatever began it (a manual pause or a reply):
+  // the operator who asks knows better than the last reply. Rate cuts and connection caps stay
+  // (recovery goes on as usual). Returns whether the pair was suspended.
+  bool Resume(absl::Time now);
 
   // --- State.
   PairState state(absl::Time now) const;
@@ -134,6 +149,8 @@ class PairThrottle {
   absl::Time suspension_began() const { return suspension_began_; }
   // Class of the reply that began or last extended the last suspension.
   std::optional<ResponseClass> suspension_class() const { return suspension_class_; }
+  // The running suspension was set by an operator (SuspendManually), not by a reply.
+  bool manually_suspended(absl::Time now) const { return suspended(now) && manual_; }
   // A reply asked to prefer another source (blocklist); cleared by the next delivery.
   bool prefers_other_source() const { return prefer_other_source_; }
 
@@ -201,6 +218,7 @@ class PairThrottle {
   absl::Time suspended_until_ = absl::InfinitePast();
   absl::Time suspension_began_ = absl::InfinitePast();
   std::optional<ResponseClass> suspension_class_;
+  bool manual_ = false;  // the last suspension was SuspendManually's
 
   // Messages started in the calendar minute observed_minute_ and the one before it.
   int64_t observed_minute_ = INT64_MIN;

@@ -201,11 +201,16 @@ TEST(AccountQuotaTest, BurstFromAQuietAccountSuspendsItWithinSeconds) {
   EXPECT_TRUE(state->suspended);
   EXPECT_EQ(state->suspended_at, fired);
   EXPECT_THAT(state->suspension_detail, HasSubstr("usual rate"));
+  EXPECT_EQ(table.SuspendedCount(), 1u);
+  EXPECT_TRUE(table.Suspend("bob", fired, "by hand"));
+  EXPECT_EQ(table.SuspendedCount(), 2u);
+  table.Forget("bob");
 
   // Resumed, the account sends at its usual pace again without being caught by the burst that
   // is still in the last five minutes.
   EXPECT_TRUE(table.Resume("alice"));
   EXPECT_FALSE(table.Resume("alice"));
+  EXPECT_EQ(table.SuspendedCount(), 0u);
   EXPECT_FALSE(table.CheckMessage("alice", fired + absl::Seconds(2)).has_value());
   EXPECT_EQ(Feed(table, "alice", fired + absl::Seconds(2), absl::Hours(1), 20),
             absl::InfiniteFuture());

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <vector>
 
 #include "absl/time/time.h"
@@ -156,6 +157,37 @@ TEST(PairThrottleTest, ConnectionsAreLimitedByConcurrencyAndRate) {
     per_hour.OnConnectionOpened(kT0 + absl::Minutes(15 * i));
   }
   EXPECT_EQ(per_hour.MayOpenConnection(kT0 + absl::Minutes(46)), kT0 + absl::Minutes(60));
+}
+
+TEST(PairThrottleTest, ManualSuspensionHoldsUntilItsEndAndResumeLiftsAnySuspension) {
+  PairThrottle pair(Options(Limits(60)));
+  const absl::Time until = kT0 + absl::Hours(10);  // past max_suspension: an operator's choice
+  pair.SuspendManually(kT0, until);
+  EXPECT_EQ(pair.state(kT0), PairState::kSuspended);
+  EXPECT_TRUE(pair.manually_suspended(kT0));
+  EXPECT_EQ(pair.suspension_class(), std::nullopt);
+  EXPECT_EQ(pair.MayStartMessage(kT0), until);
+  EXPECT_EQ(pair.MayOpenConnection(kT0), until);
+  EXPECT_EQ(pair.counters().suspensions[Idx(ResponseClass::kRateLimit)], 0u);
+  EXPECT_DOUBLE_EQ(pair.current_message_rate(), 60);  // no cut
+  EXPECT_FALSE(pair.manually_suspended(until));
+
+  const absl::Time later = kT0 + absl::Minutes(5);
+  EXPECT_TRUE(pair.Resume(later));
+  EXPECT_FALSE(pair.suspended(later));
+  EXPECT_FALSE(pair.manually_suspended(later));
+  EXPECT_LE(pair.MayStartMessage(later), later);
+  EXPECT_FALSE(pair.Resume(later));  // nothing left to lift
+
+  // A reply's suspension is lifted too; a manual one shorter than it does not shorten it.
+  pair.OnConnectionOpened(later);
+  pair.OnMessageStarted(later);
+  pair.OnReply(ResponseClass::kBlocklist, later);
+  pair.SuspendManually(later, later + absl::Minutes(1));
+  EXPECT_EQ(pair.suspended_until(), later + absl::Hours(4));
+  EXPECT_FALSE(pair.manually_suspended(later));
+  EXPECT_TRUE(pair.Resume(later + absl::Minutes(2)));
+  EXPECT_EQ(pair.state(later + absl::Minutes(2)), PairState::kBackoff);
 }
 
 TEST(PairThrottleTest, RateLimitSuspendsCutsAndRecoversAdditivelyToNominal) {
@@ -337,6 +369,50 @@ TEST(PairThrottleTest, TooManyConnectionsCapsToOneThenRecovers) {
   EXPECT_EQ(pair.state(kT0 + absl::Seconds(2)), PairState::kNormal);
   pair.OnDelivered(kT0 + absl::Seconds(3));
   EXPECT_EQ(pair.current_max_connections(), 3u);
+}
+
+TEST(PairThrottleTest, NewOptionsApplyAtNominalAndKeepWhatThePairLearned) {
+  PairThrottle pair(Options(Limits(60, 2)));
+  pair.OnConnectionOpened(kT0);
+  pair.OnMessageStarted(kT0);
+  pair.OnDelivered(kT0);
+  // A reload at nominal: the new limits at once, the counters and open connections kept.
+  pair.SetOptions(Options(Limits(120, 5)), kT0);
+  EXPECT_EQ(pair.current_max_connections(), 5u);
+  EXPECT_DOUBLE_EQ(pair.current_message_rate(), 120);
+  EXPECT_EQ(pair.open_connections(), 1u);
+  EXPECT_EQ(pair.counters().deliveries, 1u);
+  EXPECT_EQ(pair.counters().messages_started, 1u);
+  EXPECT_EQ(pair.state(kT0), PairState::kNormal);
+  // The event already paid for stays paid for: the next one half a second later (120/min).
+  EXPECT_EQ(pair.MessageEligibleAt(kT0), kT0 + absl::Milliseconds(500));
+
+  // A reload while suspended and cut: the suspension and the cut stay; recovery aims at the
+  // new nominal.
+  const absl::Time t1 = kT0 + absl::Minutes(1);
+  pair.OnReply(ResponseClass::kRateLimit, t1);
+  ASSERT_TRUE(pair.suspended(t1));
+  const absl::Time until = pair.suspended_until();
+  EXPECT_DOUBLE_EQ(pair.current_message_rate(), 60);
+  pair.SetOptions(Options(Limits(40, 5)), t1);
+  EXPECT_EQ(pair.suspended_until(), until);
+  EXPECT_EQ(pair.state(t1), PairState::kSuspended);
+  EXPECT_DOUBLE_EQ(pair.current_message_rate(), 40);  // never above the new nominal
+  EXPECT_DOUBLE_EQ(pair.nominal_message_rate(), 40);
+  EXPECT_EQ(pair.counters().suspensions[Idx(ResponseClass::kRateLimit)], 1u);
+}
+
+TEST(PairThrottleTest, NewOptionsKeepAConnectionCapBelowTheNewNominal) {
+  PairThrottle pair(Options(Limits(0, 3)));
+  for (int i = 0; i < 3; ++i) pair.OnConnectionOpened(kT0);
+  pair.OnReply(ResponseClass::kTooManyConnections, kT0);
+  ASSERT_EQ(pair.current_max_connections(), 1u);
+  pair.SetOptions(Options(Limits(0, 6)), kT0);
+  EXPECT_EQ(pair.current_max_connections(), 1u);  // still capped, recovering toward 6
+  EXPECT_EQ(pair.state(kT0), PairState::kBackoff);
+  for (int i = 0; i < 5; ++i) pair.OnDelivered(kT0 + absl::Seconds(i + 1));
+  EXPECT_EQ(pair.current_max_connections(), 6u);
+  EXPECT_EQ(pair.state(kT0 + absl::Seconds(6)), PairState::kNormal);
 }
 
 TEST(PairThrottleTest, AnUnlimitedConnectionCountIsCappedThenUnlimitedAgain) {
