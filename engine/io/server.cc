@@ -153,6 +153,7 @@ void Server::Acceptor::OnAccept(int32_t result, uint32_t flags) {
 }
 
 void Server::Acceptor::Stop() {
+  if (stopping_) return;  // StopAccepting() then Stop()
   stopping_ = true;
   if (retry_timer_ != kNoTimer) {
     shard_.loop().Cancel(retry_timer_);
@@ -335,6 +336,21 @@ absl::Status Server::Start(size_t threads) {
     });
   }
   return absl::OkStatus();
+}
+
+void Server::StopAccepting() {
+  if (!started_ || stopped_ || accepting_stopped_) return;
+  accepting_stopped_ = true;
+  for (auto& shard : shards_) {
+    Shard* raw = shard.get();
+    std::atomic<bool> done{false};
+    raw->loop().Post([raw, &done] {
+      for (auto& acceptor : raw->acceptors()) acceptor->Stop();
+      done.store(true);
+      done.notify_one();
+    });
+    done.wait(false);
+  }
 }
 
 void Server::Stop() {

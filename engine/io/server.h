@@ -44,6 +44,9 @@ class Server {
   // Binds every listener (an error names the address: in use, permission, bad spec), then
   // starts `threads` loops (at least 1) and begins accepting. Call once.
   absl::Status Start(size_t threads);
+  // Closes the listening sockets (new clients are refused by the kernel); the connections
+  // already accepted go on. Returns once every shard has stopped its acceptors. Idempotent.
+  void StopAccepting();
   // Idempotent; returns when every connection is closed and every thread joined.
   void Stop();
 
@@ -71,6 +74,7 @@ class Server {
   std::vector<std::unique_ptr<Shard>> shards_;
   std::atomic<size_t> active_connections_{0};
   bool started_ = false;
+  bool accepting_stopped_ = false;
   bool stopped_ = false;
 };
 

@@ -15,6 +15,7 @@
 
 #include <cerrno>
 #include <string>
+#include <utility>
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/memory/memory.h"
@@ -175,15 +176,41 @@ absl::Status GenerateSelfSigned(const std::string& cert_path, const std::string&
 
 }  // namespace
 
+namespace {
+
+// A server SSL_CTX with the pair loaded, owned by the shared_ptr (SSL_CTX_free).
+absl::StatusOr<std::shared_ptr<SSL_CTX>> LoadServerCtx(const std::string& cert_pem_path,
+                                                       const std::string& key_pem_path) {
+  FACTEUR_ASSIGN_OR_RETURN(SSL_CTX * raw, NewServerCtx());
+  std::shared_ptr<SSL_CTX> ctx(raw, SSL_CTX_free);
+  FACTEUR_RETURN_IF_ERROR(Load(cert_pem_path, key_pem_path, ctx.get()));
+  return ctx;
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<TlsServerContext>> TlsServerContext::FromFiles(
     const std::string& cert_pem_path, const std::string& key_pem_path) {
-  FACTEUR_ASSIGN_OR_RETURN(SSL_CTX * ctx, NewServerCtx());
-  absl::Status status = Load(cert_pem_path, key_pem_path, ctx);
-  if (!status.ok()) {
-    SSL_CTX_free(ctx);
-    return status;
+  FACTEUR_ASSIGN_OR_RETURN(std::shared_ptr<SSL_CTX> ctx,
+                           LoadServerCtx(cert_pem_path, key_pem_path));
+  return absl::WrapUnique(new TlsServerContext(std::move(ctx)));
+}
+
+std::shared_ptr<SSL_CTX> TlsServerContext::current() const {
+  absl::MutexLock lock(&mutex_);
+  return ctx_;
+}
+
+absl::Status TlsServerContext::ReloadFromFiles(const std::string& cert_pem_path,
+                                               const std::string& key_pem_path) {
+  FACTEUR_ASSIGN_OR_RETURN(std::shared_ptr<SSL_CTX> ctx,
+                           LoadServerCtx(cert_pem_path, key_pem_path));
+  std::shared_ptr<SSL_CTX> old;
+  {
+    absl::MutexLock lock(&mutex_);
+    old = std::exchange(ctx_, std::move(ctx));
   }
-  return absl::WrapUnique(new TlsServerContext(ctx));
+  return absl::OkStatus();  // `old` is freed here, or by the last connection still using it
 }
 
 absl::StatusOr<std::unique_ptr<TlsServerContext>> TlsServerContext::SelfSigned(
@@ -200,6 +227,6 @@ absl::StatusOr<std::unique_ptr<TlsServerContext>> TlsServerContext::SelfSigned(
   return FromFiles(cert_path, key_path);
 }
 
-TlsServerContext::~TlsServerContext() { SSL_CTX_free(ctx_); }
+TlsServerContext::~TlsServerContext() = default;
 
 }  // namespace facteur::tls

@@ -3,15 +3,21 @@
 // the server's cipher preference, no compression, no renegotiation, session tickets allowed.
 // It loads a certificate chain and key from PEM files, or makes (once) and reloads a
 // self-signed pair for a host name. Loading reads files: call it at startup or on a worker
-// pool, never on a ring thread (STYLE.md rule 3).
-// Thread contract: immutable after construction; native() may be shared by TlsEngines on
-// every shard (SSL_CTX is internally synchronised for SSL_new and the session cache).
+// pool, never on a ring thread (STYLE.md rule 3). A reload (SIGHUP) swaps in a whole new
+// SSL_CTX: connections accepted afterwards present the new certificate, sessions already open
+// keep the one they started with (each SSL holds a reference to its SSL_CTX).
+// Thread contract: thread-safe. current() may be called from every shard (SSL_CTX is
+// internally synchronised for SSL_new and the session cache); Reload*() from the controlling
+// thread, while the shards take current() under a mutex held only to copy a shared_ptr.
 #pragma once
 
 #include <memory>
 #include <string>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 
 typedef struct ssl_ctx_st SSL_CTX;
 
@@ -33,12 +39,19 @@ class TlsServerContext {
   TlsServerContext(const TlsServerContext&) = delete;
   TlsServerContext& operator=(const TlsServerContext&) = delete;
 
-  // Borrowed; valid as long as this context.
-  SSL_CTX* native() const { return ctx_; }
+  // The SSL_CTX new connections use now. Shared by this context and whoever holds the copy
+  // (TlsEngine::NewServer holds it only for SSL_new, which takes its own reference).
+  std::shared_ptr<SSL_CTX> current() const;
+
+  // Loads `cert_pem_path` and `key_pem_path` into a new SSL_CTX and, if they load and match,
+  // makes it current. On any error the current one stays and the error says why.
+  absl::Status ReloadFromFiles(const std::string& cert_pem_path, const std::string& key_pem_path);
 
  private:
-  explicit TlsServerContext(SSL_CTX* ctx) : ctx_(ctx) {}
-  SSL_CTX* ctx_;  // owned
+  explicit TlsServerContext(std::shared_ptr<SSL_CTX> ctx) : ctx_(std::move(ctx)) {}
+
+  mutable absl::Mutex mutex_;
+  std::shared_ptr<SSL_CTX> ctx_ ABSL_GUARDED_BY(mutex_);  // freed with SSL_CTX_free
 };
 
 }  // namespace facteur::tls

@@ -46,7 +46,8 @@ absl::StatusOr<std::unique_ptr<TlsEngine>> TlsEngine::Wrap(SSL* ssl) {
 
 absl::StatusOr<std::unique_ptr<TlsEngine>> TlsEngine::NewServer(const TlsServerContext& context) {
   ClearOpenSslErrors();
-  SSL* ssl = SSL_new(context.native());
+  // SSL_new takes its own reference: the session keeps this SSL_CTX after a reload swaps it.
+  SSL* ssl = SSL_new(context.current().get());
   if (ssl == nullptr) return OpenSslStatus("SSL_new");
   SSL_set_accept_state(ssl);
   return Wrap(ssl);

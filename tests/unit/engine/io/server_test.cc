@@ -578,5 +578,34 @@ TEST_F(ServerTest, StopClosesLiveConnections) {
   }
 }
 
+TEST_F(ServerTest, StopAcceptingRefusesNewClientsAndKeepsOpenOnes) {
+  Server server({ListenSpec{"127.0.0.1:0", TlsMode::kNone, EchoFactory(events_), nullptr}});
+  ASSERT_TRUE(server.Start(2).ok());
+  const std::string address = server.BoundAddress(0);
+  int open = Connect(address);
+  ASSERT_GE(open, 0);
+  ASSERT_TRUE(SendAll(open, "before\r\n"));
+  EXPECT_EQ(ReadExactly(open, 8), "before\r\n");
+
+  server.StopAccepting();
+  server.StopAccepting();  // idempotent
+  // The listening sockets close as their accepts are cancelled: soon nothing connects.
+  bool refused = false;
+  for (int i = 0; i < 500 && !refused; ++i) {
+    int fd = Connect(address);
+    refused = fd < 0 || ReadsEof(fd);
+    if (fd >= 0) ::close(fd);
+    if (!refused) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_TRUE(refused);
+  // The connection accepted before goes on.
+  ASSERT_TRUE(SendAll(open, "after\r\n"));
+  EXPECT_EQ(ReadExactly(open, 7), "after\r\n");
+  EXPECT_EQ(server.active_connections(), 1u);
+  server.Stop();
+  EXPECT_TRUE(ReadsEof(open));
+  ::close(open);
+}
+
 }  // namespace
 }  // namespace facteur::io
