@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cstdio>
 #include <exception>
+#include <map>
 #include <optional>
 #include <thread>
 #include <utility>
@@ -28,6 +29,7 @@
 #include "engine/base/log.h"
 #include "engine/base/message_id.h"
 #include "engine/base/status.h"
+#include "engine/delivery/shaping.h"
 #include "nlohmann/json.hpp"
 #include "queue/spool.h"
 
@@ -336,6 +338,10 @@ AdminServer::Response AdminServer::Route(const std::string& method, const std::s
     if (method != "POST") return method_not_allowed();
     return QueueOperation(path.substr(std::string_view("/api/queue/").size()), "", body);
   }
+  if (path == "/api/queue/summary") {
+    if (method != "GET") return method_not_allowed();
+    return QueueSummary();
+  }
   if (absl::StartsWith(path, "/api/queue/")) {
     const std::string rest = path.substr(std::string_view("/api/queue/").size());
     const size_t slash = rest.find('/');
@@ -412,6 +418,32 @@ AdminServer::Response AdminServer::Route(const std::string& method, const std::s
     if (length < 0) return Error(400, "Malformed address in the path.");
     address.resize(static_cast<size_t>(length));
     return Suppression(method, address, body);
+  }
+  if (path == "/api/sites" || path == "/api/sites/") {
+    if (method != "GET") return method_not_allowed();
+    return SiteList();
+  }
+  constexpr std::string_view kSitesPrefix = "/api/sites/";
+  if (absl::StartsWith(path, ToAbsl(kSitesPrefix))) {
+    // A site key may hold '/' ("google/example.com", percent-encoded as %2F): the action is
+    // the last segment, the site everything before it.
+    const std::string rest = path.substr(kSitesPrefix.size());
+    const size_t slash = rest.rfind('/');
+    if (slash == std::string::npos || slash == 0) return Error(404, "No such endpoint.");
+    const std::string action = rest.substr(slash + 1);
+    if (action != "suspend" && action != "resume") return Error(404, "No such endpoint.");
+    if (method != "POST") return method_not_allowed();
+    const std::string raw = rest.substr(0, slash);
+    std::string site(raw.size() + 1, '\0');
+    const int length = mg_url_decode(raw.data(), static_cast<int>(raw.size()), site.data(),
+                                     static_cast<int>(site.size()), /*is_form_url_encoded=*/0);
+    if (length <= 0) return Error(400, "Malformed site in the path.");
+    site.resize(static_cast<size_t>(length));
+    return SiteOperation(site, action, body);
+  }
+  if (path == "/api/reputation") {
+    if (method != "GET") return method_not_allowed();
+    return ReputationView();
   }
   return Error(404, "No such endpoint.");
 }
@@ -680,6 +712,194 @@ AdminServer::Response AdminServer::Suppression(const std::string& method,
   auto normalized = queue::NormalizeSuppressedAddress(*text);
   return JsonResponse(201, Json{{"address", normalized.ok() ? *normalized : *text},
                                 {"reason", reason}});
+}
+
+// ---- Sites, summary, reputation (the delivery side through DeliveryAccess) ----
+
+namespace {
+
+// How long a request waits for every delivery shard to answer.
+constexpr absl::Duration kShardTimeout = absl::Seconds(5);
+constexpr int kDefaultSuspendMinutes = 60;
+// Longest manual suspension: a week (resume lifts it sooner).
+constexpr int64_t kMaxSuspendMinutes = 7 * 24 * 60;
+
+Json TimeOrNull(absl::Time t) {
+  if (t == absl::InfinitePast() || t == absl::InfiniteFuture()) return Json(nullptr);
+  return Json(Rfc3339(t));
+}
+
+}  // namespace
+
+AdminServer::Response AdminServer::SiteList() {
+  const DeliveryAccess* access = delivery_.load();
+  if (access == nullptr || access->sites == nullptr) return Error(503, "Delivery is not running.");
+  absl::StatusOr<std::vector<delivery::SiteSnapshot>> sites = access->sites->Sites(kShardTimeout);
+  if (!sites.ok()) return StatusError(sites.status());
+  Json items = Json::array();
+  uint64_t ready_jobs = 0, ready_recipients = 0, in_flight = 0, held_back = 0, connections = 0,
+           suspended = 0, pairs = 0;
+  for (const delivery::SiteSnapshot& site : *sites) {
+    Json sources = Json::array();
+    uint64_t open = 0;
+    for (const delivery::PairSnapshot& p : site.sources) {
+      open += p.open_connections;
+      ++pairs;
+      if (p.state == throttle::PairState::kSuspended) ++suspended;
+      sources.push_back(Json{{"source", p.source},
+                             {"state", std::string(throttle::PairStateName(p.state))},
+                             {"suspended_until", TimeOrNull(p.suspended_until)},
+                             {"suspended_by", p.suspended_by.empty() ? Json(nullptr)
+                                                                     : Json(p.suspended_by)},
+                             {"message_rate", p.message_rate},
+                             {"max_connections", p.max_connections},
+                             {"open_connections", p.open_connections},
+                             {"in_flight", p.in_flight},
+                             {"pinned_waiting", p.pinned_waiting},
+                             {"health", p.health}});
+    }
+    ready_jobs += site.ready_jobs;
+    ready_recipients += site.ready_recipients;
+    in_flight += site.in_flight_jobs;
+    held_back += site.held_back_jobs;
+    connections += open;
+    items.push_back(Json{{"key", site.key},
+                         {"label", site.label},
+                         {"name", site.name},
+                         {"pool", site.pool},
+                         {"suspended_until", TimeOrNull(site.suspended_until)},
+                         {"ready_jobs", site.ready_jobs},
+                         {"ready_recipients", site.ready_recipients},
+                         {"in_flight_jobs", site.in_flight_jobs},
+                         {"held_back_jobs", site.held_back_jobs},
+                         {"open_connections", open},
+                         {"sources", std::move(sources)}});
+  }
+  return JsonResponse(200, Json{{"sites", std::move(items)},
+                                {"totals", Json{{"sites", sites->size()},
+                                                {"pairs", pairs},
+                                                {"suspended_pairs", suspended},
+                                                {"ready_jobs", ready_jobs},
+                                                {"ready_recipients", ready_recipients},
+                                                {"in_flight_jobs", in_flight},
+                                                {"held_back_jobs", held_back},
+                                                {"open_connections", connections}}}});
+}
+
+AdminServer::Response AdminServer::QueueSummary() {
+  const DeliveryAccess* access = delivery_.load();
+  if (access == nullptr || access->spool == nullptr || access->clock == nullptr) {
+    return Error(503, "Delivery is not running.");
+  }
+  const absl::Time now = access->clock->Now();
+  const queue::QueueCounts counts = access->spool->Counts(now);
+  // By site key: the shards' ready and in-flight jobs, the manager's scheduled messages.
+  std::map<std::string, Json> by_site;
+  auto entry = [&by_site, access](const std::string& key) -> Json& {
+    Json& site = by_site[key];
+    if (site.is_null()) {
+      site = Json{{"site", key}, {"label", delivery::LabelOf(access->site_labels, key)}, {"ready_jobs", 0},
+                  {"ready_recipients", 0}, {"in_flight_jobs", 0}, {"held_back_jobs", 0},
+                  {"scheduled", 0}};
+    }
+    return site;
+  };
+  if (access->sites != nullptr) {
+    absl::StatusOr<std::vector<delivery::SiteSnapshot>> sites =
+        access->sites->Sites(kShardTimeout);
+    if (!sites.ok()) return StatusError(sites.status());
+    for (const delivery::SiteSnapshot& site : *sites) {
+      Json& e = entry(site.key);
+      e["ready_jobs"] = site.ready_jobs;
+      e["ready_recipients"] = site.ready_recipients;
+      e["in_flight_jobs"] = site.in_flight_jobs;
+      e["held_back_jobs"] = site.held_back_jobs;
+    }
+  }
+  uint64_t scheduled_known = 0;
+  if (delivery::QueueManager* manager = queue_manager_.load()) {
+    for (const auto& [key, count] : manager->ScheduledBySite()) {
+      entry(key)["scheduled"] = count;
+      scheduled_known += count;
+    }
+  }
+  Json sites = Json::array();
+  uint64_t ready_jobs = 0, ready_recipients = 0, in_flight = 0;
+  for (auto& [key, site] : by_site) {
+    ready_jobs += site["ready_jobs"].get<uint64_t>();
+    ready_recipients += site["ready_recipients"].get<uint64_t>();
+    in_flight += site["in_flight_jobs"].get<uint64_t>();
+    sites.push_back(std::move(site));
+  }
+  const absl::Time next_due = access->spool->NextDue();
+  return JsonResponse(
+      200, Json{{"messages", access->spool->size()},
+                {"due_now", counts.ready},
+                {"scheduled", counts.scheduled},
+                {"in_flight", counts.leased},
+                {"next_due", TimeOrNull(next_due)},
+                {"sites", std::move(sites)},
+                {"totals", Json{{"ready_jobs", ready_jobs},
+                                {"ready_recipients", ready_recipients},
+                                {"in_flight_jobs", in_flight},
+                                {"scheduled_by_site", scheduled_known},
+                                {"unknown_site", counts.scheduled > scheduled_known
+                                                     ? counts.scheduled - scheduled_known
+                                                     : 0}}}});
+}
+
+AdminServer::Response AdminServer::SiteOperation(const std::string& site, const std::string& action,
+                                                 std::string& body) {
+  const DeliveryAccess* access = delivery_.load();
+  if (access == nullptr || access->sites == nullptr || access->clock == nullptr) {
+    return Error(503, "Delivery is not running.");
+  }
+  delivery::SiteSuspension request;
+  request.site = site;
+  if (!body.empty()) {
+    std::optional<Json> object = ParseObject(body);
+    if (!object.has_value()) return Error(400, "The body must be a JSON object.");
+    if (auto it = object->find("source"); it != object->end() && !it->is_null()) {
+      if (!it->is_string()) return Error(400, "source must be a string.");
+      request.source = it->get<std::string>();
+    }
+    if (auto it = object->find("minutes"); it != object->end() && !it->is_null()) {
+      if (action != "suspend") return Error(400, "minutes is for suspend only.");
+      if (!it->is_number_integer() || it->get<int64_t>() < 1 ||
+          it->get<int64_t>() > kMaxSuspendMinutes) {
+        return Error(400, "minutes must be a whole number from 1 to 10080 (a week).");
+      }
+      request.until = access->clock->Now() + absl::Minutes(it->get<int64_t>());
+    }
+  }
+  if (action == "suspend" && request.until == absl::InfinitePast()) {
+    request.until = access->clock->Now() + absl::Minutes(kDefaultSuspendMinutes);
+  }
+  absl::StatusOr<delivery::SiteSuspensionResult> result =
+      access->sites->Suspend(request, kShardTimeout);
+  if (!result.ok()) return StatusError(result.status());
+  Json answer{{"sites", result->sites}, {"pairs", result->pairs}};
+  if (action == "suspend") {
+    answer["until"] = Rfc3339(request.until);
+    return JsonResponse(200, answer);
+  }
+  // What the paused site handed back waits in the spool for the end of the pause: due now.
+  uint64_t messages = 0;
+  if (delivery::QueueManager* manager = queue_manager_.load()) {
+    absl::StatusOr<delivery::OperationResult> flushed = manager->FlushSite(site);
+    if (!flushed.ok()) return StatusError(flushed.status());
+    messages = flushed->messages;
+  }
+  answer["messages"] = messages;
+  return JsonResponse(200, answer);
+}
+
+AdminServer::Response AdminServer::ReputationView() {
+  const DeliveryAccess* access = delivery_.load();
+  if (access == nullptr || !access->reputation || access->clock == nullptr) {
+    return Error(503, "Delivery is not running.");
+  }
+  return JsonResponse(200, access->reputation(access->clock->Now()));
 }
 
 }  // namespace facteur::admin

@@ -30,6 +30,32 @@
 //   POST   /api/suppression                      {"address","reason"?} → 201
 //   DELETE /api/suppression/<address>            (percent-encoded)
 //   Quota and suppression endpoints answer 503 until SetAccountQuotas / SetSuppressionList.
+//   GET    /api/queue/summary                    {"messages","due_now","scheduled","in_flight",
+//                                                "next_due", "sites":[{site, label, ready_jobs,
+//                                                ready_recipients, in_flight_jobs,
+//                                                held_back_jobs, scheduled}], "totals":{...}}
+//                                                (scheduled by site: messages settled since the
+//                                                server started; "unknown_site" the rest)
+//   GET    /api/sites                            {"sites":[{key, label, name, pool,
+//                                                suspended_until, ready_jobs, ready_recipients,
+//                                                in_flight_jobs, held_back_jobs,
+//                                                open_connections, sources:[{source, state,
+//                                                suspended_until, suspended_by ("manual" or a
+//                                                reply class), message_rate (per minute, 0: no
+//                                                limit), max_connections (0: no limit),
+//                                                open_connections, in_flight, pinned_waiting,
+//                                                health}]}], "totals":{...}}
+//   POST   /api/sites/<site>/suspend             {"source"?, "minutes"? (default 60)}: pauses
+//                                                every source (or one) for the site →
+//                                                {"sites":[keys],"pairs":N,"until"}
+//   POST   /api/sites/<site>/resume              {"source"?}: lifts any suspension, manual or
+//                                                not, then makes the site's held-back mail due
+//                                                → {"sites","pairs","messages"}
+//   <site> is a site key or a shipped site name (percent-encoded); a name also covers its
+//   domain overrides ("google/example.com"). An unknown site is 404; a shipped site without
+//   mail yet is created paused. Sites and summary answer 503 until SetDeliveryAccess.
+//   GET    /api/reputation                       what `facteur reputation --json` prints, from
+//                                                the live counters
 // Errors are {"error":"..."} with 400 (InvalidArgument), 404 (NotFound), 409 (AlreadyExists,
 // FailedPrecondition), 413 (body over 64 KiB), 503 (Unavailable, ResourceExhausted) or 500.
 // Thread contract: requests run on civetweb's own small thread pool, never on an io_uring
@@ -37,17 +63,22 @@
 // fine there (STYLE.md rule 3). Start() and the destructor are called from one owning thread.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 
 #include <atomic>
 
 #include "absl/status/statusor.h"
+#include "engine/base/clock.h"
 #include "engine/delivery/queue_manager.h"
+#include "engine/delivery/shard_delivery.h"
 #include "engine/metrics/metrics.h"
 #include "engine/policy/account_quotas.h"
 #include "engine/policy/account_store.h"
 #include "queue/store.h"
+#include "nlohmann/json.hpp"
+#include "queue/spool.h"
 #include "queue/suppression.h"
 
 struct mg_context;
@@ -56,6 +87,17 @@ struct mg_connection;
 namespace facteur::admin {
 
 struct AdminResponse;  // one HTTP answer; defined in admin_server.cc
+
+// The delivery side as the site, summary and reputation endpoints reach it. Every pointer
+// outlives the server, or SetDeliveryAccess(nullptr) comes before it goes.
+struct DeliveryAccess {
+  delivery::SiteControl* sites = nullptr;  // null: no site endpoints
+  const queue::Spool* spool = nullptr;     // null: no summary
+  const Clock* clock = nullptr;            // the relay's clock (due times are on it); not null
+  delivery::SiteLabeler* site_labels = nullptr;  // the metrics' `site` labels; null: SiteLabel()
+  // The body of GET /api/reputation at `now` (null: 503); thread-safe.
+  std::function<nlohmann::json(absl::Time now)> reputation;
+};
 
 // Largest request body accepted; more is refused with 413 before it is read.
 inline constexpr size_t kMaxRequestBody = 64 * 1024;
@@ -86,6 +128,7 @@ class AdminServer {
   // Enable the quota and suppression endpoints; same lifetime rule as SetQueueManager.
   void SetAccountQuotas(policy::AccountQuotas* quotas) { quotas_.store(quotas); }
   void SetSuppressionList(queue::SuppressionList* list) { suppression_.store(list); }
+  void SetDeliveryAccess(const DeliveryAccess* access) { delivery_.store(access); }
   // /readyz answers 200 once the relay takes mail and delivers it, 503 before and while it
   // shuts down.
   void SetReady(bool ready) { ready_.store(ready); }
@@ -118,6 +161,11 @@ class AdminServer {
   // POST /api/queue/{flush,bounce,suspend,resume} and /api/queue/<ID>[/retry|/bounce].
   Response QueueOperation(const std::string& operation, const std::string& id_text,
                           const std::string& body);
+  Response QueueSummary();
+  Response SiteList();
+  // POST /api/sites/<site>/{suspend,resume}.
+  Response SiteOperation(const std::string& site, const std::string& action, std::string& body);
+  Response ReputationView();
 
   const std::string host_;  // as configured, brackets included for IPv6
   metrics::Metrics& metrics_;
@@ -126,6 +174,7 @@ class AdminServer {
   std::atomic<delivery::QueueManager*> queue_manager_{nullptr};
   std::atomic<policy::AccountQuotas*> quotas_{nullptr};
   std::atomic<queue::SuppressionList*> suppression_{nullptr};
+  std::atomic<const DeliveryAccess*> delivery_{nullptr};
   mg_context* context_ = nullptr;  // owned: mg_stop() in the destructor
   int port_ = 0;
   std::string token_;  // "" = no bearer token asked; set before the listener starts

@@ -1,6 +1,10 @@
 #include "engine/admin/json.h"
 
+#include <array>
+#include <optional>
+
 #include "absl/time/time.h"
+#include "throttle/response_class.h"
 
 namespace facteur::admin {
 
@@ -60,6 +64,59 @@ nlohmann::json AccountJson(const policy::Account& account) {
 
 std::string DumpJson(const nlohmann::json& value) {
   return value.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+namespace {
+
+// "2027-03-10T12:00:00Z" (RFC 3339, UTC, whole seconds), as `facteur reputation` always printed.
+std::string Rfc3339Seconds(absl::Time t) {
+  return absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", t, absl::UTCTimeZone());
+}
+
+nlohmann::json ByClassJson(const std::array<uint64_t, throttle::kResponseClassCount>& counts) {
+  nlohmann::json by_class = nlohmann::json::object();
+  for (size_t i = 0; i < counts.size(); ++i) {
+    if (counts[i] != 0) by_class[std::string(throttle::kResponseClassNames[i])] = counts[i];
+  }
+  return by_class;
+}
+
+nlohmann::json CountersJson(const throttle::ReputationCounters& c) {
+  return nlohmann::json{{"delivered", c.delivered},
+                        {"deferred", c.TotalDeferred()},
+                        {"deferred_by_class", ByClassJson(c.deferred)},
+                        {"bounced", c.TotalBounced()},
+                        {"bounced_by_class", ByClassJson(c.bounced)},
+                        {"blocked", c.blocked},
+                        {"final_answers", c.final_answers}};
+}
+
+}  // namespace
+
+nlohmann::json ReputationJson(const throttle::Reputation& reputation, absl::Time now,
+                              const WarmupPlanOf& plan_of) {
+  nlohmann::json pairs = nlohmann::json::array();
+  for (const throttle::PairReport& r : reputation.Report(now)) {
+    const throttle::WarmupPlan* plan = plan_of ? plan_of(r.source) : nullptr;
+    const std::optional<uint32_t> cap = reputation.WarmupCap(r.source, plan, r.site, now);
+    nlohmann::json warmup{
+        {"day", r.warmup_day.has_value() ? nlohmann::json(*r.warmup_day) : nlohmann::json(nullptr)},
+        {"plan", plan != nullptr ? nlohmann::json(plan->name) : nlohmann::json(nullptr)},
+        {"cap", cap.has_value() ? nlohmann::json(*cap) : nlohmann::json(nullptr)},
+        {"sent_today", reputation.SentToday(r.source, r.site, now)},
+        {"resets_at", Rfc3339Seconds(throttle::Reputation::WarmupResetsAt(now))}};
+    pairs.push_back(nlohmann::json{{"source", r.source},
+                                   {"site", r.site},
+                                   {"health", r.health},
+                                   {"last_24h", CountersJson(r.last_day)},
+                                   {"today", CountersJson(r.today)},
+                                   {"lifetime", CountersJson(r.lifetime)},
+                                   {"warmup", std::move(warmup)},
+                                   {"last_reply", r.last_record == absl::InfinitePast()
+                                                      ? nlohmann::json(nullptr)
+                                                      : nlohmann::json(Rfc3339Seconds(r.last_record))}});
+  }
+  return nlohmann::json{{"now", Rfc3339Seconds(now)}, {"pairs", std::move(pairs)}};
 }
 
 }  // namespace facteur::admin

@@ -5,11 +5,14 @@
 #pragma once
 
 #include <cstddef>
+#include <functional>
 #include <string>
 
 #include "engine/policy/account_store.h"
 #include "nlohmann/json.hpp"
 #include "queue/spool.h"
+#include "throttle/reputation.h"
+#include "throttle/shaping.h"
 
 namespace facteur::admin {
 
@@ -21,6 +24,12 @@ nlohmann::json MessageJson(const queue::Envelope& envelope, size_t body_size);
 nlohmann::json AccountJson(const policy::Account& account);
 const char* RecipientStateName(queue::RecipientState state);
 std::string Rfc3339(absl::Time t);
+// `facteur reputation --json` and GET /api/reputation: {"now", "pairs":[{source, site, health,
+// last_24h, today, lifetime (counters by class), warmup {day, plan, cap, sent_today,
+// resets_at}, last_reply}]} at `now`. `plan_of` names each source's warmup plan (null: none).
+using WarmupPlanOf = std::function<const throttle::WarmupPlan*(const std::string& source)>;
+nlohmann::json ReputationJson(const throttle::Reputation& reputation, absl::Time now,
+                              const WarmupPlanOf& plan_of);
 // Serialises without throwing: invalid UTF-8 (a hostile client's address) becomes U+FFFD.
 std::string DumpJson(const nlohmann::json& value);
 

@@ -86,6 +86,7 @@ const std::vector<std::string_view> kDeliveryKeys = {
     "max_messages_per_connection",
     "max_recipients_per_transaction",
     "max_messages_in_flight",
+    "metrics_site_labels",
     "connection_idle_timeout",
     "connect_timeout",
     "greeting_timeout",
@@ -98,7 +99,8 @@ const std::vector<std::string_view> kDeliveryKeys = {
     "max_retry_interval",
     "retry_jitter",
     "queue_lifetime",
-    "validate_recipient_domains"};
+    "validate_recipient_domains",
+    "shutdown_grace"};
 const std::vector<std::string_view> kEventsKeys = {"path"};
 const std::vector<std::string_view> kShapingKeys = {"file", "classifier_file"};
 const std::vector<std::string_view> kClockKeys = {"speed", "anchor"};
@@ -596,6 +598,7 @@ class Parser : private TomlReader {
         {"first_retry", &out.first_retry},
         {"max_retry_interval", &out.max_retry_interval},
         {"queue_lifetime", &out.queue_lifetime},
+        {"shutdown_grace", &out.shutdown_grace},
     };
     for (const auto& [name, duration] : durations) {
       FACTEUR_RETURN_IF_ERROR(ReadDuration(delivery, kPrefix, name, *duration));
@@ -616,6 +619,9 @@ class Parser : private TomlReader {
     }
     FACTEUR_RETURN_IF_ERROR(ReadBool(delivery, kPrefix, "validate_recipient_domains",
                                      out.validate_recipient_domains));
+    // Each label is a few series per source: the bound keeps Prometheus's cardinality bounded.
+    FACTEUR_RETURN_IF_ERROR(ReadInteger(delivery, kPrefix, "metrics_site_labels", 0, 1000,
+                                        out.metrics_site_labels));
     return absl::OkStatus();
   }
 

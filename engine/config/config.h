@@ -39,6 +39,9 @@ struct Cidr {
   static absl::StatusOr<Cidr> Parse(std::string_view text);
   // `peer` is 4 (IPv4) or 16 (IPv6) bytes; an IPv4-mapped IPv6 peer matches IPv4 networks.
   bool Contains(const uint8_t* peer, size_t peer_length) const;
+
+  // Member-wise: a reload (SIGHUP) tells which sections changed.
+  friend bool operator==(const Cidr&, const Cidr&) = default;
 };
 
 struct ListenerOptions {
@@ -57,6 +60,9 @@ struct ListenerOptions {
 
   bool is_unix() const { return address.rfind("unix:", 0) == 0; }
   std::string unix_path() const { return is_unix() ? address.substr(5) : std::string(); }
+
+  // Member-wise: a reload (SIGHUP) tells which sections changed.
+  friend bool operator==(const ListenerOptions&, const ListenerOptions&) = default;
 };
 
 struct SmtpOptions {
@@ -77,6 +83,9 @@ struct SmtpOptions {
   uint32_t auth_max_failures = 5;
   // Default: 10m.
   absl::Duration auth_failure_window = absl::Minutes(10);
+
+  // Member-wise: a reload (SIGHUP) tells which sections changed.
+  friend bool operator==(const SmtpOptions&, const SmtpOptions&) = default;
 };
 
 struct TlsOptions {
@@ -85,6 +94,9 @@ struct TlsOptions {
   // data_dir: use them through Config::ResolvePath (data_dir may be overridden after parsing).
   std::string certificate_file;
   std::string private_key_file;
+
+  // Member-wise: a reload (SIGHUP) tells which sections changed.
+  friend bool operator==(const TlsOptions&, const TlsOptions&) = default;
 };
 
 struct SpoolOptions {
@@ -92,6 +104,9 @@ struct SpoolOptions {
   std::string path;
   // Most messages committed by one synced write (group commit). Default: 256.
   uint32_t max_batch = 256;
+
+  // Member-wise: a reload (SIGHUP) tells which sections changed.
+  friend bool operator==(const SpoolOptions&, const SpoolOptions&) = default;
 };
 
 struct AdminOptions {
@@ -101,6 +116,9 @@ struct AdminOptions {
   // TOKEN"); the CLI reads it too. It must not be readable by group or others. /metrics,
   // /healthz and /readyz stay open. Default: "" = no token (keep the listener on loopback).
   std::string token_file;
+
+  // Member-wise: a reload (SIGHUP) tells which sections changed.
+  friend bool operator==(const AdminOptions&, const AdminOptions&) = default;
 };
 
 struct DnsOptions {
@@ -111,6 +129,9 @@ struct DnsOptions {
   absl::Duration timeout = absl::Seconds(5);
   // Tries per nameserver. Default: 2.
   uint32_t attempts = 2;
+
+  // Member-wise: a reload (SIGHUP) tells which sections changed.
+  friend bool operator==(const DnsOptions&, const DnsOptions&) = default;
 };
 
 // TLS toward a destination (RFC 3207 client side).
@@ -130,6 +151,9 @@ struct SourceOptions {
   std::string ehlo_name;
   // Pool this source belongs to. Default: "default".
   std::string pool = "default";
+
+  // Member-wise: a reload (SIGHUP) tells which sections changed.
+  friend bool operator==(const SourceOptions&, const SourceOptions&) = default;
 };
 
 // A route's `destination`, split once when the config is read so that delivery never parses
@@ -147,6 +171,9 @@ struct RouteDestination {
   bool ip_literal = false;
   bool v6 = false;
   uint8_t address[16] = {};
+
+  // Member-wise: a reload (SIGHUP) tells which sections changed.
+  friend bool operator==(const RouteDestination&, const RouteDestination&) = default;
 };
 
 // A static route: like Postfix's transport map / relayhost, it overrides MX lookups.
@@ -164,7 +191,15 @@ struct RouteOptions {
   // `destination` split (filled by ParseConfig; `domain` and the host are kept in lower case,
   // as domains compare case-insensitively).
   RouteDestination next_hop;
+
+  // Member-wise: a reload (SIGHUP) tells which sections changed.
+  friend bool operator==(const RouteOptions&, const RouteOptions&) = default;
 };
+
+// What a stop (SIGTERM) may take beyond delivery.shutdown_grace: closing sessions, the last
+// spool commit, closing the store. Past grace + margin the process exits at once (what it
+// acknowledged is already synced).
+inline constexpr absl::Duration kShutdownMargin = absl::Seconds(8);
 
 struct DeliveryOptions {
   // Deliver queued mail. false holds everything in the queue (maintenance, tests of the
@@ -206,12 +241,26 @@ struct DeliveryOptions {
   // Look recipient domains up at RCPT time and refuse NXDOMAIN (550 5.1.2) and null MX
   // (556 5.1.10) at once. Default: true.
   bool validate_recipient_domains = true;
+  // On SIGTERM, how long transactions in progress toward remote servers may take to end before
+  // they are abandoned (their messages stay queued, nothing counted). The whole stop then takes
+  // at most this plus kShutdownMargin, which the default keeps under systemd's 30 s
+  // TimeoutStopSec. Default: 20s.
+  absl::Duration shutdown_grace = absl::Seconds(20);
+  // Unknown MX sets that get a `site` label of their own in the metrics (the first ones seen;
+  // later ones share "other"). 0: every unknown MX set is "other". At most 1000. Default: 0.
+  uint32_t metrics_site_labels = 0;
+
+  // Member-wise: a reload (SIGHUP) tells which sections changed.
+  friend bool operator==(const DeliveryOptions&, const DeliveryOptions&) = default;
 };
 
 struct EventsOptions {
   // The events log (JSON lines); relative paths are under data_dir; "" disables it.
   // Default: "events.log".
   std::string path = "events.log";
+
+  // Member-wise: a reload (SIGHUP) tells which sections changed.
+  friend bool operator==(const EventsOptions&, const EventsOptions&) = default;
 };
 
 // Traffic shaping (issue #5): the provider sites, their limits and reactions, and the rules
@@ -221,6 +270,9 @@ struct ShapingFileOptions {
   std::string file;
   // The response classifier rules (deploy/classifier.toml). Default: "" = the shipped ones.
   std::string classifier_file;
+
+  // Member-wise: a reload (SIGHUP) tells which sections changed.
+  friend bool operator==(const ShapingFileOptions&, const ShapingFileOptions&) = default;
 };
 
 // The clock every timer, rate and delay reads (STYLE.md rule 6). For simulations and tests:
@@ -231,6 +283,9 @@ struct ClockOptions {
   // Unix time (seconds) from which the clock runs faster: clock = anchor + (real - anchor) ×
   // speed. Default: 0 = the time facteur starts.
   double anchor = 0;
+
+  // Member-wise: a reload (SIGHUP) tells which sections changed.
+  friend bool operator==(const ClockOptions&, const ClockOptions&) = default;
 };
 
 // The limits of one submission account (issue #5; throttle/account_quota.h). 0 = unlimited.
@@ -243,6 +298,9 @@ struct QuotaLimits {
   uint32_t recipients_per_message = 100;
   // Suspend the account on a burst far above its own history. Default: true.
   bool anomaly_detection = true;
+
+  // Member-wise: a reload (SIGHUP) tells which sections changed.
+  friend bool operator==(const QuotaLimits&, const QuotaLimits&) = default;
 };
 
 // One [[quota.account]]: an account whose limits differ from [quota]'s. Keys left out keep
@@ -251,6 +309,9 @@ struct QuotaAccountOptions {
   // The account name. Required, unique.
   std::string name;
   QuotaLimits limits;
+
+  // Member-wise: a reload (SIGHUP) tells which sections changed.
+  friend bool operator==(const QuotaAccountOptions&, const QuotaAccountOptions&) = default;
 };
 
 // [quota]: per-account submission quotas and runaway-account containment.
@@ -269,6 +330,9 @@ struct QuotaOptions {
   absl::Duration history_half_life = absl::Hours(72);
   // [[quota.account]] tables. Default: none.
   std::vector<QuotaAccountOptions> accounts;
+
+  // Member-wise: a reload (SIGHUP) tells which sections changed.
+  friend bool operator==(const QuotaOptions&, const QuotaOptions&) = default;
 };
 
 enum class DkimAlgorithm { kRsaSha256, kEd25519Sha256 };
@@ -285,6 +349,9 @@ struct DkimKeyOptions {
   std::string key_file;
   // Only for mail of this account. Default: "" = every sender of the domain.
   std::string account;
+
+  // Member-wise: a reload (SIGHUP) tells which sections changed.
+  friend bool operator==(const DkimKeyOptions&, const DkimKeyOptions&) = default;
 };
 
 struct DkimOptions {
@@ -296,6 +363,9 @@ struct DkimOptions {
   uint32_t max_queued = 1024;
   // Default: none (mail goes out unsigned and is counted).
   std::vector<DkimKeyOptions> keys;
+
+  // Member-wise: a reload (SIGHUP) tells which sections changed.
+  friend bool operator==(const DkimOptions&, const DkimOptions&) = default;
 };
 
 struct Config {

@@ -233,6 +233,10 @@ void QueueManager::LeaseAndDispatch() {
 }
 
 void QueueManager::StartMessage(const queue::ScheduleEntry& entry) {
+  {
+    absl::MutexLock lock(&mutex_);
+    scheduled_sites_.erase(entry.id);
+  }
   absl::StatusOr<std::optional<queue::Envelope>> read = queue::ReadEnvelope(store_, entry.id);
   if (!read.ok() || !read->has_value()) {
     Log(LogLevel::kError, "delivery: cannot read envelope %s: %s", entry.id.ToString(),
@@ -470,6 +474,27 @@ void QueueManager::Settle(InFlight& flight, std::vector<JobResult> results) {
       events_->Record(event);
     }
   }
+  if (open) {
+    // The sites still owed recipients, for ScheduledBySite and FlushSite.
+    std::vector<std::string> sites;
+    for (const JobResult& result : results) {
+      if (result.site.empty()) continue;
+      const bool owed = std::any_of(
+          result.recipient_indexes.begin(), result.recipient_indexes.end(), [&](uint32_t index) {
+            return index < envelope.recipients.size() &&
+                   envelope.recipients[index].state == queue::RecipientState::kPending;
+          });
+      if (owed && std::find(sites.begin(), sites.end(), result.site) == sites.end()) {
+        sites.push_back(result.site);
+      }
+    }
+    absl::MutexLock lock(&mutex_);
+    if (sites.empty()) {
+      scheduled_sites_.erase(envelope.id);
+    } else {
+      scheduled_sites_[envelope.id] = std::move(sites);
+    }
+  }
   Persist(std::move(envelope), flight.leased_due);
 }
 
@@ -478,7 +503,7 @@ void QueueManager::CountOutcome(events::EventType type, const JobResult& result,
                                 absl::Time now) {
   metrics::DeliveryMetrics* m = options_.metrics;
   if (m == nullptr) return;
-  const std::string site = SiteLabel(result.site);
+  const std::string site = LabelOf(options_.site_labels, result.site);
   const std::string source = result.source.empty() ? "none" : result.source;
   const std::string reply_class(throttle::ResponseClassName(verdict.response_class));
   switch (type) {
@@ -581,6 +606,10 @@ void QueueManager::Persist(queue::Envelope envelope, absl::Time previous_due) {
   const bool open = std::any_of(envelope.recipients.begin(), envelope.recipients.end(), [](const auto& r) {
     return r.state == queue::RecipientState::kPending;
   });
+  if (!open) {
+    absl::MutexLock lock(&mutex_);
+    scheduled_sites_.erase(id);
+  }
   {
     absl::MutexLock lock(&writes_->mutex);
     ++writes_->count;
@@ -607,6 +636,20 @@ void QueueManager::Persist(queue::Envelope envelope, absl::Time previous_due) {
 bool QueueManager::IsSuspended(std::string_view domain) const {
   absl::MutexLock lock(&mutex_);
   return suspended_.contains(std::string(domain));
+}
+
+std::map<std::string, uint64_t> QueueManager::ScheduledBySite() const {
+  std::map<std::string, uint64_t> counts;
+  absl::MutexLock lock(&mutex_);
+  for (const auto& [id, sites] : scheduled_sites_) {
+    for (const std::string& site : sites) ++counts[site];
+  }
+  return counts;
+}
+
+size_t QueueManager::ScheduledWithKnownSite() const {
+  absl::MutexLock lock(&mutex_);
+  return scheduled_sites_.size();
 }
 
 std::vector<std::string> QueueManager::SuspendedDomains() const {
@@ -663,6 +706,10 @@ absl::StatusOr<OperationResult> QueueManager::Resume(const std::string& domain) 
   return Operate(OperationKind::kResume, domain, MessageId());
 }
 
+absl::StatusOr<OperationResult> QueueManager::FlushSite(const std::string& site) {
+  return Operate(OperationKind::kFlushSite, site, MessageId());
+}
+
 void QueueManager::ExecuteOperation(Operation& operation) {
   using Kind = Operation::Kind;
   {
@@ -676,6 +723,36 @@ void QueueManager::ExecuteOperation(Operation& operation) {
   const absl::Time now = clock_.Now();
   OperationResult result;
   const std::string domain = operation.domain.value_or("");
+
+  if (operation.kind == Kind::kFlushSite) {
+    std::vector<MessageId> ids;
+    {
+      absl::MutexLock lock(&mutex_);
+      for (const auto& [id, sites] : scheduled_sites_) {
+        if (std::any_of(sites.begin(), sites.end(), [&](const std::string& site) {
+              return site == domain || absl::StartsWith(site, absl::StrCat(domain, "/"));
+            })) {
+          ids.push_back(id);
+        }
+      }
+    }
+    for (const MessageId& id : ids) {
+      if (in_flight_.contains(id)) continue;  // out already
+      absl::StatusOr<std::optional<queue::Envelope>> envelope = queue::ReadEnvelope(store_, id);
+      if (!envelope.ok()) {
+        operation.result = envelope.status();
+        return;
+      }
+      if (!envelope->has_value()) continue;
+      const absl::Time due = (*envelope)->next_attempt;
+      if (due <= now) continue;  // already due: the scheduler takes it
+      (*envelope)->next_attempt = now;
+      Persist(**std::move(envelope), due);
+      ++result.messages;
+    }
+    operation.result = result;
+    return;
+  }
 
   if (operation.kind == Kind::kSuspend || operation.kind == Kind::kResume) {
     {

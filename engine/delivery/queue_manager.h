@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -35,6 +36,7 @@
 #include "absl/synchronization/mutex.h"
 #include "engine/base/clock.h"
 #include "engine/delivery/job.h"
+#include "engine/delivery/site_labeler.h"
 #include "engine/events/event_log.h"
 #include "engine/metrics/metrics.h"
 #include "queue/spool.h"
@@ -53,6 +55,8 @@ struct QueueManagerOptions {
   throttle::GreylistOptions greylist;
   // Outcome counters and latencies; null: none.
   metrics::DeliveryMetrics* metrics = nullptr;
+  // Their `site` label (shared with the delivery shards); null: SiteLabel().
+  SiteLabeler* site_labels = nullptr;
 };
 
 // What the queue operations report.
@@ -106,12 +110,23 @@ class QueueManager final : public ResultSink {
   absl::StatusOr<OperationResult> Suspend(const std::string& domain);
   absl::StatusOr<OperationResult> Resume(const std::string& domain);
   std::vector<std::string> SuspendedDomains() const;
+  // Makes due now the messages waiting for `site` (a site key, or a shipped site's name, which
+  // also covers its domain overrides "name/domain"): what a suspended site handed back, once an
+  // operator resumes it.
+  absl::StatusOr<OperationResult> FlushSite(const std::string& site);
+  // Messages scheduled for later, by the site key of the jobs that left recipients open when
+  // they last settled (a message open at several sites counts for each). Messages not settled
+  // since this process started are not counted (their sites are not known yet).
+  std::map<std::string, uint64_t> ScheduledBySite() const;
+  // How many messages ScheduledBySite() knows a site of (each counted once).
+  size_t ScheduledWithKnownSite() const;
 
   size_t in_flight() const;
 
  private:
   struct InFlight;
-  enum class OperationKind { kFlush, kRetry, kBounce, kBounceDomain, kDelete, kSuspend, kResume };
+  enum class OperationKind {
+    kFlush, kRetry, kBounce, kBounceDomain, kDelete, kSuspend, kResume, kFlushSite };
   struct Operation;
 
   void Wake();
@@ -154,6 +169,9 @@ class QueueManager final : public ResultSink {
   bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
   absl::flat_hash_set<std::string> suspended_ ABSL_GUARDED_BY(mutex_);
   size_t in_flight_count_ ABSL_GUARDED_BY(mutex_) = 0;
+  // The site keys of each message scheduled for later (see ScheduledBySite); a message leaves
+  // when it is leased again or has nothing open.
+  absl::flat_hash_map<MessageId, std::vector<std::string>> scheduled_sites_ ABSL_GUARDED_BY(mutex_);
 
   // Persist() calls not yet committed. Shared with their spool callbacks, which may run after
   // the manager is gone (the last one frees it).

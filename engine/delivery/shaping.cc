@@ -28,6 +28,26 @@ absl::StatusOr<std::unique_ptr<Shaping>> Shaping::Create(
   return std::unique_ptr<Shaping>(new Shaping(std::move(options), std::move(classifier)));
 }
 
+throttle::SiteMatcher::Match Shaping::ForKey(std::string_view key) const {
+  throttle::SiteMatcher::Match match;
+  match.key = std::string(key);
+  if (key.substr(0, 6) == "route:") return match;
+  const size_t slash = key.find('/');
+  const std::string_view base = key.substr(0, slash);
+  if (base.substr(0, 3) != "mx:") match.site = matcher_->SiteByName(base);
+  match.limits = match.site != nullptr ? &match.site->limits : &options_.default_limits;
+  if (slash != std::string_view::npos) {
+    const std::string_view domain = key.substr(slash + 1);
+    for (const throttle::DomainOverride& override : options_.domains) {
+      if (override.domain == domain && override.limits.has_value()) {
+        match.limits = &*override.limits;
+        break;
+      }
+    }
+  }
+  return match;
+}
+
 absl::StatusOr<std::unique_ptr<Shaping>> Shaping::Load(const config::Config& config) {
   throttle::ShapingOptions options;
   if (config.shaping.file.empty()) {

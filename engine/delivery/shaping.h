@@ -1,8 +1,11 @@
 // File: engine/delivery/shaping.h
-// Everything delivery needs from the shaping and classifier files, read once at start: the
-// shaping options (sites, limits, reactions, warmup), the site matcher over them and the
-// response classifier. Built from [shaping] (the shipped files when no path is given).
-// Thread contract: immutable once built; shared read-only by every shard and the manager.
+// Everything delivery needs from the shaping and classifier files: the shaping options (sites,
+// limits, reactions, warmup), the site matcher over them and the response classifier. Built
+// from [shaping] (the shipped files when no path is given) at start, and again on SIGHUP: a
+// reload builds a new snapshot and hands it to every shard (ShardDelivery::SetShaping), never
+// changes one in place.
+// Thread contract: immutable once built; shared read-only (std::shared_ptr<const Shaping>) by
+// the Relay and every shard, each keeping the snapshot it was last given.
 #pragma once
 
 #include <memory>
@@ -35,6 +38,13 @@ class Shaping {
   const throttle::ShapingOptions& options() const { return options_; }
   const throttle::SiteMatcher& matcher() const { return *matcher_; }
   const throttle::ResponseClassifier& classifier() const { return classifier_; }
+
+  // The site and limits that the site key `key` (as SiteMatcher::ForDomain makes it, or a
+  // route's "route:..." key) stands for in this snapshot: for a reload, which must find the
+  // new limits of the sites a shard already knows. A route, or a site this snapshot no longer
+  // names, gets site null; a route also gets limits null (its limits are [delivery]'s); an
+  // unknown site gets default_limits. Pointers point into this snapshot.
+  throttle::SiteMatcher::Match ForKey(std::string_view key) const;
 
  private:
   Shaping(throttle::ShapingOptions options, throttle::ResponseClassifier classifier);

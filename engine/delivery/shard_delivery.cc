@@ -13,6 +13,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "engine/base/log.h"
 #include "engine/base/status.h"
 #include "engine/io/socket_address.h"
@@ -66,7 +67,11 @@ struct ShardDelivery::SplitJob {
 
 throttle::PairThrottle& ShardDelivery::SiteQueue::Pair(const std::string& source) {
   std::unique_ptr<throttle::PairThrottle>& pair = pairs[source];
-  if (pair == nullptr) pair = std::make_unique<throttle::PairThrottle>(pair_options);
+  if (pair == nullptr) {
+    pair = std::make_unique<throttle::PairThrottle>(pair_options);
+    // A source the operator paused the whole site for starts paused (it ends by itself).
+    if (manual_until != absl::InfinitePast()) pair->SuspendManually(manual_since, manual_until);
+  }
   return *pair;
 }
 
@@ -119,11 +124,17 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
   // smtp::ClientSession::Owner
   void OnReady(smtp::ClientSession&) override {
     ever_ready_ = true;
+    if (shard_.shutting_down_) {
+      Quit();  // connected after the shutdown began: nothing to carry
+      return;
+    }
     shard_.Pump(*queue_.site);
   }
 
   void OnTransactionDone(smtp::ClientSession& session, smtp::TransactionResult result) override {
-    if (current_.has_value()) {
+    if (current_.has_value() && shard_.abandoning_) {
+      current_.reset();  // abandoned by the shutdown: its message stays queued as it was
+    } else if (current_.has_value()) {
       PendingJob job = *std::move(current_);
       current_.reset();
       std::vector<RecipientVerdict> verdicts =
@@ -131,13 +142,25 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
       shard_.Report(std::move(job), queue_, std::move(result.recipients), std::move(verdicts),
                     remote_, &source_, session.tls_active());
     }
-    if (!shard_.shutting_down_) shard_.Pump(*queue_.site);
+    if (!shard_.shutting_down_) {
+      shard_.Pump(*queue_.site);
+    } else {
+      Quit();  // the shutdown waited for this transaction only
+    }
   }
 
   void OnSessionEnded(smtp::ClientSession&, const mail::DeliveryOutcome& why) override {
     session_ = nullptr;
+    if (shard_.context_.metrics != nullptr) {
+      shard_.context_.metrics->delivery_session_seconds.Observe(
+          absl::ToDoubleSeconds(shard_.context_.clock.Now() - session_opened_));
+    }
     CancelIdleTimer();
-    if (current_.has_value()) {
+    if (current_.has_value() && shard_.abandoning_) {
+      // Aborted when the shutdown grace ran out: no outcome is known, none is reported. The
+      // message keeps its queued state and is tried again at the next start.
+      current_.reset();
+    } else if (current_.has_value()) {
       // The session promises OnTransactionDone first; should it not, the job still comes back.
       PendingJob job = *std::move(current_);
       current_.reset();
@@ -269,6 +292,7 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
           if (alive.expired()) return nullptr;
           auto session = std::make_unique<smtp::ClientSession>(stream, options, *this, remote_);
           session_ = session.get();
+          session_opened_ = shard_.context_.clock.Now();
           return session;
         },
         [this, alive](absl::Status status) {
@@ -336,6 +360,7 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
   uint32_t tried_ = 0;
   std::string remote_;
   smtp::ClientSession* session_ = nullptr;  // owned by its io::Connection
+  absl::Time session_opened_;  // when session_ was made (connected): its lifetime metric
   std::optional<PendingJob> current_;
   uint32_t sent_ = 0;
   io::TimerId idle_timer_ = io::kNoTimer;
@@ -348,7 +373,11 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
 
 ShardDelivery::ShardDelivery(io::EventLoop& loop, dns::Resolver& resolver,
                              const DeliveryContext& context)
-    : loop_(loop), resolver_(resolver), context_(context), connector_(loop) {}
+    : loop_(loop),
+      resolver_(resolver),
+      context_(context),
+      shaping_(context.shaping),
+      connector_(loop) {}
 
 ShardDelivery::~ShardDelivery() = default;
 
@@ -411,13 +440,14 @@ const ShardHandle* ShardDelivery::OwnerOf(const std::string& site_key) const {
 
 void ShardDelivery::Route(PendingJob pending, Destination destination,
                           std::vector<std::string> hosts) {
-  RoutedJob routed{std::move(pending), std::move(destination), std::move(hosts), {}};
+  RoutedJob routed{std::move(pending), std::move(destination), std::move(hosts), {}, nullptr};
   if (IsRoute(routed.destination)) {
     // A static route (a smarthost, an internal relay) is a site of its own, with the
     // [delivery] limits: it is not a provider to be paced.
     routed.site.key = routed.destination.key;
   } else {
-    routed.site = context_.shaping.matcher().ForDomain(routed.pending.job.domain, routed.hosts);
+    routed.site = shaping_->matcher().ForDomain(routed.pending.job.domain, routed.hosts);
+    routed.shaping = shaping_;
   }
   const ShardHandle* owner = OwnerOf(routed.site.key);
   if (owner == nullptr || owner->delivery == this) {
@@ -437,17 +467,10 @@ void ShardDelivery::Accept(RoutedJob routed) {
   if (site == nullptr) {
     site = std::make_unique<SiteQueue>();
     site->key = routed.site.key;
-    site->site = routed.site.site;
-    if (routed.site.limits == nullptr) {
-      throttle::SiteLimits limits;
-      limits.max_connections = context_.max_connections_per_destination;
-      limits.max_messages_per_connection = context_.max_messages_per_connection;
-      limits.max_recipients_per_message = context_.max_recipients_per_transaction;
-      site->pair_options = throttle::PairOptions::From(limits, context_.shaping.options(), nullptr);
-    } else {
-      site->pair_options = throttle::PairOptions::From(*routed.site.limits,
-                                                       context_.shaping.options(), routed.site.site);
-    }
+    // Matched on another shard before this one took a newer snapshot: matched again here.
+    Configure(*site, routed.shaping == nullptr || routed.shaping == shaping_
+                         ? routed.site
+                         : shaping_->ForKey(routed.site.key));
   }
   if (site->pool.empty()) site->pool = routed.destination.pool;
   std::unique_ptr<DestinationQueue>& queue = site->destinations[routed.destination.key];
@@ -487,6 +510,33 @@ void ShardDelivery::Accept(RoutedJob routed) {
   Pump(*site);
 }
 
+void ShardDelivery::Configure(SiteQueue& site, const throttle::SiteMatcher::Match& match) const {
+  site.site = match.site;
+  if (match.limits == nullptr) {
+    throttle::SiteLimits limits;
+    limits.max_connections = context_.max_connections_per_destination;
+    limits.max_messages_per_connection = context_.max_messages_per_connection;
+    limits.max_recipients_per_message = context_.max_recipients_per_transaction;
+    site.pair_options = throttle::PairOptions::From(limits, shaping_->options(), nullptr);
+  } else {
+    site.pair_options =
+        throttle::PairOptions::From(*match.limits, shaping_->options(), match.site);
+  }
+}
+
+void ShardDelivery::SetShaping(std::shared_ptr<const Shaping> shaping) {
+  if (shaping == nullptr) return;
+  shaping_ = std::move(shaping);
+  const absl::Time now = context_.clock.Now();
+  for (auto& [key, site] : sites_) {
+    Configure(*site, shaping_->ForKey(key));
+    for (auto& [source, pair] : site->pairs) pair->SetOptions(site->pair_options, now);
+  }
+  if (shutting_down_) return;
+  // Higher limits may let waiting work start now.
+  for (auto& [key, site] : sites_) Pump(*site);
+}
+
 void ShardDelivery::Pump(SiteQueue& site) {
   if (shutting_down_) return;
   const absl::Time now = context_.clock.Now();
@@ -500,7 +550,7 @@ void ShardDelivery::PumpDestination(SiteQueue& site, DestinationQueue& queue, ab
   const throttle::WarmupPlan* plan =
       context_.reputation == nullptr
           ? nullptr
-          : throttle::FindWarmupPlan(context_.shaping.options(), queue.destination.pool);
+          : throttle::FindWarmupPlan(shaping_->options(), queue.destination.pool);
   // Messages of a source to this site already started and not yet answered, for the warmup cap.
   auto in_flight = [&queue](const std::string& source) {
     uint32_t n = 0;
@@ -652,6 +702,7 @@ void ShardDelivery::HoldBack(DestinationQueue& queue, size_t keep, absl::Time fi
     }
     JobResult result = ResultOf(job, queue.destination.key, queue.site->key);
     result.throttled_until = first + spacing * static_cast<double>(returned++);
+    ++queue.site->held_back;
     context_.results.OnJobDone(std::move(result));
   }
   queue.waiting = std::move(kept);
@@ -688,7 +739,7 @@ std::vector<RecipientVerdict> ShardDelivery::Judge(
   std::array<std::optional<std::optional<absl::Duration>>, throttle::kResponseClassCount> replies;
   std::array<const mail::DeliveryOutcome*, throttle::kResponseClassCount> examples = {};
   for (const mail::DeliveryOutcome& outcome : outcomes) {
-    throttle::Classification c = context_.shaping.classifier().Classify(
+    throttle::Classification c = shaping_->classifier().Classify(
         outcome.reply.code, outcome.reply.enhanced, outcome.reply.text, site.name());
     verdicts.push_back(RecipientVerdict{c.response_class, c.retry_after});
     // A failure of our own side (timeout, lost connection) says nothing of the site's mood.
@@ -779,7 +830,7 @@ void ShardDelivery::Report(PendingJob job, const DestinationQueue& queue,
   if (verdicts.empty()) {
     // Failed here, never sent: classified for the manager, not held against any pair.
     for (const mail::DeliveryOutcome& outcome : outcomes) {
-      throttle::Classification c = context_.shaping.classifier().Classify(
+      throttle::Classification c = shaping_->classifier().Classify(
           outcome.reply.code, outcome.reply.enhanced, outcome.reply.text, queue.site->name());
       verdicts.push_back(RecipientVerdict{c.response_class, c.retry_after});
     }
@@ -849,10 +900,20 @@ void ShardDelivery::ScheduleMetrics() {
 void ShardDelivery::ReportMetrics() {
   metrics::ShapingMetrics& m = *context_.metrics;
   const absl::Time now = context_.clock.Now();
+  // By label: pairs suspended now, recipients waiting in this shard.
+  absl::flat_hash_map<std::string, std::array<double, 2>> by_label;
   for (auto& [key, site] : sites_) {
-    const bool named = site->site != nullptr;
-    const std::string label = SiteLabel(key);
+    const std::string label = LabelOf(context_.site_labels, key);
+    // Pair gauges only for a label of one site: "other" and "route" would mix unrelated ones.
+    const bool named = site->site != nullptr || (label != "other" && label != "route");
+    std::array<double, 2>& totals = by_label[label];
+    for (const auto& [destination, queue] : site->destinations) {
+      for (const PendingJob& waiting : queue->waiting) {
+        totals[1] += static_cast<double>(waiting.job.message.recipients.size());
+      }
+    }
     for (auto& [source, pair] : site->pairs) {
+      if (pair->state(now) == throttle::PairState::kSuspended) totals[0] += 1;
       SiteQueue::Reported& last = site->reported[source];
       const throttle::PairCounters& counters = pair->counters();
       for (size_t c = 0; c < throttle::kResponseClassCount; ++c) {
@@ -885,7 +946,7 @@ void ShardDelivery::ReportMetrics() {
       if (context_.reputation != nullptr) {
         m.health.Add(labels).Set(context_.reputation->Health(source, key, now));
         const throttle::WarmupPlan* plan =
-            throttle::FindWarmupPlan(context_.shaping.options(), site->pool);
+            throttle::FindWarmupPlan(shaping_->options(), site->pool);
         if (std::optional<uint32_t> cap = context_.reputation->WarmupCap(source, plan, key, now)) {
           m.warmup_cap.Add(labels).Set(*cap);
           m.warmup_sent.Add(labels).Set(context_.reputation->SentToday(source, key, now));
@@ -893,20 +954,59 @@ void ShardDelivery::ReportMetrics() {
       }
     }
   }
+  // The shards share each label's gauge: each adds what changed since its last sweep.
+  for (auto& [label, totals] : by_label) reported_by_label_.try_emplace(label);
+  for (auto& [label, last] : reported_by_label_) {
+    auto it = by_label.find(label);
+    const std::array<double, 2> current =
+        it == by_label.end() ? std::array<double, 2>{0, 0} : it->second;
+    // Added even unchanged: a label seen has its series, at 0 when nothing waits.
+    m.pairs_suspended.Add({{"site", label}}).Increment(current[0] - last[0]);
+    m.ready_recipients.Add({{"site", label}}).Increment(current[1] - last[1]);
+    last = current;
+  }
 }
 
-void ShardDelivery::Shutdown(absl::AnyInvocable<void() &&> done) {
+void ShardDelivery::Shutdown(absl::AnyInvocable<void() &&> done, absl::Duration grace) {
   shutting_down_ = true;
   shutdown_done_ = std::move(done);
   if (metrics_timer_ != io::kNoTimer) loop_.Cancel(metrics_timer_);
   metrics_timer_ = io::kNoTimer;
+  std::vector<Link*> idle;
   for (auto& [key, site] : sites_) {
     if (site->wake_timer != io::kNoTimer) loop_.Cancel(site->wake_timer);
     site->wake_timer = io::kNoTimer;
-    for (auto& [destination, queue] : site->destinations) queue->waiting.clear();
+    for (auto& [destination, queue] : site->destinations) {
+      queue->waiting.clear();
+      for (auto& link : queue->links) {
+        if (link->idle()) idle.push_back(link.get());
+      }
+    }
   }
+  if (grace <= absl::ZeroDuration()) {
+    AbandonAll();
+  } else {
+    // Idle connections leave now (QUIT); connections still opening leave once ready
+    // (OnReady); transactions in progress have `grace` to end.
+    for (Link* link : idle) link->Quit();
+    std::weak_ptr<bool> alive = alive_;
+    grace_timer_ = loop_.RunAfter(grace, [this, alive] {
+      if (alive.expired()) return;
+      grace_timer_ = io::kNoTimer;
+      if (connector_.size() > 0) {
+        Log(LogLevel::kWarning,
+            "delivery: shutdown grace over: %d connections aborted, their messages stay queued",
+            static_cast<int>(connector_.size()));
+      }
+      AbandonAll();
+    });
+  }
+  MaybeFinishShutdown();  // polls until every connection is gone
+}
+
+void ShardDelivery::AbandonAll() {
+  abandoning_ = true;
   connector_.AbortAll();
-  MaybeFinishShutdown();
 }
 
 void ShardDelivery::MaybeFinishShutdown() {
@@ -917,12 +1017,246 @@ void ShardDelivery::MaybeFinishShutdown() {
     });
     return;
   }
+  if (grace_timer_ != io::kNoTimer) loop_.Cancel(grace_timer_);
+  grace_timer_ = io::kNoTimer;
   // No connection is left to call a link back; links still resolving names are dropped (their
   // callbacks hold expired weak pointers).
   sites_.clear();
   // Moved out first: `done` may destroy this object.
   absl::AnyInvocable<void() &&> done = std::move(shutdown_done_);
   if (done) std::move(done)();
+}
+
+// ---- The operator's view and hand (SiteControl posts these to each shard) ----
+
+std::vector<SiteSnapshot> ShardDelivery::Sites() const {
+  const absl::Time now = context_.clock.Now();
+  std::vector<SiteSnapshot> sites;
+  sites.reserve(sites_.size());
+  for (const auto& [key, site] : sites_) {
+    SiteSnapshot& snapshot = sites.emplace_back();
+    snapshot.key = key;
+    snapshot.label = LabelOf(context_.site_labels, key);
+    snapshot.name = std::string(site->name());
+    snapshot.pool = site->pool;
+    snapshot.held_back_jobs = site->held_back;
+    if (site->manual_until > now) snapshot.suspended_until = site->manual_until;
+    std::map<std::string, PairSnapshot> by_source;
+    for (const auto& [source, pair] : site->pairs) {
+      PairSnapshot& p = by_source[source];
+      p.source = source;
+      p.state = pair->state(now);
+      if (pair->suspended(now)) {
+        p.suspended_until = pair->suspended_until();
+        p.suspended_by = pair->manually_suspended(now) ? "manual"
+                         : pair->suspension_class().has_value()
+                             ? std::string(throttle::ResponseClassName(*pair->suspension_class()))
+                             : "manual";
+      }
+      p.message_rate = pair->current_message_rate();
+      const uint32_t connections = pair->current_max_connections();
+      p.max_connections =
+          connections == throttle::PairThrottle::kUnlimitedConnections ? 0 : connections;
+      p.open_connections = pair->open_connections();
+      if (context_.reputation != nullptr) p.health = context_.reputation->Health(source, key, now);
+    }
+    for (const auto& [destination, queue] : site->destinations) {
+      for (const PendingJob& job : queue->waiting) {
+        ++snapshot.ready_jobs;
+        snapshot.ready_recipients += job.job.message.recipients.size();
+        if (!job.job.pinned_source.empty()) {
+          auto it = by_source.find(job.job.pinned_source);
+          if (it != by_source.end()) ++it->second.pinned_waiting;
+        }
+      }
+      for (const auto& link : queue->links) {
+        if (!link->carrying()) continue;
+        ++snapshot.in_flight_jobs;
+        auto it = by_source.find(link->source().name);
+        if (it != by_source.end()) ++it->second.in_flight;
+      }
+    }
+    for (auto& [source, p] : by_source) snapshot.sources.push_back(std::move(p));
+  }
+  return sites;
+}
+
+SiteSuspensionResult ShardDelivery::Suspend(const SiteSuspension& request, bool create) {
+  SiteSuspensionResult result;
+  if (shutting_down_) return result;
+  const absl::Time now = context_.clock.Now();
+  const bool suspend = request.until > now;
+  std::vector<SiteQueue*> matched;
+  for (auto& [key, site] : sites_) {
+    if (key == request.site || (site->site != nullptr && site->name() == request.site)) {
+      matched.push_back(site.get());
+    }
+  }
+  if (matched.empty() && create) {
+    const throttle::SiteOptions* options = shaping_->matcher().SiteByName(request.site);
+    if (options == nullptr) return result;
+    ScheduleMetrics();
+    std::unique_ptr<SiteQueue>& site = sites_[options->name];
+    site = std::make_unique<SiteQueue>();
+    site->key = options->name;
+    Configure(*site, shaping_->ForKey(site->key));
+    matched.push_back(site.get());
+  }
+  for (SiteQueue* site : matched) {
+    result.sites.push_back(site->key);
+    // The sources concerned: those the site has met, and its pool's (a pool unknown yet: the
+    // site was created by an operator before any mail; pairs created later follow manual_*).
+    std::vector<std::string> sources;
+    for (const auto& [source, pair] : site->pairs) sources.push_back(source);
+    if (!site->pool.empty()) {
+      for (const Source& source : context_.router.Sources(site->pool)) {
+        if (!site->pairs.contains(source.name)) sources.push_back(source.name);
+      }
+    }
+    if (!request.source.empty()) {
+      const bool known = std::find(sources.begin(), sources.end(), request.source) != sources.end();
+      if (!known && !site->pool.empty()) {
+        result.unknown_source = true;
+        continue;
+      }
+      sources = {request.source};
+    } else if (suspend) {
+      site->manual_since = now;
+      site->manual_until = request.until;
+    } else {
+      site->manual_since = absl::InfinitePast();
+      site->manual_until = absl::InfinitePast();
+    }
+    for (const std::string& source : sources) {
+      throttle::PairThrottle& pair = site->Pair(source);
+      bool changed = false;
+      if (suspend) {
+        const absl::Time before = pair.suspended_until();
+        pair.SuspendManually(now, request.until);
+        changed = pair.manually_suspended(now) || pair.suspended_until() != before;
+      } else {
+        changed = pair.Resume(now);
+      }
+      if (!changed) continue;
+      ++result.pairs;
+      RecordManual(*site, source, suspend ? pair.suspended_until() : absl::InfinitePast());
+    }
+    // A pause sends the waiting jobs back and lets idle connections go; a resumption starts
+    // what waits.
+    Pump(*site);
+  }
+  return result;
+}
+
+void ShardDelivery::RecordManual(const SiteQueue& site, const std::string& source,
+                                 absl::Time until) {
+  if (context_.events == nullptr) return;
+  events::Event event;
+  event.type = events::EventType::kSuspension;
+  event.time = context_.clock.Now();
+  event.site = site.key;
+  if (!site.pool.empty()) {
+    for (const Source& s : context_.router.Sources(site.pool)) {
+      if (s.name == source) event.source_ip = s.ip;
+    }
+  }
+  if (until > event.time) {
+    event.next_attempt = until;
+    event.detail = absl::StrCat("source ", source, " paused for site ", site.key,
+                                " by the administrator (manual)");
+  } else {
+    event.detail = absl::StrCat("source ", source, " resumed for site ", site.key,
+                                " by the administrator");
+  }
+  context_.events->Record(event);
+}
+
+namespace {
+
+// Asks every shard (`ask` runs on each shard's loop) and waits for all the answers.
+template <typename T>
+absl::StatusOr<std::vector<T>> AskShards(const std::vector<ShardHandle>& shards,
+                                         std::function<T(ShardDelivery&)> ask,
+                                         absl::Duration timeout) {
+  // Shared with the posted tasks: a shard answering after the timeout still finds it.
+  struct Gathering {
+    absl::Mutex mutex;
+    std::vector<T> answers ABSL_GUARDED_BY(mutex);
+    size_t left ABSL_GUARDED_BY(mutex) = 0;
+  };
+  auto gathering = std::make_shared<Gathering>();
+  {
+    absl::MutexLock lock(&gathering->mutex);
+    gathering->answers.resize(shards.size());
+    gathering->left = shards.size();
+  }
+  for (size_t i = 0; i < shards.size(); ++i) {
+    ShardDelivery* delivery = shards[i].delivery;
+    shards[i].loop->Post([gathering, ask, delivery, i] {
+      T answer = ask(*delivery);
+      absl::MutexLock lock(&gathering->mutex);
+      gathering->answers[i] = std::move(answer);
+      --gathering->left;
+    });
+  }
+  absl::MutexLock lock(&gathering->mutex);
+  bool (*all_in)(Gathering*) = [](Gathering* g) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    return g->left == 0;
+  };
+  if (!gathering->mutex.AwaitWithTimeout(absl::Condition(all_in, gathering.get()), timeout)) {
+    return absl::UnavailableError("a delivery shard did not answer in time");
+  }
+  return std::move(gathering->answers);
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<SiteSnapshot>> SiteControl::Sites(absl::Duration timeout) const {
+  absl::StatusOr<std::vector<std::vector<SiteSnapshot>>> answers = AskShards<std::vector<SiteSnapshot>>(
+      shards_, [](ShardDelivery& shard) { return shard.Sites(); }, timeout);
+  if (!answers.ok()) return answers.status();
+  std::vector<SiteSnapshot> sites;
+  for (std::vector<SiteSnapshot>& shard : *answers) {
+    for (SiteSnapshot& site : shard) sites.push_back(std::move(site));
+  }
+  std::sort(sites.begin(), sites.end(),
+            [](const SiteSnapshot& a, const SiteSnapshot& b) { return a.key < b.key; });
+  return sites;
+}
+
+absl::StatusOr<SiteSuspensionResult> SiteControl::Suspend(const SiteSuspension& request,
+                                                          absl::Duration timeout) const {
+  if (request.site.empty()) return absl::InvalidArgumentError("no site named");
+  for (bool create : {false, true}) {
+    std::vector<ShardHandle> asked = shards_;
+    if (create) {
+      if (request.until == absl::InfinitePast()) break;  // nothing to resume there
+      // A shipped site no shard holds yet: its owner (by the hash of its key, its name)
+      // creates it.
+      if (shards_.empty()) break;
+      asked = {shards_[std::hash<std::string>()(request.site) % shards_.size()]};
+    }
+    absl::StatusOr<std::vector<SiteSuspensionResult>> answers =
+        AskShards<SiteSuspensionResult>(
+            asked, [request, create](ShardDelivery& shard) { return shard.Suspend(request, create); },
+            timeout);
+    if (!answers.ok()) return answers.status();
+    SiteSuspensionResult result;
+    for (SiteSuspensionResult& answer : *answers) {
+      for (std::string& key : answer.sites) result.sites.push_back(std::move(key));
+      result.pairs += answer.pairs;
+      result.unknown_source = result.unknown_source || answer.unknown_source;
+    }
+    if (result.sites.empty()) continue;
+    std::sort(result.sites.begin(), result.sites.end());
+    if (result.unknown_source && result.pairs == 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("no source '", request.source, "' sends to site ", request.site));
+    }
+    return result;
+  }
+  return absl::NotFoundError(absl::StrCat("no site '", request.site,
+                                          "' (neither a site with mail nor a shipped site name)"));
 }
 
 void ShardedDispatcher::Dispatch(DeliveryJob job) {

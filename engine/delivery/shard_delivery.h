@@ -15,7 +15,8 @@
 // Jobs a site cannot carry soon (suspended, or far down a rate-limited queue) go back to the
 // queue manager unattempted, with the time to try them again, so that a slow or suspended site
 // never holds the leases other sites need. Every attempted job comes back with one outcome and
-// one classified verdict per recipient.
+// one classified verdict per recipient. An operator sees the sites (Sites()) and pauses or
+// resumes their pairs (Suspend()) through SiteControl, which posts to each shard's loop.
 // Thread contract: ShardDelivery is shard-confined (constructed, used and shut down on its loop
 // thread; peers reach it only through its loop); ShardedDispatcher is thread-safe.
 #pragma once
@@ -32,11 +33,13 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/functional/any_invocable.h"
+#include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "engine/base/clock.h"
 #include "engine/delivery/job.h"
 #include "engine/delivery/router.h"
 #include "engine/delivery/shaping.h"
+#include "engine/delivery/site_labeler.h"
 #include "engine/dns/resolver.h"
 #include "engine/events/event_log.h"
 #include "engine/io/connector.h"
@@ -56,11 +59,15 @@ struct DeliveryContext {
   const Router& router;
   ResultSink& results;
   Clock& clock;
-  const Shaping& shaping;
+  // The shaping snapshot at start, shared by the Relay and every shard; a reload gives each
+  // shard a new one (ShardDelivery::SetShaping) and this one is freed with the last holder.
+  std::shared_ptr<const Shaping> shaping;
   // Reputation and warmup caps; null: none kept.
   throttle::Reputation* reputation = nullptr;
   // Per (site, source) series; null: none exported.
   metrics::ShapingMetrics* metrics = nullptr;
+  // The `site` label of those series (shared with the queue manager); null: SiteLabel().
+  SiteLabeler* site_labels = nullptr;
   // Where a pair's suspension is told (a "suspension" event); null: nowhere.
   events::EventLog* events = nullptr;
   const tls::TlsClientContext* tls = nullptr;  // null: no STARTTLS
@@ -77,6 +84,54 @@ struct DeliveryContext {
   // Longest (clock) time a job waits in a shard for its site; a longer wait sends it back to
   // the queue manager, to be leased again when the site can take it.
   absl::Duration max_hold = absl::Minutes(2);
+};
+
+// One (source, site) pair as an operator sees it (the admin API's GET /api/sites).
+struct PairSnapshot {
+  std::string source;
+  throttle::PairState state = throttle::PairState::kNormal;
+  // While suspended: until when, and by what: "manual" (an operator) or the class of the reply
+  // that began or last extended it ("rate_limit", "blocklist", ...). Else InfinitePast and "".
+  absl::Time suspended_until = absl::InfinitePast();
+  std::string suspended_by;
+  double message_rate = 0;       // messages per minute now allowed; 0: no limit
+  uint32_t max_connections = 0;  // connections allowed at once now; 0: no limit
+  uint32_t open_connections = 0;
+  uint32_t in_flight = 0;       // messages this source is carrying to the site now
+  uint32_t pinned_waiting = 0;  // jobs waiting for this source alone (greylisted)
+  double health = 1.0;          // throttle::Reputation::Health; 1 without reputation data
+};
+
+// One site as the shard that owns it holds it.
+struct SiteSnapshot {
+  std::string key;    // "google", "google/example.com", "mx:...", "route:..."
+  std::string label;  // its metric label (SiteLabel)
+  std::string name;   // the shipped site's name; "" for an unknown MX set or a route
+  std::string pool;
+  // Jobs (and their recipients) waiting in the shard for a connection, and being carried.
+  uint64_t ready_jobs = 0;
+  uint64_t ready_recipients = 0;
+  uint64_t in_flight_jobs = 0;
+  // Jobs handed back to the queue manager unattempted (suspended or far down a rate-limited
+  // queue) since the shard started: they wait in the spool for the time the site named.
+  uint64_t held_back_jobs = 0;
+  // A suspension of every source (SiteSuspension without a source) that also pauses the pairs
+  // created while it runs; InfinitePast when none.
+  absl::Time suspended_until = absl::InfinitePast();
+  std::vector<PairSnapshot> sources;
+};
+
+// An operator's suspension (until > now) or resumption (until = InfinitePast) of a site: every
+// site whose key or shipped name is `site`, for one source or all.
+struct SiteSuspension {
+  std::string site;
+  std::string source;  // "" = every source of the site
+  absl::Time until = absl::InfinitePast();
+};
+struct SiteSuspensionResult {
+  std::vector<std::string> sites;  // keys of the sites matched
+  uint32_t pairs = 0;              // pairs whose state changed
+  bool unknown_source = false;     // `source` is not one of the site's pool
 };
 
 // A shard as its peers and the dispatcher reach it.
@@ -96,12 +151,28 @@ class ShardDelivery {
 
   // A job for a recipient domain this shard resolves (ShardedDispatcher's choice).
   void Submit(DeliveryJob job);
-  // Aborts every session (jobs in progress come back with a transient outcome; jobs still
-  // waiting are dropped: their messages stay queued and are tried at the next start) and calls
-  // `done` on the loop thread once every connection is gone.
-  void Shutdown(absl::AnyInvocable<void() &&> done);
+  // Stops taking jobs (jobs still waiting are dropped: their messages stay queued and are
+  // tried at the next start), closes idle connections, lets the transactions in progress end
+  // for at most `grace` (real time) — their outcomes are reported as usual — then aborts the
+  // rest: their jobs are abandoned, neither reported nor held against any pair, so their
+  // messages stay queued as they were (the manager releases their leases when it stops).
+  // Calls `done` on the loop thread once every connection is gone.
+  void Shutdown(absl::AnyInvocable<void() &&> done,
+                absl::Duration grace = absl::ZeroDuration());
+
+  // A new shaping snapshot (SIGHUP): the sites this shard knows take their new limits and
+  // reactions, their pairs keeping what they learned (PairThrottle::SetOptions); the next
+  // replies are classified by its classifier. Loop thread.
+  void SetShaping(std::shared_ptr<const Shaping> shaping);
 
   size_t connections() const;
+
+  // The sites this shard owns (loop thread; SiteControl asks from other threads).
+  std::vector<SiteSnapshot> Sites() const;
+  // Applies an operator's suspension or resumption to the matching sites this shard owns and
+  // writes a "suspension" event per pair changed. With `create`, a shipped site this shard
+  // does not hold yet is created (mail for it then finds it paused).
+  SiteSuspensionResult Suspend(const SiteSuspension& request, bool create);
 
  private:
   class Link;
@@ -121,6 +192,8 @@ class ShardDelivery {
     Destination destination;
     std::vector<std::string> hosts;  // MX hosts in preference order, or the route's host
     throttle::SiteMatcher::Match site;
+    // The snapshot `site` points into, kept alive while the job travels between shards.
+    std::shared_ptr<const Shaping> shaping;
   };
   struct DestinationQueue {
     Destination destination;
@@ -147,6 +220,12 @@ class ShardDelivery {
       absl::Duration throttled = absl::ZeroDuration();
     };
     absl::flat_hash_map<std::string, Reported> reported;
+    // Jobs returned unattempted by HoldBack, for Sites().
+    uint64_t held_back = 0;
+    // An operator paused every source from manual_since until manual_until: pairs created
+    // meanwhile start paused too.
+    absl::Time manual_since = absl::InfinitePast();
+    absl::Time manual_until = absl::InfinitePast();
 
     std::string_view name() const { return site == nullptr ? std::string_view() : site->name; }
     throttle::PairThrottle& Pair(const std::string& source);
@@ -154,6 +233,8 @@ class ShardDelivery {
 
   void Route(PendingJob pending, Destination destination, std::vector<std::string> hosts);
   void Accept(RoutedJob routed);
+  // The site's provider options and pair options from `match` (pointing into shaping_).
+  void Configure(SiteQueue& site, const throttle::SiteMatcher::Match& match) const;
   void Pump(SiteQueue& site);
   void PumpDestination(SiteQueue& site, DestinationQueue& queue, absl::Time now);
   // Returns the jobs of `queue` past the first `keep` to the manager, unattempted, to be tried
@@ -182,23 +263,53 @@ class ShardDelivery {
                      const std::string& site) const;
   void LinkFinished(DestinationQueue& queue, Link* link);
   void MaybeFinishShutdown();
-  // Every few seconds: the pairs' counters and gauges into ShapingMetrics.
+  // Aborts every connection; the jobs they carry are abandoned (see Shutdown).
+  void AbandonAll();
+  // Every few seconds: the pairs' counters and gauges into ShapingMetrics, and by site label
+  // the pairs suspended and the recipients waiting (summed over the shards).
   void ReportMetrics();
   void ScheduleMetrics();
   const ShardHandle* OwnerOf(const std::string& site_key) const;
+  // The "suspension" event of an operator's pause (until > now) or resumption of a pair.
+  void RecordManual(const SiteQueue& site, const std::string& source, absl::Time until);
 
   io::EventLoop& loop_;
   dns::Resolver& resolver_;
   const DeliveryContext& context_;
+  // This shard's shaping snapshot, shared with the Relay and the other shards (SetShaping).
+  std::shared_ptr<const Shaping> shaping_;
   io::Connector connector_;
   std::vector<ShardHandle> shards_;
   absl::flat_hash_map<std::string, std::unique_ptr<SiteQueue>> sites_;
   bool shutting_down_ = false;
+  // The shutdown grace ran out: the sessions still open are aborted and their jobs abandoned.
+  bool abandoning_ = false;
+  io::TimerId grace_timer_ = io::kNoTimer;
   io::TimerId metrics_timer_ = io::kNoTimer;
+  // What this shard last added to the per-label gauges shared by every shard (suspended pairs,
+  // waiting recipients): the next sweep adds the difference.
+  absl::flat_hash_map<std::string, std::array<double, 2>> reported_by_label_;
   absl::AnyInvocable<void() &&> shutdown_done_;
   // Timers and DNS callbacks of this object hold a weak_ptr to it: they find it expired once it
   // is destroyed.
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+};
+
+// The admin API's way to the shards' sites: each call posts a request to every shard's loop
+// and waits (at most `timeout`) for the answers. Thread-safe; blocking, so for the admin
+// server's threads, never a loop thread. The shards outlive it (or at least its calls).
+class SiteControl {
+ public:
+  explicit SiteControl(std::vector<ShardHandle> shards) : shards_(std::move(shards)) {}
+  // Every shard's sites, sorted by key. Unavailable when a shard did not answer in time.
+  absl::StatusOr<std::vector<SiteSnapshot>> Sites(absl::Duration timeout) const;
+  // NotFound when no shard knows the site and it is no shipped site name; InvalidArgument for
+  // a source not in the site's pool.
+  absl::StatusOr<SiteSuspensionResult> Suspend(const SiteSuspension& request,
+                                               absl::Duration timeout) const;
+
+ private:
+  std::vector<ShardHandle> shards_;
 };
 
 // Spreads jobs over the shards, a recipient domain always to the same shard, by posting to its

@@ -30,7 +30,30 @@ prometheus::Histogram& UnlabelledHistogram(prometheus::Registry& registry, const
       .Add({}, std::move(buckets));
 }
 
+// Session lengths, inbound and outbound: a quick submission to a connection kept for hours.
+prometheus::Histogram::BucketBoundaries SessionBuckets() {
+  return {0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600};
+}
+
 }  // namespace
+
+const char* AccountClassName(AccountClass account_class) {
+  switch (account_class) {
+    case AccountClass::kAuthenticated: return "authenticated";
+    case AccountClass::kTrusted: return "trusted";
+    case AccountClass::kLocal: return "local";
+  }
+  return "trusted";
+}
+
+prometheus::Counter& ListenerMetrics::Received(AccountClass account_class) {
+  switch (account_class) {
+    case AccountClass::kAuthenticated: return received_authenticated;
+    case AccountClass::kLocal: return received_local;
+    case AccountClass::kTrusted: break;
+  }
+  return received_trusted;
+}
 
 void ListenerMetrics::CountReply(int code) {
   switch (code / 100) {
@@ -57,6 +80,15 @@ Metrics::Metrics()
                                          "Failed AUTH attempts, by listener.")),
       sessions_active_(GaugeFamily(*registry_, "facteur_smtp_sessions_active",
                                    "SMTP sessions currently open, by listener.")),
+      messages_received_total_(CounterFamily(
+          *registry_, "facteur_messages_received_total",
+          "Messages accepted (answered 250), by listener and account class: authenticated "
+          "(SMTP AUTH), trusted (a relay listener's trusted network), local (Unix socket).")),
+      smtp_session_seconds_(prometheus::BuildHistogram()
+                                .Name("facteur_smtp_session_seconds")
+                                .Help("Duration of inbound SMTP sessions, from accept to close, "
+                                      "in seconds, by listener.")
+                                .Register(*registry_)),
       spool_commit_errors_(CounterFamily(*registry_, "facteur_spool_commit_errors_total",
                                          "Spool group commits that failed (the messages of the "
                                          "batch were answered 4xx).")
@@ -96,6 +128,10 @@ ListenerMetrics& Metrics::ForListener(const std::string& name) {
       auth_failures_total_.Add(labels),
       sessions_active_.Add(labels),
       smtp_accept_seconds_,
+      messages_received_total_.Add({{"listener", name}, {"account_class", "authenticated"}}),
+      messages_received_total_.Add({{"listener", name}, {"account_class", "trusted"}}),
+      messages_received_total_.Add({{"listener", name}, {"account_class", "local"}}),
+      smtp_session_seconds_.Add(labels, SessionBuckets()),
   });
   ListenerMetrics& result = *created;
   listeners_.emplace(name, std::move(created));
@@ -145,7 +181,18 @@ DeliveryMetrics::DeliveryMetrics(prometheus::Registry& registry)
           {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60, 300})),
       in_flight(GaugeFamily(registry, "facteur_delivery_in_flight",
                             "Messages leased to the delivery shards (being delivered).")
-                    .Add({})) {}
+                    .Add({})),
+      queue_messages(GaugeFamily(registry, "facteur_queue_messages",
+                                 "Messages in the spool by state: ready (due now, waiting for "
+                                 "the delivery side), scheduled (due later), in_flight (leased).")),
+      queue_ready(queue_messages.Add({{"state", "ready"}})),
+      queue_scheduled(queue_messages.Add({{"state", "scheduled"}})),
+      queue_in_flight(queue_messages.Add({{"state", "in_flight"}})),
+      scheduled_by_site(GaugeFamily(registry, "facteur_queue_scheduled_messages",
+                                    "Messages waiting for their next attempt, by the site of the "
+                                    "attempt that deferred them; site=\"unattempted\": not "
+                                    "tried since the server started (or failed before their "
+                                    "site was known).")) {}
 
 ShapingMetrics::ShapingMetrics(prometheus::Registry& registry)
     : replies_total(CounterFamily(registry, "facteur_site_replies_total",
@@ -171,7 +218,16 @@ ShapingMetrics::ShapingMetrics(prometheus::Registry& registry)
                              "Messages a warming-up source may send to a site today; absent "
                              "when the source has no warmup plan or is warm.")),
       warmup_sent(GaugeFamily(registry, "facteur_site_warmup_sent",
-                              "Messages a warming-up source sent to a site today (UTC).")) {}
+                              "Messages a warming-up source sent to a site today (UTC).")),
+      pairs_suspended(GaugeFamily(registry, "facteur_site_pairs_suspended",
+                                  "(site, source) pairs suspended now, by site.")),
+      ready_recipients(GaugeFamily(registry, "facteur_queue_ready_recipients",
+                                   "Recipients waiting in the delivery shards for a connection "
+                                   "or a site's limits, by site.")),
+      delivery_session_seconds(UnlabelledHistogram(
+          registry, "facteur_delivery_session_seconds",
+          "Lifetime of outbound SMTP connections, from connect to close, in seconds.",
+          SessionBuckets())) {}
 
 QuotaMetrics::QuotaMetrics(prometheus::Registry& registry)
     : refusals_total(CounterFamily(registry, "facteur_account_quota_refusals_total",
@@ -183,7 +239,11 @@ QuotaMetrics::QuotaMetrics(prometheus::Registry& registry)
       suppressed_rcpt_total(CounterFamily(registry, "facteur_suppressed_recipients_refused_total",
                                           "RCPT TO refused because the address is on the "
                                           "suppression list.")
-                                .Add({})) {
+                                .Add({})),
+      accounts_suspended(GaugeFamily(registry, "facteur_accounts_suspended",
+                                     "Accounts suspended now for unusual sending volume (until "
+                                     "an administrator resumes them).")
+                             .Add({})) {
   // Every reason from the start, so that a rate() over a fresh server is 0, not absent.
   for (const char* reason : {"hourly", "daily", "recipients", "suspended"}) Refusals(reason);
 }
@@ -197,7 +257,16 @@ void Metrics::ObserveSpoolCommit(size_t batch_size, double seconds) {
   spool_commit_seconds_.Observe(seconds);
 }
 
+void Metrics::AddScrapeHook(std::function<void()> hook) {
+  absl::MutexLock lock(&hooks_mutex_);
+  scrape_hooks_.push_back(std::move(hook));
+}
+
 std::string Metrics::Serialize() const {
+  {
+    absl::MutexLock lock(&hooks_mutex_);
+    for (const std::function<void()>& hook : scrape_hooks_) hook();
+  }
   return prometheus::TextSerializer().Serialize(registry_->Collect());
 }
 

@@ -62,13 +62,17 @@ size_t HeaderInsertPosition(std::string_view message, const mail::HeaderSection&
 }  // namespace
 
 Session::Session(io::Stream& stream, const ListenerPolicy& policy, SessionHost& host)
-    : stream_(stream), policy_(policy), host_(host), alive_(std::make_shared<bool>(true)) {
+    : stream_(stream),
+      policy_(policy),
+      host_(host),
+      alive_(std::make_shared<bool>(true)),
+      opened_(host.clock().Now()) {
   // From the first byte: an implicit-TLS client that never finishes its handshake is timed
   // out too (RFC 5321 §4.5.3.2.7).
   stream_.SetIdleTimeout(policy_.limits.idle_timeout);
 }
 
-Session::~Session() = default;
+Session::~Session() { host_.OnSessionEnded(host_.clock().Now() - opened_); }
 
 // ---------------------------------------------------------------------------------------------
 // Stream events
@@ -833,17 +837,19 @@ void Session::FinishMessage() {
   envelope.dsn_envid = mail_from_.envid;
   envelope.next_attempt = now;
   const size_t size = final_message.size();
+  const metrics::AccountClass account_class = ClientClass();
   ResetTransaction();
 
   waiting_ = true;
   std::weak_ptr<bool> alive = alive_;
   host_.Enqueue(std::move(envelope), std::move(final_message),
-                [this, alive, id, size, now](absl::Status status) {
+                [this, alive, id, size, now, account_class](absl::Status status) {
                   if (alive.expired()) return;  // queued all the same; the client left early
                   waiting_ = false;
                   if (status.ok()) {
                     Reply(250, "2.0.0", absl::StrCat("Ok: queued as ", id.ToString()));
                     host_.OnMessageAccepted(size, host_.clock().Now() - now);
+                    host_.OnMessageReceived(account_class);
                   } else if (host_.OnMessageRefused(); absl::IsResourceExhausted(status)) {
                     Log(LogLevel::kError, "queueing failed: %s", status.ToString());
                     Reply(452, "4.3.1", "Insufficient system storage");  // RFC 3463
@@ -904,6 +910,13 @@ bool Session::ClientMayRelay() const {
   if (account_.has_value() || policy_.is_unix) return true;
   return policy_.role == config::ListenerRole::kRelay &&
          PeerIsTrusted(stream_.peer(), policy_.trusted_networks);
+}
+
+metrics::AccountClass Session::ClientClass() const {
+  if (account_.has_value()) return metrics::AccountClass::kAuthenticated;
+  if (policy_.is_unix) return metrics::AccountClass::kLocal;
+  // Otherwise RCPT TO was allowed by ClientMayRelay(): a relay listener's trusted network.
+  return metrics::AccountClass::kTrusted;
 }
 
 bool Session::AuthAvailable() const {

@@ -29,6 +29,7 @@
 #include "engine/mail/command.h"
 #include "engine/mail/header.h"
 #include "engine/mail/reply.h"
+#include "engine/metrics/account_class.h"
 #include "queue/spool.h"
 
 namespace facteur::smtp {
@@ -99,6 +100,11 @@ class SessionHost {
   // Observation hooks for metrics; default no-ops.
   virtual void OnReplySent(int /*code*/) {}
   virtual void OnMessageAccepted(size_t /*bytes*/, absl::Duration /*time_to_reply*/) {}
+  // Right after OnMessageAccepted: how the client was let in (authenticated beats local beats
+  // trusted).
+  virtual void OnMessageReceived(metrics::AccountClass /*account_class*/) {}
+  // From the session's destructor: its lifetime, from construction (accept) to the end.
+  virtual void OnSessionEnded(absl::Duration /*lifetime*/) {}
   virtual void OnAuthFailure() {}
   // A message whose data was read was refused (size, line length, bare LF, alignment, queue).
   virtual void OnMessageRefused() {}
@@ -166,6 +172,7 @@ class Session final : public io::StreamHandler {
   void ResetTransaction();
   void Close();
   bool ClientMayRelay() const;
+  metrics::AccountClass ClientClass() const;
   bool AuthAvailable() const;
   bool StartTlsAvailable() const;
   const char* Protocol() const;  // RFC 3848 / RFC 6531 §3.7.3 "with" keyword
@@ -176,6 +183,7 @@ class Session final : public io::StreamHandler {
   // Shared with the callbacks of pending host work, which check it before touching the
   // session: the session may be gone (client disconnected) when the work completes.
   std::shared_ptr<bool> alive_;
+  const absl::Time opened_;  // host_.clock() at construction: the session's lifetime metric
 
   std::string input_;          // received, not yet consumed
   Input input_state_ = Input::kCommand;

@@ -111,11 +111,14 @@ class ConnectionHost final : public SessionHost {
       queue::Envelope envelope;
       std::string message;
       absl::AnyInvocable<void(absl::Status) &&> reply;
+      // Tells the spool this message is on its way, so that a commit waits for it (bounded)
+      // instead of every signed message paying an fsync of its own.
+      queue::Spool::ExpectedEnqueue expected;
     };
-    // Shared by this function and the pool task: a refused submission still answers.
-    auto pending = std::make_shared<Pending>(
-        Pending{std::move(envelope), std::move(message), std::move(reply)});
     queue::Spool* spool = &services_.spool;
+    // Shared by this function and the pool task: a refused submission still answers.
+    auto pending = std::make_shared<Pending>(Pending{std::move(envelope), std::move(message),
+                                                     std::move(reply), spool->ExpectEnqueue()});
     bool submitted = services_.signer->Sign(
         pending->message, pending->envelope.account,
         [pending, spool](absl::StatusOr<std::string> fields) {
@@ -123,16 +126,18 @@ class ConnectionHost final : public SessionHost {
             // Unsigned mail from a domain that signs may be refused downstream (DMARC):
             // better a 451 and a retry by the client.
             Log(LogLevel::kError, "DKIM signing failed: %s", fields.status().ToString());
+            pending->expected.Withdraw();
             std::move(pending->reply)(absl::UnavailableError("DKIM signing failed"));
             return;
           }
           std::string signed_message =
               fields->empty() ? std::move(pending->message) : *fields + pending->message;
           spool->Enqueue(std::move(pending->envelope), std::move(signed_message),
-                         std::move(pending->reply));
+                         std::move(pending->reply), std::move(pending->expected));
         });
     if (!submitted) {
       // Back-pressure: every signer is busy and the queue is full (451 4.3.0).
+      pending->expected.Withdraw();
       std::move(pending->reply)(absl::UnavailableError("DKIM signing queue is full"));
     }
   }
@@ -190,6 +195,12 @@ class ConnectionHost final : public SessionHost {
     metrics_.messages_accepted.Increment();
     metrics_.accept_seconds.Observe(absl::ToDoubleSeconds(time_to_reply));
     services_.metrics.smtp_accept_seconds().Observe(absl::ToDoubleSeconds(time_to_reply));
+  }
+  void OnMessageReceived(metrics::AccountClass account_class) override {
+    metrics_.Received(account_class).Increment();
+  }
+  void OnSessionEnded(absl::Duration lifetime) override {
+    metrics_.session_seconds.Observe(absl::ToDoubleSeconds(lifetime));
   }
   void OnAuthFailure() override { metrics_.auth_failures.Increment(); }
 

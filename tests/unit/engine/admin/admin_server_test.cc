@@ -271,6 +271,53 @@ TEST_F(AdminServerTest, QueuedMessageIsListed) {
   EXPECT_EQ(one.json()["client"], "[127.0.0.1]:4567");
 }
 
+// The delivery endpoints answer 503 until the relay gives them access; then the summary counts
+// the spool (due now, scheduled) and /api/reputation is the relay's view. Unknown site
+// actions are 404.
+TEST_F(AdminServerTest, SummarySitesAndReputationNeedDeliveryAccess) {
+  EXPECT_EQ(Get("/api/sites").status, 503);
+  EXPECT_EQ(Get("/api/queue/summary").status, 503);
+  EXPECT_EQ(Get("/api/reputation").status, 503);
+  EXPECT_EQ(Request(address_, "POST", "/api/sites/google/suspend").status, 503);
+  EXPECT_EQ(Request(address_, "POST", "/api/sites/google/frobnicate").status, 404);
+  EXPECT_EQ(Request(address_, "GET", "/api/sites/google/suspend").status, 405);
+
+  auto spool = queue::Spool::Open(*store_, queue::SpoolOptions(), clock_);
+  ASSERT_TRUE(spool.ok()) << spool.status();
+  for (absl::Duration delay : {absl::ZeroDuration(), absl::Hours(1)}) {
+    queue::Envelope envelope;
+    envelope.id = MessageId::Generate(clock_.Now());
+    envelope.sender = "alice@example.com";
+    queue::RecipientRecord recipient;
+    recipient.address = "bob@example.org";
+    envelope.recipients.push_back(recipient);
+    envelope.received_at = clock_.Now();
+    envelope.next_attempt = clock_.Now() + delay;
+    std::promise<absl::Status> committed;
+    (*spool)->Enqueue(envelope, "Subject: hi\r\n\r\nhello\r\n",
+                      [&committed](absl::Status status) { committed.set_value(status); });
+    ASSERT_TRUE(committed.get_future().get().ok());
+  }
+  DeliveryAccess access;
+  access.spool = spool->get();
+  access.clock = &clock_;
+  access.reputation = [](absl::Time) { return Json{{"now", "then"}, {"pairs", Json::array()}}; };
+  server_->SetDeliveryAccess(&access);
+
+  HttpResponse summary = Get("/api/queue/summary");
+  ASSERT_EQ(summary.status, 200) << summary.body;
+  EXPECT_EQ(summary.json()["messages"], 2);
+  EXPECT_EQ(summary.json()["due_now"], 1);
+  EXPECT_EQ(summary.json()["scheduled"], 1);
+  EXPECT_EQ(summary.json()["in_flight"], 0);
+  EXPECT_EQ(summary.json()["totals"]["unknown_site"], 1);
+  HttpResponse reputation = Get("/api/reputation");
+  ASSERT_EQ(reputation.status, 200) << reputation.body;
+  EXPECT_EQ(reputation.json()["now"], "then");
+  EXPECT_EQ(Get("/api/sites").status, 503);  // no shards in this access
+  server_->SetDeliveryAccess(nullptr);
+}
+
 TEST(AdminServerStartTest, RejectsMalformedAddresses) {
   // Validation happens before anything touches the store or the accounts.
   metrics::Metrics metrics;

@@ -37,6 +37,41 @@ TEST(MetricsTest, ListenerSeriesAreCreatedOnceAndExposed) {
   EXPECT_THAT(text, Not(HasSubstr("listener=\"other\"")));
 }
 
+TEST(MetricsTest, ReceivedByAccountClassAndSessionDurations) {
+  Metrics metrics;
+  ListenerMetrics& relay = metrics.ForListener("relay");
+  relay.Received(AccountClass::kTrusted).Increment();
+  relay.Received(AccountClass::kTrusted).Increment();
+  relay.Received(AccountClass::kAuthenticated).Increment();
+  relay.session_seconds.Observe(0.2);
+  EXPECT_STREQ(AccountClassName(AccountClass::kLocal), "local");
+  const std::string text = metrics.Serialize();
+  EXPECT_THAT(text, HasSubstr("# TYPE facteur_messages_received_total counter"));
+  EXPECT_THAT(text, HasSubstr(
+      R"(facteur_messages_received_total{account_class="trusted",listener="relay"} 2)"));
+  EXPECT_THAT(text, HasSubstr(
+      R"(facteur_messages_received_total{account_class="authenticated",listener="relay"} 1)"));
+  // Every class from the start: a rate() over a fresh server is 0, not absent.
+  EXPECT_THAT(text, HasSubstr(
+      R"(facteur_messages_received_total{account_class="local",listener="relay"} 0)"));
+  EXPECT_THAT(text, HasSubstr(R"(facteur_smtp_session_seconds_bucket{listener="relay",le="0.25"} 1)"));
+  EXPECT_THAT(text, HasSubstr(R"(facteur_smtp_session_seconds_bucket{listener="relay",le="0.1"} 0)"));
+  EXPECT_THAT(text, HasSubstr("facteur_delivery_session_seconds_count 0"));
+}
+
+TEST(MetricsTest, ScrapeHooksRunBeforeEachExposition) {
+  Metrics metrics;
+  int scrapes = 0;
+  metrics.AddScrapeHook([&] { metrics.delivery().queue_ready.Set(++scrapes); });
+  metrics.delivery().queue_scheduled.Set(7);
+  EXPECT_THAT(metrics.Serialize(), HasSubstr(R"(facteur_queue_messages{state="ready"} 1)"));
+  const std::string text = metrics.Serialize();
+  EXPECT_THAT(text, HasSubstr(R"(facteur_queue_messages{state="ready"} 2)"));
+  EXPECT_THAT(text, HasSubstr(R"(facteur_queue_messages{state="scheduled"} 7)"));
+  EXPECT_THAT(text, HasSubstr(R"(facteur_queue_messages{state="in_flight"} 0)"));
+  EXPECT_THAT(text, HasSubstr("facteur_accounts_suspended 0"));
+}
+
 TEST(MetricsTest, SpoolMetrics) {
   Metrics metrics;
   metrics.ObserveSpoolCommit(3, 0.002);

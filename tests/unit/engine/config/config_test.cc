@@ -90,6 +90,9 @@ TEST(DefaultConfigTest, EmbeddedTomlParsesToTheDocumentedDefaults) {
   EXPECT_EQ(delivery.max_recipients_per_transaction, 100u);
   EXPECT_EQ(delivery.max_messages_in_flight, 10000u);
   EXPECT_EQ(delivery.connection_idle_timeout, absl::Seconds(10));
+  EXPECT_EQ(delivery.shutdown_grace, absl::Seconds(20));
+  // SIGTERM: the whole stop stays under systemd's TimeoutStopSec=30s (deploy/systemd).
+  EXPECT_LT(delivery.shutdown_grace + kShutdownMargin, absl::Seconds(30));
   EXPECT_EQ(delivery.connect_timeout, absl::Seconds(30));
   EXPECT_EQ(delivery.greeting_timeout, absl::Minutes(5));
   EXPECT_EQ(delivery.command_timeout, absl::Minutes(5));
@@ -102,6 +105,7 @@ TEST(DefaultConfigTest, EmbeddedTomlParsesToTheDocumentedDefaults) {
   EXPECT_EQ(delivery.retry_jitter, 0.2);
   EXPECT_EQ(delivery.queue_lifetime, absl::Hours(120));
   EXPECT_TRUE(delivery.validate_recipient_domains);
+  EXPECT_EQ(delivery.metrics_site_labels, 0u);
   EXPECT_EQ(config.events.path, "events.log");
   EXPECT_EQ(config.ResolvePath(config.events.path), "./var/events.log");
   EXPECT_EQ(config.dkim.engine, DkimEngine::kNative);
@@ -250,6 +254,7 @@ max_messages_per_connection = 7
 max_recipients_per_transaction = 50
 max_messages_in_flight = 999
 connection_idle_timeout = "2s"
+shutdown_grace = "3s"
 connect_timeout = 4
 greeting_timeout = "61s"
 command_timeout = "62s"
@@ -262,6 +267,7 @@ max_retry_interval = "2h"
 retry_jitter = 0.5
 queue_lifetime = "48h"
 validate_recipient_domains = false
+metrics_site_labels = 25
 [events]
 path = "/var/log/facteur/events.log"
 [dkim]
@@ -322,6 +328,7 @@ domain = "tls-only.example"
   EXPECT_EQ(delivery.max_recipients_per_transaction, 50u);
   EXPECT_EQ(delivery.max_messages_in_flight, 999u);
   EXPECT_EQ(delivery.connection_idle_timeout, absl::Seconds(2));
+  EXPECT_EQ(delivery.shutdown_grace, absl::Seconds(3));
   EXPECT_EQ(delivery.connect_timeout, absl::Seconds(4));
   EXPECT_EQ(delivery.greeting_timeout, absl::Seconds(61));
   EXPECT_EQ(delivery.command_timeout, absl::Seconds(62));
@@ -334,6 +341,7 @@ domain = "tls-only.example"
   EXPECT_EQ(delivery.retry_jitter, 0.5);
   EXPECT_EQ(delivery.queue_lifetime, absl::Hours(48));
   EXPECT_FALSE(delivery.validate_recipient_domains);
+  EXPECT_EQ(delivery.metrics_site_labels, 25u);
   EXPECT_EQ(config.ResolvePath(config.events.path), "/var/log/facteur/events.log");
   EXPECT_EQ(config.dkim.engine, DkimEngine::kOpenDkim);
   EXPECT_EQ(config.dkim.threads, 4u);
@@ -727,6 +735,8 @@ TEST(ParseErrorTest, DnsValues) {
 
 TEST(ParseErrorTest, DeliveryValues) {
   ExpectError("[delivery]\nsmtp_port = 0\n", 2, "delivery.smtp_port", "between 1 and 65535");
+  ExpectError("[delivery]\nmetrics_site_labels = 1001\n", 2, "delivery.metrics_site_labels",
+              "between 0 and 1000");
   ExpectError("[delivery]\nsmtp_port = 65536\n", 2, "delivery.smtp_port", "between 1 and 65535");
   ExpectError("[delivery]\ntls = \"always\"\n", 2, "delivery.tls",
               "'always' is not a TLS policy (\"none\", \"opportunistic\" or \"required\")");
@@ -740,7 +750,7 @@ TEST(ParseErrorTest, DeliveryValues) {
   for (const char* key : {"connection_idle_timeout", "connect_timeout", "greeting_timeout",
                           "command_timeout", "data_initiation_timeout", "data_block_timeout",
                           "data_termination_timeout", "first_retry", "max_retry_interval",
-                          "queue_lifetime"}) {
+                          "queue_lifetime", "shutdown_grace"}) {
     ExpectError("[delivery]\n\n" + std::string(key) + " = \"-1s\"\n", 3,
                 "delivery." + std::string(key), "positive");
     ExpectError("[delivery]\n" + std::string(key) + " = \"5d\"\n", 2,

@@ -3,6 +3,7 @@
 // sender or NOTIFY=NEVER), suspended domains, and the queue operations.
 #include "engine/delivery/queue_manager.h"
 
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <thread>
@@ -11,6 +12,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "engine/base/clock.h"
+#include "engine/metrics/metrics.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "queue/spool.h"
@@ -23,6 +25,7 @@ namespace {
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
+using ::testing::Pair;
 using ::testing::SizeIs;
 
 class CollectingDispatcher final : public JobDispatcher {
@@ -407,6 +410,42 @@ TEST_F(QueueManagerTest, SuspendedDomainsWaitAndResumeFlushesThem) {
   EXPECT_EQ(jobs[0].domain, "x.test");
 }
 
+// A site an operator paused hands its jobs back; the manager remembers which site holds each
+// message (queue summary by site) and FlushSite makes them due again, by a site's name also for
+// its domain overrides, and no other site's.
+TEST_F(QueueManagerTest, HeldBackMessagesCountBySiteAndFlushSiteMakesThemDue) {
+  const MessageId held_id = Enqueue("alice@example.org", {R("a@x.test")});
+  const MessageId other_id = Enqueue("alice@example.org", {R("b@y.test")});
+  manager_->RunOnce();
+  std::vector<DeliveryJob> jobs = dispatcher_.Take();
+  ASSERT_THAT(jobs, SizeIs(2));
+  for (const DeliveryJob& job : jobs) {
+    JobResult held;
+    held.id = job.id;
+    held.domain = job.domain;
+    held.recipient_indexes = job.recipient_indexes;
+    held.site = job.domain == "x.test" ? "google/x.test" : "orange";
+    held.throttled_until = clock_.Now() + absl::Hours(1);
+    manager_->OnJobDone(std::move(held));
+  }
+  manager_->RunOnce();
+  WaitForCommits(2);
+  EXPECT_THAT(manager_->ScheduledBySite(),
+              ElementsAre(Pair("google/x.test", 1u), Pair("orange", 1u)));
+
+  auto flushed = RunOperation(*manager_, [&] { return manager_->FlushSite("google"); });
+  ASSERT_TRUE(flushed.ok()) << flushed.status();
+  EXPECT_EQ(flushed->messages, 1u);
+  WaitForCommits(1);
+  EXPECT_EQ(Read(held_id).next_attempt, clock_.Now());
+  EXPECT_EQ(Read(other_id).next_attempt, clock_.Now() + absl::Hours(1));
+  manager_->RunOnce();  // leased again: no longer counted as scheduled
+  jobs = dispatcher_.Take();
+  ASSERT_THAT(jobs, SizeIs(1));
+  EXPECT_EQ(jobs[0].domain, "x.test");
+  EXPECT_THAT(manager_->ScheduledBySite(), ElementsAre(Pair("orange", 1u)));
+}
+
 TEST_F(QueueManagerTest, OperationsRetryBounceAndDelete) {
   const MessageId id = Enqueue("alice@example.org", {R("a@x.test"), R("b@y.test")});
   manager_->RunOnce();
@@ -491,6 +530,41 @@ TEST_F(QueueManagerTest, StopReleasesLeasesSoMessagesComeBack) {
   auto again = spool_->LeaseDue(clock_.Now(), 10);
   ASSERT_THAT(again, SizeIs(1));
   EXPECT_EQ(again[0].id, id);
+}
+
+TEST_F(QueueManagerTest, OutcomesCarryTheBoundedSiteLabelAndScheduledMessagesAreCounted) {
+  metrics::Metrics metrics;
+  SiteLabeler labels(1);  // the first unknown MX set keeps its key, the next is "other"
+  manager_ = std::make_unique<QueueManager>(
+      *store_, *spool_, retry_, clock_, events_.get(),
+      QueueManagerOptions{.hostname = "relay.example.org", .max_messages_in_flight = 100,
+                          .max_recipients_per_transaction = 2,
+                          .greylist = throttle::GreylistOptions{},
+                          .metrics = &metrics.delivery(),
+                          .site_labels = &labels});
+  manager_->SetDispatcher(&dispatcher_);
+  Enqueue("alice@example.org", {R("a@x.test")});
+  Enqueue("alice@example.org", {R("b@y.test")});
+  manager_->RunOnce();
+  std::vector<DeliveryJob> jobs = dispatcher_.Take();
+  ASSERT_THAT(jobs, SizeIs(2));
+  std::sort(jobs.begin(), jobs.end(),
+            [](const DeliveryJob& a, const DeliveryJob& b) { return a.domain < b.domain; });
+  for (const DeliveryJob& job : jobs) {
+    JobResult result = ResultFor(job, {Outcome(451, "4.3.0", "try later")});
+    result.site = "mx:mx." + job.domain + "/" + job.domain;
+    manager_->OnJobDone(std::move(result));
+    manager_->RunOnce();  // one at a time: x.test is seen first
+  }
+  WaitForCommits(2);
+  const std::string text = metrics.Serialize();
+  EXPECT_THAT(text, HasSubstr(
+      R"(facteur_messages_deferred_total{class="other_transient",site="mx:mx.x.test",source="none"} 1)"));
+  EXPECT_THAT(text, HasSubstr(
+      R"(facteur_messages_deferred_total{class="other_transient",site="other",source="none"} 1)"));
+  EXPECT_THAT(text, ::testing::Not(HasSubstr("mx:mx.y.test")));
+  EXPECT_EQ(manager_->ScheduledWithKnownSite(), 2u);
+  manager_.reset();  // before `metrics` and `labels`
 }
 
 }  // namespace

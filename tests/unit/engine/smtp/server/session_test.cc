@@ -20,7 +20,9 @@
 namespace facteur::smtp {
 namespace {
 
+using ::testing::ElementsAre;
 using ::testing::HasSubstr;
+using ::testing::IsEmpty;
 using ::testing::Not;
 using ::testing::StartsWith;
 
@@ -78,6 +80,10 @@ class FakeHost final : public SessionHost {
     admitted.emplace_back(account);
     return admit_refusal;
   }
+  void OnMessageReceived(metrics::AccountClass account_class) override {
+    received.push_back(account_class);
+  }
+  void OnSessionEnded(absl::Duration lifetime) override { session_lifetimes.push_back(lifetime); }
 
   std::map<std::string, std::string> passwords;
   // Submission policy (quotas, suppression list).
@@ -94,6 +100,8 @@ class FakeHost final : public SessionHost {
   std::vector<absl::AnyInvocable<void() &&>> pending_auth;
   std::vector<absl::AnyInvocable<void() &&>> pending_enqueue;
   std::vector<Queued> queued;
+  std::vector<metrics::AccountClass> received;
+  std::vector<absl::Duration> session_lifetimes;
   SimulatedClock clock_;
 };
 
@@ -572,6 +580,28 @@ TEST_F(SessionTest, UnixSocketClientsRelayWithoutAuthentication) {
   EXPECT_THAT(Send(kMessage), StartsWith("250 2.0.0 Ok: queued as"));
   ASSERT_EQ(host_.queued.size(), 1u);
   EXPECT_THAT(host_.queued[0].message, StartsWith("Received: from client.example (local socket)"));
+  EXPECT_THAT(host_.received, ElementsAre(metrics::AccountClass::kLocal));
+}
+
+TEST_F(SessionTest, AcceptedMessagesTellHowTheClientWasLetInAndTheSessionItsLifetime) {
+  StartWithEhlo(/*implicit_tls=*/true);
+  // Trusted network first, then the same session authenticated: each message as it was let in.
+  EXPECT_EQ(Send("MAIL FROM:<app@asso.org>\r\nRCPT TO:<bob@example.com>\r\nDATA\r\n"),
+            "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n");
+  EXPECT_THAT(Send(kMessage), StartsWith("250 2.0.0 Ok: queued as"));
+  EXPECT_EQ(Send(AuthPlain("alice", "correct horse")), "235 2.7.0 Authentication successful\r\n");
+  Send("MAIL FROM:<alice@asso.org>\r\nRCPT TO:<bob@example.com>\r\nDATA\r\n");
+  EXPECT_THAT(Send(kMessage), StartsWith("250 2.0.0 Ok: queued as"));
+  // A refused message is not received.
+  host_.enqueue_status = absl::UnavailableError("full");
+  Send("MAIL FROM:<alice@asso.org>\r\nRCPT TO:<bob@example.com>\r\nDATA\r\n");
+  EXPECT_THAT(Send(kMessage), StartsWith("451 "));
+  EXPECT_THAT(host_.received, ElementsAre(metrics::AccountClass::kTrusted,
+                                          metrics::AccountClass::kAuthenticated));
+  EXPECT_THAT(host_.session_lifetimes, IsEmpty());
+  host_.clock_.Advance(absl::Seconds(42));
+  session_.reset();
+  EXPECT_THAT(host_.session_lifetimes, ElementsAre(absl::Seconds(42)));
 }
 
 }  // namespace
