@@ -15,7 +15,10 @@ int AccountMain(const std::vector<std::string>& args);
 int SuppressionMain(const std::vector<std::string>& args);
 int DkimMain(const std::vector<std::string>& args);
 int ReputationMain(const std::vector<std::string>& args);
+int SiteMain(const std::vector<std::string>& args);
+int TopMain(const std::vector<std::string>& args);
 int ConfigMain(const std::vector<std::string>& args);
+int ReloadMain(const std::vector<std::string>& args);
 int VersionMain(const std::vector<std::string>& args);
 int SendmailCommand(const std::vector<std::string>& args);
 

@@ -24,12 +24,15 @@ constexpr char kUsage[] =
     "usage: facteur COMMAND [OPTIONS]\n"
     "Commands:\n"
     "  serve      run the relay (SMTP listeners, queue, admin HTTP)\n"
-    "  queue      ls | show ID | count: what the queue holds\n"
+    "  queue      ls | show ID | count | summary: what the queue holds; flush, retry, ...\n"
     "  account    add | del | passwd | list | grant | revoke | resume: who may submit, as whom\n"
     "  suppression list | add | remove: addresses refused at RCPT TO (unknown mailboxes)\n"
     "  dkim       keygen | check: DKIM keys and their DNS records\n"
     "  reputation health, recent replies and warmup caps per (source IP, site)\n"
+    "  site       list | suspend SITE | resume SITE: delivery sites and their (source, site) pairs\n"
+    "  top        live delivery rates by site\n"
     "  config     check FILE: validate a configuration file\n"
+    "  reload     check the configuration, then make the running server read it again (SIGHUP)\n"
     "  version    print the version\n"
     "  sendmail   sendmail(1)-compatible submission through the Unix socket\n"
     "Every command accepts --help. Common options: --config FILE, --data-dir DIR, --json.\n";
@@ -125,7 +128,10 @@ int main(int argc, char** argv) {
   if (command == "suppression") return SuppressionMain(args);
   if (command == "dkim") return DkimMain(args);
   if (command == "reputation") return ReputationMain(args);
+  if (command == "site") return SiteMain(args);
+  if (command == "top") return TopMain(args);
   if (command == "config") return ConfigMain(args);
+  if (command == "reload") return ReloadMain(args);
   if (command == "version" || command == "--version") return VersionMain(args);
   if (command == "sendmail") return SendmailCommand(args);
   if (command == "help" || command == "--help" || command == "-h") {

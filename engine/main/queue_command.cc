@@ -6,6 +6,7 @@
 // Thread contract: main thread of a short-lived process; blocking I/O is fine here.
 #include "engine/main/commands.h"
 
+#include <algorithm>
 #include <iostream>
 
 #include "absl/strings/numbers.h"
@@ -27,13 +28,14 @@ constexpr char kUsage[] =
     "usage: facteur queue ls [--limit N] [--json]\n"
     "       facteur queue show ID [--json] [--body]\n"
     "       facteur queue count [--json]\n"
+    "       facteur queue summary [--json]      due now, scheduled, in flight; by site\n"
     "       facteur queue flush [DOMAIN]        make queued mail (for DOMAIN) due now\n"
     "       facteur queue retry ID              make one message due now\n"
     "       facteur queue bounce ID | --domain D  bounce open recipients, DSN to the sender\n"
     "       facteur queue delete ID             remove a message, without a DSN\n"
     "       facteur queue suspend|resume DOMAIN  hold / release a domain's mail\n"
-    "ls, show and count read the spool whether the server runs or not; the operations need\n"
-    "a running server (its admin API).\n"
+    "ls, show and count read the spool whether the server runs or not; summary and the\n"
+    "operations need a running server (its admin API).\n"
     "Common options: --config FILE, --data-dir DIR.\n";
 
 int List(queue::Store& store, const CommandLine& command_line) {
@@ -171,6 +173,58 @@ int Operate(const config::Config& config, const CommandLine& command_line) {
   return kExitOk;
 }
 
+// `queue summary`: GET /api/queue/summary.
+int Summary(const config::Config& config, const CommandLine& command_line) {
+  absl::StatusOr<Endpoints> endpoints = ReadEndpoints(config);
+  if (!endpoints.ok() || endpoints->admin.empty()) {
+    std::cerr << "facteur queue summary: no running server with an admin API under "
+              << config.data_dir << "\n";
+    return kExitUnavailable;
+  }
+  absl::StatusOr<nlohmann::json> answer =
+      AdminCall(AdminEndpoint{endpoints->admin, endpoints->admin_token}, "GET",
+                "/api/queue/summary", nullptr);
+  if (!answer.ok()) return ReportError("queue summary", answer.status());
+  if (command_line.json) {
+    std::cout << admin::DumpJson(*answer) << "\n";
+    return kExitOk;
+  }
+  const nlohmann::json& a = *answer;
+  std::cout << "messages:   " << a.value("messages", 0) << "\n"
+            << "due now:    " << a.value("due_now", 0) << "\n"
+            << "scheduled:  " << a.value("scheduled", 0) << "\n"
+            << "in flight:  " << a.value("in_flight", 0) << "\n"
+            << "next due:   "
+            << (a.contains("next_due") && a["next_due"].is_string()
+                    ? a["next_due"].get<std::string>()
+                    : std::string("-"))
+            << "\n";
+  const nlohmann::json sites = a.value("sites", nlohmann::json::array());
+  if (sites.empty()) return kExitOk;
+  std::cout << "\n";
+  std::vector<std::vector<std::string>> rows = {
+      {"SITE", "READY", "RECIPIENTS", "IN-FLIGHT", "HELD-BACK", "SCHEDULED"}};
+  for (const nlohmann::json& site : sites) {
+    rows.push_back({site.value("site", ""), absl::StrCat(site.value("ready_jobs", uint64_t{0})),
+                    absl::StrCat(site.value("ready_recipients", uint64_t{0})),
+                    absl::StrCat(site.value("in_flight_jobs", uint64_t{0})),
+                    absl::StrCat(site.value("held_back_jobs", uint64_t{0})),
+                    absl::StrCat(site.value("scheduled", uint64_t{0}))});
+  }
+  std::vector<size_t> widths(rows[0].size(), 0);
+  for (const auto& row : rows) {
+    for (size_t i = 0; i < row.size(); ++i) widths[i] = std::max(widths[i], row[i].size());
+  }
+  for (const auto& row : rows) {
+    std::string line = absl::StrFormat("%-*s", static_cast<int>(widths[0]), row[0]);
+    for (size_t i = 1; i < row.size(); ++i) {
+      absl::StrAppend(&line, "  ", absl::StrFormat("%*s", static_cast<int>(widths[i]), row[i]));
+    }
+    std::cout << line << "\n";
+  }
+  return kExitOk;
+}
+
 }  // namespace
 
 int QueueMain(const std::vector<std::string>& args) {
@@ -185,13 +239,14 @@ int QueueMain(const std::vector<std::string>& args) {
   const std::string& verb = command_line->positional[0];
   const bool operation = verb == "flush" || verb == "retry" || verb == "bounce" ||
                          verb == "delete" || verb == "suspend" || verb == "resume";
-  if (verb != "ls" && verb != "show" && verb != "count" && !operation) {
+  if (verb != "ls" && verb != "show" && verb != "count" && verb != "summary" && !operation) {
     std::cerr << "facteur queue: unknown command '" << verb << "'\n" << kUsage;
     return kExitUsage;
   }
   absl::StatusOr<config::Config> config = LoadConfig(*command_line);
   if (!config.ok()) return ReportError("queue", config.status());
   if (operation) return Operate(*config, *command_line);
+  if (verb == "summary") return Summary(*config, *command_line);
   absl::StatusOr<std::unique_ptr<queue::Store>> store =
       queue::Store::OpenReadOnly(SpoolPath(*config));
   if (!store.ok()) return ReportError("queue", store.status());

@@ -1,8 +1,9 @@
 // File: engine/main/reputation_command.cc
 // `facteur reputation [--json]`: per (source IP, site) pair, the health score and the replies of
-// the last 24 hours, and the warmup day with today's count against the cap. It opens the spool
-// as a secondary (read-only) RocksDB instance, so it works while the server runs (seeing what
-// the server last flushed, every few seconds) and when it is stopped. The caps come from the
+// the last 24 hours, and the warmup day with today's count against the cap. A running server
+// answers from its live counters (GET /api/reputation); otherwise, or with --now, the command
+// opens the spool as a secondary (read-only) RocksDB instance, seeing what the server last
+// flushed. The caps come from the
 // shaping file the configuration names and the pools of its [[source]] tables.
 // Thread contract: main thread of a short-lived process; blocking I/O is fine here.
 #include <algorithm>
@@ -20,6 +21,7 @@
 #include "engine/admin/json.h"
 #include "engine/base/clock.h"
 #include "engine/config/shaping_file.h"
+#include "engine/main/admin_client.h"
 #include "engine/main/cli.h"
 #include "engine/main/commands.h"
 #include "queue/reputation_store.h"
@@ -35,8 +37,8 @@ constexpr char kUsage[] =
     "usage: facteur reputation [--json] [--now UNIX_SECONDS]\n"
     "Per (source IP, site) pair: the health score (1 = only deliveries, 0 = only blocks) and\n"
     "the replies of the last 24 hours, the warmup day of the source and today's messages\n"
-    "against its cap (caps reset at 00:00 UTC). Reads the spool whether the server runs or\n"
-    "not; a running server writes its counts every few seconds.\n"
+    "against its cap (caps reset at 00:00 UTC). Asks a running server for its live counts,\n"
+    "else (or with --now) reads the spool, where the server writes them every few seconds.\n"
     "  --now T   evaluate the windows at Unix time T (default: now, on the configured clock)\n"
     "Common options: --config FILE, --data-dir DIR.\n";
 
@@ -84,75 +86,29 @@ class PlanResolver {
   throttle::ShapingOptions shaping_;
 };
 
-// "2027-03-10T12:00:00Z" (RFC 3339, UTC, whole seconds).
-std::string Rfc3339(absl::Time t) {
-  return absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", t, absl::UTCTimeZone());
-}
-
-nlohmann::json ByClassJson(const std::array<uint64_t, throttle::kResponseClassCount>& counts) {
-  nlohmann::json by_class = nlohmann::json::object();
-  for (size_t i = 0; i < counts.size(); ++i) {
-    if (counts[i] != 0) by_class[std::string(throttle::kResponseClassNames[i])] = counts[i];
-  }
-  return by_class;
-}
-
-nlohmann::json CountersJson(const throttle::ReputationCounters& c) {
-  return nlohmann::json{{"delivered", c.delivered},
-                        {"deferred", c.TotalDeferred()},
-                        {"deferred_by_class", ByClassJson(c.deferred)},
-                        {"bounced", c.TotalBounced()},
-                        {"bounced_by_class", ByClassJson(c.bounced)},
-                        {"blocked", c.blocked},
-                        {"final_answers", c.final_answers}};
-}
-
-struct Line {
-  const throttle::PairReport* report = nullptr;
-  const throttle::WarmupPlan* plan = nullptr;
-  std::optional<uint32_t> cap;
-  uint32_t sent_today = 0;
-};
-
-nlohmann::json LineJson(const Line& line, absl::Time now) {
-  const throttle::PairReport& r = *line.report;
-  nlohmann::json warmup{{"day", r.warmup_day.has_value() ? nlohmann::json(*r.warmup_day)
-                                                         : nlohmann::json(nullptr)},
-                        {"plan", line.plan != nullptr ? nlohmann::json(line.plan->name)
-                                                      : nlohmann::json(nullptr)},
-                        {"cap", line.cap.has_value() ? nlohmann::json(*line.cap)
-                                                     : nlohmann::json(nullptr)},
-                        {"sent_today", line.sent_today},
-                        {"resets_at", Rfc3339(throttle::Reputation::WarmupResetsAt(now))}};
-  return nlohmann::json{{"source", r.source},
-                        {"site", r.site},
-                        {"health", r.health},
-                        {"last_24h", CountersJson(r.last_day)},
-                        {"today", CountersJson(r.today)},
-                        {"lifetime", CountersJson(r.lifetime)},
-                        {"warmup", std::move(warmup)},
-                        {"last_reply", r.last_record == absl::InfinitePast()
-                                           ? nlohmann::json(nullptr)
-                                           : nlohmann::json(Rfc3339(r.last_record))}};
-}
-
-void PrintTable(const std::vector<Line>& lines) {
+// The table of a ReputationJson() view (from the API or the spool alike).
+void PrintTable(const nlohmann::json& pairs) {
   std::vector<std::vector<std::string>> rows;
   rows.push_back({"SOURCE", "SITE", "HEALTH", "DELIVERED", "DEFERRED", "BOUNCED", "BLOCKED",
                   "WARMUP", "TODAY/CAP"});
-  for (const Line& line : lines) {
-    const throttle::PairReport& r = *line.report;
-    std::string warmup = "-";
-    std::string today = absl::StrCat(line.sent_today);
-    if (line.plan != nullptr) {
-      const uint32_t day = r.warmup_day.value_or(1);
-      warmup = line.cap.has_value() ? absl::StrCat("day ", day) : "done";
-      absl::StrAppend(&today, "/", line.cap.has_value() ? absl::StrCat(*line.cap) : "-");
+  for (const nlohmann::json& pair : pairs) {
+    const nlohmann::json day = pair.value("last_24h", nlohmann::json::object());
+    const nlohmann::json warmup = pair.value("warmup", nlohmann::json::object());
+    const nlohmann::json cap = warmup.value("cap", nlohmann::json());
+    std::string warmup_text = "-";
+    std::string today = absl::StrCat(warmup.value("sent_today", uint64_t{0}));
+    if (warmup.value("plan", nlohmann::json()).is_string()) {
+      const nlohmann::json day_number = warmup.value("day", nlohmann::json());
+      const uint64_t number = day_number.is_number() ? day_number.get<uint64_t>() : 1;
+      warmup_text = cap.is_number() ? absl::StrCat("day ", number) : "done";
+      absl::StrAppend(&today, "/", cap.is_number() ? absl::StrCat(cap.get<uint64_t>()) : "-");
     }
-    rows.push_back({r.source, r.site, absl::StrFormat("%.2f", r.health),
-                    absl::StrCat(r.last_day.delivered), absl::StrCat(r.last_day.TotalDeferred()),
-                    absl::StrCat(r.last_day.TotalBounced()), absl::StrCat(r.last_day.blocked),
-                    warmup, today});
+    rows.push_back({pair.value("source", ""), pair.value("site", ""),
+                    absl::StrFormat("%.2f", pair.value("health", 1.0)),
+                    absl::StrCat(day.value("delivered", uint64_t{0})),
+                    absl::StrCat(day.value("deferred", uint64_t{0})),
+                    absl::StrCat(day.value("bounced", uint64_t{0})),
+                    absl::StrCat(day.value("blocked", uint64_t{0})), warmup_text, today});
   }
   std::vector<size_t> widths(rows[0].size(), 0);
   for (const auto& row : rows) {
@@ -170,6 +126,17 @@ void PrintTable(const std::vector<Line>& lines) {
     std::cout << text << "\n";
   }
   std::cout << "(replies of the last 24 hours; warmup caps reset at 00:00 UTC)\n";
+}
+
+// The live counters of a running server (GET /api/reputation); nullopt when no server answers
+// (the spool is read instead).
+std::optional<nlohmann::json> FromServer(const config::Config& config) {
+  absl::StatusOr<Endpoints> endpoints = ReadEndpoints(config);
+  if (!endpoints.ok() || endpoints->admin.empty()) return std::nullopt;
+  absl::StatusOr<nlohmann::json> answer = AdminCall(
+      AdminEndpoint{endpoints->admin, endpoints->admin_token}, "GET", "/api/reputation", nullptr);
+  if (!answer.ok() || !answer->is_object()) return std::nullopt;
+  return *std::move(answer);
 }
 
 }  // namespace
@@ -197,41 +164,36 @@ int ReputationMain(const std::vector<std::string>& args) {
     now = absl::FromUnixSeconds(seconds);
   }
 
-  throttle::Reputation reputation;
-  absl::StatusOr<std::unique_ptr<queue::Store>> store =
-      queue::Store::OpenReadOnly(SpoolPath(*config));
-  if (store.ok()) {
-    absl::StatusOr<queue::ReputationLoadStats> loaded =
-        queue::ReputationStore(**store).LoadInto(reputation);
-    if (!loaded.ok()) return ReportError("reputation", loaded.status());
-  } else if (store.status().code() != absl::StatusCode::kNotFound) {
-    return ReportError("reputation", store.status());
-  }  // NotFound: no spool yet, so no data either
-
-  const std::vector<throttle::PairReport> reports = reputation.Report(now);
-  const PlanResolver plans(*config);
-  std::vector<Line> lines;
-  for (const throttle::PairReport& report : reports) {
-    Line line;
-    line.report = &report;
-    line.plan = plans.PlanOf(report.source);
-    line.cap = reputation.WarmupCap(report.source, line.plan, report.site, now);
-    line.sent_today = reputation.SentToday(report.source, report.site, now);
-    lines.push_back(line);
+  // A running server answers from its live counters, unless an evaluation time is asked for.
+  std::optional<nlohmann::json> view;
+  if (!command_line->values.contains("now")) view = FromServer(*config);
+  if (!view.has_value()) {
+    throttle::Reputation reputation;
+    absl::StatusOr<std::unique_ptr<queue::Store>> store =
+        queue::Store::OpenReadOnly(SpoolPath(*config));
+    if (store.ok()) {
+      absl::StatusOr<queue::ReputationLoadStats> loaded =
+          queue::ReputationStore(**store).LoadInto(reputation);
+      if (!loaded.ok()) return ReportError("reputation", loaded.status());
+    } else if (store.status().code() != absl::StatusCode::kNotFound) {
+      return ReportError("reputation", store.status());
+    }  // NotFound: no spool yet, so no data either
+    const PlanResolver plans(*config);
+    view = admin::ReputationJson(reputation, now, [&plans](const std::string& source) {
+      return plans.PlanOf(source);
+    });
   }
 
   if (command_line->json) {
-    nlohmann::json pairs = nlohmann::json::array();
-    for (const Line& line : lines) pairs.push_back(LineJson(line, now));
-    std::cout << admin::DumpJson(nlohmann::json{{"now", Rfc3339(now)}, {"pairs", std::move(pairs)}})
-              << "\n";
+    std::cout << admin::DumpJson(*view) << "\n";
     return kExitOk;
   }
-  if (lines.empty()) {
+  const nlohmann::json pairs = view->value("pairs", nlohmann::json::array());
+  if (pairs.empty()) {
     std::cout << kNoData;
     return kExitOk;
   }
-  PrintTable(lines);
+  PrintTable(pairs);
   return kExitOk;
 }
 

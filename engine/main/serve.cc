@@ -2,8 +2,9 @@
 // `facteur serve`: builds every concrete object of the relay from the configuration — the
 // RocksDB store and its spool writer, accounts, metrics, TLS, the io_uring shards with their
 // listeners, the admin HTTP server — runs until SIGTERM or SIGINT, then shuts down in the order
-// that loses nothing: stop accepting and close sessions, commit what the spool holds, close the
-// store.
+// that loses nothing: stop accepting, let outbound transactions end within
+// [delivery] shutdown_grace, close sessions, commit what the spool holds, close the store.
+// SIGHUP reloads what can change without dropping a connection (Relay::Reload).
 // Thread contract: the main thread builds, waits for signals, and tears down. Signals are
 // blocked in every thread it starts and taken with sigwait() here.
 #include <signal.h>
@@ -12,17 +13,23 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <memory>
+#include <optional>
 #include <thread>
 
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "engine/admin/admin_server.h"
+#include "engine/admin/json.h"
 #include "engine/base/clock.h"
 #include "engine/base/log.h"
 #include "engine/base/status.h"
@@ -33,6 +40,7 @@
 #include "engine/delivery/recipient_check.h"
 #include "engine/delivery/router.h"
 #include "engine/delivery/shard_delivery.h"
+#include "engine/delivery/site_labeler.h"
 #include "engine/dns/shard_resolvers.h"
 #include "engine/events/event_log.h"
 #include "engine/io/server.h"
@@ -62,7 +70,15 @@ constexpr char kUsage[] =
     "Runs the relay. Without --config it runs on the embedded default configuration: an SMTP\n"
     "relay listener on 127.0.0.1:2525 trusting loopback, a Unix socket and the spool under the\n"
     "data directory (./var), metrics and the admin API on http://127.0.0.1:9464.\n"
-    "SIGTERM or SIGINT stop it cleanly; nothing acknowledged is lost.\n";
+    "SIGTERM or SIGINT stop it: no new connections, transactions in progress toward remote\n"
+    "servers get [delivery] shutdown_grace (20s) to end, the rest stay queued; the spool is\n"
+    "committed and nothing acknowledged is lost.\n"
+    "SIGHUP (or `facteur reload`) reads the configuration file again without dropping a\n"
+    "connection: the TLS certificate (new connections present the new one), the shaping and\n"
+    "classifier files (new limits for the sites already known, their learned state kept), the\n"
+    "DKIM keys and shutdown_grace; the events log is reopened. A file that does not parse\n"
+    "changes nothing (its error is logged with file:line); other changed keys are logged as\n"
+    "needing a restart.\n";
 
 io::TlsMode ToIoTlsMode(config::TlsMode mode) {
   switch (mode) {
@@ -222,6 +238,9 @@ class Relay {
     FACTEUR_RETURN_IF_ERROR(server_->Start(threads));
     loops_running_ = true;
     FACTEUR_RETURN_IF_ERROR(StartDelivery());
+    // Read when /metrics is scraped, on the admin server's threads; gone with admin_ (first
+    // in Stop()).
+    metrics_.AddScrapeHook([this] { ReportQueueMetrics(); });
 
     if (!config_.admin.address.empty()) {
       FACTEUR_ASSIGN_OR_RETURN(std::string token, ReadAdminToken(config_));
@@ -231,9 +250,33 @@ class Relay {
       admin_->SetQueueManager(queue_manager_.get());
       admin_->SetAccountQuotas(quotas_.get());
       admin_->SetSuppressionList(suppression_.get());
+      admin_->SetDeliveryAccess(MakeDeliveryAccess());
       admin_->SetReady(true);
     }
     return Announce(threads);
+  }
+
+  // What the admin API's site, summary and reputation endpoints reach. The warmup plans are
+  // those of the shaping snapshot at start (a reload changes the limits, rarely the plans).
+  const admin::DeliveryAccess* MakeDeliveryAccess() {
+    delivery_access_ = std::make_unique<admin::DeliveryAccess>();
+    delivery_access_->sites = site_control_.get();
+    delivery_access_->spool = spool_.get();
+    delivery_access_->clock = &clock_;
+    delivery_access_->site_labels = site_labels_.get();
+    if (reputation_ != nullptr) {
+      std::map<std::string, std::string> pools;
+      for (const config::SourceOptions& source : config_.sources) pools[source.name] = source.pool;
+      delivery_access_->reputation = [reputation = reputation_.get(), shaping = shaping_,
+                                      pools = std::move(pools)](absl::Time now) {
+        return admin::ReputationJson(*reputation, now, [&](const std::string& source) {
+          auto it = pools.find(source);
+          return it == pools.end() ? nullptr
+                                   : throttle::FindWarmupPlan(shaping->options(), it->second);
+        });
+      };
+    }
+    return delivery_access_.get();
   }
 
   // Stops in the order that loses nothing: no new sessions, then the password checks in flight
@@ -241,6 +284,9 @@ class Relay {
   // run, which the Server keeps alive until it is destroyed), then everything else.
   void Stop() {
     if (admin_ != nullptr) admin_->SetReady(false);  // load balancers stop sending first
+    // New clients are refused from now on; sessions already open may end their transactions
+    // while delivery has its grace, and are closed after it.
+    if (server_ != nullptr && loops_running_) server_->StopAccepting();
     std::error_code ignored;
     std::filesystem::remove(EndpointsPath(config_), ignored);
     admin_.reset();
@@ -261,35 +307,137 @@ class Relay {
     store_.reset();
   }
 
-  // SIGHUP: the events log is reopened (log rotation).
-  void Reopen() {
-    if (events_ != nullptr) events_->Reopen();
-  }
+  // How long delivery may take to stop (see DeliveryOptions::shutdown_grace).
+  absl::Duration shutdown_grace() const { return config_.delivery.shutdown_grace; }
 
-  // SIGHUP: the [[dkim.key]] entries of `config` (the file read again) replace the signing
-  // table; on any error the keys in use stay. Engine and thread changes need a restart.
-  void ReloadDkimKeys(const absl::StatusOr<config::Config>& config) {
-    if (!config.ok()) {
-      Log(LogLevel::kError, "SIGHUP: DKIM keys not reloaded: %s", config.status().ToString());
+  // SIGHUP (issue #6 point 5): `loaded` is the configuration file read again. The events log
+  // is reopened (log rotation) whatever the file says. A file that does not parse or validate
+  // changes nothing else. Otherwise, without dropping a connection: the TLS certificate
+  // (sessions open keep theirs), the shaping and classifier files (each shard takes the new
+  // snapshot; its pairs keep their learned state), the DKIM keys and shutdown_grace. Every
+  // other changed key is named in a warning: it needs a restart. One info line sums it up.
+  void Reload(const absl::StatusOr<config::Config>& loaded) {
+    if (events_ != nullptr) events_->Reopen();
+    if (!loaded.ok()) {
+      Log(LogLevel::kError, "SIGHUP: configuration not reloaded, nothing changed: %s",
+          std::string(loaded.status().message()));
       return;
     }
-    if (signing_ == nullptr) {
-      if (!config->dkim.keys.empty()) {
-        Log(LogLevel::kWarning, "SIGHUP: DKIM keys were added; restart facteur to start signing");
-      }
-      return;
+    const config::Config& next = *loaded;
+    std::vector<std::string> done;
+    if (events_ != nullptr) done.push_back("events log reopened");
+    std::vector<std::string> restart = KeysNeedingRestart(next);
+    for (const std::string& key : restart) {
+      Log(LogLevel::kWarning, "SIGHUP: %s changed: needs a restart (the running value stays)",
+          key);
     }
-    absl::StatusOr<std::shared_ptr<const dkim::SigningTable>> table =
-        dkim::SigningTable::FromConfig(*config);
-    if (!table.ok()) {
-      Log(LogLevel::kError, "SIGHUP: DKIM keys not reloaded: %s", table.status().ToString());
-      return;
+    if (ReloadTls(next)) done.push_back("TLS certificate");
+    if (std::optional<std::string> shaping = ReloadShaping(next)) done.push_back(*shaping);
+    if (std::optional<std::string> dkim = ReloadDkimKeys(next)) done.push_back(*dkim);
+    if (next.delivery.shutdown_grace != config_.delivery.shutdown_grace) {
+      config_.delivery.shutdown_grace = next.delivery.shutdown_grace;
+      done.push_back(absl::StrCat("shutdown_grace ", absl::FormatDuration(shutdown_grace())));
     }
-    Log(LogLevel::kInfo, "SIGHUP: %d DKIM keys loaded", static_cast<int>((*table)->size()));
-    signing_->Reload(*std::move(table));
+    Log(LogLevel::kInfo, "SIGHUP: reloaded: %s%s", done.empty() ? "nothing" : absl::StrJoin(done, ", "),
+        restart.empty() ? "" : absl::StrCat("; needs a restart: ", absl::StrJoin(restart, ", ")));
   }
 
  private:
+  // The keys of `next` that differ from the running configuration and that only a restart
+  // applies: listeners, threads, the spool, the admin and DNS settings, delivery, quotas, ...
+  std::vector<std::string> KeysNeedingRestart(const config::Config& next) const {
+    std::vector<std::string> keys;
+    const config::Config& now = config_;
+    auto check = [&keys](bool same, const char* key) {
+      if (!same) keys.push_back(key);
+    };
+    check(next.data_dir == now.data_dir, "data_dir");
+    check(next.hostname == now.hostname, "hostname");
+    check(next.io_threads == now.io_threads, "io_threads");
+    check(next.auth_threads == now.auth_threads, "auth_threads");
+    check(next.listeners == now.listeners, "[[listener]]");
+    check(next.smtp == now.smtp, "[smtp]");
+    check(next.spool == now.spool, "[spool]");
+    check(next.admin == now.admin, "[admin]");
+    check(next.dns == now.dns, "[dns]");
+    config::DeliveryOptions delivery = next.delivery;
+    delivery.shutdown_grace = now.delivery.shutdown_grace;  // reloaded
+    check(delivery == now.delivery, "[delivery]");
+    check(next.events == now.events, "[events] path");
+    check(next.dkim.engine == now.dkim.engine && next.dkim.threads == now.dkim.threads &&
+              next.dkim.max_queued == now.dkim.max_queued,
+          "[dkim] engine/threads/max_queued");
+    check(next.quota == now.quota, "[quota]");
+    check(next.clock == now.clock, "[clock]");
+    check(next.sources == now.sources, "[[source]]");
+    check(next.routes == now.routes, "[[route]]");
+    // With no TLS listener there is no server certificate to swap.
+    check(tls_ != nullptr || next.tls == now.tls, "[tls]");
+    return keys;
+  }
+
+  // The server certificate of `next` ([tls], or the self-signed pair under data_dir/tls) for
+  // the connections accepted from now on. False (logged) when there is none to swap or it does
+  // not load: the current one stays.
+  bool ReloadTls(const config::Config& next) {
+    if (tls_ == nullptr) return false;
+    const bool own = !next.tls.certificate_file.empty();
+    const std::string cert = own ? next.ResolvePath(next.tls.certificate_file)
+                                 : config_.ResolvePath("tls/cert.pem");
+    const std::string key = own ? next.ResolvePath(next.tls.private_key_file)
+                                : config_.ResolvePath("tls/key.pem");
+    if (absl::Status status = tls_->ReloadFromFiles(cert, key); !status.ok()) {
+      Log(LogLevel::kError, "SIGHUP: TLS certificate not reloaded, the current one stays: %s",
+          status.ToString());
+      return false;
+    }
+    config_.tls = next.tls;
+    return true;
+  }
+
+  // The shaping and classifier files of `next`, handed to every shard (ShardDelivery::
+  // SetShaping). What it says, or nullopt (logged) when delivery is off or a file is wrong.
+  std::optional<std::string> ReloadShaping(const config::Config& next) {
+    if (shard_deliveries_.empty() || server_ == nullptr) return std::nullopt;
+    absl::StatusOr<std::unique_ptr<delivery::Shaping>> loaded = delivery::Shaping::Load(next);
+    if (!loaded.ok()) {
+      Log(LogLevel::kError, "SIGHUP: shaping rules not reloaded, the current ones stay: %s",
+          loaded.status().ToString());
+      return std::nullopt;
+    }
+    shaping_ = *std::move(loaded);
+    for (size_t i = 0; i < shard_deliveries_.size(); ++i) {
+      RunOnLoop(server_->loop(i), [this, i] {
+        if (shard_deliveries_[i] != nullptr) shard_deliveries_[i]->SetShaping(shaping_);
+      });
+    }
+    config_.shaping = next.shaping;
+    // The greylist schedule and the reputation settings were copied at start.
+    return absl::StrCat("shaping rules (", shaping_->options().sites.size(),
+                        " sites) and classifier");
+  }
+
+  // The [[dkim.key]] entries of `next` replace the signing table; on any error the keys in use
+  // stay. Engine and thread changes need a restart. What it says, or nullopt.
+  std::optional<std::string> ReloadDkimKeys(const config::Config& next) {
+    if (signing_ == nullptr) {
+      if (!next.dkim.keys.empty()) {
+        Log(LogLevel::kWarning, "SIGHUP: DKIM keys were added; restart facteur to start signing");
+      }
+      return std::nullopt;
+    }
+    absl::StatusOr<std::shared_ptr<const dkim::SigningTable>> table =
+        dkim::SigningTable::FromConfig(next);
+    if (!table.ok()) {
+      Log(LogLevel::kError, "SIGHUP: DKIM keys not reloaded: %s", table.status().ToString());
+      return std::nullopt;
+    }
+    const size_t keys = (*table)->size();
+    signing_->Reload(*std::move(table));
+    config_.dkim.keys = next.dkim.keys;
+    return absl::StrCat(keys, " DKIM keys loaded");
+  }
+
   // What submission needs of delivery before the listeners start: DNS for the RCPT checks,
   // the routes, the events log.
   absl::Status PrepareDelivery() {
@@ -336,6 +484,7 @@ class Relay {
           static_cast<int>(loaded.skipped));
     }
     StartReputationFlusher();
+    site_labels_ = std::make_unique<delivery::SiteLabeler>(options.metrics_site_labels);
     queue_manager_ = std::make_unique<delivery::QueueManager>(
         *store_, *spool_, *retry_, clock_, events_.get(),
         delivery::QueueManagerOptions{
@@ -343,7 +492,8 @@ class Relay {
             .max_messages_in_flight = options.max_messages_in_flight,
             .max_recipients_per_transaction = options.max_recipients_per_transaction,
             .greylist = shaping_->options().greylist,
-            .metrics = &metrics_.delivery()});
+            .metrics = &metrics_.delivery(),
+            .site_labels = site_labels_.get()});
     if (suppression_ != nullptr) {
       // A recipient its server called unknown is not sent to again (refused at RCPT TO).
       queue_manager_->SetUserUnknownHandler(
@@ -362,9 +512,10 @@ class Relay {
         .router = *router_,
         .results = *queue_manager_,
         .clock = clock_,
-        .shaping = *shaping_,
+        .shaping = shaping_,
         .reputation = reputation_.get(),
         .metrics = &metrics_.shaping(),
+        .site_labels = site_labels_.get(),
         .events = events_.get(),
         .tls = tls_client_.get(),
         .timeouts = smtp::ClientTimeouts{.greeting = options.greeting_timeout,
@@ -397,10 +548,39 @@ class Relay {
     for (size_t i = 0; i < shards.size(); ++i) {
       RunOnLoop(server_->loop(i), [&] { shard_deliveries_[i]->SetShards(shards); });
     }
+    site_control_ = std::make_unique<delivery::SiteControl>(shards);
     dispatcher_ = std::make_unique<delivery::ShardedDispatcher>(std::move(shards));
     queue_manager_->SetDispatcher(dispatcher_.get());
     queue_manager_->Start();
     return absl::OkStatus();
+  }
+
+  // Queue depth and suspended accounts, from the spool's index, the queue manager and the
+  // quota table at scrape time (Metrics serialises the hooks: scheduled_labels_ needs no lock).
+  void ReportQueueMetrics() {
+    const queue::QueueCounts counts = spool_->Counts(clock_.Now());
+    metrics::DeliveryMetrics& delivery = metrics_.delivery();
+    delivery.queue_ready.Set(static_cast<double>(counts.ready));
+    delivery.queue_scheduled.Set(static_cast<double>(counts.scheduled));
+    delivery.queue_in_flight.Set(static_cast<double>(counts.leased));
+    if (quotas_ != nullptr) {
+      metrics_.quota().accounts_suspended.Set(
+          static_cast<double>(quotas_->table().SuspendedCount()));
+    }
+    if (queue_manager_ == nullptr || site_labels_ == nullptr) return;
+    absl::flat_hash_map<std::string, double> by_label;
+    for (const auto& [site, messages] : queue_manager_->ScheduledBySite()) {
+      by_label[site_labels_->Label(site)] += static_cast<double>(messages);
+    }
+    // Messages waiting that the manager has not settled since the start: no site known yet.
+    const uint64_t waiting = counts.ready + counts.scheduled;
+    const uint64_t known = queue_manager_->ScheduledWithKnownSite();
+    by_label["unattempted"] = static_cast<double>(waiting > known ? waiting - known : 0);
+    for (const std::string& label : scheduled_labels_) by_label.try_emplace(label, 0.0);
+    for (const auto& [label, messages] : by_label) {
+      delivery.scheduled_by_site.Add({{"site", label}}).Set(messages);
+      scheduled_labels_.insert(label);
+    }
   }
 
   // Reputation counters reach the store every few seconds, off the loops (RocksDB blocks).
@@ -416,24 +596,29 @@ class Relay {
   }
 
   // Connections live on the loops, which must still run to close them: delivery stops first.
+  // Every shard lets its transactions end for shutdown_grace at most, all at the same time.
   void StopDelivery() {
     // No new jobs for the shards; the manager still settles what comes back while they close.
     if (queue_manager_ != nullptr) queue_manager_->StopDispatching();
     if (loops_running_) {
+      const absl::Duration grace = shutdown_grace();
+      std::vector<std::unique_ptr<absl::Notification>> dones;
       for (size_t i = 0; i < shard_deliveries_.size(); ++i) {
         if (shard_deliveries_[i] == nullptr) continue;
-        absl::Notification done;
-        server_->loop(i).Post([this, i, &done] {
-          shard_deliveries_[i]->Shutdown([this, i, &done] {
-            // Destroyed on the next turn: Shutdown's caller is still on the stack.
-            server_->loop(i).RunAfter(absl::ZeroDuration(), [this, i, &done] {
-              shard_deliveries_[i].reset();
-              done.Notify();
-            });
-          });
+        absl::Notification* done = dones.emplace_back(new absl::Notification()).get();
+        server_->loop(i).Post([this, i, done, grace] {
+          shard_deliveries_[i]->Shutdown(
+              [this, i, done] {
+                // Destroyed on the next turn: Shutdown's caller is still on the stack.
+                server_->loop(i).RunAfter(absl::ZeroDuration(), [this, i, done] {
+                  shard_deliveries_[i].reset();
+                  done->Notify();
+                });
+              },
+              grace);
         });
-        done.WaitForNotification();
       }
+      for (const std::unique_ptr<absl::Notification>& done : dones) done->WaitForNotification();
     }
     if (queue_manager_ != nullptr) queue_manager_->Stop();
     dispatcher_.reset();
@@ -537,8 +722,13 @@ class Relay {
   std::unique_ptr<events::EventLog> events_;
   std::unique_ptr<tls::TlsClientContext> tls_client_;
   std::unique_ptr<throttle::RetryPolicy> retry_;
+  // The `site` label of delivery metrics, shared by the manager and the shards (declared
+  // before them: they use it until they are gone).
+  std::unique_ptr<delivery::SiteLabeler> site_labels_;
   std::unique_ptr<delivery::QueueManager> queue_manager_;
-  std::unique_ptr<delivery::Shaping> shaping_;
+  // The current shaping snapshot, shared with the shards (each holds the one it was last
+  // given) and the DeliveryContext (the one at start); replaced on SIGHUP.
+  std::shared_ptr<const delivery::Shaping> shaping_;
   std::unique_ptr<throttle::Reputation> reputation_;  // shared by the shards; thread-safe
   std::unique_ptr<queue::ReputationStore> reputation_store_;
   std::thread reputation_flusher_;
@@ -546,6 +736,11 @@ class Relay {
   std::unique_ptr<delivery::DeliveryContext> delivery_context_;
   std::vector<std::unique_ptr<delivery::ShardDelivery>> shard_deliveries_;  // one per loop
   std::unique_ptr<delivery::ShardedDispatcher> dispatcher_;
+  std::unique_ptr<delivery::SiteControl> site_control_;   // over the shards, for admin_
+  std::unique_ptr<admin::DeliveryAccess> delivery_access_;  // read by admin_
+  // Labels of facteur_queue_scheduled_messages set by the last scrape (ReportQueueMetrics);
+  // before admin_, whose threads scrape until it is gone.
+  absl::flat_hash_set<std::string> scheduled_labels_;
   std::unique_ptr<admin::AdminServer> admin_;
 };
 
@@ -581,15 +776,27 @@ int ServeMain(const std::vector<std::string>& args) {
     int signal_number = 0;
     if (sigwait(&signals, &signal_number) != 0) continue;
     if (signal_number == SIGHUP) {
-      Log(LogLevel::kInfo, "SIGHUP: reopening the events log");
-      relay.Reopen();
-      relay.ReloadDkimKeys(LoadConfig(*command_line));
+      Log(LogLevel::kInfo, "SIGHUP: reading the configuration again");
+      relay.Reload(LoadConfig(*command_line));
       continue;
     }
-    Log(LogLevel::kInfo, "signal %d: stopping", signal_number);
+    Log(LogLevel::kInfo, "signal %d: stopping (transactions in progress have %s to end)",
+        signal_number, absl::FormatDuration(relay.shutdown_grace()));
     break;
   }
+  // The stop is bounded: should anything hang past grace + margin, exit at once. What was
+  // acknowledged is already synced; what was not will be sent again by its client.
+  const absl::Duration deadline = relay.shutdown_grace() + config::kShutdownMargin;
+  absl::Notification stopped;
+  std::thread watchdog([&stopped, deadline] {
+    if (stopped.WaitForNotificationWithTimeout(deadline)) return;
+    Log(LogLevel::kError, "stop still running after %s: exiting now",
+        absl::FormatDuration(deadline));
+    std::_Exit(kExitSoftware);
+  });
   relay.Stop();
+  stopped.Notify();
+  watchdog.join();
   Log(LogLevel::kInfo, "stopped");
   return kExitOk;
 }
