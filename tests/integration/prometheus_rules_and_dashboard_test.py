@@ -29,6 +29,10 @@ CORE = [
     "facteur_spool_messages",
     "sum by (site) (rate(facteur_messages_delivered_total[5m]))",
     "sum by (le) (rate(facteur_delivery_queue_seconds_bucket[5m]))",
+    "sum by (listener, account_class) (rate(facteur_messages_received_total[5m]))",
+    "sum by (state) (facteur_queue_messages)",
+    "sum by (site) (facteur_site_pairs_suspended)",
+    "facteur_accounts_suspended",
 ]
 
 
@@ -120,7 +124,7 @@ class PrometheusRulesAndDashboardTest(unittest.TestCase):
                                           not r["lastEvaluation"].startswith("0001")
                                           for r in rules) else None
         rules = harness.wait_until(evaluated, timeout=30, what="every rule evaluated")
-        self.assertEqual(len(rules), 7, [r["name"] for r in rules])
+        self.assertEqual(len(rules), 8, [r["name"] for r in rules])
         for rule in rules:
             with self.subTest(rule=rule["name"]):
                 self.assertEqual(rule["health"], "ok", rule)
@@ -142,6 +146,9 @@ class PrometheusRulesAndDashboardTest(unittest.TestCase):
                                what="data for %s" % expr)
         delivered = self.query('sum(facteur_messages_delivered_total{site="route"})')
         self.assertEqual(float(delivered[0]["value"][1]), 5)
+        received = self.query('sum(facteur_messages_received_total{listener="relay",'
+                              'account_class="trusted"})')
+        self.assertEqual(float(received[0]["value"][1]), 5)
         # The series the rules stand on are there.
         for expr in ("facteur_spool_messages", "facteur_spool_commit_errors_total",
                      'sum by (site, class) (facteur_site_replies_total)', 'up'):
