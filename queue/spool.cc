@@ -195,7 +195,7 @@ class DueIndex {
     by_id_.reserve(entries.size());
     for (const ScheduleEntry& entry : entries) {
       if (by_id_.try_emplace(entry.id, Slot{entry.due, false}).second) {
-        unleased_.insert({entry.due, entry.id});
+        AddUnleased(entry.due, entry.id);
       }
     }
   }
@@ -217,7 +217,7 @@ class DueIndex {
         if (it->second.leased) {
           --leased_;
         } else {
-          unleased_.erase({it->second.due, id});
+          RemoveUnleased(it->second.due, id);
         }
         if (!due.has_value()) {
           by_id_.erase(it);
@@ -229,7 +229,7 @@ class DueIndex {
       } else {
         continue;
       }
-      unleased_.insert({*due, id});
+      AddUnleased(*due, id);
     }
   }
 
@@ -241,6 +241,7 @@ class DueIndex {
       due.push_back(ScheduleEntry{first->first, first->second});
       by_id_.find(first->second)->second.leased = true;
       ++leased_;
+      if (first->first <= cursor_) --due_at_cursor_;
       unleased_.erase(first);
     }
     return due;
@@ -252,7 +253,7 @@ class DueIndex {
     if (it == by_id_.end() || !it->second.leased) return;
     it->second.leased = false;
     --leased_;
-    unleased_.insert({it->second.due, id});
+    AddUnleased(it->second.due, id);
   }
 
   absl::Time NextDue() const {
@@ -270,41 +271,34 @@ class DueIndex {
     return leased_;
   }
 
-  // Walks the unleased set from both ends at once and stops when either side reaches `now`:
-  // O(the smaller of the two counts), however large the queue.
+  // Exact, and cheap however large the queue: the count of unleased entries due by a cursor
+  // time is kept as entries come and go, and each call only walks the entries that fell due
+  // since the previous one (a clock that went back starts over from the front).
   QueueCounts Counts(absl::Time now) const {
     absl::MutexLock lock(&mutex_);
+    if (now < cursor_) {
+      cursor_ = absl::InfinitePast();
+      due_at_cursor_ = 0;
+    }
+    auto it = unleased_.lower_bound({cursor_, MessageId()});
+    while (it != unleased_.end() && it->first <= cursor_) ++it;  // the few due at cursor_
+    for (; it != unleased_.end() && it->first <= now; ++it) ++due_at_cursor_;
+    cursor_ = now;
     QueueCounts counts;
     counts.leased = leased_;
-    const uint64_t unleased = unleased_.size();
-    auto front = unleased_.begin();
-    auto back = unleased_.end();
-    uint64_t due = 0;    // entries before `front`, all due
-    uint64_t later = 0;  // entries from `back` on, all later
-    for (;;) {
-      if (front == back || front->first > now) {
-        counts.ready = due;
-        break;
-      }
-      ++front;
-      ++due;
-      if (front == back) {
-        counts.ready = due;
-        break;
-      }
-      auto previous = std::prev(back);
-      if (previous->first <= now) {
-        counts.ready = unleased - later;
-        break;
-      }
-      back = previous;
-      ++later;
-    }
-    counts.scheduled = unleased - counts.ready;
+    counts.ready = due_at_cursor_;
+    counts.scheduled = unleased_.size() - due_at_cursor_;
     return counts;
   }
 
  private:
+  void AddUnleased(absl::Time due, const MessageId& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+    if (unleased_.insert({due, id}).second && due <= cursor_) ++due_at_cursor_;
+  }
+  void RemoveUnleased(absl::Time due, const MessageId& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+    if (unleased_.erase({due, id}) > 0 && due <= cursor_) --due_at_cursor_;
+  }
+
   struct Slot {
     absl::Time due;
     bool leased;  // when leased, the message is not in unleased_
@@ -315,6 +309,9 @@ class DueIndex {
   absl::btree_set<std::pair<absl::Time, MessageId>> unleased_ ABSL_GUARDED_BY(mutex_);
   absl::flat_hash_map<MessageId, Slot> by_id_ ABSL_GUARDED_BY(mutex_);
   size_t leased_ ABSL_GUARDED_BY(mutex_) = 0;
+  // Counts(): how many entries of unleased_ are due at or before cursor_.
+  mutable absl::Time cursor_ ABSL_GUARDED_BY(mutex_) = absl::InfinitePast();
+  mutable uint64_t due_at_cursor_ ABSL_GUARDED_BY(mutex_) = 0;
 };
 
 }  // namespace

@@ -185,8 +185,8 @@ class Spool {
   // Number of messages in the queue (as counted at recovery, plus what was enqueued and minus
   // what was removed since).
   uint64_t size() const;
-  // The queue by state, read at once (facteur_queue_messages): cost O(the smaller of ready and
-  // scheduled), under the index's lock.
+  // The queue by state, read at once (facteur_queue_messages), exact. Cheap under the index's
+  // lock: a running count is kept, and a call walks only what fell due since the last call.
   QueueCounts Counts(absl::Time now) const;
 
  private:

@@ -3,6 +3,7 @@
 // change, the schedule observer, and ListSchedule().
 #include <algorithm>
 #include <atomic>
+#include <random>
 #include <vector>
 
 #include "absl/synchronization/blocking_counter.h"
@@ -275,6 +276,71 @@ TEST(SpoolDeliveryTest, CountsSplitsTheQueueIntoReadyScheduledAndLeased) {
   ASSERT_EQ(spool.LeaseDue(t + absl::Minutes(1), 10).size(), 2u);
   EXPECT_THAT(spool.Counts(t + absl::Minutes(3)), Counts(2u, 3u, 2u));
   EXPECT_THAT(spool.Counts(absl::InfiniteFuture()), Counts(5u, 0u, 2u));
+}
+
+// Counts() keeps a running count behind a cursor time: it must stay exact while messages are
+// enqueued, moved, removed, leased and released on both sides of the cursor, and when the time
+// asked goes back. Checked against a count from scratch after every step.
+TEST(SpoolDeliveryTest, CountsStayExactAsMessagesMoveAroundTheCursor) {
+  test::TempDir dir;
+  SimulatedClock clock;
+  Opened opened = OpenOrDie(dir.Sub("spool"), clock);
+  ASSERT_NE(opened.spool, nullptr);
+  Spool& spool = *opened.spool;
+  const absl::Time t = absl::FromUnixMicros(absl::ToUnixMicros(clock.Now()));
+  struct Known {
+    Envelope envelope;
+    bool leased = false;
+  };
+  std::vector<Known> known;
+  std::mt19937 random(7);
+  auto minutes = [&](int low, int high) {
+    return absl::Minutes(std::uniform_int_distribution<int>(low, high)(random));
+  };
+  absl::Time now = t;
+  for (int step = 0; step < 300; ++step) {
+    const int action = std::uniform_int_distribution<int>(0, 9)(random);
+    if (action <= 3 || known.empty()) {  // a new message, due before or after `now`
+      Envelope envelope = Due(clock, now - t + minutes(-20, 20));
+      ASSERT_TRUE(EnqueueAll(spool, {envelope}));
+      known.push_back({envelope, false});
+    } else if (action == 4) {  // leases what is due (a few)
+      for (const ScheduleEntry& entry : spool.LeaseDue(now, 3)) {
+        for (Known& k : known) {
+          if (k.envelope.id == entry.id) k.leased = true;
+        }
+      }
+    } else {
+      Known& k = known[std::uniform_int_distribution<size_t>(0, known.size() - 1)(random)];
+      if (action == 5 && k.leased) {
+        spool.ReleaseLease(k.envelope.id);
+        k.leased = false;
+      } else if (action <= 7) {  // moved to the other side, or not
+        const absl::Time previous = k.envelope.next_attempt;
+        k.envelope.next_attempt = now + minutes(-20, 20);
+        ASSERT_TRUE(UpdateAndWait(spool, k.envelope, previous).ok());
+        k.leased = false;
+      } else if (action == 8) {
+        ASSERT_TRUE(RemoveAndWait(spool, k.envelope.id, k.envelope.next_attempt).ok());
+        k = known.back();
+        known.pop_back();
+      }
+    }
+    // Mostly forward in time, sometimes back.
+    now += std::uniform_int_distribution<int>(0, 9)(random) == 0 ? -minutes(1, 15)
+                                                                  : minutes(0, 3);
+    uint64_t ready = 0, scheduled = 0, leased = 0;
+    for (const Known& k : known) {
+      if (k.leased) {
+        ++leased;
+      } else if (k.envelope.next_attempt <= now) {
+        ++ready;
+      } else {
+        ++scheduled;
+      }
+    }
+    ASSERT_THAT(spool.Counts(now), Counts(ready, scheduled, leased)) << "step " << step;
+  }
 }
 
 TEST(SpoolDeliveryTest, LeaseEndsWhenItsUpdateOrRemovalCommitsOrOnRelease) {
