@@ -8,11 +8,13 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <memory>
 #include <thread>
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "engine/base/log.h"
 #include "engine/base/status.h"
 #include "engine/io/socket_address.h"
@@ -343,13 +345,13 @@ void Server::StopAccepting() {
   accepting_stopped_ = true;
   for (auto& shard : shards_) {
     Shard* raw = shard.get();
-    std::atomic<bool> done{false};
-    raw->loop().Post([raw, &done] {
+    // Shared: the loop may still be inside Notify() when this thread sees it and returns.
+    auto done = std::make_shared<absl::Notification>();
+    raw->loop().Post([raw, done] {
       for (auto& acceptor : raw->acceptors()) acceptor->Stop();
-      done.store(true);
-      done.notify_one();
+      done->Notify();
     });
-    done.wait(false);
+    done->WaitForNotification();
   }
 }
 
