@@ -49,14 +49,17 @@ SigningPool::SigningPool(std::unique_ptr<Signer> signer, std::shared_ptr<const S
 
 SigningPool::~SigningPool() = default;
 
-bool SigningPool::Sign(std::string_view message, std::string account, Done done) {
+bool SigningPool::Sign(std::string_view message, std::string account, Done done,
+                       Started started) {
   // Counted before the task can run, so that it never goes below zero.
   size_t depth = queued_.fetch_add(1, std::memory_order_relaxed) + 1;
   if (metrics_ != nullptr) metrics_->dkim().queue_depth.Set(static_cast<double>(depth));
   bool submitted = pool_.TrySubmit(
-      [this, message, account = std::move(account), done = std::move(done)]() mutable {
+      [this, message, account = std::move(account), done = std::move(done),
+       started = std::move(started)]() mutable {
         size_t left = queued_.fetch_sub(1, std::memory_order_relaxed) - 1;
         if (metrics_ != nullptr) metrics_->dkim().queue_depth.Set(static_cast<double>(left));
+        if (started) std::move(started)();
         std::move(done)(SignNow(message, account));
       });
   if (!submitted) {

@@ -50,7 +50,9 @@ class SigningPool {
   // when none). `message` must stay valid until `done` has run: callers keep it in what `done`
   // owns. Returns false at once, dropping `done` uncalled, when the queue is full or the pool
   // is stopping.
-  bool Sign(std::string_view message, std::string account, Done done);
+  // `started`, when given, runs on the pool thread just before the signing begins.
+  using Started = absl::AnyInvocable<void() &&>;
+  bool Sign(std::string_view message, std::string account, Done done, Started started = nullptr);
 
   // The same, on the calling thread (the workers' body; tests and benchmarks).
   absl::StatusOr<std::string> SignNow(std::string_view message, std::string_view account) const;

@@ -111,14 +111,16 @@ class ConnectionHost final : public SessionHost {
       queue::Envelope envelope;
       std::string message;
       absl::AnyInvocable<void(absl::Status) &&> reply;
-      // Tells the spool this message is on its way, so that a commit waits for it (bounded)
-      // instead of every signed message paying an fsync of its own.
+      // Tells the spool, from the moment a signer takes the message, that it is on its way:
+      // a commit then waits for it (bounded) instead of every signed message paying an fsync
+      // of its own. Taken when signing starts, not when queued, so that a backlog of messages
+      // not yet being signed holds no commit.
       queue::Spool::ExpectedEnqueue expected;
     };
     queue::Spool* spool = &services_.spool;
     // Shared by this function and the pool task: a refused submission still answers.
-    auto pending = std::make_shared<Pending>(Pending{std::move(envelope), std::move(message),
-                                                     std::move(reply), spool->ExpectEnqueue()});
+    auto pending = std::make_shared<Pending>(
+        Pending{std::move(envelope), std::move(message), std::move(reply), {}});
     bool submitted = services_.signer->Sign(
         pending->message, pending->envelope.account,
         [pending, spool](absl::StatusOr<std::string> fields) {
@@ -134,10 +136,10 @@ class ConnectionHost final : public SessionHost {
               fields->empty() ? std::move(pending->message) : *fields + pending->message;
           spool->Enqueue(std::move(pending->envelope), std::move(signed_message),
                          std::move(pending->reply), std::move(pending->expected));
-        });
+        },
+        [pending, spool] { pending->expected = spool->ExpectEnqueue(); });
     if (!submitted) {
       // Back-pressure: every signer is busy and the queue is full (451 4.3.0).
-      pending->expected.Withdraw();
       std::move(pending->reply)(absl::UnavailableError("DKIM signing queue is full"));
     }
   }
