@@ -50,18 +50,34 @@ const char* QuotaReasonName(QuotaReason reason) {
   return "hourly";
 }
 
-AccountQuotaTable::AccountQuotaTable(AccountQuotaOptions options)
-    : options_(std::move(options)),
-      per_account_(options_.per_account.begin(), options_.per_account.end()),
-      alpha_(options_.anomaly.half_life > absl::ZeroDuration()
-                 ? 1.0 - std::exp2(-absl::FDivDuration(absl::Hours(1), options_.anomaly.half_life))
-                 : 1.0),
-      bucket_length_(std::max(options_.anomaly.window / static_cast<int64_t>(kBuckets),
-                              absl::Milliseconds(1))) {}
+AccountQuotaTable::Settings::Settings(AccountQuotaOptions options_in)
+    : options(std::move(options_in)),
+      per_account(options.per_account.begin(), options.per_account.end()),
+      alpha(options.anomaly.half_life > absl::ZeroDuration()
+                ? 1.0 - std::exp2(-absl::FDivDuration(absl::Hours(1), options.anomaly.half_life))
+                : 1.0),
+      bucket_length(std::max(options.anomaly.window / static_cast<int64_t>(kBuckets),
+                             absl::Milliseconds(1))) {}
+
+AccountQuotaTable::AccountQuotaTable(AccountQuotaOptions options) : settings_(std::move(options)) {}
+
+void AccountQuotaTable::Reconfigure(AccountQuotaOptions options) {
+  Settings next(std::move(options));  // built before the lock: the sessions wait for a swap only
+  absl::MutexLock lock(&mutex_);
+  if (next.bucket_length != settings_.bucket_length) {
+    for (auto& [name, entry] : entries_) entry.recent = {};
+  }
+  settings_ = std::move(next);
+}
 
 AccountLimits AccountQuotaTable::LimitsOf(std::string_view account) const {
-  auto it = per_account_.find(Absl(account));
-  return it != per_account_.end() ? it->second : options_.defaults;
+  absl::MutexLock lock(&mutex_);
+  return LimitsOfLocked(account);
+}
+
+AccountLimits AccountQuotaTable::LimitsOfLocked(std::string_view account) const {
+  auto it = settings_.per_account.find(Absl(account));
+  return it != settings_.per_account.end() ? it->second : settings_.options.defaults;
 }
 
 double AccountQuotaTable::UsualRate(const AccountQuotaState& state) {
@@ -79,9 +95,10 @@ void AccountQuotaTable::Roll(AccountQuotaState& state, absl::Time now) const {
   const absl::Time hour = FloorTo(now, kHourSeconds);
   if (hour > state.hour_start) {
     // The hour that just closed is one sample of the mean; each idle hour after it is a zero.
-    const double keep = 1.0 - alpha_;
-    state.ewma = keep * state.ewma + alpha_ * state.hour_count;
-    state.ewma_weight = keep * state.ewma_weight + alpha_;
+    const double alpha = settings_.alpha;
+    const double keep = 1.0 - alpha;
+    state.ewma = keep * state.ewma + alpha * state.hour_count;
+    state.ewma_weight = keep * state.ewma_weight + alpha;
     const int64_t idle = (absl::ToUnixSeconds(hour) - absl::ToUnixSeconds(state.hour_start)) /
                              kHourSeconds - 1;
     if (idle > 0) {
@@ -100,7 +117,7 @@ void AccountQuotaTable::Roll(AccountQuotaState& state, absl::Time now) const {
 }
 
 int64_t AccountQuotaTable::BucketIndex(absl::Time t) const {
-  return FloorDiv(absl::ToUnixMillis(t), absl::ToInt64Milliseconds(bucket_length_));
+  return FloorDiv(absl::ToUnixMillis(t), absl::ToInt64Milliseconds(settings_.bucket_length));
 }
 
 uint32_t AccountQuotaTable::RecentCount(const Entry& entry, absl::Time now) const {
@@ -156,8 +173,8 @@ std::optional<QuotaRefusal> AccountQuotaTable::WindowRefusal(std::string_view ac
 
 std::optional<QuotaRefusal> AccountQuotaTable::CheckMessage(std::string_view account,
                                                             absl::Time now) {
-  const AccountLimits limits = LimitsOf(account);
   absl::MutexLock lock(&mutex_);
+  const AccountLimits limits = LimitsOfLocked(account);
   auto it = entries_.find(Absl(account));
   if (it == entries_.end()) return std::nullopt;  // nothing sent yet: nothing to refuse
   Entry& entry = it->second;
@@ -181,9 +198,9 @@ std::optional<QuotaRefusal> AccountQuotaTable::CheckRecipients(std::string_view 
 }
 
 AdmitDecision AccountQuotaTable::Admit(std::string_view account, absl::Time now) {
-  const AccountLimits limits = LimitsOf(account);
   AdmitDecision decision;
   absl::MutexLock lock(&mutex_);
+  const AccountLimits limits = LimitsOfLocked(account);
   Entry& entry = EntryFor(account);
   AccountQuotaState& state = entry.state;
   Roll(state, now);
@@ -208,7 +225,7 @@ AdmitDecision AccountQuotaTable::Admit(std::string_view account, absl::Time now)
   if (bucket.index != index) bucket = Bucket{index, 0};
   ++bucket.count;
 
-  const AnomalyOptions& anomaly = options_.anomaly;
+  const AnomalyOptions& anomaly = settings_.options.anomaly;
   if (!anomaly.enabled || !limits.detect_anomalies) return decision;
   const uint32_t recent = RecentCount(entry, now);
   if (recent <= anomaly.min_messages) return decision;

@@ -14,10 +14,10 @@
 //    suspended until an administrator resumes it.
 // Pure logic: times are passed in; no clock, no I/O. The state of each account can be taken out
 // (for persistence by engine/policy/account_quotas.h) and put back.
-// Thread contract: thread-safe. One mutex guards the table; every call holds it for a hash
-// lookup and a few arithmetic operations (no allocation but a new account's first entry), so
-// that sessions of one account on several I/O shards see one count without blocking each other
-// measurably.
+// Thread contract: thread-safe. One mutex guards the table and its options; every call holds
+// it for a hash lookup and a few arithmetic operations (no allocation but a new account's first
+// entry), so that sessions of one account on several I/O shards see one count without blocking
+// each other measurably. Reconfigure() swaps the options under that mutex (a reload).
 #pragma once
 
 #include <array>
@@ -127,6 +127,13 @@ class AccountQuotaTable {
   AccountQuotaTable(const AccountQuotaTable&) = delete;
   AccountQuotaTable& operator=(const AccountQuotaTable&) = delete;
 
+  // New limits and anomaly settings (SIGHUP), for the next check of every account. Counts,
+  // histories and suspensions are kept: an account already past a lowered limit is refused at
+  // its next message, and a raised one lets it send again at once. A new anomaly window empties
+  // the short windows (their buckets were cut to the old one), as a restart does; a new
+  // half-life weighs the hours that close from now on.
+  void Reconfigure(AccountQuotaOptions options);
+
   // The limits that apply to `account`.
   AccountLimits LimitsOf(std::string_view account) const;
 
@@ -179,20 +186,29 @@ class AccountQuotaTable {
     bool dirty = false;
   };
 
+  // The options and what is derived from them, replaced whole by Reconfigure().
+  struct Settings {
+    explicit Settings(AccountQuotaOptions options);
+    AccountQuotaOptions options;
+    absl::flat_hash_map<std::string, AccountLimits> per_account;
+    double alpha;  // weight of each closed hour in the mean: 1 − 2^(−1h / half_life)
+    absl::Duration bucket_length;
+  };
+
+  AccountLimits LimitsOfLocked(std::string_view account) const
+      ABSL_SHARED_LOCKS_REQUIRED(mutex_);
   Entry& EntryFor(std::string_view account) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   // Closes the hours and days that ended before `now`, folding each closed hour into the mean.
-  void Roll(AccountQuotaState& state, absl::Time now) const;
-  int64_t BucketIndex(absl::Time t) const;
-  uint32_t RecentCount(const Entry& entry, absl::Time now) const;
+  void Roll(AccountQuotaState& state, absl::Time now) const ABSL_SHARED_LOCKS_REQUIRED(mutex_);
+  int64_t BucketIndex(absl::Time t) const ABSL_SHARED_LOCKS_REQUIRED(mutex_);
+  uint32_t RecentCount(const Entry& entry, absl::Time now) const
+      ABSL_SHARED_LOCKS_REQUIRED(mutex_);
   std::optional<QuotaRefusal> WindowRefusal(std::string_view account, const AccountLimits& limits,
                                             const AccountQuotaState& state, absl::Time now) const;
   static QuotaRefusal SuspendedRefusal(std::string_view account);
 
-  const AccountQuotaOptions options_;
-  const absl::flat_hash_map<std::string, AccountLimits> per_account_;
-  const double alpha_;  // weight of each closed hour in the mean: 1 − 2^(−1h / half_life)
-  const absl::Duration bucket_length_;
   mutable absl::Mutex mutex_;
+  Settings settings_ ABSL_GUARDED_BY(mutex_);
   absl::flat_hash_map<std::string, Entry> entries_ ABSL_GUARDED_BY(mutex_);
 };
 

@@ -313,6 +313,36 @@ TEST(AccountQuotaTest, StateSurvivesTakeDirtyAndLoad) {
   ASSERT_EQ(restarted.TakeDirty().size(), 1u);
 }
 
+// A reload: the next check of each account applies the new limits to the counts it has, and a
+// suspension stays.
+TEST(AccountQuotaTest, ReconfigureAppliesNewLimitsToTheCountsKept) {
+  AccountQuotaOptions options = Limits(10, 0);
+  options.anomaly.enabled = false;
+  AccountQuotaTable table(options);
+  for (int i = 0; i < 3; ++i) EXPECT_FALSE(table.Admit("alice", At(15, 10, i)).refusal.has_value());
+  EXPECT_TRUE(table.Suspend("mallory", At(15, 10, 0), "by hand"));
+
+  AccountQuotaOptions lowered = Limits(10, 0);
+  lowered.anomaly.enabled = false;
+  lowered.per_account.push_back(
+      {"alice", AccountLimits{.messages_per_hour = 3, .messages_per_day = 0,
+                              .recipients_per_message = 0, .detect_anomalies = false}});
+  table.Reconfigure(lowered);
+  EXPECT_EQ(table.LimitsOf("alice").messages_per_hour, 3u);
+  EXPECT_EQ(table.Get("alice", At(15, 10, 5))->hour_count, 3u);
+  std::optional<QuotaRefusal> refusal = table.CheckMessage("alice", At(15, 10, 5));
+  ASSERT_TRUE(refusal.has_value());
+  EXPECT_EQ(refusal->code, 450);
+  EXPECT_THAT(refusal->text, HasSubstr("Hourly sending quota of 3 messages"));
+  EXPECT_TRUE(table.Admit("alice", At(15, 10, 6)).refusal.has_value());
+  ASSERT_TRUE(table.CheckMessage("mallory", At(15, 10, 6)).has_value());
+  EXPECT_EQ(table.CheckMessage("mallory", At(15, 10, 6))->reason, QuotaReason::kSuspended);
+
+  table.Reconfigure(options);  // raised again: alice may send at once
+  EXPECT_FALSE(table.Admit("alice", At(15, 10, 7)).refusal.has_value());
+  EXPECT_EQ(table.Get("alice", At(15, 10, 8))->hour_count, 4u);
+}
+
 TEST(AccountQuotaTest, ReasonNamesAreTheMetricLabels) {
   EXPECT_STREQ(QuotaReasonName(QuotaReason::kHourly), "hourly");
   EXPECT_STREQ(QuotaReasonName(QuotaReason::kDaily), "daily");
