@@ -92,6 +92,9 @@ struct QueueManager::InFlight {
   queue::Envelope envelope;
   absl::Time leased_due;
   std::shared_ptr<const std::string> body;  // shared with the jobs of every domain
+  // What the message owed when it was leased (its scheduled_sites_ entry): the source of the
+  // last attempt at a site whose jobs come back held by its throttle, unattempted.
+  std::vector<OwedSite> owed;
   size_t jobs_outstanding = 0;
   std::vector<JobResult> results;
   // An operation that arrived while the message was out: applied when it settles.
@@ -233,10 +236,7 @@ void QueueManager::LeaseAndDispatch() {
 }
 
 void QueueManager::StartMessage(const queue::ScheduleEntry& entry) {
-  {
-    absl::MutexLock lock(&mutex_);
-    scheduled_sites_.erase(entry.id);
-  }
+  std::vector<OwedSite> owed = TakeOwedSites(entry.id);
   absl::StatusOr<std::optional<queue::Envelope>> read = queue::ReadEnvelope(store_, entry.id);
   if (!read.ok() || !read->has_value()) {
     Log(LogLevel::kError, "delivery: cannot read envelope %s: %s", entry.id.ToString(),
@@ -244,6 +244,7 @@ void QueueManager::StartMessage(const queue::ScheduleEntry& entry) {
     if (read.ok()) {
       RemoveMessage(entry.id, entry.due);
     } else {
+      RestoreOwedSites(entry.id, std::move(owed));
       spool_.ReleaseLease(entry.id);
     }
     return;
@@ -268,9 +269,7 @@ void QueueManager::StartMessage(const queue::ScheduleEntry& entry) {
         absl::StrCat("delivery time expired: undelivered after ",
                      absl::FormatDuration(retry_.options().queue_lifetime), " in the queue"));
     for (uint32_t index : pending) expired.emplace_back(index, outcome);
-    if (options_.metrics != nullptr) {
-      options_.metrics->expired_total.Increment(static_cast<double>(expired.size()));
-    }
+    CountExpired(pending, owed);
     BounceRecipients(envelope, nullptr, expired, events::EventType::kExpiration);
     Persist(std::move(envelope), entry.due);
     return;
@@ -301,6 +300,7 @@ void QueueManager::StartMessage(const queue::ScheduleEntry& entry) {
     // Every open recipient is in a suspended domain: look again later (Resume() flushes).
     envelope.next_attempt = std::min(now + retry_.options().first_retry,
                                      retry_.ExpiresAt(envelope.received_at));
+    RestoreOwedSites(entry.id, std::move(owed));  // still owed, untried
     Persist(std::move(envelope), entry.due);
     return;
   }
@@ -309,12 +309,14 @@ void QueueManager::StartMessage(const queue::ScheduleEntry& entry) {
   if (!body.ok() || !body->has_value()) {
     Log(LogLevel::kError, "delivery: cannot read the body of %s: %s", entry.id.ToString(),
         body.ok() ? "it is gone" : body.status().ToString());
+    RestoreOwedSites(entry.id, std::move(owed));
     spool_.ReleaseLease(entry.id);
     return;
   }
 
   auto flight = std::make_unique<InFlight>();
   flight->leased_due = entry.due;
+  flight->owed = std::move(owed);
   flight->body = std::make_shared<const std::string>(**std::move(body));
   std::vector<DeliveryJob> jobs;
   const size_t per_transaction = std::max<size_t>(1, options_.max_recipients_per_transaction);
@@ -475,25 +477,38 @@ void QueueManager::Settle(InFlight& flight, std::vector<JobResult> results) {
     }
   }
   if (open) {
-    // The sites still owed recipients, for ScheduledBySite and FlushSite.
-    std::vector<std::string> sites;
+    // The sites still owed recipients, for ScheduledBySite, FlushSite and the labels of an
+    // expiry, each with the source of its last attempt.
+    std::vector<OwedSite> sites;
     for (const JobResult& result : results) {
-      if (result.site.empty()) continue;
-      const bool owed = std::any_of(
-          result.recipient_indexes.begin(), result.recipient_indexes.end(), [&](uint32_t index) {
-            return index < envelope.recipients.size() &&
-                   envelope.recipients[index].state == queue::RecipientState::kPending;
-          });
-      if (owed && std::find(sites.begin(), sites.end(), result.site) == sites.end()) {
-        sites.push_back(result.site);
+      std::vector<uint32_t> owed;
+      for (uint32_t index : result.recipient_indexes) {
+        if (index < envelope.recipients.size() &&
+            envelope.recipients[index].state == queue::RecipientState::kPending) {
+          owed.push_back(index);
+        }
+      }
+      if (owed.empty()) continue;
+      std::string source = result.source;
+      if (result.throttled_until != absl::InfinitePast()) {
+        // Held back unattempted: the last attempt at that site (if any) is still the one that
+        // counts.
+        auto previous = std::find_if(flight.owed.begin(), flight.owed.end(),
+                                     [&](const OwedSite& o) { return o.site == result.site; });
+        source = previous == flight.owed.end() ? std::string() : previous->source;
+      }
+      auto site = std::find_if(sites.begin(), sites.end(),
+                               [&](const OwedSite& o) { return o.site == result.site; });
+      if (site == sites.end()) {
+        const bool held_back = result.throttled_until != absl::InfinitePast();
+        sites.push_back(OwedSite{result.site, std::move(source), std::move(owed), held_back});
+      } else {
+        if (!source.empty()) site->source = std::move(source);
+        site->recipients.insert(site->recipients.end(), owed.begin(), owed.end());
+        site->held_back = site->held_back || result.throttled_until != absl::InfinitePast();
       }
     }
-    absl::MutexLock lock(&mutex_);
-    if (sites.empty()) {
-      scheduled_sites_.erase(envelope.id);
-    } else {
-      scheduled_sites_[envelope.id] = std::move(sites);
-    }
+    RestoreOwedSites(envelope.id, std::move(sites));
   }
   Persist(std::move(envelope), flight.leased_due);
 }
@@ -607,8 +622,8 @@ void QueueManager::Persist(queue::Envelope envelope, absl::Time previous_due) {
     return r.state == queue::RecipientState::kPending;
   });
   if (!open) {
-    absl::MutexLock lock(&mutex_);
-    scheduled_sites_.erase(id);
+    absl::MutexLock lock(&owed_mutex_);
+    EraseOwedLocked(id);
   }
   {
     absl::MutexLock lock(&writes_->mutex);
@@ -639,17 +654,74 @@ bool QueueManager::IsSuspended(std::string_view domain) const {
 }
 
 std::map<std::string, uint64_t> QueueManager::ScheduledBySite() const {
-  std::map<std::string, uint64_t> counts;
-  absl::MutexLock lock(&mutex_);
-  for (const auto& [id, sites] : scheduled_sites_) {
-    for (const std::string& site : sites) ++counts[site];
-  }
-  return counts;
+  absl::MutexLock lock(&owed_mutex_);
+  return std::map<std::string, uint64_t>(owed_by_site_.begin(), owed_by_site_.end());
 }
 
 size_t QueueManager::ScheduledWithKnownSite() const {
-  absl::MutexLock lock(&mutex_);
-  return scheduled_sites_.size();
+  absl::MutexLock lock(&owed_mutex_);
+  return known_site_count_;
+}
+
+void QueueManager::CountOwedLocked(const std::vector<OwedSite>& sites, int sign) {
+  bool known = false;
+  for (const OwedSite& owed : sites) {
+    if (owed.site.empty()) continue;
+    known = true;
+    uint64_t& count = owed_by_site_[owed.site];
+    if (sign > 0) {
+      ++count;
+    } else if (--count == 0) {
+      owed_by_site_.erase(owed.site);
+    }
+  }
+  if (known) {
+    if (sign > 0) {
+      ++known_site_count_;
+    } else {
+      --known_site_count_;
+    }
+  }
+}
+
+void QueueManager::EraseOwedLocked(const MessageId& id) {
+  auto it = scheduled_sites_.find(id);
+  if (it == scheduled_sites_.end()) return;
+  CountOwedLocked(it->second, -1);
+  scheduled_sites_.erase(it);
+}
+
+std::vector<QueueManager::OwedSite> QueueManager::TakeOwedSites(const MessageId& id) {
+  absl::MutexLock lock(&owed_mutex_);
+  auto node = scheduled_sites_.extract(id);
+  if (node.empty()) return {};
+  CountOwedLocked(node.mapped(), -1);
+  return std::move(node.mapped());
+}
+
+void QueueManager::RestoreOwedSites(const MessageId& id, std::vector<OwedSite> sites) {
+  absl::MutexLock lock(&owed_mutex_);
+  EraseOwedLocked(id);
+  if (sites.empty()) return;
+  CountOwedLocked(sites, +1);
+  scheduled_sites_[id] = std::move(sites);
+}
+
+void QueueManager::CountExpired(const std::vector<uint32_t>& indexes,
+                                const std::vector<OwedSite>& owed) {
+  metrics::DeliveryMetrics* m = options_.metrics;
+  if (m == nullptr) return;
+  for (uint32_t index : indexes) {
+    auto site = std::find_if(owed.begin(), owed.end(), [index](const OwedSite& o) {
+      return std::find(o.recipients.begin(), o.recipients.end(), index) != o.recipients.end();
+    });
+    // Not attempted since the start (or a restart): nothing is known of its site.
+    const std::string label =
+        site == owed.end() ? std::string("unattempted") : LabelOf(options_.site_labels, site->site);
+    const std::string source =
+        site == owed.end() || site->source.empty() ? std::string("none") : site->source;
+    m->expired_total.Add({{"site", label}, {"source", source}}).Increment();
+  }
 }
 
 std::vector<std::string> QueueManager::SuspendedDomains() const {
@@ -727,10 +799,11 @@ void QueueManager::ExecuteOperation(Operation& operation) {
   if (operation.kind == Kind::kFlushSite) {
     std::vector<MessageId> ids;
     {
-      absl::MutexLock lock(&mutex_);
+      absl::MutexLock lock(&owed_mutex_);
       for (const auto& [id, sites] : scheduled_sites_) {
-        if (std::any_of(sites.begin(), sites.end(), [&](const std::string& site) {
-              return site == domain || absl::StartsWith(site, absl::StrCat(domain, "/"));
+        if (std::any_of(sites.begin(), sites.end(), [&](const OwedSite& owed) {
+              return owed.held_back && !owed.site.empty() &&
+                     (owed.site == domain || absl::StartsWith(owed.site, absl::StrCat(domain, "/")));
             })) {
           ids.push_back(id);
         }

@@ -110,9 +110,10 @@ class QueueManager final : public ResultSink {
   absl::StatusOr<OperationResult> Suspend(const std::string& domain);
   absl::StatusOr<OperationResult> Resume(const std::string& domain);
   std::vector<std::string> SuspendedDomains() const;
-  // Makes due now the messages waiting for `site` (a site key, or a shipped site's name, which
-  // also covers its domain overrides "name/domain"): what a suspended site handed back, once an
-  // operator resumes it.
+  // Makes due now the messages `site` (a site key, or a shipped site's name, which also covers
+  // its domain overrides "name/domain") handed back unattempted — what a paused site held back —
+  // once an operator resumes it. Retries scheduled after a real reply (greylisting, backoff)
+  // keep their time.
   absl::StatusOr<OperationResult> FlushSite(const std::string& site);
   // Messages scheduled for later, by the site key of the jobs that left recipients open when
   // they last settled (a message open at several sites counts for each). Messages not settled
@@ -120,6 +121,9 @@ class QueueManager final : public ResultSink {
   std::map<std::string, uint64_t> ScheduledBySite() const;
   // How many messages ScheduledBySite() knows a site of (each counted once).
   size_t ScheduledWithKnownSite() const;
+  // Recipients whose queue lifetime runs out are counted in facteur_messages_expired_total by
+  // the site and source of their last attempt, as remembered here; those never attempted since
+  // the start have site="unattempted", source="none".
 
   size_t in_flight() const;
 
@@ -128,6 +132,15 @@ class QueueManager final : public ResultSink {
   enum class OperationKind {
     kFlush, kRetry, kBounce, kBounceDomain, kDelete, kSuspend, kResume, kFlushSite };
   struct Operation;
+  // A site a scheduled message still owes recipients to, as its last settling left it.
+  struct OwedSite {
+    std::string site;    // site key; "" when the attempt failed before the site was known
+    std::string source;  // [[source]] name of the last attempt there; "" when none was made
+    std::vector<uint32_t> recipients;  // the open recipients that went there (indexes)
+    // The site handed the job back unattempted (paused or throttled): FlushSite() makes it due
+    // when an operator resumes the site; retries after a real reply keep their schedule.
+    bool held_back = false;
+  };
 
   void Wake();
   void ThreadMain();
@@ -138,6 +151,16 @@ class QueueManager final : public ResultSink {
   void ExecuteOperation(Operation& operation);
   void LeaseAndDispatch();
   void StartMessage(const queue::ScheduleEntry& entry);
+  // Takes the message's entry of scheduled_sites_ out (leased: it is no longer waiting), and
+  // sets it (a settling, or a lease handed back unsettled); an empty `sites` erases it.
+  std::vector<OwedSite> TakeOwedSites(const MessageId& id);
+  void RestoreOwedSites(const MessageId& id, std::vector<OwedSite> sites);
+  // The changes of scheduled_sites_, which keep owed_by_site_ and known_site_count_ current.
+  void EraseOwedLocked(const MessageId& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(owed_mutex_);
+  void CountOwedLocked(const std::vector<OwedSite>& sites, int sign)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(owed_mutex_);
+  // Counts `indexes` as expired, by the site and source `owed` remembers for each.
+  void CountExpired(const std::vector<uint32_t>& indexes, const std::vector<OwedSite>& owed);
   void Settle(InFlight& flight, std::vector<JobResult> results);
   // The metrics of one recipient's outcome.
   void CountOutcome(events::EventType type, const JobResult& result,
@@ -169,9 +192,18 @@ class QueueManager final : public ResultSink {
   bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
   absl::flat_hash_set<std::string> suspended_ ABSL_GUARDED_BY(mutex_);
   size_t in_flight_count_ ABSL_GUARDED_BY(mutex_) = 0;
-  // The site keys of each message scheduled for later (see ScheduledBySite); a message leaves
-  // when it is leased again or has nothing open.
-  absl::flat_hash_map<MessageId, std::vector<std::string>> scheduled_sites_ ABSL_GUARDED_BY(mutex_);
+  // What each message scheduled for later owes (see ScheduledBySite; the labels of
+  // facteur_messages_expired_total). A message's entry moves into its InFlight while it is
+  // leased, and leaves when it settles with nothing owed or is removed: the map holds at most
+  // the messages waiting in the spool. Its own lock, not mutex_: the loops take mutex_ for
+  // every result (OnJobDone) and must never wait behind a walk of this map (FlushSite).
+  mutable absl::Mutex owed_mutex_;
+  absl::flat_hash_map<MessageId, std::vector<OwedSite>> scheduled_sites_
+      ABSL_GUARDED_BY(owed_mutex_);
+  // Kept with each change of scheduled_sites_, so that a metrics scrape costs O(sites), not
+  // O(messages): messages owed by site key, and messages with any known site.
+  absl::flat_hash_map<std::string, uint64_t> owed_by_site_ ABSL_GUARDED_BY(owed_mutex_);
+  size_t known_site_count_ ABSL_GUARDED_BY(owed_mutex_) = 0;
 
   // Persist() calls not yet committed. Shared with their spool callbacks, which may run after
   // the manager is gone (the last one frees it).

@@ -471,6 +471,7 @@ void ShardDelivery::Accept(RoutedJob routed) {
     Configure(*site, routed.shaping == nullptr || routed.shaping == shaping_
                          ? routed.site
                          : shaping_->ForKey(routed.site.key));
+    ApplyRememberedPauses(*site, context_.clock.Now());
   }
   if (site->pool.empty()) site->pool = routed.destination.pool;
   std::unique_ptr<DestinationQueue>& queue = site->destinations[routed.destination.key];
@@ -1086,6 +1087,7 @@ SiteSuspensionResult ShardDelivery::Suspend(const SiteSuspension& request, bool 
   if (shutting_down_) return result;
   const absl::Time now = context_.clock.Now();
   const bool suspend = request.until > now;
+  if (!create) RememberPause(request, now);  // every shard hears the first round
   std::vector<SiteQueue*> matched;
   for (auto& [key, site] : sites_) {
     if (key == request.site || (site->site != nullptr && site->name() == request.site)) {
@@ -1146,6 +1148,35 @@ SiteSuspensionResult ShardDelivery::Suspend(const SiteSuspension& request, bool 
     Pump(*site);
   }
   return result;
+}
+
+void ShardDelivery::RememberPause(const SiteSuspension& request, absl::Time now) {
+  std::erase_if(remembered_pauses_, [now](const auto& entry) { return entry.second.until <= now; });
+  if (shaping_->matcher().SiteByName(request.site) == nullptr) return;  // not a shipped name
+  if (request.until > now) {
+    remembered_pauses_[{request.site, request.source}] = RememberedPause{now, request.until};
+    return;
+  }
+  // A resumption of the whole site ends its pauses of single sources too.
+  std::erase_if(remembered_pauses_, [&request](const auto& entry) {
+    return entry.first.first == request.site &&
+           (request.source.empty() || entry.first.second == request.source);
+  });
+}
+
+void ShardDelivery::ApplyRememberedPauses(SiteQueue& site, absl::Time now) {
+  if (site.site == nullptr) return;  // a route or an unknown MX set: paused by key only
+  for (const auto& [name_and_source, pause] : remembered_pauses_) {
+    const auto& [name, source] = name_and_source;
+    if (name != site.name() || pause.until <= now) continue;
+    if (source.empty()) {
+      site.manual_since = pause.since;
+      site.manual_until = pause.until;
+      for (auto& [pair_source, pair] : site.pairs) pair->SuspendManually(pause.since, pause.until);
+    } else {
+      site.Pair(source).SuspendManually(pause.since, pause.until);
+    }
+  }
 }
 
 void ShardDelivery::RecordManual(const SiteQueue& site, const std::string& source,

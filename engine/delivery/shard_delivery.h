@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <deque>
 #include <list>
+#include <map>
 #include <memory>
 #include <optional>
 #include <span>
@@ -272,6 +273,12 @@ class ShardDelivery {
   const ShardHandle* OwnerOf(const std::string& site_key) const;
   // The "suspension" event of an operator's pause (until > now) or resumption of a pair.
   void RecordManual(const SiteQueue& site, const std::string& source, absl::Time until);
+  // Keeps (or, resumed, forgets) an operator's pause of a shipped site by name, so that the
+  // sites of that name this shard creates later (domain overrides, "google/example.com",
+  // owned by any shard) start paused too.
+  void RememberPause(const SiteSuspension& request, absl::Time now);
+  // Applies the remembered pauses of `site`'s name to it (a site just created).
+  void ApplyRememberedPauses(SiteQueue& site, absl::Time now);
 
   io::EventLoop& loop_;
   dns::Resolver& resolver_;
@@ -281,6 +288,13 @@ class ShardDelivery {
   io::Connector connector_;
   std::vector<ShardHandle> shards_;
   absl::flat_hash_map<std::string, std::unique_ptr<SiteQueue>> sites_;
+  // Operators' pauses by shipped site name, then source ("" = every source): their start and
+  // end. Bounded by the shipped names and sources; ended ones are dropped at the next change.
+  struct RememberedPause {
+    absl::Time since;
+    absl::Time until;
+  };
+  std::map<std::pair<std::string, std::string>, RememberedPause> remembered_pauses_;
   bool shutting_down_ = false;
   // The shutdown grace ran out: the sessions still open are aborted and their jobs abandoned.
   bool abandoning_ = false;

@@ -169,8 +169,10 @@ DeliveryMetrics::DeliveryMetrics(prometheus::Registry& registry)
                                   "Recipients bounced by a delivery attempt, by site, source and "
                                   "class of the reply.")),
       expired_total(CounterFamily(registry, "facteur_messages_expired_total",
-                                  "Recipients bounced because their queue lifetime ran out.")
-                        .Add({})),
+                                  "Recipients bounced because their queue lifetime ran out, by "
+                                  "the site and source of their last attempt; "
+                                  "site=\"unattempted\",source=\"none\": not attempted since "
+                                  "the server started.")),
       queue_seconds(UnlabelledHistogram(
           registry, "facteur_delivery_queue_seconds",
           "Time from reception to delivery of each delivered recipient, in seconds.",

@@ -112,7 +112,10 @@ struct DeliveryMetrics {
   prometheus::Family<prometheus::Counter>& delivered_total;  // {site,source}
   prometheus::Family<prometheus::Counter>& deferred_total;   // {site,source,class}
   prometheus::Family<prometheus::Counter>& bounced_total;    // {site,source,class}
-  prometheus::Counter& expired_total;                        // no label
+  // {site,source} of the recipient's last attempt (a deferral): site="unattempted",
+  // source="none" when it was not attempted since the start; source="none" when its site's
+  // limits held it back every time.
+  prometheus::Family<prometheus::Counter>& expired_total;
   prometheus::Histogram& queue_seconds;    // reception to delivery, per delivered recipient
   prometheus::Histogram& attempt_seconds;  // dispatch to result, per attempted transaction
   prometheus::Gauge& in_flight;            // messages leased to the delivery shards

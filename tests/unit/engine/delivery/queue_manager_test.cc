@@ -567,5 +567,65 @@ TEST_F(QueueManagerTest, OutcomesCarryTheBoundedSiteLabelAndScheduledMessagesAre
   manager_.reset();  // before `metrics` and `labels`
 }
 
+// An expired recipient is counted by the site and source of its last attempt, which a later
+// round held back by the site's throttle does not erase; one never attempted (its domain
+// suspended all along) is site="unattempted", source="none".
+TEST_F(QueueManagerTest, ExpiredRecipientsCarryTheSiteAndSourceOfTheirLastAttempt) {
+  metrics::Metrics metrics;
+  SiteLabeler labels(1);
+  manager_ = std::make_unique<QueueManager>(
+      *store_, *spool_, retry_, clock_, events_.get(),
+      QueueManagerOptions{.hostname = "relay.example.org", .max_messages_in_flight = 100,
+                          .max_recipients_per_transaction = 2,
+                          .greylist = throttle::GreylistOptions{},
+                          .metrics = &metrics.delivery(),
+                          .site_labels = &labels});
+  manager_->SetDispatcher(&dispatcher_);
+  auto suspended = RunOperation(*manager_, [&] { return manager_->Suspend("z.test"); });
+  ASSERT_TRUE(suspended.ok()) << suspended.status();
+  const MessageId tried = Enqueue("alice@example.org", {R("a@x.test")});
+  const MessageId untried = Enqueue("alice@example.org", {R("b@z.test")});
+  manager_->RunOnce();  // `untried` goes back to wait, `tried` goes out
+  std::vector<DeliveryJob> jobs = dispatcher_.Take();
+  ASSERT_THAT(jobs, SizeIs(1));
+  ASSERT_EQ(jobs[0].id, tried);
+  JobResult deferred = ResultFor(jobs[0], {Outcome(451, "4.3.0", "try later")});
+  deferred.site = "mx:mx.x.test/x.test";
+  deferred.source = "ip1";
+  manager_->OnJobDone(std::move(deferred));
+  manager_->RunOnce();
+  WaitForCommits(2);
+
+  // Next round: the site's throttle holds `tried` back, unattempted.
+  clock_.Advance(absl::Hours(1));
+  manager_->RunOnce();
+  jobs = dispatcher_.Take();
+  ASSERT_THAT(jobs, SizeIs(1));
+  JobResult held;
+  held.id = jobs[0].id;
+  held.domain = jobs[0].domain;
+  held.recipient_indexes = jobs[0].recipient_indexes;
+  held.site = "mx:mx.x.test/x.test";
+  held.throttled_until = clock_.Now() + absl::Hours(1);
+  manager_->OnJobDone(std::move(held));
+  manager_->RunOnce();
+  WaitForCommits(2);
+  EXPECT_THAT(manager_->ScheduledBySite(), ElementsAre(Pair("mx:mx.x.test/x.test", 1u)));
+
+  clock_.Advance(absl::Hours(24 * 5));
+  manager_->RunOnce();
+  WaitForCommits(4);  // a DSN and a removal each
+  EXPECT_THAT(dispatcher_.Take(), IsEmpty());
+  EXPECT_FALSE(Queued(tried));
+  EXPECT_FALSE(Queued(untried));
+  const std::string text = metrics.Serialize();
+  EXPECT_THAT(text, HasSubstr(
+      R"(facteur_messages_expired_total{site="mx:mx.x.test",source="ip1"} 1)"));
+  EXPECT_THAT(text, HasSubstr(
+      R"(facteur_messages_expired_total{site="unattempted",source="none"} 1)"));
+  EXPECT_EQ(manager_->ScheduledWithKnownSite(), 0u);  // settled: forgotten
+  manager_.reset();  // before `metrics` and `labels`
+}
+
 }  // namespace
 }  // namespace facteur::delivery
