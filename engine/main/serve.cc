@@ -76,9 +76,9 @@ constexpr char kUsage[] =
     "SIGHUP (or `facteur reload`) reads the configuration file again without dropping a\n"
     "connection: the TLS certificate (new connections present the new one), the shaping and\n"
     "classifier files (new limits for the sites already known, their learned state kept), the\n"
-    "DKIM keys and shutdown_grace; the events log is reopened. A file that does not parse\n"
-    "changes nothing (its error is logged with file:line); other changed keys are logged as\n"
-    "needing a restart.\n";
+    "DKIM keys, [quota] (accounts keep their counts and suspensions) and shutdown_grace; the\n"
+    "events log is reopened. A file that does not parse changes nothing (its error is logged\n"
+    "with file:line); other changed keys are logged as needing a restart.\n";
 
 io::TlsMode ToIoTlsMode(config::TlsMode mode) {
   switch (mode) {
@@ -314,8 +314,9 @@ class Relay {
   // is reopened (log rotation) whatever the file says. A file that does not parse or validate
   // changes nothing else. Otherwise, without dropping a connection: the TLS certificate
   // (sessions open keep theirs), the shaping and classifier files (each shard takes the new
-  // snapshot; its pairs keep their learned state), the DKIM keys and shutdown_grace. Every
-  // other changed key is named in a warning: it needs a restart. One info line sums it up.
+  // snapshot; its pairs keep their learned state), the DKIM keys, [quota] (the accounts keep
+  // their counts and suspensions) and shutdown_grace. Every other changed key is named in a
+  // warning: it needs a restart. One info line sums it up.
   void Reload(const absl::StatusOr<config::Config>& loaded) {
     if (events_ != nullptr) events_->Reopen();
     if (!loaded.ok()) {
@@ -334,6 +335,7 @@ class Relay {
     if (ReloadTls(next)) done.push_back("TLS certificate");
     if (std::optional<std::string> shaping = ReloadShaping(next)) done.push_back(*shaping);
     if (std::optional<std::string> dkim = ReloadDkimKeys(next)) done.push_back(*dkim);
+    if (std::optional<std::string> quota = ReloadQuotas(next)) done.push_back(*quota);
     if (next.delivery.shutdown_grace != config_.delivery.shutdown_grace) {
       config_.delivery.shutdown_grace = next.delivery.shutdown_grace;
       done.push_back(absl::StrCat("shutdown_grace ", absl::FormatDuration(shutdown_grace())));
@@ -344,7 +346,7 @@ class Relay {
 
  private:
   // The keys of `next` that differ from the running configuration and that only a restart
-  // applies: listeners, threads, the spool, the admin and DNS settings, delivery, quotas, ...
+  // applies: listeners, threads, the spool, the admin and DNS settings, delivery, sources, ...
   std::vector<std::string> KeysNeedingRestart(const config::Config& next) const {
     std::vector<std::string> keys;
     const config::Config& now = config_;
@@ -367,7 +369,6 @@ class Relay {
     check(next.dkim.engine == now.dkim.engine && next.dkim.threads == now.dkim.threads &&
               next.dkim.max_queued == now.dkim.max_queued,
           "[dkim] engine/threads/max_queued");
-    check(next.quota == now.quota, "[quota]");
     check(next.clock == now.clock, "[clock]");
     check(next.sources == now.sources, "[[source]]");
     check(next.routes == now.routes, "[[route]]");
@@ -415,6 +416,15 @@ class Relay {
     // The greylist schedule and the reputation settings were copied at start.
     return absl::StrCat("shaping rules (", shaping_->options().sites.size(),
                         " sites) and classifier");
+  }
+
+  // [quota] of `next`, for the next check of every account (AccountQuotaTable::Reconfigure):
+  // the counts, histories and suspensions stay. What it says, or nullopt when unchanged.
+  std::optional<std::string> ReloadQuotas(const config::Config& next) {
+    if (quotas_ == nullptr || next.quota == config_.quota) return std::nullopt;
+    quotas_->table().Reconfigure(QuotaOptionsOf(next).quota);
+    config_.quota = next.quota;
+    return std::string("[quota] limits");
   }
 
   // The [[dkim.key]] entries of `next` replace the signing table; on any error the keys in use
@@ -607,18 +617,17 @@ class Relay {
         if (shard_deliveries_[i] == nullptr) continue;
         absl::Notification* done = dones.emplace_back(new absl::Notification()).get();
         server_->loop(i).Post([this, i, done, grace] {
-          shard_deliveries_[i]->Shutdown(
-              [this, i, done] {
-                // Destroyed on the next turn: Shutdown's caller is still on the stack.
-                server_->loop(i).RunAfter(absl::ZeroDuration(), [this, i, done] {
-                  shard_deliveries_[i].reset();
-                  done->Notify();
-                });
-              },
-              grace);
+          shard_deliveries_[i]->Shutdown([done] { done->Notify(); }, grace);
         });
       }
       for (const std::unique_ptr<absl::Notification>& done : dones) done->WaitForNotification();
+      // Destroyed only once every shard has shut down: until then a peer may still post it a
+      // job (ShardDelivery::Route), which a shut-down shard drops but a freed one cannot. A
+      // shard posts nothing once it is shut down, and its earlier posts run before this one.
+      for (size_t i = 0; i < shard_deliveries_.size(); ++i) {
+        if (shard_deliveries_[i] == nullptr) continue;
+        RunOnLoop(server_->loop(i), [this, i] { shard_deliveries_[i].reset(); });
+      }
     }
     if (queue_manager_ != nullptr) queue_manager_->Stop();
     dispatcher_.reset();
