@@ -19,6 +19,8 @@ packages=(
   # postgrey as a real greylisting policy service for that Postfix, Prometheus (and promtool) to
   # check the shipped alert rules against a running facteur
   dnsmasq-base postfix python3-dkim postgrey prometheus
+  # the OpenDKIM milter signing for that Postfix in bench/macro/run (issue #7)
+  opendkim opendkim-tools
 )
 
 missing=()
