@@ -4,7 +4,9 @@ the (source, site) pair by hand — mail queued meanwhile reaches nothing, /api/
 suspended by "manual", a "suspension" event is written, and `facteur queue summary` counts the
 messages and says which site holds them — then `facteur site resume` lifts it and the mail goes
 at once, which `facteur top --once` sees as a delivered rate for the site. /api/reputation
-returns the live pair; an unknown site is 404."""
+returns the live pair; an unknown site is 404. A pause by a shipped site's name also holds a
+domain override of that site ("sinksite/vip.test") that first gets mail during the pause,
+whichever shard owns it."""
 
 import json
 import os
@@ -26,6 +28,12 @@ mx = ["*.sink.test"]
 max_connections = 2
 messages_per_minute = 0
 messages_per_hour = 0
+
+[[domain]]
+domain = "vip.test"
+site = "sinksite"
+[domain.limits]
+max_connections = 1
 """
 
 
@@ -33,7 +41,8 @@ class SiteSuspendResumeAndTopTest(harness.unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.sim = ProviderSim(host="127.0.0.64", hostname="mx1.sink.test").start()
-        cls.dns = DnsServer(mx=[("sink.test", "mx1.sink.test", 10)],
+        cls.dns = DnsServer(mx=[("sink.test", "mx1.sink.test", 10),
+                                ("vip.test", "mx1.sink.test", 10)],
                             addresses=[("mx1.sink.test", "127.0.0.64")])
         cls.dns.start()
         cls.server = harness.Facteur(extra=harness.delivery_extra(
@@ -107,13 +116,18 @@ class SiteSuspendResumeAndTopTest(harness.unittest.TestCase):
         self.assertTrue(any("manual" in e.get("detail", "") for e in events), events)
 
         self.send(3, "held")
-        # Held back to the spool for the end of the pause: three messages scheduled, for the site.
+        with self.server.smtp() as client:
+            client.sendmail("app@asso.example", ["boss@vip.test"],
+                            harness.simple_message(to="boss@vip.test"))
+        # Held back to the spool for the end of the pause: three messages scheduled for the
+        # site, one for its override, which no shard held before the pause.
         summary = harness.wait_until(
-            lambda: (lambda s: s if s["scheduled"] == 3 and any(
-                x["site"] == "sinksite" and x["scheduled"] == 3 for x in s["sites"]) else None)(
+            lambda: (lambda s: s if s["scheduled"] == 4 and {
+                x["site"]: x["scheduled"] for x in s["sites"] if x["scheduled"]} == {
+                    "sinksite": 3, "sinksite/vip.test": 1} else None)(
                     self.cli_json("queue", "summary")),
-            what="three messages scheduled for sinksite")
-        self.assertEqual(summary["messages"], 3)
+            what="three messages scheduled for sinksite, one for sinksite/vip.test")
+        self.assertEqual(summary["messages"], 4)
         self.assertEqual(summary["in_flight"], 0)
         self.assertIn(b"sinksite", self.server.cli("queue", "summary").stdout)
         time.sleep(0.5)
@@ -130,8 +144,8 @@ class SiteSuspendResumeAndTopTest(harness.unittest.TestCase):
         time.sleep(0.3)
         answer = self.cli_json("site", "resume", "sinksite")
         self.assertGreaterEqual(answer["pairs"], 1)
-        self.assertEqual(answer["messages"], 3)
-        self.sim.wait_for(lambda: len(self.sim.delivered) >= 5, timeout=20)
+        self.assertEqual(answer["messages"], 4)
+        self.sim.wait_for(lambda: len(self.sim.delivered) >= 6, timeout=20)
         out, err = top.communicate(timeout=30)
         self.assertEqual(top.returncode, 0, err)
         rows = [line.split() for line in out.decode().splitlines()]
