@@ -320,6 +320,14 @@ def delivery_extra(dns, smtp_port, delivery=(), shaping_file=None, clock=None, s
     return "\n".join(lines)
 
 
+def wait_clear_of_hour_end(margin=20):
+    """Account quotas count per clock hour (UTC): a scenario that straddles an hour's end sees its
+    count reset. Sleeps past the end (at most `margin` + 1 seconds) when it is that close."""
+    left = 3600 - int(time.time()) % 3600
+    if left <= margin:
+        time.sleep(left + 1)
+
+
 def wait_until(predicate, timeout=20, what="condition"):
     """Polls predicate() (a real process is doing the work) until it returns something true,
     which is returned; raises AssertionError after `timeout` seconds."""

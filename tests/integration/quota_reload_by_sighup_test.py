@@ -7,7 +7,6 @@ restart is asked for. Raised again, the same session sends at once."""
 import os
 import signal
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
@@ -53,10 +52,7 @@ class QuotaReloadBySighupTest(harness.ServerTestCase):
                 if "SIGHUP: reloaded:" in line][-1]
 
     def test_lowered_hourly_limit_applies_to_the_next_message(self):
-        # The hourly count is per clock hour: stay clear of its end.
-        left = 3600 - int(time.time()) % 3600
-        if left <= 20:
-            time.sleep(left + 1)
+        harness.wait_clear_of_hour_end()
         pid = self.server.process.pid
         client = self.server.smtp_ssl("smtps")
         self.addCleanup(client.close)
