@@ -86,6 +86,7 @@ const std::vector<std::string_view> kDeliveryKeys = {
     "max_messages_per_connection",
     "max_recipients_per_transaction",
     "max_messages_in_flight",
+    "max_bytes_in_flight",
     "metrics_site_labels",
     "connection_idle_timeout",
     "connect_timeout",
@@ -327,32 +328,39 @@ class Parser : private TomlReader {
     return buffer;
   }
 
-  absl::Status ParseSmtp(const toml::table& smtp, SmtpOptions& out) const {
-    if (const toml::node* node = smtp.get("max_message_size")) {
-      constexpr std::string_view kKey = "smtp.max_message_size";
-      uint64_t size = 0;
-      if (const auto* integer = node->as_integer()) {
-        if (integer->get() < 0) {
-          return Error(node->source(), kKey,
-                       absl::StrCat("must be between 1 byte and 4 GiB, got ", integer->get()));
-        }
-        size = static_cast<uint64_t>(integer->get());
-      } else if (const auto* text = node->as_string()) {
-        absl::StatusOr<uint64_t> parsed = ParseByteSize(text->get());
-        if (!parsed.ok()) return Error(node->source(), kKey, parsed.status().message());
-        size = *parsed;
-      } else {
-        return Error(node->source(), kKey,
-                     absl::StrCat("must be an integer (bytes) or a size string such as \"35MiB\", not ",
-                                  TypeName(*node)));
+  // A size: an integer (bytes) or a string such as "35MiB", between 1 byte and `max` (named
+  // `max_text` in the message). Left unchanged when absent.
+  absl::Status ReadByteSize(const toml::table& table, std::string_view key, std::string_view name,
+                            uint64_t max, const char* max_text, uint64_t& out) const {
+    const toml::node* node = table.get(name);
+    if (node == nullptr) return absl::OkStatus();
+    const std::string range = absl::StrCat("must be between 1 byte and ", max_text);
+    uint64_t size = 0;
+    if (const auto* integer = node->as_integer()) {
+      if (integer->get() < 0) {
+        return Error(node->source(), key, absl::StrCat(range, ", got ", integer->get()));
       }
-      if (size == 0 || size > kMaxMessageSize) {
-        return Error(node->source(), kKey,
-                     absl::StrCat("must be between 1 byte and 4 GiB (", kMaxMessageSize,
-                                  "), got ", size));
-      }
-      out.max_message_size = size;
+      size = static_cast<uint64_t>(integer->get());
+    } else if (const auto* text = node->as_string()) {
+      absl::StatusOr<uint64_t> parsed = ParseByteSize(text->get());
+      if (!parsed.ok()) return Error(node->source(), key, parsed.status().message());
+      size = *parsed;
+    } else {
+      return Error(node->source(), key,
+                   absl::StrCat("must be an integer (bytes) or a size string such as \"35MiB\", "
+                                "not ",
+                                TypeName(*node)));
     }
+    if (size == 0 || size > max) {
+      return Error(node->source(), key, absl::StrCat(range, " (", max, "), got ", size));
+    }
+    out = size;
+    return absl::OkStatus();
+  }
+
+  absl::Status ParseSmtp(const toml::table& smtp, SmtpOptions& out) const {
+    FACTEUR_RETURN_IF_ERROR(ReadByteSize(smtp, "smtp.max_message_size", "max_message_size",
+                                         kMaxMessageSize, "4 GiB", out.max_message_size));
     FACTEUR_RETURN_IF_ERROR(ReadInteger(smtp, "smtp", "max_recipients", 1,
                                         std::numeric_limits<uint32_t>::max(), out.max_recipients));
     FACTEUR_RETURN_IF_ERROR(ReadInteger(smtp, "smtp", "max_errors", 1,
@@ -587,6 +595,9 @@ class Parser : private TomlReader {
                                         kMax32, out.max_recipients_per_transaction));
     FACTEUR_RETURN_IF_ERROR(ReadInteger(delivery, kPrefix, "max_messages_in_flight", 1, kMax32,
                                         out.max_messages_in_flight));
+    FACTEUR_RETURN_IF_ERROR(ReadByteSize(delivery, "delivery.max_bytes_in_flight",
+                                         "max_bytes_in_flight", uint64_t{1} << 40, "1 TiB",
+                                         out.max_bytes_in_flight));
     const std::pair<std::string_view, absl::Duration*> durations[] = {
         {"connection_idle_timeout", &out.connection_idle_timeout},
         {"connect_timeout", &out.connect_timeout},

@@ -221,6 +221,9 @@ struct DeliveryOptions {
   uint32_t max_recipients_per_transaction = 100;
   // Messages being delivered at once (read from the spool, not yet settled). Default: 10000.
   uint32_t max_messages_in_flight = 10000;
+  // Bytes of message bodies being delivered at once (they stay in memory until they settle).
+  // Default: 256 MiB.
+  uint64_t max_bytes_in_flight = uint64_t{256} << 20;
   // How long an idle connection is kept for the next message. Default: 10s.
   absl::Duration connection_idle_timeout = absl::Seconds(10);
   // Default: 30s.

@@ -143,6 +143,7 @@ void QueueManager::Stop() {
   // What is still out is tried again at the next start: its queued state is unchanged.
   for (auto& [id, flight] : in_flight_) spool_.ReleaseLease(id);
   in_flight_.clear();
+  bytes_in_flight_ = 0;
   absl::MutexLock lock(&mutex_);
   in_flight_count_ = 0;
 }
@@ -160,9 +161,13 @@ void QueueManager::ThreadMain() {
   for (;;) {
     RunOnce();
     // Read outside mutex_: the spool calls Wake() (which takes mutex_) from its own thread.
-    const absl::Time next_due = in_flight_.size() >= options_.max_messages_in_flight
-                                    ? absl::InfiniteFuture()
-                                    : spool_.NextDue();
+    bool full;
+    {
+      absl::MutexLock lock(&mutex_);
+      full = in_flight_full_;
+    }
+    // When full, only a result can make room: it wakes the thread (HasWork).
+    const absl::Time next_due = full ? absl::InfiniteFuture() : spool_.NextDue();
     const absl::Duration wait = std::clamp(clock_.ToRealDuration(next_due - clock_.Now()),
                                            absl::ZeroDuration(), kMaxIdleWait);
     absl::MutexLock lock(&mutex_);
@@ -205,6 +210,7 @@ void QueueManager::RunOnce() {
     if (--flight.jobs_outstanding == 0) {
       std::unique_ptr<InFlight> done = std::move(it->second);
       in_flight_.erase(it);
+      bytes_in_flight_ -= done->body->size();
       Settle(*done, std::move(done->results));
     }
   }
@@ -216,8 +222,15 @@ void QueueManager::RunOnce() {
   if (options_.metrics != nullptr) {
     options_.metrics->in_flight.Set(static_cast<double>(in_flight_.size()));
   }
+  const bool full = InFlightFull();
   absl::MutexLock lock(&mutex_);
   in_flight_count_ = in_flight_.size();
+  in_flight_full_ = full;
+}
+
+bool QueueManager::InFlightFull() const {
+  return in_flight_.size() >= options_.max_messages_in_flight ||
+         (!in_flight_.empty() && bytes_in_flight_ >= options_.max_bytes_in_flight);
 }
 
 void QueueManager::StopDispatching() {
@@ -228,10 +241,24 @@ void QueueManager::StopDispatching() {
 void QueueManager::LeaseAndDispatch() {
   absl::MutexLock lock(&dispatch_mutex_);
   if (dispatching_stopped_) return;
-  if (dispatcher_ == nullptr || in_flight_.size() >= options_.max_messages_in_flight) return;
-  const size_t room = options_.max_messages_in_flight - in_flight_.size();
-  for (const queue::ScheduleEntry& entry : spool_.LeaseDue(clock_.Now(), room)) {
-    StartMessage(entry);
+  if (dispatcher_ == nullptr) return;
+  // In chunks, so that the byte budget (only known once a body is read) stops the leasing
+  // after at most one chunk too many.
+  constexpr size_t kLeaseChunk = 64;
+  while (!InFlightFull()) {
+    const size_t room = options_.max_messages_in_flight - in_flight_.size();
+    const std::vector<queue::ScheduleEntry> due =
+        spool_.LeaseDue(clock_.Now(), std::min(room, kLeaseChunk));
+    for (const queue::ScheduleEntry& entry : due) {
+      // Leased but not started (the byte budget ran out meanwhile): due again as if never
+      // leased; a later round takes it when results have made room.
+      if (InFlightFull()) {
+        spool_.ReleaseLease(entry.id);
+        continue;
+      }
+      StartMessage(entry);
+    }
+    if (due.size() < std::min(room, kLeaseChunk)) break;  // nothing more is due
   }
 }
 
@@ -344,6 +371,7 @@ void QueueManager::StartMessage(const queue::ScheduleEntry& entry) {
   }
   flight->envelope = std::move(envelope);
   flight->jobs_outstanding = jobs.size();
+  bytes_in_flight_ += flight->body->size();
   in_flight_.emplace(entry.id, std::move(flight));
   for (DeliveryJob& job : jobs) dispatcher_->Dispatch(std::move(job));
 }

@@ -50,6 +50,10 @@ namespace facteur::delivery {
 struct QueueManagerOptions {
   std::string hostname;  // Reporting-MTA and MAILER-DAEMON@hostname of DSNs
   size_t max_messages_in_flight = 10000;
+  // The bodies of the messages out for delivery stay in memory until they settle: past this
+  // many bytes of them no more message is leased (one message is always allowed, whatever its
+  // size). Bounds memory when big messages meet slow destinations.
+  uint64_t max_bytes_in_flight = uint64_t{256} << 20;
   size_t max_recipients_per_transaction = 100;
   // When greylisted recipients are tried again (from the source they were greylisted from).
   throttle::GreylistOptions greylist;
@@ -150,6 +154,8 @@ class QueueManager final : public ResultSink {
                                           const MessageId& id);
   void ExecuteOperation(Operation& operation);
   void LeaseAndDispatch();
+  // No more message may be leased: max_messages_in_flight or max_bytes_in_flight reached.
+  bool InFlightFull() const;
   void StartMessage(const queue::ScheduleEntry& entry);
   // Takes the message's entry of scheduled_sites_ out (leased: it is no longer waiting), and
   // sets it (a settling, or a lease handed back unsettled); an empty `sites` erases it.
@@ -192,6 +198,7 @@ class QueueManager final : public ResultSink {
   bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
   absl::flat_hash_set<std::string> suspended_ ABSL_GUARDED_BY(mutex_);
   size_t in_flight_count_ ABSL_GUARDED_BY(mutex_) = 0;
+  bool in_flight_full_ ABSL_GUARDED_BY(mutex_) = false;  // InFlightFull() at the last round
   // What each message scheduled for later owes (see ScheduledBySite; the labels of
   // facteur_messages_expired_total). A message's entry moves into its InFlight while it is
   // leased, and leaves when it settles with nothing owed or is removed: the map holds at most
@@ -219,6 +226,7 @@ class QueueManager final : public ResultSink {
 
   // Manager thread only.
   absl::flat_hash_map<MessageId, std::unique_ptr<InFlight>> in_flight_;
+  uint64_t bytes_in_flight_ = 0;  // the bodies of in_flight_
   absl::BitGen random_;
   std::thread thread_;
 };

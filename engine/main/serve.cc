@@ -500,6 +500,7 @@ class Relay {
         delivery::QueueManagerOptions{
             .hostname = config_.hostname,
             .max_messages_in_flight = options.max_messages_in_flight,
+            .max_bytes_in_flight = options.max_bytes_in_flight,
             .max_recipients_per_transaction = options.max_recipients_per_transaction,
             .greylist = shaping_->options().greylist,
             .metrics = &metrics_.delivery(),

@@ -89,6 +89,7 @@ TEST(DefaultConfigTest, EmbeddedTomlParsesToTheDocumentedDefaults) {
   EXPECT_EQ(delivery.max_messages_per_connection, 100u);
   EXPECT_EQ(delivery.max_recipients_per_transaction, 100u);
   EXPECT_EQ(delivery.max_messages_in_flight, 10000u);
+  EXPECT_EQ(delivery.max_bytes_in_flight, 256u << 20);
   EXPECT_EQ(delivery.connection_idle_timeout, absl::Seconds(10));
   EXPECT_EQ(delivery.shutdown_grace, absl::Seconds(20));
   // SIGTERM: the whole stop stays under systemd's TimeoutStopSec=30s (deploy/systemd).
@@ -253,6 +254,7 @@ max_connections_per_destination = 3
 max_messages_per_connection = 7
 max_recipients_per_transaction = 50
 max_messages_in_flight = 999
+max_bytes_in_flight = "64MiB"
 connection_idle_timeout = "2s"
 shutdown_grace = "3s"
 connect_timeout = 4
@@ -327,6 +329,7 @@ domain = "tls-only.example"
   EXPECT_EQ(delivery.max_messages_per_connection, 7u);
   EXPECT_EQ(delivery.max_recipients_per_transaction, 50u);
   EXPECT_EQ(delivery.max_messages_in_flight, 999u);
+  EXPECT_EQ(delivery.max_bytes_in_flight, 64u << 20);
   EXPECT_EQ(delivery.connection_idle_timeout, absl::Seconds(2));
   EXPECT_EQ(delivery.shutdown_grace, absl::Seconds(3));
   EXPECT_EQ(delivery.connect_timeout, absl::Seconds(4));
@@ -756,6 +759,12 @@ TEST(ParseErrorTest, DeliveryValues) {
     ExpectError("[delivery]\n" + std::string(key) + " = \"5d\"\n", 2,
                 "delivery." + std::string(key), "not a duration");
   }
+  ExpectError("[delivery]\nmax_bytes_in_flight = 0\n", 2, "delivery.max_bytes_in_flight",
+              "between 1 byte and 1 TiB");
+  ExpectError("[delivery]\nmax_bytes_in_flight = \"2TiB\"\n", 2, "delivery.max_bytes_in_flight",
+              "between 1 byte and 1 TiB");
+  ExpectError("[delivery]\nmax_bytes_in_flight = [1]\n", 2, "delivery.max_bytes_in_flight",
+              "not an array");
   ExpectError("[delivery]\nretry_backoff = 0.5\n", 2, "delivery.retry_backoff",
               "must be at least 1, got 0.5");
   ExpectError("[delivery]\nretry_backoff = inf\n", 2, "delivery.retry_backoff", "at least 1");

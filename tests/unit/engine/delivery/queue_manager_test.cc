@@ -180,6 +180,62 @@ TEST_F(QueueManagerTest, SplitsByDomainAndTransactionSizeAndLeasesOnce) {
   EXPECT_EQ(manager_->in_flight(), 1u);
 }
 
+// Bodies out for delivery stay in memory: past max_bytes_in_flight no more message is leased
+// (the one that crosses it goes out), and each settled message makes room for the next.
+TEST_F(QueueManagerTest, BytesInFlightBoundTheMessagesLeased) {
+  manager_ = std::make_unique<QueueManager>(
+      *store_, *spool_, retry_, clock_, events_.get(),
+      QueueManagerOptions{.hostname = "relay.example.org", .max_messages_in_flight = 100,
+                          .max_bytes_in_flight = 100,  // the test bodies are 56 bytes
+                          .max_recipients_per_transaction = 2,
+                          .greylist = throttle::GreylistOptions{},
+                          .metrics = nullptr});
+  manager_->SetDispatcher(&dispatcher_);
+  std::vector<MessageId> ids;
+  for (int i = 0; i < 5; ++i) ids.push_back(Enqueue("alice@example.org", {R("a@x.test")}));
+  manager_->RunOnce();
+  std::vector<DeliveryJob> jobs = dispatcher_.Take();
+  ASSERT_THAT(jobs, SizeIs(2));  // 56 bytes, then 112 >= 100: full
+  ASSERT_EQ(jobs[0].message.body->size(), 56u);
+  EXPECT_EQ(manager_->in_flight(), 2u);
+  EXPECT_EQ(spool_->leased(), 2u);  // the others were released, not kept leased
+  size_t delivered = 0;
+  while (!jobs.empty()) {
+    manager_->OnJobDone(ResultFor(jobs.front(), {Outcome(250, "2.0.0", "ok")}));
+    jobs.erase(jobs.begin());
+    ++delivered;
+    manager_->RunOnce();
+    std::vector<DeliveryJob> more = dispatcher_.Take();
+    EXPECT_LE(more.size(), 1u);  // one settled, room for one
+    for (DeliveryJob& job : more) jobs.push_back(std::move(job));
+    EXPECT_LE(manager_->in_flight(), 2u);
+    ASSERT_LE(delivered, ids.size());
+  }
+  EXPECT_EQ(delivered, ids.size());  // every message went out in the end
+  WaitForCommits(ids.size());
+  EXPECT_EQ(manager_->in_flight(), 0u);
+}
+
+// One message bigger than the whole budget still goes out (alone).
+TEST_F(QueueManagerTest, MessageBiggerThanTheByteBudgetStillGoesOut) {
+  manager_ = std::make_unique<QueueManager>(
+      *store_, *spool_, retry_, clock_, events_.get(),
+      QueueManagerOptions{.hostname = "relay.example.org", .max_messages_in_flight = 100,
+                          .max_bytes_in_flight = 10,
+                          .max_recipients_per_transaction = 2,
+                          .greylist = throttle::GreylistOptions{},
+                          .metrics = nullptr});
+  manager_->SetDispatcher(&dispatcher_);
+  Enqueue("alice@example.org", {R("a@x.test")});
+  Enqueue("alice@example.org", {R("b@x.test")});
+  manager_->RunOnce();
+  std::vector<DeliveryJob> jobs = dispatcher_.Take();
+  ASSERT_THAT(jobs, SizeIs(1));
+  manager_->OnJobDone(ResultFor(jobs[0], {Outcome(250, "2.0.0", "ok")}));
+  manager_->RunOnce();
+  EXPECT_THAT(dispatcher_.Take(), SizeIs(1));
+}
+
 JobResult WithVerdicts(JobResult result, std::vector<RecipientVerdict> verdicts,
                        std::string source) {
   result.verdicts = std::move(verdicts);
