@@ -75,6 +75,8 @@ absl::StatusOr<std::vector<ScheduleEntry>> Recover(Store& store) {
   rocksdb::DB& db = store.db();
   rocksdb::ReadOptions read_options;
   read_options.fill_cache = false;  // a one-off scan; keep the cache for the delivery path
+  // Sequential reads of whole files: large reads instead of one pread per 4 KB block.
+  read_options.readahead_size = 2 << 20;
   rocksdb::WriteBatch repairs;
   uint64_t removed = 0;
   struct Due {
@@ -137,6 +139,10 @@ absl::StatusOr<std::vector<ScheduleEntry>> Recover(Store& store) {
 
   // Schedule entries: each must name a live envelope whose next attempt is the entry's time;
   // anything else would make the scheduler look up a message that is gone or run it twice.
+  // The good ones come out in key order, i.e. earliest due first: the due index is built from
+  // them by appending (DueIndex), where a million entries in hash order took a second.
+  std::vector<ScheduleEntry> due_times;
+  due_times.reserve(messages.size());
   {
     std::unique_ptr<rocksdb::Iterator> schedule(
         db.NewIterator(read_options, store.family(Family::kSchedule)));
@@ -146,6 +152,7 @@ absl::StatusOr<std::vector<ScheduleEntry>> Recover(Store& store) {
         auto it = messages.find(entry->id);
         if (it != messages.end() && it->second.due == entry->due) {
           it->second.scheduled = true;  // keys are unique: one entry per (due, id)
+          due_times.push_back(*entry);
           continue;
         }
       }
@@ -159,15 +166,12 @@ absl::StatusOr<std::vector<ScheduleEntry>> Recover(Store& store) {
     FACTEUR_RETURN_IF_ERROR(ToStatus(schedule->status(), "recovery: scanning the schedule"));
   }
   // Conversely an envelope without its entry would never be tried: it gets one back.
-  std::vector<ScheduleEntry> due_times;
-  due_times.reserve(messages.size());
   for (const auto& [id, due] : messages) {
-    if (!due.scheduled) {
-      Log(LogLevel::kWarning, "spool recovery: rescheduling %s, which had no schedule entry",
-          id.ToString());
-      FACTEUR_RETURN_IF_ERROR(ToStatus(
-          repairs.Put(store.family(Family::kSchedule), ScheduleKey(due.due, id), ""), "recovery"));
-    }
+    if (due.scheduled) continue;
+    Log(LogLevel::kWarning, "spool recovery: rescheduling %s, which had no schedule entry",
+        id.ToString());
+    FACTEUR_RETURN_IF_ERROR(ToStatus(
+        repairs.Put(store.family(Family::kSchedule), ScheduleKey(due.due, id), ""), "recovery"));
     due_times.push_back(ScheduleEntry{due.due, id});
   }
   if (repairs.Count() > 0) {
@@ -190,12 +194,14 @@ class DueIndex {
   // What a commit did: each id's new due time, or nullopt when it left the queue.
   using Changes = absl::flat_hash_map<MessageId, std::optional<absl::Time>>;
 
+  // `entries` earliest first (as Recover() gives them) cost an append each; any order works.
   explicit DueIndex(const std::vector<ScheduleEntry>& entries) {
     absl::MutexLock lock(&mutex_);
     by_id_.reserve(entries.size());
     for (const ScheduleEntry& entry : entries) {
       if (by_id_.try_emplace(entry.id, Slot{entry.due, false}).second) {
-        AddUnleased(entry.due, entry.id);
+        // Nothing counts as due yet (cursor_ is InfinitePast): no AddUnleased() bookkeeping.
+        unleased_.insert(unleased_.end(), {entry.due, entry.id});
       }
     }
   }
