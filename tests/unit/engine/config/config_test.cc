@@ -761,7 +761,7 @@ TEST(ParseErrorTest, DeliveryValues) {
   }
   ExpectError("[delivery]\nmax_bytes_in_flight = 0\n", 2, "delivery.max_bytes_in_flight",
               "between 1 byte and 1 TiB");
-  ExpectError("[delivery]\nmax_bytes_in_flight = \"2TiB\"\n", 2, "delivery.max_bytes_in_flight",
+  ExpectError("[delivery]\nmax_bytes_in_flight = \"2000GiB\"\n", 2, "delivery.max_bytes_in_flight",
               "between 1 byte and 1 TiB");
   ExpectError("[delivery]\nmax_bytes_in_flight = [1]\n", 2, "delivery.max_bytes_in_flight",
               "not an array");
