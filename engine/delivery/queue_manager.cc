@@ -161,13 +161,8 @@ void QueueManager::ThreadMain() {
   for (;;) {
     RunOnce();
     // Read outside mutex_: the spool calls Wake() (which takes mutex_) from its own thread.
-    bool full;
-    {
-      absl::MutexLock lock(&mutex_);
-      full = in_flight_full_;
-    }
     // When full, only a result can make room: it wakes the thread (HasWork).
-    const absl::Time next_due = full ? absl::InfiniteFuture() : spool_.NextDue();
+    const absl::Time next_due = InFlightFull() ? absl::InfiniteFuture() : spool_.NextDue();
     const absl::Duration wait = std::clamp(clock_.ToRealDuration(next_due - clock_.Now()),
                                            absl::ZeroDuration(), kMaxIdleWait);
     absl::MutexLock lock(&mutex_);
@@ -222,10 +217,8 @@ void QueueManager::RunOnce() {
   if (options_.metrics != nullptr) {
     options_.metrics->in_flight.Set(static_cast<double>(in_flight_.size()));
   }
-  const bool full = InFlightFull();
   absl::MutexLock lock(&mutex_);
   in_flight_count_ = in_flight_.size();
-  in_flight_full_ = full;
 }
 
 bool QueueManager::InFlightFull() const {

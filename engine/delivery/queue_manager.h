@@ -198,7 +198,6 @@ class QueueManager final : public ResultSink {
   bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
   absl::flat_hash_set<std::string> suspended_ ABSL_GUARDED_BY(mutex_);
   size_t in_flight_count_ ABSL_GUARDED_BY(mutex_) = 0;
-  bool in_flight_full_ ABSL_GUARDED_BY(mutex_) = false;  // InFlightFull() at the last round
   // What each message scheduled for later owes (see ScheduledBySite; the labels of
   // facteur_messages_expired_total). A message's entry moves into its InFlight while it is
   // leased, and leaves when it settles with nothing owed or is removed: the map holds at most
