@@ -477,7 +477,7 @@ class Spool::Writer {
   }
 
   void Update(Envelope envelope, absl::Time previous_due,
-              absl::AnyInvocable<void(absl::Status) &&> done) {
+              absl::AnyInvocable<void(absl::Status) &&> done, Durability durability) {
     if (envelope.id.IsZero()) {
       std::move(done)(absl::InvalidArgumentError("spool: update without an id"));
       return;
@@ -487,11 +487,12 @@ class Spool::Writer {
                 .due = KeyTime(envelope.next_attempt),
                 .previous_due = KeyTime(previous_due),
                 .envelope = EncodeEnvelope(envelope),
-                .done = std::move(done)});
+                .done = std::move(done),
+                .durability = durability});
   }
 
   void Remove(const MessageId& id, absl::Time due,
-              absl::AnyInvocable<void(absl::Status) &&> done) {
+              absl::AnyInvocable<void(absl::Status) &&> done, Durability durability) {
     if (id.IsZero()) {
       std::move(done)(absl::InvalidArgumentError("spool: removal without an id"));
       return;
@@ -499,7 +500,8 @@ class Spool::Writer {
     Submit(Item{.kind = Kind::kRemove,
                 .id = id,
                 .previous_due = KeyTime(due),
-                .done = std::move(done)});
+                .done = std::move(done),
+                .durability = durability});
   }
 
   void SetCommitObserver(CommitObserver observer) {
@@ -528,6 +530,7 @@ class Spool::Writer {
     std::string envelope = {};                       // kEnqueue, kUpdate: encoded
     std::string body = {};                           // kEnqueue
     absl::AnyInvocable<void(absl::Status) &&> done;
+    Durability durability = Durability::kSynced;  // enqueues are always synced
     absl::Status refusal = absl::OkStatus();  // set by Stage() when the item cannot apply
   };
 
@@ -553,6 +556,24 @@ class Spool::Writer {
     return !pending_.empty() || stopping_;
   }
 
+  // Syncs what unsynced commits left in the log (Durability::kRidesNextSync) once they are
+  // max_unsynced old. Writer thread only, outside mutex_.
+  void SyncOverdue(bool force) {
+    if (!unsynced_since_.has_value()) return;
+    if (!force && std::chrono::steady_clock::now() - *unsynced_since_ <
+                      absl::ToChronoNanoseconds(options_.max_unsynced)) {
+      return;
+    }
+    const rocksdb::Status synced = store_.db().SyncWAL();
+    if (!synced.ok()) {
+      // The changes are written; the next synced commit (or the next try) syncs them.
+      Log(LogLevel::kError, "spool %s: syncing settled changes: %s", store_.path(),
+          synced.ToString());
+      return;
+    }
+    unsynced_since_.reset();
+  }
+
   // A held commit goes when every promised enqueue has come (or been withdrawn), when the
   // batch would be full, or at stop.
   bool ExpectedArrived() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
@@ -572,16 +593,22 @@ class Spool::Writer {
     std::vector<Item> batch;
     batch.reserve(options_.max_batch);
     for (;;) {
+      bool stop = false;
       {
         absl::MutexLock lock(&mutex_);
-        mutex_.Await(absl::Condition(this, &Writer::HasWorkOrStopping));
-        if (pending_.empty()) return;  // stopping, and nothing left to commit
+        const absl::Condition has_work(this, &Writer::HasWorkOrStopping);
+        if (unsynced_since_.has_value()) {
+          mutex_.AwaitWithTimeout(has_work, options_.max_unsynced);
+        } else {
+          mutex_.Await(has_work);
+        }
+        stop = stopping_ && pending_.empty();  // stopping, and nothing left to commit
         // Everything that arrived during the previous fsync goes into this one: the batch
         // grows with the load by itself (group commit), up to max_batch.
         Take(batch, options_.max_batch);
         // Messages being signed arrive within about one signature: hold the commit for them
         // (bounded, in real time whatever the clock) rather than each paying its own fsync.
-        if (expected_ > 0 && batch.size() < options_.max_batch &&
+        if (!batch.empty() && expected_ > 0 && batch.size() < options_.max_batch &&
             options_.expected_wait > absl::ZeroDuration()) {
           room_ = options_.max_batch - batch.size();
           mutex_.AwaitWithTimeout(absl::Condition(this, &Writer::ExpectedArrived),
@@ -589,8 +616,10 @@ class Spool::Writer {
           Take(batch, room_);
         }
       }
-      Commit(batch);
+      if (!batch.empty()) Commit(batch);
       batch.clear();
+      SyncOverdue(/*force=*/stop);  // a clean stop leaves everything synced
+      if (stop) return;
     }
   }
 
@@ -680,6 +709,7 @@ class Spool::Writer {
     // update then a removal), and each item must see the ones before it.
     DueIndex::Changes changes;
     size_t staged = 0;
+    bool needs_sync = false;  // one change staged asks for Durability::kSynced
     bool schedule_grew = false;  // an entry added or moved: the scheduler may have work sooner
     rocksdb::Status staging;
     for (Item& item : batch) {
@@ -689,6 +719,7 @@ class Spool::Writer {
       if (!staging.ok()) break;
       if (!item.refusal.ok()) continue;
       ++staged;
+      needs_sync |= item.durability == Durability::kSynced;
       if (item.kind == Kind::kRemove) {
         changes.insert_or_assign(item.id, std::nullopt);
       } else {
@@ -701,8 +732,15 @@ class Spool::Writer {
       status = MaybeResume();
       if (status.ok()) {
         rocksdb::WriteOptions write_options;
-        write_options.sync = true;  // the 250 reply waits for this: one fsync for the whole batch
+        // The 250 reply waits for this: one fsync for the whole batch, and for every unsynced
+        // change before it in the log.
+        write_options.sync = needs_sync;
         const rocksdb::Status written = store_.db().Write(write_options, &write_batch);
+        if (written.ok() && needs_sync) {
+          unsynced_since_.reset();
+        } else if (written.ok() && !unsynced_since_.has_value()) {
+          unsynced_since_ = std::chrono::steady_clock::now();
+        }
         status = ToStatus(written, absl::StrCat("spool: committing ", staged, " changes"));
         if (!written.ok()) {
           Log(LogLevel::kError, "%s", status.ToString());
@@ -743,6 +781,8 @@ class Spool::Writer {
   absl::AnyInvocable<void()> schedule_observer_ ABSL_GUARDED_BY(schedule_observer_mutex_);
 
   // Writer thread only.
+  // When the oldest change written without a sync since the last sync was committed.
+  std::optional<std::chrono::steady_clock::time_point> unsynced_since_;
   bool needs_resume_ = false;
   absl::Time last_resume_attempt_ = absl::InfinitePast();
 
@@ -796,13 +836,13 @@ void Spool::ExpectedEnqueue::Withdraw() {
 }
 
 void Spool::Update(Envelope envelope, absl::Time previous_due,
-                   absl::AnyInvocable<void(absl::Status) &&> done) {
-  writer_->Update(std::move(envelope), previous_due, std::move(done));
+                   absl::AnyInvocable<void(absl::Status) &&> done, Durability durability) {
+  writer_->Update(std::move(envelope), previous_due, std::move(done), durability);
 }
 
 void Spool::Remove(const MessageId& id, absl::Time due,
-                   absl::AnyInvocable<void(absl::Status) &&> done) {
-  writer_->Remove(id, due, std::move(done));
+                   absl::AnyInvocable<void(absl::Status) &&> done, Durability durability) {
+  writer_->Remove(id, due, std::move(done), durability);
 }
 
 std::vector<ScheduleEntry> Spool::LeaseDue(absl::Time now, size_t max) {

@@ -88,6 +88,20 @@ struct SpoolOptions {
   // About 1 to 3 RSA-2048 signatures: the announced ones are usually being signed already.
   // Default: 1 ms.
   absl::Duration expected_wait = absl::Milliseconds(1);
+  // Longest a change made with Durability::kRidesNextSync stays written but not synced when no
+  // synced commit comes after it: the writer then syncs the log by itself. Default: 1 s.
+  absl::Duration max_unsynced = absl::Seconds(1);
+};
+
+// What a change waits for before its `done` runs.
+enum class Durability : uint8_t {
+  // The change is on disk (fsync) before `done`: what an acknowledgement needs.
+  kSynced,
+  // The change is written (it survives the process dying) but rides the next synced commit, or
+  // the writer's own sync within SpoolOptions::max_unsynced: a power cut in between may undo
+  // it. For delivery outcomes: undone, a message is delivered again, never lost (DESIGN.md §3,
+  // at-least-once), so they need not pay an fsync each.
+  kRidesNextSync,
 };
 
 // The messages of the queue by state (Spool::Counts).
@@ -146,17 +160,19 @@ class Spool {
                ExpectedEnqueue expected);
 
   // Rewrites the envelope of a queued message (same id) and moves its schedule entry from
-  // `previous_due` to `envelope.next_attempt`, in one batch of the next synced commit. `done` as
-  // for Enqueue(). Recipient state changes of many deliveries share one fsync this way
-  // (DESIGN.md §3). NotFound (through `done`) when the message is no longer queued. The entry
+  // `previous_due` to `envelope.next_attempt`, in one batch of the next commit. `done` as for
+  // Enqueue(), once the change is as durable as `durability` asks. Recipient state changes of
+  // many deliveries share one fsync this way (DESIGN.md §3). NotFound (through `done`) when the message is no longer queued. The entry
   // moved is the one the spool's index holds, so a `previous_due` made stale by a queue
   // operation in between does no harm.
   void Update(Envelope envelope, absl::Time previous_due,
-              absl::AnyInvocable<void(absl::Status) &&> done);
+              absl::AnyInvocable<void(absl::Status) &&> done,
+              Durability durability = Durability::kSynced);
   // Removes a message: its body, its envelope and its schedule entry at `due`, in one batch of
-  // the next synced commit (the index's entry when the spool knows the message, else the one at
-  // `due`). Removing a message that is gone is OK (idempotent).
-  void Remove(const MessageId& id, absl::Time due, absl::AnyInvocable<void(absl::Status) &&> done);
+  // the next commit (the index's entry when the spool knows the message, else the one at
+  // `due`). Removing a message that is gone is OK (idempotent). `durability` as for Update().
+  void Remove(const MessageId& id, absl::Time due, absl::AnyInvocable<void(absl::Status) &&> done,
+              Durability durability = Durability::kSynced);
 
   // --- Due messages: the scheduler's index over the `schedule` family. ---
   // The spool keeps the due time of every queued message in memory (loaded at Open() from the

@@ -24,7 +24,7 @@ enum class Family { kBody, kEnvelope, kSchedule, kAccounts, kReputation, kSuppre
 
 struct StoreOptions {
   // The RocksDB environment (file system, threads). Tests inject a fault-injecting file system
-  // here (tests/support/full_disk_file_system.h). Shared by the caller and the Store, which keeps
+  // here (tests/support/fault_file_system.h). Shared by the caller and the Store, which keeps
   // it alive until the database is closed. Default: null, i.e. rocksdb::Env::Default().
   std::shared_ptr<rocksdb::Env> env;
 };

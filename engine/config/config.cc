@@ -71,7 +71,7 @@ const std::vector<std::string_view> kSmtpKeys = {
     "max_message_size", "max_recipients",    "max_errors",         "idle_timeout",
     "max_sessions",     "auth_max_failures", "auth_failure_window"};
 const std::vector<std::string_view> kTlsKeys = {"certificate_file", "private_key_file"};
-const std::vector<std::string_view> kSpoolKeys = {"path", "max_batch"};
+const std::vector<std::string_view> kSpoolKeys = {"path", "max_batch", "max_unsynced"};
 const std::vector<std::string_view> kAdminKeys = {"address", "token_file"};
 const std::vector<std::string_view> kListenerKeys = {"name", "address", "role", "tls",
                                                      "trusted_networks"};
@@ -231,6 +231,8 @@ class Parser : private TomlReader {
       FACTEUR_RETURN_IF_ERROR(ReadString(*spool, "spool", "path", config.spool.path));
       FACTEUR_RETURN_IF_ERROR(
           ReadInteger(*spool, "spool", "max_batch", 1, kMaxBatch, config.spool.max_batch));
+      FACTEUR_RETURN_IF_ERROR(
+          ReadDuration(*spool, "spool", "max_unsynced", config.spool.max_unsynced));
     }
 
     FACTEUR_ASSIGN_OR_RETURN(const toml::table* admin, SubTable(root, "admin", kAdminKeys));

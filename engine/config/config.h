@@ -104,6 +104,9 @@ struct SpoolOptions {
   std::string path;
   // Most messages committed by one synced write (group commit). Default: 256.
   uint32_t max_batch = 256;
+  // Longest a delivery outcome (a removal, a recipient's new state) stays written but not
+  // synced when no acknowledged message's sync carries it (queue::SpoolOptions). Default: 1 s.
+  absl::Duration max_unsynced = absl::Seconds(1);
 
   // Member-wise: a reload (SIGHUP) tells which sections changed.
   friend bool operator==(const SpoolOptions&, const SpoolOptions&) = default;

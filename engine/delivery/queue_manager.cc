@@ -262,7 +262,7 @@ void QueueManager::StartMessage(const queue::ScheduleEntry& entry) {
     Log(LogLevel::kError, "delivery: cannot read envelope %s: %s", entry.id.ToString(),
         read.ok() ? "it is gone" : read.status().ToString());
     if (read.ok()) {
-      RemoveMessage(entry.id, entry.due);
+      RemoveMessage(entry.id, entry.due, queue::Durability::kRidesNextSync);
     } else {
       RestoreOwedSites(entry.id, std::move(owed));
       spool_.ReleaseLease(entry.id);
@@ -277,7 +277,7 @@ void QueueManager::StartMessage(const queue::ScheduleEntry& entry) {
     if (envelope.recipients[i].state == queue::RecipientState::kPending) pending.push_back(i);
   }
   if (pending.empty()) {
-    RemoveMessage(envelope.id, entry.due);
+    RemoveMessage(envelope.id, entry.due, queue::Durability::kRidesNextSync);
     return;
   }
 
@@ -291,7 +291,7 @@ void QueueManager::StartMessage(const queue::ScheduleEntry& entry) {
     for (uint32_t index : pending) expired.emplace_back(index, outcome);
     CountExpired(pending, owed);
     BounceRecipients(envelope, nullptr, expired, events::EventType::kExpiration);
-    Persist(std::move(envelope), entry.due);
+    Persist(std::move(envelope), entry.due, queue::Durability::kRidesNextSync);
     return;
   }
 
@@ -321,7 +321,7 @@ void QueueManager::StartMessage(const queue::ScheduleEntry& entry) {
     envelope.next_attempt = std::min(now + retry_.options().first_retry,
                                      retry_.ExpiresAt(envelope.received_at));
     RestoreOwedSites(entry.id, std::move(owed));  // still owed, untried
-    Persist(std::move(envelope), entry.due);
+    Persist(std::move(envelope), entry.due, queue::Durability::kRidesNextSync);
     return;
   }
 
@@ -379,7 +379,7 @@ void QueueManager::Settle(InFlight& flight, std::vector<JobResult> results) {
   if (attempted || results.empty()) envelope.attempts += 1;
 
   if (flight.after == InFlight::After::kDelete) {
-    RemoveMessage(envelope.id, flight.leased_due);
+    RemoveMessage(envelope.id, flight.leased_due, queue::Durability::kRidesNextSync);
     return;
   }
 
@@ -531,7 +531,7 @@ void QueueManager::Settle(InFlight& flight, std::vector<JobResult> results) {
     }
     RestoreOwedSites(envelope.id, std::move(sites));
   }
-  Persist(std::move(envelope), flight.leased_due);
+  Persist(std::move(envelope), flight.leased_due, queue::Durability::kRidesNextSync);
 }
 
 void QueueManager::CountOutcome(events::EventType type, const JobResult& result,
@@ -624,10 +624,11 @@ void QueueManager::BounceRecipients(
   });
 }
 
-void QueueManager::RemoveMessage(const MessageId& id, absl::Time due) {
+void QueueManager::RemoveMessage(const MessageId& id, absl::Time due,
+                                 queue::Durability durability) {
   queue::Envelope nothing_open;
   nothing_open.id = id;
-  Persist(std::move(nothing_open), due);
+  Persist(std::move(nothing_open), due, durability);
 }
 
 bool QueueManager::WaitForWrites(absl::Duration timeout) {
@@ -637,7 +638,8 @@ bool QueueManager::WaitForWrites(absl::Duration timeout) {
       absl::Condition(+[](size_t* count) { return *count == 0; }, &writes.count), timeout);
 }
 
-void QueueManager::Persist(queue::Envelope envelope, absl::Time previous_due) {
+void QueueManager::Persist(queue::Envelope envelope, absl::Time previous_due,
+                           queue::Durability durability) {
   const MessageId id = envelope.id;
   const bool open = std::any_of(envelope.recipients.begin(), envelope.recipients.end(), [](const auto& r) {
     return r.state == queue::RecipientState::kPending;
@@ -663,9 +665,9 @@ void QueueManager::Persist(queue::Envelope envelope, absl::Time previous_due) {
     --writes->count;
   };
   if (open) {
-    spool_.Update(std::move(envelope), previous_due, std::move(done));
+    spool_.Update(std::move(envelope), previous_due, std::move(done), durability);
   } else {
-    spool_.Remove(id, previous_due, std::move(done));
+    spool_.Remove(id, previous_due, std::move(done), durability);
   }
 }
 
@@ -841,7 +843,7 @@ void QueueManager::ExecuteOperation(Operation& operation) {
       const absl::Time due = (*envelope)->next_attempt;
       if (due <= now) continue;  // already due: the scheduler takes it
       (*envelope)->next_attempt = now;
-      Persist(**std::move(envelope), due);
+      Persist(**std::move(envelope), due, queue::Durability::kSynced);
       ++result.messages;
     }
     operation.result = result;
@@ -891,7 +893,7 @@ void QueueManager::ExecuteOperation(Operation& operation) {
       case Kind::kRetry:
         if (due <= now) return;  // already due: the scheduler takes it
         envelope.next_attempt = now;
-        Persist(std::move(envelope), due);
+        Persist(std::move(envelope), due, queue::Durability::kSynced);
         break;
       case Kind::kBounce:
       case Kind::kBounceDomain: {
@@ -903,11 +905,11 @@ void QueueManager::ExecuteOperation(Operation& operation) {
         }
         result.recipients += bounced.size();
         BounceRecipients(envelope, nullptr, bounced, events::EventType::kBounce);
-        Persist(std::move(envelope), due);
+        Persist(std::move(envelope), due, queue::Durability::kSynced);
         break;
       }
       case Kind::kDelete:
-        RemoveMessage(envelope.id, due);
+        RemoveMessage(envelope.id, due, queue::Durability::kSynced);
         break;
       default:
         return;

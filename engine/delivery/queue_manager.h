@@ -176,8 +176,10 @@ class QueueManager final : public ResultSink {
                         const std::vector<std::pair<uint32_t, mail::DeliveryOutcome>>& bounced,
                         events::EventType type);
   // Writes the settled envelope (Update), or removes the message when no recipient is open.
-  void Persist(queue::Envelope envelope, absl::Time previous_due);
-  void RemoveMessage(const MessageId& id, absl::Time due);
+  // Delivery outcomes ride the next synced commit (kRidesNextSync: a power cut may deliver a
+  // message again, never lose it); queue operations an operator waits for are synced.
+  void Persist(queue::Envelope envelope, absl::Time previous_due, queue::Durability durability);
+  void RemoveMessage(const MessageId& id, absl::Time due, queue::Durability durability);
   // Waits until every Persist() has committed; false after `timeout`.
   bool WaitForWrites(absl::Duration timeout);
   bool IsSuspended(std::string_view domain) const;

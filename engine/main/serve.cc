@@ -157,6 +157,7 @@ class Relay {
     FACTEUR_ASSIGN_OR_RETURN(store_, queue::Store::Open(spool_path));
     queue::SpoolOptions spool_options;
     spool_options.max_batch = config_.spool.max_batch;
+    spool_options.max_unsynced = config_.spool.max_unsynced;
     FACTEUR_ASSIGN_OR_RETURN(spool_, queue::Spool::Open(*store_, spool_options, clock_));
     metrics_.spool_messages().Set(static_cast<double>(spool_->size()));
     spool_->SetCommitObserver([this](size_t batch_size, absl::Duration latency) {

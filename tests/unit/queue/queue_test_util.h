@@ -101,13 +101,16 @@ inline absl::Status EnqueueAndWait(Spool& spool, Envelope envelope, std::string 
   });
 }
 
-inline absl::Status UpdateAndWait(Spool& spool, Envelope envelope, absl::Time previous_due) {
-  return CallAndWait(
-      [&](auto done) { spool.Update(std::move(envelope), previous_due, std::move(done)); });
+inline absl::Status UpdateAndWait(Spool& spool, Envelope envelope, absl::Time previous_due,
+                                  Durability durability = Durability::kSynced) {
+  return CallAndWait([&](auto done) {
+    spool.Update(std::move(envelope), previous_due, std::move(done), durability);
+  });
 }
 
-inline absl::Status RemoveAndWait(Spool& spool, const MessageId& id, absl::Time due) {
-  return CallAndWait([&](auto done) { spool.Remove(id, due, std::move(done)); });
+inline absl::Status RemoveAndWait(Spool& spool, const MessageId& id, absl::Time due,
+                                  Durability durability = Durability::kSynced) {
+  return CallAndWait([&](auto done) { spool.Remove(id, due, std::move(done), durability); });
 }
 
 // A store and the spool on it; the spool goes first (members are destroyed in reverse).

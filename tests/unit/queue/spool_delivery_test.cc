@@ -11,7 +11,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "queue/spool.h"
-#include "tests/support/full_disk_file_system.h"
+#include "tests/support/fault_file_system.h"
 #include "tests/unit/queue/queue_test_util.h"
 
 namespace facteur::queue {
@@ -381,7 +381,7 @@ TEST(SpoolDeliveryTest, LeaseEndsWhenItsUpdateOrRemovalCommitsOrOnRelease) {
 
 TEST(SpoolDeliveryTest, FailedUpdateKeepsTheLeaseAndTheOldState) {
   test::TempDir dir;
-  auto fs = std::make_shared<test_support::FullDiskFileSystem>();
+  auto fs = std::make_shared<test_support::FaultFileSystem>();
   StoreOptions store_options;
   store_options.env = test_support::NewEnvWithFileSystem(fs);
   SimulatedClock clock;
@@ -391,7 +391,7 @@ TEST(SpoolDeliveryTest, FailedUpdateKeepsTheLeaseAndTheOldState) {
   ASSERT_TRUE(EnqueueAll(*opened.spool, {envelope}));
   ASSERT_EQ(opened.spool->LeaseDue(clock.Now(), 1).size(), 1u);
 
-  fs->Arm();
+  fs->ArmFullDisk();
   const absl::Time previous_due = envelope.next_attempt;
   Envelope changed = envelope;
   changed.attempts = 1;
@@ -401,7 +401,7 @@ TEST(SpoolDeliveryTest, FailedUpdateKeepsTheLeaseAndTheOldState) {
   EXPECT_EQ(opened.spool->leased(), 1u);
   EXPECT_EQ(opened.spool->NextDue(), absl::InfiniteFuture());
   EXPECT_EQ(ReadEnvelope(*opened.store, envelope.id)->value_or(Envelope()), envelope);
-  fs->Disarm();
+  fs->DisarmFullDisk();
   opened.spool->ReleaseLease(envelope.id);
   EXPECT_EQ(opened.spool->NextDue(), previous_due);
 }

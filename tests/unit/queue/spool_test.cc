@@ -1,5 +1,5 @@
 // Spool: group commit under concurrent producers, durability across reopen, recovery of broken
-// entries, a full disk (real fault injection) and self-healing, back-pressure.
+// entries, a full disk and a power cut (real fault injection) and self-healing, back-pressure.
 #include "queue/spool.h"
 
 #include <atomic>
@@ -12,7 +12,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "rocksdb/iterator.h"
-#include "tests/support/full_disk_file_system.h"
+#include "tests/support/fault_file_system.h"
 #include "tests/unit/queue/queue_test_util.h"
 
 namespace facteur::queue {
@@ -22,6 +22,7 @@ using test::BodyFor;
 using test::EnqueueAndWait;
 using test::Opened;
 using test::OpenOrDie;
+using test::RemoveAndWait;
 using test::SampleEnvelope;
 
 TEST(SpoolTest, ConcurrentEnqueuesAreGroupCommittedAndSurviveReopen) {
@@ -155,18 +156,26 @@ TEST(SpoolTest, RecoveryRemovesOrphansAndUndecodableEnvelopes) {
   EXPECT_THAT(scheduled, ::testing::ElementsAre(good.id));
 }
 
-TEST(SpoolTest, FullDiskFailsWithResourceExhaustedThenResumes) {
+// A spool directory whose files go through a FaultFileSystem the test arms.
+struct FaultySpoolDir {
+  FaultySpoolDir() { store_options.env = test_support::NewEnvWithFileSystem(fs); }
   test::TempDir dir;
-  auto fs = std::make_shared<test_support::FullDiskFileSystem>();
+  const std::string path = dir.Sub("spool");
+  std::shared_ptr<test_support::FaultFileSystem> fs =
+      std::make_shared<test_support::FaultFileSystem>();
   StoreOptions store_options;
-  store_options.env = test_support::NewEnvWithFileSystem(fs);
+};
+
+TEST(SpoolTest, FullDiskFailsWithResourceExhaustedThenResumes) {
+  FaultySpoolDir faulty;
+  auto& fs = faulty.fs;
   SimulatedClock clock;
-  Opened opened = OpenOrDie(dir.Sub("spool"), clock, SpoolOptions(), store_options);
+  Opened opened = OpenOrDie(faulty.path, clock, SpoolOptions(), faulty.store_options);
   ASSERT_NE(opened.spool, nullptr);
   const Envelope before = SampleEnvelope(MessageId::Generate(clock.Now()), clock.Now());
   ASSERT_TRUE(EnqueueAndWait(*opened.spool, before, "before").ok());
 
-  fs->Arm();
+  fs->ArmFullDisk();
   const Envelope lost = SampleEnvelope(MessageId::Generate(clock.Now()), clock.Now());
   absl::Status status = EnqueueAndWait(*opened.spool, lost, "lost");
   EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted) << status;
@@ -182,7 +191,7 @@ TEST(SpoolTest, FullDiskFailsWithResourceExhaustedThenResumes) {
   status = EnqueueAndWait(*opened.spool, also_lost, "also lost");
   EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted) << status;
 
-  fs->Disarm();
+  fs->DisarmFullDisk();
   clock.Advance(absl::Seconds(2));  // past the resume interval
   const Envelope after = SampleEnvelope(MessageId::Generate(clock.Now()), clock.Now());
   status = EnqueueAndWait(*opened.spool, after, "after");
@@ -191,6 +200,90 @@ TEST(SpoolTest, FullDiskFailsWithResourceExhaustedThenResumes) {
   EXPECT_EQ(ReadBody(*opened.store, before.id)->value_or(""), "before");
   EXPECT_FALSE(ReadEnvelope(*opened.store, lost.id)->has_value());
   EXPECT_EQ(opened.spool->size(), 2u);
+}
+
+// A power cut loses what the write-ahead log holds past its last sync. Acknowledged enqueues
+// (synced) survive. A settled change (Durability::kRidesNextSync) that a synced commit followed
+// survives with it; one that no sync followed is undone, so that message is delivered again
+// rather than lost (at-least-once, DESIGN.md §3).
+TEST(SpoolTest, PowerCutUndoesOnlySettledChangesNoSyncFollowed) {
+  FaultySpoolDir faulty;
+  auto& fs = faulty.fs;
+  SimulatedClock clock;
+  SpoolOptions options;
+  options.max_unsynced = absl::Hours(1);  // no sync of the writer's own in this test
+  const Envelope kept = SampleEnvelope(MessageId::Generate(clock.Now()), clock.Now());
+  const Envelope ridden = SampleEnvelope(MessageId::Generate(clock.Now()), clock.Now());
+  const Envelope undone = SampleEnvelope(MessageId::Generate(clock.Now()), clock.Now());
+  const Envelope late = SampleEnvelope(MessageId::Generate(clock.Now()), clock.Now());
+  {
+    Opened opened = OpenOrDie(faulty.path, clock, options, faulty.store_options);
+    ASSERT_NE(opened.spool, nullptr);
+    for (const Envelope* envelope : {&kept, &ridden, &undone}) {
+      ASSERT_TRUE(EnqueueAndWait(*opened.spool, *envelope, BodyFor(envelope->id)).ok());
+    }
+    const uint64_t syncs = fs->log_syncs();
+    ASSERT_TRUE(RemoveAndWait(*opened.spool, ridden.id, ridden.next_attempt,
+                              Durability::kRidesNextSync)
+                    .ok());
+    EXPECT_EQ(fs->log_syncs(), syncs) << "a settled change paid its own fsync";
+    ASSERT_TRUE(EnqueueAndWait(*opened.spool, late, BodyFor(late.id)).ok());
+    ASSERT_TRUE(RemoveAndWait(*opened.spool, undone.id, undone.next_attempt,
+                              Durability::kRidesNextSync)
+                    .ok());
+    EXPECT_FALSE(ReadEnvelope(*opened.store, undone.id)->has_value());  // written, not synced
+    EXPECT_EQ(opened.spool->size(), 2u);
+    fs->CutPower();
+  }  // closing fails to sync and to flush, as on a dead machine
+  EXPECT_GT(fs->LoseUnsyncedLogTails(), 0u);
+
+  Opened reopened = OpenOrDie(faulty.path, clock);
+  ASSERT_NE(reopened.spool, nullptr);
+  for (const Envelope* envelope : {&kept, &late, &undone}) {
+    EXPECT_EQ(ReadBody(*reopened.store, envelope->id)->value_or(""), BodyFor(envelope->id));
+    EXPECT_TRUE(ReadEnvelope(*reopened.store, envelope->id)->has_value());
+  }
+  EXPECT_FALSE(ReadEnvelope(*reopened.store, ridden.id)->has_value());
+  EXPECT_FALSE(ReadBody(*reopened.store, ridden.id)->has_value());
+  EXPECT_EQ(reopened.spool->size(), 3u);  // `undone` is due again
+}
+
+// With no synced commit after it, a settled change is synced by the writer itself within
+// max_unsynced, and at a clean stop: a power cut after either loses nothing.
+TEST(SpoolTest, WriterSyncsSettledChangesWithinMaxUnsyncedAndAtStop) {
+  for (const bool stop_first : {false, true}) {
+    SCOPED_TRACE(stop_first ? "clean stop" : "max_unsynced");
+    FaultySpoolDir faulty;
+    auto& fs = faulty.fs;
+    SimulatedClock clock;
+    SpoolOptions options;
+    options.max_unsynced = stop_first ? absl::Hours(1) : absl::Milliseconds(50);
+    const Envelope settled = SampleEnvelope(MessageId::Generate(clock.Now()), clock.Now());
+    {
+      Opened opened = OpenOrDie(faulty.path, clock, options, faulty.store_options);
+      ASSERT_NE(opened.spool, nullptr);
+      ASSERT_TRUE(EnqueueAndWait(*opened.spool, settled, BodyFor(settled.id)).ok());
+      const uint64_t syncs = fs->log_syncs();
+      ASSERT_TRUE(RemoveAndWait(*opened.spool, settled.id, settled.next_attempt,
+                                Durability::kRidesNextSync)
+                      .ok());
+      if (stop_first) {
+        opened.spool.reset();
+      } else {
+        // The writer keeps real time (like expected_wait); bounded wait for its sync.
+        for (int i = 0; i < 1000 && fs->log_syncs() == syncs; ++i) {
+          absl::SleepFor(absl::Milliseconds(10));
+        }
+      }
+      EXPECT_GT(fs->log_syncs(), syncs);
+      fs->CutPower();
+    }
+    EXPECT_EQ(fs->LoseUnsyncedLogTails(), 0u);
+    Opened reopened = OpenOrDie(faulty.path, clock);
+    ASSERT_NE(reopened.spool, nullptr);
+    EXPECT_FALSE(ReadEnvelope(*reopened.store, settled.id)->has_value());
+    EXPECT_EQ(reopened.spool->size(), 0u);
+  }
 }
 
 TEST(SpoolTest, PastMaxPendingEnqueueIsRefusedAtOnce) {

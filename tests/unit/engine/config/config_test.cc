@@ -59,6 +59,7 @@ TEST(DefaultConfigTest, EmbeddedTomlParsesToTheDocumentedDefaults) {
   EXPECT_TRUE(config.tls.certificate_file.empty());
   EXPECT_EQ(config.SpoolPath(), "./var/spool");
   EXPECT_EQ(config.spool.max_batch, 256u);
+  EXPECT_EQ(config.spool.max_unsynced, absl::Seconds(1));
   EXPECT_EQ(config.admin.address, "127.0.0.1:9464");
   ASSERT_EQ(config.listeners.size(), 2u);
   const ListenerOptions& relay = config.listeners[0];
@@ -197,6 +198,7 @@ private_key_file = "/etc/key.pem"
 [spool]
 path = "/data/spool"
 max_batch = 65536
+max_unsynced = "250ms"
 [admin]
 address = "[::1]:9000"
 [[listener]]
@@ -226,6 +228,7 @@ trusted_networks = ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7"]
   EXPECT_EQ(config.ResolvePath(config.tls.private_key_file), "/etc/key.pem");
   EXPECT_EQ(config.SpoolPath(), "/data/spool");
   EXPECT_EQ(config.spool.max_batch, 65536u);
+  EXPECT_EQ(config.spool.max_unsynced, absl::Milliseconds(250));
   EXPECT_EQ(config.admin.address, "[::1]:9000");
   ASSERT_EQ(config.listeners.size(), 2u);
   EXPECT_EQ(config.listeners[0].name, "mx");
@@ -580,6 +583,7 @@ TEST(ParseErrorTest, OutOfRange) {
   ExpectError("auth_threads = 0\n", 1, "auth_threads", "between 1 and 256");
   ExpectError("[spool]\nmax_batch = 0\n", 2, "spool.max_batch", "between 1 and 65536");
   ExpectError("[spool]\nmax_batch = 65537\n", 2, "spool.max_batch", "between 1 and 65536");
+  ExpectError("[spool]\nmax_unsynced = \"0s\"\n", 2, "spool.max_unsynced", "positive");
   ExpectError("[smtp]\nidle_timeout = 0\n", 2, "smtp.idle_timeout", "positive");
   ExpectError("[smtp]\nidle_timeout = -3\n", 2, "smtp.idle_timeout", "positive");
   ExpectError("[smtp]\nidle_timeout = \"-5m\"\n", 2, "smtp.idle_timeout", "positive");
