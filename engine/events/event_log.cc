@@ -18,7 +18,6 @@
 #include "absl/time/time.h"
 #include "engine/base/log.h"
 #include "engine/base/status.h"
-#include "nlohmann/json.hpp"
 
 namespace facteur::events {
 namespace {
@@ -31,8 +30,92 @@ std::string Rfc3339(absl::Time t) {
   return absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", t, absl::UTCTimeZone());
 }
 
-double Seconds(absl::Duration d) {
-  return std::round(absl::ToDoubleMilliseconds(d)) / 1000.0;
+// `d` in seconds to the millisecond, in the shortest form with at least one decimal ("61.5",
+// "1.235", "5.0").
+void AppendSeconds(std::string& out, absl::Duration d) {
+  int64_t millis = std::llround(absl::ToDoubleMilliseconds(d));
+  if (millis < 0) {
+    out += '-';
+    millis = -millis;
+  }
+  absl::StrAppend(&out, millis / 1000, ".");
+  int64_t fraction = millis % 1000;
+  if (fraction == 0) {
+    out += '0';
+    return;
+  }
+  char digits[3] = {static_cast<char>('0' + fraction / 100), static_cast<char>('0' + fraction / 10 % 10),
+                    static_cast<char>('0' + fraction % 10)};
+  size_t length = 3;
+  while (digits[length - 1] == '0') --length;
+  out.append(digits, length);
+}
+
+// How many octets at the start of `text` form one well-formed UTF-8 sequence of two to four
+// octets (RFC 3629 §4: no overlong forms, no surrogates, nothing past U+10FFFF); 0 when they
+// do not.
+size_t WellFormedSequenceLength(std::string_view text) {
+  const auto octet = [&text](size_t i) { return static_cast<unsigned char>(text[i]); };
+  const auto continuation = [&](size_t i, unsigned char low = 0x80, unsigned char high = 0xBF) {
+    return i < text.size() && octet(i) >= low && octet(i) <= high;
+  };
+  const unsigned char lead = octet(0);
+  if (lead >= 0xC2 && lead <= 0xDF) return continuation(1) ? 2 : 0;
+  if (lead >= 0xE0 && lead <= 0xEF) {
+    const bool second = lead == 0xE0   ? continuation(1, 0xA0, 0xBF)
+                        : lead == 0xED ? continuation(1, 0x80, 0x9F)
+                                       : continuation(1);
+    return second && continuation(2) ? 3 : 0;
+  }
+  if (lead >= 0xF0 && lead <= 0xF4) {
+    const bool second = lead == 0xF0   ? continuation(1, 0x90, 0xBF)
+                        : lead == 0xF4 ? continuation(1, 0x80, 0x8F)
+                                       : continuation(1);
+    return second && continuation(2) && continuation(3) ? 4 : 0;
+  }
+  return 0;
+}
+
+// Appends `text` as a JSON string (RFC 8259 §7): quotation mark, reverse solidus and control
+// characters escaped, and each octet that does not start a well-formed UTF-8 sequence replaced
+// by U+FFFD, so that a line stays valid JSON whatever a remote server sent.
+void AppendJsonString(std::string& out, std::string_view text) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  out += '"';
+  size_t i = 0;
+  while (i < text.size()) {
+    const unsigned char c = static_cast<unsigned char>(text[i]);
+    if (c >= 0x80) {
+      const size_t length = WellFormedSequenceLength(text.substr(i));
+      if (length == 0) {
+        out += "\xEF\xBF\xBD";  // U+FFFD REPLACEMENT CHARACTER
+        ++i;
+      } else {
+        out.append(text.substr(i, length));
+        i += length;
+      }
+      continue;
+    }
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\b': out += "\\b"; break;
+      case '\f': out += "\\f"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (c < 0x20) {
+          out += "\\u00";
+          out += kHex[c >> 4];
+          out += kHex[c & 0xF];
+        } else {
+          out += static_cast<char>(c);
+        }
+    }
+    ++i;
+  }
+  out += '"';
 }
 
 int OpenForAppend(const std::string& path) {
@@ -73,15 +156,34 @@ const char* EventTypeName(EventType type) {
 }
 
 std::string FormatEvent(const Event& event) {
-  // ordered_json keeps the keys in insertion order: "time" and "type" first, for people.
-  nlohmann::ordered_json j;
-  j["time"] = Rfc3339(event.time);
-  j["type"] = EventTypeName(event.type);
-  const auto text = [&j](const char* key, const std::string& value) {
-    if (!value.empty()) j[key] = value;
+  // Written directly rather than through a JSON DOM: one line per recipient and attempt, on the
+  // delivery path. Keys in the order of the struct, "time" and "type" first, for people.
+  std::string out;
+  out.reserve(256 + event.response.size());
+  out += "{\"time\":\"";
+  out += Rfc3339(event.time);
+  out += "\",\"type\":\"";
+  out += EventTypeName(event.type);
+  out += '"';
+  const auto key = [&out](const char* name) {
+    out += ",\"";
+    out += name;
+    out += "\":";
   };
-  const auto number = [&j](const char* key, auto value) {
-    if (value != 0) j[key] = value;
+  const auto text = [&](const char* name, const std::string& value) {
+    if (value.empty()) return;
+    key(name);
+    AppendJsonString(out, value);
+  };
+  const auto number = [&](const char* name, auto value) {
+    if (value == 0) return;
+    key(name);
+    absl::StrAppend(&out, value);
+  };
+  const auto seconds = [&](const char* name, absl::Duration value) {
+    if (value == absl::ZeroDuration()) return;
+    key(name);
+    AppendSeconds(out, value);
   };
   text("queue_id", event.queue_id);
   text("sender", event.sender);
@@ -99,14 +201,18 @@ std::string FormatEvent(const Event& event) {
   text("enhanced", event.enhanced);
   text("response", event.response);
   number("attempt", event.attempt);
-  if (event.queue_time != absl::ZeroDuration()) j["queue_time"] = Seconds(event.queue_time);
-  if (event.delivery_time != absl::ZeroDuration()) j["delivery_time"] = Seconds(event.delivery_time);
-  if (event.tls) j["tls"] = true;
-  if (event.next_attempt != absl::InfinitePast()) j["next_attempt"] = Rfc3339(event.next_attempt);
+  seconds("queue_time", event.queue_time);
+  seconds("delivery_time", event.delivery_time);
+  if (event.tls) out += ",\"tls\":true";
+  if (event.next_attempt != absl::InfinitePast()) {
+    key("next_attempt");
+    out += '"';
+    out += Rfc3339(event.next_attempt);
+    out += '"';
+  }
   text("detail", event.detail);
-  // `replace`: malformed UTF-8 (a remote reply is anything) becomes U+FFFD instead of the
-  // exception the default `strict` throws. Control characters are escaped by dump itself.
-  return j.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
+  out += '}';
+  return out;
 }
 
 absl::StatusOr<std::unique_ptr<EventLog>> EventLog::Open(const std::string& path,

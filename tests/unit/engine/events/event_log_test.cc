@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <set>
 #include <sstream>
 #include <string>
@@ -142,6 +143,69 @@ TEST(FormatEventTest, HostileTextStaysOneValidLine) {
   ASSERT_TRUE(j.is_object()) << line;
   // Valid UTF-8 kept, each malformed octet replaced by U+FFFD.
   EXPECT_EQ(j["response"], "550 \"bad\"\r\n550 \\x\x01 caf\xC3\xA9 \xEF\xBF\xBD\xEF\xBF\xBD end");
+}
+
+// `n` U+FFFD REPLACEMENT CHARACTERs in UTF-8.
+std::string Replacements(int n) {
+  std::string out;
+  for (int i = 0; i < n; ++i) out += "\xEF\xBF\xBD";
+  return out;
+}
+
+TEST(FormatEventTest, MalformedUtf8BecomesReplacementCharacters) {
+  const struct {
+    std::string in;
+    std::string out;
+  } cases[] = {
+      {"\xF0\x9F\x98\x80 ok \xE2\x82\xAC", "\xF0\x9F\x98\x80 ok \xE2\x82\xAC"},  // 4 and 3 octets
+      {"\xC0\xAF", Replacements(2)},                    // overlong '/'
+      {"\xE0\x80\xAF", Replacements(3)},                // overlong, 3 octets
+      {"\xED\xA0\x80", Replacements(3)},                // a surrogate
+      {"\xF4\x90\x80\x80", Replacements(4)},            // past U+10FFFF
+      {"end \xE2\x82", "end " + Replacements(2)},       // cut short
+      {"\x80 lone", Replacements(1) + " lone"},         // a continuation octet alone
+      {"\x7F del", "\x7F del"},
+  };
+  for (const auto& c : cases) {
+    Event event = Numbered("q");
+    event.response = c.in;
+    const std::string line = FormatEvent(event);
+    const nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
+    ASSERT_TRUE(j.is_object()) << line;
+    EXPECT_EQ(j["response"], c.out) << line;
+  }
+}
+
+TEST(FormatEventTest, RandomOctetsAlwaysMakeOneValidLine) {
+  std::mt19937 random(7);
+  for (int round = 0; round < 2000; ++round) {
+    std::string octets(random() % 24, '\0');
+    for (char& c : octets) c = static_cast<char>(random() & 0xFF);
+    Event event = Numbered("q");
+    event.response = octets;
+    event.detail = octets;
+    const std::string line = FormatEvent(event);
+    ASSERT_EQ(line.find('\n'), std::string::npos);
+    const nlohmann::json j = nlohmann::json::parse(line, nullptr, false);  // strict UTF-8
+    ASSERT_TRUE(j.is_object()) << line;
+    if (!octets.empty()) {
+      EXPECT_EQ(j["response"], j["detail"]);
+    }
+  }
+}
+
+TEST(FormatEventTest, DurationsInSecondsToTheMillisecond) {
+  Event event;
+  event.type = EventType::kDelivery;
+  event.time = absl::FromUnixSeconds(0);
+  event.queue_time = absl::Seconds(5);
+  event.delivery_time = absl::Microseconds(400);  // rounds to 0 ms, still written
+  EXPECT_EQ(FormatEvent(event), R"({"time":"1970-01-01T00:00:00.000Z","type":"delivery",)"
+                                R"("queue_time":5.0,"delivery_time":0.0})");
+  event.queue_time = absl::Milliseconds(-1250);
+  event.delivery_time = absl::Milliseconds(10);
+  EXPECT_EQ(FormatEvent(event), R"({"time":"1970-01-01T00:00:00.000Z","type":"delivery",)"
+                                R"("queue_time":-1.25,"delivery_time":0.01})");
 }
 
 TEST_F(EventLogTest, EachLineIsJsonWithItsFields) {
