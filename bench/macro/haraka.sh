@@ -158,6 +158,7 @@ concurrency_max=$(( (20 + workers - 1) / workers ))
 enable_tls=false
 local_mx_ok=true
 inet_prefer=v4
+${haraka_outbound_extra:-}
 EOF
   echo "$sink" >"$dir/config/bench_sink_port"
   [ -n "$dns" ] && echo "127.0.0.1:$dns" >"$dir/config/bench_dns_server"
