@@ -75,7 +75,8 @@ const std::vector<std::string_view> kSpoolKeys = {"path", "max_batch", "max_unsy
 const std::vector<std::string_view> kAdminKeys = {"address", "token_file"};
 const std::vector<std::string_view> kListenerKeys = {"name", "address", "role", "tls",
                                                      "trusted_networks"};
-const std::vector<std::string_view> kDnsKeys = {"nameservers", "timeout", "attempts"};
+const std::vector<std::string_view> kDnsKeys = {"nameservers", "timeout", "attempts",
+                                                "max_queries_in_flight"};
 const std::vector<std::string_view> kDeliveryKeys = {
     "enabled",
     "smtp_port",
@@ -574,6 +575,8 @@ class Parser : private TomlReader {
     FACTEUR_RETURN_IF_ERROR(ReadDuration(dns, "dns", "timeout", out.timeout));
     FACTEUR_RETURN_IF_ERROR(
         ReadInteger(dns, "dns", "attempts", 1, kMaxDnsAttempts, out.attempts));
+    FACTEUR_RETURN_IF_ERROR(ReadInteger(dns, "dns", "max_queries_in_flight", 1, 100000,
+                                        out.max_queries_in_flight));
     return absl::OkStatus();
   }
 

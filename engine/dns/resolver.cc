@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <charconv>
 #include <cstring>
+#include <deque>
 #include <list>
 #include <mutex>
 #include <optional>
@@ -256,6 +257,8 @@ class Resolver::Impl {
   void UpdateAresTimer();
 
   void StartFetch(const std::string& name, uint16_t type, FetchWaiter waiter);
+  // Hands c-ares the fetches waiting for a free query slot (max_queries_in_flight), oldest first.
+  void SendWaitingFetches();
   FetchResult Interpret(const Fetch& fetch, int status, const unsigned char* abuf, int alen,
                         absl::Duration& ttl) const;
 
@@ -286,7 +289,10 @@ class Resolver::Impl {
   io::TimerId ares_timer_ = io::kNoTimer;
   absl::Time ares_deadline_;
 
-  absl::flat_hash_map<Fetch*, std::unique_ptr<Fetch>> fetches_;  // every query c-ares holds
+  absl::flat_hash_map<Fetch*, std::unique_ptr<Fetch>> fetches_;  // sent to c-ares or waiting
+  size_t queries_sent_ = 0;          // of fetches_, those c-ares holds
+  std::deque<Fetch*> waiting_;       // of fetches_, those waiting for a query slot
+  bool sending_ = false;             // SendWaitingFetches() is on the stack
   absl::flat_hash_map<CacheKey, Fetch*> in_flight_;              // the one new lookups join
 
   absl::flat_hash_map<CacheKey, CacheEntry> cache_;
@@ -507,8 +513,27 @@ void Resolver::Impl::StartFetch(const std::string& name, uint16_t type, FetchWai
   raw->waiters.push_back(std::move(waiter));
   fetches_.emplace(raw, std::move(fetch));
   in_flight_[key] = raw;
-  // May call OnAresAnswer before returning (e.g. no socket could be opened); `raw` is then gone.
-  ares_query(channel_, name.c_str(), kClassIn, type, &Impl::OnAresAnswer, raw);
+  waiting_.push_back(raw);
+  SendWaitingFetches();
+}
+
+// A burst of new destinations (a campaign to thousands of domains) would otherwise put
+// thousands of UDP queries on the wire at once: the nameserver's socket buffer, or ours for
+// the answers, overflows, and every lost query costs its lookup a try timeout or the whole
+// lookup. Bounded, the rest wait here, in order, and are sent as answers come back.
+void Resolver::Impl::SendWaitingFetches() {
+  if (sending_) return;  // an answer delivered synchronously by ares_query below
+  sending_ = true;
+  while (!waiting_.empty() && queries_sent_ < options_.max_queries_in_flight && !destroying_) {
+    Fetch* raw = waiting_.front();
+    waiting_.pop_front();
+    ++queries_sent_;
+    // May call OnAresAnswer before returning (e.g. no socket could be opened); `raw` is then
+    // gone.
+    ares_query(channel_, raw->key.name.c_str(), kClassIn, raw->key.type, &Impl::OnAresAnswer,
+               raw);
+  }
+  sending_ = false;
   UpdateAresTimer();
 }
 
@@ -519,6 +544,7 @@ void Resolver::Impl::OnAresAnswer(void* arg, int status, int /*timeouts*/, unsig
   auto owned = impl->fetches_.find(raw);
   std::unique_ptr<Fetch> fetch = std::move(owned->second);
   impl->fetches_.erase(owned);
+  --impl->queries_sent_;
   if (auto it = impl->in_flight_.find(fetch->key);
       it != impl->in_flight_.end() && it->second == raw) {
     impl->in_flight_.erase(it);
@@ -528,6 +554,7 @@ void Resolver::Impl::OnAresAnswer(void* arg, int status, int /*timeouts*/, unsig
   FetchResult result = impl->Interpret(*fetch, status, abuf, alen, ttl);
   if (result.ok()) impl->CacheStore(fetch->key, *result, ttl);
   for (FetchWaiter& waiter : fetch->waiters) waiter(result);
+  impl->SendWaitingFetches();
 }
 
 Resolver::Impl::FetchResult Resolver::Impl::Interpret(const Fetch& fetch, int status,
@@ -887,6 +914,9 @@ absl::StatusOr<std::unique_ptr<Resolver>> Resolver::Create(io::EventLoop& loop,
   }
   if (options.attempts < 1 || options.attempts > 16) {
     return absl::InvalidArgumentError("DNS attempts must be between 1 and 16");
+  }
+  if (options.max_queries_in_flight == 0) {
+    return absl::InvalidArgumentError("DNS max_queries_in_flight must be at least 1");
   }
   auto impl = std::make_unique<Impl>(loop, options, clock);
   FACTEUR_RETURN_IF_ERROR(impl->Init(servers));

@@ -40,6 +40,9 @@ struct ResolverOptions {
   absl::Duration max_ttl = absl::Hours(1);
   // Longest time a negative answer (NXDOMAIN, NODATA) is cached. Default: 15m.
   absl::Duration max_negative_ttl = absl::Minutes(15);
+  // Most queries on the wire at once; more wait, in order, for an answer to free a slot.
+  // Default: 100.
+  size_t max_queries_in_flight = 100;
 };
 
 struct IpAddress {

@@ -456,7 +456,8 @@ class Relay {
     resolvers_ = std::make_unique<dns::ShardResolvers>(
         dns::ResolverOptions{.nameservers = dns.nameservers,
                              .timeout = dns.timeout,
-                             .attempts = static_cast<int>(dns.attempts)},
+                             .attempts = static_cast<int>(dns.attempts),
+                             .max_queries_in_flight = dns.max_queries_in_flight},
         clock_);
     FACTEUR_ASSIGN_OR_RETURN(delivery::Router router, delivery::Router::Create(config_));
     router_ = std::make_unique<delivery::Router>(std::move(router));

@@ -317,6 +317,13 @@ SilentDnsServer::~SilentDnsServer() { ::close(fd_); }
 
 std::string SilentDnsServer::address() const { return absl::StrCat("127.0.0.1:", port_); }
 
+int SilentDnsServer::TakeQueries() {
+  int queries = 0;
+  char datagram[1500];
+  while (::recv(fd_, datagram, sizeof(datagram), MSG_DONTWAIT) >= 0) ++queries;
+  return queries;
+}
+
 absl::StatusOr<std::string> UnusedDnsAddress() {
   const int fd = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return absl::InternalError(absl::StrCat("socket: ", std::strerror(errno)));

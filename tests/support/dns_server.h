@@ -95,6 +95,8 @@ class SilentDnsServer {
 
   uint16_t port() const { return port_; }
   std::string address() const;  // "127.0.0.1:PORT"
+  // The queries received since the last call (read and dropped, still unanswered).
+  int TakeQueries();
 
  private:
   SilentDnsServer(int fd, uint16_t port) : fd_(fd), port_(port) {}

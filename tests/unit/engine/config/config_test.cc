@@ -80,6 +80,7 @@ TEST(DefaultConfigTest, EmbeddedTomlParsesToTheDocumentedDefaults) {
   EXPECT_TRUE(config.dns.nameservers.empty());
   EXPECT_EQ(config.dns.timeout, absl::Seconds(5));
   EXPECT_EQ(config.dns.attempts, 2u);
+  EXPECT_EQ(config.dns.max_queries_in_flight, 100u);
   const DeliveryOptions& delivery = config.delivery;
   EXPECT_TRUE(delivery.enabled);
   EXPECT_EQ(delivery.smtp_port, 25);
@@ -247,6 +248,7 @@ hostname = "mail.example.org"
 nameservers = ["127.0.0.1:5353", "[::1]:53", "192.0.2.53"]
 timeout = "1500ms"
 attempts = 3
+max_queries_in_flight = 7
 [delivery]
 enabled = false
 smtp_port = 2525
@@ -322,6 +324,7 @@ domain = "tls-only.example"
             (std::vector<std::string>{"127.0.0.1:5353", "[::1]:53", "192.0.2.53"}));
   EXPECT_EQ(config.dns.timeout, absl::Milliseconds(1500));
   EXPECT_EQ(config.dns.attempts, 3u);
+  EXPECT_EQ(config.dns.max_queries_in_flight, 7u);
   const DeliveryOptions& delivery = config.delivery;
   EXPECT_FALSE(delivery.enabled);
   EXPECT_EQ(delivery.smtp_port, 2525);
@@ -738,6 +741,8 @@ TEST(ParseErrorTest, DnsValues) {
   ExpectError("[dns]\ntimeout = \"5\"\n", 2, "dns.timeout", "not a duration");
   ExpectError("[dns]\nattempts = 0\n", 2, "dns.attempts", "between 1 and 16");
   ExpectError("[dns]\nattempts = 17\n", 2, "dns.attempts", "between 1 and 16");
+  ExpectError("[dns]\nmax_queries_in_flight = 0\n", 2, "dns.max_queries_in_flight",
+              "between 1 and 100000");
 }
 
 TEST(ParseErrorTest, DeliveryValues) {

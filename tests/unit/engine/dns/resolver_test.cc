@@ -131,6 +131,14 @@ class ResolverTest : public ::testing::Test {
     return status;
   }
 
+  // The answers to a batch of lookups, counted by their callbacks.
+  struct Answers {
+    absl::Mutex mutex;
+    int answered = 0;
+    int ok = 0;
+    absl::Notification all;
+  };
+
   static ResolverOptions Using(const std::string& nameserver) {
     ResolverOptions options;
     options.nameservers = {nameserver};
@@ -327,28 +335,57 @@ TEST_F(ResolverTest, LongTxtComesOverTcpAfterTruncation) {
   EXPECT_EQ(shared_->QueryCount("TXT", "long.test"), 2);
 }
 
+// With room for 2 queries on the wire too: each answer lets the next waiting query go.
 TEST_F(ResolverTest, ManyLookupsAtOnce) {
-  ASSERT_TRUE(CreateResolver(Using(shared_->address())).ok());
-  static constexpr int kLookups = 40;
-  struct State {
-    absl::Mutex mutex;
-    int answered = 0;
-    int ok = 0;
-    absl::Notification all;
-  };
-  auto state = std::make_shared<State>();  // shared with the callbacks
-  OnLoop([&] {
-    for (int i = 0; i < kLookups; ++i) {
-      resolver_->ResolveAddresses(absl::StrCat("many", i, ".test"),
-                                  [state](absl::StatusOr<std::vector<IpAddress>> r) {
-                                    absl::MutexLock lock(&state->mutex);
-                                    if (r.ok() && r->size() == 1) ++state->ok;
-                                    if (++state->answered == kLookups) state->all.Notify();
-                                  });
+  for (const size_t room : {ResolverOptions().max_queries_in_flight, size_t{2}}) {
+    SCOPED_TRACE(room);
+    ResolverOptions options = Using(shared_->address());
+    options.max_queries_in_flight = room;
+    ASSERT_TRUE(CreateResolver(options).ok());
+    static constexpr int kLookups = 40;
+    auto state = std::make_shared<Answers>();  // shared with the callbacks
+    OnLoop([&] {
+      for (int i = 0; i < kLookups; ++i) {
+        resolver_->ResolveAddresses(absl::StrCat("many", i, ".test"),
+                                    [state](absl::StatusOr<std::vector<IpAddress>> r) {
+                                      absl::MutexLock lock(&state->mutex);
+                                      if (r.ok() && r->size() == 1) ++state->ok;
+                                      if (++state->answered == kLookups) state->all.Notify();
+                                    });
+      }
+    });
+    ASSERT_TRUE(state->all.WaitForNotificationWithTimeout(kWait));
+    EXPECT_EQ(state->ok, kLookups);
+  }
+}
+
+// 10 lookups of distinct names at once with room for 3 queries: 3 on the wire, the rest wait
+// (a burst of new domains must not flood the nameserver); with room for 100, all 10 go.
+TEST_F(ResolverTest, QueriesOnTheWireAreBoundedByMaxQueriesInFlight) {
+  for (const size_t room : {size_t{3}, size_t{100}}) {
+    SCOPED_TRACE(room);
+    auto silent = SilentDnsServer::Start();
+    ASSERT_TRUE(silent.ok()) << silent.status();
+    ResolverOptions options = Using((*silent)->address());
+    options.timeout = absl::Seconds(30);  // no retry within the test: 10 s per try
+    options.max_queries_in_flight = room;
+    ASSERT_TRUE(CreateResolver(options).ok());
+    OnLoop([&] {
+      for (int i = 0; i < 10; ++i) {
+        resolver_->ResolveMx(absl::StrCat("burst", i, ".test"),
+                             [](absl::StatusOr<MxAnswer>) {});  // dropped with the resolver
+      }
+    });
+    int queries = 0;
+    for (int i = 0; i < 50 && queries < 10; ++i) {  // bounded; extra time would show excess
+      absl::SleepFor(absl::Milliseconds(10));
+      queries += (*silent)->TakeQueries();
     }
-  });
-  ASSERT_TRUE(state->all.WaitForNotificationWithTimeout(kWait));
-  EXPECT_EQ(state->ok, kLookups);
+    absl::SleepFor(absl::Milliseconds(100));
+    queries += (*silent)->TakeQueries();
+    EXPECT_EQ(queries, std::min<int>(10, static_cast<int>(room)));
+    OnLoop([this] { resolver_.reset(); });
+  }
 }
 
 // ---- Names and options ----
@@ -447,13 +484,7 @@ TEST_F(ResolverTest, CacheHitSendsNoQueryAndSurvivesTheServer) {
 TEST_F(ResolverTest, ConcurrentIdenticalLookupsShareOneQuery) {
   ASSERT_TRUE(CreateResolver(Using(shared_->address())).ok());
   static constexpr int kLookups = 5;
-  struct State {
-    absl::Mutex mutex;
-    int ok = 0;
-    int answered = 0;
-    absl::Notification all;
-  };
-  auto state = std::make_shared<State>();  // shared with the callbacks
+  auto state = std::make_shared<Answers>();  // shared with the callbacks
   OnLoop([&] {
     for (int i = 0; i < kLookups; ++i) {
       resolver_->ResolveMx("dedup.test", [state](absl::StatusOr<MxAnswer> answer) {
