@@ -755,7 +755,7 @@ class Spool::Writer {
     const absl::Duration latency = absl::FromChrono(std::chrono::steady_clock::now() - start);
     if (status.ok() && staged > 0) {
       absl::MutexLock lock(&observer_mutex_);
-      if (observer_) observer_(staged, latency);
+      if (observer_) observer_(staged, latency, needs_sync);
     }
     if (status.ok() && schedule_grew) {
       absl::MutexLock lock(&schedule_observer_mutex_);

@@ -112,8 +112,11 @@ struct QueueCounts {
 };
 
 // Called on the writer thread after each commit: the changes in the batch (enqueues, updates,
-// removals; one fsync for all) and the commit latency. Metrics hook; must be cheap.
-using CommitObserver = absl::AnyInvocable<void(size_t batch_size, absl::Duration latency)>;
+// removals), the commit latency, and whether it was synced (one fsync for all, and for the
+// unsynced commits before it) or only written (every change Durability::kRidesNextSync).
+// Metrics hook; must be cheap.
+using CommitObserver =
+    absl::AnyInvocable<void(size_t batch_size, absl::Duration latency, bool synced)>;
 
 class Spool {
   class Writer;  // spool.cc: the pending deque and the writer thread

@@ -55,7 +55,7 @@ void BM_SyncedEnqueue(benchmark::State& state) {
       return;
     }
     std::atomic<uint64_t> committed{0}, batches{0};
-    (*spool)->SetCommitObserver([&](size_t batch_size, absl::Duration) {
+    (*spool)->SetCommitObserver([&](size_t batch_size, absl::Duration, bool) {
       committed.fetch_add(batch_size, std::memory_order_relaxed);
       batches.fetch_add(1, std::memory_order_relaxed);
     });

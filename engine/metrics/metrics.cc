@@ -98,7 +98,7 @@ Metrics::Metrics()
                           .Add({})),
       spool_commit_batch_size_(UnlabelledHistogram(
           *registry_, "facteur_spool_commit_batch_size",
-          "Messages made durable by one synced spool write (group commit).",
+          "Changes (enqueues, updates, removals) in one synced spool write (group commit).",
           {1, 2, 4, 8, 16, 32, 64, 128, 256})),
       spool_commit_seconds_(UnlabelledHistogram(
           *registry_, "facteur_spool_commit_seconds",

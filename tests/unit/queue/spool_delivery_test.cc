@@ -60,7 +60,7 @@ std::vector<ScheduleEntry> Schedule(Store& store) {
 class ParkedWriter {
  public:
   explicit ParkedWriter(Spool& spool) {
-    spool.SetCommitObserver([this](size_t batch_size, absl::Duration) {
+    spool.SetCommitObserver([this](size_t batch_size, absl::Duration, bool) {
       sizes_.push_back(batch_size);  // the writer thread only; read after it is quiet
       if (!parked_.HasBeenNotified()) {
         parked_.Notify();

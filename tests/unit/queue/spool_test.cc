@@ -43,7 +43,7 @@ TEST(SpoolTest, ConcurrentEnqueuesAreGroupCommittedAndSurviveReopen) {
     ASSERT_NE(opened.spool, nullptr);
     std::atomic<size_t> largest_batch{0};
     std::atomic<size_t> committed{0};
-    opened.spool->SetCommitObserver([&](size_t batch_size, absl::Duration) {
+    opened.spool->SetCommitObserver([&](size_t batch_size, absl::Duration, bool) {
       committed += batch_size;
       size_t seen = largest_batch.load();
       while (batch_size > seen && !largest_batch.compare_exchange_weak(seen, batch_size)) {
@@ -223,10 +223,16 @@ TEST(SpoolTest, PowerCutUndoesOnlySettledChangesNoSyncFollowed) {
       ASSERT_TRUE(EnqueueAndWait(*opened.spool, *envelope, BodyFor(envelope->id)).ok());
     }
     const uint64_t syncs = fs->log_syncs();
+    std::atomic<int> unsynced_commits{0};  // as the observer (the metrics) sees them
+    opened.spool->SetCommitObserver([&](size_t, absl::Duration, bool synced) {
+      if (!synced) ++unsynced_commits;
+    });
     ASSERT_TRUE(RemoveAndWait(*opened.spool, ridden.id, ridden.next_attempt,
                               Durability::kRidesNextSync)
                     .ok());
     EXPECT_EQ(fs->log_syncs(), syncs) << "a settled change paid its own fsync";
+    EXPECT_EQ(unsynced_commits.load(), 1);
+    opened.spool->SetCommitObserver(nullptr);
     ASSERT_TRUE(EnqueueAndWait(*opened.spool, late, BodyFor(late.id)).ok());
     ASSERT_TRUE(RemoveAndWait(*opened.spool, undone.id, undone.next_attempt,
                               Durability::kRidesNextSync)
@@ -296,7 +302,7 @@ TEST(SpoolTest, PastMaxPendingEnqueueIsRefusedAtOnce) {
   // Park the writer inside the observer of its first commit so the pending deque fills up.
   absl::Notification parked, release;
   std::atomic<bool> first{true};
-  opened.spool->SetCommitObserver([&](size_t, absl::Duration) {
+  opened.spool->SetCommitObserver([&](size_t, absl::Duration, bool) {
     if (first.exchange(false)) {
       parked.Notify();
       release.WaitForNotification();
@@ -373,7 +379,7 @@ TEST(SpoolTest, PromisedEnqueueJoinsTheHeldCommit) {
   ASSERT_NE(opened.spool, nullptr);
   absl::Mutex mutex;
   std::vector<size_t> batches;
-  opened.spool->SetCommitObserver([&](size_t batch_size, absl::Duration) {
+  opened.spool->SetCommitObserver([&](size_t batch_size, absl::Duration, bool) {
     absl::MutexLock lock(&mutex);
     batches.push_back(batch_size);
   });

@@ -68,7 +68,7 @@ class QueueManagerTest : public ::testing::Test {
     auto spool = queue::Spool::Open(*store_, queue::SpoolOptions{}, clock_);
     ASSERT_TRUE(spool.ok()) << spool.status();
     spool_ = *std::move(spool);
-    spool_->SetCommitObserver([this](size_t batch, absl::Duration) {
+    spool_->SetCommitObserver([this](size_t batch, absl::Duration, bool) {
       absl::MutexLock lock(&mutex_);
       committed_ += batch;
     });
