@@ -3,6 +3,7 @@
 // functions.
 #include "queue/spool.h"
 
+#include <pthread.h>
 #include <algorithm>
 #include <iterator>
 #include <atomic>
@@ -435,7 +436,10 @@ class Spool::Writer {
          const std::vector<ScheduleEntry>& recovered)
       : store_(store), options_(options), clock_(clock), index_(recovered) {
     if (options_.max_batch == 0) options_.max_batch = 1;
-    thread_ = std::thread([this] { Run(); });
+    thread_ = std::thread([this] {
+      pthread_setname_np(pthread_self(), "spool-writer");
+      Run();
+    });
   }
 
   ~Writer() {

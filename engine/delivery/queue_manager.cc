@@ -1,6 +1,7 @@
 // File: engine/delivery/queue_manager.cc
 #include "engine/delivery/queue_manager.h"
 
+#include <pthread.h>
 #include <algorithm>
 #include <utility>
 
@@ -125,7 +126,10 @@ QueueManager::~QueueManager() { Stop(); }
 
 void QueueManager::Start() {
   spool_.SetScheduleObserver([this] { Wake(); });
-  thread_ = std::thread([this] { ThreadMain(); });
+  thread_ = std::thread([this] {
+    pthread_setname_np(pthread_self(), "queue-manager");  // for top -H, perf and gdb
+    ThreadMain();
+  });
 }
 
 void QueueManager::Stop() {

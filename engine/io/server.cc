@@ -2,6 +2,7 @@
 
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -333,6 +334,7 @@ absl::Status Server::Start(size_t threads) {
       for (auto& acceptor : raw->acceptors()) acceptor->Arm();
     });
     raw->thread() = std::thread([raw] {
+      pthread_setname_np(pthread_self(), absl::StrCat("io-", raw->index()).c_str());
       absl::Status status = raw->loop().Run();
       if (!status.ok()) Log(LogLevel::kError, "loop %d: %s", raw->index(), status.ToString());
     });

@@ -7,6 +7,7 @@
 // SIGHUP reloads what can change without dropping a connection (Relay::Reload).
 // Thread contract: the main thread builds, waits for signals, and tears down. Signals are
 // blocked in every thread it starts and taken with sigwait() here.
+#include <pthread.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -601,6 +602,7 @@ class Relay {
   // Reputation counters reach the store every few seconds, off the loops (RocksDB blocks).
   void StartReputationFlusher() {
     reputation_flusher_ = std::thread([this] {
+      pthread_setname_np(pthread_self(), "reputation");
       bool stopping = false;
       while (!stopping) {
         stopping = reputation_stop_.WaitForNotificationWithTimeout(kReputationFlushInterval);

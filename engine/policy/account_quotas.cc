@@ -1,6 +1,7 @@
 // File: engine/policy/account_quotas.cc
 #include "engine/policy/account_quotas.h"
 
+#include <pthread.h>
 #include <bit>
 #include <cstdint>
 #include <limits>
@@ -165,7 +166,10 @@ absl::StatusOr<std::unique_ptr<AccountQuotas>> AccountQuotas::Open(queue::Store&
         "%d account(s) suspended for unusual sending volume (facteur account resume NAME)",
         static_cast<int>(suspended));
   }
-  if (!store.read_only()) quotas->thread_ = std::thread([q = quotas.get()] { q->Run(); });
+  if (!store.read_only()) quotas->thread_ = std::thread([q = quotas.get()] {
+      pthread_setname_np(pthread_self(), "account-quotas");
+      q->Run();
+    });
   return quotas;
 }
 
