@@ -2,11 +2,12 @@
 // The events log: one JSON object per line for each reception, delivery, transient failure,
 // bounce, expiration and suspension (DESIGN.md §6), for log pipelines. Record() never blocks
 // and never does I/O: it formats the line and queues it for one writer thread, which appends
-// to the file, many lines per write(2), within about 20 ms of Record(); when the queue is full (the disk stalls) lines are
-// dropped and counted rather than stalling an I/O shard. A failed write (EIO, ENOSPC) loses
-// that batch, counts its lines as dropped and is logged at most once a minute; the writer goes
-// on with the next lines. Reopen() (on SIGHUP) reopens the path, for logrotate: rename the file
-// away, Reopen(), and the lines recorded after the call go to a new file at the path.
+// to the file, many lines per write(2), within 20 ms of Record(); when the queue is full
+// (the disk stalls) lines are dropped and counted rather than stalling an I/O shard. A failed
+// write (EIO, ENOSPC) loses that batch, counts its lines as dropped and is logged at most once
+// a minute; the writer goes on with the next lines. Reopen() (on SIGHUP) reopens the path, for
+// logrotate: rename the file away, Reopen(), and the lines recorded after the call go to a new
+// file at the path.
 // Thread contract: thread-safe.
 #pragma once
 
@@ -124,6 +125,7 @@ class EventLog {
   int fd_;
   bool mid_line_ = false;  // the file ends inside a line (a short write, or as we found it)
   absl::Time last_error_report_ = absl::InfinitePast();
+  absl::Time last_write_ = absl::InfinitePast();  // real time: paces the gathering
   uint64_t unreported_errors_ = 0;
   std::thread thread_;
 };

@@ -349,6 +349,14 @@ def read_events(server):
         return [json.loads(line) for line in f if line.strip()]
 
 
+def events_when(server, enough, timeout=20, what="the events awaited"):
+    """The events log of `server` once enough(events) is true: the writer thread may write a
+    line up to 20 ms after the event (it gathers lines on a busy relay), so a test that saw the
+    effect elsewhere (a message at the MX, a CLI answer) waits for the line too."""
+    return wait_until(lambda: (lambda events: events if enough(events) else None)(
+        read_events(server)), timeout=timeout, what=what)
+
+
 def plain_response(user, password):
     """The base64 AUTH PLAIN response of RFC 4616: NUL user NUL password."""
     import base64

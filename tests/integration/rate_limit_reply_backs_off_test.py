@@ -88,8 +88,10 @@ class RateLimitReplyBacksOffTest(unittest.TestCase):
                 self.assertGreaterEqual(min(later) - when, PAUSE * 0.99,
                                         "sent again %.0f s after a 421" % (min(later) - when))
 
-        events = harness.read_events(self.server)
-        suspensions = [e for e in events if e["type"] == "suspension" and e.get("site") == "strict"]
+        strict = lambda events: [e for e in events
+                                 if e["type"] == "suspension" and e.get("site") == "strict"]
+        suspensions = strict(harness.events_when(
+            self.server, lambda events: len(strict(events)) >= len(refused)))
         self.assertEqual(len(suspensions), len(refused), suspensions)
         self.assertTrue(all(e["code"] == 421 and e["enhanced"] == "4.7.28" for e in suspensions))
         harness.wait_until(

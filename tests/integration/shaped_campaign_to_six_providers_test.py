@@ -226,10 +226,11 @@ class ShapedCampaignTest(unittest.TestCase):
         self.assertGreaterEqual(block.blocklist_replies, 1)
         self.assertTrue(all(d.ip == SOURCES[1] for d in block.deliveries))
         # ... and the operator is told, in the events log.
-        suspensions = [e for e in harness.read_events(self.server) if e["type"] == "suspension"]
-        self.assertTrue(any(e.get("site") == "block" and e.get("source_ip") == SOURCES[0] and
-                            e.get("code") == 550 and "blocked using" in e.get("response", "")
-                            for e in suspensions), suspensions)
+        blocked = lambda events: [e for e in events if e["type"] == "suspension" and
+                                  e.get("site") == "block" and e.get("source_ip") == SOURCES[0] and
+                                  e.get("code") == 550 and "blocked using" in e.get("response", "")]
+        self.assertTrue(blocked(harness.events_when(self.server, blocked,
+                                                    what="the block site's suspension")))
 
         self.assertLessEqual(finished - start, bound, "\n".join(report))
 

@@ -111,9 +111,10 @@ class SiteSuspendResumeAndTopTest(harness.unittest.TestCase):
         self.assertEqual(pair["state"], "suspended")
         self.assertEqual(pair["suspended_by"], "manual")
         self.assertIsNotNone(pair["suspended_until"])
-        events = [e for e in harness.read_events(self.server)
-                  if e["type"] == "suspension" and e.get("site") == "sinksite"]
-        self.assertTrue(any("manual" in e.get("detail", "") for e in events), events)
+        manual = lambda events: [e for e in events if e["type"] == "suspension" and
+                                 e.get("site") == "sinksite" and "manual" in e.get("detail", "")]
+        self.assertTrue(manual(harness.events_when(self.server, manual,
+                                                   what="the manual suspension")))
 
         self.send(3, "held")
         with self.server.smtp() as client:
