@@ -166,10 +166,12 @@ absl::StatusOr<std::unique_ptr<AccountQuotas>> AccountQuotas::Open(queue::Store&
         "%d account(s) suspended for unusual sending volume (facteur account resume NAME)",
         static_cast<int>(suspended));
   }
-  if (!store.read_only()) quotas->thread_ = std::thread([q = quotas.get()] {
+  if (!store.read_only()) {
+    quotas->thread_ = std::thread([q = quotas.get()] {
       pthread_setname_np(pthread_self(), "account-quotas");
       q->Run();
     });
+  }
   return quotas;
 }
 
