@@ -46,10 +46,9 @@ class SiteRecipientLimitSplitsTransactionsTest(unittest.TestCase):
             lambda: b'"count": 0' in self.server.cli("queue", "count", "--json").stdout
             or b'"count":0' in self.server.cli("queue", "count", "--json").stdout,
             what="an empty queue")
-        events = harness.wait_until(
-            lambda: [e for e in harness.read_events(self.server) if e["type"] == "delivery"]
-            if len([e for e in harness.read_events(self.server) if e["type"] == "delivery"]) >= 5
-            else None, what="five delivery events")
+        deliveries = lambda events: [e for e in events if e["type"] == "delivery"]
+        events = deliveries(harness.events_when(
+            self.server, lambda events: len(deliveries(events)) >= 5, what="five delivery events"))
         self.assertEqual(sorted(e["recipient"] for e in events), RECIPIENTS)
         self.assertEqual({e["attempt"] for e in events}, {1})
         self.assertEqual({e["site"] for e in events}, {"split"})
