@@ -141,6 +141,11 @@ void PairThrottle::OnConnectionOpened(absl::Time now) {
   CloseWait(now);
 }
 
+void PairThrottle::OnConnectionTakenOver(absl::Time now) {
+  ++open_connections_;
+  CloseWait(now);
+}
+
 void PairThrottle::OnConnectionClosed(absl::Time now) {
   if (open_connections_ > 0) --open_connections_;
   // A wait for a free connection slot ends here, or when the connection rates next allow one.

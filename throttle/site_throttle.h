@@ -118,6 +118,10 @@ class PairThrottle {
   // --- Events. The caller reports what it did (whether or not it was allowed: an event that
   // happened is paid for in the rate limits all the same).
   void OnConnectionOpened(absl::Time now);
+  // A connection already open to the site's server, taken over from another destination (a
+  // reused idle connection): it counts as open, but no new connection reached the server, so
+  // it costs nothing in the connection rates.
+  void OnConnectionTakenOver(absl::Time now);
   void OnConnectionClosed(absl::Time now);
   // A transaction (MAIL FROM) begins; messages are counted per transaction, not per recipient.
   void OnMessageStarted(absl::Time now);

@@ -132,6 +132,24 @@ TEST(PairThrottleTest, HourAndDayCapsHoldInEveryCalendarHourAndDay) {
   }
 }
 
+TEST(PairThrottleTest, ATakenOverConnectionCountsAsOpenButCostsNoConnectionRate) {
+  SiteLimits limits = Limits(0, 2);
+  limits.connections_per_minute = 6;
+  PairThrottle pair(Options(limits));
+  // Another destination's idle connection: open for this pair, yet no new connection reached
+  // the server, so the next new one may open at once.
+  pair.OnConnectionTakenOver(kT0);
+  EXPECT_EQ(pair.open_connections(), 1u);
+  EXPECT_LE(pair.MayOpenConnection(kT0), kT0);
+  EXPECT_EQ(pair.counters().connections_opened, 0u);
+  pair.OnConnectionOpened(kT0);
+  EXPECT_EQ(pair.open_connections(), 2u);
+  // The concurrency limit counts both.
+  EXPECT_EQ(pair.MayOpenConnection(kT0 + absl::Minutes(5)), absl::InfiniteFuture());
+  pair.OnConnectionClosed(kT0 + absl::Minutes(5));
+  EXPECT_EQ(pair.open_connections(), 1u);
+}
+
 TEST(PairThrottleTest, ConnectionsAreLimitedByConcurrencyAndRate) {
   SiteLimits limits = Limits(0, 2);
   limits.connections_per_minute = 6;
