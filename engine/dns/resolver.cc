@@ -170,6 +170,7 @@ class Resolver::Impl {
                  absl::AnyInvocable<void(absl::StatusOr<MxAnswer>) &&> done);
   void ResolveAddresses(std::string_view host,
                         absl::AnyInvocable<void(absl::StatusOr<std::vector<IpAddress>>) &&> done);
+  std::optional<std::vector<IpAddress>> CachedAddresses(std::string_view host);
   void ResolveTxt(std::string_view name,
                   absl::AnyInvocable<void(absl::StatusOr<std::vector<std::string>>) &&> done);
   size_t cache_size() const { return cache_.size(); }
@@ -817,6 +818,20 @@ void Resolver::Impl::ResolveAddresses(
   StartFetch(*name, kTypeAaaa, [this, id](const FetchResult& r) { OnAddress(id, true, r); });
 }
 
+std::optional<std::vector<IpAddress>> Resolver::Impl::CachedAddresses(std::string_view host) {
+  absl::StatusOr<std::string> name = NormalizeName(host);
+  if (!name.ok()) return std::nullopt;
+  const RecordSet* a = CacheFind(CacheKey{*name, kTypeA});
+  if (a == nullptr) return std::nullopt;
+  const RecordSet* aaaa = CacheFind(CacheKey{*name, kTypeAaaa});
+  if (aaaa == nullptr) return std::nullopt;
+  // IPv4 first, as FinishAddresses orders them.
+  std::vector<IpAddress> addresses = a->addresses;
+  addresses.insert(addresses.end(), aaaa->addresses.begin(), aaaa->addresses.end());
+  if (addresses.empty()) return std::nullopt;
+  return addresses;
+}
+
 void Resolver::Impl::FinishAddresses(uint64_t id) {
   Lookup* lookup = FindLookup(id);
   if (!lookup->a.has_value() || !lookup->aaaa.has_value()) return;
@@ -935,6 +950,10 @@ void Resolver::ResolveAddresses(
     std::string_view host,
     absl::AnyInvocable<void(absl::StatusOr<std::vector<IpAddress>>) &&> done) {
   impl_->ResolveAddresses(host, std::move(done));
+}
+
+std::optional<std::vector<IpAddress>> Resolver::CachedAddresses(std::string_view host) {
+  return impl_->CachedAddresses(host);
 }
 
 void Resolver::ResolveTxt(

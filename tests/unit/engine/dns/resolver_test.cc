@@ -66,6 +66,8 @@ void AddSharedRecords(DnsServer& server) {
       .AddAddress("host.test", "::1")
       .AddAddress("host.test", "127.0.0.62")
       .AddAddress("v6only.test", "2001:db8::5")
+      .AddAddress("peek.test", "::1")
+      .AddAddress("peek.test", "127.0.0.63")
       .AddTxt("txt.test", {"v=spf1", " -all"})
       .AddTxt("txt.test", {"second record"})
       // 3 strings, 700 bytes: over 512 bytes, so UDP answers are truncated and c-ares asks
@@ -479,6 +481,35 @@ TEST_F(ResolverTest, CacheHitSendsNoQueryAndSurvivesTheServer) {
   auto addresses = Addresses("cached.test");
   ASSERT_TRUE(addresses.ok()) << addresses.status();
   EXPECT_THAT(Texts(*addresses), ElementsAre("127.0.0.7"));
+}
+
+TEST_F(ResolverTest, CachedAddressesAnswerFromTheCacheAloneAndNeverAsk) {
+  ASSERT_TRUE(CreateResolver(Using(shared_->address())).ok());
+  auto cached = [this](std::string_view host) {
+    std::optional<std::vector<IpAddress>> answer;
+    OnLoop([&] { answer = resolver_->CachedAddresses(host); });
+    return answer;
+  };
+  // Not looked up yet: nothing, and no query either.
+  EXPECT_FALSE(cached("peek.test").has_value());
+  EXPECT_EQ(shared_->QueryCount("A", "peek.test"), 0);
+
+  auto addresses = Addresses("peek.test");
+  ASSERT_TRUE(addresses.ok()) << addresses.status();
+  std::optional<std::vector<IpAddress>> hit = cached("PEEK.test.");
+  ASSERT_TRUE(hit.has_value());
+  EXPECT_EQ(Texts(*hit), Texts(*addresses));  // IPv4 first, as ResolveAddresses
+  EXPECT_THAT(Texts(*hit), ElementsAre("127.0.0.63", "::1"));
+  EXPECT_EQ(shared_->QueryCount("A", "peek.test"), 1);
+
+  // A name without addresses (MX only) is no answer here: ResolveAddresses says why.
+  ASSERT_FALSE(Addresses("mx.test").ok());
+  EXPECT_FALSE(cached("mx.test").has_value());
+
+  // Expired with its TTL (600 s here).
+  clock_.Advance(absl::Seconds(601));
+  EXPECT_FALSE(cached("peek.test").has_value());
+  EXPECT_EQ(shared_->QueryCount("A", "peek.test"), 1);
 }
 
 TEST_F(ResolverTest, ConcurrentIdenticalLookupsShareOneQuery) {
