@@ -135,6 +135,9 @@ class ClientSession final : public io::StreamHandler {
   const ServerCapabilities& capabilities() const { return capabilities_; }
   bool tls_active() const { return tls_active_; }
   const std::string& remote_name() const { return remote_name_; }
+  // The name later outcomes give the server: a connection reused for another destination whose
+  // host has the same address goes by that host's name.
+  void set_remote_name(std::string remote_name) { remote_name_ = std::move(remote_name); }
   uint32_t transactions() const { return transactions_; }  // Send() calls so far
 
   // io::StreamHandler
