@@ -47,6 +47,40 @@ smtp::TlsPolicy ClientPolicy(config::DeliveryTlsPolicy policy) {
   return smtp::TlsPolicy::kOpportunistic;
 }
 
+std::optional<dns::IpAddress> IpLiteral(const std::string& host) {
+  dns::IpAddress address;
+  if (inet_pton(AF_INET, host.c_str(), address.bytes) == 1) return address;
+  address.v6 = true;
+  if (inet_pton(AF_INET6, host.c_str(), address.bytes) == 1) return address;
+  return std::nullopt;
+}
+
+// A source bound to one family reaches only addresses of that family.
+bool FamilyMatches(const Source& source, const dns::IpAddress& address) {
+  if (!source.bind.has_value()) return true;
+  return (source.bind->family() == AF_INET6) == address.v6;
+}
+
+// The TLS policy of a session for `destination` (kNone without a client context, or once an
+// opportunistic handshake failed with that host).
+smtp::TlsPolicy SessionTlsPolicy(const Destination& destination,
+                                 const tls::TlsClientContext* context, bool plaintext) {
+  if (context == nullptr || plaintext) return smtp::TlsPolicy::kNone;
+  return ClientPolicy(destination.tls);
+}
+
+// Which destinations may reuse an idle connection (ShardDelivery::idle_links_), as Postfix's
+// connection cache by address: the same source, address, port and TLS policy. A verified
+// session (kRequired) checked the certificate for its own host name only, so it serves that
+// host alone.
+std::string ReuseKey(const Source& source, const dns::IpAddress& address, uint16_t port,
+                     smtp::TlsPolicy tls, const Destination& destination,
+                     const std::string& host) {
+  const bool verified = destination.tls == config::DeliveryTlsPolicy::kRequired;
+  return absl::StrCat(source.name, " ", address.ToString(), " ", port, " ",
+                      static_cast<int>(tls), " ", verified ? host : std::string());
+}
+
 bool IsRoute(const Destination& destination) {
   return absl::StartsWith(destination.key, "route:");
 }
@@ -83,14 +117,12 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
  public:
   Link(ShardDelivery& shard, DestinationQueue& queue, Source source,
        throttle::PairThrottle& pair)
-      : shard_(shard), queue_(queue), source_(std::move(source)), pair_(pair) {}
+      : shard_(shard), queue_(&queue), source_(std::move(source)), pair_(&pair) {}
 
-  ~Link() override {
-    if (idle_timer_ != io::kNoTimer) shard_.loop_.Cancel(idle_timer_);
-  }
+  ~Link() override { CancelIdleTimer(); }
 
   void Start() {
-    hosts_ = queue_.hosts;
+    hosts_ = queue_->hosts;
     ConnectNext();
   }
 
@@ -103,7 +135,7 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
   bool finished() const { return finished_; }
   uint32_t sent() const { return sent_; }
   const Source& source() const { return source_; }
-  throttle::PairThrottle& pair() { return pair_; }
+  throttle::PairThrottle& pair() { return *pair_; }
 
   void Carry(PendingJob job) {
     CancelIdleTimer();
@@ -112,13 +144,42 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
     session_->Send(current_->job.message);
   }
 
-  // No job for this connection now: it waits for one until the idle timeout.
-  void Idle() {
-    if (idle_timer_ != io::kNoTimer || !idle()) return;
+  // No job for this connection now: it waits for one until the idle timeout. With `offer`
+  // (its destination has nothing for its source), another destination of the shard whose host
+  // has the same address may take the connection meanwhile (ShardDelivery::idle_links_).
+  void Idle(bool offer) {
+    if (!idle()) return;
+    if (!offer) {
+      Withdraw();  // its destination has work for it, once its pair allows
+    } else if (!reuse_key_.empty() && !offered_.has_value()) {
+      std::list<Link*>& offered = shard_.idle_links_[reuse_key_];
+      offered_ = offered.insert(offered.end(), this);
+    }
+    if (idle_timer_ != io::kNoTimer) return;
     idle_timer_ = shard_.loop_.RunAfter(shard_.context_.idle_timeout, [this] {
       idle_timer_ = io::kNoTimer;
+      Withdraw();
       if (idle()) Quit();
     });
+  }
+
+  // This idle, offered connection goes to `to` (a destination whose host `host` has this
+  // connection's address), counted from now on by `pair` (which the caller told of it) instead
+  // of its old pair. Ready for `to`'s jobs at once.
+  void MoveTo(DestinationQueue& to, throttle::PairThrottle& pair, const std::string& host) {
+    CancelIdleTimer();
+    pair_->OnConnectionClosed(shard_.context_.clock.Now());
+    DestinationQueue& from = *queue_;
+    auto self = std::find_if(from.links.begin(), from.links.end(),
+                             [this](const std::unique_ptr<Link>& l) { return l.get() == this; });
+    to.links.splice(to.links.end(), from.links, self);
+    queue_ = &to;
+    pair_ = &pair;
+    remote_ = absl::StrCat(host, remote_address_);
+    session_->set_remote_name(remote_);
+    // The old destination may have nothing left; its site may have jobs waiting for a slot of
+    // the old pair.
+    shard_.TidyLater(from, nullptr);
   }
 
   // smtp::ClientSession::Owner
@@ -128,7 +189,7 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
       Quit();  // connected after the shutdown began: nothing to carry
       return;
     }
-    shard_.Pump(*queue_.site);
+    shard_.Pump(*queue_->site);
   }
 
   void OnTransactionDone(smtp::ClientSession& session, smtp::TransactionResult result) override {
@@ -138,12 +199,12 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
       PendingJob job = *std::move(current_);
       current_.reset();
       std::vector<RecipientVerdict> verdicts =
-          shard_.Judge(*queue_.site, source_.name, result.recipients);
-      shard_.Report(std::move(job), queue_, std::move(result.recipients), std::move(verdicts),
+          shard_.Judge(*queue_->site, source_.name, result.recipients);
+      shard_.Report(std::move(job), *queue_, std::move(result.recipients), std::move(verdicts),
                     remote_, &source_, session.tls_active());
     }
     if (!shard_.shutting_down_) {
-      shard_.Pump(*queue_.site);
+      shard_.Pump(*queue_->site);
     } else {
       Quit();  // the shutdown waited for this transaction only
     }
@@ -165,12 +226,12 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
       PendingJob job = *std::move(current_);
       current_.reset();
       std::vector<mail::DeliveryOutcome> outcomes(job.job.message.recipients.size(), why);
-      std::vector<RecipientVerdict> verdicts = shard_.Judge(*queue_.site, source_.name, outcomes);
-      shard_.Report(std::move(job), queue_, std::move(outcomes), std::move(verdicts), remote_,
+      std::vector<RecipientVerdict> verdicts = shard_.Judge(*queue_->site, source_.name, outcomes);
+      shard_.Report(std::move(job), *queue_, std::move(outcomes), std::move(verdicts), remote_,
                     &source_, false);
     }
     if (!ever_ready_ && !quitting_ && !shard_.shutting_down_ && !plaintext_ &&
-        queue_.destination.tls == config::DeliveryTlsPolicy::kOpportunistic &&
+        queue_->destination.tls == config::DeliveryTlsPolicy::kOpportunistic &&
         absl::StartsWith(why.reply.text, "TLS handshake")) {
       // Opportunistic TLS whose handshake failed: the same host again, in plain text, as
       // Postfix does at its "may" level — otherwise a server with broken TLS would never get
@@ -185,7 +246,7 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
       // Refused greeting, TLS policy not met, timeout before the first transaction: the next
       // address or MX host may do better (RFC 5321 §5.1). What the server said still tells the
       // pair something ("421 Too many connections", "554 blocked using ...").
-      shard_.JudgeSession(*queue_.site, source_.name, why);
+      shard_.JudgeSession(*queue_->site, source_.name, why);
       last_failure_ = why;
       if (last_failure_.remote.empty()) last_failure_.remote = remote_;
       if (!why.local && why.permanent()) {
@@ -197,7 +258,7 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
         reply.code = 451;
         reply.enhanced = reply.enhanced.size() > 1 ? "4" + reply.enhanced.substr(1) : "4.0.0";
       }
-      if (pair_.suspended(shard_.context_.clock.Now())) {
+      if (pair_->suspended(shard_.context_.clock.Now())) {
         // The pair is paused (a rate limit or a block said so): no other host either.
         Fail(last_failure_);
         return;
@@ -232,7 +293,7 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
       if (next_host_ >= hosts_.size() || tried_ >= context.max_addresses_per_connection) {
         if (last_failure_.reply.code == 0) {
           last_failure_ = LocalFailure(451, "4.4.1",
-                                       absl::StrCat("no reachable host for ", queue_.destination.key));
+                                       absl::StrCat("no reachable host for ", queue_->destination.key));
         }
         Fail(last_failure_);
         return;
@@ -254,7 +315,7 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
                                addresses.status().message()));
             } else {
               for (const dns::IpAddress& address : *addresses) {
-                if (FamilyMatches(address)) targets_.push_back({host, address});
+                if (FamilyMatches(source_, address)) targets_.push_back({host, address});
               }
             }
             ConnectNext();
@@ -263,9 +324,10 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
     }
     const Target target = targets_[next_target_++];
     ++tried_;
-    const uint16_t port = queue_.destination.port;
+    const uint16_t port = queue_->destination.port;
     absl::StatusOr<io::SocketAddress> remote = io::MakeSocketAddress(target.address.ToString(), port);
-    remote_ = absl::StrCat(target.host, "[", target.address.ToString(), "]:", port);
+    remote_address_ = absl::StrCat("[", target.address.ToString(), "]:", port);
+    remote_ = absl::StrCat(target.host, remote_address_);
     if (!remote.ok()) {
       last_failure_ = LocalFailure(451, "4.4.1", std::string(remote.status().message()), remote_);
       ConnectNext();
@@ -278,13 +340,24 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
     spec.tls = context.tls;
     // SNI and the name checked (an IP-literal route checks the certificate's IP address).
     spec.tls_server_name = target.host;
-    spec.verify_peer = queue_.destination.tls == config::DeliveryTlsPolicy::kRequired;
+    spec.verify_peer = queue_->destination.tls == config::DeliveryTlsPolicy::kRequired;
 
     smtp::ClientOptions options;
     options.ehlo_name = source_.ehlo_name;
-    options.tls = ClientPolicy(queue_.destination.tls);
-    if (context.tls == nullptr || plaintext_) options.tls = smtp::TlsPolicy::kNone;
+    options.tls = SessionTlsPolicy(queue_->destination, context.tls, plaintext_);
     options.timeouts = context.timeouts;
+
+    // An idle session to this address from this source under the same TLS policy carries this
+    // destination's mail too, instead of a new connection and handshake.
+    reuse_key_ =
+        ReuseKey(source_, target.address, port, options.tls, queue_->destination, target.host);
+    if (Link* donor = shard_.TakeIdleLink(reuse_key_)) {
+      // The donor takes this link's place (and its count in pair_); this one never connected.
+      pair_->OnConnectionTakenOver(shard_.context_.clock.Now());
+      donor->MoveTo(*queue_, *pair_, target.host);
+      Finish();
+      return;
+    }
     std::weak_ptr<bool> alive = alive_;
     shard_.connector_.Connect(
         spec,
@@ -309,12 +382,12 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
   // back to the manager, for the pause to end).
   void Fail(const mail::DeliveryOutcome& outcome) {
     bool others = false;
-    for (const auto& link : queue_.links) {
+    for (const auto& link : queue_->links) {
       if (link.get() != this && !link->finished()) others = true;
     }
-    const bool paused = pair_.suspended(shard_.context_.clock.Now());
+    const bool paused = pair_->suspended(shard_.context_.clock.Now());
     if (!paused && (!others || outcome.permanent())) {
-      shard_.FailWaiting(queue_, outcome, remote_);
+      shard_.FailWaiting(*queue_, outcome, remote_);
     }
     Finish();
   }
@@ -323,33 +396,30 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
     if (finished_) return;
     finished_ = true;
     alive_.reset();
-    pair_.OnConnectionClosed(shard_.context_.clock.Now());
-    shard_.LinkFinished(queue_, this);
-  }
-
-  bool FamilyMatches(const dns::IpAddress& address) const {
-    if (!source_.bind.has_value()) return true;
-    return (source_.bind->family() == AF_INET6) == address.v6;
-  }
-
-  static std::optional<dns::IpAddress> IpLiteral(const std::string& host) {
-    dns::IpAddress address;
-    if (inet_pton(AF_INET, host.c_str(), address.bytes) == 1) return address;
-    address.v6 = true;
-    if (inet_pton(AF_INET6, host.c_str(), address.bytes) == 1) return address;
-    return std::nullopt;
+    pair_->OnConnectionClosed(shard_.context_.clock.Now());
+    shard_.TidyLater(*queue_, this);
   }
 
   void CancelIdleTimer() {
+    Withdraw();
     if (idle_timer_ == io::kNoTimer) return;
     shard_.loop_.Cancel(idle_timer_);
     idle_timer_ = io::kNoTimer;
   }
 
+  // No longer offered to other destinations.
+  void Withdraw() {
+    if (!offered_.has_value()) return;
+    auto it = shard_.idle_links_.find(reuse_key_);
+    it->second.erase(*offered_);
+    if (it->second.empty()) shard_.idle_links_.erase(it);
+    offered_.reset();
+  }
+
   ShardDelivery& shard_;
-  DestinationQueue& queue_;
+  DestinationQueue* queue_;  // never null; changes when another destination takes the link
   const Source source_;
-  throttle::PairThrottle& pair_;  // owned by the site, which outlives its links
+  throttle::PairThrottle* pair_;  // never null; owned by the site, which outlives its links
   // Asynchronous callbacks (DNS, connect) hold a weak_ptr to this: expired once the link is
   // finished, so a late answer finds nothing to touch.
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
@@ -358,7 +428,12 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
   std::vector<Target> targets_;
   size_t next_target_ = 0;
   uint32_t tried_ = 0;
-  std::string remote_;
+  std::string remote_;          // "mx1.example.net[192.0.2.1]:25"
+  std::string remote_address_;  // "[192.0.2.1]:25"
+  // Source, address, port and TLS policy of the connection: which destinations may reuse it.
+  std::string reuse_key_;
+  // Where this link is in shard_.idle_links_ while offered.
+  std::optional<std::list<Link*>::iterator> offered_;
   smtp::ClientSession* session_ = nullptr;  // owned by its io::Connection
   absl::Time session_opened_;  // when session_ was made (connected): its lifetime metric
   std::optional<PendingJob> current_;
@@ -547,55 +622,121 @@ void ShardDelivery::Pump(SiteQueue& site) {
   for (DestinationQueue* queue : queues) PumpDestination(site, *queue, now);
 }
 
+// Messages of `source` to the destination already started and not yet answered, for the warmup
+// cap.
+uint32_t ShardDelivery::InFlight(const DestinationQueue& queue, const std::string& source) {
+  uint32_t n = 0;
+  for (const auto& link : queue.links) {
+    if (link->carrying() && link->source().name == source) ++n;
+  }
+  return n;
+}
+
+void ShardDelivery::Employ(SiteQueue& site, DestinationQueue& queue, Link& link, absl::Time now,
+                           const throttle::WarmupPlan* plan, absl::Time& wake) {
+  throttle::PairThrottle& pair = link.pair();
+  const uint32_t per_connection =
+      Capped(pair.max_messages_per_connection(), context_.max_messages_per_connection);
+  if (pair.suspended(now) || pair.OverConnectionLimit() || link.sent() >= per_connection) {
+    link.Quit();
+    return;
+  }
+  const std::string& source = link.source().name;
+  auto job = std::find_if(queue.waiting.begin(), queue.waiting.end(), [&](const PendingJob& p) {
+    return p.job.pinned_source.empty() || p.job.pinned_source == source;
+  });
+  if (job == queue.waiting.end()) {
+    link.Idle(/*offer=*/true);
+    return;
+  }
+  if (plan != nullptr &&
+      !context_.reputation->WarmupAllows(source, plan, site.key, now, InFlight(queue, source))) {
+    wake = std::min(wake, throttle::Reputation::WarmupResetsAt(now));
+    link.Quit();
+    return;
+  }
+  const absl::Time eligible = pair.MayStartMessage(now);
+  if (eligible > now) {
+    wake = std::min(wake, eligible);
+    link.Idle(/*offer=*/false);
+    return;
+  }
+  pair.OnMessageStarted(now);
+  PendingJob carried = std::move(*job);
+  queue.waiting.erase(job);
+  link.Carry(std::move(carried));
+}
+
+ShardDelivery::Link* ShardDelivery::TakeOverIdleLinkOfPair(
+    DestinationQueue& queue, std::span<const throttle::SourceCandidate> candidates,
+    const std::vector<Source>& sources, absl::Time now) {
+  for (size_t i = 0; i < sources.size() && i < candidates.size(); ++i) {
+    throttle::PairThrottle& pair = *candidates[i].pair;
+    if (pair.suspended(now) || pair.MessageEligibleAt(now) > now) continue;
+    const std::string& name = sources[i].name;
+    if (std::none_of(queue.waiting.begin(), queue.waiting.end(), [&name](const PendingJob& p) {
+          return p.job.pinned_source.empty() || p.job.pinned_source == name;
+        })) {
+      continue;
+    }
+    if (queue.hosts.empty()) return nullptr;
+    if (!FirstAddress(queue.hosts.front(), sources[i]).has_value()) {
+      // Not known yet: once it is, the site is pumped again and may find one.
+      std::weak_ptr<bool> alive = alive_;
+      resolver_.ResolveAddresses(
+          queue.hosts.front(), [this, alive, site_key = queue.site->key](
+                                   absl::StatusOr<std::vector<dns::IpAddress>> addresses) {
+            if (alive.expired() || shutting_down_ || !addresses.ok()) return;
+            if (auto site = sites_.find(site_key); site != sites_.end()) Pump(*site->second);
+          });
+      return nullptr;
+    }
+    Link* link = ReusableLink(queue, sources[i], &pair);
+    if (link == nullptr) continue;
+    // Closed and taken over by the same pair: its count stays.
+    pair.OnConnectionTakenOver(now);
+    link->MoveTo(queue, pair, queue.hosts.front());
+    return link;
+  }
+  return nullptr;
+}
+
+std::optional<dns::IpAddress> ShardDelivery::FirstAddress(const std::string& host,
+                                                          const Source& source) {
+  if (std::optional<dns::IpAddress> literal = IpLiteral(host)) return literal;
+  std::optional<std::vector<dns::IpAddress>> cached = resolver_.CachedAddresses(host);
+  if (!cached.has_value()) return std::nullopt;
+  for (const dns::IpAddress& address : *cached) {
+    if (FamilyMatches(source, address)) return address;
+  }
+  return std::nullopt;
+}
+
+ShardDelivery::Link* ShardDelivery::ReusableLink(const DestinationQueue& queue,
+                                                 const Source& source,
+                                                 const throttle::PairThrottle* of_pair) {
+  if (queue.hosts.empty()) return nullptr;
+  // The address a new link would try first, if already known; else the new link finds out
+  // (Link::ConnectNext).
+  const std::string& host = queue.hosts.front();
+  std::optional<dns::IpAddress> first = FirstAddress(host, source);
+  if (!first.has_value()) return nullptr;
+  return TakeIdleLink(ReuseKey(source, *first, queue.destination.port,
+                               SessionTlsPolicy(queue.destination, context_.tls, false),
+                               queue.destination, host),
+                      of_pair);
+}
+
 void ShardDelivery::PumpDestination(SiteQueue& site, DestinationQueue& queue, absl::Time now) {
   const throttle::WarmupPlan* plan =
       context_.reputation == nullptr
           ? nullptr
           : throttle::FindWarmupPlan(shaping_->options(), queue.destination.pool);
-  // Messages of a source to this site already started and not yet answered, for the warmup cap.
-  auto in_flight = [&queue](const std::string& source) {
-    uint32_t n = 0;
-    for (const auto& link : queue.links) {
-      if (link->carrying() && link->source().name == source) ++n;
-    }
-    return n;
-  };
   absl::Time wake = absl::InfiniteFuture();
 
   // 1. Connections ready for work take the jobs their pair admits now.
   for (auto& link : queue.links) {
-    if (!link->idle()) continue;
-    throttle::PairThrottle& pair = link->pair();
-    const uint32_t per_connection =
-        Capped(pair.max_messages_per_connection(), context_.max_messages_per_connection);
-    if (pair.suspended(now) || pair.OverConnectionLimit() || link->sent() >= per_connection) {
-      link->Quit();
-      continue;
-    }
-    const std::string& source = link->source().name;
-    auto job = std::find_if(queue.waiting.begin(), queue.waiting.end(), [&](const PendingJob& p) {
-      return p.job.pinned_source.empty() || p.job.pinned_source == source;
-    });
-    if (job == queue.waiting.end()) {
-      link->Idle();
-      continue;
-    }
-    if (plan != nullptr &&
-        !context_.reputation->WarmupAllows(source, plan, site.key, now, in_flight(source))) {
-      wake = std::min(wake, throttle::Reputation::WarmupResetsAt(now));
-      link->Quit();
-      continue;
-    }
-    const absl::Time eligible = pair.MayStartMessage(now);
-    if (eligible > now) {
-      wake = std::min(wake, eligible);
-      link->Idle();
-      continue;
-    }
-    pair.OnMessageStarted(now);
-    PendingJob carried = std::move(*job);
-    queue.waiting.erase(job);
-    link->Carry(std::move(carried));
+    if (link->idle()) Employ(site, queue, *link, now, plan, wake);
   }
   if (queue.waiting.empty()) {
     if (wake != absl::InfiniteFuture()) WakeAt(site, wake);
@@ -640,16 +781,35 @@ void ShardDelivery::PumpDestination(SiteQueue& site, DestinationQueue& queue, ab
       choice = throttle::ChooseSource(candidates, now);
     }
     if (!choice.source.has_value()) {
+      // The pairs' connections may all be other destinations' idle ones (a site of many
+      // domains: every Google-hosted domain is one); one to this destination's address serves
+      // it now rather than at its idle timeout.
+      if (Link* taken = TakeOverIdleLinkOfPair(queue, candidates, sources, now)) {
+        ++live;
+        Employ(site, queue, *taken, now, plan, wake);
+        if (queue.waiting.empty() || !taken->carrying()) break;
+        continue;
+      }
       wake = std::min(wake, choice.eligible_at);
       break;
     }
     const Source& source = sources[*choice.source];
-    if (plan != nullptr &&
-        !context_.reputation->WarmupAllows(source.name, plan, site.key, now, in_flight(source.name))) {
+    if (plan != nullptr && !context_.reputation->WarmupAllows(source.name, plan, site.key, now,
+                                                              InFlight(queue, source.name))) {
       wake = std::min(wake, throttle::Reputation::WarmupResetsAt(now));
       break;
     }
     throttle::PairThrottle& pair = *candidates[*choice.source].pair;
+    if (Link* reused = ReusableLink(queue, source)) {
+      // Another destination's idle connection to the same address: no new connection.
+      pair.OnConnectionTakenOver(now);
+      reused->MoveTo(queue, pair, queue.hosts.front());
+      ++live;
+      Employ(site, queue, *reused, now, plan, wake);
+      // Not carrying: its pair must wait, and so would another.
+      if (queue.waiting.empty() || !reused->carrying()) break;
+      continue;
+    }
     pair.OnConnectionOpened(now);
     Link* link = queue.links.emplace_back(std::make_unique<Link>(*this, queue, source, pair)).get();
     ++live;
@@ -869,19 +1029,34 @@ void ShardDelivery::Report(PendingJob job, const DestinationQueue& queue,
   context_.results.OnJobDone(std::move(result));
 }
 
-void ShardDelivery::LinkFinished(DestinationQueue& queue, Link* link) {
-  // Deleted on the next turn: the link may be deep in its own callback (or its session's).
+ShardDelivery::Link* ShardDelivery::TakeIdleLink(const std::string& reuse_key,
+                                                 const throttle::PairThrottle* of_pair) {
+  auto it = idle_links_.find(reuse_key);
+  if (it == idle_links_.end()) return nullptr;
+  // The most recently idle first: the older ones are left to reach their idle timeout.
+  for (auto link = it->second.rbegin(); link != it->second.rend(); ++link) {
+    if ((*link)->idle() && (of_pair == nullptr || &(*link)->pair() == of_pair)) return *link;
+  }
+  return nullptr;
+}
+
+void ShardDelivery::TidyLater(DestinationQueue& queue, Link* finished) {
+  // On the next turn: the link may be deep in its own callback (or its session's), and the
+  // queue in a Pump.
   const std::string site_key = queue.site->key;
   const std::string key = queue.destination.key;
   std::weak_ptr<bool> alive = alive_;
-  loop_.RunAfter(absl::ZeroDuration(), [this, alive, site_key, key, link] {
+  loop_.RunAfter(absl::ZeroDuration(), [this, alive, site_key, key, finished] {
     if (alive.expired()) return;
     auto site = sites_.find(site_key);
     if (site == sites_.end()) return;
     auto it = site->second->destinations.find(key);
     if (it == site->second->destinations.end()) return;
     DestinationQueue& owner = *it->second;
-    owner.links.remove_if([link](const std::unique_ptr<Link>& l) { return l.get() == link; });
+    if (finished != nullptr) {
+      owner.links.remove_if(
+          [finished](const std::unique_ptr<Link>& l) { return l.get() == finished; });
+    }
     if (!shutting_down_) Pump(*site->second);
     if (owner.links.empty() && owner.waiting.empty()) site->second->destinations.erase(key);
   });

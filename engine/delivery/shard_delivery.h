@@ -6,6 +6,12 @@
 //  - per destination (an MX set or a route), the jobs waiting and a pool of SMTP client
 //    connections that try the hosts' addresses in order (falling through on a connect failure
 //    or a refused greeting, RFC 5321 §5.1) and carry one job after another;
+//  - an idle connection whose destination has nothing for it is offered to the shard's other
+//    destinations, of any site: one whose first host has the same address (same source, port
+//    and TLS policy) takes it over instead of opening a connection and greeting again, as
+//    Postfix's connection cache by address does — a thousand domains on one provider's servers
+//    under a thousand MX names cost a few connections, not a thousand. It is counted by the
+//    pair it serves at the time;
 //  - per (source, site), a PairThrottle (throttle/site_throttle.h) that admits each connection
 //    and each message under the site's limits, and reacts to every classified reply (rate
 //    limit, too many connections, blocklist: backoff, suspension, recovery). A throttled site
@@ -33,6 +39,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/node_hash_map.h"
 #include "absl/functional/any_invocable.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -238,6 +245,28 @@ class ShardDelivery {
   void Configure(SiteQueue& site, const throttle::SiteMatcher::Match& match) const;
   void Pump(SiteQueue& site);
   void PumpDestination(SiteQueue& site, DestinationQueue& queue, absl::Time now);
+  // An idle `link` of `queue` takes the first job its pair and the warmup cap admit now; or
+  // waits (arming `wake`), offered to other destinations when no job is for its source; or
+  // leaves (its pair paused, over its limits, or the connection used up).
+  void Employ(SiteQueue& site, DestinationQueue& queue, Link& link, absl::Time now,
+              const throttle::WarmupPlan* plan, absl::Time& wake);
+  static uint32_t InFlight(const DestinationQueue& queue, const std::string& source);
+  // The address a new link from `source` would try first for `host` (its first of the source's
+  // family): the host itself when it is an IP literal, else from the resolver's cache; nullopt
+  // when not known yet.
+  std::optional<dns::IpAddress> FirstAddress(const std::string& host, const Source& source);
+  // An idle connection of another destination that a new link of `queue` from `source` may
+  // reuse, known at once (its first host's address cached or literal), or nullptr. With
+  // `of_pair`, only one that pair counts.
+  Link* ReusableLink(const DestinationQueue& queue, const Source& source,
+                     const throttle::PairThrottle* of_pair = nullptr);
+  // When no pair of `candidates` admits a new connection for `queue`: an idle connection one of
+  // them already counts (another destination's, to the same address) moves to `queue`; its pair's
+  // count stays. nullptr when there is none; when the destination's address is not known yet,
+  // it is looked up and the site pumped again once it is.
+  Link* TakeOverIdleLinkOfPair(DestinationQueue& queue,
+                               std::span<const throttle::SourceCandidate> candidates,
+                               const std::vector<Source>& sources, absl::Time now);
   // Returns the jobs of `queue` past the first `keep` to the manager, unattempted, to be tried
   // again from `first` on, `spacing` apart (parts of split jobs stay).
   void HoldBack(DestinationQueue& queue, size_t keep, absl::Time first, absl::Duration spacing);
@@ -262,7 +291,13 @@ class ShardDelivery {
   // The result of `job` (its id, domain and recipients moved out) with nothing else said yet.
   JobResult ResultOf(PendingJob& job, const std::string& destination,
                      const std::string& site) const;
-  void LinkFinished(DestinationQueue& queue, Link* link);
+  // On the next loop turn: deletes `finished` (a link of `queue` that ended; may be null),
+  // pumps the site, and forgets the queue if it has no link and no job left.
+  void TidyLater(DestinationQueue& queue, Link* finished);
+  // An idle connection of any destination of this shard offered under `reuse_key` (source,
+  // address, port, TLS policy) — with `of_pair`, one that pair counts — or nullptr.
+  Link* TakeIdleLink(const std::string& reuse_key,
+                     const throttle::PairThrottle* of_pair = nullptr);
   void MaybeFinishShutdown();
   // Aborts every connection; the jobs they carry are abandoned (see Shutdown).
   void AbandonAll();
@@ -287,6 +322,10 @@ class ShardDelivery {
   std::shared_ptr<const Shaping> shaping_;
   io::Connector connector_;
   std::vector<ShardHandle> shards_;
+  // Idle connections whose destination has nothing for them, by reuse key, oldest first: a
+  // connection to the same address may carry another destination's mail (Link::Adopt). Declared
+  // before sites_, which owns the links: the links leave it when destroyed.
+  absl::node_hash_map<std::string, std::list<Link*>> idle_links_;
   absl::flat_hash_map<std::string, std::unique_ptr<SiteQueue>> sites_;
   // Operators' pauses by shipped site name, then source ("" = every source): their start and
   // end. Bounded by the shipped names and sources; ended ones are dropped at the next change.

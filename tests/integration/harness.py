@@ -36,7 +36,7 @@ class Facteur:
     role, tls, trusted_networks. extra: TOML text appended to the configuration.
     """
 
-    def __init__(self, listeners=None, extra="", data_dir=None, admin=True):
+    def __init__(self, listeners=None, extra="", data_dir=None, admin=True, io_threads=2):
         self.owns_dir = data_dir is None
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="facteur-it-")
         if listeners is None:
@@ -47,7 +47,7 @@ class Facteur:
         lines = [
             "data_dir = %s" % toml_string(self.data_dir),
             'hostname = "relay.test.example"',
-            "io_threads = 2",
+            "io_threads = %d" % io_threads,
             "[admin]",
             'address = %s' % toml_string("127.0.0.1:0" if admin else ""),
         ]
