@@ -9,8 +9,6 @@
 // bounce, delete, suspend, resume) run here too, so they never race a delivery in flight.
 // Greylisted recipients (by the classifier's verdict) come back after the greylist delay, pinned
 // to the source that was greylisted; jobs a site's throttle held back cost no attempt.
-// Greylisted recipients (by the classifier's verdict) come back after the greylist delay, pinned
-// to the source that was greylisted; jobs a site's throttle held back cost no attempt.
 // Thread contract: thread-safe. The manager's own thread does the blocking work (RocksDB reads,
 // DSN building); OnJobDone() and the operations only queue work for it. Tests drive RunOnce()
 // themselves instead of Start().
