@@ -132,8 +132,9 @@ struct DnsOptions {
   absl::Duration timeout = absl::Seconds(5);
   // Tries per nameserver. Default: 2.
   uint32_t attempts = 2;
-  // Most queries on the wire at once per I/O thread; more wait for a free slot. Default: 100.
-  uint32_t max_queries_in_flight = 100;
+  // Most queries on the wire at once, for the whole relay (shared among the I/O threads'
+  // resolvers); more wait for a free slot. Default: 64.
+  uint32_t max_queries_in_flight = 64;
 
   // Member-wise: a reload (SIGHUP) tells which sections changed.
   friend bool operator==(const DnsOptions&, const DnsOptions&) = default;

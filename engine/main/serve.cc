@@ -237,8 +237,7 @@ class Relay {
       specs.push_back(std::move(spec));
     }
     server_ = std::make_unique<io::Server>(std::move(specs));
-    size_t threads = config_.io_threads;
-    if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
+    const size_t threads = IoThreadCount();
     FACTEUR_RETURN_IF_ERROR(server_->Start(threads));
     loops_running_ = true;
     FACTEUR_RETURN_IF_ERROR(StartDelivery());
@@ -452,15 +451,24 @@ class Relay {
     return absl::StrCat(keys, " DKIM keys loaded");
   }
 
+  size_t IoThreadCount() const {
+    if (config_.io_threads != 0) return config_.io_threads;
+    return std::max(1u, std::thread::hardware_concurrency());
+  }
+
   // What submission needs of delivery before the listeners start: DNS for the RCPT checks,
   // the routes, the events log.
   absl::Status PrepareDelivery() {
     const config::DnsOptions& dns = config_.dns;
+    // Each I/O thread has its own resolver: the relay's bound on queries in flight is shared
+    // among them, rounded up so that none has less than one.
+    const size_t threads = IoThreadCount();
     resolvers_ = std::make_unique<dns::ShardResolvers>(
         dns::ResolverOptions{.nameservers = dns.nameservers,
                              .timeout = dns.timeout,
                              .attempts = static_cast<int>(dns.attempts),
-                             .max_queries_in_flight = dns.max_queries_in_flight},
+                             .max_queries_in_flight =
+                                 (dns.max_queries_in_flight + threads - 1) / threads},
         clock_);
     FACTEUR_ASSIGN_OR_RETURN(delivery::Router router, delivery::Router::Create(config_));
     router_ = std::make_unique<delivery::Router>(std::move(router));

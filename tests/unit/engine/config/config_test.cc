@@ -80,7 +80,7 @@ TEST(DefaultConfigTest, EmbeddedTomlParsesToTheDocumentedDefaults) {
   EXPECT_TRUE(config.dns.nameservers.empty());
   EXPECT_EQ(config.dns.timeout, absl::Seconds(5));
   EXPECT_EQ(config.dns.attempts, 2u);
-  EXPECT_EQ(config.dns.max_queries_in_flight, 100u);
+  EXPECT_EQ(config.dns.max_queries_in_flight, 64u);
   const DeliveryOptions& delivery = config.delivery;
   EXPECT_TRUE(delivery.enabled);
   EXPECT_EQ(delivery.smtp_port, 25);
