@@ -670,6 +670,7 @@ void ShardDelivery::Employ(SiteQueue& site, DestinationQueue& queue, Link& link,
 ShardDelivery::Link* ShardDelivery::TakeOverIdleLinkOfPair(
     DestinationQueue& queue, std::span<const throttle::SourceCandidate> candidates,
     const std::vector<Source>& sources, absl::Time now) {
+  if (queue.hosts.empty()) return nullptr;
   for (size_t i = 0; i < sources.size() && i < candidates.size(); ++i) {
     throttle::PairThrottle& pair = *candidates[i].pair;
     if (pair.suspended(now) || pair.MessageEligibleAt(now) > now) continue;
@@ -679,8 +680,8 @@ ShardDelivery::Link* ShardDelivery::TakeOverIdleLinkOfPair(
         })) {
       continue;
     }
-    if (queue.hosts.empty()) return nullptr;
-    if (!FirstAddress(queue.hosts.front(), sources[i]).has_value()) {
+    const std::optional<dns::IpAddress> first = FirstAddress(queue.hosts.front(), sources[i]);
+    if (!first.has_value()) {
       // Not known yet: once it is, the site is pumped again and may find one.
       std::weak_ptr<bool> alive = alive_;
       resolver_.ResolveAddresses(
@@ -691,7 +692,7 @@ ShardDelivery::Link* ShardDelivery::TakeOverIdleLinkOfPair(
           });
       return nullptr;
     }
-    Link* link = ReusableLink(queue, sources[i], &pair);
+    Link* link = ReusableLinkAt(queue, sources[i], *first, &pair);
     if (link == nullptr) continue;
     // Closed and taken over by the same pair: its count stays.
     pair.OnConnectionTakenOver(now);
@@ -718,12 +719,18 @@ ShardDelivery::Link* ShardDelivery::ReusableLink(const DestinationQueue& queue,
   if (queue.hosts.empty()) return nullptr;
   // The address a new link would try first, if already known; else the new link finds out
   // (Link::ConnectNext).
-  const std::string& host = queue.hosts.front();
-  std::optional<dns::IpAddress> first = FirstAddress(host, source);
+  std::optional<dns::IpAddress> first = FirstAddress(queue.hosts.front(), source);
   if (!first.has_value()) return nullptr;
-  return TakeIdleLink(ReuseKey(source, *first, queue.destination.port,
+  return ReusableLinkAt(queue, source, *first, of_pair);
+}
+
+ShardDelivery::Link* ShardDelivery::ReusableLinkAt(const DestinationQueue& queue,
+                                                   const Source& source,
+                                                   const dns::IpAddress& first,
+                                                   const throttle::PairThrottle* of_pair) {
+  return TakeIdleLink(ReuseKey(source, first, queue.destination.port,
                                SessionTlsPolicy(queue.destination, context_.tls, false),
-                               queue.destination, host),
+                               queue.destination, queue.hosts.front()),
                       of_pair);
 }
 

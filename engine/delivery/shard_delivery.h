@@ -260,6 +260,9 @@ class ShardDelivery {
   // `of_pair`, only one that pair counts.
   Link* ReusableLink(const DestinationQueue& queue, const Source& source,
                      const throttle::PairThrottle* of_pair = nullptr);
+  // The same, once the first host's address (FirstAddress) is known to be `first`.
+  Link* ReusableLinkAt(const DestinationQueue& queue, const Source& source,
+                       const dns::IpAddress& first, const throttle::PairThrottle* of_pair);
   // When no pair of `candidates` admits a new connection for `queue`: an idle connection one of
   // them already counts (another destination's, to the same address) moves to `queue`; its pair's
   // count stays. nullptr when there is none; when the destination's address is not known yet,
