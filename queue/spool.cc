@@ -438,6 +438,7 @@ class Spool::Writer {
     if (options_.max_batch == 0) options_.max_batch = 1;
     thread_ = std::thread([this] {
       pthread_setname_np(pthread_self(), "spool-writer");
+      StopPerfCountingOnThisThread();
       Run();
     });
   }

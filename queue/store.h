@@ -65,4 +65,9 @@ class Store {
 // Internal. The message starts with `context`.
 absl::Status ToStatus(const rocksdb::Status& status, std::string_view context);
 
+// RocksDB keeps per-operation statistics (its perf context) on every thread unless told not
+// to: thread-local lookups on each read and write, for counters nothing here reads. A thread
+// that works the spool calls this first.
+void StopPerfCountingOnThisThread();
+
 }  // namespace facteur::queue

@@ -128,6 +128,7 @@ void QueueManager::Start() {
   spool_.SetScheduleObserver([this] { Wake(); });
   thread_ = std::thread([this] {
     pthread_setname_np(pthread_self(), "queue-manager");  // for top -H, perf and gdb
+    queue::StopPerfCountingOnThisThread();
     ThreadMain();
   });
 }
