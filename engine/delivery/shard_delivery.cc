@@ -133,6 +133,10 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
   bool connecting() const { return !ever_ready_ && !finished_; }
   bool carrying() const { return current_.has_value(); }
   bool finished() const { return finished_; }
+  // Saying QUIT, or closing: its pair still counts it until it is finished.
+  bool leaving() const { return quitting_ && !finished_; }
+  // Idle and offered to other destinations: its own has nothing for it.
+  bool offered() const { return offered_.has_value(); }
   uint32_t sent() const { return sent_; }
   const Source& source() const { return source_; }
   throttle::PairThrottle& pair() { return *pair_; }
@@ -671,6 +675,7 @@ ShardDelivery::Link* ShardDelivery::TakeOverIdleLinkOfPair(
     DestinationQueue& queue, std::span<const throttle::SourceCandidate> candidates,
     const std::vector<Source>& sources, absl::Time now) {
   if (queue.hosts.empty()) return nullptr;
+  Link* elsewhere = nullptr;  // an idle connection of a full pair, to another address
   for (size_t i = 0; i < sources.size() && i < candidates.size(); ++i) {
     throttle::PairThrottle& pair = *candidates[i].pair;
     if (pair.suspended(now) || pair.MessageEligibleAt(now) > now) continue;
@@ -693,13 +698,36 @@ ShardDelivery::Link* ShardDelivery::TakeOverIdleLinkOfPair(
       return nullptr;
     }
     Link* link = ReusableLinkAt(queue, sources[i], *first, &pair);
-    if (link == nullptr) continue;
+    if (link == nullptr) {
+      // Only a pair full by its connection count gains a slot by closing one.
+      if (elsewhere == nullptr && pair.open_connections() >= pair.current_max_connections()) {
+        elsewhere = IdleLinkToClose(*queue.site, pair);
+      }
+      continue;
+    }
     // Closed and taken over by the same pair: its count stays.
     pair.OnConnectionTakenOver(now);
     link->MoveTo(queue, pair, queue.hosts.front());
     return link;
   }
+  // None goes to this destination's address: one goes away instead, and its slot is this
+  // destination's once it has closed (its Finish pumps the site), not at its idle timeout.
+  if (elsewhere != nullptr) elsewhere->Quit();
   return nullptr;
+}
+
+ShardDelivery::Link* ShardDelivery::IdleLinkToClose(SiteQueue& site,
+                                                    const throttle::PairThrottle& pair) {
+  Link* idle = nullptr;
+  for (auto& [key, destination] : site.destinations) {
+    for (const auto& link : destination->links) {
+      if (&link->pair() != &pair) continue;
+      // One leaving already frees a slot: closing another would cost a connection for nothing.
+      if (link->leaving()) return nullptr;
+      if (idle == nullptr && link->idle() && link->offered()) idle = link.get();
+    }
+  }
+  return idle;
 }
 
 std::optional<dns::IpAddress> ShardDelivery::FirstAddress(const std::string& host,

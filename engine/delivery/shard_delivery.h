@@ -265,11 +265,17 @@ class ShardDelivery {
                        const dns::IpAddress& first, const throttle::PairThrottle* of_pair);
   // When no pair of `candidates` admits a new connection for `queue`: an idle connection one of
   // them already counts (another destination's, to the same address) moves to `queue`; its pair's
-  // count stays. nullptr when there is none; when the destination's address is not known yet,
-  // it is looked up and the site pumped again once it is.
+  // count stays. nullptr when there is none: then one of their idle connections to another
+  // address is closed, so that the site, pumped when it has, opens one for `queue`; when the
+  // destination's address is not known yet, it is looked up and the site pumped again once it
+  // is.
   Link* TakeOverIdleLinkOfPair(DestinationQueue& queue,
                                std::span<const throttle::SourceCandidate> candidates,
                                const std::vector<Source>& sources, absl::Time now);
+  // An idle connection of `pair` that another destination of `site` offers, to be closed for a
+  // destination that waits for a slot of `pair`; nullptr when there is none, or when one of the
+  // pair's connections is closing already.
+  Link* IdleLinkToClose(SiteQueue& site, const throttle::PairThrottle& pair);
   // Returns the jobs of `queue` past the first `keep` to the manager, unattempted, to be tried
   // again from `first` on, `spacing` apart (parts of split jobs stay).
   void HoldBack(DestinationQueue& queue, size_t keep, absl::Time first, absl::Duration spacing);

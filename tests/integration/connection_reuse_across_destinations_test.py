@@ -7,6 +7,7 @@ first one left instead of waiting for its idle timeout. Against a real DNS serve
 loopback) and real SMTP servers. Connections are shared within an I/O thread (each site lives
 on one), so the relay runs one here: with more, each thread's sites share its own."""
 
+import time
 import unittest
 
 import harness
@@ -16,6 +17,7 @@ from smtp_test_server import SmtpTestServer
 SHARED = "127.0.0.44"
 OTHER = "127.0.0.45"
 HOSTED = "127.0.0.46"
+HOSTED_ELSEWHERE = "127.0.0.47"
 
 
 class ConnectionReuseTest(unittest.TestCase):
@@ -24,13 +26,16 @@ class ConnectionReuseTest(unittest.TestCase):
         cls.shared = SmtpTestServer(host=SHARED).start()
         cls.other = SmtpTestServer(host=OTHER, port=cls.shared.port).start()
         cls.hosted = SmtpTestServer(host=HOSTED, port=cls.shared.port).start()
+        cls.hosted_elsewhere = SmtpTestServer(host=HOSTED_ELSEWHERE, port=cls.shared.port).start()
         cls.dns = DnsServer(
             mx=[("one.test", "mx.one.test", 10), ("two.test", "mx.two.test", 10),
                 ("three.test", "mx.three.test", 10), ("elsewhere.test", "mx.elsewhere.test", 10),
-                ("alpha.test", "mx-a.hosted.test", 10), ("beta.test", "mx-b.hosted.test", 10)],
+                ("alpha.test", "mx-a.hosted.test", 10), ("beta.test", "mx-b.hosted.test", 10),
+                ("gamma.test", "mx-c.hosted.test", 10), ("delta.test", "mx-d.hosted.test", 10)],
             addresses=[("mx.one.test", SHARED), ("mx.two.test", SHARED),
                        ("mx.three.test", SHARED), ("mx.elsewhere.test", OTHER),
-                       ("mx-a.hosted.test", HOSTED), ("mx-b.hosted.test", HOSTED)])
+                       ("mx-a.hosted.test", HOSTED), ("mx-b.hosted.test", HOSTED),
+                       ("mx-c.hosted.test", HOSTED), ("mx-d.hosted.test", HOSTED_ELSEWHERE)])
         cls.dns.start()
         # Longer than the test: a session waits for the next destination's message, and a
         # destination left waiting for an idle connection's timeout fails the test.
@@ -51,6 +56,7 @@ class ConnectionReuseTest(unittest.TestCase):
         cls.shared.stop()
         cls.other.stop()
         cls.hosted.stop()
+        cls.hosted_elsewhere.stop()
 
     def send_and_wait(self, sink, recipient):
         with self.server.smtp() as client:
@@ -91,9 +97,29 @@ class ConnectionReuseTest(unittest.TestCase):
         self.send_and_wait(self.hosted, "someone@alpha.test")
         event = self.send_and_wait(self.hosted, "someone@beta.test")
         self.assertTrue(event["mx"].startswith("mx-b.hosted.test[%s]" % HOSTED), event)
-        self.assertEqual(len(self.hosted.sessions), 1, self.hosted.sessions)
-        self.assertEqual([t.rcpt_to for t in self.hosted.sessions[0].transactions],
-                         [["someone@alpha.test"], ["someone@beta.test"]])
+        # (The other test of this site may have left sessions of its own there.)
+        carried = [[t.rcpt_to for t in s.transactions] for s in self.hosted.sessions
+                   if ["someone@alpha.test"] in [t.rcpt_to for t in s.transactions]]
+        self.assertEqual(len(carried), 1, self.hosted.sessions)
+        self.assertEqual(carried[0][-2:], [["someone@alpha.test"], ["someone@beta.test"]])
+
+    def test_a_full_site_closes_an_idle_connection_for_a_domain_at_another_address(self):
+        # gamma.test leaves the site's only connection idle, at HOSTED; delta.test's MX is at
+        # HOSTED_ELSEWHERE, so nothing can be taken over: the idle connection is closed (QUIT)
+        # and delta.test gets the slot at once instead of after the 60 s idle timeout.
+        self.send_and_wait(self.hosted, "someone@gamma.test")
+        started = time.monotonic()
+        event = self.send_and_wait(self.hosted_elsewhere, "someone@delta.test")
+        self.assertLess(time.monotonic() - started, 20)
+        self.assertTrue(event["mx"].startswith("mx-d.hosted.test[%s]" % HOSTED_ELSEWHERE),
+                        event)
+        self.assertEqual(len(self.hosted_elsewhere.sessions), 1, self.hosted_elsewhere.sessions)
+        # The session at HOSTED that carried gamma.test's message ended with QUIT.
+        carried = [s for s in self.hosted.sessions
+                   if ["someone@gamma.test"] in [t.rcpt_to for t in s.transactions]]
+        self.assertEqual(len(carried), 1, self.hosted.sessions)
+        harness.wait_until(lambda: "QUIT" in carried[0].commands, timeout=10,
+                           what="QUIT on the idle session")
 
 
 if __name__ == "__main__":
