@@ -133,10 +133,17 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
   bool connecting() const { return !ever_ready_ && !finished_; }
   bool carrying() const { return current_.has_value(); }
   bool finished() const { return finished_; }
-  // Saying QUIT, or closing: its pair still counts it until it is finished.
-  bool leaving() const { return quitting_ && !finished_; }
   // Idle and offered to other destinations: its own has nothing for it.
   bool offered() const { return offered_.has_value(); }
+
+  // Closes this idle connection so that its slot goes to a destination of its site that waits
+  // for one (ShardDelivery::TakeOverIdleLinkOfPair); the site counts it until it is finished.
+  void CloseForASlot() {
+    if (quitting_ || finished_) return;
+    closing_for_a_slot_ = true;
+    ++queue_->site->closing_for_a_slot;
+    Quit();
+  }
   uint32_t sent() const { return sent_; }
   const Source& source() const { return source_; }
   throttle::PairThrottle& pair() { return *pair_; }
@@ -399,6 +406,7 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
   void Finish() {
     if (finished_) return;
     finished_ = true;
+    if (closing_for_a_slot_) --queue_->site->closing_for_a_slot;
     alive_.reset();
     pair_->OnConnectionClosed(shard_.context_.clock.Now());
     shard_.TidyLater(*queue_, this);
@@ -446,6 +454,7 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
   bool ever_ready_ = false;
   bool plaintext_ = false;  // an opportunistic handshake failed: no STARTTLS on this link
   bool quitting_ = false;
+  bool closing_for_a_slot_ = false;
   bool finished_ = false;
   mail::DeliveryOutcome last_failure_;
 };
@@ -712,22 +721,22 @@ ShardDelivery::Link* ShardDelivery::TakeOverIdleLinkOfPair(
   }
   // None goes to this destination's address: one goes away instead, and its slot is this
   // destination's once it has closed (its Finish pumps the site), not at its idle timeout.
-  if (elsewhere != nullptr) elsewhere->Quit();
+  if (elsewhere != nullptr) elsewhere->CloseForASlot();
   return nullptr;
 }
 
-ShardDelivery::Link* ShardDelivery::IdleLinkToClose(SiteQueue& site,
+ShardDelivery::Link* ShardDelivery::IdleLinkToClose(const SiteQueue& site,
                                                     const throttle::PairThrottle& pair) {
-  Link* idle = nullptr;
-  for (auto& [key, destination] : site.destinations) {
-    for (const auto& link : destination->links) {
-      if (&link->pair() != &pair) continue;
-      // One leaving already frees a slot: closing another would cost a connection for nothing.
-      if (link->leaving()) return nullptr;
-      if (idle == nullptr && link->idle() && link->offered()) idle = link.get();
+  // One closing already frees a slot: closing another would cost a connection for nothing.
+  // Called for each waiting destination of a full site on every pump: it reads the offered
+  // links of the shard (a few per address), never the site's destinations.
+  if (site.closing_for_a_slot > 0) return nullptr;
+  for (const auto& [key, offered] : idle_links_) {
+    for (Link* link : offered) {
+      if (&link->pair() == &pair && link->idle()) return link;
     }
   }
-  return idle;
+  return nullptr;
 }
 
 std::optional<dns::IpAddress> ShardDelivery::FirstAddress(const std::string& host,

@@ -220,6 +220,8 @@ class ShardDelivery {
     absl::flat_hash_map<std::string, std::unique_ptr<DestinationQueue>> destinations;
     io::TimerId wake_timer = io::kNoTimer;
     absl::Time wake_at = absl::InfiniteFuture();
+    // Idle connections of other destinations closing so that a waiting one gets their slot.
+    int closing_for_a_slot = 0;
     // What the metrics were last told of each pair, by source: counters advance by the
     // difference.
     struct Reported {
@@ -272,10 +274,10 @@ class ShardDelivery {
   Link* TakeOverIdleLinkOfPair(DestinationQueue& queue,
                                std::span<const throttle::SourceCandidate> candidates,
                                const std::vector<Source>& sources, absl::Time now);
-  // An idle connection of `pair` that another destination of `site` offers, to be closed for a
-  // destination that waits for a slot of `pair`; nullptr when there is none, or when one of the
-  // pair's connections is closing already.
-  Link* IdleLinkToClose(SiteQueue& site, const throttle::PairThrottle& pair);
+  // An idle connection of `pair` that another destination offers, to be closed for a
+  // destination of `site` that waits for a slot of `pair`; nullptr when there is none, or when
+  // one of the site's is closing for a slot already.
+  Link* IdleLinkToClose(const SiteQueue& site, const throttle::PairThrottle& pair);
   // Returns the jobs of `queue` past the first `keep` to the manager, unattempted, to be tried
   // again from `first` on, `spacing` apart (parts of split jobs stay).
   void HoldBack(DestinationQueue& queue, size_t keep, absl::Time first, absl::Duration spacing);
