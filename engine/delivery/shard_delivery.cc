@@ -135,6 +135,7 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
   bool finished() const { return finished_; }
   // Idle and offered to other destinations: its own has nothing for it.
   bool offered() const { return offered_.has_value(); }
+  const SiteQueue& site() const { return *queue_->site; }
 
   // Closes this idle connection so that its slot goes to a destination of its site that waits
   // for one (ShardDelivery::TakeOverIdleLinkOfPair); the site counts it until it is finished.
@@ -632,7 +633,31 @@ void ShardDelivery::Pump(SiteQueue& site) {
   std::vector<DestinationQueue*> queues;
   queues.reserve(site.destinations.size());
   for (auto& [key, queue] : site.destinations) queues.push_back(queue.get());
-  for (DestinationQueue* queue : queues) PumpDestination(site, *queue, now);
+  for (DestinationQueue* queue : queues) {
+    // Thousands of domains may share a site (one provider's MX hosts) and wait for its few
+    // connections: those without a connection of their own are skipped while none can start,
+    // so that each finished transaction costs a pump of the connections, not of every domain.
+    if (queue->links.empty() && CannotStartAny(site, *queue)) continue;
+    PumpDestination(site, *queue, now);
+  }
+}
+
+bool ShardDelivery::CannotStartAny(const SiteQueue& site, const DestinationQueue& queue) const {
+  // PumpDestination could start a job only through a pair with room for a connection, or an
+  // idle connection a pair of the site counts (taken over, or closed for its slot).
+  const std::vector<Source>& sources = context_.router.Sources(queue.destination.pool);
+  if (sources.empty()) return false;  // PumpDestination fails its jobs
+  for (const Source& source : sources) {
+    auto pair = site.pairs.find(source.name);
+    if (pair == site.pairs.end()) return false;  // a pair not made yet has room
+    if (pair->second->open_connections() < pair->second->current_max_connections()) return false;
+  }
+  for (const auto& [key, offered] : idle_links_) {
+    for (const Link* link : offered) {
+      if (&link->site() == &site && link->idle()) return false;
+    }
+  }
+  return true;
 }
 
 // Messages of `source` to the destination already started and not yet answered, for the warmup

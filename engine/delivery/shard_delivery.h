@@ -246,6 +246,10 @@ class ShardDelivery {
   // The site's provider options and pair options from `match` (pointing into shaping_).
   void Configure(SiteQueue& site, const throttle::SiteMatcher::Match& match) const;
   void Pump(SiteQueue& site);
+  // True when a destination of `site` without connections of its own cannot start a job now:
+  // every pair of its sources is at its connection limit, and no idle connection the site
+  // counts is offered.
+  bool CannotStartAny(const SiteQueue& site, const DestinationQueue& queue) const;
   void PumpDestination(SiteQueue& site, DestinationQueue& queue, absl::Time now);
   // An idle `link` of `queue` takes the first job its pair and the warmup cap admit now; or
   // waits (arming `wake`), offered to other destinations when no job is for its source; or
