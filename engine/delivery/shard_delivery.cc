@@ -148,6 +148,7 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
   uint32_t sent() const { return sent_; }
   const Source& source() const { return source_; }
   throttle::PairThrottle& pair() { return *pair_; }
+  const throttle::PairThrottle& pair() const { return *pair_; }
 
   void Carry(PendingJob job) {
     CancelIdleTimer();
@@ -642,7 +643,7 @@ void ShardDelivery::Pump(SiteQueue& site) {
   }
 }
 
-bool ShardDelivery::CannotStartAny(const SiteQueue& site, const DestinationQueue& queue) const {
+bool ShardDelivery::CannotStartAny(const SiteQueue& site, const DestinationQueue& queue) {
   // PumpDestination could start a job only through a pair with room for a connection, or an
   // idle connection a pair of the site counts (taken over, or closed for its slot).
   const std::vector<Source>& sources = context_.router.Sources(queue.destination.pool);
@@ -652,12 +653,16 @@ bool ShardDelivery::CannotStartAny(const SiteQueue& site, const DestinationQueue
     if (pair == site.pairs.end()) return false;  // a pair not made yet has room
     if (pair->second->open_connections() < pair->second->current_max_connections()) return false;
   }
+  return OfferedLink([&site](const Link& link) { return &link.site() == &site; }) == nullptr;
+}
+
+ShardDelivery::Link* ShardDelivery::OfferedLink(absl::FunctionRef<bool(const Link&)> wanted) {
   for (const auto& [key, offered] : idle_links_) {
-    for (const Link* link : offered) {
-      if (&link->site() == &site && link->idle()) return false;
+    for (Link* link : offered) {
+      if (link->idle() && wanted(*link)) return link;
     }
   }
-  return true;
+  return nullptr;
 }
 
 // Messages of `source` to the destination already started and not yet answered, for the warmup
@@ -756,12 +761,7 @@ ShardDelivery::Link* ShardDelivery::IdleLinkToClose(const SiteQueue& site,
   // Called for each waiting destination of a full site on every pump: it reads the offered
   // links of the shard (a few per address), never the site's destinations.
   if (site.closing_for_a_slot > 0) return nullptr;
-  for (const auto& [key, offered] : idle_links_) {
-    for (Link* link : offered) {
-      if (&link->pair() == &pair && link->idle()) return link;
-    }
-  }
-  return nullptr;
+  return OfferedLink([&pair](const Link& link) { return &link.pair() == &pair; });
 }
 
 std::optional<dns::IpAddress> ShardDelivery::FirstAddress(const std::string& host,

@@ -41,6 +41,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/node_hash_map.h"
 #include "absl/functional/any_invocable.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "engine/base/clock.h"
@@ -249,7 +250,10 @@ class ShardDelivery {
   // True when a destination of `site` without connections of its own cannot start a job now:
   // every pair of its sources is at its connection limit, and no idle connection the site
   // counts is offered.
-  bool CannotStartAny(const SiteQueue& site, const DestinationQueue& queue) const;
+  bool CannotStartAny(const SiteQueue& site, const DestinationQueue& queue);
+  // An idle connection offered to other destinations (idle_links_) for which `wanted` holds,
+  // or nullptr.
+  Link* OfferedLink(absl::FunctionRef<bool(const Link&)> wanted);
   void PumpDestination(SiteQueue& site, DestinationQueue& queue, absl::Time now);
   // An idle `link` of `queue` takes the first job its pair and the warmup cap admit now; or
   // waits (arming `wake`), offered to other destinations when no job is for its source; or
