@@ -329,27 +329,30 @@ Reputation::Reputation(ReputationOptions options) : options_(std::move(options))
 void Reputation::Record(std::string_view source, std::string_view site,
                         ResponseClass response_class, bool permanent, absl::Time now) {
   absl::MutexLock lock(&mutex_);
-  PairKey key(source, site);
-  pairs_[key].Record(response_class, permanent, now);
-  dirty_pairs_.insert(std::move(key));
-  SourceState& state = sources_[std::string(source)];
+  const PairView view = ViewOf(source, site);
+  auto pair = pairs_.find(view);
+  if (pair == pairs_.end()) pair = pairs_.try_emplace(PairKey(source, site)).first;
+  pair->second.Record(response_class, permanent, now);
+  if (!dirty_pairs_.contains(view)) dirty_pairs_.insert(pair->first);
+  auto state = sources_.find(view.first);
+  if (state == sources_.end()) state = sources_.try_emplace(std::string(source)).first;
   // The earliest reply seen (replies of one moment may be recorded out of order).
-  if (state.first_use == absl::InfinitePast() || now < state.first_use) {
-    state.first_use = now;
-    dirty_sources_.insert(std::string(source));
+  if (state->second.first_use == absl::InfinitePast() || now < state->second.first_use) {
+    state->second.first_use = now;
+    dirty_sources_.insert(state->first);
   }
 }
 
 double Reputation::Health(std::string_view source, std::string_view site, absl::Time now) const {
   absl::ReaderMutexLock lock(&mutex_);
-  auto it = pairs_.find(PairKey(source, site));
+  auto it = pairs_.find(ViewOf(source, site));
   if (it == pairs_.end()) return 1.0;
   return HealthScore(it->second.LastDay(now), options_);
 }
 
 std::optional<uint32_t> Reputation::WarmupDayLocked(std::string_view source,
                                                     absl::Time now) const {
-  auto it = sources_.find(std::string(source));
+  auto it = sources_.find(absl::string_view(source.data(), source.size()));
   if (it == sources_.end() || it->second.first_use == absl::InfinitePast()) return std::nullopt;
   const int64_t day = UtcDay(now) - UtcDay(it->second.first_use) + 1;
   // A first use "in the future" (the clock stepped back) is still day 1.
@@ -375,7 +378,7 @@ std::optional<uint32_t> Reputation::WarmupCap(std::string_view source, const War
 
 uint32_t Reputation::SentTodayLocked(std::string_view source, std::string_view site,
                                      absl::Time now) const {
-  auto it = pairs_.find(PairKey(source, site));
+  auto it = pairs_.find(ViewOf(source, site));
   if (it == pairs_.end()) return 0;
   return ClampToU32(it->second.Today(now).final_answers);
 }
@@ -402,7 +405,7 @@ void Reputation::SetFirstUse(std::string_view source, absl::Time first_use) {
 
 std::optional<absl::Time> Reputation::FirstUse(std::string_view source) const {
   absl::ReaderMutexLock lock(&mutex_);
-  auto it = sources_.find(std::string(source));
+  auto it = sources_.find(absl::string_view(source.data(), source.size()));
   if (it == sources_.end() || it->second.first_use == absl::InfinitePast()) return std::nullopt;
   return it->second.first_use;
 }
@@ -480,7 +483,7 @@ absl::Status Reputation::RestoreSource(std::string_view source, std::string_view
 
 std::optional<PairReputation> Reputation::Pair(std::string_view source, std::string_view site) const {
   absl::ReaderMutexLock lock(&mutex_);
-  auto it = pairs_.find(PairKey(source, site));
+  auto it = pairs_.find(ViewOf(source, site));
   if (it == pairs_.end()) return std::nullopt;
   return it->second;
 }
