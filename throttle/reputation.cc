@@ -23,11 +23,6 @@ int64_t FloorDiv(int64_t a, int64_t b) {
   return q;
 }
 
-size_t Slot(int64_t hour) {
-  return static_cast<size_t>(((hour % PairReputation::kWindowHours) + PairReputation::kWindowHours) %
-                             PairReputation::kWindowHours);
-}
-
 uint32_t ClampToU32(uint64_t value) {
   return static_cast<uint32_t>(std::min<uint64_t>(value, std::numeric_limits<uint32_t>::max()));
 }
@@ -168,13 +163,19 @@ void PairReputation::Record(ResponseClass response_class, bool permanent, absl::
   last_record_ = std::max(last_record_, now);
 
   const int64_t hour = UtcHour(now);
-  HourBucket& bucket = hours_[Slot(hour)];
-  if (bucket.hour < hour) {  // the slot holds an hour that has left the window (or none)
-    bucket.hour = hour;
-    bucket.counters = ReputationCounters();
+  if (hours_.empty() || hour > hours_.back().hour) {
+    // A new newest hour: the hours that leave its window go.
+    std::erase_if(hours_, [hour](const HourBucket& b) { return b.hour <= hour - kWindowHours; });
+    hours_.push_back(HourBucket{.hour = hour, .counters = {}});
+    hours_.back().counters.Add(response_class, permanent);
+  } else if (hour > hours_.back().hour - kWindowHours) {
+    // A late reply within the window: its hour's bucket, made in order if it had none.
+    auto at = std::lower_bound(hours_.begin(), hours_.end(), hour,
+                               [](const HourBucket& b, int64_t h) { return b.hour < h; });
+    if (at == hours_.end() || at->hour != hour) at = hours_.insert(at, HourBucket{.hour = hour, .counters = {}});
+    at->counters.Add(response_class, permanent);
   }
-  if (bucket.hour == hour) bucket.counters.Add(response_class, permanent);
-  // bucket.hour > hour: older than the window of the newest reply; lifetime only.
+  // Otherwise older than the window of the newest reply: lifetime only.
 
   const int64_t day = UtcDay(now);
   if (day_ == INT64_MIN || day > day_) {
@@ -193,7 +194,7 @@ ReputationCounters PairReputation::LastDay(absl::Time now) const {
   const int64_t hour = UtcHour(now);
   ReputationCounters total;
   for (const HourBucket& bucket : hours_) {
-    if (bucket.hour != INT64_MIN && bucket.hour <= hour && bucket.hour > hour - kWindowHours) {
+    if (bucket.hour <= hour && bucket.hour > hour - kWindowHours) {
       total.Merge(bucket.counters);
     }
   }
@@ -232,21 +233,13 @@ std::string PairReputation::Serialize() const {
     PutCounters(out, yesterday_);
   }
   PutCounters(out, lifetime_);
-  int64_t newest = INT64_MIN;
-  for (const HourBucket& bucket : hours_) newest = std::max(newest, bucket.hour);
-  std::vector<const HourBucket*> kept;
+  // hours_ is in order and within the window of its newest hour already.
+  const auto filled = [](const HourBucket& bucket) { return !bucket.counters.empty(); };
+  PutVarint(out, static_cast<uint64_t>(std::count_if(hours_.begin(), hours_.end(), filled)));
   for (const HourBucket& bucket : hours_) {
-    if (bucket.hour != INT64_MIN && bucket.hour > newest - kWindowHours &&
-        !bucket.counters.empty()) {
-      kept.push_back(&bucket);
-    }
-  }
-  std::sort(kept.begin(), kept.end(),
-            [](const HourBucket* a, const HourBucket* b) { return a->hour < b->hour; });
-  PutVarint(out, kept.size());
-  for (const HourBucket* bucket : kept) {
-    PutVarint(out, ZigZag(bucket->hour));
-    PutCounters(out, bucket->counters);
+    if (!filled(bucket)) continue;
+    PutVarint(out, ZigZag(bucket.hour));
+    PutCounters(out, bucket.counters);
   }
   return out;
 }
@@ -274,10 +267,15 @@ absl::StatusOr<PairReputation> PairReputation::Deserialize(std::string_view byte
   for (uint64_t i = 0; i < count; ++i) {
     int64_t hour;
     if (!reader.Signed(hour) || hour == INT64_MIN) return Malformed("bucket hour");
-    HourBucket& bucket = state.hours_[Slot(hour)];
-    if (bucket.hour != INT64_MIN) return Malformed("two buckets in one slot");
-    bucket.hour = hour;
+    if (!state.hours_.empty() && hour <= state.hours_.back().hour) {
+      return Malformed("bucket hours not in increasing order");
+    }
+    HourBucket& bucket = state.hours_.emplace_back(HourBucket{.hour = hour, .counters = {}});
     if (!ReadCounters(reader, bucket.counters)) return Malformed("bucket counters");
+  }
+  if (!state.hours_.empty() &&
+      state.hours_.front().hour <= state.hours_.back().hour - kWindowHours) {
+    return Malformed("buckets span more than the window");
   }
   if (!reader.done()) return Malformed("trailing bytes");
   return state;

@@ -115,10 +115,13 @@ class PairReputation {
 
  private:
   struct HourBucket {
-    int64_t hour = INT64_MIN;  // UtcHour of its replies; INT64_MIN: unused
+    int64_t hour;  // UtcHour of its replies
     ReputationCounters counters;
   };
-  std::array<HourBucket, kWindowHours> hours_;  // indexed by hour mod 24
+  // The hours that had replies, oldest first, all within the window of the newest: most pairs
+  // see replies in a few hours of the day, and a relay meeting many sites keeps one pair per
+  // site and source, so 24 fixed buckets (over 5 KB) per pair would be mostly empty.
+  std::vector<HourBucket> hours_;
   int64_t day_ = INT64_MIN;                      // UtcDay of today_
   ReputationCounters today_;
   ReputationCounters yesterday_;                 // of day_ - 1
@@ -250,8 +253,9 @@ class Reputation {
 
   const ReputationOptions options_;
   mutable absl::Mutex mutex_;
-  // Nodes: a PairReputation is about 6 KB (24 hourly buckets), which a flat map moves at every
-  // growth; a row of 1,000 new sites showed those moves and their page faults in perf.
+  // Nodes: a PairReputation is some 700 bytes (its day and lifetime counters) besides its hourly
+  // buckets, which a flat map would move at every growth; with 24 buckets inline (6 KB then),
+  // a row of 1,000 new sites showed those moves and their page faults in perf.
   absl::node_hash_map<PairKey, PairReputation, PairHash, PairEq> pairs_ ABSL_GUARDED_BY(mutex_);
   absl::flat_hash_map<std::string, SourceState> sources_ ABSL_GUARDED_BY(mutex_);
   absl::flat_hash_set<PairKey, PairHash, PairEq> dirty_pairs_ ABSL_GUARDED_BY(mutex_);

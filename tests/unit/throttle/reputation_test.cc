@@ -3,6 +3,7 @@
 // binary form of a pair's and a source's state. Every time is explicit.
 #include "throttle/reputation.h"
 
+#include <initializer_list>
 #include <string>
 
 #include "gtest/gtest.h"
@@ -96,6 +97,28 @@ TEST(PairStateTest, AReplyOlderThanTheWindowCountsOnlyForLifetime) {
   EXPECT_EQ(state.lifetime().blocked, 2u);
   EXPECT_EQ(state.last_record(), kT0);
   EXPECT_EQ(state.Today(kT0).blocked, 0u);
+}
+
+TEST(PairStateTest, ALateReplyWithinTheWindowGetsItsOwnHour) {
+  PairReputation state;
+  state.Record(RC::kSuccess, false, kT0);                      // hour 10
+  state.Record(RC::kRateLimit, false, kT0 - absl::Hours(5));   // hour 5, which had no reply
+  state.Record(RC::kSuccess, false, kT0 - absl::Hours(2));     // hour 8, between the two
+  state.Record(RC::kSuccess, false, kT0 - absl::Hours(5));     // hour 5 again
+  EXPECT_EQ(state.LastDay(kT0).delivered, 3u);
+  EXPECT_EQ(state.LastDay(kT0).TotalDeferred(), 1u);
+  // Seen from hour 5, only hour 5 counts; from 05:00 the next day, only hour 8 and hour 10.
+  EXPECT_EQ(state.LastDay(kT0 - absl::Hours(5)).delivered, 1u);
+  EXPECT_EQ(state.LastDay(kT0 + absl::Hours(18)).TotalDeferred(), 1u);  // 04:15: hour 5 is in
+  EXPECT_EQ(state.LastDay(kT0 + absl::Hours(19)).delivered, 2u);
+  EXPECT_EQ(state.LastDay(kT0 + absl::Hours(19)).TotalDeferred(), 0u);
+  // A newer hour pushes out the hours that leave its window, and only those.
+  state.Record(RC::kSuccess, false, kT0 + absl::Hours(19));  // hour 5 the next day
+  EXPECT_EQ(state.LastDay(kT0 + absl::Hours(19)).delivered, 3u);
+  absl::StatusOr<PairReputation> back = PairReputation::Deserialize(state.Serialize());
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->Serialize(), state.Serialize());
+  EXPECT_EQ(back->LastDay(kT0 + absl::Hours(19)).delivered, 3u);
 }
 
 // --- UTC days ---
@@ -361,6 +384,21 @@ TEST(PairStateSerializeTest, MalformedBytesAreDataLoss) {
   // A zero count behind a set bit is not the canonical form.
   const std::string zero_count("\x01\x00\x00\x00\x00\x01\x00\x00\x00", 9);
   EXPECT_EQ(PairReputation::Deserialize(zero_count).status().code(), absl::StatusCode::kDataLoss);
+  // Buckets (zigzag hour, then counters: one delivered) must be in increasing hour order and
+  // within one window of the newest.
+  const std::string one_delivered("\x01\x00\x00\x00\x00", 5);
+  const std::string no_day("\x01\x00\x00\x00\x00\x00\x00", 7);  // version, flags, lifetime 0
+  const auto with_buckets = [&](std::initializer_list<char> hours) {
+    std::string out = no_day;
+    out.push_back(static_cast<char>(hours.size()));
+    for (char hour : hours) out += std::string(1, hour) + one_delivered;
+    return out;
+  };
+  EXPECT_TRUE(PairReputation::Deserialize(with_buckets({'\x02', '\x30'})).ok());  // 1 and 24
+  for (const std::string& bad : {with_buckets({'\x04', '\x02'}), with_buckets({'\x04', '\x04'}),
+                                 with_buckets({'\x02', '\x32'})}) {  // 2, 1; 2, 2; 1 and 25
+    EXPECT_EQ(PairReputation::Deserialize(bad).status().code(), absl::StatusCode::kDataLoss);
+  }
   const std::string ok("\x01\x00\x00\x00\x00\x01\x05\x00\x00", 9);
   absl::StatusOr<PairReputation> parsed = PairReputation::Deserialize(ok);
   ASSERT_TRUE(parsed.ok()) << parsed.status();
