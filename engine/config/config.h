@@ -382,7 +382,7 @@ struct Config {
   std::string data_dir = "./var";
   // Our name in the greeting, EHLO and Received:. Default: the machine's host name.
   std::string hostname;
-  // I/O threads, each with its own io_uring ring. Default: 0 = one per core.
+  // I/O threads, each with its own io_uring ring. Default: 0 = one per two cores (at least 1).
   uint32_t io_threads = 0;
   // Threads that verify passwords (argon2id is slow on purpose). Default: 2.
   uint32_t auth_threads = 2;
