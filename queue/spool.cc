@@ -439,6 +439,7 @@ class Spool::Writer {
     thread_ = std::thread([this] {
       pthread_setname_np(pthread_self(), "spool-writer");
       StopPerfCountingOnThisThread();
+      if (options_.on_writer_start) options_.on_writer_start();
       Run();
     });
   }

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -93,6 +94,9 @@ struct SpoolOptions {
   // Longest a change made with Durability::kRidesNextSync stays written but not synced when no
   // synced commit comes after it: the writer then syncs the log by itself. Default: 1 s.
   absl::Duration max_unsynced = absl::Seconds(1);
+  // Runs first on the writer thread, which allocates RocksDB's memtables: engine/main binds it
+  // to an allocator arena backed by huge pages (engine/main/huge_page_arena.h). Optional.
+  std::function<void()> on_writer_start;
 };
 
 // What a change waits for before its `done` runs.

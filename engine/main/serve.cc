@@ -47,6 +47,7 @@
 #include "engine/io/server.h"
 #include "engine/main/cli.h"
 #include "engine/main/commands.h"
+#include "engine/main/huge_page_arena.h"
 #include "engine/metrics/metrics.h"
 #include "engine/policy/account_quotas.h"
 #include "engine/policy/account_store.h"
@@ -159,6 +160,7 @@ class Relay {
     queue::SpoolOptions spool_options;
     spool_options.max_batch = config_.spool.max_batch;
     spool_options.max_unsynced = config_.spool.max_unsynced;
+    spool_options.on_writer_start = HugePageArenaBinder();
     FACTEUR_ASSIGN_OR_RETURN(spool_, queue::Spool::Open(*store_, spool_options, clock_));
     metrics_.spool_messages().Set(static_cast<double>(spool_->size()));
     spool_->SetCommitObserver([this](size_t batch_size, absl::Duration latency, bool synced) {
