@@ -12,7 +12,6 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
-#include <queue>
 #include <string_view>
 #include <thread>
 #include <vector>
@@ -79,6 +78,9 @@ class EventLoop {
   TimerId RunAfter(absl::Duration delay, absl::AnyInvocable<void()> fn);
   // Loop thread: a timer that has not fired yet will not fire. Unknown ids are ignored.
   void Cancel(TimerId id);
+  // Entries of the timer heap, cancelled ones not yet dropped included: at most about twice
+  // the live timers (Cancel compacts), for tests and diagnostics.
+  size_t timer_heap_size() const { return timer_heap_.size(); }
 
   // Loop thread: an SQE whose user_data is `completion` (nullptr: its CQE is dropped). It is
   // submitted when the loop next enters the kernel. Never null: a full SQ is submitted first.
@@ -118,7 +120,13 @@ class EventLoop {
   absl::Mutex post_mutex_;
   std::vector<absl::AnyInvocable<void() &&>> posted_ ABSL_GUARDED_BY(post_mutex_);
 
-  std::priority_queue<TimerEntry, std::vector<TimerEntry>, std::greater<TimerEntry>> timer_heap_;
+  void PushTimer(TimerEntry entry);
+  void PopTimer();
+  void DropCancelledTimers();
+
+  // A min-heap by (deadline, id) (std::greater); cancelled entries stay until they come up or
+  // DropCancelledTimers() runs.
+  std::vector<TimerEntry> timer_heap_;
   absl::flat_hash_map<TimerId, absl::AnyInvocable<void()>> timers_;  // live ones only
   TimerId next_timer_id_ = 1;
 };

@@ -1,5 +1,6 @@
 #include "engine/io/event_loop.h"
 
+#include <algorithm>
 #include <atomic>
 #include <thread>
 #include <vector>
@@ -84,6 +85,30 @@ TEST(EventLoopTest, SameDeadlineTimersRunInTheOrderTheyWereSet) {
     loop.RunAfter(absl::Milliseconds(1), [&] { loop.Stop(); });
   });
   ASSERT_TRUE(loop.Run().ok());
+  EXPECT_EQ(fired, (std::vector<int>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9}));
+}
+
+// Most timers are cancelled long before their deadline (a command's timeout once its reply
+// came): the heap must follow the live timers, not every timer set within the longest timeout.
+TEST(EventLoopTest, CancelledTimersDoNotPileUpInTheHeap) {
+  auto loop_or = EventLoop::Create();
+  ASSERT_TRUE(loop_or.ok());
+  EventLoop& loop = **loop_or;
+  std::vector<int> fired;
+  size_t largest_heap = 0;
+  loop.Post([&] {
+    // Ten that stay, among 100,000 set for an hour and cancelled at once.
+    for (int i = 0; i < 10; ++i) {
+      loop.RunAfter(absl::Milliseconds(1 + i), [&, i] { fired.push_back(i); });
+    }
+    for (int i = 0; i < 100000; ++i) {
+      loop.Cancel(loop.RunAfter(absl::Hours(1), [&] { fired.push_back(-1); }));
+      largest_heap = std::max(largest_heap, loop.timer_heap_size());
+    }
+    loop.RunAfter(absl::Milliseconds(20), [&] { loop.Stop(); });
+  });
+  ASSERT_TRUE(loop.Run().ok());
+  EXPECT_LE(largest_heap, 2u * 11 + 64 + 1);
   EXPECT_EQ(fired, (std::vector<int>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9}));
 }
 
