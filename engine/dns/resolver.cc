@@ -271,6 +271,8 @@ class Resolver::Impl {
   std::unique_ptr<Lookup> TakeLookup(uint64_t id);
   void OnDeadline(uint64_t id);
   void OnMx(uint64_t id, const FetchResult& result);
+  // The answer to an MX query whose records are `set` (not kNoData: that needs the addresses).
+  MxAnswer MxAnswerOf(const RecordSet& set);
   void OnAddress(uint64_t id, bool v6, const FetchResult& result);
   void FinishImplicitMx(uint64_t id);
   void FinishAddresses(uint64_t id);
@@ -713,6 +715,13 @@ void Resolver::Impl::ResolveMx(std::string_view domain,
     Deliver(std::move(done), absl::StatusOr<MxAnswer>(name.status()));
     return;
   }
+  // Answered from the cache, as most deliveries are: no lookup to track, no deadline timer.
+  // A cached "no MX records" still needs the implicit MX's addresses: a lookup does that.
+  if (const RecordSet* cached = CacheFind(CacheKey{*name, kTypeMx});
+      cached != nullptr && cached->presence != Presence::kNoData) {
+    Deliver(std::move(done), absl::StatusOr<MxAnswer>(MxAnswerOf(*cached)));
+    return;
+  }
   const uint64_t id = StartLookup(Kind::kMx, *name);
   lookups_[id]->mx_done = std::move(done);
   StartFetch(*name, kTypeMx, [this, id](const FetchResult& result) { OnMx(id, result); });
@@ -725,24 +734,31 @@ void Resolver::Impl::OnMx(uint64_t id, const FetchResult& result) {
     Deliver(std::move(TakeLookup(id)->mx_done), absl::StatusOr<MxAnswer>(result.status()));
     return;
   }
+  if (result->presence == Presence::kNoData) {
+    // RFC 5321 §5.1: no MX records — the domain itself is the implicit MX if it has an address.
+    const std::string name = lookup->name;
+    StartFetch(name, kTypeA, [this, id](const FetchResult& r) { OnAddress(id, false, r); });
+    if (FindLookup(id) == nullptr) return;  // settled from the cache by the A records
+    StartFetch(name, kTypeAaaa, [this, id](const FetchResult& r) { OnAddress(id, true, r); });
+    return;
+  }
+  Deliver(std::move(TakeLookup(id)->mx_done), absl::StatusOr<MxAnswer>(MxAnswerOf(*result)));
+}
+
+MxAnswer Resolver::Impl::MxAnswerOf(const RecordSet& set) {
   MxAnswer answer;
-  switch (result->presence) {
+  switch (set.presence) {
     case Presence::kNxDomain:
       answer.kind = MxKind::kNxDomain;
       break;
-    case Presence::kNoData: {
-      // RFC 5321 §5.1: no MX records — the domain itself is the implicit MX if it has an address.
-      const std::string name = lookup->name;
-      StartFetch(name, kTypeA, [this, id](const FetchResult& r) { OnAddress(id, false, r); });
-      if (FindLookup(id) == nullptr) return;  // settled from the cache by the A records
-      StartFetch(name, kTypeAaaa, [this, id](const FetchResult& r) { OnAddress(id, true, r); });
-      return;
-    }
+    case Presence::kNoData:
+      answer.kind = MxKind::kNoMailHost;  // not reached: the caller looks the addresses up
+      break;
     case Presence::kRecords: {
       // RFC 7505 §3: the null MX "0 ." says the domain accepts no mail. A "." target is
       // unusable in any case, so an answer whose only targets are "." is treated the same, and
       // "." records beside real ones (which RFC 7505 forbids) are ignored.
-      for (const MxHost& host : result->mx) {
+      for (const MxHost& host : set.mx) {
         if (!host.name.empty()) answer.hosts.push_back(host);
       }
       if (answer.hosts.empty()) {
@@ -763,7 +779,7 @@ void Resolver::Impl::OnMx(uint64_t id, const FetchResult& result) {
       break;
     }
   }
-  Deliver(std::move(TakeLookup(id)->mx_done), absl::StatusOr<MxAnswer>(std::move(answer)));
+  return answer;
 }
 
 void Resolver::Impl::OnAddress(uint64_t id, bool v6, const FetchResult& result) {
