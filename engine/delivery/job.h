@@ -70,7 +70,8 @@ class JobDispatcher {
 class ResultSink {
  public:
   virtual ~ResultSink() = default;
-  virtual void OnJobDone(JobResult result) = 0;
+  // The jobs that came back together (a shard's results of one loop turn), in their order.
+  virtual void OnJobsDone(std::vector<JobResult> results) = 0;
 };
 
 }  // namespace facteur::delivery

@@ -178,6 +178,15 @@ void QueueManager::ThreadMain() {
   RunOnce();
 }
 
+void QueueManager::OnJobsDone(std::vector<JobResult> results) {
+  absl::MutexLock lock(&mutex_);
+  if (results_.empty()) {
+    results_ = std::move(results);
+    return;
+  }
+  for (JobResult& result : results) results_.push_back(std::move(result));
+}
+
 void QueueManager::OnJobDone(JobResult result) {
   absl::MutexLock lock(&mutex_);
   results_.push_back(std::move(result));

@@ -95,8 +95,10 @@ class QueueManager final : public ResultSink {
   // One round: operations, settling finished messages, leasing and dispatching due ones.
   void RunOnce();
 
-  // ResultSink: a job is back (any thread).
-  void OnJobDone(JobResult result) override;
+  // ResultSink: jobs are back (any thread). One lock, and at most one wake-up of the manager.
+  void OnJobsDone(std::vector<JobResult> results) override;
+  // One job is back (any thread).
+  void OnJobDone(JobResult result);
 
   // Operations (any thread but the manager's; they block until done). A domain is matched
   // against the recipients' domains, case-insensitively.

@@ -469,7 +469,25 @@ ShardDelivery::ShardDelivery(io::EventLoop& loop, dns::Resolver& resolver,
       shaping_(context.shaping),
       connector_(loop) {}
 
-ShardDelivery::~ShardDelivery() = default;
+// Destroyed on its loop, before the manager (serve.cc): what the last turn finished still goes.
+ShardDelivery::~ShardDelivery() { FlushResults(); }
+
+void ShardDelivery::Done(JobResult result) {
+  finished_.push_back(std::move(result));
+  if (flush_results_timer_ != io::kNoTimer) return;
+  // Zero-delay timers run after every completion of the turn (EventLoop::Run).
+  std::weak_ptr<bool> alive = alive_;
+  flush_results_timer_ = loop_.RunAfter(absl::ZeroDuration(), [this, alive] {
+    if (alive.expired()) return;
+    flush_results_timer_ = io::kNoTimer;
+    FlushResults();
+  });
+}
+
+void ShardDelivery::FlushResults() {
+  if (finished_.empty()) return;
+  context_.results.OnJobsDone(std::exchange(finished_, {}));
+}
 
 size_t ShardDelivery::connections() const { return connector_.size(); }
 
@@ -933,7 +951,7 @@ void ShardDelivery::HoldBack(DestinationQueue& queue, size_t keep, absl::Time fi
     JobResult result = ResultOf(job, queue.destination.key, queue.site->key);
     result.throttled_until = first + spacing * static_cast<double>(returned++);
     ++queue.site->held_back;
-    context_.results.OnJobDone(std::move(result));
+    Done(std::move(result));
   }
   queue.waiting = std::move(kept);
 }
@@ -1038,7 +1056,7 @@ void ShardDelivery::Fail(PendingJob job, const Destination& destination,
                          const mail::DeliveryOutcome& outcome, const std::string& site) {
   JobResult result = ResultOf(job, destination.key, site);
   result.outcomes.assign(result.recipient_indexes.size(), outcome);
-  context_.results.OnJobDone(std::move(result));
+  Done(std::move(result));
 }
 
 JobResult ShardDelivery::ResultOf(PendingJob& job, const std::string& destination,
@@ -1083,7 +1101,7 @@ void ShardDelivery::Report(PendingJob job, const DestinationQueue& queue,
     }
     merged.tls = merged.tls || tls;
     merged.elapsed = context_.clock.Now() - job.dispatched;
-    if (--split.parts_left == 0) context_.results.OnJobDone(std::move(merged));
+    if (--split.parts_left == 0) Done(std::move(merged));
     return;
   }
   JobResult result = ResultOf(job, queue.destination.key, queue.site->key);
@@ -1095,7 +1113,7 @@ void ShardDelivery::Report(PendingJob job, const DestinationQueue& queue,
     result.source_ip = source->ip;
   }
   result.tls = tls;
-  context_.results.OnJobDone(std::move(result));
+  Done(std::move(result));
 }
 
 ShardDelivery::Link* ShardDelivery::TakeIdleLink(const std::string& reuse_key,
@@ -1267,6 +1285,7 @@ void ShardDelivery::MaybeFinishShutdown() {
   // No connection is left to call a link back; links still resolving names are dropped (their
   // callbacks hold expired weak pointers).
   sites_.clear();
+  FlushResults();  // the outcomes of the last transactions, before the shutdown is done
   // Moved out first: `done` may destroy this object.
   absl::AnyInvocable<void() &&> done = std::move(shutdown_done_);
   if (done) std::move(done)();

@@ -307,6 +307,11 @@ class ShardDelivery {
   void Report(PendingJob job, const DestinationQueue& queue,
               std::vector<mail::DeliveryOutcome> outcomes, std::vector<RecipientVerdict> verdicts,
               const std::string& mx, const Source* source, bool tls);
+  // Hands `result` to the manager at the end of this loop turn, with the turn's other results
+  // (FlushResults): one lock and at most one wake-up of the manager's thread per turn, not per
+  // job. A wake-up is the dearest thing a result costs the I/O thread.
+  void Done(JobResult result);
+  void FlushResults();
   // The result of `job` (its id, domain and recipients moved out) with nothing else said yet.
   JobResult ResultOf(PendingJob& job, const std::string& destination,
                      const std::string& site) const;
@@ -362,6 +367,9 @@ class ShardDelivery {
   // waiting recipients): the next sweep adds the difference.
   absl::flat_hash_map<std::string, std::array<double, 2>> reported_by_label_;
   absl::AnyInvocable<void() &&> shutdown_done_;
+  // Results of this loop turn, not yet handed to the manager (Done); the timer that will.
+  std::vector<JobResult> finished_;
+  io::TimerId flush_results_timer_ = io::kNoTimer;
   // Timers and DNS callbacks of this object hold a weak_ptr to it: they find it expired once it
   // is destroyed.
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
