@@ -473,14 +473,13 @@ ShardDelivery::ShardDelivery(io::EventLoop& loop, dns::Resolver& resolver,
 ShardDelivery::~ShardDelivery() { FlushResults(); }
 
 void ShardDelivery::Done(JobResult result) {
+  const bool first_of_turn = finished_.empty();
   finished_.push_back(std::move(result));
-  if (flush_results_timer_ != io::kNoTimer) return;
+  if (!first_of_turn) return;
   // Zero-delay timers run after every completion of the turn (EventLoop::Run).
   std::weak_ptr<bool> alive = alive_;
-  flush_results_timer_ = loop_.RunAfter(absl::ZeroDuration(), [this, alive] {
-    if (alive.expired()) return;
-    flush_results_timer_ = io::kNoTimer;
-    FlushResults();
+  loop_.RunAfter(absl::ZeroDuration(), [this, alive] {
+    if (!alive.expired()) FlushResults();
   });
 }
 

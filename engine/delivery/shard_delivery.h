@@ -367,9 +367,9 @@ class ShardDelivery {
   // waiting recipients): the next sweep adds the difference.
   absl::flat_hash_map<std::string, std::array<double, 2>> reported_by_label_;
   absl::AnyInvocable<void() &&> shutdown_done_;
-  // Results of this loop turn, not yet handed to the manager (Done); the timer that will.
+  // Results of this loop turn, not yet handed to the manager (Done): the first one sets the
+  // timer that hands them over.
   std::vector<JobResult> finished_;
-  io::TimerId flush_results_timer_ = io::kNoTimer;
   // Timers and DNS callbacks of this object hold a weak_ptr to it: they find it expired once it
   // is destroyed.
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
