@@ -128,10 +128,13 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
 
   // Ready for a job: connected, greeted, not carrying one, not leaving.
   bool idle() const {
-    return session_ != nullptr && session_->ready() && !current_.has_value() && !quitting_;
+    return session_ != nullptr && session_->ready() && carried_.empty() && !quitting_;
   }
   bool connecting() const { return !ever_ready_ && !finished_; }
-  bool carrying() const { return current_.has_value(); }
+  bool carrying() const { return !carried_.empty(); }
+  // Jobs sent and not yet answered: two once the next one follows an end of data.
+  size_t in_flight() const { return carried_.size(); }
+  DestinationQueue& queue() { return *queue_; }
   bool finished() const { return finished_; }
   // Idle and offered to other destinations: its own has nothing for it.
   bool offered() const { return offered_.has_value(); }
@@ -150,11 +153,12 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
   throttle::PairThrottle& pair() { return *pair_; }
   const throttle::PairThrottle& pair() const { return *pair_; }
 
+  // Idle, or at the end of data of the job it carries (OnReadyForNext).
   void Carry(PendingJob job) {
     CancelIdleTimer();
-    current_ = std::move(job);
+    carried_.push_back(std::move(job));
     ++sent_;
-    session_->Send(current_->job.message);
+    session_->Send(carried_.back().job.message);
   }
 
   // No job for this connection now: it waits for one until the idle timeout. With `offer`
@@ -205,12 +209,20 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
     shard_.Pump(*queue_->site);
   }
 
+  // The message carried is written up to its end of data: the next job of the destination
+  // that may start now follows it in the same write (RFC 2920 §3.1).
+  void OnReadyForNext(smtp::ClientSession&) override {
+    if (shard_.shutting_down_ || quitting_ || queue_->waiting.empty()) return;
+    shard_.EmployNext(*this);
+  }
+
   void OnTransactionDone(smtp::ClientSession& session, smtp::TransactionResult result) override {
-    if (current_.has_value() && shard_.abandoning_) {
-      current_.reset();  // abandoned by the shutdown: its message stays queued as it was
-    } else if (current_.has_value()) {
-      PendingJob job = *std::move(current_);
-      current_.reset();
+    // The session ends transactions in the order they were sent.
+    if (!carried_.empty() && shard_.abandoning_) {
+      carried_.pop_front();  // abandoned by the shutdown: its message stays queued as it was
+    } else if (!carried_.empty()) {
+      PendingJob job = std::move(carried_.front());
+      carried_.pop_front();
       std::vector<RecipientVerdict> verdicts =
           shard_.Judge(*queue_->site, source_.name, result.recipients);
       shard_.Report(std::move(job), *queue_, std::move(result.recipients), std::move(verdicts),
@@ -218,8 +230,8 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
     }
     if (!shard_.shutting_down_) {
       shard_.Pump(*queue_->site);
-    } else {
-      Quit();  // the shutdown waited for this transaction only
+    } else if (carried_.empty()) {
+      Quit();  // the shutdown waited for the transactions in progress only
     }
   }
 
@@ -230,14 +242,15 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
           absl::ToDoubleSeconds(shard_.context_.clock.Now() - session_opened_));
     }
     CancelIdleTimer();
-    if (current_.has_value() && shard_.abandoning_) {
+    if (shard_.abandoning_) {
       // Aborted when the shutdown grace ran out: no outcome is known, none is reported. The
-      // message keeps its queued state and is tried again at the next start.
-      current_.reset();
-    } else if (current_.has_value()) {
-      // The session promises OnTransactionDone first; should it not, the job still comes back.
-      PendingJob job = *std::move(current_);
-      current_.reset();
+      // messages keep their queued state and are tried again at the next start.
+      carried_.clear();
+    }
+    // The session promises OnTransactionDone first; should it not, the jobs still come back.
+    while (!carried_.empty()) {
+      PendingJob job = std::move(carried_.front());
+      carried_.pop_front();
       std::vector<mail::DeliveryOutcome> outcomes(job.job.message.recipients.size(), why);
       std::vector<RecipientVerdict> verdicts = shard_.Judge(*queue_->site, source_.name, outcomes);
       shard_.Report(std::move(job), *queue_, std::move(outcomes), std::move(verdicts), remote_,
@@ -450,7 +463,7 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
   std::optional<std::list<Link*>::iterator> offered_;
   smtp::ClientSession* session_ = nullptr;  // owned by its io::Connection
   absl::Time session_opened_;  // when session_ was made (connected): its lifetime metric
-  std::optional<PendingJob> current_;
+  std::deque<PendingJob> carried_;  // sent, oldest first; at most two (OnReadyForNext)
   uint32_t sent_ = 0;
   io::TimerId idle_timer_ = io::kNoTimer;
   bool ever_ready_ = false;
@@ -687,18 +700,28 @@ ShardDelivery::Link* ShardDelivery::OfferedLink(absl::FunctionRef<bool(const Lin
 uint32_t ShardDelivery::InFlight(const DestinationQueue& queue, const std::string& source) {
   uint32_t n = 0;
   for (const auto& link : queue.links) {
-    if (link->carrying() && link->source().name == source) ++n;
+    if (link->source().name == source) n += static_cast<uint32_t>(link->in_flight());
   }
   return n;
 }
 
+void ShardDelivery::EmployNext(Link& link) {
+  DestinationQueue& queue = link.queue();
+  const throttle::WarmupPlan* plan =
+      context_.reputation == nullptr
+          ? nullptr
+          : throttle::FindWarmupPlan(shaping_->options(), queue.destination.pool);
+  absl::Time wake = absl::InfiniteFuture();  // not needed: the link pumps when its job ends
+  Employ(*queue.site, queue, link, context_.clock.Now(), plan, wake, /*next=*/true);
+}
+
 void ShardDelivery::Employ(SiteQueue& site, DestinationQueue& queue, Link& link, absl::Time now,
-                           const throttle::WarmupPlan* plan, absl::Time& wake) {
+                           const throttle::WarmupPlan* plan, absl::Time& wake, bool next) {
   throttle::PairThrottle& pair = link.pair();
   const uint32_t per_connection =
       Capped(pair.max_messages_per_connection(), context_.max_messages_per_connection);
   if (pair.suspended(now) || pair.OverConnectionLimit() || link.sent() >= per_connection) {
-    link.Quit();
+    if (!next) link.Quit();
     return;
   }
   const std::string& source = link.source().name;
@@ -706,19 +729,19 @@ void ShardDelivery::Employ(SiteQueue& site, DestinationQueue& queue, Link& link,
     return p.job.pinned_source.empty() || p.job.pinned_source == source;
   });
   if (job == queue.waiting.end()) {
-    link.Idle(/*offer=*/true);
+    if (!next) link.Idle(/*offer=*/true);
     return;
   }
   if (plan != nullptr &&
       !context_.reputation->WarmupAllows(source, plan, site.key, now, InFlight(queue, source))) {
     wake = std::min(wake, throttle::Reputation::WarmupResetsAt(now));
-    link.Quit();
+    if (!next) link.Quit();
     return;
   }
   const absl::Time eligible = pair.MayStartMessage(now);
   if (eligible > now) {
     wake = std::min(wake, eligible);
-    link.Idle(/*offer=*/false);
+    if (!next) link.Idle(/*offer=*/false);
     return;
   }
   pair.OnMessageStarted(now);
@@ -1334,9 +1357,9 @@ std::vector<SiteSnapshot> ShardDelivery::Sites() const {
       }
       for (const auto& link : queue->links) {
         if (!link->carrying()) continue;
-        ++snapshot.in_flight_jobs;
+        snapshot.in_flight_jobs += link->in_flight();
         auto it = by_source.find(link->source().name);
-        if (it != by_source.end()) ++it->second.in_flight;
+        if (it != by_source.end()) it->second.in_flight += link->in_flight();
       }
     }
     for (auto& [source, p] : by_source) snapshot.sources.push_back(std::move(p));

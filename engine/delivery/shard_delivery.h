@@ -257,9 +257,14 @@ class ShardDelivery {
   void PumpDestination(SiteQueue& site, DestinationQueue& queue, absl::Time now);
   // An idle `link` of `queue` takes the first job its pair and the warmup cap admit now; or
   // waits (arming `wake`), offered to other destinations when no job is for its source; or
-  // leaves (its pair paused, over its limits, or the connection used up).
+  // leaves (its pair paused, over its limits, or the connection used up). With `next`, the
+  // link is at the end of data of the job it carries: it takes a job only, and is otherwise
+  // left as it is (it comes back here when its job ends).
   void Employ(SiteQueue& site, DestinationQueue& queue, Link& link, absl::Time now,
-              const throttle::WarmupPlan* plan, absl::Time& wake);
+              const throttle::WarmupPlan* plan, absl::Time& wake, bool next = false);
+  // Employ(next) for a link at the end of data (its session's OnReadyForNext): the next
+  // message follows the end of data in the same write (RFC 2920 §3.1).
+  void EmployNext(Link& link);
   static uint32_t InFlight(const DestinationQueue& queue, const std::string& source);
   // The address a new link from `source` would try first for `host` (its first of the source's
   // family): the host itself when it is an IP literal, else from the resolver's cache; nullopt

@@ -103,6 +103,9 @@ class Transaction:
         self.accepted = False       # that reply was 2xx
         self.started = None         # clock() when MAIL was answered
         self.finished = None        # clock() when the final "." was answered
+        # Its MAIL came in the same read as the previous transaction's final "." (RFC 2920
+        # §3.1: the client pipelined it after the end of data).
+        self.after_end_of_data = False
 
     def __repr__(self):
         return "Transaction(from=%r, to=%r, %d bytes, tls=%s, reply=%r)" % (
@@ -393,6 +396,7 @@ class _Connection:
         self.transaction = None
         self.helo_done = False
         self.last_read = -1  # the read that brought the last command
+        self.end_of_data_read = -2  # the read that brought the last final "."
 
     def send(self, spec, *args):
         """Sends the reply a spec resolves to; DROP and STALL raise."""
@@ -526,6 +530,7 @@ class _Connection:
         if reply.startswith("2"):
             t = Transaction(self.session)
             t.started = now
+            t.after_end_of_data = self.last_read == self.end_of_data_read
             t.mail_from = address
             t.mail_params = params
             self.transaction = t
@@ -571,6 +576,7 @@ class _Connection:
                     raise _Dropped()
                 raise _Stalled()
             if raw in (b".\r\n", b".\n"):
+                self.end_of_data_read = self.reader.reads
                 break
             if raw.startswith(b"."):
                 raw = raw[1:]  # RFC 5321 §4.5.2

@@ -224,6 +224,15 @@ class ClientSession::State {
 
   bool ready() const { return phase_ == Phase::kReady; }
 
+  // RFC 2920 §3.1: message content may open a group, so once the body of the one transaction
+  // in progress is written and only the reply to its "." is awaited, the next transaction's
+  // commands can follow it in the same write.
+  bool accepts_next() const {
+    return phase_ == Phase::kTransaction && s_.capabilities_.pipelining &&
+           transactions_.size() == 1 && unsent_.empty() && awaiting_.size() == 1 &&
+           awaiting_.front().step == Step::kDot;
+  }
+
   void OnStart(const io::TlsInfo* implicit_tls) {
     s_.tls_active_ = implicit_tls != nullptr;
     phase_ = Phase::kGreeting;
@@ -299,7 +308,7 @@ class ClientSession::State {
     awaiting_.clear();
     unsent_.clear();
     // A loop: an owner that calls Send() from here gets that message reported too.
-    while (transaction_.has_value()) {
+    while (!transactions_.empty()) {
       FailOpenRecipients(why);
       s_.owner_.OnTransactionDone(s_, TakeResult());
     }
@@ -307,20 +316,22 @@ class ClientSession::State {
   }
 
   void Send(const OutboundMessage& message) {
-    if (transaction_.has_value() ||
-        !(phase_ == Phase::kReady || phase_ == Phase::kQuit || phase_ == Phase::kClosing ||
-          phase_ == Phase::kClosed)) {
+    const bool between = transactions_.empty() &&
+                         (phase_ == Phase::kReady || phase_ == Phase::kQuit ||
+                          phase_ == Phase::kClosing || phase_ == Phase::kClosed);
+    if (!between && !accepts_next()) {
       Log(LogLevel::kError, "smtp client %s: Send() while the session is not ready",
           s_.remote_name_);
-      std::abort();  // an owner bug: two transactions at once, or one before OnReady
+      std::abort();  // an owner bug: a transaction not yet at its end of data, or before OnReady
     }
     ++s_.transactions_;
-    Transaction& t = transaction_.emplace();
+    Transaction& t = transactions_.emplace_back();
+    t.number = s_.transactions_;
     t.body = message.body;
     const size_t count = message.recipients.size();
     t.outcomes.resize(count);
     t.rcpt_accepted.assign(count, false);
-    if (phase_ != Phase::kReady) {
+    if (phase_ != Phase::kReady && phase_ != Phase::kTransaction) {
       // Closing: the message goes nowhere; OnClosed reports it.
       SetAll(t, Local(451, "4.3.0", absl::StrCat("the session with ", s_.remote_name_,
                                                  " was closing"), mail::OutcomeScope::kSession));
@@ -379,9 +390,10 @@ class ClientSession::State {
     }
 
     phase_ = Phase::kTransaction;
+    for (Command& command : commands) command.transaction = t.number;
     if (caps.pipelining) {
-      // RFC 2920 §3.1: RSET, MAIL, every RCPT and DATA in one group, one write; the body
-      // waits for the 354.
+      // RFC 2920 §3.1: RSET, MAIL, every RCPT and DATA in one group, one write (after the
+      // previous message's end of data, when it is still out); the body waits for the 354.
       Write(commands);
     } else {
       unsent_ = std::move(commands);
@@ -435,8 +447,10 @@ class ClientSession::State {
     Step step;
     size_t recipient = 0;  // kRcpt: index in the message
     std::string line;      // without CRLF; emptied once written
+    uint32_t transaction = 0;  // Transaction::number of the one it belongs to
   };
   struct Transaction {
+    uint32_t number = 0;  // the session's count of Send() calls when it was made
     std::shared_ptr<const std::string> body;
     std::vector<std::optional<mail::DeliveryOutcome>> outcomes;  // set once decided
     std::vector<bool> rcpt_accepted;
@@ -639,7 +653,10 @@ class ClientSession::State {
     }
     const Command command = std::move(awaiting_.front());
     awaiting_.pop_front();
-    Transaction& t = *transaction_;
+    // Replies come in order and a transaction's commands follow the previous one's: the
+    // command answered belongs to the oldest transaction in progress.
+    Transaction& t = transactions_.front();
+    bool body_written = false;
     const int kind = reply.code / 100;
     const bool final_reply = kind == 2 || kind == 4 || kind == 5;
     switch (command.step) {
@@ -681,12 +698,13 @@ class ClientSession::State {
         if (reply.code == 354) {
           if (!t.mail_refused && t.accepted > 0) {
             WriteBody(t.body ? std::string_view(*t.body) : std::string_view());
-            awaiting_.push_back({Step::kDot, 0, {}});
+            awaiting_.push_back({Step::kDot, 0, {}, t.number});
+            body_written = true;
           } else {
             // RFC 2920 §3.1: a pipelined DATA accepted with no valid recipient gets an empty
             // message, whose reply is ignored.
             WriteLine(".");
-            awaiting_.push_back({Step::kLoneDot, 0, {}});
+            awaiting_.push_back({Step::kLoneDot, 0, {}, t.number});
           }
         } else if (kind == 4 || kind == 5) {
           rset_needed_ = true;
@@ -705,17 +723,18 @@ class ClientSession::State {
         break;
     }
     Continue();
+    if (body_written && accepts_next()) s_.owner_.OnReadyForNext(s_);
   }
 
-  // Writes the next command when not pipelining, or finishes the transaction when none is
-  // left and no reply is awaited.
+  // Writes the next command when not pipelining, or finishes the oldest transaction when no
+  // reply of its is awaited and none of its commands is left.
   void Continue() {
     if (phase_ != Phase::kTransaction) return;
-    if (!awaiting_.empty()) {
+    const Transaction& t = transactions_.front();
+    if (!awaiting_.empty() && awaiting_.front().transaction == t.number) {
       s_.stream_.SetIdleTimeout(TimeoutFor(awaiting_.front().step));
       return;
     }
-    const Transaction& t = *transaction_;
     while (!unsent_.empty()) {
       if (unsent_.front().step == Step::kData && (t.mail_refused || t.accepted == 0)) {
         // No recipient accepted: no DATA, and RSET before the next message.
@@ -734,14 +753,19 @@ class ClientSession::State {
 
   void Finish() {
     TransactionResult result = TakeResult();
-    phase_ = Phase::kReady;
-    s_.stream_.SetIdleTimeout(absl::ZeroDuration());
+    if (transactions_.empty()) {
+      phase_ = Phase::kReady;
+      s_.stream_.SetIdleTimeout(absl::ZeroDuration());
+    } else {
+      s_.stream_.SetIdleTimeout(TimeoutFor(awaiting_.front().step));  // the next one's
+    }
     s_.owner_.OnTransactionDone(s_, std::move(result));
   }
 
+  // The oldest transaction's result; it is gone from the session.
   TransactionResult TakeResult() {
     TransactionResult result;
-    Transaction& t = *transaction_;
+    Transaction& t = transactions_.front();
     result.recipients.reserve(t.outcomes.size());
     for (auto& outcome : t.outcomes) {
       // Every path decides every recipient; this is the belt to those braces.
@@ -750,7 +774,7 @@ class ClientSession::State {
                               : Local(451, "4.3.0", "no reply for this recipient",
                                       mail::OutcomeScope::kRecipient));
     }
-    transaction_.reset();
+    transactions_.pop_front();
     return result;
   }
 
@@ -768,7 +792,7 @@ class ClientSession::State {
   // The session ends while recipients are undecided: they get `why`, a session-scope outcome
   // (never a success: a session that ends cleanly has no open recipient).
   void FailOpenRecipients(const mail::DeliveryOutcome& why) {
-    if (!transaction_.has_value()) return;
+    if (transactions_.empty()) return;
     mail::DeliveryOutcome open = why;
     open.scope = mail::OutcomeScope::kSession;
     if (!open.transient()) {
@@ -776,8 +800,10 @@ class ClientSession::State {
                    absl::StrCat("the session with ", s_.remote_name_, " ended: ",
                                 OneLine(why.reply)));
     }
-    for (auto& outcome : transaction_->outcomes) {
-      if (!outcome.has_value()) outcome = open;
+    for (Transaction& t : transactions_) {
+      for (auto& outcome : t.outcomes) {
+        if (!outcome.has_value()) outcome = open;
+      }
     }
   }
 
@@ -837,7 +863,8 @@ class ClientSession::State {
   // The last transaction ended before its data (MAIL or every RCPT refused, DATA refused):
   // the next one starts with RSET.
   bool rset_needed_ = false;
-  std::optional<Transaction> transaction_;
+  // In progress, oldest first: at most two, the second sent after the first's end of data.
+  std::deque<Transaction> transactions_;
   std::deque<Command> unsent_;    // without PIPELINING: written one at a time
   std::deque<Command> awaiting_;  // written, reply not read yet, in order
   std::optional<mail::DeliveryOutcome> end_;  // set when the session began to end
@@ -859,6 +886,7 @@ ClientSession::~ClientSession() = default;
 void ClientSession::Send(const OutboundMessage& message) { state_->Send(message); }
 void ClientSession::Quit() { state_->Quit(); }
 bool ClientSession::ready() const { return state_->ready(); }
+bool ClientSession::accepts_next() const { return state_->accepts_next(); }
 
 void ClientSession::OnStart(const io::TlsInfo* implicit_tls) { state_->OnStart(implicit_tls); }
 void ClientSession::OnData(std::string_view bytes) { state_->OnData(bytes); }

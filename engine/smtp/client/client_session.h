@@ -2,7 +2,8 @@
 // One outbound SMTP session (RFC 5321 client side): greeting, EHLO (HELO when EHLO is refused),
 // capability parsing, STARTTLS by TLS policy (RFC 3207), then any number of transactions, one
 // message each, carrying all its recipients for this destination; PIPELINING (RFC 2920: MAIL,
-// every RCPT and DATA in one write, then the body after 354), SIZE, 8BITMIME, SMTPUTF8 and DSN
+// every RCPT and DATA in one write, then the body after 354; the next message's MAIL, RCPT and
+// DATA may follow the end of data in the same write, §3.1), SIZE, 8BITMIME, SMTPUTF8 and DSN
 // parameters (RFC 3461) passed on when the server offers them; RSET between transactions that
 // failed; QUIT when told. Every wait for the server is bounded by the RFC 5321 §4.5.3.2
 // timeout of its stage. It owns the protocol and nothing else: no socket, no DNS, no queue.
@@ -101,14 +102,21 @@ class ClientSession final : public io::StreamHandler {
     virtual ~Owner() = default;
     // Greeting, EHLO and (by policy) STARTTLS and the second EHLO are done: Send() may be called.
     virtual void OnReady(ClientSession& session) = 0;
-    // The transaction given to Send() has ended; the session is ready again (unless it
-    // closed, in which case OnSessionEnded follows).
+    // The body of the one transaction in progress is written and only the reply to its end of
+    // data is awaited, and the server offers PIPELINING: Send() may start the next transaction
+    // until that reply comes (accepts_next()). Called from here, its commands go out in the
+    // same write as the end of data (RFC 2920 §3.1: message content may open a group), which
+    // saves a round trip per message.
+    virtual void OnReadyForNext(ClientSession& /*session*/) {}
+    // A transaction given to Send() has ended (the oldest, when two are in progress); the
+    // session is ready again when no other one is in progress (unless it closed, in which
+    // case OnSessionEnded follows).
     virtual void OnTransactionDone(ClientSession& session, TransactionResult result) = 0;
     // The session ended: after QUIT, or on a failure (refused greeting, TLS policy not met,
     // timeout, lost connection, a 421 at any time). `why` is the session-scope outcome (a 2xx
-    // after a clean QUIT). If a transaction was in progress, OnTransactionDone came first with
-    // every recipient still open given this outcome. The session is destroyed after this
-    // returns (with its stream).
+    // after a clean QUIT). Transactions in progress each got their OnTransactionDone first, in
+    // order, with every recipient still open given this outcome. The session is destroyed
+    // after this returns (with its stream).
     virtual void OnSessionEnded(ClientSession& session, const mail::DeliveryOutcome& why) = 0;
   };
 
@@ -118,13 +126,14 @@ class ClientSession final : public io::StreamHandler {
                 std::string remote_name);
   ~ClientSession() override;
 
-  // Only when ready (after OnReady or OnTransactionDone, before Quit). Copies what it needs.
+  // Only when ready (after OnReady or OnTransactionDone, before Quit) or accepts_next().
+  // Copies what it needs.
   // Recipients decided here without asking the server (SMTPUTF8 not offered: 550 5.6.7; an
   // address or sender that cannot be written in a command: 501) are reported after the server
   // has answered an RSET, so that OnTransactionDone still comes from a stream callback. Called
   // while the session is closing, the message's recipients get a local transient outcome when
-  // it has closed; called while a handshake or another transaction is under way, it aborts
-  // (an owner bug).
+  // it has closed; called at any other time (a handshake under way, a transaction not at its
+  // end of data, two in progress already), it aborts (an owner bug).
   void Send(const OutboundMessage& message);
   // Ready: sends QUIT, waits for the reply (the command timeout), closes; the session ends with
   // that reply. During the handshake: closes (a local 221). During a transaction: closes, and
@@ -132,6 +141,8 @@ class ClientSession final : public io::StreamHandler {
   void Quit();
 
   bool ready() const;
+  // From OnReadyForNext until the reply to that end of data: Send() may start the next one.
+  bool accepts_next() const;
   const ServerCapabilities& capabilities() const { return capabilities_; }
   bool tls_active() const { return tls_active_; }
   const std::string& remote_name() const { return remote_name_; }

@@ -154,7 +154,7 @@ TEST(ReplyParserTest, ReplySizeCap) {
 // ClientSession
 
 struct Event {
-  std::string what;  // "ready", "done", "ended"
+  std::string what;  // "ready", "next", "done", "ended"
   TransactionResult result;
   mail::DeliveryOutcome why;
 };
@@ -165,6 +165,12 @@ class FakeOwner final : public ClientSession::Owner {
     EXPECT_FALSE(in_call) << "callback inside an owner call";
     events.push_back({"ready", {}, {}});
     if (on_ready) on_ready();
+  }
+  void OnReadyForNext(ClientSession& session) override {
+    EXPECT_FALSE(in_call) << "callback inside an owner call";
+    EXPECT_TRUE(session.accepts_next());
+    events.push_back({"next", {}, {}});
+    if (on_next) on_next();
   }
   void OnTransactionDone(ClientSession& /*session*/, TransactionResult result) override {
     EXPECT_FALSE(in_call) << "callback inside an owner call";
@@ -195,6 +201,7 @@ class FakeOwner final : public ClientSession::Owner {
   bool ended = false;
   std::function<void()> on_ready;
   std::function<void()> on_done;
+  std::function<void()> on_next;
 };
 
 constexpr char kEhloAll[] =
@@ -300,7 +307,9 @@ TEST_F(ClientSessionTest, PipelinedTransactionIsOneGroupThenTheBody) {
   Server("354 End data with <CR><LF>.<CR><LF>\r\n");
   EXPECT_EQ(stream_.TakeOutput(), "Subject: x\r\n\r\nhi\r\n.\r\n");
   EXPECT_EQ(stream_.idle_timeout, absl::Seconds(181 + 601));
-  EXPECT_THAT(owner_.events, IsEmpty());
+  // The next message could start now (PipelinedNextTest); this owner has none.
+  ASSERT_EQ(owner_.Names(), std::vector<std::string>{"next"});
+  owner_.events.clear();
   Server("250 2.0.0 Ok: queued as 12345\r\n");
   ASSERT_EQ(owner_.Names(), std::vector<std::string>{"done"});
   const auto& r = Done().recipients;
@@ -528,7 +537,7 @@ TEST_F(ClientSessionTest, BodyEnds) {
     Server("250 Ok\r\n250 Ok\r\n354 go\r\n");
     EXPECT_EQ(stream_.TakeOutput(), wire) << body;
     Server("250 Ok\r\n");
-    ASSERT_EQ(owner_.Names(), std::vector<std::string>{"done"});
+    ASSERT_EQ(owner_.Names(), (std::vector<std::string>{"next", "done"}));
   }
 }
 
@@ -571,6 +580,7 @@ TEST_F(ClientSessionTest, TimeoutWaitingForTheReplyToTheDot) {
   Handshake();
   Send(Message({"a@dest.test"}));
   Server("250 Ok\r\n250 Ok\r\n354 go\r\n");
+  owner_.events.clear();  // "next"
   session_->OnIdleTimeout();
   Closed();
   EXPECT_THAT(owner_.events[0].result.recipients[0].reply.text,
@@ -581,6 +591,7 @@ TEST_F(ClientSessionTest, LostConnectionDuringData) {
   Handshake();
   Send(Message({"a@dest.test"}));
   Server("250 Ok\r\n250 Ok\r\n354 go\r\n");
+  owner_.events.clear();  // "next"
   Closed();  // the server went away: no Close() from the session
   ASSERT_EQ(owner_.Names(), (std::vector<std::string>{"done", "ended"}));
   const auto& outcome = owner_.events[0].result.recipients[0];
@@ -845,7 +856,7 @@ TEST_F(ClientSessionTest, TwoMessagesOnOneSessionThenQuit) {
     Server("250 Ok\r\n250 Ok\r\n354 go\r\n");
     stream_.TakeOutput();
     Server("250 Ok\r\n");
-    ASSERT_EQ(owner_.Names(), std::vector<std::string>{"done"});
+    ASSERT_EQ(owner_.Names(), (std::vector<std::string>{"next", "done"}));
   }
   EXPECT_EQ(session_->transactions(), 2u);
   owner_.events.clear();
@@ -934,7 +945,8 @@ TEST_F(ClientSessionTest, OwnerSendsTheNextMessageFromTheCallback) {
   EXPECT_THAT(out, HasSubstr("RCPT TO:<n3@dest.test>"));
   EXPECT_TRUE(absl::EndsWith(out, "QUIT\r\n"));
   Closed();
-  EXPECT_EQ(owner_.Names(), (std::vector<std::string>{"done", "done", "done", "ended"}));
+  EXPECT_EQ(owner_.Names(), (std::vector<std::string>{"next", "done", "next", "done", "next",
+                                                       "done", "ended"}));
   EXPECT_TRUE(owner_.events.back().why.delivered());
 }
 
@@ -1000,6 +1012,168 @@ TEST_F(ClientSessionTest, ZeroRecipients) {
   Server("250 Ok\r\n");
   ASSERT_EQ(owner_.Names(), std::vector<std::string>{"done"});
   EXPECT_THAT(Done().recipients, IsEmpty());
+}
+
+// RFC 2920 §3.1: message content may open a group. The owner starts the next message from
+// OnReadyForNext; its commands follow the end of data in the same write.
+class PipelinedNextTest : public ClientSessionTest {
+ protected:
+  // Sends A to a@dest.test; once its body is out, B to b@dest.test (once).
+  void SendTwo() {
+    Handshake();
+    owner_.on_next = [this] {
+      if (next_sent_) return;
+      next_sent_ = true;
+      session_->Send(Message({"b@dest.test"}, "Subject: b\r\n\r\nB\r\n"));
+    };
+    Send(Message({"a@dest.test"}, "Subject: a\r\n\r\nA\r\n"));
+    EXPECT_EQ(stream_.TakeOutput(),
+              "MAIL FROM:<sender@origin.test> SIZE=17\r\nRCPT TO:<a@dest.test>\r\nDATA\r\n");
+    EXPECT_FALSE(session_->accepts_next());  // A's 354 is not in yet
+    Server("250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 go\r\n");
+    EXPECT_EQ(owner_.Names(), std::vector<std::string>{"next"});
+    owner_.events.clear();
+  }
+
+  bool next_sent_ = false;
+};
+
+TEST_F(PipelinedNextTest, NextMessageFollowsTheEndOfDataInOneWrite) {
+  SendTwo();
+  // One write: A's body and end of data, then B's MAIL, RCPT and DATA.
+  EXPECT_EQ(stream_.TakeOutput(),
+            "Subject: a\r\n\r\nA\r\n.\r\n"
+            "MAIL FROM:<sender@origin.test> SIZE=17\r\nRCPT TO:<b@dest.test>\r\nDATA\r\n");
+  EXPECT_FALSE(session_->ready());
+  EXPECT_FALSE(session_->accepts_next());  // two in progress: no third
+  EXPECT_EQ(stream_.idle_timeout, absl::Seconds(181 + 601));  // A's end of data first
+  EXPECT_EQ(session_->transactions(), 2u);
+
+  Server("250 2.0.0 Ok: queued as A1\r\n");
+  ASSERT_EQ(owner_.Names(), std::vector<std::string>{"done"});
+  EXPECT_TRUE(Done().recipients[0].delivered());
+  EXPECT_EQ(Done().recipients[0].reply.text, "Ok: queued as A1");
+  EXPECT_FALSE(session_->ready());  // B is under way
+  EXPECT_EQ(stream_.idle_timeout, absl::Seconds(302));  // B's MAIL reply next
+  owner_.events.clear();
+
+  Server("250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 go\r\n");
+  EXPECT_EQ(stream_.TakeOutput(), "Subject: b\r\n\r\nB\r\n.\r\n");
+  ASSERT_EQ(owner_.Names(), std::vector<std::string>{"next"});  // offered again, not taken
+  owner_.events.clear();
+  Server("250 2.0.0 Ok: queued as B1\r\n");
+  ASSERT_EQ(owner_.Names(), std::vector<std::string>{"done"});
+  EXPECT_EQ(Done().recipients[0].reply.text, "Ok: queued as B1");
+  EXPECT_TRUE(session_->ready());
+  EXPECT_EQ(stream_.idle_timeout, absl::ZeroDuration());
+}
+
+TEST_F(PipelinedNextTest, EveryReplyInOneRead) {
+  SendTwo();
+  stream_.TakeOutput();
+  Server("250 2.0.0 A1\r\n250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 go\r\n250 2.0.0 B1\r\n");
+  EXPECT_EQ(owner_.Names(), (std::vector<std::string>{"done", "next", "done"}));
+  EXPECT_EQ(owner_.events[0].result.recipients[0].reply.text, "A1");
+  EXPECT_EQ(owner_.events[2].result.recipients[0].reply.text, "B1");
+  EXPECT_EQ(stream_.TakeOutput(), "Subject: b\r\n\r\nB\r\n.\r\n");
+  EXPECT_TRUE(session_->ready());
+}
+
+TEST_F(PipelinedNextTest, EndOfDataRefusedTheNextGoesOn) {
+  SendTwo();
+  stream_.TakeOutput();
+  // RFC 5321 §4.1.1.4: the reply to "." ends A whatever it says; B needs no RSET.
+  Server("554 5.7.1 rejected: spam\r\n");
+  ASSERT_EQ(owner_.Names(), std::vector<std::string>{"done"});
+  EXPECT_TRUE(Done().recipients[0].permanent());
+  EXPECT_EQ(Done().recipients[0].scope, mail::OutcomeScope::kMessage);
+  owner_.events.clear();
+  Server("250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 go\r\n250 2.0.0 B1\r\n");
+  EXPECT_EQ(owner_.Names(), (std::vector<std::string>{"next", "done"}));
+  EXPECT_TRUE(Done().recipients[0].delivered());
+}
+
+TEST_F(PipelinedNextTest, NextRefusedAtMailResetsBeforeTheThird) {
+  SendTwo();
+  stream_.TakeOutput();
+  Server("250 2.0.0 A1\r\n451 4.3.0 try later\r\n503 5.5.1 need MAIL\r\n503 5.5.1 need MAIL\r\n");
+  ASSERT_EQ(owner_.Names(), (std::vector<std::string>{"done", "done"}));
+  EXPECT_TRUE(owner_.events[0].result.recipients[0].delivered());
+  EXPECT_EQ(owner_.events[1].result.recipients[0].reply.code, 451);
+  EXPECT_EQ(owner_.events[1].result.recipients[0].scope, mail::OutcomeScope::kMessage);
+  EXPECT_TRUE(session_->ready());
+  Send(Message({"c@dest.test"}));
+  EXPECT_TRUE(absl::StartsWith(stream_.TakeOutput(), "RSET\r\nMAIL FROM:"));
+}
+
+TEST_F(PipelinedNextTest, LostConnectionFailsBothInOrder) {
+  SendTwo();
+  stream_.TakeOutput();
+  Closed();
+  ASSERT_EQ(owner_.Names(), (std::vector<std::string>{"done", "done", "ended"}));
+  const auto& a = owner_.events[0].result.recipients[0];
+  EXPECT_EQ(a.reply.code, 451);
+  EXPECT_EQ(a.reply.enhanced, "4.4.2");
+  EXPECT_THAT(a.reply.text, HasSubstr("message may be sent more than once"));
+  EXPECT_TRUE(owner_.events[1].result.recipients[0].transient());
+  EXPECT_EQ(owner_.events[1].result.recipients[0].scope, mail::OutcomeScope::kSession);
+}
+
+TEST_F(PipelinedNextTest, Code421AfterTheEndOfDataFailsBoth) {
+  SendTwo();
+  stream_.TakeOutput();
+  Server("421 4.3.2 shutting down\r\n");
+  EXPECT_TRUE(stream_.closed);
+  EXPECT_THAT(owner_.events, IsEmpty());
+  Closed();
+  ASSERT_EQ(owner_.Names(), (std::vector<std::string>{"done", "done", "ended"}));
+  for (int i = 0; i < 2; ++i) {
+    const auto& outcome = owner_.events[i].result.recipients[0];
+    EXPECT_EQ(outcome.reply.code, 421);
+    EXPECT_TRUE(outcome.transient());
+  }
+}
+
+TEST_F(PipelinedNextTest, TimeoutWhileTheNextWaitsForItsMailReply) {
+  SendTwo();
+  stream_.TakeOutput();
+  Server("250 2.0.0 A1\r\n");
+  session_->OnIdleTimeout();
+  EXPECT_TRUE(stream_.closed);
+  Closed();
+  ASSERT_EQ(owner_.Names(), (std::vector<std::string>{"done", "done", "ended"}));
+  EXPECT_TRUE(owner_.events[0].result.recipients[0].delivered());
+  EXPECT_THAT(owner_.events[1].result.recipients[0].reply.text,
+              HasSubstr("while sending MAIL FROM"));
+}
+
+TEST_F(PipelinedNextTest, QuitWithTwoInProgress) {
+  SendTwo();
+  stream_.TakeOutput();
+  Quit();
+  EXPECT_TRUE(stream_.closed);
+  Closed();
+  ASSERT_EQ(owner_.Names(), (std::vector<std::string>{"done", "done", "ended"}));
+  EXPECT_TRUE(owner_.events[0].result.recipients[0].transient());
+  EXPECT_TRUE(owner_.events[1].result.recipients[0].transient());
+}
+
+TEST_F(ClientSessionTest, NoNextWithoutPipeliningNorAfterALoneDot) {
+  Handshake(kEhloPlain);
+  Send(Message({"a@dest.test"}));
+  Server("250 Ok\r\n250 Ok\r\n354 go\r\n");
+  EXPECT_FALSE(session_->accepts_next());
+  Server("250 Ok\r\n");
+  EXPECT_EQ(owner_.Names(), std::vector<std::string>{"done"});
+  // With PIPELINING, a DATA accepted after every RCPT was refused gets a lone dot: no next.
+  owner_ = FakeOwner();
+  stream_ = testing::FakeStream();
+  Handshake();
+  Send(Message({"a@dest.test"}));
+  Server("250 Ok\r\n550 5.1.1 no\r\n354 go\r\n");
+  EXPECT_FALSE(session_->accepts_next());
+  Server("250 Ok\r\n");
+  EXPECT_EQ(owner_.Names(), std::vector<std::string>{"done"});
 }
 
 }  // namespace

@@ -1,0 +1,78 @@
+"""Pipelining across messages (RFC 2920 §3.1: message content may open a group): on a
+connection to a server that offers PIPELINING, the next message's MAIL, RCPT and DATA go out in
+the same write as the previous message's end of data, one round trip less per message.
+
+Five recipients at a site that takes one per message over one connection: five transactions on
+one session, each after the first pipelined behind the previous end of data. The server refuses
+the second at its end of data (554) and defers the fourth (451), replies that arrive in the
+same read as the next message's MAIL and RCPT replies: each lands on its own recipient — the
+second bounced, the fourth kept for a retry, the three others delivered, once each."""
+
+import unittest
+
+import harness
+from dns_server import DnsServer
+from smtp_test_server import SmtpTestServer
+
+RECIPIENTS = ["r%d@pipe.test" % i for i in range(5)]
+REFUSED = {"r1@pipe.test": "554 5.7.1 rejected by content filter",
+           "r3@pipe.test": "451 4.3.0 try again later"}
+
+
+def end_of_data_reply(transaction):
+    for recipient in transaction.rcpt_to:
+        if recipient in REFUSED:
+            return REFUSED[recipient]
+    return "250 2.0.0 Ok: queued"
+
+
+class PipelinedNextMessageTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.sink = SmtpTestServer(host="127.0.0.65", end_of_data_reply=end_of_data_reply).start()
+        cls.dns = DnsServer(mx=[("pipe.test", "mx1.pipe.test", 10)],
+                            addresses=[("mx1.pipe.test", "127.0.0.65")])
+        cls.dns.start()
+        cls.server = harness.Facteur(extra=harness.delivery_extra(
+            cls.dns, cls.sink.port, shaping_file="shaping.toml"))
+        cls.server.write_file("shaping.toml",
+                              '[[site]]\nname = "pipe"\nmx = ["*.pipe.test"]\n'
+                              "[site.limits]\nmax_recipients_per_message = 1\n"
+                              "max_connections = 1\nmessages_per_hour = 0\n")
+        cls.server.start_or(cls.tearDownClass)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.cleanup()
+        cls.dns.cleanup()
+        cls.sink.stop()
+
+    def test_next_message_follows_the_end_of_data(self):
+        with self.server.smtp() as client:
+            client.sendmail("app@asso.example", RECIPIENTS,
+                            harness.simple_message(to=RECIPIENTS[0], subject="pipelined"))
+        self.sink.wait_for(lambda: len(self.sink.transactions) >= 5)
+        transactions = self.sink.transactions
+        self.assertEqual([t.rcpt_to for t in transactions], [[r] for r in RECIPIENTS])
+        self.assertEqual(len({id(s) for s in self.sink.sessions if s.transactions}), 1,
+                         "one connection")
+        # The first MAIL opened a group of its own; every other one came with the previous
+        # message's final ".".
+        self.assertEqual([t.after_end_of_data for t in transactions],
+                         [False, True, True, True, True])
+        for t in transactions:
+            self.assertIn(b"Subject: pipelined", t.data)
+        self.assertEqual([t.accepted for t in transactions], [True, False, True, False, True])
+
+        outcome = lambda events: {(e["type"], e["recipient"]) for e in events
+                                  if e["type"] != "reception" and e["recipient"] in RECIPIENTS}
+        events = outcome(harness.events_when(
+            self.server, lambda events: len(outcome(events)) >= 5, what="five outcomes"))
+        self.assertEqual(events, {("delivery", "r0@pipe.test"), ("bounce", "r1@pipe.test"),
+                                  ("delivery", "r2@pipe.test"),
+                                  ("transient_failure", "r3@pipe.test"),
+                                  ("delivery", "r4@pipe.test")})
+
+
+if __name__ == "__main__":
+    harness.main()
