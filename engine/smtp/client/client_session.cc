@@ -790,7 +790,10 @@ class ClientSession::State {
   }
 
   // The session ends while recipients are undecided: they get `why`, a session-scope outcome
-  // (never a success: a session that ends cleanly has no open recipient).
+  // (never a success: a session that ends cleanly has no open recipient). A transaction sent
+  // behind another's end of data had no reply of its own yet: its recipients get a local
+  // outcome of the same code, so that the site's reply is judged once (the owner's throttle
+  // and reputation skip local outcomes).
   void FailOpenRecipients(const mail::DeliveryOutcome& why) {
     if (transactions_.empty()) return;
     mail::DeliveryOutcome open = why;
@@ -800,9 +803,14 @@ class ClientSession::State {
                    absl::StrCat("the session with ", s_.remote_name_, " ended: ",
                                 OneLine(why.reply)));
     }
+    const mail::DeliveryOutcome behind =
+        Local(open.reply.code, open.reply.enhanced,
+              absl::StrCat("the session with ", s_.remote_name_,
+                           " ended before this message was answered: ", OneLine(open.reply)));
     for (Transaction& t : transactions_) {
+      const mail::DeliveryOutcome& fail = &t == &transactions_.front() ? open : behind;
       for (auto& outcome : t.outcomes) {
-        if (!outcome.has_value()) outcome = open;
+        if (!outcome.has_value()) outcome = fail;
       }
     }
   }

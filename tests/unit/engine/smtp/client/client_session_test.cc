@@ -1115,8 +1115,12 @@ TEST_F(PipelinedNextTest, LostConnectionFailsBothInOrder) {
   EXPECT_EQ(a.reply.code, 451);
   EXPECT_EQ(a.reply.enhanced, "4.4.2");
   EXPECT_THAT(a.reply.text, HasSubstr("message may be sent more than once"));
-  EXPECT_TRUE(owner_.events[1].result.recipients[0].transient());
-  EXPECT_EQ(owner_.events[1].result.recipients[0].scope, mail::OutcomeScope::kSession);
+  const auto& b = owner_.events[1].result.recipients[0];
+  EXPECT_EQ(b.reply.code, 451);
+  EXPECT_EQ(b.reply.enhanced, "4.4.2");
+  EXPECT_TRUE(b.local);
+  EXPECT_EQ(b.scope, mail::OutcomeScope::kSession);
+  EXPECT_THAT(b.reply.text, HasSubstr("ended before this message was answered"));
 }
 
 TEST_F(PipelinedNextTest, Code421AfterTheEndOfDataFailsBoth) {
@@ -1130,8 +1134,16 @@ TEST_F(PipelinedNextTest, Code421AfterTheEndOfDataFailsBoth) {
   for (int i = 0; i < 2; ++i) {
     const auto& outcome = owner_.events[i].result.recipients[0];
     EXPECT_EQ(outcome.reply.code, 421);
+    EXPECT_EQ(outcome.reply.enhanced, "4.3.2");
     EXPECT_TRUE(outcome.transient());
   }
+  // The server's reply answered the first message: only that one carries it as the site's
+  // word (the throttle and the reputation judge it once).
+  EXPECT_FALSE(owner_.events[0].result.recipients[0].local);
+  EXPECT_EQ(owner_.events[0].result.recipients[0].reply.text, "shutting down");
+  EXPECT_TRUE(owner_.events[1].result.recipients[0].local);
+  EXPECT_THAT(owner_.events[1].result.recipients[0].reply.text,
+              HasSubstr("ended before this message was answered: 421 4.3.2 shutting down"));
 }
 
 TEST_F(PipelinedNextTest, TimeoutWhileTheNextWaitsForItsMailReply) {
