@@ -17,11 +17,13 @@ import re
 import unittest
 
 import harness
-from dns_server import DnsServer
 from postfix_mx import PostfixMx
 from smtp_test_server import SmtpTestServer
 
 RECIPIENTS = ["r%d@pipe.test" % i for i in range(5)]
+# Every recipient a message of its own, all over one connection.
+ONE_PER_MESSAGE_ONE_CONNECTION = {"max_recipients_per_message": 1, "max_connections": 1,
+                                  "messages_per_hour": 0}
 REFUSED = {"r1@pipe.test": "554 5.7.1 rejected by content filter",
            "r3@pipe.test": "451 4.3.0 try again later"}
 
@@ -37,16 +39,8 @@ class PipelinedNextMessageTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.sink = SmtpTestServer(host="127.0.0.65", end_of_data_reply=end_of_data_reply).start()
-        cls.dns = DnsServer(mx=[("pipe.test", "mx1.pipe.test", 10)],
-                            addresses=[("mx1.pipe.test", "127.0.0.65")])
-        cls.dns.start()
-        cls.server = harness.Facteur(extra=harness.delivery_extra(
-            cls.dns, cls.sink.port, shaping_file="shaping.toml"))
-        cls.server.write_file("shaping.toml",
-                              '[[site]]\nname = "pipe"\nmx = ["*.pipe.test"]\n'
-                              "[site.limits]\nmax_recipients_per_message = 1\n"
-                              "max_connections = 1\nmessages_per_hour = 0\n")
-        cls.server.start_or(cls.tearDownClass)
+        harness.start_one_site_relay(cls, "pipe.test", "127.0.0.65", cls.sink.port, "pipe",
+                                     ONE_PER_MESSAGE_ONE_CONNECTION)
 
     @classmethod
     def tearDownClass(cls):
@@ -89,16 +83,8 @@ class PipelinedToPostfixTest(unittest.TestCase):
             "smtpd_data_restrictions": "reject_unauth_pipelining",
         })
         cls.postfix.start()
-        cls.dns = DnsServer(mx=[("pipe-postfix.test", "mx.pipe-postfix.test", 10)],
-                            addresses=[("mx.pipe-postfix.test", "127.0.0.66")])
-        cls.dns.start()
-        cls.server = harness.Facteur(extra=harness.delivery_extra(
-            cls.dns, cls.postfix.port, shaping_file="shaping.toml"))
-        cls.server.write_file("shaping.toml",
-                              '[[site]]\nname = "pipe-postfix"\nmx = ["*.pipe-postfix.test"]\n'
-                              "[site.limits]\nmax_recipients_per_message = 1\n"
-                              "max_connections = 1\nmessages_per_hour = 0\n")
-        cls.server.start_or(cls.tearDownClass)
+        harness.start_one_site_relay(cls, "pipe-postfix.test", "127.0.0.66", cls.postfix.port,
+                                     "pipe-postfix", ONE_PER_MESSAGE_ONE_CONNECTION)
 
     @classmethod
     def tearDownClass(cls):

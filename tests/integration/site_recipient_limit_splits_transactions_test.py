@@ -6,7 +6,6 @@ the queue empties, and the events log has one delivery per recipient, each on at
 import unittest
 
 import harness
-from dns_server import DnsServer
 from smtp_test_server import SmtpTestServer
 
 RECIPIENTS = ["r%d@split.test" % i for i in range(5)]
@@ -16,16 +15,8 @@ class SiteRecipientLimitSplitsTransactionsTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.sink = SmtpTestServer(host="127.0.0.63").start()
-        cls.dns = DnsServer(mx=[("split.test", "mx1.split.test", 10)],
-                            addresses=[("mx1.split.test", "127.0.0.63")])
-        cls.dns.start()
-        cls.server = harness.Facteur(extra=harness.delivery_extra(
-            cls.dns, cls.sink.port, shaping_file="shaping.toml"))
-        cls.server.write_file("shaping.toml",
-                              '[[site]]\nname = "split"\nmx = ["*.split.test"]\n'
-                              "[site.limits]\nmax_recipients_per_message = 2\n"
-                              "messages_per_hour = 0\n")
-        cls.server.start_or(cls.tearDownClass)
+        harness.start_one_site_relay(cls, "split.test", "127.0.0.63", cls.sink.port, "split",
+                                     {"max_recipients_per_message": 2, "messages_per_hour": 0})
 
     @classmethod
     def tearDownClass(cls):
