@@ -705,14 +705,16 @@ uint32_t ShardDelivery::InFlight(const DestinationQueue& queue, const std::strin
   return n;
 }
 
+const throttle::WarmupPlan* ShardDelivery::WarmupPlanOf(const DestinationQueue& queue) const {
+  if (context_.reputation == nullptr) return nullptr;
+  return throttle::FindWarmupPlan(shaping_->options(), queue.destination.pool);
+}
+
 void ShardDelivery::EmployNext(Link& link) {
   DestinationQueue& queue = link.queue();
-  const throttle::WarmupPlan* plan =
-      context_.reputation == nullptr
-          ? nullptr
-          : throttle::FindWarmupPlan(shaping_->options(), queue.destination.pool);
   absl::Time wake = absl::InfiniteFuture();  // not needed: the link pumps when its job ends
-  Employ(*queue.site, queue, link, context_.clock.Now(), plan, wake, /*next=*/true);
+  Employ(*queue.site, queue, link, context_.clock.Now(), WarmupPlanOf(queue), wake,
+         /*next=*/true);
 }
 
 void ShardDelivery::Employ(SiteQueue& site, DestinationQueue& queue, Link& link, absl::Time now,
@@ -837,10 +839,7 @@ ShardDelivery::Link* ShardDelivery::ReusableLinkAt(const DestinationQueue& queue
 }
 
 void ShardDelivery::PumpDestination(SiteQueue& site, DestinationQueue& queue, absl::Time now) {
-  const throttle::WarmupPlan* plan =
-      context_.reputation == nullptr
-          ? nullptr
-          : throttle::FindWarmupPlan(shaping_->options(), queue.destination.pool);
+  const throttle::WarmupPlan* plan = WarmupPlanOf(queue);
   absl::Time wake = absl::InfiniteFuture();
 
   // 1. Connections ready for work take the jobs their pair admits now.

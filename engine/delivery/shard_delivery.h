@@ -265,6 +265,8 @@ class ShardDelivery {
   // Employ(next) for a link at the end of data (its session's OnReadyForNext): the next
   // message follows the end of data in the same write (RFC 2920 §3.1).
   void EmployNext(Link& link);
+  // The warmup plan of the destination's pool, or null (none, or no reputation tracking).
+  const throttle::WarmupPlan* WarmupPlanOf(const DestinationQueue& queue) const;
   static uint32_t InFlight(const DestinationQueue& queue, const std::string& source);
   // The address a new link from `source` would try first for `host` (its first of the source's
   // family): the host itself when it is an IP literal, else from the resolver's cache; nullopt
