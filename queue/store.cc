@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/base/log.h"
 #include "engine/base/status.h"
+#include "queue/prezeroed_wal.h"
 #include "rocksdb/listener.h"
 #include "rocksdb/options.h"
 #include "rocksdb/perf_level.h"
@@ -68,7 +69,7 @@ class ForwardingLogger final : public rocksdb::Logger {
   }
 };
 
-rocksdb::Options PrimaryOptions(const StoreOptions& store_options) {
+rocksdb::Options PrimaryOptions(rocksdb::Env* env) {
   rocksdb::Options options;
   // Two background threads are enough for flushes and compactions of a queue whose writes come
   // from one writer thread; more would compete with the I/O shards for CPU.
@@ -99,7 +100,7 @@ rocksdb::Options PrimaryOptions(const StoreOptions& store_options) {
   options.allow_concurrent_memtable_write = false;
   options.listeners.push_back(std::make_shared<NoAutoRecovery>());
   options.info_log = std::make_shared<ForwardingLogger>();
-  if (store_options.env != nullptr) options.env = store_options.env.get();
+  options.env = env;
   return options;
 }
 
@@ -147,9 +148,10 @@ absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& path,
     }
   }
   std::unique_ptr<Store> store(new Store());
-  store->env_ = options.env;
+  store->caller_env_ = options.env;
+  store->env_ = WithPrezeroedWals(options.env);
   store->path_ = path;
-  rocksdb::Options db_options = PrimaryOptions(options);
+  rocksdb::Options db_options = PrimaryOptions(store->env_.get());
   std::vector<rocksdb::ColumnFamilyDescriptor> families;
   for (const char* name : kFamilyNames) {
     families.emplace_back(name, rocksdb::ColumnFamilyOptions(db_options));

@@ -52,7 +52,10 @@ class Store {
 
  private:
   Store() = default;
-  std::shared_ptr<rocksdb::Env> env_;  // shared with the caller; outlives db_ (declared first)
+  // Both outlive db_ (declared first). caller_env_: StoreOptions::env, shared with the caller;
+  // env_: its file system with prezeroed WALs (queue/prezeroed_wal.h), the one db_ uses.
+  std::shared_ptr<rocksdb::Env> caller_env_;
+  std::shared_ptr<rocksdb::Env> env_;
   std::string path_;
   std::string secondary_path_;  // scratch dir of a read-only (secondary) instance, removed on close
   bool read_only_ = false;

@@ -2,8 +2,13 @@
 // A producer behaves like an SMTP session: it enqueues one message and waits for `done` (the
 // 250) before the next, so N producers keep N messages in flight and the writer's batches show
 // how well group commit turns concurrency into throughput.
+// And what one synced 4 KB write costs the disk's file system, appended to a growing file or
+// written over blocks already written (queue/prezeroed_wal.h): BM_FdatasyncAfter.
 // The database lives under $FACTEUR_BENCH_DIR, default /var/tmp (a real disk: fsync is real).
+#include <fcntl.h>
 #include <stdlib.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -32,6 +37,13 @@ std::string MakeScratchDir() {
   return pattern;
 }
 
+double ProcessCpuSeconds() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) +
+         static_cast<double>(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6;
+}
+
 void BM_SyncedEnqueue(benchmark::State& state) {
   const int producers = static_cast<int>(state.range(0));
   const int per_iteration = MessagesPerIteration(producers);
@@ -43,6 +55,7 @@ void BM_SyncedEnqueue(benchmark::State& state) {
   }
   RealClock& clock = RealClock::Get();
   uint64_t messages = 0, commits = 0;
+  double cpu_seconds = 0;  // the whole process's (writer, RocksDB, producers) in the loop
   {
     absl::StatusOr<std::unique_ptr<Store>> store = Store::Open(dir + "/spool");
     if (!store.ok()) {
@@ -61,6 +74,7 @@ void BM_SyncedEnqueue(benchmark::State& state) {
     });
     const std::string body(2048, 'x');
     std::atomic<int> failures{0};
+    const double cpu_before = ProcessCpuSeconds();
     for (auto _ : state) {
       std::vector<std::thread> threads;
       for (int p = 0; p < producers; ++p) {
@@ -82,6 +96,7 @@ void BM_SyncedEnqueue(benchmark::State& state) {
       }
       for (std::thread& thread : threads) thread.join();
     }
+    cpu_seconds = ProcessCpuSeconds() - cpu_before;
     if (failures.load() != 0) state.SkipWithError("enqueue failed");
     messages = committed.load();
     commits = batches.load();
@@ -91,6 +106,8 @@ void BM_SyncedEnqueue(benchmark::State& state) {
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * per_iteration);
   state.counters["avg_batch"] =
       benchmark::Counter(commits == 0 ? 0.0 : static_cast<double>(messages) / commits);
+  state.counters["cpu_us_per_msg"] =
+      benchmark::Counter(messages == 0 ? 0.0 : 1e6 * cpu_seconds / static_cast<double>(messages));
   state.counters["commits_per_s"] =
       benchmark::Counter(static_cast<double>(commits), benchmark::Counter::kIsRate);
 }
@@ -100,6 +117,55 @@ BENCHMARK(BM_SyncedEnqueue)
     ->Arg(16)
     ->Arg(128)
     ->Iterations(3)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+
+// One 4 KB write then fdatasync, kSyncs times: range(0) = 0 appends to an empty file, 1 writes
+// over a file written (and synced) beforehand.
+void BM_FdatasyncAfter(benchmark::State& state) {
+  constexpr int kSyncs = 4000;
+  constexpr size_t kWrite = 4096;
+  const bool overwrite = state.range(0) == 1;
+  state.SetLabel(overwrite ? "overwrite" : "append");
+  const std::string dir = MakeScratchDir();
+  if (dir.empty()) {
+    state.SkipWithError("mkdtemp failed");
+    return;
+  }
+  const std::string name = dir + "/file";
+  const std::string block(kWrite, 'x');
+  double cpu_seconds = 0;
+  for (auto _ : state) {
+    state.PauseTiming();
+    const int fd = open(name.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    bool failed = fd < 0;
+    for (int i = 0; overwrite && !failed && i < kSyncs; ++i) {
+      failed = write(fd, block.data(), kWrite) != static_cast<ssize_t>(kWrite);
+    }
+    failed = failed || fsync(fd) != 0 || lseek(fd, 0, SEEK_SET) != 0;
+    state.ResumeTiming();
+    const double cpu_before = ProcessCpuSeconds();
+    for (int i = 0; !failed && i < kSyncs; ++i) {
+      failed = write(fd, block.data(), kWrite) != static_cast<ssize_t>(kWrite) || fdatasync(fd) != 0;
+    }
+    cpu_seconds += ProcessCpuSeconds() - cpu_before;
+    if (fd >= 0) close(fd);
+    if (failed) {
+      state.SkipWithError("write or fdatasync failed");
+      break;
+    }
+  }
+  std::error_code error;
+  std::filesystem::remove_all(dir, error);
+  const double syncs = static_cast<double>(state.iterations()) * kSyncs;
+  state.SetItemsProcessed(static_cast<int64_t>(syncs));
+  state.counters["cpu_us_per_sync"] = benchmark::Counter(1e6 * cpu_seconds / syncs);
+}
+
+BENCHMARK(BM_FdatasyncAfter)
+    ->Arg(0)
+    ->Arg(1)
+    ->Iterations(2)
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 

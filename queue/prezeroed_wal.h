@@ -1,0 +1,54 @@
+// File: queue/prezeroed_wal.h
+// A RocksDB FileSystem that writes each write-ahead log over zeros written ahead of it.
+//
+// Why: every synced write of the spool appends to the WAL. On ext4 an fdatasync after an
+// append must also write the inode (the file grew, and its new blocks turn from unwritten
+// to written), a second serial I/O before the cache flush; after an overwrite of blocks
+// already written it writes only the data. Measured here (bench/micro/spool_bench,
+// BM_FdatasyncAfter), a 4 KB write + fdatasync costs about 50 µs of CPU as an append and 28 µs
+// as an overwrite, and runs some 6,000 against 8,800 times a second.
+//
+// How: before RocksDB writes past the zeroed end of a log, the next kZeroChunk bytes (past the
+// end RocksDB has reached) are filled with zeros through a second descriptor; one fdatasync
+// in a chunk pays for the size change, the others only write data.
+//
+// Why it is safe: RocksDB's log reader takes a zero header for the padding of a preallocated
+// file and skips to the next block (kZeroType, db/log_format.h; its old mmap writer left such
+// tails), so after a crash the point-in-time recovery the spool uses ends the log at the zeros
+// as it would at the end of the file; a secondary instance reading a live log stops there the
+// same way. Only fresh logs are zeroed (recycle_log_file_num stays 0): no old record can be read
+// back. Close trims a log to what RocksDB wrote. tests/unit/queue/prezeroed_wal_test.cc
+// recovers a database copied as a crash leaves it; the kill -9 tests (spool_crash_test,
+// tests/integration/kill9_*) run over it too.
+//
+// Thread contract: thread-safe as FileSystem; a log file is used by one RocksDB writer at a
+// time (its PrepareWrite, Append and Sync calls do not overlap).
+#pragma once
+
+#include <memory>
+
+#include "rocksdb/env.h"
+#include "rocksdb/file_system.h"
+
+namespace facteur::queue {
+
+class PrezeroedWalFileSystem final : public rocksdb::FileSystemWrapper {
+ public:
+  // Zeros written at a time: one inode-writing sync per this many bytes of log.
+  static constexpr size_t kZeroChunk = 1 << 20;
+
+  explicit PrezeroedWalFileSystem(const std::shared_ptr<rocksdb::FileSystem>& target);
+
+  static const char* kClassName() { return "FacteurPrezeroedWalFileSystem"; }
+  const char* Name() const override { return kClassName(); }
+
+  rocksdb::IOStatus NewWritableFile(const std::string& name, const rocksdb::FileOptions& options,
+                                    std::unique_ptr<rocksdb::FSWritableFile>* result,
+                                    rocksdb::IODebugContext* dbg) override;
+};
+
+// An Env whose file system is `base`'s (rocksdb::Env::Default()'s when null) with prezeroed
+// WALs. The returned Env keeps the file system alive; the caller keeps `base` alive.
+std::shared_ptr<rocksdb::Env> WithPrezeroedWals(const std::shared_ptr<rocksdb::Env>& base);
+
+}  // namespace facteur::queue

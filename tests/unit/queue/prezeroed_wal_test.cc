@@ -1,0 +1,152 @@
+// PrezeroedWalFileSystem on a real disk: what it writes into a log file, and a real RocksDB
+// database over it, read after a crash (the files as a killed process leaves them) and by a
+// secondary instance beside the live primary.
+#include "queue/prezeroed_wal.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "queue/store.h"
+#include "rocksdb/db.h"
+#include "tests/unit/queue/queue_test_util.h"
+
+namespace facteur::queue {
+namespace {
+
+std::string ReadWhole(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+bool AllZeros(std::string_view bytes) {
+  return std::all_of(bytes.begin(), bytes.end(), [](char c) { return c == '\0'; });
+}
+
+// Appends `pieces` of `piece_size` bytes ('a', 'b', ... in turn) to `name` through `fs`.
+std::unique_ptr<rocksdb::FSWritableFile> WritePieces(rocksdb::FileSystem& fs,
+                                                     const std::string& name, int pieces,
+                                                     size_t piece_size, std::string* written) {
+  std::unique_ptr<rocksdb::FSWritableFile> file;
+  EXPECT_TRUE(fs.NewWritableFile(name, rocksdb::FileOptions(), &file, nullptr).ok());
+  if (file == nullptr) return nullptr;
+  for (int i = 0; i < pieces; ++i) {
+    const std::string piece(piece_size, static_cast<char>('a' + i % 26));
+    EXPECT_TRUE(file->Append(piece, rocksdb::IOOptions(), nullptr).ok());
+    EXPECT_TRUE(file->Sync(rocksdb::IOOptions(), nullptr).ok());
+    written->append(piece);
+  }
+  return file;
+}
+
+TEST(PrezeroedWalTest, LogIsWrittenOverZerosAheadAndTrimmedOnClose) {
+  test::TempDir dir;
+  PrezeroedWalFileSystem fs(rocksdb::FileSystem::Default());
+  const std::string name = dir.Sub("000007.log");
+  std::string written;
+  // 3,000 appends of 1,000 bytes: the zeros move ahead three times.
+  std::unique_ptr<rocksdb::FSWritableFile> file = WritePieces(fs, name, 3000, 1000, &written);
+  ASSERT_NE(file, nullptr);
+
+  // Open, as a killed process leaves it: what was written, then zeros, at most a chunk and an
+  // append past it.
+  std::string on_disk = ReadWhole(name);
+  ASSERT_GT(on_disk.size(), written.size());
+  EXPECT_LE(on_disk.size(), written.size() + 1000 + PrezeroedWalFileSystem::kZeroChunk);
+  EXPECT_EQ(on_disk.substr(0, written.size()), written);
+  EXPECT_TRUE(AllZeros(std::string_view(on_disk).substr(written.size())));
+  EXPECT_EQ(file->GetFileSize(rocksdb::IOOptions(), nullptr), written.size());
+
+  ASSERT_TRUE(file->Close(rocksdb::IOOptions(), nullptr).ok());
+  EXPECT_EQ(ReadWhole(name), written);
+  uint64_t size = 0;
+  ASSERT_TRUE(fs.GetFileSize(name, rocksdb::IOOptions(), &size, nullptr).ok());
+  EXPECT_EQ(size, written.size());
+}
+
+TEST(PrezeroedWalTest, OtherFilesAreLeftAlone) {
+  test::TempDir dir;
+  PrezeroedWalFileSystem fs(rocksdb::FileSystem::Default());
+  for (const char* base : {"MANIFEST-000005", "000009.sst", "OPTIONS-000011", "LOG"}) {
+    SCOPED_TRACE(base);
+    const std::string name = dir.Sub(base);
+    std::string written;
+    std::unique_ptr<rocksdb::FSWritableFile> file = WritePieces(fs, name, 3, 1000, &written);
+    ASSERT_NE(file, nullptr);
+    EXPECT_EQ(ReadWhole(name), written);
+    ASSERT_TRUE(file->Close(rocksdb::IOOptions(), nullptr).ok());
+  }
+}
+
+// Copies the database at `path` to `copy` while it is open: the state a kill -9 leaves (the
+// page cache keeps every write). Returns the copy's newest write-ahead log.
+std::string CopyAsCrashLeavesIt(const std::string& path, const std::string& copy) {
+  std::filesystem::copy(path, copy, std::filesystem::copy_options::recursive);
+  std::string newest;
+  for (const auto& entry : std::filesystem::directory_iterator(copy)) {
+    const std::string name = entry.path().string();
+    if (name.size() > 4 && name.substr(name.size() - 4) == ".log" && name > newest) newest = name;
+  }
+  return newest;
+}
+
+// The i-th value the database test writes: 100 KB, so the log crosses several chunks of zeros.
+std::string BodyValue(int i) { return std::string(100 << 10, static_cast<char>('A' + i % 26)); }
+
+// `store`'s body family holds key0 … key<count - 1> with their BodyValue.
+void ExpectBodies(Store& store, int count) {
+  for (int i = 0; i < count; ++i) {
+    std::string value;
+    ASSERT_TRUE(store.db()
+                    .Get(rocksdb::ReadOptions(), store.family(Family::kBody),
+                         absl::StrCat("key", i), &value)
+                    .ok())
+        << i;
+    EXPECT_EQ(value, BodyValue(i)) << i;
+  }
+}
+
+TEST(PrezeroedWalTest, SyncedWritesSurviveACrashOverTheZerosAndASecondaryReadsThem) {
+  test::TempDir dir;
+  const std::string path = dir.Sub("spool");
+  constexpr int kValues = 40;
+  absl::StatusOr<std::unique_ptr<Store>> store = Store::Open(path);
+  ASSERT_TRUE(store.ok()) << store.status();
+  rocksdb::WriteOptions synced;
+  synced.sync = true;
+  for (int i = 0; i < kValues; ++i) {
+    ASSERT_TRUE((*store)
+                    ->db()
+                    .Put(synced, (*store)->family(Family::kBody), absl::StrCat("key", i),
+                         BodyValue(i))
+                    .ok());
+  }
+
+  // A secondary instance beside the primary reads the live log up to its zeros.
+  {
+    absl::StatusOr<std::unique_ptr<Store>> reader = Store::OpenReadOnly(path);
+    ASSERT_TRUE(reader.ok()) << reader.status();
+    ExpectBodies(**reader, kValues);
+  }
+
+  const std::string copy = dir.Sub("crashed");
+  const std::string log = CopyAsCrashLeavesIt(path, copy);
+  ASSERT_FALSE(log.empty());
+  const std::string tail = ReadWhole(log);
+  ASSERT_GT(tail.size(), 4096u);
+  ASSERT_TRUE(AllZeros(std::string_view(tail).substr(tail.size() - 4096)))
+      << "the live log has no zero tail";
+
+  absl::StatusOr<std::unique_ptr<Store>> recovered = Store::Open(copy);
+  ASSERT_TRUE(recovered.ok()) << recovered.status();
+  ExpectBodies(**recovered, kValues);
+}
+
+}  // namespace
+}  // namespace facteur::queue
