@@ -2,6 +2,8 @@
 #include "queue/prezeroed_wal.h"
 
 #include <fcntl.h>
+#include <linux/magic.h>
+#include <sys/statfs.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -17,6 +19,12 @@ namespace {
 bool IsWriteAheadLog(std::string_view name) {
   // RocksDB names its logs <number>.log (file/filename.cc); its info log is LOG, not used here.
   return name.size() > 4 && name.substr(name.size() - 4) == ".log";
+}
+
+bool OverwritesInPlace(int fd) {
+  struct statfs info {};
+  if (fstatfs(fd, &info) != 0) return false;
+  return info.f_type == EXT4_SUPER_MAGIC || info.f_type == XFS_SUPER_MAGIC;  // ext2/3/4 share it
 }
 
 // Writes zeros over [begin, end) of `fd`. False on any error: the caller stops zeroing.
@@ -117,8 +125,9 @@ class PrezeroedWal final : public rocksdb::FSWritableFileOwnerWrapper {
 
 }  // namespace
 
-PrezeroedWalFileSystem::PrezeroedWalFileSystem(const std::shared_ptr<rocksdb::FileSystem>& target)
-    : FileSystemWrapper(target) {}
+PrezeroedWalFileSystem::PrezeroedWalFileSystem(const std::shared_ptr<rocksdb::FileSystem>& target,
+                                               Where where)
+    : FileSystemWrapper(target), where_(where) {}
 
 rocksdb::IOStatus PrezeroedWalFileSystem::NewWritableFile(
     const std::string& name, const rocksdb::FileOptions& options,
@@ -127,6 +136,10 @@ rocksdb::IOStatus PrezeroedWalFileSystem::NewWritableFile(
   if (!status.ok() || !IsWriteAheadLog(name) || options.use_direct_writes) return status;
   const int fd = open(name.c_str(), O_WRONLY | O_CLOEXEC);
   if (fd < 0) return status;  // a plain log: slower syncs, nothing lost
+  if (where_ == Where::kWhereItPays && !OverwritesInPlace(fd)) {
+    close(fd);
+    return status;
+  }
   *result = std::make_unique<PrezeroedWal>(std::move(*result), fd);
   return status;
 }

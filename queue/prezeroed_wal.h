@@ -10,7 +10,8 @@
 //
 // How: before RocksDB writes past the zeroed end of a log, the next kZeroChunk bytes (past the
 // end RocksDB has reached) are filled with zeros through a second descriptor; one fdatasync
-// in a chunk pays for the size change, the others only write data.
+// in a chunk pays for the size change, the others only write data. Only on the file systems
+// that overwrite in place (Where::kWhereItPays).
 //
 // Why it is safe: RocksDB's log reader takes a zero header for the padding of a preallocated
 // file and skips to the next block (kZeroType, db/log_format.h; its old mmap writer left such
@@ -37,7 +38,16 @@ class PrezeroedWalFileSystem final : public rocksdb::FileSystemWrapper {
   // Zeros written at a time: one inode-writing sync per this many bytes of log.
   static constexpr size_t kZeroChunk = 1 << 20;
 
-  explicit PrezeroedWalFileSystem(const std::shared_ptr<rocksdb::FileSystem>& target);
+  enum class Where {
+    // On the file systems that overwrite in place (ext2/3/4, XFS). Elsewhere the zeros would
+    // only cost writes: btrfs copies on write whatever the block held, tmpfs has no disk.
+    kWhereItPays,
+    // On any file system: for the tests of the mechanism.
+    kEverywhere,
+  };
+
+  explicit PrezeroedWalFileSystem(const std::shared_ptr<rocksdb::FileSystem>& target,
+                                  Where where = Where::kWhereItPays);
 
   static const char* kClassName() { return "FacteurPrezeroedWalFileSystem"; }
   const char* Name() const override { return kClassName(); }
@@ -45,6 +55,9 @@ class PrezeroedWalFileSystem final : public rocksdb::FileSystemWrapper {
   rocksdb::IOStatus NewWritableFile(const std::string& name, const rocksdb::FileOptions& options,
                                     std::unique_ptr<rocksdb::FSWritableFile>* result,
                                     rocksdb::IODebugContext* dbg) override;
+
+ private:
+  const Where where_;
 };
 
 // An Env whose file system is `base`'s (rocksdb::Env::Default()'s when null) with prezeroed

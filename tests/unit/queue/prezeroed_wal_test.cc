@@ -3,7 +3,9 @@
 // secondary instance beside the live primary.
 #include "queue/prezeroed_wal.h"
 
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 
 #include <algorithm>
 #include <filesystem>
@@ -29,6 +31,12 @@ bool AllZeros(std::string_view bytes) {
   return std::all_of(bytes.begin(), bytes.end(), [](char c) { return c == '\0'; });
 }
 
+// The f_type of the file system holding `path`, or 0.
+int64_t FileSystemType(const std::string& path) {
+  struct statfs info {};
+  return statfs(path.c_str(), &info) == 0 ? static_cast<int64_t>(info.f_type) : 0;
+}
+
 // Appends `pieces` of `piece_size` bytes ('a', 'b', ... in turn) to `name` through `fs`.
 std::unique_ptr<rocksdb::FSWritableFile> WritePieces(rocksdb::FileSystem& fs,
                                                      const std::string& name, int pieces,
@@ -47,7 +55,8 @@ std::unique_ptr<rocksdb::FSWritableFile> WritePieces(rocksdb::FileSystem& fs,
 
 TEST(PrezeroedWalTest, LogIsWrittenOverZerosAheadAndTrimmedOnClose) {
   test::TempDir dir;
-  PrezeroedWalFileSystem fs(rocksdb::FileSystem::Default());
+  PrezeroedWalFileSystem fs(rocksdb::FileSystem::Default(),
+                            PrezeroedWalFileSystem::Where::kEverywhere);
   const std::string name = dir.Sub("000007.log");
   std::string written;
   // 3,000 appends of 1,000 bytes: the zeros move ahead three times.
@@ -72,7 +81,8 @@ TEST(PrezeroedWalTest, LogIsWrittenOverZerosAheadAndTrimmedOnClose) {
 
 TEST(PrezeroedWalTest, OtherFilesAreLeftAlone) {
   test::TempDir dir;
-  PrezeroedWalFileSystem fs(rocksdb::FileSystem::Default());
+  PrezeroedWalFileSystem fs(rocksdb::FileSystem::Default(),
+                            PrezeroedWalFileSystem::Where::kEverywhere);
   for (const char* base : {"MANIFEST-000005", "000009.sst", "OPTIONS-000011", "LOG"}) {
     SCOPED_TRACE(base);
     const std::string name = dir.Sub(base);
@@ -82,6 +92,25 @@ TEST(PrezeroedWalTest, OtherFilesAreLeftAlone) {
     EXPECT_EQ(ReadWhole(name), written);
     ASSERT_TRUE(file->Close(rocksdb::IOOptions(), nullptr).ok());
   }
+}
+
+TEST(PrezeroedWalTest, NoZerosWhereOverwritingSparesNothing) {
+  // tmpfs: no disk, no sync to spare.
+  const std::string shm = "/dev/shm";
+  if (FileSystemType(shm) != TMPFS_MAGIC) GTEST_SKIP() << shm << " is not a tmpfs here";
+  char pattern[] = "/dev/shm/facteur-prezeroed-XXXXXX";
+  ASSERT_NE(mkdtemp(pattern), nullptr);
+  const std::string dir = pattern;
+  PrezeroedWalFileSystem fs(rocksdb::FileSystem::Default());
+  const std::string name = dir + "/000003.log";
+  std::string written;
+  std::unique_ptr<rocksdb::FSWritableFile> file = WritePieces(fs, name, 5, 1000, &written);
+  EXPECT_EQ(ReadWhole(name), written);  // open still: nothing past what was written
+  if (file != nullptr) {
+    EXPECT_TRUE(file->Close(rocksdb::IOOptions(), nullptr).ok());
+  }
+  std::error_code error;
+  std::filesystem::remove_all(dir, error);
 }
 
 // Copies the database at `path` to `copy` while it is open: the state a kill -9 leaves (the
@@ -114,6 +143,10 @@ void ExpectBodies(Store& store, int count) {
 
 TEST(PrezeroedWalTest, SyncedWritesSurviveACrashOverTheZerosAndASecondaryReadsThem) {
   test::TempDir dir;
+  const int64_t type = FileSystemType(dir.Sub(""));
+  if (type != EXT4_SUPER_MAGIC && type != XFS_SUPER_MAGIC) {
+    GTEST_SKIP() << "the spool's logs are zeroed on ext2/3/4 and XFS only; $TMPDIR is neither";
+  }
   const std::string path = dir.Sub("spool");
   constexpr int kValues = 40;
   absl::StatusOr<std::unique_ptr<Store>> store = Store::Open(path);
