@@ -23,8 +23,9 @@
 // recovers a database copied as a crash leaves it; the kill -9 tests (spool_crash_test,
 // tests/integration/kill9_*) run over it too.
 //
-// Thread contract: thread-safe as FileSystem; a log file is used by one RocksDB writer at a
-// time (its PrepareWrite, Append and Sync calls do not overlap).
+// Thread contract: thread-safe as FileSystem. A log file's state (how far RocksDB appended,
+// how far the zeros reach) changes only in its Append, Truncate and Close, which RocksDB calls
+// one at a time (one WAL writer); a Sync from another thread touches none of it.
 #pragma once
 
 #include <memory>
