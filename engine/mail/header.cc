@@ -1,5 +1,6 @@
 #include "engine/mail/header.h"
 
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -87,9 +88,25 @@ std::string UnfoldedValue(const HeaderField& field) {
 }
 
 std::string FormatRfc5322Date(absl::Time t, absl::TimeZone zone) {
+  // Every message gets a Received: field, and those of one second share its text: the last
+  // second formatted on this thread is kept (the relay's I/O threads format a date per message,
+  // and absl's formatting through cctz was 1-2% of such a thread).
+  struct LastFormatted {
+    int64_t unix_seconds = 0;
+    absl::TimeZone zone;
+    std::string text;  // empty: nothing kept yet
+  };
+  thread_local LastFormatted last;
+  const int64_t unix_seconds = absl::ToUnixSeconds(t);  // rounds down, as %S does
+  const bool finite = t != absl::InfiniteFuture() && t != absl::InfinitePast();
+  if (finite && !last.text.empty() && last.unix_seconds == unix_seconds && last.zone == zone) {
+    return last.text;
+  }
   // RFC 5322 §3.3: day-name "," day month year hour ":" minute ":" second zone. absl (cctz)
   // formats %a and %b in English whatever the process locale.
-  return std::string(absl::FormatTime("%a, %d %b %Y %H:%M:%S %z", t, zone));
+  std::string text = absl::FormatTime("%a, %d %b %Y %H:%M:%S %z", t, zone);
+  if (finite) last = LastFormatted{unix_seconds, zone, text};
+  return text;
 }
 
 }  // namespace facteur::mail

@@ -123,5 +123,25 @@ TEST(HeaderTest, FormatRfc5322Date) {
   EXPECT_EQ(FormatRfc5322Date(early), "Sun, 03 Jan 2027 04:05:06 +0000");
 }
 
+// The text of the last second formatted is reused: it must still follow the time, the zone and
+// the second's boundaries.
+TEST(HeaderTest, FormatRfc5322DateOfNeighbouringTimes) {
+  const absl::Time t = absl::FromCivil(absl::CivilSecond(2026, 11, 23, 15, 53, 0),
+                                       absl::UTCTimeZone());
+  EXPECT_EQ(FormatRfc5322Date(t), "Mon, 23 Nov 2026 15:53:00 +0000");
+  EXPECT_EQ(FormatRfc5322Date(t + absl::Milliseconds(999)), "Mon, 23 Nov 2026 15:53:00 +0000");
+  EXPECT_EQ(FormatRfc5322Date(t + absl::Seconds(1)), "Mon, 23 Nov 2026 15:53:01 +0000");
+  EXPECT_EQ(FormatRfc5322Date(t + absl::Seconds(1), absl::FixedTimeZone(3600)),
+            "Mon, 23 Nov 2026 16:53:01 +0100");
+  EXPECT_EQ(FormatRfc5322Date(t + absl::Seconds(1)), "Mon, 23 Nov 2026 15:53:01 +0000");
+  EXPECT_EQ(FormatRfc5322Date(t - absl::Milliseconds(1)), "Mon, 23 Nov 2026 15:52:59 +0000");
+  // Before 1970: the second still rounds down.
+  const absl::Time old = absl::FromCivil(absl::CivilSecond(1969, 12, 31, 23, 59, 59),
+                                         absl::UTCTimeZone());
+  EXPECT_EQ(FormatRfc5322Date(old + absl::Milliseconds(500)), "Wed, 31 Dec 1969 23:59:59 +0000");
+  EXPECT_EQ(FormatRfc5322Date(old + absl::Milliseconds(1500)), "Thu, 01 Jan 1970 00:00:00 +0000");
+  EXPECT_EQ(FormatRfc5322Date(old), "Wed, 31 Dec 1969 23:59:59 +0000");
+}
+
 }  // namespace
 }  // namespace facteur::mail
