@@ -97,6 +97,7 @@ uint32_t Capped(uint32_t site_limit, uint32_t cap) {
 struct ShardDelivery::SplitJob {
   JobResult merged;
   size_t parts_left = 0;
+  bool attempted = false;  // a part was reported (Report): the whole is, once every part is
 };
 
 throttle::PairThrottle& ShardDelivery::SiteQueue::Pair(const std::string& source) {
@@ -219,7 +220,19 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
   void OnTransactionDone(smtp::ClientSession& session, smtp::TransactionResult result) override {
     // The session ends transactions in the order they were sent.
     if (!carried_.empty() && shard_.abandoning_) {
-      carried_.pop_front();  // abandoned by the shutdown: its message stays queued as it was
+      // Abandoned by the shutdown: its message stays queued as it was.
+      shard_.LeaveQueued(std::move(carried_.front()));
+      carried_.pop_front();
+    } else if (!carried_.empty() && result.unanswered) {
+      // Sent behind the end of data of a message whose session then ended: never delivered,
+      // and not its failure. It goes first on the destination's next connection, no attempt
+      // counted; during a shutdown it stays queued, as the jobs still waiting do.
+      if (shard_.shutting_down_) {
+        shard_.LeaveQueued(std::move(carried_.front()));
+      } else {
+        queue_->waiting.push_front(std::move(carried_.front()));
+      }
+      carried_.pop_front();
     } else if (!carried_.empty()) {
       PendingJob job = std::move(carried_.front());
       carried_.pop_front();
@@ -243,8 +256,10 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
     }
     CancelIdleTimer();
     if (shard_.abandoning_) {
-      // Aborted when the shutdown grace ran out: no outcome is known, none is reported. The
-      // messages keep their queued state and are tried again at the next start.
+      // Aborted when the shutdown grace ran out: no outcome is known, none is reported (but
+      // for the other parts of a split job: LeaveQueued). The messages keep their queued
+      // state and are tried again at the next start.
+      for (PendingJob& job : carried_) shard_.LeaveQueued(std::move(job));
       carried_.clear();
     }
     // The session promises OnTransactionDone first; should it not, the jobs still come back.
@@ -1122,6 +1137,7 @@ void ShardDelivery::Report(PendingJob job, const DestinationQueue& queue,
     }
     merged.tls = merged.tls || tls;
     merged.elapsed = context_.clock.Now() - job.dispatched;
+    split.attempted = true;
     if (--split.parts_left == 0) Done(std::move(merged));
     return;
   }
@@ -1135,6 +1151,20 @@ void ShardDelivery::Report(PendingJob job, const DestinationQueue& queue,
   }
   result.tls = tls;
   Done(std::move(result));
+}
+
+void ShardDelivery::LeaveQueued(PendingJob job) {
+  if (job.split == nullptr) return;
+  SplitJob& split = *job.split;
+  const mail::DeliveryOutcome stopped =
+      LocalFailure(451, "4.3.0", "the delivery stopped before this part's outcome was known");
+  for (size_t k = 0; k < job.job.message.recipients.size(); ++k) {
+    const size_t at = job.split_offset + k;
+    if (at >= split.merged.outcomes.size()) break;
+    split.merged.outcomes[at] = stopped;
+    split.merged.verdicts[at] = RecipientVerdict{throttle::ResponseClass::kOtherTransient, {}};
+  }
+  if (--split.parts_left == 0 && split.attempted) Done(std::move(split.merged));
 }
 
 ShardDelivery::Link* ShardDelivery::TakeIdleLink(const std::string& reuse_key,
@@ -1261,6 +1291,7 @@ void ShardDelivery::Shutdown(absl::AnyInvocable<void() &&> done, absl::Duration 
     if (site->wake_timer != io::kNoTimer) loop_.Cancel(site->wake_timer);
     site->wake_timer = io::kNoTimer;
     for (auto& [destination, queue] : site->destinations) {
+      for (PendingJob& job : queue->waiting) LeaveQueued(std::move(job));
       queue->waiting.clear();
       for (auto& link : queue->links) {
         if (link->idle()) idle.push_back(link.get());

@@ -311,6 +311,12 @@ class ShardDelivery {
                    const std::string& remote);
   void Fail(PendingJob job, const Destination& destination, const mail::DeliveryOutcome& outcome,
             const std::string& site);
+  // A job the shard stops without a known outcome (a shutdown: still waiting, sent behind an
+  // end of data that was never answered, or abandoned): its message stays queued as it was,
+  // to be tried at the next start. A part of a split job whose other parts were tried reports
+  // with them instead, its recipients given a local transient outcome, so that what those
+  // parts delivered is recorded and not sent again after the restart.
+  void LeaveQueued(PendingJob job);
   void Report(PendingJob job, const DestinationQueue& queue,
               std::vector<mail::DeliveryOutcome> outcomes, std::vector<RecipientVerdict> verdicts,
               const std::string& mx, const Source* source, bool tls);

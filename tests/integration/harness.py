@@ -320,17 +320,18 @@ def delivery_extra(dns, smtp_port, delivery=(), shaping_file=None, clock=None, s
     return "\n".join(lines)
 
 
-def start_one_site_relay(test_class, domain, mx_address, mx_port, site, limits):
+def start_one_site_relay(test_class, domain, mx_address, mx_port, site, limits, delivery=()):
     """The usual delivery scenario with one MX, set up as attributes of `test_class` (in its
     setUpClass): `dns`, a dns_server.DnsServer that gives `domain` the MX host mx1.<domain> at
-    `mx_address`; `server`, a started Facteur delivering to port `mx_port`, whose shaping file
-    has one site named `site` for the MX hosts *.<domain>, with `limits` (a dict of integer
-    [site.limits] keys). When facteur fails to start, test_class.tearDownClass runs first."""
+    `mx_address`; `server`, a started Facteur delivering to port `mx_port` (more [delivery]
+    lines: `delivery`), whose shaping file has one site named `site` for the MX hosts
+    *.<domain>, with `limits` (a dict of integer [site.limits] keys). When facteur fails to
+    start, test_class.tearDownClass runs first."""
     from dns_server import DnsServer
     mx_host = "mx1." + domain
     test_class.dns = DnsServer(mx=[(domain, mx_host, 10)], addresses=[(mx_host, mx_address)])
     test_class.dns.start()
-    test_class.server = Facteur(extra=delivery_extra(test_class.dns, mx_port,
+    test_class.server = Facteur(extra=delivery_extra(test_class.dns, mx_port, delivery=delivery,
                                                      shaping_file="shaping.toml"))
     shaping = "[[site]]\nname = %s\nmx = [%s]\n[site.limits]\n" % (
         toml_string(site), toml_string("*." + domain))

@@ -8,6 +8,10 @@ the second at its end of data (554) and defers the fourth (451), replies that ar
 same read as the next message's MAIL and RCPT replies: each lands on its own recipient — the
 second bounced, the fourth kept for a retry, the three others delivered, once each.
 
+A server that drops the connection where it should answer a message's end of data: the message
+pipelined behind it never reached its DATA, so it is sent again at once on the next connection,
+as never tried (no failure recorded against it), while the first waits for its retry.
+
 The same five to Debian's Postfix as the MX, set as Postfix 3.9 is by default against SMTP
 smuggling (smtpd_forbid_unauth_pipelining = yes: a client that pipelines where RFC 2920 does not
 allow it is disconnected with 554 5.5.0), plus reject_unauth_pipelining at DATA: Postfix takes
@@ -18,7 +22,7 @@ import unittest
 
 import harness
 from postfix_mx import PostfixMx
-from smtp_test_server import SmtpTestServer
+from smtp_test_server import DROP, SmtpTestServer
 
 RECIPIENTS = ["r%d@pipe.test" % i for i in range(5)]
 # Every recipient a message of its own, all over one connection.
@@ -73,6 +77,56 @@ class PipelinedNextMessageTest(unittest.TestCase):
                                   ("delivery", "r2@pipe.test"),
                                   ("transient_failure", "r3@pipe.test"),
                                   ("delivery", "r4@pipe.test")})
+
+
+class UnansweredNextMessageTest(unittest.TestCase):
+    RECIPIENTS = ["u%d@unanswered.test" % i for i in range(3)]
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dropped = []
+
+        def end_of_data_reply(transaction):
+            # u0's first end of data: the connection drops instead of an answer.
+            if transaction.rcpt_to == [cls.RECIPIENTS[0]] and not cls.dropped:
+                cls.dropped.append(transaction)
+                return DROP
+            return "250 2.0.0 Ok: queued"
+
+        cls.sink = SmtpTestServer(host="127.0.0.67", end_of_data_reply=end_of_data_reply).start()
+        harness.start_one_site_relay(cls, "unanswered.test", "127.0.0.67", cls.sink.port,
+                                     "unanswered", ONE_PER_MESSAGE_ONE_CONNECTION)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.cleanup()
+        cls.dns.cleanup()
+        cls.sink.stop()
+
+    def test_the_message_behind_an_unanswered_end_of_data_goes_again_at_once(self):
+        u0, u1, u2 = self.RECIPIENTS
+        with self.server.smtp() as client:
+            client.sendmail("app@asso.example", self.RECIPIENTS,
+                            harness.simple_message(to=u0, subject="unanswered"))
+        # u1 and u2 delivered on the next connection, long before any retry (5 minutes).
+        self.sink.wait_for(lambda: self.sink.delivered_to(u1) and self.sink.delivered_to(u2),
+                           timeout=20)
+        first = [s for s in self.sink.sessions if s.transactions][0]
+        self.assertEqual([t.rcpt_to for t in first.transactions], [[u0]])
+        # The test is of the case it names: u1's MAIL, RCPT and DATA had come with u0's ".".
+        self.assertIn(b"RCPT TO:<%s>" % u1.encode(), first.unread_at_drop)
+        self.assertEqual(sorted(r for t in self.sink.transactions if t.accepted
+                                for r in t.rcpt_to), [u1, u2])
+
+        outcome = lambda events: sorted((e["type"], e["recipient"]) for e in events
+                                        if e["type"] != "reception"
+                                        and e["recipient"] in self.RECIPIENTS)
+        events = outcome(harness.events_when(
+            self.server, lambda events: len(outcome(events)) >= 3, what="three outcomes"))
+        # One failure, u0's (its end of data was out: it may even have been delivered); u1's
+        # message was never in the server's hands, and is not counted a failed attempt.
+        self.assertEqual(events, [("delivery", u1), ("delivery", u2),
+                                  ("transient_failure", u0)])
 
 
 class PipelinedToPostfixTest(unittest.TestCase):

@@ -4,9 +4,16 @@ accepting, wait the grace for that transaction, abandon it and exit 0 within gra
 seconds. The abandoned attempt is neither delivered, failed nor counted: stopped, the spool
 still holds the message with its recipient pending and no attempt recorded, and no
 transient_failure event was written. Restarted against a server that answers, the message is
-delivered once."""
+delivered once.
+
+A message split in transactions (a site that takes one recipient per message) stopped half
+way: SIGTERM comes while the server takes its time over the second part's end of data, with the
+third part pipelined behind it and the fourth still waiting. The parts under way finish within
+the grace; what they delivered is recorded, so that after the restart only the fourth recipient
+is sent, and every recipient reaches the server once."""
 
 import json
+import threading
 import time
 import unittest
 
@@ -65,6 +72,54 @@ class SigtermGracefulShutdownTest(unittest.TestCase):
         self.server.start()
         self.sink.wait_for(lambda: len(self.sink.transactions) >= 1, timeout=20)
         self.assertEqual(len(self.sink.accepted()), 1)
+
+
+class SplitMessageStoppedHalfWayTest(unittest.TestCase):
+    RECIPIENTS = ["s%d@split-stop.test" % i for i in range(4)]
+
+    @classmethod
+    def setUpClass(cls):
+        cls.second_end_of_data = threading.Event()
+
+        def end_of_data_reply(transaction):
+            if transaction.rcpt_to == [cls.RECIPIENTS[1]] and not cls.second_end_of_data.is_set():
+                cls.second_end_of_data.set()
+                time.sleep(1.5)  # SIGTERM comes meanwhile
+            return "250 2.0.0 Ok: queued"
+
+        cls.sink = SmtpTestServer(host="127.0.0.68", end_of_data_reply=end_of_data_reply).start()
+        harness.start_one_site_relay(
+            cls, "split-stop.test", "127.0.0.68", cls.sink.port, "split-stop",
+            {"max_recipients_per_message": 1, "max_connections": 1, "messages_per_hour": 0},
+            delivery=['shutdown_grace = "10s"', 'first_retry = "1s"'])
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.cleanup()
+        cls.dns.cleanup()
+        cls.sink.stop()
+
+    def test_what_the_parts_delivered_is_not_sent_again(self):
+        s0, s1, s2, s3 = self.RECIPIENTS
+        with self.server.smtp() as client:
+            client.sendmail("app@asso.example", self.RECIPIENTS,
+                            harness.simple_message(to=s0, subject="split and stopped"))
+        self.assertTrue(self.second_end_of_data.wait(20), "the second part's end of data")
+        self.assertEqual(self.server.stop(), 0, self.server.log())
+        # Stopped after s1 and s2 (pipelined behind s1's end of data) were answered; s3 was
+        # never sent.
+        delivered = sorted(r for t in self.sink.accepted() for r in t.rcpt_to)
+        self.assertEqual(delivered, [s0, s1, s2])
+        events = {(e["type"], e["recipient"]) for e in harness.read_events(self.server)
+                  if e["type"] != "reception"}
+        self.assertEqual(events, {("delivery", s0), ("delivery", s1), ("delivery", s2),
+                                  ("transient_failure", s3)})
+
+        self.server.start()
+        self.sink.wait_for(lambda: self.sink.delivered_to(s3), timeout=20)
+        time.sleep(1.5)  # a duplicate would come now (first_retry = 1s), not later
+        delivered = sorted(r for t in self.sink.accepted() for r in t.rcpt_to)
+        self.assertEqual(delivered, [s0, s1, s2, s3])
 
 
 class ShutdownGraceDefaultTest(unittest.TestCase):

@@ -126,6 +126,9 @@ class Session:
         self.transactions = []
         self.closed = False
         self.error = None           # what ended it abnormally (a Python exception text)
+        # What the client had sent that the server had read but not acted on when a DROP (or
+        # a Close reply) ended the connection: commands pipelined behind the last one handled.
+        self.unread_at_drop = b""
         self.opened_at = None       # clock() when the connection was accepted
 
 
@@ -364,7 +367,7 @@ class SmtpTestServer:
         try:
             conn.run()
         except _Dropped:
-            pass
+            session.unread_at_drop = conn.reader.buffer
         except _Stalled:
             try:
                 conn.reader.discard_until_eof()

@@ -307,7 +307,8 @@ class ClientSession::State {
     phase_ = Phase::kClosed;
     awaiting_.clear();
     unsent_.clear();
-    // A loop: an owner that calls Send() from here gets that message reported too.
+    // A loop: an owner that calls Send() from the last OnTransactionDone here (none is left
+    // in progress then) gets that message reported too.
     while (!transactions_.empty()) {
       FailOpenRecipients(why);
       s_.owner_.OnTransactionDone(s_, TakeResult());
@@ -456,6 +457,7 @@ class ClientSession::State {
     std::vector<bool> rcpt_accepted;
     size_t accepted = 0;
     bool mail_refused = false;
+    bool unanswered = false;  // TransactionResult::unanswered
   };
 
   const ClientTimeouts& timeouts() const { return s_.options_.timeouts; }
@@ -766,6 +768,7 @@ class ClientSession::State {
   TransactionResult TakeResult() {
     TransactionResult result;
     Transaction& t = transactions_.front();
+    result.unanswered = t.unanswered;
     result.recipients.reserve(t.outcomes.size());
     for (auto& outcome : t.outcomes) {
       // Every path decides every recipient; this is the belt to those braces.
@@ -791,9 +794,10 @@ class ClientSession::State {
 
   // The session ends while recipients are undecided: they get `why`, a session-scope outcome
   // (never a success: a session that ends cleanly has no open recipient). A transaction sent
-  // behind another's end of data had no reply of its own yet: its recipients get a local
-  // outcome of the same code, so that the site's reply is judged once (the owner's throttle
-  // and reputation skip local outcomes).
+  // behind another's end of data had no reply of its own yet (the replies come in order, and
+  // the one before it is still open): it is unanswered, and its recipients get a local outcome
+  // of the same code, so that the site's reply is judged once (the owner's throttle and
+  // reputation skip local outcomes).
   void FailOpenRecipients(const mail::DeliveryOutcome& why) {
     if (transactions_.empty()) return;
     mail::DeliveryOutcome open = why;
@@ -806,9 +810,13 @@ class ClientSession::State {
     const mail::DeliveryOutcome behind =
         Local(open.reply.code, open.reply.enhanced,
               absl::StrCat("the session with ", s_.remote_name_,
-                           " ended before this message was answered: ", OneLine(open.reply)));
+                           " ended before the server answered this message, sent behind "
+                           "another (that one: ",
+                           OneLine(open.reply), ")"));
     for (Transaction& t : transactions_) {
-      const mail::DeliveryOutcome& fail = &t == &transactions_.front() ? open : behind;
+      const bool is_behind = &t != &transactions_.front();
+      t.unanswered = t.unanswered || is_behind;
+      const mail::DeliveryOutcome& fail = is_behind ? behind : open;
       for (auto& outcome : t.outcomes) {
         if (!outcome.has_value()) outcome = fail;
       }

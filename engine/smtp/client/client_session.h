@@ -78,6 +78,13 @@ struct OutboundMessage {
 // What one transaction did: one outcome per recipient of the message, in its order.
 struct TransactionResult {
   std::vector<mail::DeliveryOutcome> recipients;
+  // Sent behind another transaction's end of data (Owner::OnReadyForNext), and the session
+  // ended before that end of data was answered: the server answered nothing of this one and
+  // never got its data (it follows a 354 of its own, which comes after that reply), so the
+  // message was not delivered and the failure was not its own. The outcomes are local (the
+  // session's end, by its code); the owner may send the message again at once, as if never
+  // tried.
+  bool unanswered = false;
 };
 
 // What the server said it supports (EHLO keywords), for logs and tests.
@@ -126,7 +133,8 @@ class ClientSession final : public io::StreamHandler {
                 std::string remote_name);
   ~ClientSession() override;
 
-  // Only when ready (after OnReady or OnTransactionDone, before Quit) or accepts_next().
+  // Only when ready() (after OnReady, or after an OnTransactionDone that left no other
+  // transaction in progress; before Quit) or accepts_next().
   // Copies what it needs.
   // Recipients decided here without asking the server (SMTPUTF8 not offered: 550 5.6.7; an
   // address or sender that cannot be written in a command: 501) are reported after the server

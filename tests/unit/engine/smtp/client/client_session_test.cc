@@ -1120,7 +1120,11 @@ TEST_F(PipelinedNextTest, LostConnectionFailsBothInOrder) {
   EXPECT_EQ(b.reply.enhanced, "4.4.2");
   EXPECT_TRUE(b.local);
   EXPECT_EQ(b.scope, mail::OutcomeScope::kSession);
-  EXPECT_THAT(b.reply.text, HasSubstr("ended before this message was answered"));
+  EXPECT_THAT(b.reply.text, HasSubstr("ended before the server answered this message"));
+  // A's end of data was out and unanswered: A may have been delivered. B's data never left
+  // (it follows a 354 of B's own): B is unanswered, for the owner to send again as untried.
+  EXPECT_FALSE(owner_.events[0].result.unanswered);
+  EXPECT_TRUE(owner_.events[1].result.unanswered);
 }
 
 TEST_F(PipelinedNextTest, Code421AfterTheEndOfDataFailsBoth) {
@@ -1143,7 +1147,10 @@ TEST_F(PipelinedNextTest, Code421AfterTheEndOfDataFailsBoth) {
   EXPECT_EQ(owner_.events[0].result.recipients[0].reply.text, "shutting down");
   EXPECT_TRUE(owner_.events[1].result.recipients[0].local);
   EXPECT_THAT(owner_.events[1].result.recipients[0].reply.text,
-              HasSubstr("ended before this message was answered: 421 4.3.2 shutting down"));
+              HasSubstr("ended before the server answered this message, sent behind another "
+                        "(that one: 421 4.3.2 shutting down)"));
+  EXPECT_FALSE(owner_.events[0].result.unanswered);
+  EXPECT_TRUE(owner_.events[1].result.unanswered);
 }
 
 TEST_F(PipelinedNextTest, TimeoutWhileTheNextWaitsForItsMailReply) {
@@ -1157,6 +1164,8 @@ TEST_F(PipelinedNextTest, TimeoutWhileTheNextWaitsForItsMailReply) {
   EXPECT_TRUE(owner_.events[0].result.recipients[0].delivered());
   EXPECT_THAT(owner_.events[1].result.recipients[0].reply.text,
               HasSubstr("while sending MAIL FROM"));
+  // A was answered before the timeout: B was the one waiting, its own failure.
+  EXPECT_FALSE(owner_.events[1].result.unanswered);
 }
 
 TEST_F(PipelinedNextTest, QuitWithTwoInProgress) {
@@ -1168,6 +1177,8 @@ TEST_F(PipelinedNextTest, QuitWithTwoInProgress) {
   ASSERT_EQ(owner_.Names(), (std::vector<std::string>{"done", "done", "ended"}));
   EXPECT_TRUE(owner_.events[0].result.recipients[0].transient());
   EXPECT_TRUE(owner_.events[1].result.recipients[0].transient());
+  EXPECT_FALSE(owner_.events[0].result.unanswered);
+  EXPECT_TRUE(owner_.events[1].result.unanswered);
 }
 
 TEST_F(ClientSessionTest, NoNextWithoutPipeliningNorAfterALoneDot) {
