@@ -1,7 +1,8 @@
 # File: bench/macro/retry.sh
 # The retry-path rows of bench/macro/run (issue #7 point 2); sourced, never run. It owns: the
-# smart sink of a row (bench/macro/smart_sink.cc: per-recipient accept, greylist, reject), the
-# retry shaping given to each relay for those rows, one row per system and its table.
+# smart sink of a row (bench/macro/smart_sink.cc: per-recipient accept, greylist, rate limit,
+# reject), the retry shaping given to each relay for those rows, one row per system and its
+# table.
 # The caller (run) owns the relays (StartFacteur, StartPostfix, StartHaraka read the hooks
 # facteur_delivery_extra, facteur_shaping_extra, postfix_main_extra and haraka_outbound_extra,
 # set here only while a retry row starts its relay), the DNS and the process bookkeeping.
@@ -11,11 +12,12 @@
 # run has a domains value > 1, each dI has its own MX through the private DNS (StartDns serves
 # at least these 1000; the row's domains column says 1000); with only --domains=1, the static
 # next hop (domains column 1). The smart sink answers each recipient by a hash of its address:
-# accept 75 %, greylist 20 % (450 4.2.0 in Postgrey's words until 5 s after the first attempt of
-# the triplet client IP, sender, recipient), reject 5 % (550 5.1.1).
-# No ratelimit share: facteur's built-in reaction to a rate limit suspends the site for 10
-# minutes (deploy/shaping.toml [actions.rate_limit]), which no one-minute row can show.
-# The relays retry after about 6 s instead of minutes (RetryShaping). The row is
+# accept 70 %, greylist 20 % (450 4.2.0 in Postgrey's words until 5 s after the first attempt of
+# the triplet client IP, sender, recipient), rate limit 5 % (451 4.7.1 "Rate limit exceeded, try
+# again later", until 5 s after the triplet's first attempt too), reject 5 % (550 5.1.1).
+# The relays retry after about 6 s instead of minutes (RetryShaping); facteur's reaction to a
+# rate limit (by default a 10-minute pause of the site, then half its rate: deploy/shaping.toml
+# [actions.rate_limit]) becomes a 6 s pause, which a one-minute row can show. The row is
 # settled when the sink has every message either delivered or rejected and as many DSNs (null
 # sender messages, to load@bench.test: the sink again) as rejects; bounded by retry_deadline_s.
 #
@@ -25,6 +27,9 @@
 #                           address is used once: the distinct greylisted recipients delivered.
 #   attempts per greylisted recipient   (greylisted + greylist_passed) / greylist_passed: RCPT
 #                           attempts of those recipients, 2.0 at best (one 450, one pass).
+#   rate-limited recipients ratelimit_passed: the same for the rate-limit class.
+#   attempts per rate-limited recipient   (ratelimited + ratelimit_passed) / ratelimit_passed,
+#                           2.0 at best (one 451, one pass).
 #   rejected                rejected: RCPT 550 replies (a relay never retries them).
 #   DSNs                    null_sender: messages from <> the sink received.
 #   settled after           from the first connection of smtp_load until the condition above.
@@ -32,7 +37,7 @@
 # shellcheck shell=bash disable=SC2154,SC2034
 
 smart_sink_bin="$build_dir/bench/macro/smart_sink"
-retry_rule=""  # RunRetryRows: "*.sink.test:accept=75,greylist=20,reject=5"
+retry_rule=""  # RunRetryRows: "*.sink.test:accept=70,greylist=20,ratelimit=5,reject=5"
 retry_greylist_delay_s=5
 retry_rows=()
 retry_rcpt_domains=1000  # recipients bench@d0..d999.sink.test, each a distinct address
@@ -65,7 +70,8 @@ StartSmartSink() {
   local stats=$1 i
   smart_sink_out="$work_dir/smart-sink-$row_number.out"
   "$smart_sink_bin" --listen="$sink_ip:0" --rule="$retry_rule" --default=accept=100 \
-    --greylist_delay="$retry_greylist_delay_s" --stats="$stats" \
+    --greylist_delay="$retry_greylist_delay_s" --ratelimit_delay="$retry_greylist_delay_s" \
+    --ratelimit_reply=451 --stats="$stats" \
     >"$smart_sink_out" 2>"$work_dir/smart-sink-$row_number.err" &
   sink_pid=$!
   Track "$sink_pid"
@@ -93,14 +99,18 @@ SinkCounter() {
 }
 
 # RetryShaping SYSTEM: sets the hooks of SYSTEM's retry settings, about 6 s between attempts
-# (the greylist lets a triplet through 5 s after its first attempt).
+# (the greylist and the rate limit let a triplet through 5 s after its first attempt).
 RetryShaping() {
   case "$1" in
     facteur)
       # [delivery]: every transient failure; [greylist] (the shaping file): greylisted
-      # recipients (the smart sink's 450 announces no delay). No jitter: one figure per row.
+      # recipients (the smart sink's 450 announces no delay); [actions.rate_limit]: a site that
+      # says "rate limit" (each dI is a site of its own here) is paused 6 s, as the others
+      # retry, and neither slowed nor capped to one connection after (facteur's default halves
+      # the rate it saw: a site that took one message in the last minute waits 2 minutes for
+      # its next). No jitter: one figure per row.
       facteur_delivery_extra=$'first_retry = "6s"\nretry_backoff = 1.0\nmax_retry_interval = "6s"\nretry_jitter = 0'
-      facteur_shaping_extra=$'\n[greylist]\nfirst_delay = "6s"\nbackoff = 1\nmax_delay = "6s"' ;;
+      facteur_shaping_extra=$'\n[greylist]\nfirst_delay = "6s"\nbackoff = 1\nmax_delay = "6s"\n\n[actions.rate_limit]\nsuspend = "6s"\nrate_factor = 1.0\nmax_connections = 0' ;;
     postfix)
       # The deferred queue is scanned every second; a deferred message waits 6 s at least and
       # at most 6 s, as facteur (queue_run_delay must not exceed minimal_backoff_time).
@@ -120,7 +130,7 @@ RetryShapingOff() {
 
 # RetryRowFailed WHY
 RetryRowFailed() {
-  retry_rows+=("| $relay_name | $domains | $1 | not measured: $2 | | | | | |")
+  retry_rows+=("| $relay_name | $domains | $1 | not measured: $2 | | | | | | | |")
   crashed=1
 }
 
@@ -190,11 +200,14 @@ RunRetryRow() {
     -v c0="$cpu0" -v c1="$cpu1" -v settled="$settled" -v note="${note#; }" \
     -v grey="$(SinkCounter "$counters" greylisted)" \
     -v passed="$(SinkCounter "$counters" greylist_passed)" \
+    -v limited="$(SinkCounter "$counters" ratelimited)" \
+    -v limited_passed="$(SinkCounter "$counters" ratelimit_passed)" \
     -v rejected="$(SinkCounter "$counters" rejected)" \
     -v dsns="$(SinkCounter "$counters" null_sender)" \
-    'BEGIN { printf "| %s | %s | %d | %d | %s | %d | %d | %s | %.2f |%s",
-                    sys, d, n, passed,
-                    (passed > 0 ? sprintf("%.2f", (grey + passed) / passed) : "-"),
+    'function per(tries, passes) { return passes > 0 ? sprintf("%.2f", tries / passes) : "-" }
+     BEGIN { printf "| %s | %s | %d | %d | %s | %d | %s | %d | %d | %s | %.2f |%s",
+                    sys, d, n, passed, per(grey + passed, passed),
+                    limited_passed, per(limited + limited_passed, limited_passed),
                     rejected, dsns, (settled ? sprintf("%.1f", t1 - t0) : "not settled"),
                     (n > 0 ? (c1 - c0) / n : 0), (note == "" ? "" : " " note " |") }')")
   rm -rf "$work_dir/facteur-$row_number" "$work_dir/postfix-$row_number" \
@@ -210,7 +223,7 @@ RunRetryRows() {
     log "building smart_sink in $build_dir"
     cmake --build "$build_dir" -j"$(nproc)" --target smart_sink >&2 || log "smart_sink: build failed"
   fi
-  retry_rule="*.$rcpt_domain:accept=75,greylist=20,reject=5"
+  retry_rule="*.$rcpt_domain:accept=70,greylist=20,ratelimit=5,reject=5"
   # By DNS when the run has a domains value > 1 (StartDns serves retry_dns_domains MX), else
   # through the static next hop.
   SetDomains "$([ "$max_domains" -gt 1 ] && echo "$retry_dns_domains" || echo 1)"
@@ -239,18 +252,22 @@ PrintRetryTable() {
   echo
   echo "- 2 KB messages, DKIM off, one recipient each, bench@dI.$rcpt_domain over $rcpt_domains_used domains (domains"
   echo "  $rcpt_domains_used: each dI its own MX through the DNS; domains 1: the static next hop); the smart sink answers each"
-  echo "  recipient by a hash of its address: 75 % accepted, 20 % greylisted (450 until ${retry_greylist_delay_s} s after the"
-  echo "  first attempt from that IP, sender, recipient), 5 % rejected (550 5.1.1); DSNs go to the sink too"
+  echo "  recipient by a hash of its address: 70 % accepted, 20 % greylisted (450 until ${retry_greylist_delay_s} s after the"
+  echo "  first attempt from that IP, sender, recipient), 5 % rate-limited (451 4.7.1 \"Rate limit exceeded, try again"
+  echo "  later\", until ${retry_greylist_delay_s} s after the first attempt too), 5 % rejected (550 5.1.1); DSNs go to the sink too"
   echo "- retries about 6 s apart: facteur [delivery] first_retry = max_retry_interval = 6s, no jitter, [greylist]"
-  echo "  first_delay = max_delay = 6s; Postfix queue_run_delay = 1s, minimal/maximal_backoff_time = 6s"
+  echo "  first_delay = max_delay = 6s, [actions.rate_limit] suspend = 6s, rate_factor = 1.0, max_connections = 0 (by"
+  echo "  default a site that says \"rate limit\" is paused 10 minutes, then sent to at half the rate it had, over one"
+  echo "  connection); Postfix queue_run_delay = 1s, minimal/maximal_backoff_time = 6s"
   Wants haraka && echo "- Haraka: outbound temp_fail_intervals = 6s*20"
   echo "- greylisted recipients: let through after their 450s (greylist_passed); attempts per greylisted"
-  echo "  recipient: (450s + passes) / passes, 2.00 at best; rejected: 550s; DSNs: messages from <> back at the sink"
+  echo "  recipient: (450s + passes) / passes, 2.00 at best; the same for the rate-limited ones (451s); rejected:"
+  echo "  550s; DSNs: messages from <> back at the sink"
   echo "- settled after: from the first connection until every message is delivered or rejected and every"
   echo "  reject has its DSN (deadline ${retry_deadline_s} s); CPU: as above, over the whole row"
   echo
-  echo "| system | domains | messages | greylisted recipients | attempts per greylisted recipient | rejected | DSNs | settled after s | relay CPU-ms/msg |"
-  echo "| :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+  echo "| system | domains | messages | greylisted recipients | attempts per greylisted recipient | rate-limited recipients | attempts per rate-limited recipient | rejected | DSNs | settled after s | relay CPU-ms/msg |"
+  echo "| :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
   for row in "${retry_rows[@]}"; do echo "$row"; done
   echo
 }
