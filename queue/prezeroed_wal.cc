@@ -56,7 +56,7 @@ class PrezeroedWal final : public rocksdb::FSWritableFileOwnerWrapper {
                            rocksdb::IODebugContext* dbg) override {
     ZeroAhead(data.size());
     rocksdb::IOStatus status = target()->Append(data, options, dbg);
-    if (status.ok()) appended_end_ += data.size();
+    Appended(status, data.size());
     return status;
   }
   rocksdb::IOStatus Append(const rocksdb::Slice& data, const rocksdb::IOOptions& options,
@@ -64,7 +64,7 @@ class PrezeroedWal final : public rocksdb::FSWritableFileOwnerWrapper {
                            rocksdb::IODebugContext* dbg) override {
     ZeroAhead(data.size());
     rocksdb::IOStatus status = target()->Append(data, options, verification_info, dbg);
-    if (status.ok()) appended_end_ += data.size();
+    Appended(status, data.size());
     return status;
   }
   // Direct I/O only, which NewWritableFile leaves unwrapped; should it come anyway, zeroing
@@ -116,6 +116,18 @@ class PrezeroedWal final : public rocksdb::FSWritableFileOwnerWrapper {
   void StopZeroing() {
     if (fd_ >= 0) close(fd_);
     fd_ = -1;
+  }
+
+  // A failed append may have written part of its bytes (RocksDB's POSIX file moves its offset
+  // by what write() took): appended_end_ no longer says where the data ends, and zeros from
+  // there could overwrite what comes next. RocksDB switches to a new log after a WAL write
+  // error; this one is zeroed no more.
+  void Appended(const rocksdb::IOStatus& status, size_t size) {
+    if (status.ok()) {
+      appended_end_ += size;
+    } else {
+      StopZeroing();
+    }
   }
 
   int fd_;                     // owned; a second descriptor on the log, for the zeros; -1: none

@@ -17,8 +17,11 @@
 // Why it is safe: RocksDB's log reader takes a zero header for the padding of a preallocated
 // file and skips to the next block (kZeroType, db/log_format.h; its old mmap writer left such
 // tails), so after a crash the point-in-time recovery the spool uses ends the log at the zeros
-// as it would at the end of the file; a secondary instance reading a live log stops there the
-// same way. Only fresh logs are zeroed (recycle_log_file_num stays 0): no old record can be read
+// as it would at the end of the file. A secondary instance (Store::OpenReadOnly) reading a live
+// log does not stop there: it reads through the zeros as padding, and a record being written
+// over them at that moment reads torn (a checksum mismatch): OpenReadOnly opens again when that
+// happens, and never catches up with the primary later (records written over zeros it already
+// passed would be missed). Only fresh logs are zeroed (recycle_log_file_num stays 0): no old record can be read
 // back. Close trims a log to what RocksDB wrote. tests/unit/queue/prezeroed_wal_test.cc
 // recovers a database copied as a crash leaves it; the kill -9 tests (spool_crash_test,
 // tests/integration/kill9_*) run over it too.
@@ -39,6 +42,11 @@ class PrezeroedWalFileSystem final : public rocksdb::FileSystemWrapper {
  public:
   // Zeros written at a time: one inode-writing sync per this many bytes of log.
   static constexpr size_t kZeroChunk = 1 << 20;
+  // The zeros end where an append ends plus whole 32 KiB log blocks (db/log_format.h
+  // kBlockSize), so a log that ends in its zeros never ends 1-6 bytes into a block, which the
+  // reader would call a truncated header (the log writer pads a block's last 6 bytes before
+  // the next record, so no append ends there).
+  static_assert(kZeroChunk % 32768 == 0);
 
   enum class Where {
     // On the file systems that overwrite in place (ext2/3/4, XFS). Elsewhere the zeros would
