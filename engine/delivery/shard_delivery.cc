@@ -241,6 +241,14 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
       shard_.Report(std::move(job), *queue_, std::move(result.recipients), std::move(verdicts),
                     remote_, &source_, session.tls_active());
     }
+    if (!carried_.empty() && !shard_.abandoning_ &&
+        pair_->suspended(shard_.context_.clock.Now())) {
+      // The reply just judged paused the pair (a rate limit, a block) while the next message
+      // was already pipelined behind it: closing now keeps that one out of the pause. The
+      // server has answered nothing of it (its replies follow this one), so it comes back
+      // unanswered and waits in the queue, untried.
+      Quit();
+    }
     if (!shard_.shutting_down_) {
       shard_.Pump(*queue_->site);
     } else if (carried_.empty()) {

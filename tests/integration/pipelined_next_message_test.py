@@ -12,6 +12,10 @@ A server that drops the connection where it should answer a message's end of dat
 pipelined behind it never reached its DATA, so it is sent again at once on the next connection,
 as never tried (no failure recorded against it), while the first waits for its retry.
 
+A server that answers a message's end of data with a rate limit, which pauses the site (10
+minutes by default): the message pipelined behind it is not sent into the pause: the connection
+closes before its data, and it waits in the queue, untried.
+
 The same five to Debian's Postfix as the MX, set as Postfix 3.9 is by default against SMTP
 smuggling (smtpd_forbid_unauth_pipelining = yes: a client that pipelines where RFC 2920 does not
 allow it is disconnected with 554 5.5.0), plus reject_unauth_pipelining at DATA: Postfix takes
@@ -127,6 +131,50 @@ class UnansweredNextMessageTest(unittest.TestCase):
         # message was never in the server's hands, and is not counted a failed attempt.
         self.assertEqual(events, [("delivery", u1), ("delivery", u2),
                                   ("transient_failure", u0)])
+
+
+class RateLimitAtTheFirstEndOfDataTest(unittest.TestCase):
+    RECIPIENTS = ["v%d@slowdown.test" % i for i in range(3)]
+
+    @classmethod
+    def setUpClass(cls):
+        def end_of_data_reply(transaction):
+            if transaction.rcpt_to == [cls.RECIPIENTS[0]]:
+                return "451 4.7.28 rate limited, slow down"
+            return "250 2.0.0 Ok: queued"
+
+        cls.sink = SmtpTestServer(host="127.0.0.69", end_of_data_reply=end_of_data_reply).start()
+        harness.start_one_site_relay(cls, "slowdown.test", "127.0.0.69", cls.sink.port,
+                                     "slowdown", ONE_PER_MESSAGE_ONE_CONNECTION)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.cleanup()
+        cls.dns.cleanup()
+        cls.sink.stop()
+
+    def test_the_next_message_is_not_sent_into_the_pause(self):
+        v0, v1, _ = self.RECIPIENTS
+        with self.server.smtp() as client:
+            client.sendmail("app@asso.example", self.RECIPIENTS,
+                            harness.simple_message(to=v0, subject="slow down"))
+        events = harness.events_when(
+            self.server, lambda events: any(e["type"] == "suspension" for e in events),
+            what="the site's pause")
+        self.sink.wait_for(lambda: self.sink.sessions and all(s.closed for s in self.sink.sessions),
+                           timeout=20)
+        (session,) = [s for s in self.sink.sessions if s.transactions]
+        # v1's MAIL and RCPT had come with v0's final "." and were answered; its data never came.
+        self.assertIn("RCPT TO:<%s>" % v1, session.commands)
+        self.assertEqual([t.rcpt_to for t in self.sink.transactions], [[v0]])
+        self.assertEqual(self.sink.accepted(), [])
+        suspension = [e for e in events if e["type"] == "suspension"][0]
+        self.assertIn("rate_limit", suspension["detail"])
+        # One message split in three transactions: it reports once all three have, and v1 and
+        # v2 wait out the pause; nothing was counted against v1.
+        outcomes = [e for e in harness.read_events(self.server)
+                    if e["type"] in ("delivery", "transient_failure", "bounce")]
+        self.assertEqual(outcomes, [])
 
 
 class PipelinedToPostfixTest(unittest.TestCase):

@@ -418,6 +418,9 @@ class ClientSession::State {
             /*send_quit=*/false);
         break;
       case Phase::kTransaction:
+        // What the server has answered nothing of (a message pipelined behind an end of data
+        // whose reply just came, say) never got its data, which follows a 354.
+        for (Transaction& t : transactions_) t.unanswered = t.unanswered || !t.answered;
         End(Local(451, "4.3.0",
                   absl::StrCat("delivery interrupted: the session with ", s_.remote_name_,
                                " was closed while ", Stage())),
@@ -457,6 +460,7 @@ class ClientSession::State {
     std::vector<bool> rcpt_accepted;
     size_t accepted = 0;
     bool mail_refused = false;
+    bool answered = false;    // a reply to one of its commands (not an RSET before it) came
     bool unanswered = false;  // TransactionResult::unanswered
   };
 
@@ -658,6 +662,7 @@ class ClientSession::State {
     // Replies come in order and a transaction's commands follow the previous one's: the
     // command answered belongs to the oldest transaction in progress.
     Transaction& t = transactions_.front();
+    if (command.step != Step::kRset) t.answered = true;
     bool body_written = false;
     const int kind = reply.code / 100;
     const bool final_reply = kind == 2 || kind == 4 || kind == 5;

@@ -78,12 +78,12 @@ struct OutboundMessage {
 // What one transaction did: one outcome per recipient of the message, in its order.
 struct TransactionResult {
   std::vector<mail::DeliveryOutcome> recipients;
-  // Sent behind another transaction's end of data (Owner::OnReadyForNext), and the session
-  // ended before that end of data was answered: the server answered nothing of this one and
-  // never got its data (it follows a 354 of its own, which comes after that reply), so the
-  // message was not delivered and the failure was not its own. The outcomes are local (the
-  // session's end, by its code); the owner may send the message again at once, as if never
-  // tried.
+  // The server answered nothing of this transaction and never got its data (which follows a
+  // 354), so the message was not delivered and the failure was not its own: it was sent behind
+  // another's end of data (Owner::OnReadyForNext) and the session ended before that end of
+  // data was answered, or the owner called Quit() before any reply to it. The outcomes are
+  // local (the session's end, by its code); the owner may send the message again at once, as
+  // if never tried.
   bool unanswered = false;
 };
 
@@ -145,7 +145,8 @@ class ClientSession final : public io::StreamHandler {
   void Send(const OutboundMessage& message);
   // Ready: sends QUIT, waits for the reply (the command timeout), closes; the session ends with
   // that reply. During the handshake: closes (a local 221). During a transaction: closes, and
-  // the open recipients get a local 451 4.3.0. Closing already: nothing.
+  // the open recipients get a local 451 4.3.0 (a transaction without any reply yet is
+  // unanswered). Closing already: nothing.
   void Quit();
 
   bool ready() const;

@@ -1181,6 +1181,26 @@ TEST_F(PipelinedNextTest, QuitWithTwoInProgress) {
   EXPECT_TRUE(owner_.events[1].result.unanswered);
 }
 
+TEST_F(PipelinedNextTest, QuitAtTheFirstReplyLeavesTheNextUnanswered) {
+  // The owner quits when A's end of data is answered (a rate limit paused its pair), with B's
+  // replies in the same read: B is not read on, never gets its body, and comes back unanswered.
+  SendTwo();
+  stream_.TakeOutput();
+  owner_.on_done = [this] {
+    if (owner_.events.size() == 1) Quit();
+  };
+  Server("451 4.7.28 rate limited, slow down\r\n250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 go\r\n");
+  EXPECT_TRUE(stream_.closed);
+  EXPECT_EQ(stream_.TakeOutput(), "");  // no body for B
+  Closed();
+  ASSERT_EQ(owner_.Names(), (std::vector<std::string>{"done", "done", "ended"}));
+  EXPECT_EQ(owner_.events[0].result.recipients[0].reply.code, 451);
+  EXPECT_FALSE(owner_.events[0].result.recipients[0].local);
+  EXPECT_FALSE(owner_.events[0].result.unanswered);
+  EXPECT_TRUE(owner_.events[1].result.recipients[0].local);
+  EXPECT_TRUE(owner_.events[1].result.unanswered);
+}
+
 TEST_F(ClientSessionTest, NoNextWithoutPipeliningNorAfterALoneDot) {
   Handshake(kEhloPlain);
   Send(Message({"a@dest.test"}));
