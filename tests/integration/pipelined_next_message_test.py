@@ -43,18 +43,35 @@ def end_of_data_reply(transaction):
     return "250 2.0.0 Ok: queued"
 
 
-class PipelinedNextMessageTest(unittest.TestCase):
+class ScriptedMxCase(unittest.TestCase):
+    """A site of DOMAIN that takes one recipient per message over one connection, its MX an
+    SmtpTestServer on ADDRESS that answers each end of data with end_of_data_reply(transaction)."""
+    DOMAIN = ADDRESS = None
+
+    @classmethod
+    def end_of_data_reply(cls, transaction):
+        raise NotImplementedError
+
     @classmethod
     def setUpClass(cls):
-        cls.sink = SmtpTestServer(host="127.0.0.65", end_of_data_reply=end_of_data_reply).start()
-        harness.start_one_site_relay(cls, "pipe.test", "127.0.0.65", cls.sink.port, "pipe",
-                                     ONE_PER_MESSAGE_ONE_CONNECTION)
+        cls.sink = SmtpTestServer(host=cls.ADDRESS,
+                                  end_of_data_reply=cls.end_of_data_reply).start()
+        harness.start_one_site_relay(cls, cls.DOMAIN, cls.ADDRESS, cls.sink.port,
+                                     cls.DOMAIN.split(".")[0], ONE_PER_MESSAGE_ONE_CONNECTION)
 
     @classmethod
     def tearDownClass(cls):
         cls.server.cleanup()
         cls.dns.cleanup()
         cls.sink.stop()
+
+
+class PipelinedNextMessageTest(ScriptedMxCase):
+    DOMAIN, ADDRESS = "pipe.test", "127.0.0.65"
+
+    @classmethod
+    def end_of_data_reply(cls, transaction):
+        return end_of_data_reply(transaction)
 
     def test_next_message_follows_the_end_of_data(self):
         with self.server.smtp() as client:
@@ -83,29 +100,18 @@ class PipelinedNextMessageTest(unittest.TestCase):
                                   ("delivery", "r4@pipe.test")})
 
 
-class UnansweredNextMessageTest(unittest.TestCase):
+class UnansweredNextMessageTest(ScriptedMxCase):
+    DOMAIN, ADDRESS = "unanswered.test", "127.0.0.67"
     RECIPIENTS = ["u%d@unanswered.test" % i for i in range(3)]
+    dropped = []
 
     @classmethod
-    def setUpClass(cls):
-        cls.dropped = []
-
-        def end_of_data_reply(transaction):
-            # u0's first end of data: the connection drops instead of an answer.
-            if transaction.rcpt_to == [cls.RECIPIENTS[0]] and not cls.dropped:
-                cls.dropped.append(transaction)
-                return DROP
-            return "250 2.0.0 Ok: queued"
-
-        cls.sink = SmtpTestServer(host="127.0.0.67", end_of_data_reply=end_of_data_reply).start()
-        harness.start_one_site_relay(cls, "unanswered.test", "127.0.0.67", cls.sink.port,
-                                     "unanswered", ONE_PER_MESSAGE_ONE_CONNECTION)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.server.cleanup()
-        cls.dns.cleanup()
-        cls.sink.stop()
+    def end_of_data_reply(cls, transaction):
+        # u0's first end of data: the connection drops instead of an answer.
+        if transaction.rcpt_to == [cls.RECIPIENTS[0]] and not cls.dropped:
+            cls.dropped.append(transaction)
+            return DROP
+        return "250 2.0.0 Ok: queued"
 
     def test_the_message_behind_an_unanswered_end_of_data_goes_again_at_once(self):
         u0, u1, u2 = self.RECIPIENTS
@@ -133,25 +139,15 @@ class UnansweredNextMessageTest(unittest.TestCase):
                                   ("transient_failure", u0)])
 
 
-class RateLimitAtTheFirstEndOfDataTest(unittest.TestCase):
+class RateLimitAtTheFirstEndOfDataTest(ScriptedMxCase):
+    DOMAIN, ADDRESS = "slowdown.test", "127.0.0.69"
     RECIPIENTS = ["v%d@slowdown.test" % i for i in range(3)]
 
     @classmethod
-    def setUpClass(cls):
-        def end_of_data_reply(transaction):
-            if transaction.rcpt_to == [cls.RECIPIENTS[0]]:
-                return "451 4.7.28 rate limited, slow down"
-            return "250 2.0.0 Ok: queued"
-
-        cls.sink = SmtpTestServer(host="127.0.0.69", end_of_data_reply=end_of_data_reply).start()
-        harness.start_one_site_relay(cls, "slowdown.test", "127.0.0.69", cls.sink.port,
-                                     "slowdown", ONE_PER_MESSAGE_ONE_CONNECTION)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.server.cleanup()
-        cls.dns.cleanup()
-        cls.sink.stop()
+    def end_of_data_reply(cls, transaction):
+        if transaction.rcpt_to == [cls.RECIPIENTS[0]]:
+            return "451 4.7.28 rate limited, slow down"
+        return "250 2.0.0 Ok: queued"
 
     def test_the_next_message_is_not_sent_into_the_pause(self):
         v0, v1, _ = self.RECIPIENTS
