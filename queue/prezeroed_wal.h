@@ -21,9 +21,10 @@
 // log does not stop there: it reads through the zeros as padding, and a record being written
 // over them at that moment reads torn (a checksum mismatch): OpenReadOnly opens again when that
 // happens, and never catches up with the primary later (records written over zeros it already
-// passed would be missed). Only fresh logs are zeroed (recycle_log_file_num stays 0): no old record can be read
-// back. Close trims a log to what RocksDB wrote. tests/unit/queue/prezeroed_wal_test.cc
-// recovers a database copied as a crash leaves it; the kill -9 tests (spool_crash_test,
+// passed would be missed). Only fresh logs are zeroed (recycle_log_file_num stays 0): no old
+// record can be read back. Close trims a log to what RocksDB wrote.
+// tests/unit/queue/prezeroed_wal_test.cc recovers a database copied as a crash leaves it and
+// opens it read-only beside a writing primary; the kill -9 tests (spool_crash_test,
 // tests/integration/kill9_*) run over it too.
 //
 // Thread contract: thread-safe as FileSystem. A log file's state (how far RocksDB appended,
