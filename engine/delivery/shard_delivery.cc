@@ -718,14 +718,22 @@ ShardDelivery::Link* ShardDelivery::OfferedLink(absl::FunctionRef<bool(const Lin
   return nullptr;
 }
 
-// Messages of `source` to the destination already started and not yet answered, for the warmup
-// cap.
-uint32_t ShardDelivery::InFlight(const DestinationQueue& queue, const std::string& source) {
-  uint32_t n = 0;
-  for (const auto& link : queue.links) {
-    if (link->source().name == source) n += static_cast<uint32_t>(link->in_flight());
+// The cap is per (source, site): messages already started and not yet answered count against
+// it whichever destination of the site they go to (gmail.com and googlemail.com are one Google),
+// or N busy destinations could overshoot it by N. The site is this shard's alone, so its links
+// are all here. Counted only while a cap applies: a site can have thousands of destinations.
+bool ShardDelivery::WarmupAllows(const SiteQueue& site, const std::string& source,
+                                 const throttle::WarmupPlan* plan, absl::Time now) const {
+  if (plan == nullptr || !context_.reputation->WarmupCap(source, plan, site.key, now)) {
+    return true;
   }
-  return n;
+  uint32_t in_flight = 0;
+  for (const auto& [name, queue] : site.destinations) {
+    for (const auto& link : queue->links) {
+      if (link->source().name == source) in_flight += static_cast<uint32_t>(link->in_flight());
+    }
+  }
+  return context_.reputation->WarmupAllows(source, plan, site.key, now, in_flight);
 }
 
 const throttle::WarmupPlan* ShardDelivery::WarmupPlanOf(const DestinationQueue& queue) const {
@@ -757,8 +765,7 @@ void ShardDelivery::Employ(SiteQueue& site, DestinationQueue& queue, Link& link,
     if (!next) link.Idle(/*offer=*/true);
     return;
   }
-  if (plan != nullptr &&
-      !context_.reputation->WarmupAllows(source, plan, site.key, now, InFlight(queue, source))) {
+  if (!WarmupAllows(site, source, plan, now)) {
     wake = std::min(wake, throttle::Reputation::WarmupResetsAt(now));
     if (!next) link.Quit();
     return;
@@ -925,8 +932,7 @@ void ShardDelivery::PumpDestination(SiteQueue& site, DestinationQueue& queue, ab
       break;
     }
     const Source& source = sources[*choice.source];
-    if (plan != nullptr && !context_.reputation->WarmupAllows(source.name, plan, site.key, now,
-                                                              InFlight(queue, source.name))) {
+    if (!WarmupAllows(site, source.name, plan, now)) {
       wake = std::min(wake, throttle::Reputation::WarmupResetsAt(now));
       break;
     }

@@ -267,7 +267,10 @@ class ShardDelivery {
   void EmployNext(Link& link);
   // The warmup plan of the destination's pool, or null (none, or no reputation tracking).
   const throttle::WarmupPlan* WarmupPlanOf(const DestinationQueue& queue) const;
-  static uint32_t InFlight(const DestinationQueue& queue, const std::string& source);
+  // Whether `source` may start one more message to `site` under its warmup cap (`plan`, from
+  // WarmupPlanOf; null: no cap), counting the messages it is carrying to the site now.
+  bool WarmupAllows(const SiteQueue& site, const std::string& source,
+                    const throttle::WarmupPlan* plan, absl::Time now) const;
   // The address a new link from `source` would try first for `host` (its first of the source's
   // family): the host itself when it is an IP literal, else from the resolver's cache; nullopt
   // when not known yet.

@@ -4,9 +4,14 @@ and the other 3 just after midnight — held in between, not bounced, not retrie
 midnight is further than a shard holds mail for its site, so they go back to the queue,
 unattempted, due at midnight. The clock runs 60x faster and starts five minutes before
 midnight (facteur's [clock] and the simulated provider share it), so the day changes after
-five real seconds. `facteur reputation` then shows the source's warmup day and counts."""
+five real seconds. `facteur reputation` then shows the source's warmup day and counts.
+
+The cap is per (source, site), so the messages a source is carrying to a site count against it
+whichever of the site's domains they go to: four domains served by one MX, a cap of two, and the
+MX holding each end of data for a while, see two messages in flight at once, not four."""
 
 import json
+import threading
 import time
 import unittest
 
@@ -25,24 +30,26 @@ def anchor_for(test_now, real_now, speed):
     return (test_now - real_now * speed) / (1 - speed)
 
 
-class WarmupCapsANewSourceTest(unittest.TestCase):
+class WarmRelayCase(unittest.TestCase):
+    """facteur with one new source (127.0.0.7) in a pool whose warmup plan has `caps`, and the
+    simulated provider (ProviderSim keyword arguments in `sim`) as the MX of `domains`, all on
+    a clock that reads `test_now` now and runs `speed` times faster."""
+
     @classmethod
-    def setUpClass(cls):
-        real_now = time.time()
-        midnight = (int(real_now // 86400) + 2) * 86400.0  # a midnight after tomorrow's
-        cls.midnight = midnight
-        cls.clock = ScaledClock(anchor=anchor_for(midnight - 300, real_now, SPEED), speed=SPEED)
-        cls.sim = ProviderSim(host="127.0.0.61", clock=cls.clock, hostname="mx1.warm.test").start()
-        cls.dns = DnsServer(mx=[("warm.test", "mx1.warm.test", 10)],
-                            addresses=[("mx1.warm.test", "127.0.0.61")])
+    def start(cls, test_now, speed, caps, domains, max_connections, **sim):
+        cls.clock = ScaledClock(anchor=anchor_for(test_now, time.time(), speed), speed=speed)
+        address = sim["host"]
+        cls.sim = ProviderSim(clock=cls.clock, **sim).start()
+        cls.dns = DnsServer(mx=[(d, sim["hostname"], 10) for d in domains],
+                            addresses=[(sim["hostname"], address)])
         cls.dns.start()
         cls.server = harness.Facteur(extra=harness.delivery_extra(
             cls.dns, cls.sim.port, delivery=['pool = "fresh"'], shaping_file="shaping.toml",
             clock=cls.clock, sources=[{"name": "new1", "address": "127.0.0.7", "pool": "fresh"}]))
         cls.server.write_file("shaping.toml",
-                              "[defaults]\nmax_connections = 2\nmessages_per_hour = 0\n"
-                              '[[warmup]]\nname = "new"\ndaily_caps = [%d, %d]\n'
-                              '[warmup_pools]\nfresh = "new"\n' % CAPS)
+                              "[defaults]\nmax_connections = %d\nmessages_per_hour = 0\n"
+                              '[[warmup]]\nname = "new"\ndaily_caps = %s\n'
+                              '[warmup_pools]\nfresh = "new"\n' % (max_connections, list(caps)))
         cls.server.start_or(cls.tearDownClass)
 
     @classmethod
@@ -50,6 +57,14 @@ class WarmupCapsANewSourceTest(unittest.TestCase):
         cls.server.cleanup()
         cls.dns.cleanup()
         cls.sim.stop()
+
+
+class WarmupCapsANewSourceTest(WarmRelayCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.midnight = (int(time.time() // 86400) + 2) * 86400.0  # a midnight after tomorrow's
+        cls.start(cls.midnight - 300, SPEED, CAPS, ["warm.test"], max_connections=2,
+                  host="127.0.0.61", hostname="mx1.warm.test")
 
     def test_five_today_the_rest_after_midnight(self):
         self.assertLess(self.clock(), self.midnight - 30)  # still the first day
@@ -95,6 +110,62 @@ class WarmupCapsANewSourceTest(unittest.TestCase):
         self.assertEqual((warmup["plan"], warmup["day"], warmup["cap"], warmup["sent_today"]),
                          ("new", 2, CAPS[1], MESSAGES - CAPS[0]), rows)
         self.assertEqual(rows[0]["lifetime"]["delivered"], MESSAGES)
+
+
+class HeldEndOfData:
+    """An end-of-data reply (SmtpTestServer's end_of_data_reply) held until `parties` messages
+    wait for theirs, or for `timeout` real seconds: the messages carried at once are all in
+    flight together, and `most` counts how many that was."""
+
+    def __init__(self, parties, timeout):
+        self.parties, self.timeout = parties, timeout
+        self.waiting = self.most = 0
+        self.changed = threading.Condition()
+
+    def __call__(self, transaction):
+        with self.changed:
+            self.waiting += 1
+            self.most = max(self.most, self.waiting)
+            self.changed.notify_all()
+            self.changed.wait_for(lambda: self.waiting >= self.parties, self.timeout)
+            self.waiting -= 1
+        return "250 2.0.0 Ok: queued"
+
+
+class WarmupCountsEveryDomainOfASiteTest(WarmRelayCase):
+    DOMAINS = ["d%d.shared.test" % i for i in range(4)]
+    CAP = 2
+
+    @classmethod
+    def setUpClass(cls):
+        # Noon, test time, so that no midnight comes during the test.
+        noon = (int(time.time() // 86400) + 2) * 86400.0 + 43200
+        cls.midnight = noon + 43200
+        cls.held = HeldEndOfData(parties=len(cls.DOMAINS) - 1, timeout=3)
+        cls.start(noon, 2.0, (cls.CAP, 100), cls.DOMAINS, max_connections=8,
+                  host="127.0.0.70", hostname="mx1.shared.test", end_of_data_reply=cls.held)
+
+    def test_messages_in_flight_to_other_domains_count(self):
+        with self.server.smtp() as client:
+            for domain in self.DOMAINS:
+                rcpt = "friend@" + domain
+                client.sendmail("voeux@asso.example", [rcpt],
+                                harness.simple_message(to=rcpt, subject="Bonne annee"))
+
+        self.sim.wait_for(lambda: len(self.sim.deliveries) >= self.CAP, timeout=15)
+
+        def settled():  # every message delivered or back in the queue
+            messages = json.loads(self.server.cli("queue", "ls", "--json").stdout)["messages"]
+            return len(messages) + len(self.sim.deliveries) == len(self.DOMAINS) and (messages,)
+        messages, = harness.wait_until(settled, timeout=10, what="the rest back in the queue")
+        self.assertEqual(self.held.most, self.CAP)
+        self.assertEqual(len(self.sim.deliveries), self.CAP)
+        self.assertEqual(len({r for d in self.sim.deliveries for r in d.recipients}), self.CAP)
+        midnight = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.midnight))
+        shown = [json.loads(self.server.cli("queue", "show", m["id"], "--json").stdout)
+                 for m in messages]
+        self.assertTrue(all(s["next_attempt"].startswith(midnight) and s["attempts"] == 0
+                            for s in shown), shown)
 
 
 if __name__ == "__main__":
