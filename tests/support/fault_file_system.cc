@@ -1,6 +1,7 @@
 // File: tests/support/fault_file_system.cc
 #include "tests/support/fault_file_system.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -125,21 +126,30 @@ void FaultFileSystem::Appended(const std::string& name, uint64_t end) {
 
 void FaultFileSystem::Synced(const std::string& name, uint64_t synced) {
   log_syncs_.fetch_add(1);
+  // The zeros written ahead of the log through another descriptor are part of the file now;
+  // fdatasync made them durable with RocksDB's bytes.
+  struct stat file {};
+  const uint64_t file_size = stat(name.c_str(), &file) == 0 ? static_cast<uint64_t>(file.st_size)
+                                                            : 0;
   absl::MutexLock lock(&mutex_);
   LogSizes& sizes = logs_[name];
   sizes.synced = std::max(sizes.synced, synced);
+  sizes.synced_file_size = std::max(sizes.synced_file_size, file_size);
 }
 
 uint64_t FaultFileSystem::LoseUnsyncedLogTails() {
   absl::MutexLock lock(&mutex_);
   uint64_t lost = 0;
   for (auto& [path, sizes] : logs_) {
-    if (sizes.written <= sizes.synced) continue;
-    // A log deleted since (obsolete after a flush) has nothing left to lose.
-    if (truncate(path.c_str(), static_cast<off_t>(sizes.synced)) == 0) {
-      lost += sizes.written - sizes.synced;
-      sizes.written = sizes.synced;
+    // Cut at the synced bytes, then grown back with zeros to the synced file size (a clean
+    // close drops the zeros; a power cut does not): unsynced records read as the zeros they
+    // were written over. A log deleted since (obsolete after a flush) has nothing to lose.
+    if (truncate(path.c_str(), static_cast<off_t>(sizes.synced)) != 0) continue;
+    if (sizes.synced_file_size > sizes.synced) {
+      (void)!truncate(path.c_str(), static_cast<off_t>(sizes.synced_file_size));
     }
+    lost += sizes.written - std::min(sizes.written, sizes.synced);
+    sizes.written = sizes.synced;
   }
   return lost;
 }

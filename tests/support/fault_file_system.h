@@ -5,9 +5,12 @@
 //   a writable file (WAL, SST, MANIFEST) returns IOStatus::NoSpace(), as ENOSPC would, and
 //   GetFreeSpace() reports 0 bytes;
 // - a power cut: CutPower() refuses every write from then on (IOError), and once the database
-//   is closed LoseUnsyncedLogTails() truncates each write-ahead log to what was synced, as the
-//   page cache would be lost. Only the logs: the writes not synced at once live there (RocksDB
-//   syncs SST and MANIFEST files before it uses them).
+//   is closed LoseUnsyncedLogTails() puts each write-ahead log back to what its last sync made
+//   durable, as the page cache would be lost: RocksDB's bytes up to the synced size, then zeros
+//   up to the file's size at that sync. The spool writes its logs over zeros laid ahead
+//   (queue/prezeroed_wal.h), which that sync made durable too; unsynced records over them read
+//   as zeros again. Only the logs: the writes not synced at once live there (RocksDB syncs SST
+//   and MANIFEST files before it uses them).
 // Thread contract: thread-safe; every call may come from any thread while RocksDB runs.
 #pragma once
 
@@ -36,8 +39,8 @@ class FaultFileSystem : public rocksdb::FileSystemWrapper {
   uint64_t refusals() const { return refusals_.load(); }
 
   void CutPower() { powered_off_.store(true); }
-  // After the database is closed: truncates every log written through this file system to its
-  // last synced size. Returns how many bytes were lost.
+  // After the database is closed: every log written through this file system gets back the
+  // state of its last sync (above). Returns how many of RocksDB's bytes were lost.
   uint64_t LoseUnsyncedLogTails();
   // Syncs of write-ahead logs since construction.
   uint64_t log_syncs() const { return log_syncs_.load(); }
@@ -68,8 +71,9 @@ class FaultFileSystem : public rocksdb::FileSystemWrapper {
 
  private:
   struct LogSizes {
-    uint64_t written = 0;
-    uint64_t synced = 0;
+    uint64_t written = 0;  // by RocksDB
+    uint64_t synced = 0;   // of RocksDB's bytes
+    uint64_t synced_file_size = 0;  // the file's, with the zeros past RocksDB's bytes
   };
 
   std::atomic<bool> full_{false};

@@ -2,7 +2,9 @@
 // entries, a full disk and a power cut (real fault injection) and self-healing, back-pressure.
 #include "queue/spool.h"
 
+#include <algorithm>
 #include <atomic>
+#include <filesystem>
 #include <thread>
 #include <vector>
 
@@ -11,6 +13,7 @@
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "queue/prezeroed_wal.h"
 #include "rocksdb/iterator.h"
 #include "tests/support/fault_file_system.h"
 #include "tests/unit/queue/queue_test_util.h"
@@ -157,6 +160,15 @@ TEST(SpoolTest, RecoveryRemovesOrphansAndUndecodableEnvelopes) {
 }
 
 // A spool directory whose files go through a FaultFileSystem the test arms.
+// The size of the largest write-ahead log in `dir`.
+uint64_t LargestLogSize(const std::string& dir) {
+  uint64_t largest = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    if (entry.path().extension() == ".log") largest = std::max<uint64_t>(largest, entry.file_size());
+  }
+  return largest;
+}
+
 struct FaultySpoolDir {
   FaultySpoolDir() { store_options.env = test_support::NewEnvWithFileSystem(fs); }
   test::TempDir dir;
@@ -242,6 +254,9 @@ TEST(SpoolTest, PowerCutUndoesOnlySettledChangesNoSyncFollowed) {
     fs->CutPower();
   }  // closing fails to sync and to flush, as on a dead machine
   EXPECT_GT(fs->LoseUnsyncedLogTails(), 0u);
+  // As a real power cut leaves it: the unsynced records are gone, the zeros they were written
+  // over are not.
+  EXPECT_GE(LargestLogSize(faulty.path), PrezeroedWalFileSystem::kZeroChunk);
 
   Opened reopened = OpenOrDie(faulty.path, clock);
   ASSERT_NE(reopened.spool, nullptr);
