@@ -58,6 +58,18 @@ class WarmRelayCase(unittest.TestCase):
         cls.dns.cleanup()
         cls.sim.stop()
 
+    def assert_held_until_midnight(self, messages):
+        """The queued `messages` (queue ls entries) come due at self.midnight (the warmup cap
+        lifts then) with no attempt counted: handed back unattempted, not failed."""
+        midnight = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.midnight))
+
+        def due_at_midnight():
+            shown = [json.loads(self.server.cli("queue", "show", m["id"], "--json").stdout)
+                     for m in messages]
+            return all(s["next_attempt"].startswith(midnight) for s in shown) and shown
+        shown = harness.wait_until(due_at_midnight, timeout=10, what="due at midnight")
+        self.assertTrue(all(s["attempts"] == 0 for s in shown), shown)
+
 
 class WarmupCapsANewSourceTest(WarmRelayCase):
     @classmethod
@@ -80,16 +92,9 @@ class WarmupCapsANewSourceTest(WarmRelayCase):
             messages = json.loads(self.server.cli("queue", "ls", "--json").stdout)["messages"]
             return len(messages) == MESSAGES - CAPS[0] and messages or None
         messages = harness.wait_until(held, timeout=10, what="three messages back in the queue")
-        midnight = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.midnight))
-
-        def due_at_midnight():
-            shown = [json.loads(self.server.cli("queue", "show", m["id"], "--json").stdout)
-                     for m in messages]
-            return all(s["next_attempt"].startswith(midnight) for s in shown) and shown
-        shown = harness.wait_until(due_at_midnight, timeout=10, what="due at midnight")
+        self.assert_held_until_midnight(messages)
         self.assertLess(self.clock(), self.midnight)
         self.assertEqual(len(self.sim.deliveries), CAPS[0])
-        self.assertTrue(all(s["attempts"] == 0 for s in shown), shown)
         self.sim.wait_for(lambda: len(self.sim.deliveries) >= MESSAGES, timeout=30)
         before = [d for d in self.sim.deliveries if d.time < self.midnight]
         after = [d for d in self.sim.deliveries if d.time >= self.midnight]
@@ -161,11 +166,7 @@ class WarmupCountsEveryDomainOfASiteTest(WarmRelayCase):
         self.assertEqual(self.held.most, self.CAP)
         self.assertEqual(len(self.sim.deliveries), self.CAP)
         self.assertEqual(len({r for d in self.sim.deliveries for r in d.recipients}), self.CAP)
-        midnight = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.midnight))
-        shown = [json.loads(self.server.cli("queue", "show", m["id"], "--json").stdout)
-                 for m in messages]
-        self.assertTrue(all(s["next_attempt"].startswith(midnight) and s["attempts"] == 0
-                            for s in shown), shown)
+        self.assert_held_until_midnight(messages)
 
 
 if __name__ == "__main__":
