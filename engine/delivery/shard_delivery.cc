@@ -23,6 +23,9 @@ namespace {
 
 // Connections of one destination being opened at the same time (slow start).
 constexpr size_t kMaxConnectsInProgress = 2;
+// Longest a destination refused by a warmup cap full with what is in flight waits before its
+// site is pumped again (answers to those messages pump it sooner).
+constexpr absl::Duration kWarmupRecheck = absl::Seconds(10);
 // How often a shutting-down shard checks whether its connections are gone.
 constexpr absl::Duration kShutdownPoll = absl::Milliseconds(10);
 // How often the pairs' state reaches the metrics (real time: a scrape sees it this fresh).
@@ -135,6 +138,11 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
   bool carrying() const { return !carried_.empty(); }
   // Jobs sent and not yet answered: two once the next one follows an end of data.
   size_t in_flight() const { return carried_.size(); }
+  size_t recipients_in_flight() const {
+    size_t n = 0;
+    for (const PendingJob& pending : carried_) n += pending.job.message.recipients.size();
+    return n;
+  }
   DestinationQueue& queue() { return *queue_; }
   bool finished() const { return finished_; }
   // Idle and offered to other destinations: its own has nothing for it.
@@ -207,6 +215,9 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
       Quit();  // connected after the shutdown began: nothing to carry
       return;
     }
+    // Its own destination's job first: pumped next, the site's other destinations count it as
+    // carrying, not as a connection that could take one of theirs.
+    shard_.EmployReady(*this);
     shard_.Pump(*queue_->site);
   }
 
@@ -718,27 +729,56 @@ ShardDelivery::Link* ShardDelivery::OfferedLink(absl::FunctionRef<bool(const Lin
   return nullptr;
 }
 
-// The cap is per (source, site): messages already started and not yet answered count against
-// it whichever destination of the site they go to (gmail.com and googlemail.com are one Google),
-// or N busy destinations could overshoot it by N. The site is this shard's alone, so its links
-// are all here. Counted only while a cap applies: a site can have thousands of destinations.
-bool ShardDelivery::WarmupAllows(const SiteQueue& site, const std::string& source,
-                                 const throttle::WarmupPlan* plan, absl::Time now) const {
-  if (plan == nullptr || !context_.reputation->WarmupCap(source, plan, site.key, now)) {
-    return true;
-  }
+// The cap is per (source, site), in recipients (Reputation counts a final answer per
+// recipient): what the source is carrying to the site counts against it whichever destination
+// of the site it goes to (gmail.com and googlemail.com are one Google), or N busy destinations
+// could overshoot it N times. A connection still connecting counts as the message it will
+// carry (a ready one takes its job before the site's other destinations are pumped:
+// Link::OnReady), so that no connection opens only to quit. The site is this shard's alone, so
+// its links are all here. Counted only while a cap applies: a site can have thousands of
+// destinations.
+ShardDelivery::WarmupRoom ShardDelivery::WarmupRoomFor(const SiteQueue& site,
+                                                       const std::string& source,
+                                                       const throttle::WarmupPlan* plan,
+                                                       absl::Time now) const {
+  if (plan == nullptr) return WarmupRoom::kOpen;
+  const std::optional<uint32_t> cap = context_.reputation->WarmupCap(source, plan, site.key, now);
+  if (!cap.has_value()) return WarmupRoom::kOpen;
+  if (context_.reputation->SentToday(source, site.key, now) >= *cap) return WarmupRoom::kSpent;
   uint32_t in_flight = 0;
   for (const auto& [name, queue] : site.destinations) {
     for (const auto& link : queue->links) {
-      if (link->source().name == source) in_flight += static_cast<uint32_t>(link->in_flight());
+      if (link->source().name != source || link->finished()) continue;
+      in_flight += link->connecting() ? 1 : static_cast<uint32_t>(link->recipients_in_flight());
     }
   }
-  return context_.reputation->WarmupAllows(source, plan, site.key, now, in_flight);
+  return context_.reputation->WarmupAllows(source, plan, site.key, now, in_flight)
+             ? WarmupRoom::kOpen
+             : WarmupRoom::kInFlight;
+}
+
+absl::Time ShardDelivery::WarmupWake(WarmupRoom room, absl::Time now) {
+  return room == WarmupRoom::kSpent ? throttle::Reputation::WarmupResetsAt(now)
+                                    : now + kWarmupRecheck;
+}
+
+void ShardDelivery::IdleForWarmup(Link& link, WarmupRoom room) {
+  if (room == WarmupRoom::kSpent) {
+    link.Quit();
+  } else {
+    link.Idle(/*offer=*/false);
+  }
 }
 
 const throttle::WarmupPlan* ShardDelivery::WarmupPlanOf(const DestinationQueue& queue) const {
   if (context_.reputation == nullptr) return nullptr;
   return throttle::FindWarmupPlan(shaping_->options(), queue.destination.pool);
+}
+
+void ShardDelivery::EmployReady(Link& link) {
+  DestinationQueue& queue = link.queue();
+  absl::Time wake = absl::InfiniteFuture();  // not needed: Pump, right after, sets the site's
+  Employ(*queue.site, queue, link, context_.clock.Now(), WarmupPlanOf(queue), wake);
 }
 
 void ShardDelivery::EmployNext(Link& link) {
@@ -765,9 +805,9 @@ void ShardDelivery::Employ(SiteQueue& site, DestinationQueue& queue, Link& link,
     if (!next) link.Idle(/*offer=*/true);
     return;
   }
-  if (!WarmupAllows(site, source, plan, now)) {
-    wake = std::min(wake, throttle::Reputation::WarmupResetsAt(now));
-    if (!next) link.Quit();
+  if (const WarmupRoom room = WarmupRoomFor(site, source, plan, now); room != WarmupRoom::kOpen) {
+    wake = std::min(wake, WarmupWake(room, now));
+    if (!next) IdleForWarmup(link, room);
     return;
   }
   const absl::Time eligible = pair.MayStartMessage(now);
@@ -884,8 +924,9 @@ void ShardDelivery::PumpDestination(SiteQueue& site, DestinationQueue& queue, ab
   // 2. More connections, as the pairs admit them: a few at a time (slow start, as Postfix's
   // initial destination concurrency), from the source ChooseSource picks — the greylisted
   // jobs' own source when the first job waiting is pinned.
-  const std::vector<Source>& sources = context_.router.Sources(queue.destination.pool);
-  if (sources.empty()) {
+  const std::vector<Source>* sources = &context_.router.Sources(queue.destination.pool);
+  std::vector<Source> uncapped;  // *sources less the ones a warmup cap refused, once one did
+  if (sources->empty()) {
     FailWaiting(queue,
                 LocalFailure(451, "4.3.5",
                              absl::StrCat("no source in pool '", queue.destination.pool, "'")),
@@ -900,8 +941,8 @@ void ShardDelivery::PumpDestination(SiteQueue& site, DestinationQueue& queue, ab
     if (link->connecting()) ++connecting;
   }
   std::vector<throttle::SourceCandidate> candidates;
-  candidates.reserve(sources.size());
-  for (const Source& source : sources) {
+  candidates.reserve(sources->size());
+  for (const Source& source : *sources) {
     candidates.push_back({source.name, &site.Pair(source.name)});
   }
   while (live < context_.max_connections_per_destination &&
@@ -922,7 +963,7 @@ void ShardDelivery::PumpDestination(SiteQueue& site, DestinationQueue& queue, ab
       // The pairs' connections may all be other destinations' idle ones (a site of many
       // domains: every Google-hosted domain is one); one to this destination's address serves
       // it now rather than at its idle timeout.
-      if (Link* taken = TakeOverIdleLinkOfPair(queue, candidates, sources, now)) {
+      if (Link* taken = TakeOverIdleLinkOfPair(queue, candidates, *sources, now)) {
         ++live;
         Employ(site, queue, *taken, now, plan, wake);
         if (queue.waiting.empty() || !taken->carrying()) break;
@@ -931,10 +972,19 @@ void ShardDelivery::PumpDestination(SiteQueue& site, DestinationQueue& queue, ab
       wake = std::min(wake, choice.eligible_at);
       break;
     }
-    const Source& source = sources[*choice.source];
-    if (!WarmupAllows(site, source.name, plan, now)) {
-      wake = std::min(wake, throttle::Reputation::WarmupResetsAt(now));
-      break;
+    const Source& source = (*sources)[*choice.source];
+    if (const WarmupRoom room = WarmupRoomFor(site, source.name, plan, now);
+        room != WarmupRoom::kOpen) {
+      wake = std::min(wake, WarmupWake(room, now));
+      // Another source of the pool (a warm address beside the new one) may carry the jobs.
+      if (candidates.size() == 1) break;
+      if (sources != &uncapped) {
+        uncapped = *sources;
+        sources = &uncapped;
+      }
+      uncapped.erase(uncapped.begin() + static_cast<std::ptrdiff_t>(*choice.source));
+      candidates.erase(candidates.begin() + static_cast<std::ptrdiff_t>(*choice.source));
+      continue;
     }
     throttle::PairThrottle& pair = *candidates[*choice.source].pair;
     if (Link* reused = ReusableLink(queue, source)) {

@@ -262,15 +262,29 @@ class ShardDelivery {
   // left as it is (it comes back here when its job ends).
   void Employ(SiteQueue& site, DestinationQueue& queue, Link& link, absl::Time now,
               const throttle::WarmupPlan* plan, absl::Time& wake, bool next = false);
+  // Employ for a link just connected and greeted (its session's OnReady).
+  void EmployReady(Link& link);
   // Employ(next) for a link at the end of data (its session's OnReadyForNext): the next
   // message follows the end of data in the same write (RFC 2920 §3.1).
   void EmployNext(Link& link);
   // The warmup plan of the destination's pool, or null (none, or no reputation tracking).
   const throttle::WarmupPlan* WarmupPlanOf(const DestinationQueue& queue) const;
-  // Whether `source` may start one more message to `site` under its warmup cap (`plan`, from
-  // WarmupPlanOf; null: no cap), counting the messages it is carrying to the site now.
-  bool WarmupAllows(const SiteQueue& site, const std::string& source,
-                    const throttle::WarmupPlan* plan, absl::Time now) const;
+  // Where `source` stands against its warmup cap for `site` (`plan`, from WarmupPlanOf; null:
+  // no cap).
+  enum class WarmupRoom {
+    kOpen,      // no cap, or room for one more message
+    kInFlight,  // full with what it is carrying: deferrals among those free room again
+    kSpent,     // the day's cap is used up: room again at the next UTC midnight
+  };
+  WarmupRoom WarmupRoomFor(const SiteQueue& site, const std::string& source,
+                           const throttle::WarmupPlan* plan, absl::Time now) const;
+  // When a pump refused by the cap looks again: the next UTC midnight for kSpent; for kInFlight
+  // within kWarmupRecheck (the answers of the messages in flight pump the site sooner), so
+  // that the refused jobs are not handed back until midnight for room a deferral may free.
+  static absl::Time WarmupWake(WarmupRoom room, absl::Time now);
+  // Employ's refusal of `link` by the cap: a spent cap closes it, one full with what is in
+  // flight keeps it for when answers come.
+  static void IdleForWarmup(Link& link, WarmupRoom room);
   // The address a new link from `source` would try first for `host` (its first of the source's
   // family): the host itself when it is an IP literal, else from the resolver's cache; nullopt
   // when not known yet.

@@ -8,7 +8,9 @@ five real seconds. `facteur reputation` then shows the source's warmup day and c
 
 The cap is per (source, site), so the messages a source is carrying to a site count against it
 whichever of the site's domains they go to: four domains served by one MX, a cap of two, and the
-MX holding each end of data for a while, see two messages in flight at once, not four."""
+MX holding each end of data for a while, see two messages in flight at once, not four, and two
+connections. Deferrals do not count: if those two are answered 451, the other two go the same
+day. A source whose cap is spent leaves the site to another source of its pool."""
 
 import json
 import threading
@@ -31,9 +33,12 @@ def anchor_for(test_now, real_now, speed):
 
 
 class WarmRelayCase(unittest.TestCase):
-    """facteur with one new source (127.0.0.7) in a pool whose warmup plan has `caps`, and the
-    simulated provider (ProviderSim keyword arguments in `sim`) as the MX of `domains`, all on
-    a clock that reads `test_now` now and runs `speed` times faster."""
+    """facteur with new sources (SOURCES; one, 127.0.0.7, by default) in a pool whose warmup
+    plan has `caps`, and the simulated provider (ProviderSim keyword arguments in `sim`) as the
+    MX of `domains`, all on a clock that reads `test_now` now and runs `speed` times faster."""
+
+    SOURCES = [{"name": "new1", "address": "127.0.0.7", "pool": "fresh"}]
+    DELIVERY = []
 
     @classmethod
     def start(cls, test_now, speed, caps, domains, max_connections, **sim):
@@ -44,8 +49,8 @@ class WarmRelayCase(unittest.TestCase):
                             addresses=[(sim["hostname"], address)])
         cls.dns.start()
         cls.server = harness.Facteur(extra=harness.delivery_extra(
-            cls.dns, cls.sim.port, delivery=['pool = "fresh"'], shaping_file="shaping.toml",
-            clock=cls.clock, sources=[{"name": "new1", "address": "127.0.0.7", "pool": "fresh"}]))
+            cls.dns, cls.sim.port, delivery=['pool = "fresh"'] + cls.DELIVERY,
+            shaping_file="shaping.toml", clock=cls.clock, sources=cls.SOURCES))
         cls.server.write_file("shaping.toml",
                               "[defaults]\nmax_connections = %d\nmessages_per_hour = 0\n"
                               '[[warmup]]\nname = "new"\ndaily_caps = %s\n'
@@ -120,53 +125,130 @@ class WarmupCapsANewSourceTest(WarmRelayCase):
 class HeldEndOfData:
     """An end-of-data reply (SmtpTestServer's end_of_data_reply) held until `parties` messages
     wait for theirs, or for `timeout` real seconds: the messages carried at once are all in
-    flight together, and `most` counts how many that was."""
+    flight together, and `most` counts how many that was. The first `deferred` messages to
+    arrive are answered 451, the others 250."""
 
-    def __init__(self, parties, timeout):
-        self.parties, self.timeout = parties, timeout
-        self.waiting = self.most = 0
+    def __init__(self, parties, timeout, deferred=0):
+        self.parties, self.timeout, self.deferred = parties, timeout, deferred
+        self.waiting = self.most = self.arrived = 0
         self.changed = threading.Condition()
 
     def __call__(self, transaction):
         with self.changed:
+            self.arrived += 1
+            defer = self.arrived <= self.deferred
             self.waiting += 1
             self.most = max(self.most, self.waiting)
             self.changed.notify_all()
             self.changed.wait_for(lambda: self.waiting >= self.parties, self.timeout)
             self.waiting -= 1
-        return "250 2.0.0 Ok: queued"
+        return "451 4.3.0 Try again later" if defer else "250 2.0.0 Ok: queued"
+
+
+def noon_after_tomorrow():
+    """Noon (UTC) of the day after tomorrow: a test time that reaches no midnight soon."""
+    return (int(time.time() // 86400) + 2) * 86400.0 + 43200
 
 
 class WarmupCountsEveryDomainOfASiteTest(WarmRelayCase):
     DOMAINS = ["d%d.shared.test" % i for i in range(4)]
     CAP = 2
+    DEFERRED = 0
 
     @classmethod
     def setUpClass(cls):
-        # Noon, test time, so that no midnight comes during the test.
-        noon = (int(time.time() // 86400) + 2) * 86400.0 + 43200
+        noon = noon_after_tomorrow()
         cls.midnight = noon + 43200
-        cls.held = HeldEndOfData(parties=len(cls.DOMAINS) - 1, timeout=3)
+        cls.held = HeldEndOfData(parties=len(cls.DOMAINS) - 1, timeout=6, deferred=cls.DEFERRED)
         cls.start(noon, 2.0, (cls.CAP, 100), cls.DOMAINS, max_connections=8,
                   host="127.0.0.70", hostname="mx1.shared.test", end_of_data_reply=cls.held)
 
-    def test_messages_in_flight_to_other_domains_count(self):
-        with self.server.smtp() as client:
-            for domain in self.DOMAINS:
-                rcpt = "friend@" + domain
+    def send_one_to_each_domain(self):
+        """One message to each domain, from sessions of their own at once: the messages reach
+        the queue together, and their destinations are pumped before any connection is up."""
+        def send(rcpt):
+            with self.server.smtp() as client:
                 client.sendmail("voeux@asso.example", [rcpt],
                                 harness.simple_message(to=rcpt, subject="Bonne annee"))
+        senders = [threading.Thread(target=send, args=("friend@" + domain,))
+                   for domain in self.DOMAINS]
+        for sender in senders:
+            sender.start()
+        for sender in senders:
+            sender.join(timeout=60)
 
-        self.sim.wait_for(lambda: len(self.sim.deliveries) >= self.CAP, timeout=15)
+    def test_messages_in_flight_to_other_domains_count(self):
+        self.send_one_to_each_domain()
+        self.sim.wait_for(lambda: len(self.sim.deliveries) >= self.CAP, timeout=30)
 
         def settled():  # every message delivered or back in the queue
             messages = json.loads(self.server.cli("queue", "ls", "--json").stdout)["messages"]
             return len(messages) + len(self.sim.deliveries) == len(self.DOMAINS) and (messages,)
-        messages, = harness.wait_until(settled, timeout=10, what="the rest back in the queue")
+        messages, = harness.wait_until(settled, timeout=30, what="the rest back in the queue")
         self.assertEqual(self.held.most, self.CAP)
         self.assertEqual(len(self.sim.deliveries), self.CAP)
         self.assertEqual(len({r for d in self.sim.deliveries for r in d.recipients}), self.CAP)
         self.assert_held_until_midnight(messages)
+        # A connection opens only for a message it may carry: none connects just to quit.
+        self.assertEqual(len(self.sim.sessions), self.CAP,
+                         [(s.peer, s.commands) for s in self.sim.sessions])
+
+
+class WarmupRoomFreedByDeferralsTest(WarmupCountsEveryDomainOfASiteTest):
+    """A deferral is not a final answer and does not count against the cap: when the two
+    messages in flight are answered 451, the other two go the same day, and the deferred ones
+    wait for their retry rather than for midnight."""
+    DEFERRED = 2
+
+    def test_messages_in_flight_to_other_domains_count(self):
+        self.send_one_to_each_domain()
+        self.sim.wait_for(lambda: len(self.sim.deliveries) >= self.CAP, timeout=30)
+        self.assertLess(self.clock(), self.midnight)
+        self.assertEqual(self.held.most, self.CAP)
+
+        def deferred():  # the two 451s back in the queue, attempted once
+            messages = json.loads(self.server.cli("queue", "ls", "--json").stdout)["messages"]
+            shown = [json.loads(self.server.cli("queue", "show", m["id"], "--json").stdout)
+                     for m in messages]
+            return len(shown) == self.DEFERRED and all(m["attempts"] == 1 for m in shown) \
+                and shown
+        shown = harness.wait_until(deferred, timeout=30, what="the deferred two in the queue")
+        midnight = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.midnight))
+        self.assertFalse(any(m["next_attempt"].startswith(midnight) for m in shown), shown)
+        self.assertEqual(len(self.sim.deliveries), self.CAP)
+
+
+class WarmupCappedSourceLeavesRoomToAnotherTest(WarmRelayCase):
+    """Two new sources in one pool, each capped at one message a day to the site: once the
+    first has sent its one and its connection has closed, the next message goes from the other
+    source the same day rather than waiting for the first's cap to lift at midnight."""
+    SOURCES = [{"name": "new1", "address": "127.0.0.7", "pool": "fresh"},
+               {"name": "new2", "address": "127.0.0.8", "pool": "fresh"}]
+    DELIVERY = ['connection_idle_timeout = "1s"']
+
+    @classmethod
+    def setUpClass(cls):
+        noon = noon_after_tomorrow()
+        cls.midnight = noon + 43200
+        cls.start(noon, 2.0, (1, 100), ["two.test"], max_connections=2,
+                  host="127.0.0.71", hostname="mx1.two.test")
+
+    def send(self, rcpt):
+        with self.server.smtp() as client:
+            client.sendmail("voeux@asso.example", [rcpt],
+                            harness.simple_message(to=rcpt, subject="Bonne annee"))
+
+    def test_the_other_source_carries(self):
+        self.send("first@two.test")
+        self.sim.wait_for(lambda: len(self.sim.deliveries) >= 1, timeout=30)
+        first_ip = self.sim.deliveries[0].ip
+        # Its connection idles out (1 s, real time at most): no source has one open.
+        self.sim.wait_for(lambda: all(s.closed for s in self.sim.sessions), timeout=30)
+        self.send("second@two.test")
+        self.sim.wait_for(lambda: len(self.sim.deliveries) >= 2, timeout=30)
+        self.assertLess(self.clock(), self.midnight)
+        self.assertEqual({d.ip for d in self.sim.deliveries}, {"127.0.0.7", "127.0.0.8"},
+                         (first_ip, self.sim.deliveries))
 
 
 if __name__ == "__main__":
