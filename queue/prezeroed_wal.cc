@@ -21,10 +21,13 @@ bool IsWriteAheadLog(std::string_view name) {
   return name.size() > 4 && name.substr(name.size() - 4) == ".log";
 }
 
+bool OverwritesInPlace(const struct statfs& info) {
+  return info.f_type == EXT4_SUPER_MAGIC || info.f_type == XFS_SUPER_MAGIC;  // ext2/3/4 share it
+}
+
 bool OverwritesInPlace(int fd) {
   struct statfs info {};
-  if (fstatfs(fd, &info) != 0) return false;
-  return info.f_type == EXT4_SUPER_MAGIC || info.f_type == XFS_SUPER_MAGIC;  // ext2/3/4 share it
+  return fstatfs(fd, &info) == 0 && OverwritesInPlace(info);
 }
 
 // Writes zeros over [begin, end) of `fd`. False on any error: the caller stops zeroing.
@@ -136,6 +139,11 @@ class PrezeroedWal final : public rocksdb::FSWritableFileOwnerWrapper {
 };
 
 }  // namespace
+
+bool PrezeroedWalFileSystem::PaysAt(const std::string& path) {
+  struct statfs info {};
+  return statfs(path.c_str(), &info) == 0 && OverwritesInPlace(info);
+}
 
 PrezeroedWalFileSystem::PrezeroedWalFileSystem(const std::shared_ptr<rocksdb::FileSystem>& target,
                                                Where where)

@@ -60,6 +60,10 @@ class PrezeroedWalFileSystem final : public rocksdb::FileSystemWrapper {
   explicit PrezeroedWalFileSystem(const std::shared_ptr<rocksdb::FileSystem>& target,
                                   Where where = Where::kWhereItPays);
 
+  // Whether the file system holding `path` overwrites in place, so that kWhereItPays zeros
+  // the logs there.
+  static bool PaysAt(const std::string& path);
+
   static const char* kClassName() { return "FacteurPrezeroedWalFileSystem"; }
   const char* Name() const override { return kClassName(); }
 

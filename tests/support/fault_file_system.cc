@@ -66,21 +66,26 @@ class FaultWritableFile : public rocksdb::FSWritableFileOwnerWrapper {
     if (rocksdb::IOStatus refused = fs_->Refusal(); !refused.ok()) return refused;
     return FSWritableFileOwnerWrapper::Flush(options, dbg);
   }
+  // What a sync makes durable is sampled before it starts: what is written meanwhile (RocksDB's
+  // SyncWAL runs beside appends) may or may not be, so it counts as not.
   rocksdb::IOStatus Sync(const rocksdb::IOOptions& options,
                          rocksdb::IODebugContext* dbg) override {
     if (rocksdb::IOStatus refused = fs_->Refusal(); !refused.ok()) return refused;
-    return SyncedTo(FSWritableFileOwnerWrapper::Sync(options, dbg), size_);
+    const Durable durable = ToBeSynced(size_);
+    return SyncedTo(FSWritableFileOwnerWrapper::Sync(options, dbg), durable);
   }
   rocksdb::IOStatus Fsync(const rocksdb::IOOptions& options,
                           rocksdb::IODebugContext* dbg) override {
     if (rocksdb::IOStatus refused = fs_->Refusal(); !refused.ok()) return refused;
-    return SyncedTo(FSWritableFileOwnerWrapper::Fsync(options, dbg), size_);
+    const Durable durable = ToBeSynced(size_);
+    return SyncedTo(FSWritableFileOwnerWrapper::Fsync(options, dbg), durable);
   }
   rocksdb::IOStatus RangeSync(uint64_t offset, uint64_t nbytes, const rocksdb::IOOptions& options,
                               rocksdb::IODebugContext* dbg) override {
     if (rocksdb::IOStatus refused = fs_->Refusal(); !refused.ok()) return refused;
-    return SyncedTo(FSWritableFileOwnerWrapper::RangeSync(offset, nbytes, options, dbg),
-                    std::min(size_, offset + nbytes));
+    // Only a range: the zeros past it are not made durable by it.
+    const Durable durable{std::min(size_, offset + nbytes), 0};
+    return SyncedTo(FSWritableFileOwnerWrapper::RangeSync(offset, nbytes, options, dbg), durable);
   }
 
  private:
@@ -91,8 +96,16 @@ class FaultWritableFile : public rocksdb::FSWritableFileOwnerWrapper {
     }
     return status;
   }
-  rocksdb::IOStatus SyncedTo(rocksdb::IOStatus status, uint64_t synced) {
-    if (status.ok() && log_) fs_->Synced(path_, synced);
+  struct Durable {
+    uint64_t written;    // RocksDB's bytes
+    uint64_t file_size;  // with the zeros written ahead of them through another descriptor
+  };
+  Durable ToBeSynced(uint64_t written) const {
+    struct stat file {};
+    return {written, stat(path_.c_str(), &file) == 0 ? static_cast<uint64_t>(file.st_size) : 0};
+  }
+  rocksdb::IOStatus SyncedTo(rocksdb::IOStatus status, const Durable& durable) {
+    if (status.ok() && log_) fs_->Synced(path_, durable.written, durable.file_size);
     return status;
   }
 
@@ -119,18 +132,18 @@ rocksdb::IOStatus FaultFileSystem::Refusal() {
   return rocksdb::IOStatus::OK();
 }
 
+void FaultFileSystem::Forget(const std::string& name) {
+  absl::MutexLock lock(&mutex_);
+  logs_.erase(name);
+}
+
 void FaultFileSystem::Appended(const std::string& name, uint64_t end) {
   absl::MutexLock lock(&mutex_);
   logs_[name].written = end;
 }
 
-void FaultFileSystem::Synced(const std::string& name, uint64_t synced) {
+void FaultFileSystem::Synced(const std::string& name, uint64_t synced, uint64_t file_size) {
   log_syncs_.fetch_add(1);
-  // The zeros written ahead of the log through another descriptor are part of the file now;
-  // fdatasync made them durable with RocksDB's bytes.
-  struct stat file {};
-  const uint64_t file_size = stat(name.c_str(), &file) == 0 ? static_cast<uint64_t>(file.st_size)
-                                                            : 0;
   absl::MutexLock lock(&mutex_);
   LogSizes& sizes = logs_[name];
   sizes.synced = std::max(sizes.synced, synced);
@@ -171,7 +184,10 @@ rocksdb::IOStatus FaultFileSystem::NewWritableFile(
   if (powered_off_.load()) return Refusal();
   std::unique_ptr<rocksdb::FSWritableFile> file;
   rocksdb::IOStatus status = target()->NewWritableFile(name, options, &file, dbg);
-  if (status.ok()) *result = std::make_unique<FaultWritableFile>(std::move(file), this, name, 0);
+  if (status.ok()) {
+    Forget(name);
+    *result = std::make_unique<FaultWritableFile>(std::move(file), this, name, 0);
+  }
   return status;
 }
 
@@ -196,7 +212,10 @@ rocksdb::IOStatus FaultFileSystem::ReuseWritableFile(
   if (powered_off_.load()) return Refusal();
   std::unique_ptr<rocksdb::FSWritableFile> file;
   rocksdb::IOStatus status = target()->ReuseWritableFile(name, old_name, options, &file, dbg);
-  if (status.ok()) *result = std::make_unique<FaultWritableFile>(std::move(file), this, name, 0);
+  if (status.ok()) {
+    Forget(name);
+    *result = std::make_unique<FaultWritableFile>(std::move(file), this, name, 0);
+  }
   return status;
 }
 

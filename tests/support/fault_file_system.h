@@ -65,11 +65,15 @@ class FaultFileSystem : public rocksdb::FileSystemWrapper {
   // Shared with the files it hands out.
   // The status a write gets under the faults armed now; OK when none is.
   rocksdb::IOStatus Refusal();
-  // A write of `name` reached `end` bytes; a sync made its first `synced` bytes durable.
+  // A write of `name` reached `end` bytes; a sync made its first `synced` bytes durable, and
+  // the file's size (`file_size`, zeros past those bytes).
   void Appended(const std::string& name, uint64_t end);
-  void Synced(const std::string& name, uint64_t synced);
+  void Synced(const std::string& name, uint64_t synced, uint64_t file_size);
 
  private:
+  // `name` is a new file (created, or reused from an old one): what was known of it goes.
+  void Forget(const std::string& name);
+
   struct LogSizes {
     uint64_t written = 0;  // by RocksDB
     uint64_t synced = 0;   // of RocksDB's bytes
