@@ -702,20 +702,26 @@ void ShardDelivery::Pump(SiteQueue& site) {
     // Thousands of domains may share a site (one provider's MX hosts) and wait for its few
     // connections: those without a connection of their own are skipped while none can start,
     // so that each finished transaction costs a pump of the connections, not of every domain.
-    if (queue->links.empty() && CannotStartAny(site, *queue)) continue;
+    if (queue->links.empty() && CannotStartAny(site, *queue, now)) continue;
     PumpDestination(site, *queue, now);
   }
 }
 
-bool ShardDelivery::CannotStartAny(const SiteQueue& site, const DestinationQueue& queue) {
-  // PumpDestination could start a job only through a pair with room for a connection, or an
-  // idle connection a pair of the site counts (taken over, or closed for its slot).
+bool ShardDelivery::CannotStartAny(const SiteQueue& site, const DestinationQueue& queue,
+                                   absl::Time now) {
+  // PumpDestination could start a job only through a pair with room for a connection and the
+  // day's warmup cap not spent, or an idle connection a pair of the site counts (taken over, or
+  // closed for its slot).
   const std::vector<Source>& sources = context_.router.Sources(queue.destination.pool);
   if (sources.empty()) return false;  // PumpDestination fails its jobs
+  const throttle::WarmupPlan* plan = WarmupPlanOf(queue);
   for (const Source& source : sources) {
     auto pair = site.pairs.find(source.name);
     if (pair == site.pairs.end()) return false;  // a pair not made yet has room
-    if (pair->second->open_connections() < pair->second->current_max_connections()) return false;
+    if (pair->second->open_connections() < pair->second->current_max_connections() &&
+        (plan == nullptr || WarmupRoomFor(site, source.name, plan, now) != WarmupRoom::kSpent)) {
+      return false;
+    }
   }
   return OfferedLink([&site](const Link& link) { return &link.site() == &site; }) == nullptr;
 }
@@ -776,6 +782,7 @@ const throttle::WarmupPlan* ShardDelivery::WarmupPlanOf(const DestinationQueue& 
 }
 
 void ShardDelivery::EmployReady(Link& link) {
+  if (!link.idle()) return;
   DestinationQueue& queue = link.queue();
   absl::Time wake = absl::InfiniteFuture();  // not needed: Pump, right after, sets the site's
   Employ(*queue.site, queue, link, context_.clock.Now(), WarmupPlanOf(queue), wake);
@@ -828,6 +835,7 @@ ShardDelivery::Link* ShardDelivery::TakeOverIdleLinkOfPair(
   if (queue.hosts.empty()) return nullptr;
   Link* elsewhere = nullptr;  // an idle connection of a full pair, to another address
   for (size_t i = 0; i < sources.size() && i < candidates.size(); ++i) {
+    if (candidates[i].pair == nullptr) continue;  // refused by its warmup cap
     throttle::PairThrottle& pair = *candidates[i].pair;
     if (pair.suspended(now) || pair.MessageEligibleAt(now) > now) continue;
     const std::string& name = sources[i].name;
@@ -924,9 +932,8 @@ void ShardDelivery::PumpDestination(SiteQueue& site, DestinationQueue& queue, ab
   // 2. More connections, as the pairs admit them: a few at a time (slow start, as Postfix's
   // initial destination concurrency), from the source ChooseSource picks — the greylisted
   // jobs' own source when the first job waiting is pinned.
-  const std::vector<Source>* sources = &context_.router.Sources(queue.destination.pool);
-  std::vector<Source> uncapped;  // *sources less the ones a warmup cap refused, once one did
-  if (sources->empty()) {
+  const std::vector<Source>& sources = context_.router.Sources(queue.destination.pool);
+  if (sources.empty()) {
     FailWaiting(queue,
                 LocalFailure(451, "4.3.5",
                              absl::StrCat("no source in pool '", queue.destination.pool, "'")),
@@ -941,8 +948,8 @@ void ShardDelivery::PumpDestination(SiteQueue& site, DestinationQueue& queue, ab
     if (link->connecting()) ++connecting;
   }
   std::vector<throttle::SourceCandidate> candidates;
-  candidates.reserve(sources->size());
-  for (const Source& source : *sources) {
+  candidates.reserve(sources.size());
+  for (const Source& source : sources) {
     candidates.push_back({source.name, &site.Pair(source.name)});
   }
   while (live < context_.max_connections_per_destination &&
@@ -963,7 +970,7 @@ void ShardDelivery::PumpDestination(SiteQueue& site, DestinationQueue& queue, ab
       // The pairs' connections may all be other destinations' idle ones (a site of many
       // domains: every Google-hosted domain is one); one to this destination's address serves
       // it now rather than at its idle timeout.
-      if (Link* taken = TakeOverIdleLinkOfPair(queue, candidates, *sources, now)) {
+      if (Link* taken = TakeOverIdleLinkOfPair(queue, candidates, sources, now)) {
         ++live;
         Employ(site, queue, *taken, now, plan, wake);
         if (queue.waiting.empty() || !taken->carrying()) break;
@@ -972,22 +979,29 @@ void ShardDelivery::PumpDestination(SiteQueue& site, DestinationQueue& queue, ab
       wake = std::min(wake, choice.eligible_at);
       break;
     }
-    const Source& source = (*sources)[*choice.source];
+    const Source& source = sources[*choice.source];
     if (const WarmupRoom room = WarmupRoomFor(site, source.name, plan, now);
         room != WarmupRoom::kOpen) {
       wake = std::min(wake, WarmupWake(room, now));
-      // Another source of the pool (a warm address beside the new one) may carry the jobs.
-      if (candidates.size() == 1) break;
-      if (sources != &uncapped) {
-        uncapped = *sources;
-        sources = &uncapped;
-      }
-      uncapped.erase(uncapped.begin() + static_cast<std::ptrdiff_t>(*choice.source));
-      candidates.erase(candidates.begin() + static_cast<std::ptrdiff_t>(*choice.source));
+      // Another source of the pool (a warm address beside the new one) may carry the jobs,
+      // except those pinned to this one (greylisted from its address). A candidate without a
+      // pair is one ChooseSource and TakeOverIdleLinkOfPair pass over.
+      candidates[*choice.source].pair = nullptr;
+      const bool another_may_carry =
+          std::any_of(candidates.begin(), candidates.end(),
+                      [](const throttle::SourceCandidate& c) { return c.pair != nullptr; }) &&
+          std::any_of(queue.waiting.begin(), queue.waiting.end(), [&source](const PendingJob& p) {
+            return p.job.pinned_source != source.name;
+          });
+      if (!another_may_carry) break;
       continue;
     }
     throttle::PairThrottle& pair = *candidates[*choice.source].pair;
-    if (Link* reused = ReusableLink(queue, source)) {
+    Link* reused = ReusableLink(queue, source);
+    // An idle connection of this destination was just offered no job it may carry (step 1):
+    // neither would a new one be.
+    if (reused != nullptr && &reused->queue() == &queue) break;
+    if (reused != nullptr) {
       // Another destination's idle connection to the same address: no new connection.
       pair.OnConnectionTakenOver(now);
       reused->MoveTo(queue, pair, queue.hosts.front());
@@ -1023,6 +1037,7 @@ void ShardDelivery::PumpDestination(SiteQueue& site, DestinationQueue& queue, ab
   // when their turn nears.
   double per_minute = 0;
   for (const throttle::SourceCandidate& candidate : candidates) {
+    if (candidate.pair == nullptr) continue;  // refused by its warmup cap: carries none now
     const double rate = candidate.pair->current_message_rate();
     if (rate <= 0) return;  // a source without a rate limit: no estimate, keep everything
     if (!candidate.pair->suspended(now)) per_minute += rate;

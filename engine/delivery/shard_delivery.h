@@ -250,7 +250,7 @@ class ShardDelivery {
   // True when a destination of `site` without connections of its own cannot start a job now:
   // every pair of its sources is at its connection limit, and no idle connection the site
   // counts is offered.
-  bool CannotStartAny(const SiteQueue& site, const DestinationQueue& queue);
+  bool CannotStartAny(const SiteQueue& site, const DestinationQueue& queue, absl::Time now);
   // An idle connection offered to other destinations (idle_links_) for which `wanted` holds,
   // or nullptr.
   Link* OfferedLink(absl::FunctionRef<bool(const Link&)> wanted);
@@ -281,6 +281,8 @@ class ShardDelivery {
   // When a pump refused by the cap looks again: the next UTC midnight for kSpent; for kInFlight
   // within kWarmupRecheck (the answers of the messages in flight pump the site sooner), so
   // that the refused jobs are not handed back until midnight for room a deferral may free.
+  // They stay in the shard past max_hold while the answers take that long (at most the data
+  // timeout of the messages in flight).
   static absl::Time WarmupWake(WarmupRoom room, absl::Time now);
   // Employ's refusal of `link` by the cap: a spent cap closes it, one full with what is in
   // flight keeps it for when answers come.

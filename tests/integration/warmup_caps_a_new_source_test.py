@@ -20,6 +20,7 @@ import unittest
 import harness
 from dns_server import DnsServer
 from provider_sim import ProviderSim
+from smtp_test_server import SmtpTestServer
 from test_clock import ScaledClock
 
 SPEED = 60.0
@@ -39,12 +40,14 @@ class WarmRelayCase(unittest.TestCase):
 
     SOURCES = [{"name": "new1", "address": "127.0.0.7", "pool": "fresh"}]
     DELIVERY = []
+    SHAPING = ""  # more of shaping.toml
+    SERVER = ProviderSim
 
     @classmethod
     def start(cls, test_now, speed, caps, domains, max_connections, **sim):
         cls.clock = ScaledClock(anchor=anchor_for(test_now, time.time(), speed), speed=speed)
         address = sim["host"]
-        cls.sim = ProviderSim(clock=cls.clock, **sim).start()
+        cls.sim = cls.SERVER(clock=cls.clock, **sim).start()
         cls.dns = DnsServer(mx=[(d, sim["hostname"], 10) for d in domains],
                             addresses=[(sim["hostname"], address)])
         cls.dns.start()
@@ -54,7 +57,8 @@ class WarmRelayCase(unittest.TestCase):
         cls.server.write_file("shaping.toml",
                               "[defaults]\nmax_connections = %d\nmessages_per_hour = 0\n"
                               '[[warmup]]\nname = "new"\ndaily_caps = %s\n'
-                              '[warmup_pools]\nfresh = "new"\n' % (max_connections, list(caps)))
+                              '[warmup_pools]\nfresh = "new"\n' % (max_connections, list(caps))
+                              + cls.SHAPING)
         cls.server.start_or(cls.tearDownClass)
 
     @classmethod
@@ -62,6 +66,12 @@ class WarmRelayCase(unittest.TestCase):
         cls.server.cleanup()
         cls.dns.cleanup()
         cls.sim.stop()
+
+    def send(self, rcpt):
+        """A greeting to `rcpt`, in a session of its own."""
+        with self.server.smtp() as client:
+            client.sendmail("voeux@asso.example", [rcpt],
+                            harness.simple_message(to=rcpt, subject="Bonne annee"))
 
     def assert_held_until_midnight(self, messages):
         """The queued `messages` (queue ls entries) come due at self.midnight (the warmup cap
@@ -159,18 +169,14 @@ class WarmupCountsEveryDomainOfASiteTest(WarmRelayCase):
     def setUpClass(cls):
         noon = noon_after_tomorrow()
         cls.midnight = noon + 43200
-        cls.held = HeldEndOfData(parties=len(cls.DOMAINS) - 1, timeout=6, deferred=cls.DEFERRED)
+        cls.held = HeldEndOfData(parties=len(cls.DOMAINS) - 1, timeout=4, deferred=cls.DEFERRED)
         cls.start(noon, 2.0, (cls.CAP, 100), cls.DOMAINS, max_connections=8,
                   host="127.0.0.70", hostname="mx1.shared.test", end_of_data_reply=cls.held)
 
     def send_one_to_each_domain(self):
         """One message to each domain, from sessions of their own at once: the messages reach
         the queue together, and their destinations are pumped before any connection is up."""
-        def send(rcpt):
-            with self.server.smtp() as client:
-                client.sendmail("voeux@asso.example", [rcpt],
-                                harness.simple_message(to=rcpt, subject="Bonne annee"))
-        senders = [threading.Thread(target=send, args=("friend@" + domain,))
+        senders = [threading.Thread(target=self.send, args=("friend@" + domain,))
                    for domain in self.DOMAINS]
         for sender in senders:
             sender.start()
@@ -233,22 +239,68 @@ class WarmupCappedSourceLeavesRoomToAnotherTest(WarmRelayCase):
         cls.start(noon, 2.0, (1, 100), ["two.test"], max_connections=2,
                   host="127.0.0.71", hostname="mx1.two.test")
 
-    def send(self, rcpt):
-        with self.server.smtp() as client:
-            client.sendmail("voeux@asso.example", [rcpt],
-                            harness.simple_message(to=rcpt, subject="Bonne annee"))
-
     def test_the_other_source_carries(self):
         self.send("first@two.test")
         self.sim.wait_for(lambda: len(self.sim.deliveries) >= 1, timeout=30)
         first_ip = self.sim.deliveries[0].ip
         # Its connection idles out (1 s, real time at most): no source has one open.
-        self.sim.wait_for(lambda: all(s.closed for s in self.sim.sessions), timeout=30)
+        harness.wait_until(lambda: all(s.closed for s in self.sim.sessions), timeout=30,
+                           what="the connection closed")
         self.send("second@two.test")
         self.sim.wait_for(lambda: len(self.sim.deliveries) >= 2, timeout=30)
         self.assertLess(self.clock(), self.midnight)
         self.assertEqual({d.ip for d in self.sim.deliveries}, {"127.0.0.7", "127.0.0.8"},
                          (first_ip, self.sim.deliveries))
+
+
+class WarmupKeepsGreylistedMailToItsSourceTest(WarmRelayCase):
+    """A greylisted message may only come back from the address it was greylisted from: when
+    that source is full with what it carries, its retry waits for it, and the pool's other
+    source opens no connection for a message it may not carry."""
+    SOURCES = WarmupCappedSourceLeavesRoomToAnotherTest.SOURCES
+    SHAPING = '[greylist]\nfirst_delay = "60s"\n'
+    SERVER = SmtpTestServer
+    SPEED = 10.0  # the greylisting's minute lasts 6 real seconds
+
+    @classmethod
+    def setUpClass(cls):
+        cls.release = threading.Event()
+
+        def end_of_data(transaction):
+            if "long@one.test" in transaction.rcpt_to:
+                cls.release.wait(30)  # in flight until the test lets it go
+            return "250 2.0.0 Ok: queued"
+        cls.start(noon_after_tomorrow(), cls.SPEED, (1, 100), ["one.test"], max_connections=4,
+                  host="127.0.0.72", hostname="mx1.one.test", end_of_data_reply=end_of_data,
+                  rcpt_replies={"grey@one.test": [
+                      "450 4.2.0 <grey@one.test>: Recipient address rejected: Greylisted, see "
+                      "http://postgrey.example/",
+                      "250 2.1.5 Ok"]})
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.release.set()
+        super().tearDownClass()
+
+    def test_the_retry_waits_for_its_source(self):
+        self.send("grey@one.test")
+        greylisted_at = self.clock()
+        # Refused at RCPT (its DATA then refused too): the connection is idle again once facteur
+        # has the replies (half a real second is plenty on loopback; no state shows it). Its
+        # RSET goes with the next transaction.
+        harness.wait_until(lambda: any("DATA" in s.commands for s in self.sim.sessions),
+                           timeout=30, what="the greylisted transaction")
+        time.sleep(0.5)
+        self.send("long@one.test")  # carried by that connection, and held at its end of data
+        harness.wait_until(lambda: any(any("long@one.test" in c.lower() for c in s.commands)
+                                       for s in self.sim.sessions), timeout=30, what="long sent")
+        # Past the greylisting's minute: the retry is due, its source is full with "long".
+        self.clock.sleep(greylisted_at + 90 - self.clock())
+        self.assertEqual({s.peer[0] for s in self.sim.sessions}, {"127.0.0.7"},
+                         [(s.peer, s.commands) for s in self.sim.sessions])
+        self.release.set()
+        self.sim.wait_for(lambda: self.sim.delivered_to("long@one.test"), timeout=30)
+        self.assertEqual(self.sim.delivered_to("grey@one.test"), [])  # new1's cap is spent
 
 
 if __name__ == "__main__":
