@@ -241,7 +241,8 @@ class PairThrottle {
 struct SourceCandidate {
   // The source's name (as in the pool). Default: "".
   std::string_view name;
-  // Its pair with the site; not null. Default: nullptr.
+  // Its pair with the site; null: out of the running (ChooseSource passes over it). Default:
+  // nullptr.
   PairThrottle* pair = nullptr;
 };
 

@@ -702,26 +702,22 @@ void ShardDelivery::Pump(SiteQueue& site) {
     // Thousands of domains may share a site (one provider's MX hosts) and wait for its few
     // connections: those without a connection of their own are skipped while none can start,
     // so that each finished transaction costs a pump of the connections, not of every domain.
-    if (queue->links.empty() && CannotStartAny(site, *queue, now)) continue;
+    if (queue->links.empty() && CannotStartAny(site, *queue)) continue;
     PumpDestination(site, *queue, now);
   }
 }
 
-bool ShardDelivery::CannotStartAny(const SiteQueue& site, const DestinationQueue& queue,
-                                   absl::Time now) {
-  // PumpDestination could start a job only through a pair with room for a connection and the
-  // day's warmup cap not spent, or an idle connection a pair of the site counts (taken over, or
-  // closed for its slot).
+bool ShardDelivery::CannotStartAny(const SiteQueue& site, const DestinationQueue& queue) {
+  // PumpDestination could start a job only through a pair with room for a connection, or an
+  // idle connection a pair of the site counts (taken over, or closed for its slot). A pair
+  // with room but a spent warmup cap is not skipped: PumpDestination hands its jobs back, due
+  // when the cap lifts.
   const std::vector<Source>& sources = context_.router.Sources(queue.destination.pool);
   if (sources.empty()) return false;  // PumpDestination fails its jobs
-  const throttle::WarmupPlan* plan = WarmupPlanOf(queue);
   for (const Source& source : sources) {
     auto pair = site.pairs.find(source.name);
     if (pair == site.pairs.end()) return false;  // a pair not made yet has room
-    if (pair->second->open_connections() < pair->second->current_max_connections() &&
-        (plan == nullptr || WarmupRoomFor(site, source.name, plan, now) != WarmupRoom::kSpent)) {
-      return false;
-    }
+    if (pair->second->open_connections() < pair->second->current_max_connections()) return false;
   }
   return OfferedLink([&site](const Link& link) { return &link.site() == &site; }) == nullptr;
 }
@@ -952,12 +948,21 @@ void ShardDelivery::PumpDestination(SiteQueue& site, DestinationQueue& queue, ab
   for (const Source& source : sources) {
     candidates.push_back({source.name, &site.Pair(source.name)});
   }
+  // A job some candidate may carry: pinned to none, or to a candidate still in the running (a
+  // job greylisted from an address goes back from that address only).
+  auto carriable = [&candidates](const PendingJob& p) {
+    return p.job.pinned_source.empty() ||
+           std::any_of(candidates.begin(), candidates.end(),
+                       [&p](const throttle::SourceCandidate& c) {
+                         return c.pair != nullptr && c.name == p.job.pinned_source;
+                       });
+  };
   while (live < context_.max_connections_per_destination &&
          connecting < std::min(queue.waiting.size(), kMaxConnectsInProgress)) {
+    auto first = std::find_if(queue.waiting.begin(), queue.waiting.end(), carriable);
+    if (first == queue.waiting.end()) break;
     std::optional<std::string_view> pinned;
-    if (!queue.waiting.front().job.pinned_source.empty()) {
-      pinned = queue.waiting.front().job.pinned_source;
-    }
+    if (!first->job.pinned_source.empty()) pinned = first->job.pinned_source;
     throttle::SourceChoice choice = throttle::ChooseSource(candidates, now, pinned);
     if (!choice.source.has_value() && pinned.has_value() &&
         std::any_of(queue.waiting.begin(), queue.waiting.end(),
@@ -983,24 +988,20 @@ void ShardDelivery::PumpDestination(SiteQueue& site, DestinationQueue& queue, ab
     if (const WarmupRoom room = WarmupRoomFor(site, source.name, plan, now);
         room != WarmupRoom::kOpen) {
       wake = std::min(wake, WarmupWake(room, now));
-      // Another source of the pool (a warm address beside the new one) may carry the jobs,
-      // except those pinned to this one (greylisted from its address). A candidate without a
-      // pair is one ChooseSource and TakeOverIdleLinkOfPair pass over.
+      // Another source of the pool (a warm address beside the new one) may carry the jobs not
+      // pinned to this one. A candidate without a pair is one ChooseSource,
+      // TakeOverIdleLinkOfPair and `carriable` pass over.
       candidates[*choice.source].pair = nullptr;
-      const bool another_may_carry =
-          std::any_of(candidates.begin(), candidates.end(),
-                      [](const throttle::SourceCandidate& c) { return c.pair != nullptr; }) &&
-          std::any_of(queue.waiting.begin(), queue.waiting.end(), [&source](const PendingJob& p) {
-            return p.job.pinned_source != source.name;
-          });
-      if (!another_may_carry) break;
       continue;
     }
     throttle::PairThrottle& pair = *candidates[*choice.source].pair;
     Link* reused = ReusableLink(queue, source);
-    // An idle connection of this destination was just offered no job it may carry (step 1):
-    // neither would a new one be.
-    if (reused != nullptr && &reused->queue() == &queue) break;
+    if (reused != nullptr && &reused->queue() == &queue) {
+      // An idle connection of this destination was just offered every job (step 1) and took
+      // none it may carry: neither would a new one from its source.
+      candidates[*choice.source].pair = nullptr;
+      continue;
+    }
     if (reused != nullptr) {
       // Another destination's idle connection to the same address: no new connection.
       pair.OnConnectionTakenOver(now);

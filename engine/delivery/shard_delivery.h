@@ -250,7 +250,7 @@ class ShardDelivery {
   // True when a destination of `site` without connections of its own cannot start a job now:
   // every pair of its sources is at its connection limit, and no idle connection the site
   // counts is offered.
-  bool CannotStartAny(const SiteQueue& site, const DestinationQueue& queue, absl::Time now);
+  bool CannotStartAny(const SiteQueue& site, const DestinationQueue& queue);
   // An idle connection offered to other destinations (idle_links_) for which `wanted` holds,
   // or nullptr.
   Link* OfferedLink(absl::FunctionRef<bool(const Link&)> wanted);

@@ -73,9 +73,10 @@ class WarmRelayCase(unittest.TestCase):
             client.sendmail("voeux@asso.example", [rcpt],
                             harness.simple_message(to=rcpt, subject="Bonne annee"))
 
-    def assert_held_until_midnight(self, messages):
+    def assert_held_until_midnight(self, messages, attempts=0):
         """The queued `messages` (queue ls entries) come due at self.midnight (the warmup cap
-        lifts then) with no attempt counted: handed back unattempted, not failed."""
+        lifts then) with no attempt counted but the `attempts` they had: handed back
+        unattempted, not failed."""
         midnight = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.midnight))
 
         def due_at_midnight():
@@ -83,7 +84,7 @@ class WarmRelayCase(unittest.TestCase):
                      for m in messages]
             return all(s["next_attempt"].startswith(midnight) for s in shown) and shown
         shown = harness.wait_until(due_at_midnight, timeout=10, what="due at midnight")
-        self.assertTrue(all(s["attempts"] == 0 for s in shown), shown)
+        self.assertTrue(all(s["attempts"] == attempts for s in shown), shown)
 
 
 class WarmupCapsANewSourceTest(WarmRelayCase):
@@ -251,6 +252,15 @@ class WarmupCappedSourceLeavesRoomToAnotherTest(WarmRelayCase):
         self.assertLess(self.clock(), self.midnight)
         self.assertEqual({d.ip for d in self.sim.deliveries}, {"127.0.0.7", "127.0.0.8"},
                          (first_ip, self.sim.deliveries))
+        # Both caps spent and no connection left: a third goes back to the queue until midnight.
+        harness.wait_until(lambda: all(s.closed for s in self.sim.sessions), timeout=30,
+                           what="the connections closed")
+        self.send("third@two.test")
+        messages = harness.wait_until(
+            lambda: json.loads(self.server.cli("queue", "ls", "--json").stdout)["messages"],
+            timeout=30, what="the third message in the queue")
+        self.assert_held_until_midnight(messages)
+        self.assertEqual(len(self.sim.deliveries), 2)
 
 
 class WarmupKeepsGreylistedMailToItsSourceTest(WarmRelayCase):
@@ -270,7 +280,9 @@ class WarmupKeepsGreylistedMailToItsSourceTest(WarmRelayCase):
             if "long@one.test" in transaction.rcpt_to:
                 cls.release.wait(30)  # in flight until the test lets it go
             return "250 2.0.0 Ok: queued"
-        cls.start(noon_after_tomorrow(), cls.SPEED, (1, 100), ["one.test"], max_connections=4,
+        noon = noon_after_tomorrow()
+        cls.midnight = noon + 43200
+        cls.start(noon, cls.SPEED, (1, 100), ["one.test"], max_connections=4,
                   host="127.0.0.72", hostname="mx1.one.test", end_of_data_reply=end_of_data,
                   rcpt_replies={"grey@one.test": [
                       "450 4.2.0 <grey@one.test>: Recipient address rejected: Greylisted, see "
@@ -300,7 +312,13 @@ class WarmupKeepsGreylistedMailToItsSourceTest(WarmRelayCase):
                          [(s.peer, s.commands) for s in self.sim.sessions])
         self.release.set()
         self.sim.wait_for(lambda: self.sim.delivered_to("long@one.test"), timeout=30)
-        self.assertEqual(self.sim.delivered_to("grey@one.test"), [])  # new1's cap is spent
+        # new1's cap is spent: the greylisted message goes back to the queue until midnight.
+        messages = harness.wait_until(
+            lambda: json.loads(self.server.cli("queue", "ls", "--json").stdout)["messages"],
+            timeout=30, what="the greylisted message in the queue")
+        self.assertEqual(len(messages), 1, messages)
+        self.assert_held_until_midnight(messages, attempts=1)
+        self.assertEqual(self.sim.delivered_to("grey@one.test"), [])
 
 
 if __name__ == "__main__":
