@@ -831,7 +831,7 @@ ShardDelivery::Link* ShardDelivery::TakeOverIdleLinkOfPair(
   if (queue.hosts.empty()) return nullptr;
   Link* elsewhere = nullptr;  // an idle connection of a full pair, to another address
   for (size_t i = 0; i < sources.size() && i < candidates.size(); ++i) {
-    if (candidates[i].pair == nullptr) continue;  // refused by its warmup cap
+    if (candidates[i].pair == nullptr) continue;  // out of the running (PumpDestination)
     throttle::PairThrottle& pair = *candidates[i].pair;
     if (pair.suspended(now) || pair.MessageEligibleAt(now) > now) continue;
     const std::string& name = sources[i].name;
@@ -1038,7 +1038,7 @@ void ShardDelivery::PumpDestination(SiteQueue& site, DestinationQueue& queue, ab
   // when their turn nears.
   double per_minute = 0;
   for (const throttle::SourceCandidate& candidate : candidates) {
-    if (candidate.pair == nullptr) continue;  // refused by its warmup cap: carries none now
+    if (candidate.pair == nullptr) continue;  // out of the running: carries none now
     const double rate = candidate.pair->current_message_rate();
     if (rate <= 0) return;  // a source without a rate limit: no estimate, keep everything
     if (!candidate.pair->suspended(now)) per_minute += rate;
