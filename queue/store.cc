@@ -76,6 +76,22 @@ class ForwardingLogger final : public rocksdb::Logger {
 constexpr int kReadOnlyOpenAttempts = 20;
 constexpr absl::Duration kReadOnlyOpenRetryDelay = absl::Milliseconds(10);
 
+// The primary's MANIFEST as a secondary open finds it: the file CURRENT names, and its size.
+// A flush during the open adds to it (or a new one replaces it) and may delete the log the
+// secondary meant to replay for what that flush wrote: the open then missed those records.
+std::string ManifestState(const std::string& path) {
+  std::string name;
+  if (FILE* current = std::fopen((path + "/CURRENT").c_str(), "r")) {
+    char line[256];
+    if (std::fgets(line, sizeof line, current) != nullptr) name = line;
+    std::fclose(current);
+  }
+  while (!name.empty() && (name.back() == '\n' || name.back() == '\r')) name.pop_back();
+  struct stat info;
+  if (name.empty() || ::stat((path + "/" + name).c_str(), &info) != 0) return name;
+  return absl::StrCat(name, ":", info.st_size);
+}
+
 rocksdb::Options PrimaryOptions(rocksdb::Env* env) {
   rocksdb::Options options;
   // Two background threads are enough for flushes and compactions of a queue whose writes come
@@ -223,10 +239,25 @@ absl::StatusOr<std::unique_ptr<Store>> Store::OpenReadOnly(const std::string& pa
   // The open replays the live WAL once, and the view stays as of then: no catch-up later. A
   // record the server is writing over a log's zeros at that moment reads torn, a checksum
   // mismatch (queue/prezeroed_wal.h): a moment later it is whole, so the open is tried again.
+  // So is an open during which the server flushed (its MANIFEST changed): the log holding
+  // what it flushed may be gone before the open read it, and the flush's table not in the
+  // open's view.
   for (int attempt = 1;; ++attempt) {
+    const std::string manifest = ManifestState(path);
     status = rocksdb::DB::OpenAsSecondary(db_options, path, store->secondary_path_, families,
                                           &opened, &db);
-    if (status.ok() || !status.IsCorruption() || attempt == kReadOnlyOpenAttempts) break;
+    if (attempt == kReadOnlyOpenAttempts) break;
+    if (status.ok()) {
+      if (ManifestState(path) == manifest) break;
+      for (rocksdb::ColumnFamilyHandle* handle : opened) {
+        db->DestroyColumnFamilyHandle(handle).PermitUncheckedError();
+      }
+      db->Close().PermitUncheckedError();
+      delete db;
+      db = nullptr;
+    } else if (!status.IsCorruption()) {
+      break;
+    }
     opened.clear();
     absl::SleepFor(kReadOnlyOpenRetryDelay);
   }
