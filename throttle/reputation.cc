@@ -364,14 +364,10 @@ std::optional<uint32_t> Reputation::WarmupDay(std::string_view source, absl::Tim
 }
 
 std::optional<uint32_t> Reputation::WarmupCap(std::string_view source, const WarmupPlan* plan,
-                                              std::string_view /*site*/, absl::Time now) const {
-  // The cap is the same for every site of the source (the plan is per pool); the site is in the
-  // signature because what it limits is the traffic of one (source, site) pair.
-  if (plan == nullptr) return std::nullopt;
-  absl::ReaderMutexLock lock(&mutex_);
-  const uint32_t day = WarmupDayLocked(source, now).value_or(1);
-  if (day > plan->daily_caps.size()) return std::nullopt;
-  return plan->daily_caps[day - 1];
+                                              std::string_view site, absl::Time now) const {
+  const std::optional<WarmupStanding> standing = Warmup(source, plan, site, now);
+  if (!standing.has_value()) return std::nullopt;
+  return standing->cap;
 }
 
 uint32_t Reputation::SentTodayLocked(std::string_view source, std::string_view site,
@@ -387,12 +383,15 @@ uint32_t Reputation::SentToday(std::string_view source, std::string_view site,
   return SentTodayLocked(source, site, now);
 }
 
-bool Reputation::WarmupAllows(std::string_view source, const WarmupPlan* plan,
-                              std::string_view site, absl::Time now, uint32_t in_flight) const {
-  const std::optional<uint32_t> cap = WarmupCap(source, plan, site, now);
-  if (!cap.has_value()) return true;
-  const uint64_t used = uint64_t{SentToday(source, site, now)} + in_flight;
-  return used < *cap;
+std::optional<WarmupStanding> Reputation::Warmup(std::string_view source, const WarmupPlan* plan,
+                                                 std::string_view site, absl::Time now) const {
+  // The cap is the same for every site of the source (the plan is per pool); what it limits is
+  // the traffic of one (source, site) pair.
+  if (plan == nullptr) return std::nullopt;
+  absl::ReaderMutexLock lock(&mutex_);
+  const uint32_t day = WarmupDayLocked(source, now).value_or(1);
+  if (day > plan->daily_caps.size()) return std::nullopt;
+  return WarmupStanding{day, plan->daily_caps[day - 1], SentTodayLocked(source, site, now)};
 }
 
 void Reputation::SetFirstUse(std::string_view source, absl::Time first_use) {

@@ -31,6 +31,19 @@
 
 namespace facteur::throttle {
 
+// Where a capped source stands with a site today (Reputation::Warmup).
+struct WarmupStanding {
+  uint32_t day = 1;         // of the source's warmup (Reputation::WarmupDay; 1 when never used)
+  uint32_t cap = 0;         // final answers the source may get from the site today
+  uint32_t sent_today = 0;  // final answers it got today (UTC)
+
+  bool spent() const { return sent_today >= cap; }
+  // Whether one more message may start with `in_flight` recipients of the pair already started
+  // and not yet answered, which sent_today cannot see yet (without them, N connections could
+  // overshoot the cap by N).
+  bool Allows(uint32_t in_flight) const { return uint64_t{sent_today} + in_flight < cap; }
+};
+
 // Replies a pair received over some span. The three kinds are disjoint: a success is
 // `delivered`; a blocklist reply, transient or permanent, is `blocked` (it says the source is
 // distrusted, whatever its code); any other transient reply is a deferral and any other permanent
@@ -193,11 +206,10 @@ class Reputation {
                                     std::string_view site, absl::Time now) const;
   // Final answers (ReputationCounters::final_answers) the site gave the source today (UTC).
   uint32_t SentToday(std::string_view source, std::string_view site, absl::Time now) const;
-  // Whether one more message may start: SentToday + in_flight < cap (true without a cap).
-  // `in_flight` is the messages of this pair already started and not yet answered, which
-  // SentToday cannot see yet; without it, N connections could overshoot the cap by N.
-  bool WarmupAllows(std::string_view source, const WarmupPlan* plan, std::string_view site,
-                    absl::Time now, uint32_t in_flight = 0) const;
+  // WarmupDay, WarmupCap and SentToday read together (one lock: the delivery side asks before
+  // each message it starts while a cap applies); nullopt when no cap applies.
+  std::optional<WarmupStanding> Warmup(std::string_view source, const WarmupPlan* plan,
+                                       std::string_view site, absl::Time now) const;
   // When a cap reached at `now` lifts: the next UTC midnight, so that the caller schedules the
   // pair's wake-up instead of polling.
   static absl::Time WarmupResetsAt(absl::Time now) { return NextUtcMidnight(now); }

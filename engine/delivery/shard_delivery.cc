@@ -739,14 +739,17 @@ ShardDelivery::Link* ShardDelivery::OfferedLink(absl::FunctionRef<bool(const Lin
 // Link::OnReady), so that no connection opens only to quit. The site is this shard's alone, so
 // its links are all here. Counted only while a cap applies: a site can have thousands of
 // destinations.
-ShardDelivery::WarmupRoom ShardDelivery::WarmupRoomFor(const SiteQueue& site,
-                                                       const std::string& source,
+ShardDelivery::WarmupRoom ShardDelivery::WarmupRoomFor(SiteQueue& site, const std::string& source,
                                                        const throttle::WarmupPlan* plan,
-                                                       absl::Time now) const {
+                                                       absl::Time now) {
   if (plan == nullptr) return WarmupRoom::kOpen;
-  const std::optional<uint32_t> cap = context_.reputation->WarmupCap(source, plan, site.key, now);
-  if (!cap.has_value()) return WarmupRoom::kOpen;
-  if (context_.reputation->SentToday(source, site.key, now) >= *cap) return WarmupRoom::kSpent;
+  const std::optional<throttle::WarmupStanding> standing =
+      context_.reputation->Warmup(source, plan, site.key, now);
+  if (!standing.has_value()) return WarmupRoom::kOpen;
+  if (standing->spent()) {
+    RecordWarmupCapReached(site, source, *standing, now);
+    return WarmupRoom::kSpent;
+  }
   uint32_t in_flight = 0;
   for (const auto& [name, queue] : site.destinations) {
     for (const auto& link : queue->links) {
@@ -754,9 +757,27 @@ ShardDelivery::WarmupRoom ShardDelivery::WarmupRoomFor(const SiteQueue& site,
       in_flight += link->connecting() ? 1 : static_cast<uint32_t>(link->recipients_in_flight());
     }
   }
-  return context_.reputation->WarmupAllows(source, plan, site.key, now, in_flight)
-             ? WarmupRoom::kOpen
-             : WarmupRoom::kInFlight;
+  return standing->Allows(in_flight) ? WarmupRoom::kOpen : WarmupRoom::kInFlight;
+}
+
+void ShardDelivery::RecordWarmupCapReached(SiteQueue& site, const std::string& source,
+                                           const throttle::WarmupStanding& standing,
+                                           absl::Time now) {
+  const absl::Time lifts_at = throttle::Reputation::WarmupResetsAt(now);
+  absl::Time& recorded = site.warmup_cap_recorded[source];
+  if (recorded == lifts_at) return;  // once a day
+  recorded = lifts_at;
+  if (context_.events == nullptr) return;
+  events::Event event;
+  event.type = events::EventType::kWarmupCap;
+  event.time = now;
+  event.site = site.key;
+  event.source_ip = SourceIp(site, source);
+  event.next_attempt = lifts_at;
+  event.detail = absl::StrCat("source ", source, " reached its warmup cap for site ", site.key,
+                              ": ", standing.sent_today, " of ", standing.cap, " on day ",
+                              standing.day, "; it sends the site no more until UTC midnight");
+  context_.events->Record(event);
 }
 
 absl::Time ShardDelivery::WarmupWake(WarmupRoom room, absl::Time now) {
@@ -1140,9 +1161,7 @@ void ShardDelivery::RecordSuspension(const SiteQueue& site, const std::string& s
   event.time = context_.clock.Now();
   event.site = site.key;
   event.mx = outcome.remote;
-  for (const Source& s : context_.router.Sources(site.pool)) {
-    if (s.name == source) event.source_ip = s.ip;
-  }
+  event.source_ip = SourceIp(site, source);
   event.code = outcome.reply.code;
   event.enhanced = outcome.reply.enhanced;
   event.response = outcome.reply.text;
@@ -1150,6 +1169,13 @@ void ShardDelivery::RecordSuspension(const SiteQueue& site, const std::string& s
   event.detail = absl::StrCat("source ", source, " paused for site ", site.key, " (",
                               ToAbsl(throttle::ResponseClassName(reply_class)), ")");
   context_.events->Record(event);
+}
+
+std::string ShardDelivery::SourceIp(const SiteQueue& site, const std::string& source) const {
+  for (const Source& s : context_.router.Sources(site.pool)) {
+    if (s.name == source) return s.ip;
+  }
+  return "";
 }
 
 void ShardDelivery::JudgeSession(SiteQueue& site, const std::string& source,
@@ -1341,9 +1367,14 @@ void ShardDelivery::ReportMetrics() {
         m.health.Add(labels).Set(context_.reputation->Health(source, key, now));
         const throttle::WarmupPlan* plan =
             throttle::FindWarmupPlan(shaping_->options(), site->pool);
-        if (std::optional<uint32_t> cap = context_.reputation->WarmupCap(source, plan, key, now)) {
-          m.warmup_cap.Add(labels).Set(*cap);
-          m.warmup_sent.Add(labels).Set(context_.reputation->SentToday(source, key, now));
+        if (std::optional<throttle::WarmupStanding> standing =
+                context_.reputation->Warmup(source, plan, key, now)) {
+          m.warmup_cap.Add(labels).Set(standing->cap);
+          m.warmup_sent.Add(labels).Set(standing->sent_today);
+        } else if (m.warmup_cap.Has(labels)) {
+          // Warm now (past its plan's last day): the series go, as for a source never capped.
+          m.warmup_cap.Remove(&m.warmup_cap.Add(labels));
+          m.warmup_sent.Remove(&m.warmup_sent.Add(labels));
         }
       }
     }

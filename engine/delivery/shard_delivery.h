@@ -233,6 +233,8 @@ class ShardDelivery {
     absl::flat_hash_map<std::string, Reported> reported;
     // Jobs returned unattempted by HoldBack, for Sites().
     uint64_t held_back = 0;
+    // By source: the UTC midnight that lifts the spent warmup cap last recorded as an event.
+    absl::flat_hash_map<std::string, absl::Time> warmup_cap_recorded;
     // An operator paused every source from manual_since until manual_until: pairs created
     // meanwhile start paused too.
     absl::Time manual_since = absl::InfinitePast();
@@ -276,8 +278,12 @@ class ShardDelivery {
     kInFlight,  // full with what it is carrying: deferrals among those free room again
     kSpent,     // the day's cap is used up: room again at the next UTC midnight
   };
-  WarmupRoom WarmupRoomFor(const SiteQueue& site, const std::string& source,
-                           const throttle::WarmupPlan* plan, absl::Time now) const;
+  WarmupRoom WarmupRoomFor(SiteQueue& site, const std::string& source,
+                           const throttle::WarmupPlan* plan, absl::Time now);
+  // The "warmup_cap" event of a source whose cap for `site` is spent: once per (site, source)
+  // and UTC day, when a message first waits for it (a restart may record it again that day).
+  void RecordWarmupCapReached(SiteQueue& site, const std::string& source,
+                              const throttle::WarmupStanding& standing, absl::Time now);
   // When a pump refused by the cap looks again: the next UTC midnight for kSpent; for kInFlight
   // within kWarmupRecheck (the answers of the messages in flight pump the site sooner), so
   // that the refused jobs are not handed back until midnight for room a deferral may free.
@@ -323,6 +329,8 @@ class ShardDelivery {
   void RecordSuspension(const SiteQueue& site, const std::string& source,
                         const mail::DeliveryOutcome& outcome, throttle::ResponseClass reply_class,
                         absl::Time until);
+  // The address of `source` among the sources of the site's pool ("" when it is not one).
+  std::string SourceIp(const SiteQueue& site, const std::string& source) const;
   // A reply that ended a session before any transaction (greeting, EHLO, STARTTLS).
   void JudgeSession(SiteQueue& site, const std::string& source,
                     const mail::DeliveryOutcome& outcome);

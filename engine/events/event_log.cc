@@ -167,6 +167,7 @@ const char* EventTypeName(EventType type) {
     case EventType::kExpiration: return "expiration";
     case EventType::kSuspension: return "suspension";
     case EventType::kAccountSuspended: return "account_suspended";
+    case EventType::kWarmupCap: return "warmup_cap";
   }
   return "unknown";
 }

@@ -27,6 +27,7 @@
 namespace facteur::events {
 
 // kAccountSuspended: a submission account stopped for unusual sending volume (issue #5).
+// kWarmupCap: a new source used up its warmup cap for a site today (issue #5 point 5).
 enum class EventType {
   kReception,
   kDelivery,
@@ -35,10 +36,11 @@ enum class EventType {
   kExpiration,
   kSuspension,
   kAccountSuspended,
+  kWarmupCap,
 };
 
 // "reception", "delivery", "transient_failure", "bounce", "expiration", "suspension",
-// "account_suspended".
+// "account_suspended", "warmup_cap".
 const char* EventTypeName(EventType type);
 
 // One event. Empty strings, zero numbers, zero durations, false and InfinitePast are left out

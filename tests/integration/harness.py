@@ -7,6 +7,7 @@ which `facteur serve` writes once every listener is up.
 
 import json
 import os
+import re
 import shutil
 import signal
 import smtplib
@@ -17,6 +18,7 @@ import sys
 import tempfile
 import time
 import unittest
+import urllib.request
 
 BINARY = os.environ.get("FACTEUR_BINARY") or os.path.join(
     os.path.dirname(__file__), "..", "..", "build", "facteur")
@@ -171,6 +173,11 @@ class Facteur:
 
     def admin_url(self, path=""):
         return "http://%s%s" % (self.endpoints["admin"], path)
+
+    def metrics(self):
+        """The text of the admin listener's /metrics."""
+        with urllib.request.urlopen(self.admin_url("/metrics"), timeout=10) as response:
+            return response.read().decode()
 
     # -- clients --------------------------------------------------------------------------
 
@@ -358,6 +365,17 @@ def wait_until(predicate, timeout=20, what="condition"):
             return value
         time.sleep(0.05)
     raise AssertionError("%s not met within %ss" % (what, timeout))
+
+
+def metric_sample(text, name, **labels):
+    """The value of the series `name` whose labels include `labels` in the /metrics `text`;
+    None when absent."""
+    for match in re.finditer(r"^%s\{([^}]*)\} (\S+)$" % re.escape(name), text, re.M):
+        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1)))
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(match.group(2))
+    match = re.search(r"^%s (\S+)$" % re.escape(name), text, re.M)
+    return float(match.group(1)) if match and not labels else None
 
 
 def read_events(server):

@@ -5,9 +5,7 @@ every recipient (451), and the bounded site label: with [delivery] metrics_site_
 first two unknown MX sets keep their own label and the third one is "other"."""
 
 import os
-import re
 import sys
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
@@ -25,14 +23,7 @@ SITE_A = "mx:mx.a.test"
 SITE_B = "mx:mx.b.test"
 
 
-def sample(text, name, **labels):
-    """The value of the series `name` whose labels include `labels`; None when absent."""
-    for match in re.finditer(r"^%s\{([^}]*)\} (\S+)$" % re.escape(name), text, re.M):
-        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1)))
-        if all(found.get(k) == v for k, v in labels.items()):
-            return float(match.group(2))
-    match = re.search(r"^%s (\S+)$" % re.escape(name), text, re.M)
-    return float(match.group(1)) if match and not labels else None
+sample = harness.metric_sample
 
 
 class MetricsReceivedSessionsAndQueueTest(harness.unittest.TestCase):
@@ -65,8 +56,7 @@ class MetricsReceivedSessionsAndQueueTest(harness.unittest.TestCase):
         cls.sink.stop()
 
     def metrics(self):
-        with urllib.request.urlopen(self.server.admin_url("/metrics"), timeout=10) as response:
-            return response.read().decode()
+        return self.server.metrics()
 
     def wait_for(self, name, value, **labels):
         """Waits until the series has `value`; returns the whole exposition."""

@@ -124,7 +124,7 @@ class PrometheusRulesAndDashboardTest(unittest.TestCase):
                                           not r["lastEvaluation"].startswith("0001")
                                           for r in rules) else None
         rules = harness.wait_until(evaluated, timeout=30, what="every rule evaluated")
-        self.assertEqual(len(rules), 8, [r["name"] for r in rules])
+        self.assertEqual(len(rules), 9, [r["name"] for r in rules])
         for rule in rules:
             with self.subTest(rule=rule["name"]):
                 self.assertEqual(rule["health"], "ok", rule)

@@ -13,6 +13,7 @@ connections. Deferrals do not count: if those two are answered 451, the other tw
 day. A source whose cap is spent leaves the site to another source of its pool."""
 
 import json
+import signal
 import threading
 import time
 import unittest
@@ -73,6 +74,16 @@ class WarmRelayCase(unittest.TestCase):
             client.sendmail("voeux@asso.example", [rcpt],
                             harness.simple_message(to=rcpt, subject="Bonne annee"))
 
+    def warmup_cap_events(self, count):
+        """The "warmup_cap" events of the log once there are `count`, after a moment for any
+        more to show (each source's spent cap is told once a day)."""
+        def capped(events):
+            return [e for e in events if e["type"] == "warmup_cap"]
+        harness.events_when(self.server, lambda events: len(capped(events)) >= count,
+                            what="%d warmup_cap events" % count)
+        time.sleep(0.2)
+        return capped(harness.read_events(self.server))
+
     def assert_held_until_midnight(self, messages, attempts=0):
         """The queued `messages` (queue ls entries) come due at self.midnight (the warmup cap
         lifts then) with no attempt counted but the `attempts` they had: handed back
@@ -111,6 +122,13 @@ class WarmupCapsANewSourceTest(WarmRelayCase):
         self.assert_held_until_midnight(messages)
         self.assertLess(self.clock(), self.midnight)
         self.assertEqual(len(self.sim.deliveries), CAPS[0])
+        # The spent cap is told once, however many messages wait for it.
+        capped = self.warmup_cap_events(1)
+        self.assertEqual(len(capped), 1, capped)
+        self.assertEqual((capped[0]["source_ip"], capped[0]["next_attempt"][:19]),
+                         ("127.0.0.7", time.strftime("%Y-%m-%dT%H:%M:%S",
+                                                     time.gmtime(self.midnight))), capped)
+        self.assertIn("new1 reached its warmup cap", capped[0]["detail"])
         self.sim.wait_for(lambda: len(self.sim.deliveries) >= MESSAGES, timeout=30)
         before = [d for d in self.sim.deliveries if d.time < self.midnight]
         after = [d for d in self.sim.deliveries if d.time >= self.midnight]
@@ -131,6 +149,7 @@ class WarmupCapsANewSourceTest(WarmRelayCase):
         self.assertEqual((warmup["plan"], warmup["day"], warmup["cap"], warmup["sent_today"]),
                          ("new", 2, CAPS[1], MESSAGES - CAPS[0]), rows)
         self.assertEqual(rows[0]["lifetime"]["delivered"], MESSAGES)
+        self.assertEqual(len(self.warmup_cap_events(1)), 1)  # day 2's cap is not reached
 
 
 class HeldEndOfData:
@@ -231,7 +250,7 @@ class WarmupCappedSourceLeavesRoomToAnotherTest(WarmRelayCase):
     source the same day rather than waiting for the first's cap to lift at midnight."""
     SOURCES = [{"name": "new1", "address": "127.0.0.7", "pool": "fresh"},
                {"name": "new2", "address": "127.0.0.8", "pool": "fresh"}]
-    DELIVERY = ['connection_idle_timeout = "1s"']
+    DELIVERY = ['connection_idle_timeout = "1s"', "metrics_site_labels = 1"]
 
     @classmethod
     def setUpClass(cls):
@@ -261,6 +280,24 @@ class WarmupCappedSourceLeavesRoomToAnotherTest(WarmRelayCase):
             timeout=30, what="the third message in the queue")
         self.assert_held_until_midnight(messages)
         self.assertEqual(len(self.sim.deliveries), 2)
+        # Each source's spent cap told once, and on /metrics (what FacteurWarmupCapReached,
+        # deploy/prometheus, compares), under the MX set's own label.
+        capped = self.warmup_cap_events(2)
+        self.assertEqual(sorted(e["source_ip"] for e in capped), ["127.0.0.7", "127.0.0.8"],
+                         capped)
+
+        def at_cap():
+            text = self.server.metrics()
+            return all(harness.metric_sample(text, name, site="mx:mx1.two.test", source=source)
+                       == 1.0 for name in ("facteur_site_warmup_cap", "facteur_site_warmup_sent")
+                       for source in ("new1", "new2"))
+        harness.wait_until(at_cap, timeout=15, what="both sources at their cap on /metrics")
+        # The pool declared warm (its plan dropped) and reloaded: the series go.
+        self.server.write_file("shaping.toml", "[defaults]\nmax_connections = 2\n")
+        self.server.process.send_signal(signal.SIGHUP)
+        harness.wait_until(
+            lambda: harness.metric_sample(self.server.metrics(), "facteur_site_warmup_cap") is None,
+            timeout=15, what="the warmup series gone")
 
 
 class WarmupKeepsGreylistedMailToItsSourceTest(WarmRelayCase):

@@ -3,7 +3,9 @@
 // binary form of a pair's and a source's state. Every time is explicit.
 #include "throttle/reputation.h"
 
+#include <array>
 #include <initializer_list>
+#include <optional>
 #include <string>
 
 #include "gtest/gtest.h"
@@ -273,22 +275,33 @@ TEST(WarmupTest, SentTodayCountsFinalAnswersAndResetsAtUtcMidnight) {
   reputation.Record("ip1", "google", RC::kUserUnknown, true, evening);  // final
   EXPECT_EQ(reputation.SentToday("ip1", "google", evening), 2u);
   EXPECT_EQ(reputation.SentToday("ip1", "orange", evening), 0u);
-  EXPECT_TRUE(reputation.WarmupAllows("ip1", &plan, "google", evening));
+  const std::optional<WarmupStanding> standing = reputation.Warmup("ip1", &plan, "google", evening);
+  ASSERT_TRUE(standing.has_value());
+  EXPECT_EQ((std::array{standing->day, standing->cap, standing->sent_today}),
+            (std::array{1u, 3u, 2u}));
+  EXPECT_FALSE(standing->spent());
+  EXPECT_TRUE(standing->Allows(/*in_flight=*/0));
   // One already in flight fills the third slot.
-  EXPECT_FALSE(reputation.WarmupAllows("ip1", &plan, "google", evening, /*in_flight=*/1));
+  EXPECT_FALSE(standing->Allows(/*in_flight=*/1));
   reputation.Record("ip1", "google", RC::kSuccess, false, evening + absl::Minutes(5));
   const absl::Time late = At(2027, 3, 10, 23, 59, 59);
   EXPECT_EQ(reputation.SentToday("ip1", "google", late), 3u);
-  EXPECT_FALSE(reputation.WarmupAllows("ip1", &plan, "google", late));
-  EXPECT_TRUE(reputation.WarmupAllows("ip1", &plan, "orange", late));  // per site
-  EXPECT_TRUE(reputation.WarmupAllows("ip1", nullptr, "google", late));
+  EXPECT_TRUE(reputation.Warmup("ip1", &plan, "google", late)->spent());
+  EXPECT_FALSE(reputation.Warmup("ip1", &plan, "google", late)->Allows(0));
+  EXPECT_TRUE(reputation.Warmup("ip1", &plan, "orange", late)->Allows(0));  // per site
+  EXPECT_FALSE(reputation.Warmup("ip1", nullptr, "google", late).has_value());  // no plan
   // The caller sleeps until the reset, then may send again: a new day, a new count, day 2's cap.
   const absl::Time reset = Reputation::WarmupResetsAt(late);
   EXPECT_EQ(reset, At(2027, 3, 11, 0, 0));
   EXPECT_EQ(reputation.SentToday("ip1", "google", reset), 0u);
   EXPECT_EQ(reputation.WarmupCap("ip1", &plan, "google", reset), 5u);
-  EXPECT_TRUE(reputation.WarmupAllows("ip1", &plan, "google", reset, /*in_flight=*/4));
-  EXPECT_FALSE(reputation.WarmupAllows("ip1", &plan, "google", reset, /*in_flight=*/5));
+  const std::optional<WarmupStanding> day2 = reputation.Warmup("ip1", &plan, "google", reset);
+  ASSERT_TRUE(day2.has_value());
+  EXPECT_EQ((std::array{day2->day, day2->cap, day2->sent_today}), (std::array{2u, 5u, 0u}));
+  EXPECT_TRUE(day2->Allows(/*in_flight=*/4));
+  EXPECT_FALSE(day2->Allows(/*in_flight=*/5));
+  // Past the plan: no standing, no cap.
+  EXPECT_FALSE(reputation.Warmup("ip1", &plan, "google", reset + absl::Hours(24)).has_value());
 }
 
 // --- Reports ---

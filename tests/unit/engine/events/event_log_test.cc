@@ -131,6 +131,8 @@ TEST(FormatEventTest, TypeNames) {
   EXPECT_STREQ(EventTypeName(EventType::kBounce), "bounce");
   EXPECT_STREQ(EventTypeName(EventType::kExpiration), "expiration");
   EXPECT_STREQ(EventTypeName(EventType::kSuspension), "suspension");
+  EXPECT_STREQ(EventTypeName(EventType::kAccountSuspended), "account_suspended");
+  EXPECT_STREQ(EventTypeName(EventType::kWarmupCap), "warmup_cap");
 }
 
 TEST(FormatEventTest, HostileTextStaysOneValidLine) {
