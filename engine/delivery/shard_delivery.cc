@@ -261,6 +261,11 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
       Quit();
     }
     if (!shard_.shutting_down_) {
+      // As in OnReady: its own destination's job first, or offered to the site's others before
+      // they are pumped. Pumped before it, they would see neither a connection they may take
+      // nor room for one (a pair at its limit) and skip their turn, with nothing to pump the
+      // site again until this connection's idle timeout.
+      shard_.EmployReady(*this);
       shard_.Pump(*queue_->site);
     } else if (carried_.empty()) {
       Quit();  // the shutdown waited for the transactions in progress only

@@ -264,7 +264,8 @@ class ShardDelivery {
   // left as it is (it comes back here when its job ends).
   void Employ(SiteQueue& site, DestinationQueue& queue, Link& link, absl::Time now,
               const throttle::WarmupPlan* plan, absl::Time& wake, bool next = false);
-  // Employ for a link just connected and greeted (its session's OnReady).
+  // Employ for a link just connected and greeted (its session's OnReady) or just answered
+  // (OnTransactionDone), before its site is pumped.
   void EmployReady(Link& link);
   // Employ(next) for a link at the end of data (its session's OnReadyForNext): the next
   // message follows the end of data in the same write (RFC 2920 §3.1).

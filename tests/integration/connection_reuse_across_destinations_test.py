@@ -3,9 +3,11 @@ Postfix's connection cache by address does: three domains with three different M
 all on one server, get their mail over one SMTP session, each delivery naming its own MX host;
 a domain whose MX has another address gets a session of its own. Within one site whose pair is
 at its connection limit (max_connections = 1), a second domain takes the idle connection the
-first one left instead of waiting for its idle timeout. Against a real DNS server (dnsmasq on
-loopback) and real SMTP servers. Connections are shared within an I/O thread (each site lives
-on one), so the relay runs one here: with more, each thread's sites share its own."""
+first one left instead of waiting for its idle timeout, and a connection just answered goes to
+whichever of the site's domains waits, whatever order they are pumped in. Against a real DNS
+server (dnsmasq on loopback) and real SMTP servers. Connections are shared within an I/O thread
+(each site lives on one), so the relay runs one here: with more, each thread's sites share its
+own."""
 
 import time
 import unittest
@@ -18,6 +20,8 @@ SHARED = "127.0.0.44"
 OTHER = "127.0.0.45"
 HOSTED = "127.0.0.46"
 HOSTED_ELSEWHERE = "127.0.0.47"
+BUSY = "127.0.0.48"
+BUSY_DOMAINS = ["b%d.busy.test" % i for i in range(12)]
 
 
 class ConnectionReuseTest(unittest.TestCase):
@@ -27,15 +31,18 @@ class ConnectionReuseTest(unittest.TestCase):
         cls.other = SmtpTestServer(host=OTHER, port=cls.shared.port).start()
         cls.hosted = SmtpTestServer(host=HOSTED, port=cls.shared.port).start()
         cls.hosted_elsewhere = SmtpTestServer(host=HOSTED_ELSEWHERE, port=cls.shared.port).start()
+        cls.busy = SmtpTestServer(host=BUSY, port=cls.shared.port).start()
         cls.dns = DnsServer(
             mx=[("one.test", "mx.one.test", 10), ("two.test", "mx.two.test", 10),
                 ("three.test", "mx.three.test", 10), ("elsewhere.test", "mx.elsewhere.test", 10),
                 ("alpha.test", "mx-a.hosted.test", 10), ("beta.test", "mx-b.hosted.test", 10),
-                ("gamma.test", "mx-c.hosted.test", 10), ("delta.test", "mx-d.hosted.test", 10)],
+                ("gamma.test", "mx-c.hosted.test", 10), ("delta.test", "mx-d.hosted.test", 10)]
+            + [(d, "mx." + d, 10) for d in BUSY_DOMAINS],
             addresses=[("mx.one.test", SHARED), ("mx.two.test", SHARED),
                        ("mx.three.test", SHARED), ("mx.elsewhere.test", OTHER),
                        ("mx-a.hosted.test", HOSTED), ("mx-b.hosted.test", HOSTED),
-                       ("mx-c.hosted.test", HOSTED), ("mx-d.hosted.test", HOSTED_ELSEWHERE)])
+                       ("mx-c.hosted.test", HOSTED), ("mx-d.hosted.test", HOSTED_ELSEWHERE)]
+            + [("mx." + d, BUSY) for d in BUSY_DOMAINS])
         cls.dns.start()
         # Longer than the test: a session waits for the next destination's message, and a
         # destination left waiting for an idle connection's timeout fails the test.
@@ -46,6 +53,8 @@ class ConnectionReuseTest(unittest.TestCase):
             io_threads=1)
         cls.server.write_file("shaping.toml",
                               '[[site]]\nname = "hosted"\nmx = ["*.hosted.test"]\n'
+                              "[site.limits]\nmax_connections = 1\nmessages_per_hour = 0\n"
+                              '[[site]]\nname = "busy"\nmx = ["*.busy.test"]\n'
                               "[site.limits]\nmax_connections = 1\nmessages_per_hour = 0\n")
         cls.server.start_or(cls.tearDownClass)
 
@@ -57,6 +66,7 @@ class ConnectionReuseTest(unittest.TestCase):
         cls.other.stop()
         cls.hosted.stop()
         cls.hosted_elsewhere.stop()
+        cls.busy.stop()
 
     def send_and_wait(self, sink, recipient):
         with self.server.smtp() as client:
@@ -120,6 +130,22 @@ class ConnectionReuseTest(unittest.TestCase):
         self.assertEqual(len(carried), 1, self.hosted.sessions)
         harness.wait_until(lambda: "QUIT" in carried[0].commands, timeout=10,
                            what="QUIT on the idle session")
+
+    def test_an_answered_connection_goes_to_the_domains_waiting_for_it(self):
+        # Twelve domains of one site (its pair at one connection), all at one address, their
+        # messages queued together: the one connection carries them one after the other. Each
+        # answer frees it for whichever domain waits, whatever order the site's domains are
+        # pumped in; none waits for the 60 s idle timeout.
+        recipients = ["someone@" + d for d in BUSY_DOMAINS]
+        started = time.monotonic()
+        with self.server.smtp() as client:
+            for r in recipients:
+                client.sendmail("app@asso.example", [r], harness.simple_message(to=r))
+        self.busy.wait_for(lambda: all(self.busy.delivered_to(r) for r in recipients),
+                           timeout=30)
+        self.assertLess(time.monotonic() - started, 20)
+        self.assertEqual(len(self.busy.sessions), 1,
+                         [[t.rcpt_to for t in s.transactions] for s in self.busy.sessions])
 
 
 if __name__ == "__main__":
