@@ -383,15 +383,39 @@ uint32_t Reputation::SentToday(std::string_view source, std::string_view site,
   return SentTodayLocked(source, site, now);
 }
 
-std::optional<WarmupStanding> Reputation::Warmup(std::string_view source, const WarmupPlan* plan,
-                                                 std::string_view site, absl::Time now) const {
+std::optional<std::pair<uint32_t, uint32_t>> Reputation::DayAndCapLocked(
+    std::string_view source, const WarmupPlan* plan, absl::Time now) const {
   // The cap is the same for every site of the source (the plan is per pool); what it limits is
   // the traffic of one (source, site) pair.
   if (plan == nullptr) return std::nullopt;
-  absl::ReaderMutexLock lock(&mutex_);
   const uint32_t day = WarmupDayLocked(source, now).value_or(1);
   if (day > plan->daily_caps.size()) return std::nullopt;
-  return WarmupStanding{day, plan->daily_caps[day - 1], SentTodayLocked(source, site, now)};
+  return std::make_pair(day, plan->daily_caps[day - 1]);
+}
+
+std::optional<WarmupStanding> Reputation::Warmup(std::string_view source, const WarmupPlan* plan,
+                                                 std::string_view site, absl::Time now) const {
+  if (plan == nullptr) return std::nullopt;
+  absl::ReaderMutexLock lock(&mutex_);
+  const std::optional<std::pair<uint32_t, uint32_t>> capped = DayAndCapLocked(source, plan, now);
+  if (!capped.has_value()) return std::nullopt;
+  return WarmupStanding{capped->first, capped->second, SentTodayLocked(source, site, now)};
+}
+
+std::vector<Reputation::WarmupReport> Reputation::WarmupReports(
+    absl::FunctionRef<const WarmupPlan*(const std::string& source)> plan_of,
+    absl::Time now) const {
+  absl::ReaderMutexLock lock(&mutex_);
+  std::vector<WarmupReport> reports;
+  for (const auto& [key, state] : pairs_) {
+    const std::optional<std::pair<uint32_t, uint32_t>> capped =
+        DayAndCapLocked(key.first, plan_of(key.first), now);
+    if (!capped.has_value()) continue;
+    reports.push_back({key.first, key.second,
+                       {capped->first, capped->second,
+                        ClampToU32(state.Today(now).final_answers)}});
+  }
+  return reports;
 }
 
 void Reputation::SetFirstUse(std::string_view source, absl::Time first_use) {

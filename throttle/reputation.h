@@ -22,6 +22,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/container/node_hash_map.h"
+#include "absl/functional/function_ref.h"
 #include "absl/strings/string_view.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -42,6 +43,12 @@ struct WarmupStanding {
   // and not yet answered, which sent_today cannot see yet (without them, N connections could
   // overshoot the cap by N).
   bool Allows(uint32_t in_flight) const { return uint64_t{sent_today} + in_flight < cap; }
+  // Whether this one has used a larger share of its cap than `other` (a cap of 0 is used up).
+  bool NearerItsCapThan(const WarmupStanding& other) const {
+    // sent/cap > other.sent/other.cap, without dividing: 64-bit products of 32-bit counts.
+    if (cap == 0 || other.cap == 0) return cap == 0 && other.cap != 0;
+    return uint64_t{sent_today} * other.cap > uint64_t{other.sent_today} * cap;
+  }
 };
 
 // Replies a pair received over some span. The three kinds are disjoint: a success is
@@ -210,6 +217,17 @@ class Reputation {
   // each message it starts while a cap applies); nullopt when no cap applies.
   std::optional<WarmupStanding> Warmup(std::string_view source, const WarmupPlan* plan,
                                        std::string_view site, absl::Time now) const;
+  // Where each capped source stands with each site it has had a reply from: the pairs whose
+  // source has a cap today under plan_of(source) (null: no plan), unsorted. `plan_of` runs
+  // under the reputation's lock: it must not call back into it. For the metrics.
+  struct WarmupReport {
+    std::string source;
+    std::string site;
+    WarmupStanding standing;
+  };
+  std::vector<WarmupReport> WarmupReports(
+      absl::FunctionRef<const WarmupPlan*(const std::string& source)> plan_of,
+      absl::Time now) const;
   // When a cap reached at `now` lifts: the next UTC midnight, so that the caller schedules the
   // pair's wake-up instead of polling.
   static absl::Time WarmupResetsAt(absl::Time now) { return NextUtcMidnight(now); }
@@ -261,6 +279,11 @@ class Reputation {
   std::optional<uint32_t> WarmupDayLocked(std::string_view source, absl::Time now) const
       ABSL_SHARED_LOCKS_REQUIRED(mutex_);
   uint32_t SentTodayLocked(std::string_view source, std::string_view site, absl::Time now) const
+      ABSL_SHARED_LOCKS_REQUIRED(mutex_);
+  // The source's day under `plan` and that day's cap, or nullopt (no plan, or past its end).
+  std::optional<std::pair<uint32_t, uint32_t>> DayAndCapLocked(std::string_view source,
+                                                               const WarmupPlan* plan,
+                                                               absl::Time now) const
       ABSL_SHARED_LOCKS_REQUIRED(mutex_);
 
   const ReputationOptions options_;

@@ -98,12 +98,14 @@ nlohmann::json ReputationJson(const throttle::Reputation& reputation, absl::Time
   nlohmann::json pairs = nlohmann::json::array();
   for (const throttle::PairReport& r : reputation.Report(now)) {
     const throttle::WarmupPlan* plan = plan_of ? plan_of(r.source) : nullptr;
+    // sent_today: the report's own count (what SentToday reads), consistent with its other
+    // counts; the cap's day is taken at the same `now`.
     const std::optional<uint32_t> cap = reputation.WarmupCap(r.source, plan, r.site, now);
     nlohmann::json warmup{
         {"day", r.warmup_day.has_value() ? nlohmann::json(*r.warmup_day) : nlohmann::json(nullptr)},
         {"plan", plan != nullptr ? nlohmann::json(plan->name) : nlohmann::json(nullptr)},
         {"cap", cap.has_value() ? nlohmann::json(*cap) : nlohmann::json(nullptr)},
-        {"sent_today", reputation.SentToday(r.source, r.site, now)},
+        {"sent_today", r.today.final_answers},
         {"resets_at", Rfc3339Seconds(throttle::Reputation::WarmupResetsAt(now))}};
     pairs.push_back(nlohmann::json{{"source", r.source},
                                    {"site", r.site},

@@ -96,4 +96,13 @@ const std::vector<Source>& Router::Sources(const std::string& pool) const {
   return it == pools_.end() ? no_sources_ : it->second;
 }
 
+const Source* Router::SourceNamed(std::string_view name) const {
+  for (const auto& [pool, sources] : pools_) {
+    for (const Source& source : sources) {
+      if (source.name == name) return &source;
+    }
+  }
+  return nullptr;
+}
+
 }  // namespace facteur::delivery

@@ -46,6 +46,8 @@ class Router {
   Destination Route(std::string_view domain) const;
   // The sources of `pool` (never empty for a pool named by the config).
   const std::vector<Source>& Sources(const std::string& pool) const;
+  // The source named `name`, of whichever pool; null when none is (names are unique).
+  const Source* SourceNamed(std::string_view name) const;
 
  private:
   Router() = default;

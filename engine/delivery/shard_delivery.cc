@@ -777,7 +777,8 @@ void ShardDelivery::RecordWarmupCapReached(SiteQueue& site, const std::string& s
   event.type = events::EventType::kWarmupCap;
   event.time = now;
   event.site = site.key;
-  event.source_ip = SourceIp(site, source);
+  event.source_ip = SourceIp(source);
+  event.source = source;
   event.next_attempt = lifts_at;
   event.detail = absl::StrCat("source ", source, " reached its warmup cap for site ", site.key,
                               ": ", standing.sent_today, " of ", standing.cap, " on day ",
@@ -1166,7 +1167,8 @@ void ShardDelivery::RecordSuspension(const SiteQueue& site, const std::string& s
   event.time = context_.clock.Now();
   event.site = site.key;
   event.mx = outcome.remote;
-  event.source_ip = SourceIp(site, source);
+  event.source_ip = SourceIp(source);
+  event.source = source;
   event.code = outcome.reply.code;
   event.enhanced = outcome.reply.enhanced;
   event.response = outcome.reply.text;
@@ -1176,11 +1178,9 @@ void ShardDelivery::RecordSuspension(const SiteQueue& site, const std::string& s
   context_.events->Record(event);
 }
 
-std::string ShardDelivery::SourceIp(const SiteQueue& site, const std::string& source) const {
-  for (const Source& s : context_.router.Sources(site.pool)) {
-    if (s.name == source) return s.ip;
-  }
-  return "";
+std::string ShardDelivery::SourceIp(const std::string& source) const {
+  const Source* named = context_.router.SourceNamed(source);
+  return named == nullptr ? "" : named->ip;
 }
 
 void ShardDelivery::JudgeSession(SiteQueue& site, const std::string& source,
@@ -1370,17 +1370,6 @@ void ShardDelivery::ReportMetrics() {
       m.open_connections.Add(labels).Set(pair->open_connections());
       if (context_.reputation != nullptr) {
         m.health.Add(labels).Set(context_.reputation->Health(source, key, now));
-        const throttle::WarmupPlan* plan =
-            throttle::FindWarmupPlan(shaping_->options(), site->pool);
-        if (std::optional<throttle::WarmupStanding> standing =
-                context_.reputation->Warmup(source, plan, key, now)) {
-          m.warmup_cap.Add(labels).Set(standing->cap);
-          m.warmup_sent.Add(labels).Set(standing->sent_today);
-        } else if (m.warmup_cap.Has(labels)) {
-          // Warm now (past its plan's last day): the series go, as for a source never capped.
-          m.warmup_cap.Remove(&m.warmup_cap.Add(labels));
-          m.warmup_sent.Remove(&m.warmup_sent.Add(labels));
-        }
       }
     }
   }

@@ -330,8 +330,8 @@ class ShardDelivery {
   void RecordSuspension(const SiteQueue& site, const std::string& source,
                         const mail::DeliveryOutcome& outcome, throttle::ResponseClass reply_class,
                         absl::Time until);
-  // The address of `source` among the sources of the site's pool ("" when it is not one).
-  std::string SourceIp(const SiteQueue& site, const std::string& source) const;
+  // The address of the [[source]] named `source`; "" for an unbound one.
+  std::string SourceIp(const std::string& source) const;
   // A reply that ended a session before any transaction (greeting, EHLO, STARTTLS).
   void JudgeSession(SiteQueue& site, const std::string& source,
                     const mail::DeliveryOutcome& outcome);

@@ -4,7 +4,13 @@
 
 namespace facteur::delivery {
 
-std::string SiteLabeler::Label(std::string_view site_key) {
+std::string SiteLabeler::Label(std::string_view site_key) { return Lookup(site_key, true); }
+
+std::string SiteLabeler::LabelGiven(std::string_view site_key) {
+  return Lookup(site_key, false);
+}
+
+std::string SiteLabeler::Lookup(std::string_view site_key, bool give) {
   // Only an unknown MX set may get a label of its own; its key without "/domain" (a domain
   // override of an unknown set is the same receiving infrastructure).
   const std::string_view site = site_key.substr(0, site_key.find('/'));
@@ -13,7 +19,7 @@ std::string SiteLabeler::Label(std::string_view site_key) {
   {
     absl::ReaderMutexLock lock(&mutex_);
     if (named_.contains(key)) return key;
-    if (named_.size() >= top_n_) return "other";
+    if (named_.size() >= top_n_ || !give) return "other";
   }
   absl::MutexLock lock(&mutex_);
   if (named_.contains(key)) return key;

@@ -26,10 +26,15 @@ class SiteLabeler {
 
   // The label of `site_key` (throttle/site_matcher.h); "other" for "" (no site known yet).
   std::string Label(std::string_view site_key);
+  // Label() without giving a label away: an unknown MX set not labelled yet is "other". For
+  // what only reports on sites (the reputation of past ones), not what delivers to them.
+  std::string LabelGiven(std::string_view site_key);
 
   size_t top_n() const { return top_n_; }
 
  private:
+  std::string Lookup(std::string_view site_key, bool give);
+
   const size_t top_n_;
   absl::Mutex mutex_;
   // The unknown MX sets that have a label of their own; never more than top_n_.

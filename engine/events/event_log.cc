@@ -214,6 +214,7 @@ std::string FormatEvent(const Event& event) {
   text("site", event.site);
   text("mx", event.mx);
   text("source_ip", event.source_ip);
+  text("source", event.source);
   number("code", event.code);
   text("enhanced", event.enhanced);
   text("response", event.response);

@@ -64,6 +64,7 @@ struct Event {
   std::string site;           // the delivery destination (route or MX set)
   std::string mx;             // "mx1.example.net[192.0.2.1]:25" that answered
   std::string source_ip;
+  std::string source;         // the [[source]] name (suspension, warmup_cap)
   int code = 0;
   std::string enhanced;
   std::string response;       // the reply text
@@ -71,7 +72,8 @@ struct Event {
   absl::Duration queue_time = absl::ZeroDuration();     // since reception
   absl::Duration delivery_time = absl::ZeroDuration();  // this attempt
   bool tls = false;
-  absl::Time next_attempt = absl::InfinitePast();       // transient failures
+  // Transient failures: the next attempt; suspension, warmup_cap: when it lifts.
+  absl::Time next_attempt = absl::InfinitePast();
   std::string detail;         // free text (suspension reason, the DSN's queue id, ...)
 };
 

@@ -245,7 +245,10 @@ class Relay {
     FACTEUR_RETURN_IF_ERROR(StartDelivery());
     // Read when /metrics is scraped, on the admin server's threads; gone with admin_ (first
     // in Stop()).
-    metrics_.AddScrapeHook([this] { ReportQueueMetrics(); });
+    metrics_.AddScrapeHook([this] {
+      ReportQueueMetrics();
+      ReportWarmupMetrics(clock_.Now());
+    });
 
     if (!config_.admin.address.empty()) {
       FACTEUR_ASSIGN_OR_RETURN(std::string token, ReadAdminToken(config_));
@@ -270,14 +273,10 @@ class Relay {
     delivery_access_->clock = &clock_;
     delivery_access_->site_labels = site_labels_.get();
     if (reputation_ != nullptr) {
-      std::map<std::string, std::string> pools;
-      for (const config::SourceOptions& source : config_.sources) pools[source.name] = source.pool;
-      delivery_access_->reputation = [reputation = reputation_.get(), shaping = shaping_,
-                                      pools = std::move(pools)](absl::Time now) {
-        return admin::ReputationJson(*reputation, now, [&](const std::string& source) {
-          auto it = pools.find(source);
-          return it == pools.end() ? nullptr
-                                   : throttle::FindWarmupPlan(shaping->options(), it->second);
+      delivery_access_->reputation = [this](absl::Time now) {
+        const std::shared_ptr<const delivery::Shaping> shaping = CurrentShaping();
+        return admin::ReputationJson(*reputation_, now, [&](const std::string& source) {
+          return WarmupPlanOfSource(*shaping, source);
         });
       };
     }
@@ -411,10 +410,13 @@ class Relay {
           loaded.status().ToString());
       return std::nullopt;
     }
-    shaping_ = *std::move(loaded);
+    {
+      absl::MutexLock lock(&shaping_mutex_);
+      shaping_ = *std::move(loaded);
+    }
     for (size_t i = 0; i < shard_deliveries_.size(); ++i) {
-      RunOnLoop(server_->loop(i), [this, i] {
-        if (shard_deliveries_[i] != nullptr) shard_deliveries_[i]->SetShaping(shaping_);
+      RunOnLoop(server_->loop(i), [this, i, shaping = shaping_] {
+        if (shard_deliveries_[i] != nullptr) shard_deliveries_[i]->SetShaping(shaping);
       });
     }
     config_.shaping = next.shaping;
@@ -583,6 +585,62 @@ class Relay {
     queue_manager_->SetDispatcher(dispatcher_.get());
     queue_manager_->Start();
     return absl::OkStatus();
+  }
+
+  // The snapshot replaced on SIGHUP, for the threads that are not the one reloading.
+  std::shared_ptr<const delivery::Shaping> CurrentShaping() const {
+    absl::MutexLock lock(&shaping_mutex_);
+    return shaping_;
+  }
+
+  // The warmup plan `source` follows under `shaping`: its pool's ([warmup_pools]); null for
+  // none, or a name that is not a [[source]].
+  const throttle::WarmupPlan* WarmupPlanOfSource(const delivery::Shaping& shaping,
+                                                 const std::string& source) const {
+    for (const config::SourceOptions& s : config_.sources) {
+      if (s.name == source) return throttle::FindWarmupPlan(shaping.options(), s.pool);
+    }
+    return nullptr;
+  }
+
+  // facteur_site_warmup_cap and _sent at scrape time, from the reputation, which every shard
+  // shares: one writer, so that a series can go (the source warm, its plan dropped) without a
+  // shard setting it at the same time. Of the sites that share a label (a [[domain]] override's
+  // site has its site's label), the one nearest its cap; "other" and "route" mix unrelated
+  // sites and get none, as for the shards' pair gauges.
+  void ReportWarmupMetrics(absl::Time now) {
+    if (reputation_ == nullptr || site_labels_ == nullptr) return;
+    const std::shared_ptr<const delivery::Shaping> shaping = CurrentShaping();
+    using Series = std::pair<std::string, std::string>;  // site label, source
+    absl::flat_hash_map<Series, throttle::WarmupStanding> nearest;
+    for (const throttle::Reputation::WarmupReport& report : reputation_->WarmupReports(
+             [&](const std::string& source) { return WarmupPlanOfSource(*shaping, source); },
+             now)) {
+      std::string label = site_labels_->LabelGiven(report.site);
+      if (label == "other" || label == "route") continue;
+      auto [it, added] = nearest.try_emplace(Series(std::move(label), report.source),
+                                             report.standing);
+      if (!added && report.standing.NearerItsCapThan(it->second)) it->second = report.standing;
+    }
+    metrics::ShapingMetrics& m = metrics_.shaping();
+    for (auto it = warmup_series_.begin(); it != warmup_series_.end();) {
+      if (nearest.contains(*it)) {
+        ++it;
+        continue;
+      }
+      const std::map<std::string, std::string> labels = {{"site", it->first},
+                                                         {"source", it->second}};
+      m.warmup_cap.Remove(&m.warmup_cap.Add(labels));
+      m.warmup_sent.Remove(&m.warmup_sent.Add(labels));
+      warmup_series_.erase(it++);
+    }
+    for (const auto& [series, standing] : nearest) {
+      const std::map<std::string, std::string> labels = {{"site", series.first},
+                                                         {"source", series.second}};
+      m.warmup_cap.Add(labels).Set(standing.cap);
+      m.warmup_sent.Add(labels).Set(standing.sent_today);
+      warmup_series_.insert(series);
+    }
   }
 
   // Queue depth and suspended accounts, from the spool's index, the queue manager and the
@@ -757,8 +815,10 @@ class Relay {
   std::unique_ptr<delivery::SiteLabeler> site_labels_;
   std::unique_ptr<delivery::QueueManager> queue_manager_;
   // The current shaping snapshot, shared with the shards (each holds the one it was last
-  // given) and the DeliveryContext (the one at start); replaced on SIGHUP.
+  // given) and the DeliveryContext (the one at start); replaced on SIGHUP under
+  // shaping_mutex_, which other threads read it under (CurrentShaping).
   std::shared_ptr<const delivery::Shaping> shaping_;
+  mutable absl::Mutex shaping_mutex_;
   std::unique_ptr<throttle::Reputation> reputation_;  // shared by the shards; thread-safe
   std::unique_ptr<queue::ReputationStore> reputation_store_;
   std::thread reputation_flusher_;
@@ -771,6 +831,8 @@ class Relay {
   // Labels of facteur_queue_scheduled_messages set by the last scrape (ReportQueueMetrics);
   // before admin_, whose threads scrape until it is gone.
   absl::flat_hash_set<std::string> scheduled_labels_;
+  // {site, source} of the warmup gauges set by the last scrape (ReportWarmupMetrics); likewise.
+  absl::flat_hash_set<std::pair<std::string, std::string>> warmup_series_;
   std::unique_ptr<admin::AdminServer> admin_;
 };
 

@@ -217,8 +217,9 @@ ShapingMetrics::ShapingMetrics(prometheus::Registry& registry)
       health(GaugeFamily(registry, "facteur_site_health",
                          "Health score of a (site, source) pair over the last 24 hours, 0 to 1.")),
       warmup_cap(GaugeFamily(registry, "facteur_site_warmup_cap",
-                             "Messages a warming-up source may send to a site today; absent "
-                             "when the source has no warmup plan or is warm.")),
+                             "Messages (final answers) a warming-up source may get from a site "
+                             "today; absent when the source has no warmup plan or is warm, or "
+                             "before the site's first answer to it.")),
       warmup_sent(GaugeFamily(registry, "facteur_site_warmup_sent",
                               "Messages a warming-up source sent to a site today (UTC).")),
       pairs_suspended(GaugeFamily(registry, "facteur_site_pairs_suspended",

@@ -94,6 +94,9 @@ struct ShapingMetrics {
   prometheus::Family<prometheus::Gauge>& max_connections;          // {site,source}
   prometheus::Family<prometheus::Gauge>& open_connections;         // {site,source}
   prometheus::Family<prometheus::Gauge>& health;                   // {site,source}
+  // Set at scrape time from the reputation (engine/main/serve.cc), one writer: a series goes
+  // when its source is warm or its plan is dropped. Of several sites sharing a label (a
+  // [[domain]] override's site), the one nearest its cap.
   prometheus::Family<prometheus::Gauge>& warmup_cap;               // {site,source}
   prometheus::Family<prometheus::Gauge>& warmup_sent;              // {site,source}
   // Written by every shard's metrics sweep; a label's value is the sum of what the shards hold

@@ -125,9 +125,10 @@ class WarmupCapsANewSourceTest(WarmRelayCase):
         # The spent cap is told once, however many messages wait for it.
         capped = self.warmup_cap_events(1)
         self.assertEqual(len(capped), 1, capped)
-        self.assertEqual((capped[0]["source_ip"], capped[0]["next_attempt"][:19]),
-                         ("127.0.0.7", time.strftime("%Y-%m-%dT%H:%M:%S",
-                                                     time.gmtime(self.midnight))), capped)
+        self.assertEqual((capped[0]["source"], capped[0]["source_ip"],
+                          capped[0]["next_attempt"][:19]),
+                         ("new1", "127.0.0.7", time.strftime("%Y-%m-%dT%H:%M:%S",
+                                                             time.gmtime(self.midnight))), capped)
         self.assertIn("new1 reached its warmup cap", capped[0]["detail"])
         self.sim.wait_for(lambda: len(self.sim.deliveries) >= MESSAGES, timeout=30)
         before = [d for d in self.sim.deliveries if d.time < self.midnight]

@@ -3,10 +3,13 @@
 // binary form of a pair's and a source's state. Every time is explicit.
 #include "throttle/reputation.h"
 
+#include <algorithm>
 #include <array>
 #include <initializer_list>
 #include <optional>
 #include <string>
+#include <tuple>
+#include <vector>
 
 #include "gtest/gtest.h"
 
@@ -302,6 +305,50 @@ TEST(WarmupTest, SentTodayCountsFinalAnswersAndResetsAtUtcMidnight) {
   EXPECT_FALSE(day2->Allows(/*in_flight=*/5));
   // Past the plan: no standing, no cap.
   EXPECT_FALSE(reputation.Warmup("ip1", &plan, "google", reset + absl::Hours(24)).has_value());
+}
+
+TEST(WarmupTest, NearerItsCapComparesTheSharesUsed) {
+  const WarmupStanding half{1, 10, 5}, most{2, 100, 90}, spent{1, 10, 10}, none{1, 0, 0};
+  EXPECT_TRUE(most.NearerItsCapThan(half));
+  EXPECT_FALSE(half.NearerItsCapThan(most));
+  EXPECT_TRUE(spent.NearerItsCapThan(most));
+  EXPECT_FALSE(spent.NearerItsCapThan(WarmupStanding{3, 4, 4}));  // both used up: not nearer
+  EXPECT_TRUE(none.NearerItsCapThan(spent));
+  EXPECT_FALSE(spent.NearerItsCapThan(none));
+  const WarmupStanding huge{9, 4000000000u, 3999999999u};  // no overflow
+  EXPECT_TRUE(huge.NearerItsCapThan(WarmupStanding{9, 4000000000u, 3999999998u}));
+}
+
+TEST(WarmupTest, WarmupReportsListTheCappedSourcesPairs) {
+  const WarmupPlan plan{"ramp", {3, 5}};
+  Reputation reputation;
+  const absl::Time day1 = At(2027, 3, 10, 9, 0);
+  reputation.Record("new", "google", RC::kSuccess, false, day1);
+  reputation.Record("new", "google", RC::kGreylist, false, day1);  // not final
+  reputation.Record("new", "orange", RC::kSuccess, false, day1);
+  reputation.Record("warm", "google", RC::kSuccess, false, day1);  // no plan
+  reputation.Record("old", "google", RC::kSuccess, false, day1);
+  reputation.SetFirstUse("old", At(2027, 1, 1, 0, 0));  // past its plan
+  auto plan_of = [&plan](const std::string& source) -> const WarmupPlan* {
+    return source == "warm" ? nullptr : &plan;
+  };
+  std::vector<Reputation::WarmupReport> reports = reputation.WarmupReports(plan_of, day1);
+  std::sort(reports.begin(), reports.end(), [](const auto& a, const auto& b) {
+    return std::tie(a.source, a.site) < std::tie(b.source, b.site);
+  });
+  ASSERT_EQ(reports.size(), 2u);
+  EXPECT_EQ((std::tie(reports[0].source, reports[0].site)), std::make_tuple("new", "google"));
+  EXPECT_EQ((std::array{reports[0].standing.day, reports[0].standing.cap,
+                        reports[0].standing.sent_today}),
+            (std::array{1u, 3u, 1u}));
+  EXPECT_EQ((std::tie(reports[1].source, reports[1].site)), std::make_tuple("new", "orange"));
+  // Day 2: day 2's cap and a new day's count; day 3: past the plan, nothing.
+  reports = reputation.WarmupReports(plan_of, day1 + absl::Hours(24));
+  ASSERT_EQ(reports.size(), 2u);
+  EXPECT_EQ((std::array{reports[0].standing.day, reports[0].standing.cap,
+                        reports[0].standing.sent_today}),
+            (std::array{2u, 5u, 0u}));
+  EXPECT_TRUE(reputation.WarmupReports(plan_of, day1 + absl::Hours(48)).empty());
 }
 
 // --- Reports ---

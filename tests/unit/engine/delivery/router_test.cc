@@ -87,6 +87,12 @@ destination = "[relay.example.com]:587"
   EXPECT_EQ(other.host, "relay.example.com");
   EXPECT_EQ(other.port, 587);
   EXPECT_TRUE(router->Sources("no-such-pool").empty());
+  // By name, whatever the pool.
+  ASSERT_NE(router->SourceNamed("a"), nullptr);
+  EXPECT_EQ(router->SourceNamed("a")->ip, "127.0.0.2");
+  ASSERT_NE(router->SourceNamed("b"), nullptr);
+  EXPECT_EQ(router->SourceNamed("b")->ip, "");
+  EXPECT_EQ(router->SourceNamed("c"), nullptr);
 }
 
 }  // namespace

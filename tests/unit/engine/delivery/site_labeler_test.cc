@@ -44,6 +44,15 @@ TEST(SiteLabelerTest, TheFirstNUnknownMxSetsKeepTheirKeyTheRestAreOther) {
             "mx:mx1.two.example,mx2.two.example");
 }
 
+TEST(SiteLabelerTest, LabelGivenReadsWithoutTakingAPlace) {
+  SiteLabeler labeler(1);
+  EXPECT_EQ(labeler.LabelGiven("mx:mx.old.example"), "other");  // reported on, not labelled
+  EXPECT_EQ(labeler.LabelGiven("google/partner.example"), "google");
+  EXPECT_EQ(labeler.Label("mx:mx.new.example"), "mx:mx.new.example");  // the place is still free
+  EXPECT_EQ(labeler.LabelGiven("mx:mx.new.example/new.example"), "mx:mx.new.example");
+  EXPECT_EQ(labeler.Label("mx:mx.old.example"), "other");
+}
+
 TEST(SiteLabelerTest, ConcurrentCallersNeverGiveMoreThanNLabels) {
   constexpr size_t kTopN = 5;
   SiteLabeler labeler(kTopN);

@@ -97,6 +97,7 @@ TEST(FormatEventTest, EveryField) {
   event.site = "example.net";
   event.mx = "mx1.example.net[192.0.2.1]:25";
   event.source_ip = "198.51.100.4";
+  event.source = "ip4";
   event.code = 451;
   event.enhanced = "4.7.1";
   event.response = "Greylisted, try again later";
@@ -111,7 +112,7 @@ TEST(FormatEventTest, EveryField) {
             R"("sender":"app@example.org","recipient":"bob@example.net","listener":"submission",)"
             R"("client":"192.0.2.7","account":"app","size":12345,"recipients":2,)"
             R"("domain":"example.net","site":"example.net","mx":"mx1.example.net[192.0.2.1]:25",)"
-            R"("source_ip":"198.51.100.4","code":451,"enhanced":"4.7.1",)"
+            R"("source_ip":"198.51.100.4","source":"ip4","code":451,"enhanced":"4.7.1",)"
             R"("response":"Greylisted, try again later","attempt":3,"queue_time":61.5,)"
             R"("delivery_time":1.235,"tls":true,"next_attempt":"2026-11-23T15:58:00.123Z",)"
             R"("detail":"x"})");
