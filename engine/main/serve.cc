@@ -274,9 +274,9 @@ class Relay {
     delivery_access_->site_labels = site_labels_.get();
     if (reputation_ != nullptr) {
       delivery_access_->reputation = [this](absl::Time now) {
-        const std::shared_ptr<const delivery::Shaping> shaping = CurrentShaping();
-        return admin::ReputationJson(*reputation_, now, [&](const std::string& source) {
-          return WarmupPlanOfSource(*shaping, source);
+        const WarmupPlans plans = WarmupPlansBySource(*CurrentShaping());
+        return admin::ReputationJson(*reputation_, now, [&plans](const std::string& source) {
+          return PlanOf(plans, source);
         });
       };
     }
@@ -593,14 +593,24 @@ class Relay {
     return shaping_;
   }
 
-  // The warmup plan `source` follows under `shaping`: its pool's ([warmup_pools]); null for
-  // none, or a name that is not a [[source]].
-  const throttle::WarmupPlan* WarmupPlanOfSource(const delivery::Shaping& shaping,
-                                                 const std::string& source) const {
-    for (const config::SourceOptions& s : config_.sources) {
-      if (s.name == source) return throttle::FindWarmupPlan(shaping.options(), s.pool);
+  // The warmup plan each [[source]] follows under `shaping` (its pool's, [warmup_pools]; null
+  // for none), and the lookup of a source's in it: null for a name that is not a source.
+  using WarmupPlans = absl::flat_hash_map<std::string, const throttle::WarmupPlan*>;
+  WarmupPlans WarmupPlansBySource(const delivery::Shaping& shaping) const {
+    WarmupPlans plans;
+    for (const config::SourceOptions& source : config_.sources) {
+      plans[source.name] = throttle::FindWarmupPlan(
+          shaping.options(), source.pool.empty() ? "default" : source.pool);
     }
-    return nullptr;
+    // No [[source]]: the router's one unbound source, "default" of the pool "default".
+    if (config_.sources.empty()) {
+      plans["default"] = throttle::FindWarmupPlan(shaping.options(), "default");
+    }
+    return plans;
+  }
+  static const throttle::WarmupPlan* PlanOf(const WarmupPlans& plans, const std::string& source) {
+    auto it = plans.find(source);
+    return it == plans.end() ? nullptr : it->second;
   }
 
   // facteur_site_warmup_cap and _sent at scrape time, from the reputation, which every shard
@@ -610,12 +620,12 @@ class Relay {
   // sites and get none, as for the shards' pair gauges.
   void ReportWarmupMetrics(absl::Time now) {
     if (reputation_ == nullptr || site_labels_ == nullptr) return;
-    const std::shared_ptr<const delivery::Shaping> shaping = CurrentShaping();
+    // Looked up before: plan_of runs for every pair, under the reputation's lock.
+    const WarmupPlans plans = WarmupPlansBySource(*CurrentShaping());
     using Series = std::pair<std::string, std::string>;  // site label, source
     absl::flat_hash_map<Series, throttle::WarmupStanding> nearest;
     for (const throttle::Reputation::WarmupReport& report : reputation_->WarmupReports(
-             [&](const std::string& source) { return WarmupPlanOfSource(*shaping, source); },
-             now)) {
+             [&plans](const std::string& source) { return PlanOf(plans, source); }, now)) {
       std::string label = site_labels_->LabelGiven(report.site);
       if (label == "other" || label == "route") continue;
       auto [it, added] = nearest.try_emplace(Series(std::move(label), report.source),
@@ -816,7 +826,8 @@ class Relay {
   std::unique_ptr<delivery::QueueManager> queue_manager_;
   // The current shaping snapshot, shared with the shards (each holds the one it was last
   // given) and the DeliveryContext (the one at start); replaced on SIGHUP under
-  // shaping_mutex_, which other threads read it under (CurrentShaping).
+  // shaping_mutex_ by the reloading thread only (its own reads need no lock), which other
+  // threads read it under (CurrentShaping).
   std::shared_ptr<const delivery::Shaping> shaping_;
   mutable absl::Mutex shaping_mutex_;
   std::unique_ptr<throttle::Reputation> reputation_;  // shared by the shards; thread-safe

@@ -217,11 +217,13 @@ ShapingMetrics::ShapingMetrics(prometheus::Registry& registry)
       health(GaugeFamily(registry, "facteur_site_health",
                          "Health score of a (site, source) pair over the last 24 hours, 0 to 1.")),
       warmup_cap(GaugeFamily(registry, "facteur_site_warmup_cap",
-                             "Messages (final answers) a warming-up source may get from a site "
-                             "today; absent when the source has no warmup plan or is warm, or "
-                             "before the site's first answer to it.")),
+                             "Recipients a warming-up source may have given a final answer by a "
+                             "site today; absent when the source has no warmup plan or is warm, "
+                             "before the site's first answer to it, and for an unknown MX set "
+                             "without a label of its own.")),
       warmup_sent(GaugeFamily(registry, "facteur_site_warmup_sent",
-                              "Messages a warming-up source sent to a site today (UTC).")),
+                              "Recipients a site gave a warming-up source a final answer for "
+                              "today (UTC).")),
       pairs_suspended(GaugeFamily(registry, "facteur_site_pairs_suspended",
                                   "(site, source) pairs suspended now, by site.")),
       ready_recipients(GaugeFamily(registry, "facteur_queue_ready_recipients",
