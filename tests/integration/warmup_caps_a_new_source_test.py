@@ -1,10 +1,11 @@
-"""A new source follows its pool's warmup plan (issue #5 point 5): with daily caps of 5 then
-100 messages per site, 8 greetings to one provider leave as 5 on the source's first (UTC) day
-and the other 3 just after midnight — held in between, not bounced, not retried in a loop:
-midnight is further than a shard holds mail for its site, so they go back to the queue,
-unattempted, due at midnight. The clock runs 60x faster and starts five minutes before
-midnight (facteur's [clock] and the simulated provider share it), so the day changes after
-five real seconds. `facteur reputation` then shows the source's warmup day and counts.
+"""A new source follows its pool's warmup plan (issue #5 point 5): with daily caps of 5 then 6
+messages per site, 12 greetings to one provider leave as 5 on the source's first (UTC) day and
+6 just after midnight — held in between, not bounced, not retried in a loop: midnight is
+further than a shard holds mail for its site, so they go back to the queue, unattempted, due at
+midnight — and the last waits for the next midnight. Each day's spent cap is told once (a
+"warmup_cap" event). The clock runs 60x faster and starts five minutes before midnight
+(facteur's [clock] and the simulated provider share it), so the day changes after five real
+seconds. `facteur reputation` then shows the source's warmup day and counts.
 
 The cap is per (source, site), so the messages a source is carrying to a site count against it
 whichever of the site's domains they go to: four domains served by one MX, a cap of two, and the
@@ -25,8 +26,8 @@ from smtp_test_server import SmtpTestServer
 from test_clock import ScaledClock
 
 SPEED = 60.0
-CAPS = (5, 100)
-MESSAGES = 8
+CAPS = (5, 6)
+MESSAGES = 12
 
 
 def anchor_for(test_now, real_now, speed):
@@ -84,11 +85,12 @@ class WarmRelayCase(unittest.TestCase):
         time.sleep(0.2)
         return capped(harness.read_events(self.server))
 
-    def assert_held_until_midnight(self, messages, attempts=0):
-        """The queued `messages` (queue ls entries) come due at self.midnight (the warmup cap
-        lifts then) with no attempt counted but the `attempts` they had: handed back
-        unattempted, not failed."""
-        midnight = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.midnight))
+    def assert_held_until_midnight(self, messages, attempts=0, midnight=None):
+        """The queued `messages` (queue ls entries) come due at `midnight` (self.midnight by
+        default: the warmup cap lifts then) with no attempt counted but the `attempts` they
+        had: handed back unattempted, not failed."""
+        midnight = time.strftime("%Y-%m-%dT%H:%M:%S",
+                                 time.gmtime(self.midnight if midnight is None else midnight))
 
         def due_at_midnight():
             shown = [json.loads(self.server.cli("queue", "show", m["id"], "--json").stdout)
@@ -113,12 +115,12 @@ class WarmupCapsANewSourceTest(WarmRelayCase):
                 client.sendmail("voeux@asso.example", [rcpt],
                                 harness.simple_message(to=rcpt, subject="Bonne annee"))
         self.sim.wait_for(lambda: len(self.sim.deliveries) >= CAPS[0], timeout=20)
-        # The cap holds until midnight: the other three wait in the queue, due then, with no
+        # The cap holds until midnight: the other seven wait in the queue, due then, with no
         # attempt counted.
         def held():
             messages = json.loads(self.server.cli("queue", "ls", "--json").stdout)["messages"]
             return len(messages) == MESSAGES - CAPS[0] and messages or None
-        messages = harness.wait_until(held, timeout=10, what="three messages back in the queue")
+        messages = harness.wait_until(held, timeout=10, what="seven messages back in the queue")
         self.assert_held_until_midnight(messages)
         self.assertLess(self.clock(), self.midnight)
         self.assertEqual(len(self.sim.deliveries), CAPS[0])
@@ -130,13 +132,27 @@ class WarmupCapsANewSourceTest(WarmRelayCase):
                          ("new1", "127.0.0.7", time.strftime("%Y-%m-%dT%H:%M:%S",
                                                              time.gmtime(self.midnight))), capped)
         self.assertIn("new1 reached its warmup cap", capped[0]["detail"])
-        self.sim.wait_for(lambda: len(self.sim.deliveries) >= MESSAGES, timeout=30)
+        self.sim.wait_for(lambda: len(self.sim.deliveries) >= sum(CAPS), timeout=30)
         before = [d for d in self.sim.deliveries if d.time < self.midnight]
         after = [d for d in self.sim.deliveries if d.time >= self.midnight]
         self.assertEqual(len(before), CAPS[0], [d.time - self.midnight for d in self.sim.deliveries])
-        self.assertEqual(len(after), MESSAGES - CAPS[0])
+        self.assertEqual(len(after), CAPS[1])
         self.assertTrue(all(d.ip == "127.0.0.7" for d in self.sim.deliveries))
         self.assertEqual(self.sim.duplicates(), {})
+        # Day 2's cap spent too: the last message waits for the next midnight, and the cap is
+        # told again, once, for that day.
+        next_midnight = self.midnight + 86400
+        messages = harness.wait_until(
+            lambda: json.loads(self.server.cli("queue", "ls", "--json").stdout)["messages"],
+            timeout=10, what="the last message back in the queue")
+        self.assertEqual(len(messages), MESSAGES - sum(CAPS), messages)
+        self.assert_held_until_midnight(messages, midnight=next_midnight)
+        capped = self.warmup_cap_events(2)
+        self.assertEqual(len(capped), 2, capped)
+        self.assertEqual(capped[1]["next_attempt"][:19],
+                         time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(next_midnight)), capped)
+        self.assertIn("6 of 6 on day 2", capped[1]["detail"])
+        self.assertEqual(len(self.sim.deliveries), sum(CAPS))
 
         # facteur reputation: day 2 of the plan, the source's counts for the site.
         def report():
@@ -148,9 +164,8 @@ class WarmupCapsANewSourceTest(WarmRelayCase):
         self.assertEqual(len(rows), 1, rows)
         warmup = rows[0]["warmup"]
         self.assertEqual((warmup["plan"], warmup["day"], warmup["cap"], warmup["sent_today"]),
-                         ("new", 2, CAPS[1], MESSAGES - CAPS[0]), rows)
-        self.assertEqual(rows[0]["lifetime"]["delivered"], MESSAGES)
-        self.assertEqual(len(self.warmup_cap_events(1)), 1)  # day 2's cap is not reached
+                         ("new", 2, CAPS[1], CAPS[1]), rows)
+        self.assertEqual(rows[0]["lifetime"]["delivered"], sum(CAPS))
 
 
 class HeldEndOfData:
