@@ -158,7 +158,13 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
     Quit();
   }
   uint32_t sent() const { return sent_; }
+  // Jobs taken for its present destination: a connection that gives way (GiveWay) carries
+  // one first, so that two destinations waiting for one slot cannot hand it back and forth
+  // without either being served.
+  uint32_t sent_here() const { return sent_here_; }
   const Source& source() const { return source_; }
+  // Which destinations may take this connection (ReuseKey); "" before its first address.
+  const std::string& reuse_key() const { return reuse_key_; }
   throttle::PairThrottle& pair() { return *pair_; }
   const throttle::PairThrottle& pair() const { return *pair_; }
 
@@ -167,6 +173,7 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
     CancelIdleTimer();
     carried_.push_back(std::move(job));
     ++sent_;
+    ++sent_here_;
     session_->Send(carried_.back().job.message);
   }
 
@@ -201,6 +208,7 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
     to.links.splice(to.links.end(), from.links, self);
     queue_ = &to;
     pair_ = &pair;
+    sent_here_ = 0;
     remote_ = absl::StrCat(host, remote_address_);
     session_->set_remote_name(remote_);
     // The old destination may have nothing left; its site may have jobs waiting for a slot of
@@ -504,6 +512,7 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
   absl::Time session_opened_;  // when session_ was made (connected): its lifetime metric
   std::deque<PendingJob> carried_;  // sent, oldest first; at most two (OnReadyForNext)
   uint32_t sent_ = 0;
+  uint32_t sent_here_ = 0;
   io::TimerId idle_timer_ = io::kNoTimer;
   bool ever_ready_ = false;
   bool plaintext_ = false;  // an opportunistic handshake failed: no STARTTLS on this link
@@ -700,16 +709,109 @@ void ShardDelivery::SetShaping(std::shared_ptr<const Shaping> shaping) {
 void ShardDelivery::Pump(SiteQueue& site) {
   if (shutting_down_) return;
   const absl::Time now = context_.clock.Now();
+  // Those waiting their turn first, in the order they began to wait; then the others.
+  const uint64_t pump = ++site.pumps;
   std::vector<DestinationQueue*> queues;
   queues.reserve(site.destinations.size());
-  for (auto& [key, queue] : site.destinations) queues.push_back(queue.get());
+  auto visit = [pump, &queues](DestinationQueue& queue) {
+    if (queue.pumped == pump) return;
+    queue.pumped = pump;
+    queues.push_back(&queue);
+  };
+  // Entries of destinations gone, or carrying since (their ticket changed), are dropped here:
+  // NextTurn drops them only from the front, behind which a destination that carries and
+  // waits again and again would leave one each time.
+  std::erase_if(site.turns, [&site, &visit](const SiteQueue::Turn& turn) {
+    auto it = site.destinations.find(turn.key);
+    if (it == site.destinations.end() || it->second->turn != turn.ticket) return true;
+    visit(*it->second);
+    return false;
+  });
+  for (auto& [key, queue] : site.destinations) visit(*queue);
   for (DestinationQueue* queue : queues) {
     // Thousands of domains may share a site (one provider's MX hosts) and wait for its few
     // connections: those without a connection of their own are skipped while none can start,
     // so that each finished transaction costs a pump of the connections, not of every domain.
-    if (queue->links.empty() && CannotStartAny(site, *queue)) continue;
+    if (queue->links.empty() && CannotStartAny(site, *queue)) {
+      if (!queue->waiting.empty()) AwaitTurn(site, *queue);
+      continue;
+    }
     PumpDestination(site, *queue, now);
   }
+}
+
+bool ShardDelivery::WaitsItsTurn(const DestinationQueue& queue) {
+  return !queue.waiting.empty() &&
+         std::none_of(queue.links.begin(), queue.links.end(), [](const auto& link) {
+           return link->carrying() || link->connecting();
+         });
+}
+
+void ShardDelivery::AwaitTurn(SiteQueue& site, DestinationQueue& queue) {
+  if (queue.turn != 0) return;  // waiting already: it keeps its place
+  queue.turn = ++site.tickets;
+  site.turns.push_back({queue.destination.key, queue.turn});
+  // A connection of the site at the same address moves to it when its turn comes (GiveWay):
+  // its first host's address must be known by then.
+  if (!queue.hosts.empty() && !resolver_.CachedAddresses(queue.hosts.front()).has_value()) {
+    LookUpFirstHost(queue);
+  }
+}
+
+ShardDelivery::DestinationQueue* ShardDelivery::NextTurn(SiteQueue& site) {
+  while (!site.turns.empty()) {
+    const SiteQueue::Turn& turn = site.turns.front();
+    auto it = site.destinations.find(turn.key);
+    if (it != site.destinations.end() && it->second->turn == turn.ticket) {
+      if (WaitsItsTurn(*it->second)) return it->second.get();
+      it->second->turn = 0;  // its jobs went back to the manager, or failed
+    }
+    site.turns.pop_front();
+  }
+  return nullptr;
+}
+
+bool ShardDelivery::GiveWay(SiteQueue& site, DestinationQueue& from, Link& link,
+                            DestinationQueue& to, absl::Time now, absl::Time& wake) {
+  // Its own idle connections first: their pair (or the warmup cap) refused them a moment ago
+  // and may admit one now. (Advanced before Employ, which may move the link elsewhere.)
+  for (auto it = to.links.begin(); it != to.links.end();) {
+    Link& own = **it++;
+    if (own.idle()) Employ(site, to, own, now, WarmupPlanOf(to), wake, Employment::kOwnTurn);
+  }
+  if (!WaitsItsTurn(to)) return false;
+  const Source& source = link.source();
+  const std::vector<Source>& sources = context_.router.Sources(to.destination.pool);
+  if (std::none_of(sources.begin(), sources.end(),
+                   [&source](const Source& s) { return s.name == source.name; }) ||
+      std::none_of(to.waiting.begin(), to.waiting.end(), [&source](const PendingJob& p) {
+        return p.job.pinned_source.empty() || p.job.pinned_source == source.name;
+      })) {
+    return false;  // another source's turn, which this connection cannot give
+  }
+  throttle::PairThrottle& pair = link.pair();
+  const std::optional<dns::IpAddress> first =
+      to.hosts.empty() ? std::nullopt : FirstAddress(to.hosts.front(), source);
+  if (!first.has_value()) return false;  // being looked up since it began to wait (AwaitTurn)
+  if (link.reuse_key() ==
+      ReuseKey(source, *first, to.destination.port,
+               SessionTlsPolicy(to.destination, context_.tls, false), to.destination,
+               to.hosts.front())) {
+    // Closed and taken over by the same pair: its count stays.
+    pair.OnConnectionTakenOver(now);
+    link.MoveTo(to, pair, to.hosts.front());
+    if (WaitsItsTurn(from)) AwaitTurn(site, from);
+    Employ(site, to, link, now, WarmupPlanOf(to), wake, Employment::kOwnTurn);
+    return true;
+  }
+  // Another address: `to` needs a connection of its own, which a pair with room lets it open
+  // (it is pumped first), and one closing already frees a slot for.
+  if (pair.open_connections() < pair.current_max_connections() || site.closing_for_a_slot > 0) {
+    return false;
+  }
+  link.CloseForASlot();
+  if (WaitsItsTurn(from)) AwaitTurn(site, from);
+  return true;
 }
 
 bool ShardDelivery::CannotStartAny(const SiteQueue& site, const DestinationQueue& queue) {
@@ -815,11 +917,13 @@ void ShardDelivery::EmployNext(Link& link) {
   DestinationQueue& queue = link.queue();
   absl::Time wake = absl::InfiniteFuture();  // not needed: the link pumps when its job ends
   Employ(*queue.site, queue, link, context_.clock.Now(), WarmupPlanOf(queue), wake,
-         /*next=*/true);
+         Employment::kNext);
 }
 
 void ShardDelivery::Employ(SiteQueue& site, DestinationQueue& queue, Link& link, absl::Time now,
-                           const throttle::WarmupPlan* plan, absl::Time& wake, bool next) {
+                           const throttle::WarmupPlan* plan, absl::Time& wake,
+                           Employment employment) {
+  const bool next = employment == Employment::kNext;
   throttle::PairThrottle& pair = link.pair();
   const uint32_t per_connection =
       Capped(pair.max_messages_per_connection(), context_.max_messages_per_connection);
@@ -835,6 +939,12 @@ void ShardDelivery::Employ(SiteQueue& site, DestinationQueue& queue, Link& link,
     if (!next) link.Idle(/*offer=*/true);
     return;
   }
+  if (employment != Employment::kOwnTurn && link.sent_here() > 0) {
+    if (DestinationQueue* turn = NextTurn(site); turn != nullptr && turn != &queue) {
+      if (next) return;  // not pipelined: the connection gives way once its job is answered
+      if (GiveWay(site, queue, link, *turn, now, wake)) return;
+    }
+  }
   if (const WarmupRoom room = WarmupRoomFor(site, source, plan, now); room != WarmupRoom::kOpen) {
     wake = std::min(wake, WarmupWake(room, now));
     if (!next) IdleForWarmup(link, room);
@@ -849,18 +959,25 @@ void ShardDelivery::Employ(SiteQueue& site, DestinationQueue& queue, Link& link,
   pair.OnMessageStarted(now);
   PendingJob carried = std::move(*job);
   queue.waiting.erase(job);
+  queue.turn = 0;  // carrying: it waits its turn again, at the end, when it next waits
   link.Carry(std::move(carried));
 }
 
 ShardDelivery::Link* ShardDelivery::TakeOverIdleLinkOfPair(
     DestinationQueue& queue, std::span<const throttle::SourceCandidate> candidates,
-    const std::vector<Source>& sources, absl::Time now) {
+    const std::vector<Source>& sources, absl::Time now, absl::Time& wake) {
   if (queue.hosts.empty()) return nullptr;
   Link* elsewhere = nullptr;  // an idle connection of a full pair, to another address
   for (size_t i = 0; i < sources.size() && i < candidates.size(); ++i) {
     if (candidates[i].pair == nullptr) continue;  // out of the running (PumpDestination)
     throttle::PairThrottle& pair = *candidates[i].pair;
-    if (pair.suspended(now) || pair.MessageEligibleAt(now) > now) continue;
+    if (pair.suspended(now)) continue;
+    if (const absl::Time eligible = pair.MessageEligibleAt(now); eligible > now) {
+      // Its idle connection may be taken at its next message slot: the site is pumped then
+      // (its count of connections gives no time: ChooseSource's is "when one closes").
+      wake = std::min(wake, eligible);
+      continue;
+    }
     const std::string& name = sources[i].name;
     if (std::none_of(queue.waiting.begin(), queue.waiting.end(), [&name](const PendingJob& p) {
           return p.job.pinned_source.empty() || p.job.pinned_source == name;
@@ -869,14 +986,7 @@ ShardDelivery::Link* ShardDelivery::TakeOverIdleLinkOfPair(
     }
     const std::optional<dns::IpAddress> first = FirstAddress(queue.hosts.front(), sources[i]);
     if (!first.has_value()) {
-      // Not known yet: once it is, the site is pumped again and may find one.
-      std::weak_ptr<bool> alive = alive_;
-      resolver_.ResolveAddresses(
-          queue.hosts.front(), [this, alive, site_key = queue.site->key](
-                                   absl::StatusOr<std::vector<dns::IpAddress>> addresses) {
-            if (alive.expired() || shutting_down_ || !addresses.ok()) return;
-            if (auto site = sites_.find(site_key); site != sites_.end()) Pump(*site->second);
-          });
+      LookUpFirstHost(queue);  // the site is pumped again once it is known, and may find one
       return nullptr;
     }
     Link* link = ReusableLinkAt(queue, sources[i], *first, &pair);
@@ -905,6 +1015,17 @@ ShardDelivery::Link* ShardDelivery::IdleLinkToClose(const SiteQueue& site,
   // links of the shard (a few per address), never the site's destinations.
   if (site.closing_for_a_slot > 0) return nullptr;
   return OfferedLink([&pair](const Link& link) { return &link.pair() == &pair; });
+}
+
+void ShardDelivery::LookUpFirstHost(const DestinationQueue& queue) {
+  if (queue.hosts.empty() || IpLiteral(queue.hosts.front()).has_value()) return;
+  std::weak_ptr<bool> alive = alive_;
+  resolver_.ResolveAddresses(
+      queue.hosts.front(), [this, alive, site_key = queue.site->key](
+                               absl::StatusOr<std::vector<dns::IpAddress>> addresses) {
+        if (alive.expired() || shutting_down_ || !addresses.ok()) return;
+        if (auto site = sites_.find(site_key); site != sites_.end()) Pump(*site->second);
+      });
 }
 
 std::optional<dns::IpAddress> ShardDelivery::FirstAddress(const std::string& host,
@@ -943,9 +1064,11 @@ void ShardDelivery::PumpDestination(SiteQueue& site, DestinationQueue& queue, ab
   const throttle::WarmupPlan* plan = WarmupPlanOf(queue);
   absl::Time wake = absl::InfiniteFuture();
 
-  // 1. Connections ready for work take the jobs their pair admits now.
-  for (auto& link : queue.links) {
-    if (link->idle()) Employ(site, queue, *link, now, plan, wake);
+  // 1. Connections ready for work take the jobs their pair admits now, or give way to a
+  // destination waiting its turn. (Advanced before Employ, which may move the link.)
+  for (auto it = queue.links.begin(); it != queue.links.end();) {
+    Link& link = **it++;
+    if (link.idle()) Employ(site, queue, link, now, plan, wake);
   }
   if (queue.waiting.empty()) {
     if (wake != absl::InfiniteFuture()) WakeAt(site, wake);
@@ -1002,9 +1125,9 @@ void ShardDelivery::PumpDestination(SiteQueue& site, DestinationQueue& queue, ab
       // The pairs' connections may all be other destinations' idle ones (a site of many
       // domains: every Google-hosted domain is one); one to this destination's address serves
       // it now rather than at its idle timeout.
-      if (Link* taken = TakeOverIdleLinkOfPair(queue, candidates, sources, now)) {
+      if (Link* taken = TakeOverIdleLinkOfPair(queue, candidates, sources, now, wake)) {
         ++live;
-        Employ(site, queue, *taken, now, plan, wake);
+        Employ(site, queue, *taken, now, plan, wake, Employment::kOwnTurn);
         if (queue.waiting.empty() || !taken->carrying()) break;
         continue;
       }
@@ -1034,13 +1157,14 @@ void ShardDelivery::PumpDestination(SiteQueue& site, DestinationQueue& queue, ab
       pair.OnConnectionTakenOver(now);
       reused->MoveTo(queue, pair, queue.hosts.front());
       ++live;
-      Employ(site, queue, *reused, now, plan, wake);
+      Employ(site, queue, *reused, now, plan, wake, Employment::kOwnTurn);
       // Not carrying: its pair must wait, and so would another.
       if (queue.waiting.empty() || !reused->carrying()) break;
       continue;
     }
     pair.OnConnectionOpened(now);
     Link* link = queue.links.emplace_back(std::make_unique<Link>(*this, queue, source, pair)).get();
+    queue.turn = 0;  // connecting: no longer waiting its turn
     ++live;
     ++connecting;
     link->Start();
@@ -1056,6 +1180,7 @@ void ShardDelivery::PumpDestination(SiteQueue& site, DestinationQueue& queue, ab
     return link->carrying() || link->connecting();
   });
   if (!moving) {
+    AwaitTurn(site, queue);
     if (wake != absl::InfiniteFuture() && wake - now > context_.max_hold) {
       HoldBack(queue, 0, wake, absl::ZeroDuration());
     }

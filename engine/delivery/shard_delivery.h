@@ -12,6 +12,9 @@
 //    Postfix's connection cache by address does — a thousand domains on one provider's servers
 //    under a thousand MX names cost a few connections, not a thousand. It is counted by the
 //    pair it serves at the time;
+//  - the destinations of a site take turns (SiteQueue::turns): one with jobs and nothing of
+//    its own under way gets the site's next connection or message slot before a busy
+//    destination's next job;
 //  - per (source, site), a PairThrottle (throttle/site_throttle.h) that admits each connection
 //    and each message under the site's limits, and reacts to every classified reply (rate
 //    limit, too many connections, blocklist: backoff, suspension, recovery). A throttled site
@@ -210,6 +213,10 @@ class ShardDelivery {
     SiteQueue* site = nullptr;
     std::deque<PendingJob> waiting;
     std::list<std::unique_ptr<Link>> links;
+    // Its ticket in the site's turns (SiteQueue::turns) while it waits for one; 0: none.
+    uint64_t turn = 0;
+    // The site's pump that last visited it (SiteQueue::pumps): each is visited once a pump.
+    uint64_t pumped = 0;
   };
   struct SiteQueue {
     std::string key;
@@ -221,6 +228,20 @@ class ShardDelivery {
     absl::flat_hash_map<std::string, std::unique_ptr<DestinationQueue>> destinations;
     io::TimerId wake_timer = io::kNoTimer;
     absl::Time wake_at = absl::InfiniteFuture();
+    // The destinations with jobs and nothing of their own carrying or connecting for them, by
+    // key and ticket, in the order they began to wait: the site's next connection or message
+    // slot is the first one's, before a busy destination's next job — round-robin, as
+    // Postfix's queue manager serves its destinations, so that a newsletter to one of a
+    // provider's domains does not hold a password reset to another back until it is out. An
+    // entry whose destination went, or carries again (its ticket changed), is dropped when it
+    // comes first.
+    struct Turn {
+      std::string key;
+      uint64_t ticket = 0;
+    };
+    std::deque<Turn> turns;
+    uint64_t tickets = 0;
+    uint64_t pumps = 0;
     // Idle connections of other destinations closing so that a waiting one gets their slot.
     int closing_for_a_slot = 0;
     // What the metrics were last told of each pair, by source: counters advance by the
@@ -257,17 +278,38 @@ class ShardDelivery {
   // or nullptr.
   Link* OfferedLink(absl::FunctionRef<bool(const Link&)> wanted);
   void PumpDestination(SiteQueue& site, DestinationQueue& queue, absl::Time now);
+  enum class Employment {
+    kIdle,     // idle, or just answered: gives way to a destination waiting its turn first
+    kOwnTurn,  // taken over for the destination, or the destination's turn: takes its job
+    // At the end of data of the job it carries: takes a job only, none while another
+    // destination waits its turn, and is otherwise left as it is (it comes back as kIdle
+    // when its job ends).
+    kNext,
+  };
   // An idle `link` of `queue` takes the first job its pair and the warmup cap admit now; or
-  // waits (arming `wake`), offered to other destinations when no job is for its source; or
-  // leaves (its pair paused, over its limits, or the connection used up). With `next`, the
-  // link is at the end of data of the job it carries: it takes a job only, and is otherwise
-  // left as it is (it comes back here when its job ends).
+  // goes to another destination of the site that waits its turn (GiveWay); or waits (arming
+  // `wake`), offered to other destinations when no job is for its source; or leaves (its pair
+  // paused, over its limits, or the connection used up).
   void Employ(SiteQueue& site, DestinationQueue& queue, Link& link, absl::Time now,
-              const throttle::WarmupPlan* plan, absl::Time& wake, bool next = false);
+              const throttle::WarmupPlan* plan, absl::Time& wake,
+              Employment employment = Employment::kIdle);
+  // True when `queue` has jobs and none of its connections carries one or is connecting.
+  static bool WaitsItsTurn(const DestinationQueue& queue);
+  // `queue` waits its turn (SiteQueue::turns), behind those already waiting.
+  void AwaitTurn(SiteQueue& site, DestinationQueue& queue);
+  // The first destination of the site still waiting its turn, or null.
+  DestinationQueue* NextTurn(SiteQueue& site);
+  // `link`, about to take a job of `from`, serves `to` (first in the turns) instead: `to`'s own
+  // idle connections are employed first; then `link` moves to `to` when `to`'s first host has
+  // its address, or closes when `to` needs its pair's slot (its Finish pumps the site, `to`
+  // first). False when `to` takes nothing of it (its jobs are for another source, or it can
+  // open a connection of its own): `link` then serves `from`.
+  bool GiveWay(SiteQueue& site, DestinationQueue& from, Link& link, DestinationQueue& to,
+               absl::Time now, absl::Time& wake);
   // Employ for a link just connected and greeted (its session's OnReady) or just answered
   // (OnTransactionDone), before its site is pumped.
   void EmployReady(Link& link);
-  // Employ(next) for a link at the end of data (its session's OnReadyForNext): the next
+  // Employ(kNext) for a link at the end of data (its session's OnReadyForNext): the next
   // message follows the end of data in the same write (RFC 2920 §3.1).
   void EmployNext(Link& link);
   // The warmup plan of the destination's pool, or null (none, or no reputation tracking).
@@ -294,6 +336,9 @@ class ShardDelivery {
   // Employ's refusal of `link` by the cap: a spent cap closes it, one full with what is in
   // flight keeps it for when answers come.
   static void IdleForWarmup(Link& link, WarmupRoom room);
+  // Looks up the address of the destination's first host (unless it is an IP literal) and
+  // pumps its site once it is known.
+  void LookUpFirstHost(const DestinationQueue& queue);
   // The address a new link from `source` would try first for `host` (its first of the source's
   // family): the host itself when it is an IP literal, else from the resolver's cache; nullopt
   // when not known yet.
@@ -311,10 +356,11 @@ class ShardDelivery {
   // count stays. nullptr when there is none: then one of their idle connections to another
   // address is closed, so that the site, pumped when it has, opens one for `queue`; when the
   // destination's address is not known yet, it is looked up and the site pumped again once it
-  // is.
+  // is. A pair waiting for its next message slot arms `wake` for it.
   Link* TakeOverIdleLinkOfPair(DestinationQueue& queue,
                                std::span<const throttle::SourceCandidate> candidates,
-                               const std::vector<Source>& sources, absl::Time now);
+                               const std::vector<Source>& sources, absl::Time now,
+                               absl::Time& wake);
   // An idle connection of `pair` that another destination offers, to be closed for a
   // destination of `site` that waits for a slot of `pair`; nullptr when there is none, or when
   // one of the site's is closing for a slot already.
