@@ -26,6 +26,13 @@ constexpr size_t kMaxConnectsInProgress = 2;
 // Longest a destination refused by a warmup cap full with what is in flight waits before its
 // site is pumped again (answers to those messages pump it sooner).
 constexpr absl::Duration kWarmupRecheck = absl::Seconds(10);
+// A connection about to take its destination's next job looks this far down its site's
+// turns for a destination it can serve (ShardDelivery::TurnFor).
+constexpr size_t kTurnsLooked = 8;
+// Jobs a connection carries for its destination before it closes so that a destination of
+// its site at another address gets the slot (ShardDelivery::WayFor): at most one new
+// connection per so many messages, where taking turns costs a connection each time.
+constexpr uint32_t kCarriedBeforeClosingForATurn = 10;
 // How often a shutting-down shard checks whether its connections are gone.
 constexpr absl::Duration kShutdownPoll = absl::Milliseconds(10);
 // How often the pairs' state reaches the metrics (real time: a scrape sees it this fresh).
@@ -748,13 +755,17 @@ bool ShardDelivery::WaitsItsTurn(const DestinationQueue& queue) {
 }
 
 void ShardDelivery::AwaitTurn(SiteQueue& site, DestinationQueue& queue) {
-  if (queue.turn != 0) return;  // waiting already: it keeps its place
+  // Waiting already (it keeps its place), or alone in its site: nobody to take turns with
+  // (a destination coming later finds it skipped by the next pump, which enters it).
+  if (queue.turn != 0 || site.destinations.size() < 2) return;
   queue.turn = ++site.tickets;
   site.turns.push_back({queue.destination.key, queue.turn});
-  // A connection of the site at the same address moves to it when its turn comes (GiveWay):
-  // its first host's address must be known by then.
-  if (!queue.hosts.empty() && !resolver_.CachedAddresses(queue.hosts.front()).has_value()) {
-    LookUpFirstHost(queue);
+  // A connection of the site at the same address moves to it when its turn comes (WayFor):
+  // its first host's address must be known by then. Cached for that; nothing to pump.
+  if (!queue.hosts.empty() && !IpLiteral(queue.hosts.front()).has_value() &&
+      !resolver_.CachedAddresses(queue.hosts.front()).has_value()) {
+    resolver_.ResolveAddresses(queue.hosts.front(),
+                               [](absl::StatusOr<std::vector<dns::IpAddress>>) {});
   }
 }
 
@@ -771,15 +782,27 @@ ShardDelivery::DestinationQueue* ShardDelivery::NextTurn(SiteQueue& site) {
   return nullptr;
 }
 
-bool ShardDelivery::GiveWay(SiteQueue& site, DestinationQueue& from, Link& link,
-                            DestinationQueue& to, absl::Time now, absl::Time& wake) {
-  // Its own idle connections first: their pair (or the warmup cap) refused them a moment ago
-  // and may admit one now. (Advanced before Employ, which may move the link elsewhere.)
-  for (auto it = to.links.begin(); it != to.links.end();) {
-    Link& own = **it++;
-    if (own.idle()) Employ(site, to, own, now, WarmupPlanOf(to), wake, Employment::kOwnTurn);
+ShardDelivery::DestinationQueue* ShardDelivery::TurnFor(SiteQueue& site,
+                                                       const DestinationQueue& queue,
+                                                       const Link& link) {
+  if (NextTurn(site) == nullptr) return nullptr;
+  size_t looked = 0;
+  for (const SiteQueue::Turn& turn : site.turns) {
+    auto it = site.destinations.find(turn.key);
+    if (it == site.destinations.end() || it->second->turn != turn.ticket ||
+        !WaitsItsTurn(*it->second)) {
+      continue;
+    }
+    DestinationQueue& waiting = *it->second;
+    if (&waiting == &queue) return nullptr;  // its own destination's turn comes first
+    if (WayFor(site, link, waiting) != Way::kNone) return &waiting;
+    if (++looked == kTurnsLooked) break;
   }
-  if (!WaitsItsTurn(to)) return false;
+  return nullptr;
+}
+
+ShardDelivery::Way ShardDelivery::WayFor(const SiteQueue& site, const Link& link,
+                                         const DestinationQueue& to) {
   const Source& source = link.source();
   const std::vector<Source>& sources = context_.router.Sources(to.destination.pool);
   if (std::none_of(sources.begin(), sources.end(),
@@ -787,31 +810,51 @@ bool ShardDelivery::GiveWay(SiteQueue& site, DestinationQueue& from, Link& link,
       std::none_of(to.waiting.begin(), to.waiting.end(), [&source](const PendingJob& p) {
         return p.job.pinned_source.empty() || p.job.pinned_source == source.name;
       })) {
-    return false;  // another source's turn, which this connection cannot give
+    return Way::kNone;  // another source's turn, which this connection cannot give
   }
-  throttle::PairThrottle& pair = link.pair();
   const std::optional<dns::IpAddress> first =
       to.hosts.empty() ? std::nullopt : FirstAddress(to.hosts.front(), source);
-  if (!first.has_value()) return false;  // being looked up since it began to wait (AwaitTurn)
-  if (link.reuse_key() ==
-      ReuseKey(source, *first, to.destination.port,
-               SessionTlsPolicy(to.destination, context_.tls, false), to.destination,
-               to.hosts.front())) {
+  if (first.has_value() &&
+      link.reuse_key() == ReuseKey(source, *first, to.destination.port,
+                                   SessionTlsPolicy(to.destination, context_.tls, false),
+                                   to.destination, to.hosts.front())) {
+    return Way::kMove;
+  }
+  // Another address (or one not known): `to` needs a connection of its own. A pair with room
+  // lets it open one (it is pumped first), and one closing already frees a slot for it.
+  const throttle::PairThrottle& pair = link.pair();
+  if (link.sent_here() < kCarriedBeforeClosingForATurn ||
+      pair.open_connections() < pair.current_max_connections() || site.closing_for_a_slot > 0) {
+    return Way::kNone;
+  }
+  return Way::kClose;
+}
+
+void ShardDelivery::GiveWay(SiteQueue& site, DestinationQueue& from, Link& link,
+                            DestinationQueue& to, absl::Time now,
+                            const throttle::WarmupPlan* plan, absl::Time& wake) {
+  // Its own idle connections first: their pair (or the warmup cap) refused them a moment ago
+  // and may admit one now. (Advanced before Employ, which may move the link elsewhere.)
+  for (auto it = to.links.begin(); it != to.links.end();) {
+    Link& own = **it++;
+    if (own.idle()) Employ(site, to, own, now, WarmupPlanOf(to), wake, Employment::kOwnTurn);
+  }
+  const Way way = WaitsItsTurn(to) ? WayFor(site, link, to) : Way::kNone;
+  if (way == Way::kNone) {
+    // Served meanwhile: `link` serves its own, its pair looked at again (a slot may be gone).
+    Employ(site, from, link, now, plan, wake, Employment::kOwnTurn);
+    return;
+  }
+  if (way == Way::kMove) {
     // Closed and taken over by the same pair: its count stays.
+    throttle::PairThrottle& pair = link.pair();
     pair.OnConnectionTakenOver(now);
     link.MoveTo(to, pair, to.hosts.front());
-    if (WaitsItsTurn(from)) AwaitTurn(site, from);
-    Employ(site, to, link, now, WarmupPlanOf(to), wake, Employment::kOwnTurn);
-    return true;
+  } else {
+    link.CloseForASlot();  // its Finish pumps the site, `to` first
   }
-  // Another address: `to` needs a connection of its own, which a pair with room lets it open
-  // (it is pumped first), and one closing already frees a slot for.
-  if (pair.open_connections() < pair.current_max_connections() || site.closing_for_a_slot > 0) {
-    return false;
-  }
-  link.CloseForASlot();
   if (WaitsItsTurn(from)) AwaitTurn(site, from);
-  return true;
+  if (way == Way::kMove) Employ(site, to, link, now, WarmupPlanOf(to), wake, Employment::kOwnTurn);
 }
 
 bool ShardDelivery::CannotStartAny(const SiteQueue& site, const DestinationQueue& queue) {
@@ -939,12 +982,6 @@ void ShardDelivery::Employ(SiteQueue& site, DestinationQueue& queue, Link& link,
     if (!next) link.Idle(/*offer=*/true);
     return;
   }
-  if (employment != Employment::kOwnTurn && link.sent_here() > 0) {
-    if (DestinationQueue* turn = NextTurn(site); turn != nullptr && turn != &queue) {
-      if (next) return;  // not pipelined: the connection gives way once its job is answered
-      if (GiveWay(site, queue, link, *turn, now, wake)) return;
-    }
-  }
   if (const WarmupRoom room = WarmupRoomFor(site, source, plan, now); room != WarmupRoom::kOpen) {
     wake = std::min(wake, WarmupWake(room, now));
     if (!next) IdleForWarmup(link, room);
@@ -955,6 +992,16 @@ void ShardDelivery::Employ(SiteQueue& site, DestinationQueue& queue, Link& link,
     wake = std::min(wake, eligible);
     if (!next) link.Idle(/*offer=*/false);
     return;
+  }
+  // About to start a message: a destination of the site waiting its turn, which this
+  // connection can serve, goes first (a connection carries one job for its destination
+  // first, or two waiting for one slot could hand it back and forth, neither served).
+  if (employment != Employment::kOwnTurn && link.sent_here() > 0 &&
+      site.destinations.size() > 1) {
+    if (DestinationQueue* turn = TurnFor(site, queue, link)) {
+      if (!next) GiveWay(site, queue, link, *turn, now, plan, wake);
+      return;  // when `next`, not pipelined: it gives way once its job is answered
+    }
   }
   pair.OnMessageStarted(now);
   PendingJob carried = std::move(*job);
@@ -972,21 +1019,30 @@ ShardDelivery::Link* ShardDelivery::TakeOverIdleLinkOfPair(
     if (candidates[i].pair == nullptr) continue;  // out of the running (PumpDestination)
     throttle::PairThrottle& pair = *candidates[i].pair;
     if (pair.suspended(now)) continue;
-    if (const absl::Time eligible = pair.MessageEligibleAt(now); eligible > now) {
-      // Its idle connection may be taken at its next message slot: the site is pumped then
-      // (its count of connections gives no time: ChooseSource's is "when one closes").
-      wake = std::min(wake, eligible);
-      continue;
-    }
     const std::string& name = sources[i].name;
     if (std::none_of(queue.waiting.begin(), queue.waiting.end(), [&name](const PendingJob& p) {
           return p.job.pinned_source.empty() || p.job.pinned_source == name;
         })) {
       continue;
     }
+    if (const absl::Time eligible = pair.MessageEligibleAt(now); eligible > now) {
+      // An idle connection of the pair may be taken over at its next message slot: the site
+      // is pumped then (ChooseSource's time for a full pair is "when one closes").
+      if (OfferedLink([&pair](const Link& l) { return &l.pair() == &pair; }) != nullptr) {
+        wake = std::min(wake, eligible);
+      }
+      continue;
+    }
     const std::optional<dns::IpAddress> first = FirstAddress(queue.hosts.front(), sources[i]);
     if (!first.has_value()) {
-      LookUpFirstHost(queue);  // the site is pumped again once it is known, and may find one
+      // Not known yet: once it is, the site is pumped again and may find one.
+      std::weak_ptr<bool> alive = alive_;
+      resolver_.ResolveAddresses(
+          queue.hosts.front(), [this, alive, site_key = queue.site->key](
+                                   absl::StatusOr<std::vector<dns::IpAddress>> addresses) {
+            if (alive.expired() || shutting_down_ || !addresses.ok()) return;
+            if (auto site = sites_.find(site_key); site != sites_.end()) Pump(*site->second);
+          });
       return nullptr;
     }
     Link* link = ReusableLinkAt(queue, sources[i], *first, &pair);
@@ -1015,17 +1071,6 @@ ShardDelivery::Link* ShardDelivery::IdleLinkToClose(const SiteQueue& site,
   // links of the shard (a few per address), never the site's destinations.
   if (site.closing_for_a_slot > 0) return nullptr;
   return OfferedLink([&pair](const Link& link) { return &link.pair() == &pair; });
-}
-
-void ShardDelivery::LookUpFirstHost(const DestinationQueue& queue) {
-  if (queue.hosts.empty() || IpLiteral(queue.hosts.front()).has_value()) return;
-  std::weak_ptr<bool> alive = alive_;
-  resolver_.ResolveAddresses(
-      queue.hosts.front(), [this, alive, site_key = queue.site->key](
-                               absl::StatusOr<std::vector<dns::IpAddress>> addresses) {
-        if (alive.expired() || shutting_down_ || !addresses.ok()) return;
-        if (auto site = sites_.find(site_key); site != sites_.end()) Pump(*site->second);
-      });
 }
 
 std::optional<dns::IpAddress> ShardDelivery::FirstAddress(const std::string& host,

@@ -279,7 +279,7 @@ class ShardDelivery {
   Link* OfferedLink(absl::FunctionRef<bool(const Link&)> wanted);
   void PumpDestination(SiteQueue& site, DestinationQueue& queue, absl::Time now);
   enum class Employment {
-    kIdle,     // idle, or just answered: gives way to a destination waiting its turn first
+    kIdle,     // idle, or just answered: gives way to a destination waiting its turn (TurnFor)
     kOwnTurn,  // taken over for the destination, or the destination's turn: takes its job
     // At the end of data of the job it carries: takes a job only, none while another
     // destination waits its turn, and is otherwise left as it is (it comes back as kIdle
@@ -297,15 +297,25 @@ class ShardDelivery {
   static bool WaitsItsTurn(const DestinationQueue& queue);
   // `queue` waits its turn (SiteQueue::turns), behind those already waiting.
   void AwaitTurn(SiteQueue& site, DestinationQueue& queue);
-  // The first destination of the site still waiting its turn, or null.
+  // The first destination of the site still waiting its turn, or null (drops the entries of
+  // those no longer waiting from the front).
   DestinationQueue* NextTurn(SiteQueue& site);
-  // `link`, about to take a job of `from`, serves `to` (first in the turns) instead: `to`'s own
-  // idle connections are employed first; then `link` moves to `to` when `to`'s first host has
-  // its address, or closes when `to` needs its pair's slot (its Finish pumps the site, `to`
-  // first). False when `to` takes nothing of it (its jobs are for another source, or it can
-  // open a connection of its own): `link` then serves `from`.
-  bool GiveWay(SiteQueue& site, DestinationQueue& from, Link& link, DestinationQueue& to,
-               absl::Time now, absl::Time& wake);
+  // What `link` can do for `to`, a destination of its site waiting its turn.
+  enum class Way {
+    kNone,   // nothing: `to` waits for another source, or may open a connection of its own
+    kMove,   // go to `to`: its first host has this connection's address (ReuseKey)
+    kClose,  // close, so that `to` gets the slot of the pair, full (after
+             // kCarriedBeforeClosingForATurn jobs for its own destination)
+  };
+  Way WayFor(const SiteQueue& site, const Link& link, const DestinationQueue& to);
+  // The first destination waiting its turn ahead of `queue` that `link` can serve (WayFor),
+  // among the first kTurnsLooked waiting; null when none, or when `queue` comes first.
+  DestinationQueue* TurnFor(SiteQueue& site, const DestinationQueue& queue, const Link& link);
+  // `link`, about to take a job of `from`, serves `to` (TurnFor) instead: `to`'s own idle
+  // connections are employed first; then `link` moves to `to`, or closes for it (its Finish
+  // pumps the site, `to` first). When `to` needs neither any more, `link` serves `from`.
+  void GiveWay(SiteQueue& site, DestinationQueue& from, Link& link, DestinationQueue& to,
+               absl::Time now, const throttle::WarmupPlan* plan, absl::Time& wake);
   // Employ for a link just connected and greeted (its session's OnReady) or just answered
   // (OnTransactionDone), before its site is pumped.
   void EmployReady(Link& link);
@@ -336,9 +346,6 @@ class ShardDelivery {
   // Employ's refusal of `link` by the cap: a spent cap closes it, one full with what is in
   // flight keeps it for when answers come.
   static void IdleForWarmup(Link& link, WarmupRoom room);
-  // Looks up the address of the destination's first host (unless it is an IP literal) and
-  // pumps its site once it is known.
-  void LookUpFirstHost(const DestinationQueue& queue);
   // The address a new link from `source` would try first for `host` (its first of the source's
   // family): the host itself when it is an IP literal, else from the resolver's cache; nullopt
   // when not known yet.

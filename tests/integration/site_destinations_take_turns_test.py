@@ -5,13 +5,17 @@ Orange) until the whole newsletter is out. Postfix's queue manager serves its de
 round-robin the same way. Three sites, each at one connection:
   - both domains' MX hosts at one address: the connection moves to the waiting domain after
     the message it is carrying (and the one already pipelined behind it);
-  - the waiting domain's MX at another address: the connection closes, and its slot goes to
-    the waiting domain rather than to a new connection for the newsletter;
+  - the waiting domain's MX at another address: once the connection has carried ten of the
+    newsletter's messages, it closes, and its slot goes to the waiting domain rather than to a
+    new connection for the newsletter (taking turns there costs a connection each time: one
+    per ten messages at most);
   - a rate-limited site: the waiting domain has no connection of its own and the newsletter's
     connection stands idle between its message slots; the next slot goes to the waiting
     domain;
   - a rate-limited site whose one connection stands idle at a domain with nothing left: the
-    next domain takes it over at the site's next message slot, not at its idle timeout.
+    next domain takes it over at the site's next message slot, not at its idle timeout;
+  - two domains waiting, the first at another address, the second at the connection's: the
+    second is not held back behind the first, which gets the slot later.
 Against a real DNS server (dnsmasq on loopback) and real SMTP servers. The first two hold the
 newsletter's first answer back until the other message is queued, so the order is the relay's
 choice, not a race."""
@@ -29,7 +33,10 @@ APART = "127.0.0.50"       # site "apart": bulk.apart.test
 APART_FAR = "127.0.0.51"   # site "apart": far.apart.test
 PACED = "127.0.0.53"       # site "paced" (4 messages a second): bulk and urgent.paced.test
 SLOTTED = "127.0.0.54"     # site "slotted" (1 message a second): one and two.slotted.test
+MIXED = "127.0.0.55"       # site "mixed": bulk.mixed.test and near.mixed.test
+MIXED_FAR = "127.0.0.56"   # site "mixed": far.mixed.test
 NEWSLETTER = 8
+CARRIED_BEFORE_CLOSING = 10  # engine/delivery/shard_delivery.cc kCarriedBeforeClosingForATurn
 
 
 class Gate:
@@ -52,6 +59,8 @@ class SiteDestinationsTakeTurnsTest(unittest.TestCase):
         cls.apart_far = SmtpTestServer(host=APART_FAR, port=port).start()
         cls.paced = SmtpTestServer(host=PACED, port=port).start()
         cls.slotted = SmtpTestServer(host=SLOTTED, port=port).start()
+        cls.mixed = SmtpTestServer(host=MIXED, port=port).start()
+        cls.mixed_far = SmtpTestServer(host=MIXED_FAR, port=port).start()
         mx = [("bulk.turns.test", "mx1.turns.test", SAME),
               ("urgent.turns.test", "mx2.turns.test", SAME),
               ("bulk.apart.test", "mx1.apart.test", APART),
@@ -59,7 +68,10 @@ class SiteDestinationsTakeTurnsTest(unittest.TestCase):
               ("bulk.paced.test", "mx1.paced.test", PACED),
               ("urgent.paced.test", "mx2.paced.test", PACED),
               ("one.slotted.test", "mx1.slotted.test", SLOTTED),
-              ("two.slotted.test", "mx2.slotted.test", SLOTTED)]
+              ("two.slotted.test", "mx2.slotted.test", SLOTTED),
+              ("bulk.mixed.test", "mx1.mixed.test", MIXED),
+              ("near.mixed.test", "mx2.mixed.test", MIXED),
+              ("far.mixed.test", "mx3.mixed.test", MIXED_FAR)]
         cls.dns = DnsServer(mx=[(domain, host, 10) for domain, host, _ in mx],
                             addresses=[(host, address) for _, host, address in mx])
         cls.dns.start()
@@ -73,7 +85,8 @@ class SiteDestinationsTakeTurnsTest(unittest.TestCase):
         for name, limits in (("turns", "messages_per_hour = 0"),
                              ("apart", "messages_per_hour = 0"),
                              ("paced", "messages_per_minute = 240"),
-                             ("slotted", "messages_per_minute = 60")):
+                             ("slotted", "messages_per_minute = 60"),
+                             ("mixed", "messages_per_hour = 0")):
             shaping += ('[[site]]\nname = "%s"\nmx = ["*.%s.test"]\n'
                         "[site.limits]\nmax_connections = 1\n%s\n" % (name, name, limits))
         cls.server.write_file("shaping.toml", shaping)
@@ -83,7 +96,8 @@ class SiteDestinationsTakeTurnsTest(unittest.TestCase):
     def tearDownClass(cls):
         cls.server.cleanup()
         cls.dns.cleanup()
-        for sink in (cls.same, cls.apart, cls.apart_far, cls.paced, cls.slotted):
+        for sink in (cls.same, cls.apart, cls.apart_far, cls.paced, cls.slotted, cls.mixed,
+                     cls.mixed_far):
             sink.stop()
 
     def send(self, recipients):
@@ -122,18 +136,19 @@ class SiteDestinationsTakeTurnsTest(unittest.TestCase):
     def test_the_connection_closes_for_the_domain_waiting_at_another_address(self):
         gate = Gate()
         self.apart.end_of_data_reply = gate
-        bulk = ["n%d@bulk.apart.test" % i for i in range(NEWSLETTER)]
+        newsletter = 2 * CARRIED_BEFORE_CLOSING
+        bulk = ["n%d@bulk.apart.test" % i for i in range(newsletter)]
         self.send(bulk)
-        self.wait_held("apart", NEWSLETTER)
+        self.wait_held("apart", newsletter)
         self.send(["reset@far.apart.test"])
-        self.wait_held("apart", NEWSLETTER + 1)
+        self.wait_held("apart", newsletter + 1)
         gate.opened.set()
         self.apart_far.wait_for(lambda: self.apart_far.delivered_to("reset@far.apart.test"),
                                 timeout=30)
         reset_done = self.apart_far.transactions[0].finished
         self.apart.wait_for(lambda: all(self.apart.delivered_to(r) for r in bulk), timeout=30)
         before = [t.rcpt_to[0] for t in self.apart.transactions if t.finished <= reset_done]
-        self.assertLessEqual(len(before), 3, before)
+        self.assertLessEqual(len(before), CARRIED_BEFORE_CLOSING, before)
         # The newsletter's connection went for the reset's slot, and the newsletter came back
         # on a new one.
         self.assertGreaterEqual(len(self.apart.sessions), 2, self.apart.sessions)
@@ -165,6 +180,32 @@ class SiteDestinationsTakeTurnsTest(unittest.TestCase):
         self.assertEqual(len(self.slotted.sessions), 1, self.slotted.sessions)
         self.assertEqual([t.rcpt_to for t in self.slotted.sessions[0].transactions],
                          [["a@one.slotted.test"], ["b@two.slotted.test"]])
+
+    def test_a_domain_the_connection_can_serve_is_not_held_behind_one_it_cannot(self):
+        # far.mixed.test waits first, at another address: the connection serves it only after
+        # ten of the newsletter's messages. near.mixed.test, waiting behind it at the
+        # connection's address, gets the connection after the message it is carrying.
+        gate = Gate()
+        self.mixed.end_of_data_reply = gate
+        newsletter = 2 * CARRIED_BEFORE_CLOSING
+        bulk = ["n%d@bulk.mixed.test" % i for i in range(newsletter)]
+        self.send(bulk)
+        self.wait_held("mixed", newsletter)
+        self.send(["reset@far.mixed.test"])
+        self.wait_held("mixed", newsletter + 1)
+        self.send(["reset@near.mixed.test"])
+        self.wait_held("mixed", newsletter + 2)
+        gate.opened.set()
+        self.mixed.wait_for(lambda: all(self.mixed.delivered_to(r)
+                                        for r in bulk + ["reset@near.mixed.test"]), timeout=30)
+        self.mixed_far.wait_for(lambda: self.mixed_far.delivered_to("reset@far.mixed.test"),
+                                timeout=30)
+        carried = [t.rcpt_to[0] for t in self.mixed.transactions]
+        # The newsletter's first message, the one pipelined behind it, then near's.
+        self.assertLessEqual(carried.index("reset@near.mixed.test"), 2, carried)
+        far_done = self.mixed_far.transactions[0].finished
+        before_far = [t for t in self.mixed.transactions if t.finished <= far_done]
+        self.assertLessEqual(len(before_far), 3 + CARRIED_BEFORE_CLOSING, carried)
 
 
 if __name__ == "__main__":
