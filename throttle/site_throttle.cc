@@ -108,8 +108,12 @@ void PairThrottle::SetOptions(const PairOptions& options, absl::Time now) {
 
 // --- Admission -----------------------------------------------------------------------------
 
-absl::Time PairThrottle::ConnectionEligibleAt(absl::Time) const {
+absl::Time PairThrottle::ConnectionEligibleAt(absl::Time now) const {
   if (open_connections_ >= current_connections_) return absl::InfiniteFuture();
+  return ConnectionRateEligibleAt(now);
+}
+
+absl::Time PairThrottle::ConnectionRateEligibleAt(absl::Time) const {
   return std::max({suspended_until_, connections_minute_.NextEligible(),
                    connections_hour_.NextEligible()});
 }

@@ -111,6 +111,9 @@ class PairThrottle {
   // closing can allow it (all max_connections are open). The May* forms also record that work
   // waits on this pair (throttled_time); the *EligibleAt forms only look.
   absl::Time ConnectionEligibleAt(absl::Time now) const;
+  // ConnectionEligibleAt but for the count of open connections: when a connection closed now
+  // could be replaced (the connection rates and a suspension allow one).
+  absl::Time ConnectionRateEligibleAt(absl::Time now) const;
   absl::Time MessageEligibleAt(absl::Time now) const;
   absl::Time MayOpenConnection(absl::Time now);
   absl::Time MayStartMessage(absl::Time now);

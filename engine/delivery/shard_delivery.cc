@@ -29,10 +29,10 @@ constexpr absl::Duration kWarmupRecheck = absl::Seconds(10);
 // A connection about to take its destination's next job looks this far down its site's
 // turns for a destination it can serve (ShardDelivery::TurnFor).
 constexpr size_t kTurnsLooked = 8;
-// Jobs a connection carries for its destination before it closes so that a destination of
-// its site at another address gets the slot (ShardDelivery::WayFor): at most one new
-// connection per so many messages, where taking turns costs a connection each time.
-constexpr uint32_t kCarriedBeforeClosingForATurn = 10;
+// Messages a site starts while a destination at another address waits its turn before one of
+// its connections closes for it (ShardDelivery::WayFor): where taking turns costs a new
+// connection each time, at most one per so many messages.
+constexpr uint64_t kStartedBeforeClosingForATurn = 10;
 // How often a shutting-down shard checks whether its connections are gone.
 constexpr absl::Duration kShutdownPoll = absl::Milliseconds(10);
 // How often the pairs' state reaches the metrics (real time: a scrape sees it this fresh).
@@ -759,6 +759,7 @@ void ShardDelivery::AwaitTurn(SiteQueue& site, DestinationQueue& queue) {
   // (a destination coming later finds it skipped by the next pump, which enters it).
   if (queue.turn != 0 || site.destinations.size() < 2) return;
   queue.turn = ++site.tickets;
+  queue.started_at_turn = site.started;
   site.turns.push_back({queue.destination.key, queue.turn});
   // A connection of the site at the same address moves to it when its turn comes (WayFor):
   // its first host's address must be known by then. Cached for that; nothing to pump.
@@ -784,7 +785,7 @@ ShardDelivery::DestinationQueue* ShardDelivery::NextTurn(SiteQueue& site) {
 
 ShardDelivery::DestinationQueue* ShardDelivery::TurnFor(SiteQueue& site,
                                                        const DestinationQueue& queue,
-                                                       const Link& link) {
+                                                       const Link& link, absl::Time now) {
   if (NextTurn(site) == nullptr) return nullptr;
   size_t looked = 0;
   for (const SiteQueue::Turn& turn : site.turns) {
@@ -795,14 +796,14 @@ ShardDelivery::DestinationQueue* ShardDelivery::TurnFor(SiteQueue& site,
     }
     DestinationQueue& waiting = *it->second;
     if (&waiting == &queue) return nullptr;  // its own destination's turn comes first
-    if (WayFor(site, link, waiting) != Way::kNone) return &waiting;
+    if (WayFor(site, link, waiting, now) != Way::kNone) return &waiting;
     if (++looked == kTurnsLooked) break;
   }
   return nullptr;
 }
 
 ShardDelivery::Way ShardDelivery::WayFor(const SiteQueue& site, const Link& link,
-                                         const DestinationQueue& to) {
+                                         const DestinationQueue& to, absl::Time now) {
   const Source& source = link.source();
   const std::vector<Source>& sources = context_.router.Sources(to.destination.pool);
   if (std::none_of(sources.begin(), sources.end(),
@@ -821,10 +822,14 @@ ShardDelivery::Way ShardDelivery::WayFor(const SiteQueue& site, const Link& link
     return Way::kMove;
   }
   // Another address (or one not known): `to` needs a connection of its own. A pair with room
-  // lets it open one (it is pumped first), and one closing already frees a slot for it.
+  // lets it open one (it is pumped first), one closing already frees a slot for it, and a
+  // connection closed while the pair's connection rate allows no new one would leave the slot
+  // empty. Counted in the site's messages, not this connection's: connections moving between
+  // two busy destinations at one address would never reach the count.
   const throttle::PairThrottle& pair = link.pair();
-  if (link.sent_here() < kCarriedBeforeClosingForATurn ||
-      pair.open_connections() < pair.current_max_connections() || site.closing_for_a_slot > 0) {
+  if (site.started - to.started_at_turn < kStartedBeforeClosingForATurn ||
+      pair.open_connections() < pair.current_max_connections() || site.closing_for_a_slot > 0 ||
+      pair.ConnectionRateEligibleAt(now) > now) {
     return Way::kNone;
   }
   return Way::kClose;
@@ -839,7 +844,7 @@ void ShardDelivery::GiveWay(SiteQueue& site, DestinationQueue& from, Link& link,
     Link& own = **it++;
     if (own.idle()) Employ(site, to, own, now, WarmupPlanOf(to), wake, Employment::kOwnTurn);
   }
-  const Way way = WaitsItsTurn(to) ? WayFor(site, link, to) : Way::kNone;
+  const Way way = WaitsItsTurn(to) ? WayFor(site, link, to, now) : Way::kNone;
   if (way == Way::kNone) {
     // Served meanwhile: `link` serves its own, its pair looked at again (a slot may be gone).
     Employ(site, from, link, now, plan, wake, Employment::kOwnTurn);
@@ -998,12 +1003,13 @@ void ShardDelivery::Employ(SiteQueue& site, DestinationQueue& queue, Link& link,
   // first, or two waiting for one slot could hand it back and forth, neither served).
   if (employment != Employment::kOwnTurn && link.sent_here() > 0 &&
       site.destinations.size() > 1) {
-    if (DestinationQueue* turn = TurnFor(site, queue, link)) {
+    if (DestinationQueue* turn = TurnFor(site, queue, link, now)) {
       if (!next) GiveWay(site, queue, link, *turn, now, plan, wake);
       return;  // when `next`, not pipelined: it gives way once its job is answered
     }
   }
   pair.OnMessageStarted(now);
+  ++site.started;
   PendingJob carried = std::move(*job);
   queue.waiting.erase(job);
   queue.turn = 0;  // carrying: it waits its turn again, at the end, when it next waits

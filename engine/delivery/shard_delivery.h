@@ -215,6 +215,8 @@ class ShardDelivery {
     std::list<std::unique_ptr<Link>> links;
     // Its ticket in the site's turns (SiteQueue::turns) while it waits for one; 0: none.
     uint64_t turn = 0;
+    // The site's `started` when it began to wait its turn.
+    uint64_t started_at_turn = 0;
     // The site's pump that last visited it (SiteQueue::pumps): each is visited once a pump.
     uint64_t pumped = 0;
   };
@@ -242,6 +244,8 @@ class ShardDelivery {
     std::deque<Turn> turns;
     uint64_t tickets = 0;
     uint64_t pumps = 0;
+    // Messages started by the site's connections, for DestinationQueue::started_at_turn.
+    uint64_t started = 0;
     // Idle connections of other destinations closing so that a waiting one gets their slot.
     int closing_for_a_slot = 0;
     // What the metrics were last told of each pair, by source: counters advance by the
@@ -304,13 +308,15 @@ class ShardDelivery {
   enum class Way {
     kNone,   // nothing: `to` waits for another source, or may open a connection of its own
     kMove,   // go to `to`: its first host has this connection's address (ReuseKey)
-    kClose,  // close, so that `to` gets the slot of the pair, full (after
-             // kCarriedBeforeClosingForATurn jobs for its own destination)
+    kClose,  // close, so that `to` gets the slot of the pair, full (once the site has
+             // started kStartedBeforeClosingForATurn messages since `to` began to wait)
   };
-  Way WayFor(const SiteQueue& site, const Link& link, const DestinationQueue& to);
+  Way WayFor(const SiteQueue& site, const Link& link, const DestinationQueue& to,
+             absl::Time now);
   // The first destination waiting its turn ahead of `queue` that `link` can serve (WayFor),
   // among the first kTurnsLooked waiting; null when none, or when `queue` comes first.
-  DestinationQueue* TurnFor(SiteQueue& site, const DestinationQueue& queue, const Link& link);
+  DestinationQueue* TurnFor(SiteQueue& site, const DestinationQueue& queue, const Link& link,
+                            absl::Time now);
   // `link`, about to take a job of `from`, serves `to` (TurnFor) instead: `to`'s own idle
   // connections are employed first; then `link` moves to `to`, or closes for it (its Finish
   // pumps the site, `to` first). When `to` needs neither any more, `link` serves `from`.

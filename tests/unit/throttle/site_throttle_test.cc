@@ -159,8 +159,10 @@ TEST(PairThrottleTest, ConnectionsAreLimitedByConcurrencyAndRate) {
   EXPECT_EQ(pair.MayOpenConnection(kT0), kT0 + absl::Seconds(10));
   pair.OnConnectionOpened(kT0 + absl::Seconds(10));
   EXPECT_EQ(pair.open_connections(), 2u);
-  // Both open: only a close can allow a third.
+  // Both open: only a close can allow a third, which the rate would allow 10 s after the
+  // second.
   EXPECT_EQ(pair.MayOpenConnection(kT0 + absl::Minutes(5)), absl::InfiniteFuture());
+  EXPECT_EQ(pair.ConnectionRateEligibleAt(kT0 + absl::Seconds(15)), kT0 + absl::Seconds(20));
   pair.OnConnectionClosed(kT0 + absl::Minutes(5));
   EXPECT_LE(pair.MayOpenConnection(kT0 + absl::Minutes(5)), kT0 + absl::Minutes(5));
   EXPECT_EQ(pair.max_messages_per_connection(), 50u);
