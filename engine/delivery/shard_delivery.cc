@@ -9,6 +9,7 @@
 #include <functional>
 #include <map>
 #include <optional>
+#include <string_view>
 #include <utility>
 
 #include "absl/strings/match.h"
@@ -89,6 +90,11 @@ std::string ReuseKey(const Source& source, const dns::IpAddress& address, uint16
   const bool verified = destination.tls == config::DeliveryTlsPolicy::kRequired;
   return absl::StrCat(source.name, " ", address.ToString(), " ", port, " ",
                       static_cast<int>(tls), " ", verified ? host : std::string());
+}
+
+// A job greylisted from one source goes back from that source alone; the others from any.
+bool MayLeaveFrom(const DeliveryJob& job, std::string_view source) {
+  return job.pinned_source.empty() || job.pinned_source == source;
 }
 
 bool IsRoute(const Destination& destination) {
@@ -808,9 +814,8 @@ ShardDelivery::Way ShardDelivery::WayFor(const SiteQueue& site, const Link& link
   const std::vector<Source>& sources = context_.router.Sources(to.destination.pool);
   if (std::none_of(sources.begin(), sources.end(),
                    [&source](const Source& s) { return s.name == source.name; }) ||
-      std::none_of(to.waiting.begin(), to.waiting.end(), [&source](const PendingJob& p) {
-        return p.job.pinned_source.empty() || p.job.pinned_source == source.name;
-      })) {
+      std::none_of(to.waiting.begin(), to.waiting.end(),
+                   [&source](const PendingJob& p) { return MayLeaveFrom(p.job, source.name); })) {
     return Way::kNone;  // another source's turn, which this connection cannot give
   }
   const std::optional<dns::IpAddress> first =
@@ -980,9 +985,8 @@ void ShardDelivery::Employ(SiteQueue& site, DestinationQueue& queue, Link& link,
     return;
   }
   const std::string& source = link.source().name;
-  auto job = std::find_if(queue.waiting.begin(), queue.waiting.end(), [&](const PendingJob& p) {
-    return p.job.pinned_source.empty() || p.job.pinned_source == source;
-  });
+  auto job = std::find_if(queue.waiting.begin(), queue.waiting.end(),
+                          [&source](const PendingJob& p) { return MayLeaveFrom(p.job, source); });
   if (job == queue.waiting.end()) {
     if (!next) link.Idle(/*offer=*/true);
     return;
@@ -1026,9 +1030,8 @@ ShardDelivery::Link* ShardDelivery::TakeOverIdleLinkOfPair(
     throttle::PairThrottle& pair = *candidates[i].pair;
     if (pair.suspended(now)) continue;
     const std::string& name = sources[i].name;
-    if (std::none_of(queue.waiting.begin(), queue.waiting.end(), [&name](const PendingJob& p) {
-          return p.job.pinned_source.empty() || p.job.pinned_source == name;
-        })) {
+    if (std::none_of(queue.waiting.begin(), queue.waiting.end(),
+                     [&name](const PendingJob& p) { return MayLeaveFrom(p.job, name); })) {
       continue;
     }
     if (const absl::Time eligible = pair.MessageEligibleAt(now); eligible > now) {
