@@ -126,6 +126,12 @@ throttle::PairThrottle& ShardDelivery::SiteQueue::Pair(const std::string& source
   return *pair;
 }
 
+ShardDelivery::DestinationQueue* ShardDelivery::SiteQueue::Holder(const Turn& turn) {
+  auto it = destinations.find(turn.key);
+  if (it == destinations.end() || it->second->turn != turn.ticket) return nullptr;
+  return it->second.get();
+}
+
 // One SMTP client connection of a destination, from connect to QUIT, counted by its (source,
 // site) pair while it lives. Owned by its DestinationQueue; the ClientSession (owned by its
 // io::Connection) borrows it as Owner, so a Link is deleted only once its session has ended (or
@@ -735,9 +741,9 @@ void ShardDelivery::Pump(SiteQueue& site) {
   // NextTurn drops them only from the front, behind which a destination that carries and
   // waits again and again would leave one each time.
   std::erase_if(site.turns, [&site, &visit](const SiteQueue::Turn& turn) {
-    auto it = site.destinations.find(turn.key);
-    if (it == site.destinations.end() || it->second->turn != turn.ticket) return true;
-    visit(*it->second);
+    DestinationQueue* holder = site.Holder(turn);
+    if (holder == nullptr) return true;
+    visit(*holder);
     return false;
   });
   for (auto& [key, queue] : site.destinations) visit(*queue);
@@ -778,11 +784,9 @@ void ShardDelivery::AwaitTurn(SiteQueue& site, DestinationQueue& queue) {
 
 ShardDelivery::DestinationQueue* ShardDelivery::NextTurn(SiteQueue& site) {
   while (!site.turns.empty()) {
-    const SiteQueue::Turn& turn = site.turns.front();
-    auto it = site.destinations.find(turn.key);
-    if (it != site.destinations.end() && it->second->turn == turn.ticket) {
-      if (WaitsItsTurn(*it->second)) return it->second.get();
-      it->second->turn = 0;  // its jobs went back to the manager, or failed
+    if (DestinationQueue* holder = site.Holder(site.turns.front())) {
+      if (WaitsItsTurn(*holder)) return holder;
+      holder->turn = 0;  // its jobs went back to the manager, or failed
     }
     site.turns.pop_front();
   }
@@ -795,12 +799,9 @@ ShardDelivery::DestinationQueue* ShardDelivery::TurnFor(SiteQueue& site,
   if (NextTurn(site) == nullptr) return nullptr;
   size_t looked = 0;
   for (const SiteQueue::Turn& turn : site.turns) {
-    auto it = site.destinations.find(turn.key);
-    if (it == site.destinations.end() || it->second->turn != turn.ticket ||
-        !WaitsItsTurn(*it->second)) {
-      continue;
-    }
-    DestinationQueue& waiting = *it->second;
+    DestinationQueue* holder = site.Holder(turn);
+    if (holder == nullptr || !WaitsItsTurn(*holder)) continue;
+    DestinationQueue& waiting = *holder;
     if (&waiting == &queue) return nullptr;  // its own destination's turn comes first
     if (WayFor(site, link, waiting, now) != Way::kNone) return &waiting;
     if (++looked == kTurnsLooked) break;

@@ -267,6 +267,9 @@ class ShardDelivery {
 
     std::string_view name() const { return site == nullptr ? std::string_view() : site->name; }
     throttle::PairThrottle& Pair(const std::string& source);
+    // The destination `turn` stands for, or null when it went or carried since (the ticket
+    // changed).
+    DestinationQueue* Holder(const Turn& turn);
   };
 
   void Route(PendingJob pending, Destination destination, std::vector<std::string> hosts);
