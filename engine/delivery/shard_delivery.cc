@@ -1510,7 +1510,11 @@ void ShardDelivery::ReportMetrics() {
   for (auto& [key, site] : sites_) {
     const std::string label = LabelOf(context_.site_labels, key);
     // Pair gauges only for a label of one site: "other" and "route" would mix unrelated ones.
-    const bool named = site->site != nullptr || (label != "other" && label != "route");
+    // A [[domain]] override with limits of its own ("google/example.com") is a second throttle
+    // under its site's label, maybe on another shard: its gauges would overwrite the site's, a
+    // different value each sweep. Its counters add to the site's; `facteur site list` shows it.
+    const bool named = (site->site != nullptr || (label != "other" && label != "route")) &&
+                       key.find('/') == std::string::npos;
     std::array<double, 2>& totals = by_label[label];
     for (const auto& [destination, queue] : site->destinations) {
       for (const PendingJob& waiting : queue->waiting) {

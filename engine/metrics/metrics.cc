@@ -205,8 +205,11 @@ ShapingMetrics::ShapingMetrics(prometheus::Registry& registry)
       throttled_seconds_total(CounterFamily(
           registry, "facteur_site_throttled_seconds_total",
           "Time mail waited on a (site, source) pair's limits or suspension, in seconds.")),
+      // The pair gauges are the site's own pairs': a [[domain]] override with limits of its
+      // own is not among them (ShardDelivery::ReportMetrics).
       state(GaugeFamily(registry, "facteur_site_state",
-                        "State of a (site, source) pair: 0 normal, 1 backoff, 2 suspended.")),
+                        "State of a (site, source) pair: 0 normal, 1 backoff, 2 suspended; "
+                        "the site's own pairs, not a [[domain]] override's.")),
       message_rate(GaugeFamily(registry, "facteur_site_message_rate",
                                "Messages per minute a (site, source) pair may start now (its "
                                "limit, cut while backing off); 0: no limit.")),
