@@ -16,6 +16,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/time/time.h"
 #include "engine/admin/json.h"
 #include "engine/base/clock.h"
 #include "engine/base/status.h"
@@ -124,6 +125,11 @@ class RemoteAccounts final : public Accounts {
       policy::Account account;
       account.name = item.value("name", "");
       account.suspended = item.value("suspended", false);
+      absl::Time created;
+      std::string error;
+      if (absl::ParseTime(absl::RFC3339_full, item.value("created_at", ""), &created, &error)) {
+        account.created_at = created;
+      }
       if (item.contains("grants") && item["grants"].is_array()) {
         for (const nlohmann::json& g : item["grants"]) {
           if (g.is_string()) account.grants.push_back(g.get<std::string>());

@@ -291,8 +291,12 @@ class Relay {
     // New clients are refused from now on; sessions already open may end their transactions
     // while delivery has its grace, and are closed after it.
     if (server_ != nullptr && loops_running_) server_->StopAccepting();
-    std::error_code ignored;
-    std::filesystem::remove(EndpointsPath(config_), ignored);
+    // Only what this process wrote: a second `serve` refused at start (the spool in use) must
+    // not take the running server's endpoints away from the CLI.
+    if (announced_) {
+      std::error_code ignored;
+      std::filesystem::remove(EndpointsPath(config_), ignored);
+    }
     admin_.reset();
     StopDelivery();
     if (server_ != nullptr) server_->Stop();
@@ -782,7 +786,10 @@ class Relay {
                                 {"admin", admin},
                                 {"spool", SpoolPath(config_)},
                                 {"socket", socket}};
-    return WriteFileAtomically(EndpointsPath(config_), endpoints.dump(2) + "\n");
+    FACTEUR_RETURN_IF_ERROR(
+        WriteFileAtomically(EndpointsPath(config_), endpoints.dump(2) + "\n"));
+    announced_ = true;
+    return absl::OkStatus();
   }
 
   // The real clock, or for simulations ([clock] speed) a faster one.
@@ -813,6 +820,7 @@ class Relay {
   std::deque<smtp::ListenerPolicy> policies_;  // stable addresses: sessions borrow them
   std::unique_ptr<io::Server> server_;
   bool loops_running_ = false;  // server_->Start() succeeded: posted work runs
+  bool announced_ = false;  // this process wrote endpoints.json (Announce)
   // Delivery (issue #3). The resolvers serve the RCPT checks and the delivery pools alike.
   std::unique_ptr<dns::ShardResolvers> resolvers_;
   std::unique_ptr<delivery::Router> router_;

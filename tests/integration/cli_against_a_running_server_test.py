@@ -1,0 +1,58 @@
+"""The command line beside a running server: a second `facteur serve` on the same data
+directory is refused and leaves the running one's endpoints.json alone, so the CLI still
+reaches its admin API; and `account list --json`, answered through that API, gives each
+account's real creation time (it read 1970-01-01 before)."""
+
+import datetime
+import json
+import os
+import subprocess
+
+import harness
+
+EX_TEMPFAIL = 75
+
+
+class CliAgainstARunningServerTest(harness.unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.server = harness.Facteur()
+        cls.server.start_or(cls.tearDownClass)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.cleanup()
+
+    def endpoints(self):
+        with open(os.path.join(self.server.data_dir, "endpoints.json")) as f:
+            return json.load(f)
+
+    def test_a_second_serve_leaves_the_first_alone(self):
+        self.assertEqual(self.endpoints()["pid"], self.server.process.pid)
+        second = subprocess.run([harness.BINARY, "serve", "--config", self.server.config_path],
+                                capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+        self.assertEqual(second.returncode, EX_TEMPFAIL, second)
+        self.assertIn(b"in use by a running facteur", second.stdout + second.stderr)
+        self.assertEqual(self.endpoints()["pid"], self.server.process.pid)
+        summary = json.loads(self.server.cli("queue", "summary", "--json").stdout)
+        self.assertEqual(summary["messages"], 0)
+        self.assertIsNone(self.server.process.poll())
+
+    def test_account_list_through_the_api_gives_the_creation_time(self):
+        before = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=5)
+        self.server.cli("account", "add", "carol", input=b"carol's password\n")
+        accounts = json.loads(self.server.cli("account", "list", "--json").stdout)["accounts"]
+        carol = next(a for a in accounts if a["name"] == "carol")
+        created = datetime.datetime.fromisoformat(carol["created_at"])
+        self.assertGreaterEqual(created, before, carol)
+        self.assertLessEqual(created, datetime.datetime.now(datetime.timezone.utc), carol)
+        # The same as the API itself says.
+        with harness.urllib.request.urlopen(self.server.admin_url("/api/accounts"),
+                                            timeout=10) as response:
+            listed = json.loads(response.read())["accounts"]
+        self.assertEqual(next(a for a in listed if a["name"] == "carol")["created_at"],
+                         carol["created_at"])
+
+
+if __name__ == "__main__":
+    harness.main()
