@@ -659,7 +659,7 @@ class Parser : private TomlReader {
       FACTEUR_RETURN_IF_ERROR(ReadRequiredString(table, prefix, "domain",
                                                  "the From: domain the key signs for", key.domain));
       absl::AsciiStrToLower(&key.domain);
-      if (!IsDomainName(key.domain)) {
+      if (!IsDkimDomain(key.domain)) {
         return Error(table.get("domain")->source(), prefix + ".domain",
                      absl::StrCat("'", key.domain,
                                   "' is not a domain name (letters, digits, '-' and '.'; an "
@@ -667,8 +667,7 @@ class Parser : private TomlReader {
       }
       FACTEUR_RETURN_IF_ERROR(ReadRequiredString(table, prefix, "selector",
                                                  "the s= tag, e.g. \"mail2024\"", key.selector));
-      // RFC 6376 §3.1: selector = sub-domain *( "." sub-domain ); "2024" is one.
-      if (key.selector.front() == '[' || !mail::IsValidDomain(key.selector, false)) {
+      if (!IsDkimSelector(key.selector)) {
         return Error(table.get("selector")->source(), prefix + ".selector",
                      absl::StrCat("'", key.selector,
                                   "' is not a selector (DNS labels of letters, digits and '-' "
@@ -1162,6 +1161,13 @@ Config DefaultConfig() {
     std::abort();
   }
   return *std::move(config);
+}
+
+bool IsDkimDomain(std::string_view domain) { return IsDomainName(domain); }
+
+// RFC 6376 §3.1: selector = sub-domain *( "." sub-domain ); "2024" is one.
+bool IsDkimSelector(std::string_view selector) {
+  return !selector.empty() && selector.front() != '[' && mail::IsValidDomain(selector, false);
 }
 
 }  // namespace facteur::config

@@ -440,6 +440,12 @@ std::string_view DeliveryTlsPolicyName(DeliveryTlsPolicy policy);
 std::string_view DkimAlgorithmName(DkimAlgorithm algorithm);
 std::string_view DkimEngineName(DkimEngine engine);
 
+// What a [[dkim.key]] accepts as its domain (lower case, ASCII: an internationalised name in its
+// xn-- form) and its selector (RFC 6376 §3.1); `dkim keygen` asks the same before it names the
+// key file after them.
+bool IsDkimDomain(std::string_view domain);
+bool IsDkimSelector(std::string_view selector);
+
 // "35MiB", "10MB", "512KiB", "1GiB", "2048B", "2048": B, KB/MB/GB (powers of 1000) and
 // KiB/MiB/GiB (powers of 1024); other units, fractions and overflow are errors.
 absl::StatusOr<uint64_t> ParseByteSize(std::string_view text);

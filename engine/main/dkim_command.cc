@@ -115,6 +115,19 @@ int Keygen(const config::Config& config, const CommandLine& command_line) {
     std::cerr << "facteur dkim keygen: --domain and --selector are required\n" << kUsage;
     return kExitUsage;
   }
+  // Checked as [[dkim.key]] checks them: they also name the key file.
+  if (!config::IsDkimDomain(domain)) {
+    std::cerr << "facteur dkim keygen: --domain '" << domain
+              << "' is not a domain name (letters, digits, '-' and '.'; an internationalised "
+                 "name in its xn-- form)\n";
+    return kExitUsage;
+  }
+  if (!config::IsDkimSelector(selector)) {
+    std::cerr << "facteur dkim keygen: --selector '" << selector
+              << "' is not a selector (DNS labels of letters, digits and '-' separated by '.', "
+                 "RFC 6376 §3.1)\n";
+    return kExitUsage;
+  }
   std::string algorithm_name = value("algorithm");
   if (algorithm_name.empty()) algorithm_name = "rsa-2048";
   std::optional<Algorithm> algorithm = ParseAlgorithm(algorithm_name);

@@ -202,6 +202,21 @@ class DkimSignedSubmissionTest(harness.unittest.TestCase):
         self.assertEqual(result.returncode, 65, result)
         self.assertIn(b"missing", result.stdout)
 
+    def test_keygen_refuses_what_a_dkim_key_refuses(self):
+        # The domain and selector also name the key file: one that [[dkim.key]] would refuse,
+        # or that walks out of DATA_DIR/dkim, writes nothing.
+        dkim_dir = os.path.join(self.server.data_dir, "dkim")
+        before = sorted(os.listdir(self.server.data_dir)), sorted(os.listdir(dkim_dir))
+        for domain, selector, wrong in [("bad domain", "s1", b"--domain"),
+                                        ("asso.test", "../../escaped", b"--selector"),
+                                        ("asso.test", "a/b", b"--selector")]:
+            result = self.server.cli("dkim", "keygen", "--domain", domain, "--selector",
+                                     selector, "--algorithm", "ed25519", check=False)
+            self.assertEqual(result.returncode, 64, result)
+            self.assertIn(wrong, result.stderr)
+        self.assertEqual((sorted(os.listdir(self.server.data_dir)), sorted(os.listdir(dkim_dir))),
+                         before)
+
     def test_zz_sighup_reloads_a_replaced_key(self):
         # Runs last (name order): it changes the Ed25519 key of the shared server.
         new = os.path.join(self.server.data_dir, "dkim", "new-ed.pem")
