@@ -625,8 +625,12 @@ void QueueManager::BounceRecipients(
   dsn.client = "local";
   dsn.received_at = now;
   dsn.next_attempt = now;
-  dsn.smtputf8 = envelope.smtputf8;
   std::string text = mail::BuildDsn(report, *body);
+  // The DSN's own header section is ASCII but for its To:, the original sender: it needs
+  // SMTPUTF8 only for a sender outside ASCII (RFC 6533 §6); the original's UTF-8 header fields
+  // travel in its body (message/global-headers), as 8-bit content (RFC 6152).
+  dsn.smtputf8 = mail::HasNonAscii(envelope.sender);
+  dsn.eight_bit = mail::HasNonAscii(text);
   const std::string original = envelope.id.ToString();
   spool_.Enqueue(std::move(dsn), std::move(text), [original, dsn_id](absl::Status status) {
     if (!status.ok()) {
