@@ -181,6 +181,15 @@ class MalformedInputRepliesTest(HostileSessionCase):
         self.expect(self.hostile, "RCPT TO:<bob@exa mple.com>\r\n", "501 5.1.3")
         self.bystander_is_served()
 
+    def test_address_literal_recipients_are_550_5_7_1(self):
+        # Well-formed (RFC 5321 §4.1.3), but not delivered: refused now rather than accepted
+        # and retried against a "domain" no DNS lookup can answer until the message expires.
+        self.expect(self.hostile, "MAIL FROM:<app@asso.example>\r\n", "250 2.1.0")
+        self.expect(self.hostile, "RCPT TO:<bob@[127.0.0.1]>\r\n", "550 5.7.1")
+        self.expect(self.hostile, "RCPT TO:<bob@[IPv6:::1]>\r\n", "550 5.7.1")
+        self.expect(self.hostile, "RCPT TO:<bob@example.com>\r\n", "250 2.1.5")
+        self.bystander_is_served()
+
     def test_too_many_errors_is_421_4_7_0_then_close(self):
         for _ in range(MAX_ERRORS):
             self.expect(self.hostile, "FROB\r\n", "500 5.5.1")
