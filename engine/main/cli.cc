@@ -11,6 +11,8 @@
 #include "absl/strings/str_cat.h"
 #include "engine/base/secret_file.h"
 #include "engine/base/status.h"
+#include "engine/delivery/shaping.h"
+#include "engine/dkim/signing_table.h"
 #include "nlohmann/json.hpp"
 
 namespace facteur::cli {
@@ -108,6 +110,11 @@ absl::StatusOr<config::Config> LoadConfig(const CommandLine& command_line) {
   config.data_dir = absolute.lexically_normal().string();
   if (config.data_dir.size() > 1 && config.data_dir.back() == '/') config.data_dir.pop_back();
   return config;
+}
+
+absl::Status CheckFilesItNames(const config::Config& config) {
+  FACTEUR_RETURN_IF_ERROR(delivery::Shaping::Load(config).status());
+  return dkim::SigningTable::FromConfig(config).status();
 }
 
 std::string SpoolPath(const config::Config& config) { return config.SpoolPath(); }

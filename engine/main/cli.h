@@ -46,6 +46,11 @@ std::optional<CommandLine> ParseOrExit(const std::vector<std::string>& args,
 // (so that paths stay right whatever the working directory of a later process).
 absl::StatusOr<config::Config> LoadConfig(const CommandLine& command_line);
 
+// The files `config` names that a start or a reload reads besides it: the shaping and
+// classifier files, and every [[dkim.key]] file (found, private to its owner, a key). What
+// `config check` and `reload` check before they say ok; the error names the file.
+absl::Status CheckFilesItNames(const config::Config& config);
+
 // Where the spool of `config` lives.
 std::string SpoolPath(const config::Config& config);
 // The Unix socket of `config` (its first unix: listener), or "" when it has none.

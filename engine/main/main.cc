@@ -11,7 +11,6 @@
 
 #include "absl/synchronization/mutex.h"
 #include "engine/config/config.h"
-#include "engine/delivery/shaping.h"
 #include "engine/main/cli.h"
 #include "engine/main/commands.h"
 #include "engine/main/sendmail.h"
@@ -40,7 +39,9 @@ constexpr char kUsage[] =
 
 constexpr char kConfigUsage[] =
     "usage: facteur config check FILE\n"
-    "Validates FILE; on error prints FILE:LINE:COLUMN, the key and the reason, and exits 78.\n";
+    "Validates FILE, and the shaping, classifier and DKIM key files it names; on error prints\n"
+    "FILE:LINE:COLUMN, the key and the reason (or the file named and what is wrong with it),\n"
+    "and exits 78.\n";
 
 }  // namespace
 
@@ -59,10 +60,9 @@ int ConfigMain(const std::vector<std::string>& args) {
     std::cerr << config.status().message() << "\n";
     return kExitConfig;
   }
-  // The shaping and classifier files it names are part of the configuration too.
-  absl::StatusOr<std::unique_ptr<delivery::Shaping>> shaping = delivery::Shaping::Load(*config);
-  if (!shaping.ok()) {
-    std::cerr << shaping.status().message() << "\n";
+  // The shaping, classifier and key files it names are part of the configuration too.
+  if (absl::Status files = CheckFilesItNames(*config); !files.ok()) {
+    std::cerr << files.message() << "\n";
     return kExitConfig;
   }
   std::cout << path << ": ok\n";

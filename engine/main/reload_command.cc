@@ -1,7 +1,7 @@
 // File: engine/main/reload_command.cc
 // `facteur reload`: asks the running server to read its configuration again (SIGHUP, what
-// systemd's ExecReload sends). The configuration and the shaping files are checked first, as
-// `facteur config check` does: a file the server would refuse is reported here, with its
+// systemd's ExecReload sends). The configuration and the files it names (shaping, classifier,
+// DKIM keys) are checked first, as `facteur config check` does: a file the server would refuse is reported here, with its
 // file:line, and no signal is sent. The server is found through the pid in
 // <data_dir>/endpoints.json, and only signalled if that pid still runs `facteur serve`.
 // What the server reloaded, and what needs a restart, is in its log.
@@ -18,7 +18,6 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "engine/delivery/shaping.h"
 #include "engine/main/cli.h"
 #include "engine/main/commands.h"
 
@@ -66,10 +65,9 @@ int ReloadMain(const std::vector<std::string>& args) {
               << config.status().message() << "\n";
     return kExitConfig;
   }
-  absl::StatusOr<std::unique_ptr<delivery::Shaping>> shaping = delivery::Shaping::Load(*config);
-  if (!shaping.ok()) {
-    std::cerr << "facteur reload: not sent, the server would refuse it: "
-              << shaping.status().message() << "\n";
+  if (absl::Status files = CheckFilesItNames(*config); !files.ok()) {
+    std::cerr << "facteur reload: not sent, the server would refuse it: " << files.message()
+              << "\n";
     return kExitConfig;
   }
   absl::StatusOr<Endpoints> endpoints = ReadEndpoints(*config);

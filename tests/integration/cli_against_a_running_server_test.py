@@ -1,7 +1,9 @@
 """The command line beside a running server: a second `facteur serve` on the same data
 directory is refused and leaves the running one's endpoints.json alone, so the CLI still
-reaches its admin API; and `account list --json`, answered through that API, gives each
-account's real creation time (it read 1970-01-01 before)."""
+reaches its admin API; `reload` checks the DKIM key files the configuration names before it
+signals the server (it signalled, and the server kept its old keys); and `account list
+--json`, answered through the admin API, gives each account's real creation time (it read
+1970-01-01 before)."""
 
 import datetime
 import json
@@ -37,6 +39,23 @@ class CliAgainstARunningServerTest(harness.unittest.TestCase):
         summary = json.loads(self.server.cli("queue", "summary", "--json").stdout)
         self.assertEqual(summary["messages"], 0)
         self.assertIsNone(self.server.process.poll())
+
+    def test_reload_checks_the_key_files_first(self):
+        # A [[dkim.key]] whose file is missing: the server would keep its old keys, so reload
+        # says so and sends no signal.
+        with open(self.server.config_path) as f:
+            text = f.read()
+        missing = os.path.join(self.server.data_dir, "dkim", "missing.pem")
+        broken = os.path.join(self.server.data_dir, "broken.toml")
+        with open(broken, "w") as f:
+            f.write(text + '\n[[dkim.key]]\ndomain = "asso.example"\nselector = "s1"\n'
+                           'key_file = "%s"\n' % missing)
+        result = subprocess.run([harness.BINARY, "reload", "--config", broken],
+                                capture_output=True, timeout=60)
+        self.assertEqual(result.returncode, 78, result)
+        self.assertIn(b"not sent", result.stderr)
+        self.assertIn(missing.encode(), result.stderr)
+        self.assertNotIn("SIGHUP", self.server.log())
 
     def test_account_list_through_the_api_gives_the_creation_time(self):
         before = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=5)

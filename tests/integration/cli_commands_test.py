@@ -91,6 +91,23 @@ class CliCommandsTest(harness.unittest.TestCase):
         self.assertRegex(stderr, r"shaping\.toml:8:\d+: key 'site\[0\]\.limits\.max_conections': "
                                  r"unknown key; did you mean 'site\[0\]\.limits\.max_connections'\?")
 
+    def test_config_check_reads_the_dkim_keys_it_names(self):
+        # What `serve` would refuse to start with, `config check` refuses too, naming the file.
+        key = os.path.join(self.server.data_dir, "dkim", "asso.example.s1.pem")
+        config = self.write("with-key.toml", "[[dkim.key]]\ndomain = \"asso.example\"\n"
+                                             "selector = \"s1\"\nalgorithm = \"ed25519-sha256\"\n"
+                                             "key_file = \"%s\"\n" % key)
+        result = self.run_cli("config", "check", config, check=False, data_dir=False)
+        self.assertEqual(result.returncode, EX_CONFIG, result)
+        self.assertIn(key.encode(), result.stderr)
+        self.run_cli("dkim", "keygen", "--domain", "asso.example", "--selector", "s1",
+                     "--algorithm", "ed25519")
+        self.assertIn(b": ok", self.run_cli("config", "check", config, data_dir=False).stdout)
+        os.chmod(key, 0o644)
+        result = self.run_cli("config", "check", config, check=False, data_dir=False)
+        self.assertEqual(result.returncode, EX_CONFIG, result)
+        self.assertIn(b"group or others", result.stderr)
+
     def test_version(self):
         result = self.run_cli("version", data_dir=False)
         self.assertRegex(result.stdout.decode(), r"^facteur \d+\.\d+\.\d+")
