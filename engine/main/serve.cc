@@ -202,15 +202,7 @@ class Relay {
     services_->quotas = quotas_.get();
     services_->suppression = suppression_.get();
     if (!config_.dkim.keys.empty()) {  // DKIM (issue #4): every key file read and checked now
-      FACTEUR_ASSIGN_OR_RETURN(std::shared_ptr<const dkim::SigningTable> table,
-                               dkim::SigningTable::FromConfig(config_));
-      FACTEUR_ASSIGN_OR_RETURN(std::unique_ptr<dkim::Signer> signer,
-                               dkim::MakeSigner(config_.dkim.engine));
-      signing_ = std::make_unique<dkim::SigningPool>(
-          std::move(signer), std::move(table), clock_, &metrics_,
-          dkim::SigningPoolOptions{.threads = config_.dkim.threads,
-                                   .max_queued = config_.dkim.max_queued});
-      services_->signer = signing_.get();
+      FACTEUR_RETURN_IF_ERROR(StartSigning(config_.dkim));
     }
     if (config_.delivery.validate_recipient_domains) {
       services_->check_recipient_domain =
@@ -438,14 +430,35 @@ class Relay {
     return std::string("[quota] limits");
   }
 
+  // The signing pool with the keys of `dkim` (every key file read and checked now), handed to
+  // the sessions: at start, or at the reload that brings the first keys.
+  absl::Status StartSigning(const config::DkimOptions& dkim) {
+    FACTEUR_ASSIGN_OR_RETURN(
+        std::shared_ptr<const dkim::SigningTable> table,
+        dkim::SigningTable::Load(dkim.keys, [this](std::string_view path) {
+          return config_.ResolvePath(path);
+        }));
+    FACTEUR_ASSIGN_OR_RETURN(std::unique_ptr<dkim::Signer> signer, dkim::MakeSigner(dkim.engine));
+    signing_ = std::make_unique<dkim::SigningPool>(
+        std::move(signer), std::move(table), clock_, &metrics_,
+        dkim::SigningPoolOptions{.threads = dkim.threads, .max_queued = dkim.max_queued});
+    services_->signer.store(signing_.get(), std::memory_order_release);
+    return absl::OkStatus();
+  }
+
   // The [[dkim.key]] entries of `next` replace the signing table; on any error the keys in use
-  // stay. Engine and thread changes need a restart. What it says, or nullopt.
+  // stay. Engine and thread changes need a restart, unless these are the first keys. What it
+  // says, or nullopt.
   std::optional<std::string> ReloadDkimKeys(const config::Config& next) {
     if (signing_ == nullptr) {
-      if (!next.dkim.keys.empty()) {
-        Log(LogLevel::kWarning, "SIGHUP: DKIM keys were added; restart facteur to start signing");
+      if (next.dkim.keys.empty()) return std::nullopt;
+      // The first keys: the signing pool starts now, with [dkim] as `next` has it.
+      if (absl::Status started = StartSigning(next.dkim); !started.ok()) {
+        Log(LogLevel::kError, "SIGHUP: DKIM keys not loaded: %s", started.ToString());
+        return std::nullopt;
       }
-      return std::nullopt;
+      config_.dkim = next.dkim;
+      return absl::StrCat(next.dkim.keys.size(), " DKIM keys loaded: signing starts");
     }
     absl::StatusOr<std::shared_ptr<const dkim::SigningTable>> table =
         dkim::SigningTable::FromConfig(next);

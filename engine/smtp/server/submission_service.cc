@@ -101,7 +101,8 @@ class ConnectionHost final : public SessionHost {
           }
           loop->Post([done = std::move(done), status]() mutable { std::move(done)(status); });
         };
-    if (services_.signer == nullptr) {
+    dkim::SigningPool* const signer = services_.signer.load(std::memory_order_acquire);
+    if (signer == nullptr) {
       services_.spool.Enqueue(std::move(envelope), std::move(message), std::move(reply));
       return;
     }
@@ -121,7 +122,7 @@ class ConnectionHost final : public SessionHost {
     // Shared by this function and the pool task: a refused submission still answers.
     auto pending = std::make_shared<Pending>(
         Pending{std::move(envelope), std::move(message), std::move(reply), {}});
-    bool submitted = services_.signer->Sign(
+    bool submitted = signer->Sign(
         pending->message, pending->envelope.account,
         [pending, spool](absl::StatusOr<std::string> fields) {
           if (!fields.ok()) {

@@ -48,8 +48,9 @@ struct SubmissionServices {
       check_recipient_domain = nullptr;
   // Reception events go here; null: no events log.
   events::EventLog* events = nullptr;
-  // DKIM signing of every accepted message before it is queued; null: no signing.
-  dkim::SigningPool* signer = nullptr;
+  // DKIM signing of every accepted message before it is queued; null: no signing. Atomic: a
+  // reload that brings the first keys starts a pool (the main thread) while sessions run.
+  std::atomic<dkim::SigningPool*> signer{nullptr};
   // Per-account quotas and suspension of authenticated submissions (issue #5); null: none.
   policy::AccountQuotas* quotas = nullptr;
   // Recipients refused at RCPT TO (550 5.1.1) for every client; null: none.
