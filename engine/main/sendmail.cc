@@ -42,6 +42,8 @@ constexpr char kUsage[] =
     "  -F FULLNAME   full name for the From: header added when the message has none\n"
     "  --socket PATH the server's Unix socket; default: the first unix: listener of the\n"
     "                configuration, under its data directory\n"
+    "  -bm           read a message and send it (the default); -bi (newaliases) does nothing,\n"
+    "                there are no aliases here; other -b modes (-bs, -bp, ...) are refused\n"
     "Other sendmail options (-odi, -oem, -v, -B, -N, ...) are accepted and ignored.\n"
     "Exit status: 0 once queued; 75 (EX_TEMPFAIL) when the server is unreachable or answers\n"
     "4xx; 69 (EX_UNAVAILABLE) when it refuses the message; 64 (EX_USAGE); 66 (EX_NOINPUT).\n";
@@ -196,6 +198,15 @@ int SendmailMain(const std::vector<std::string>& args, const SendmailContext& co
       options.extract_recipients = true;
     } else if (arg == "-i" || arg == "-oi") {
       options.dot_ends_message = false;
+    } else if (arg == "-bi") {
+      // newaliases: this relay keeps no alias database (it delivers no local mail).
+      return 0;
+    } else if (absl::StartsWith(arg, "-b") && arg != "-bm") {
+      // -bs (SMTP on standard input), -bp (the queue), -bv, -bt, -bd …: another mode than
+      // "read a message and send it"; sending standard input as a message would be wrong.
+      std::cerr << "facteur sendmail: " << arg << " is not supported (only -bm, the default, "
+                << "and -bi, which does nothing here; the queue: facteur queue ls)\n";
+      return EX_USAGE;
     } else if (arg == "--socket" || arg == "--data-dir" || arg == "--config") {
       if (i + 1 >= args.size()) {
         std::cerr << "facteur sendmail: " << arg << " needs a value\n" << kUsage;
@@ -217,7 +228,7 @@ int SendmailMain(const std::vector<std::string>& args, const SendmailContext& co
     } else if (TakesValue(arg) && i + 1 < args.size()) {
       ++i;  // a sendmail option we accept and ignore, with its value
     }
-    // Any other dash option (-odi, -oem, -v, -bm, -Ox=y …) is accepted and ignored.
+    // Any other dash option (-odi, -oem, -v, -Ox=y …) is accepted and ignored.
   }
   if (options.sender.empty()) options.sender = DefaultSender(context.hostname);
   // "<>" or "" means the null sender, as with sendmail -f '<>'.

@@ -93,6 +93,21 @@ class UnixSocketAndSendmailTest(harness.unittest.TestCase):
         listed = self.messages()
         self.assertEqual([m["recipients"] for m in listed], [["ops@example.com"]])
 
+    def test_sendmail_modes_other_than_sending_queue_nothing(self):
+        # -bi (newaliases, which package scripts call): nothing to do, exit 0. -bs (SMTP on
+        # standard input) and -bp (the queue) are other modes: refused, standard input unsent.
+        result = self.server.cli("sendmail", "-bi", input=b"", check=False)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        for mode in ("-bs", "-bp"):
+            result = self.server.cli("sendmail", mode, "rcpt@example.com",
+                                     input=b"EHLO x\r\nQUIT\r\n", check=False)
+            self.assertEqual(result.returncode, 64, (mode, result.stderr))
+            self.assertIn(b"not supported", result.stderr)
+        result = self.server.cli("sendmail", "-bm", "rcpt@example.com",
+                                 input=b"Subject: -bm\n\nthe default mode\n", check=False)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual([m["recipients"] for m in self.messages()], [["rcpt@example.com"]])
+
     def test_sendmail_exits_75_when_the_server_is_down(self):
         socket_path = self.server.socket_path()
         self.assertEqual(self.server.stop(), 0)
