@@ -65,6 +65,10 @@ class ForwardingLogger final : public rocksdb::Logger {
     if (level < GetInfoLogLevel()) return;
     char line[1024];
     std::vsnprintf(line, sizeof(line), format, ap);
+    // DB::Open's failure reaches Store::Open's caller as its status, which says it better (a
+    // held LOCK: "in use by a running facteur"). Logged too, it is noise on every CLI command
+    // that then asks the running server instead.
+    if (absl::StrContains(line, "DB::Open() failed")) return;
     Log(level >= rocksdb::InfoLogLevel::ERROR_LEVEL ? LogLevel::kError : LogLevel::kWarning,
         "rocksdb: %s", line);
   }
