@@ -869,15 +869,16 @@ void QueueManager::ExecuteOperation(Operation& operation) {
   }
 
   if (operation.kind == Kind::kSuspend || operation.kind == Kind::kResume) {
+    bool changed = false;
     {
       absl::MutexLock lock(&mutex_);
       if (operation.kind == Kind::kSuspend) {
-        suspended_.insert(domain);
+        changed = suspended_.insert(domain).second;
       } else {
-        suspended_.erase(domain);
+        changed = suspended_.erase(domain) > 0;
       }
     }
-    if (events_ != nullptr) {
+    if (events_ != nullptr && changed) {
       events::Event event;
       event.type = events::EventType::kSuspension;
       event.time = now;
@@ -886,13 +887,11 @@ void QueueManager::ExecuteOperation(Operation& operation) {
                                                       : "resumed by the administrator";
       events_->Record(event);
     }
-    if (operation.kind == Kind::kSuspend) {
-      operation.result = result;
-      return;
+    // A resumed domain's mail goes at once; a suspended one's is counted (the walk below).
+    if (operation.kind == Kind::kResume) {
+      operation.kind = Kind::kFlush;
+      operation.domain = domain;
     }
-    // A resumed domain's mail goes at once.
-    operation.kind = Kind::kFlush;
-    operation.domain = domain;
   }
 
   // Applies the operation to one envelope that is not in flight; returns whether it changed.
@@ -929,6 +928,8 @@ void QueueManager::ExecuteOperation(Operation& operation) {
       case Kind::kDelete:
         RemoveMessage(envelope.id, due, queue::Durability::kSynced);
         break;
+      case Kind::kSuspend:  // nothing to change: counted, the messages it now holds
+        break;
       default:
         return;
     }
@@ -961,7 +962,7 @@ void QueueManager::ExecuteOperation(Operation& operation) {
     return;
   }
 
-  // Flush and BounceDomain walk the whole queue.
+  // Flush, BounceDomain and Suspend walk the whole queue.
   MessageId after;
   for (;;) {
     absl::StatusOr<std::vector<queue::Envelope>> batch = queue::ListEnvelopes(store_, kScanBatch, after);

@@ -59,6 +59,8 @@ class QueueOperationsTest(harness.ServerTestCase):
         harness.wait_until(lambda: self.show(queue_id)["next_attempt"] > self.show(queue_id)["received_at"],
                    what="message put off")
         self.assertEqual(self.show(queue_id)["attempts"], 0)
+        # Suspending again says how many messages the suspension holds (it said 0).
+        self.assertEqual(self.queue("suspend", "hold.test")["messages"], 1)
         self.assertFalse([t for t in self.sink.transactions if "s@hold.test" in t.rcpt_to]
                          or [s for s in self.sink.sessions
                              if any("s@hold.test" in c for c in s.commands)])
