@@ -1890,6 +1890,12 @@ absl::StatusOr<SiteSuspensionResult> SiteControl::Suspend(const SiteSuspension& 
     }
     return result;
   }
+  if (request.until == absl::InfinitePast()) {
+    // A resume: only a site some shard holds can be suspended, a shipped one included.
+    return absl::NotFoundError(absl::StrCat("site '", request.site,
+                                            "' is not suspended: no shard holds it (`facteur "
+                                            "site list` shows the sites with mail)"));
+  }
   return absl::NotFoundError(absl::StrCat("no site '", request.site,
                                           "' (neither a site with mail nor a shipped site name)"));
 }

@@ -34,7 +34,7 @@ constexpr char kSiteUsage[] =
     "usage: facteur site list [--json]\n"
     "       facteur site suspend SITE [--source S] [--minutes N]\n"
     "       facteur site resume SITE [--source S]\n"
-    "SITE is a shipped site name (google, microsoft, ...), which also covers its domain\n"
+    "SITE is a shipped site name (google, outlook, orange, ...), which also covers its domain\n"
     "overrides, or a full site key as `site list` prints it. suspend pauses every source (or\n"
     "S alone) for the site for N minutes (default 60); resume lifts any suspension of the\n"
     "pairs, manual or not, and makes the mail the site handed back due now.\n"

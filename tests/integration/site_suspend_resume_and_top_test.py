@@ -137,6 +137,11 @@ class SiteSuspendResumeAndTopTest(harness.unittest.TestCase):
         # An unknown site is 404 (exit 66).
         unknown = self.server.cli("site", "suspend", "no-such-site", check=False)
         self.assertEqual(unknown.returncode, 66, unknown.stderr)
+        # A shipped site without mail yet has nothing to resume, and the answer says so (it
+        # said "no site 'google'", which `site suspend google` contradicted).
+        idle = self.server.cli("site", "resume", "google", check=False)
+        self.assertEqual(idle.returncode, 66, idle.stderr)
+        self.assertIn(b"'google' is not suspended", idle.stderr)
 
         # Resumed while `top` samples: the held mail goes at once, and top sees the rate.
         top = subprocess.Popen(
