@@ -21,14 +21,18 @@ const char* RecipientStateName(queue::RecipientState state) {
   return "unknown";
 }
 
-nlohmann::json EnvelopeSummaryJson(const queue::Envelope& envelope) {
-  nlohmann::json recipients = nlohmann::json::array();
+std::vector<std::string> PendingRecipients(const queue::Envelope& envelope) {
+  std::vector<std::string> pending;
   for (const queue::RecipientRecord& recipient : envelope.recipients) {
-    recipients.push_back(recipient.address);
+    if (recipient.state == queue::RecipientState::kPending) pending.push_back(recipient.address);
   }
+  return pending;
+}
+
+nlohmann::json EnvelopeSummaryJson(const queue::Envelope& envelope) {
   return nlohmann::json{{"id", envelope.id.ToString()},
                         {"sender", envelope.sender},
-                        {"recipients", std::move(recipients)},
+                        {"recipients", PendingRecipients(envelope)},
                         {"received_at", Rfc3339(envelope.received_at)},
                         {"attempts", envelope.attempts},
                         {"account", envelope.account},

@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "engine/policy/account_store.h"
 #include "nlohmann/json.hpp"
@@ -16,9 +17,13 @@
 
 namespace facteur::admin {
 
-// id, sender, recipients, received_at (RFC 3339), attempts, account, listener.
+// The recipients of `envelope` still to deliver, as mailq lists them: a delivered or bounced
+// one is done.
+std::vector<std::string> PendingRecipients(const queue::Envelope& envelope);
+// id, sender, recipients (PendingRecipients), received_at (RFC 3339), attempts, account,
+// listener.
 nlohmann::json EnvelopeSummaryJson(const queue::Envelope& envelope);
-// The summary plus per-recipient state, client, next_attempt, SMTPUTF8/8BIT, DSN fields, size.
+// The summary plus every recipient's state, client, next_attempt, SMTPUTF8/8BIT, DSN fields, size.
 nlohmann::json MessageJson(const queue::Envelope& envelope, size_t body_size);
 // name, grants, suspended, created_at. Never the password hash.
 nlohmann::json AccountJson(const policy::Account& account);

@@ -55,8 +55,7 @@ int List(queue::Store& store, const CommandLine& command_line) {
     return kExitOk;
   }
   for (const queue::Envelope& e : *envelopes) {
-    std::vector<std::string> recipients;
-    for (const queue::RecipientRecord& r : e.recipients) recipients.push_back(r.address);
+    const std::vector<std::string> recipients = admin::PendingRecipients(e);
     std::cout << absl::StrFormat(
         "%s  %s  <%s>  %s\n", e.id.ToString(),
         absl::FormatTime("%Y-%m-%d %H:%M:%S", e.received_at, absl::UTCTimeZone()), e.sender,

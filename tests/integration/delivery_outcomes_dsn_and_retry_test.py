@@ -118,6 +118,8 @@ class DeliveryOutcomesTest(unittest.TestCase):
         messages = self.queue_json("ls")["messages"]
         original = [m for m in messages if m["sender"] == "app@asso.example"]
         self.assertEqual(len(original), 1, messages)
+        # The listing names the recipients still to deliver, as mailq does.
+        self.assertEqual(original[0]["recipients"], ["later@dest.test"])
         queue_id = original[0]["id"]
         shown = self.queue_json("show", queue_id)
         states = {r["address"]: r["state"] for r in shown["recipient_states"]}
