@@ -626,10 +626,10 @@ void QueueManager::BounceRecipients(
   dsn.received_at = now;
   dsn.next_attempt = now;
   std::string text = mail::BuildDsn(report, *body);
-  // The DSN's own header section is ASCII but for its To:, the original sender: it needs
-  // SMTPUTF8 only for a sender outside ASCII (RFC 6533 §6); the original's UTF-8 header fields
-  // travel in its body (message/global-headers), as 8-bit content (RFC 6152).
-  dsn.smtputf8 = mail::HasNonAscii(envelope.sender);
+  // SMTPUTF8 when the original needed it: its UTF-8 header fields come back as 8-bit
+  // message/global(-headers), which RFC 6533 §6 lets travel only on an SMTPUTF8 path. 8-bit
+  // content of any kind goes with BODY=8BITMIME (mail/dsn.h).
+  dsn.smtputf8 = envelope.smtputf8 || mail::HasNonAscii(envelope.sender);
   dsn.eight_bit = mail::HasNonAscii(text);
   const std::string original = envelope.id.ToString();
   spool_.Enqueue(std::move(dsn), std::move(text), [original, dsn_id](absl::Status status) {

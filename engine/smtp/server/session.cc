@@ -843,15 +843,15 @@ void Session::FinishMessage() {
   envelope.account = account;
   envelope.client = stream_.peer().text;
   envelope.received_at = now;
-  // RFC 6531 §3.2: SMTPUTF8 is asked of the next server only for mail that needs it, an address
-  // or a header field outside ASCII. A client may ask for it on all-ASCII mail; that mail (and
-  // its DSN) then also goes to servers without SMTPUTF8, instead of bouncing with 5.6.7.
+  // RFC 6531 §3.2: SMTPUTF8 is asked of the next server only for mail that may need it. A
+  // client may ask for it on all-ASCII mail; that mail (and its DSN) then also goes to servers
+  // without SMTPUTF8, instead of bouncing with 5.6.7. Any octet outside ASCII keeps it: UTF-8
+  // header fields may sit at any MIME level, and no MIME walk is made here.
   envelope.smtputf8 =
       mail_from_.smtputf8 &&
-      (mail::HasNonAscii(envelope.sender) ||
+      (mail::HasNonAscii(envelope.sender) || mail::HasNonAscii(message_) ||
        std::any_of(envelope.recipients.begin(), envelope.recipients.end(),
-                   [](const queue::RecipientRecord& r) { return mail::HasNonAscii(r.address); }) ||
-       mail::HasNonAscii(std::string_view(message_).substr(0, section.body_offset)));
+                   [](const queue::RecipientRecord& r) { return mail::HasNonAscii(r.address); }));
   envelope.eight_bit = mail_from_.body != mail::BodyType::k7Bit;
   envelope.dsn_ret = mail_from_.ret;
   envelope.dsn_envid = mail_from_.envid;
