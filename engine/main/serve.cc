@@ -294,6 +294,7 @@ class Relay {
     if (server_ != nullptr) server_->Stop();
     // Both post completions to the loops: drain them while the (stopped) loops still exist.
     auth_pool_.reset();
+    if (services_ != nullptr) services_->signer.store(nullptr, std::memory_order_release);
     signing_.reset();  // its tasks hand messages to the spool and post to the loops
     spool_.reset();
     server_.reset();
@@ -366,8 +367,10 @@ class Relay {
     delivery.shutdown_grace = now.delivery.shutdown_grace;  // reloaded
     check(delivery == now.delivery, "[delivery]");
     check(next.events == now.events, "[events] path");
-    check(next.dkim.engine == now.dkim.engine && next.dkim.threads == now.dkim.threads &&
-              next.dkim.max_queued == now.dkim.max_queued,
+    // Without a signing pool yet, the reload that brings keys starts one with next's [dkim].
+    check(signing_ == nullptr ||
+              (next.dkim.engine == now.dkim.engine && next.dkim.threads == now.dkim.threads &&
+               next.dkim.max_queued == now.dkim.max_queued),
           "[dkim] engine/threads/max_queued");
     check(next.clock == now.clock, "[clock]");
     check(next.sources == now.sources, "[[source]]");
