@@ -44,6 +44,11 @@ class Router {
   static absl::StatusOr<Router> Create(const config::Config& config);
 
   Destination Route(std::string_view domain) const;
+  // Whether mail for an address literal ("[192.0.2.1]") has a way out: a static route that
+  // takes it (a smarthost for "*"). Without one no lookup can answer for it.
+  bool RoutesAddressLiteral(std::string_view literal) const {
+    return Route(literal).key.starts_with("route:");
+  }
   // The sources of `pool` (never empty for a pool named by the config).
   const std::vector<Source>& Sources(const std::string& pool) const;
   // The source named `name`, of whichever pool; null when none is (names are unique).

@@ -201,6 +201,9 @@ class Relay {
     services_->events = events_.get();
     services_->quotas = quotas_.get();
     services_->suppression = suppression_.get();
+    services_->routes_address_literal = [router = router_.get()](std::string_view literal) {
+      return router->RoutesAddressLiteral(literal);
+    };
     if (!config_.dkim.keys.empty()) {  // DKIM (issue #4): every key file read and checked now
       FACTEUR_RETURN_IF_ERROR(StartSigning(config_.dkim));
     }

@@ -182,10 +182,13 @@ class MalformedInputRepliesTest(HostileSessionCase):
         self.bystander_is_served()
 
     def test_address_literal_recipients_are_550_5_7_1(self):
-        # Well-formed (RFC 5321 §4.1.3), but not delivered: refused now rather than accepted
-        # and retried against a "domain" no DNS lookup can answer until the message expires.
+        # Well-formed (RFC 5321 §4.1.3), but with no route to take them (no smarthost for
+        # "*"): refused now rather than accepted and retried against a "domain" no DNS lookup
+        # can answer until the message expires. A policy refusal, not a client error: as many
+        # as max_errors of them do not close the session.
         self.expect(self.hostile, "MAIL FROM:<app@asso.example>\r\n", "250 2.1.0")
-        self.expect(self.hostile, "RCPT TO:<bob@[127.0.0.1]>\r\n", "550 5.7.1")
+        for n in range(MAX_ERRORS + 1):
+            self.expect(self.hostile, "RCPT TO:<bob%d@[127.0.0.1]>\r\n" % n, "550 5.7.1")
         self.expect(self.hostile, "RCPT TO:<bob@[IPv6:::1]>\r\n", "550 5.7.1")
         self.expect(self.hostile, "RCPT TO:<bob@example.com>\r\n", "250 2.1.5")
         self.bystander_is_served()
@@ -256,6 +259,23 @@ class IdleTimeoutTest(HostileSessionCase):
             self.hostile.send(bytes([byte]))
             self.expect(self.bystander, "NOOP\r\n", "250 2.0.0")
         self.assertTrue(self.hostile.reply()[1].startswith("250 2.0.0"))
+
+
+class AddressLiteralThroughASmarthostTest(harness.unittest.TestCase):
+    """With a smarthost route for "*", an address literal has a way out: accepted."""
+
+    def test_address_literal_is_accepted_when_a_route_takes_it(self):
+        server = harness.Facteur(extra='[[route]]\ndomain = "*"\n'
+                                       'destination = "[127.0.0.1]:2525"\ntls = "none"\n')
+        self.addCleanup(server.cleanup)
+        server.start()
+        raw = server.raw()
+        self.addCleanup(raw.close)
+        self.assertEqual(raw.reply()[0], 220)
+        self.assertEqual(raw.command("EHLO client.test\r\n")[0], 250)
+        self.assertEqual(raw.command("MAIL FROM:<app@asso.example>\r\n")[0], 250)
+        code, text = raw.command("RCPT TO:<bob@[127.0.0.1]>\r\n")
+        self.assertEqual(code, 250, text)
 
 
 if __name__ == "__main__":

@@ -346,17 +346,6 @@ void Session::HandleRcpt(const Command& command) {
     Refuse(550, "5.1.1", "This relay has no local mailboxes; give the postmaster's full address");
     return;
   }
-  if (arguments.recipient.domain.front() == '[') {
-    // RFC 5321 §4.1.3 allows an address literal for a domain; this relay does not deliver to
-    // one: its routes, sites and throttles go by domain, and mail to a bare address is a probe
-    // of the hosts behind the relay far more often than mail. Refused now, not retried until
-    // it expires.
-    RefuseWith(mail::Reply{550, "5.7.1",
-                           absl::StrCat("<", arguments.recipient.ToString(),
-                                        ">: this relay does not deliver to address literals; "
-                                        "give a domain name")});
-    return;
-  }
   std::string canonical = arguments.recipient.Canonical();
   if (std::optional<mail::Reply> refusal = host_.CheckRecipient(canonical)) {
     // The suppression list: a refused recipient is not a client error (a mailing list may hold

@@ -176,6 +176,16 @@ class ConnectionHost final : public SessionHost {
   }
 
   std::optional<mail::Reply> CheckRecipient(std::string_view canonical) override {
+    const std::string_view domain = canonical.substr(canonical.rfind('@') + 1);
+    if (!domain.empty() && domain.front() == '[' &&
+        !(services_.routes_address_literal && services_.routes_address_literal(domain))) {
+      // RFC 5321 §4.1.3 allows an address literal for a domain; without a route that takes
+      // it, no lookup can answer for it: refused now rather than retried until it expires.
+      return mail::Reply{550, "5.7.1",
+                         absl::StrCat("<", ToAbsl(canonical),
+                                      ">: this relay has no route for an address literal; "
+                                      "give a domain name")};
+    }
     if (services_.suppression == nullptr) return std::nullopt;
     std::optional<queue::SuppressionList::Hit> hit = services_.suppression->Find(canonical);
     if (!hit.has_value()) return std::nullopt;

@@ -53,6 +53,9 @@ struct SubmissionServices {
   std::atomic<dkim::SigningPool*> signer{nullptr};
   // Per-account quotas and suspension of authenticated submissions (issue #5); null: none.
   policy::AccountQuotas* quotas = nullptr;
+  // Whether mail for an address literal may be accepted (Router::RoutesAddressLiteral); empty:
+  // never, it is refused at RCPT TO.
+  std::function<bool(std::string_view literal)> routes_address_literal = nullptr;
   // Recipients refused at RCPT TO (550 5.1.1) for every client; null: none.
   queue::SuppressionList* suppression = nullptr;
 };
