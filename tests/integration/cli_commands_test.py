@@ -6,7 +6,10 @@ import base64
 import json
 import os
 import re
+import shutil
+import subprocess
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
@@ -107,6 +110,27 @@ class CliCommandsTest(harness.unittest.TestCase):
         result = self.run_cli("config", "check", config, check=False, data_dir=False)
         self.assertEqual(result.returncode, EX_CONFIG, result)
         self.assertIn(b"group or others", result.stderr)
+
+    def test_config_check_as_another_user_notes_a_key_it_cannot_read(self):
+        # The key is private to its owner (here root, for the server's user): an administrator
+        # checking as another user (nobody) is told it was not checked, not that it is wrong.
+        directory = tempfile.mkdtemp(prefix="facteur-cfg-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        os.chmod(directory, 0o755)
+        key = os.path.join(directory, "asso.example.s1.pem")
+        self.run_cli("dkim", "keygen", "--domain", "asso.example", "--selector", "s1",
+                     "--algorithm", "ed25519", "--out", key)
+        config = os.path.join(directory, "facteur.toml")
+        with open(config, "w") as f:
+            f.write('[[dkim.key]]\ndomain = "asso.example"\nselector = "s1"\n'
+                    'algorithm = "ed25519-sha256"\nkey_file = "%s"\n' % key)
+        os.chmod(config, 0o644)
+        result = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup",
+                                 "--clear-groups", harness.BINARY, "config", "check", config],
+                                capture_output=True, timeout=60)
+        self.assertEqual(result.returncode, 0, result)
+        self.assertIn(b": ok", result.stdout)
+        self.assertIn(b"not checked as uid", result.stderr)
 
     def test_version(self):
         result = self.run_cli("version", data_dir=False)
