@@ -41,6 +41,12 @@ nlohmann::json EnvelopeSummaryJson(const queue::Envelope& envelope) {
 
 nlohmann::json MessageJson(const queue::Envelope& envelope, size_t body_size) {
   nlohmann::json message = EnvelopeSummaryJson(envelope);
+  // One message shown whole: every recipient, done or not; recipient_states says which.
+  nlohmann::json recipients = nlohmann::json::array();
+  for (const queue::RecipientRecord& recipient : envelope.recipients) {
+    recipients.push_back(recipient.address);
+  }
+  message["recipients"] = std::move(recipients);
   nlohmann::json states = nlohmann::json::array();
   for (const queue::RecipientRecord& recipient : envelope.recipients) {
     states.push_back(nlohmann::json{{"address", recipient.address},

@@ -23,7 +23,7 @@ std::vector<std::string> PendingRecipients(const queue::Envelope& envelope);
 // id, sender, recipients (PendingRecipients), received_at (RFC 3339), attempts, account,
 // listener.
 nlohmann::json EnvelopeSummaryJson(const queue::Envelope& envelope);
-// The summary plus every recipient's state, client, next_attempt, SMTPUTF8/8BIT, DSN fields, size.
+// The summary, with every recipient (delivered and bounced ones too), plus each one's state, client, next_attempt, SMTPUTF8/8BIT, DSN fields, size.
 nlohmann::json MessageJson(const queue::Envelope& envelope, size_t body_size);
 // name, grants, suspended, created_at. Never the password hash.
 nlohmann::json AccountJson(const policy::Account& account);

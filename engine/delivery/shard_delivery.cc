@@ -1892,9 +1892,9 @@ absl::StatusOr<SiteSuspensionResult> SiteControl::Suspend(const SiteSuspension& 
   }
   if (request.until == absl::InfinitePast()) {
     // A resume: only a site some shard holds can be suspended, a shipped one included.
-    return absl::NotFoundError(absl::StrCat("site '", request.site,
-                                            "' is not suspended: no shard holds it (`facteur "
-                                            "site list` shows the sites with mail)"));
+    return absl::NotFoundError(absl::StrCat("no suspended site '", request.site,
+                                            "' (a site is held once mail goes to it: `facteur "
+                                            "site list` shows those)"));
   }
   return absl::NotFoundError(absl::StrCat("no site '", request.site,
                                           "' (neither a site with mail nor a shipped site name)"));

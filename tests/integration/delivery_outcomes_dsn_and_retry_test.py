@@ -125,6 +125,7 @@ class DeliveryOutcomesTest(unittest.TestCase):
         states = {r["address"]: r["state"] for r in shown["recipient_states"]}
         self.assertEqual(states, {"ok@dest.test": "delivered", "unknown@dest.test": "bounced",
                                   "later@dest.test": "pending"})
+        self.assertEqual(sorted(shown["recipients"]), sorted(states))  # show keeps them all
         self.assertEqual(shown["attempts"], 1)
 
         # The server now takes it; a retry makes it due at once instead of in five minutes.

@@ -141,7 +141,7 @@ class SiteSuspendResumeAndTopTest(harness.unittest.TestCase):
         # said "no site 'google'", which `site suspend google` contradicted).
         idle = self.server.cli("site", "resume", "google", check=False)
         self.assertEqual(idle.returncode, 66, idle.stderr)
-        self.assertIn(b"'google' is not suspended", idle.stderr)
+        self.assertIn(b"no suspended site 'google'", idle.stderr)
 
         # Resumed while `top` samples: the held mail goes at once, and top sees the rate.
         top = subprocess.Popen(
