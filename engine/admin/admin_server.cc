@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -30,6 +31,7 @@
 #include "engine/base/message_id.h"
 #include "engine/base/status.h"
 #include "engine/delivery/shaping.h"
+#include "engine/mail/text.h"
 #include "nlohmann/json.hpp"
 #include "queue/spool.h"
 
@@ -518,12 +520,41 @@ AdminServer::Response AdminServer::QueueOperation(const std::string& operation,
       result = manager->BounceDomain(*domain);
     } else if (operation == "suspend") {
       result = manager->Suspend(*domain);
+      if (result.ok()) {
+        // The messages the suspension now holds, counted here rather than on the queue
+        // manager's thread, which delivers meanwhile.
+        absl::StatusOr<uint64_t> held = CountQueuedFor(*domain);
+        if (!held.ok()) return StatusError(held.status());
+        result->messages = *held;
+      }
     } else {
       result = manager->Resume(*domain);
     }
   }
   if (!result.ok()) return StatusError(result.status());
   return JsonResponse(200, Json{{"messages", result->messages}, {"recipients", result->recipients}});
+}
+
+absl::StatusOr<uint64_t> AdminServer::CountQueuedFor(std::string_view domain) const {
+  const std::string wanted = mail::LowerAscii(domain);
+  uint64_t count = 0;
+  MessageId after;
+  constexpr size_t kBatch = 1000;
+  for (;;) {
+    FACTEUR_ASSIGN_OR_RETURN(std::vector<queue::Envelope> batch,
+                             queue::ListEnvelopes(store_, kBatch, after));
+    for (const queue::Envelope& envelope : batch) {
+      after = envelope.id;
+      const bool holds = std::any_of(
+          envelope.recipients.begin(), envelope.recipients.end(),
+          [&wanted](const queue::RecipientRecord& r) {
+            return r.state == queue::RecipientState::kPending &&
+                   mail::LowerDomainOf(r.address) == wanted;
+          });
+      if (holds) ++count;
+    }
+    if (batch.size() < kBatch) return count;
+  }
 }
 
 AdminServer::Response AdminServer::AccountList() {

@@ -161,6 +161,9 @@ class AdminServer {
   // POST /api/queue/{flush,bounce,suspend,resume} and /api/queue/<ID>[/retry|/bounce].
   Response QueueOperation(const std::string& operation, const std::string& id_text,
                           const std::string& body);
+  // Queued messages with a recipient still to deliver in `domain` (case-insensitive): what a
+  // suspension of that domain holds. Walks the whole queue.
+  absl::StatusOr<uint64_t> CountQueuedFor(std::string_view domain) const;
   Response QueueSummary();
   Response SiteList();
   // POST /api/sites/<site>/{suspend,resume}.

@@ -27,11 +27,6 @@ constexpr size_t kScanBatch = 1000;
 // risks being early by a clock tick, which greylists again.
 constexpr absl::Duration kGreylistMargin = absl::Seconds(15);
 
-std::string DomainOf(std::string_view address) {
-  size_t at = address.rfind('@');
-  return mail::LowerAscii(at == std::string_view::npos ? std::string_view() : address.substr(at + 1));
-}
-
 // RFC 3461 §4.1: NOTIFY=NEVER asks for no DSN at all; without NOTIFY, failures are reported.
 bool WantsFailureReport(const queue::RecipientRecord& recipient) {
   return recipient.notify.empty() ||
@@ -60,7 +55,7 @@ events::Event OutcomeEvent(events::EventType type, const queue::Envelope& envelo
   event.queue_id = envelope.id.ToString();
   event.sender = envelope.sender;
   event.recipient = envelope.recipients[index].address;
-  event.domain = DomainOf(event.recipient);
+  event.domain = mail::LowerDomainOf(event.recipient);
   event.code = outcome.reply.code;
   event.enhanced = outcome.reply.enhanced;
   event.response = outcome.reply.text;
@@ -318,7 +313,7 @@ void QueueManager::StartMessage(const queue::ScheduleEntry& entry) {
   };
   std::vector<Group> groups;
   for (uint32_t index : pending) {
-    std::string domain = DomainOf(envelope.recipients[index].address);
+    std::string domain = mail::LowerDomainOf(envelope.recipients[index].address);
     if (IsSuspended(domain)) continue;
     const std::string& pin = envelope.recipients[index].pinned_source;
     auto group = std::find_if(groups.begin(), groups.end(), [&](const Group& g) {
@@ -481,7 +476,7 @@ void QueueManager::Settle(InFlight& flight, std::vector<JobResult> results) {
       if (envelope.recipients[i].state != queue::RecipientState::kPending) continue;
       if (std::any_of(bounced.begin(), bounced.end(), [&](const auto& b) { return b.first == i; })) continue;
       if (!flight.after_domain.empty() &&
-          DomainOf(envelope.recipients[i].address) != flight.after_domain) {
+          mail::LowerDomainOf(envelope.recipients[i].address) != flight.after_domain) {
         continue;
       }
       bounced.emplace_back(i, cancelled);
@@ -887,18 +882,21 @@ void QueueManager::ExecuteOperation(Operation& operation) {
                                                       : "resumed by the administrator";
       events_->Record(event);
     }
-    // A resumed domain's mail goes at once; a suspended one's is counted (the walk below).
-    if (operation.kind == Kind::kResume) {
-      operation.kind = Kind::kFlush;
-      operation.domain = domain;
+    if (operation.kind == Kind::kSuspend) {
+      // What it holds is counted by the caller, off this thread (AdminServer::QueueOperation).
+      operation.result = result;
+      return;
     }
+    // A resumed domain's mail goes at once.
+    operation.kind = Kind::kFlush;
+    operation.domain = domain;
   }
 
   // Applies the operation to one envelope that is not in flight; returns whether it changed.
   auto apply = [&](queue::Envelope envelope) {
     auto matches = [&](const queue::RecipientRecord& r) {
       return r.state == queue::RecipientState::kPending &&
-             (domain.empty() || DomainOf(r.address) == domain);
+             (domain.empty() || mail::LowerDomainOf(r.address) == domain);
     };
     if (std::none_of(envelope.recipients.begin(), envelope.recipients.end(), matches) &&
         operation.kind != Kind::kDelete) {
@@ -927,8 +925,6 @@ void QueueManager::ExecuteOperation(Operation& operation) {
       }
       case Kind::kDelete:
         RemoveMessage(envelope.id, due, queue::Durability::kSynced);
-        break;
-      case Kind::kSuspend:  // nothing to change: counted, the messages it now holds
         break;
       default:
         return;
@@ -962,7 +958,7 @@ void QueueManager::ExecuteOperation(Operation& operation) {
     return;
   }
 
-  // Flush, BounceDomain and Suspend walk the whole queue.
+  // Flush and BounceDomain walk the whole queue.
   MessageId after;
   for (;;) {
     absl::StatusOr<std::vector<queue::Envelope>> batch = queue::ListEnvelopes(store_, kScanBatch, after);

@@ -79,4 +79,9 @@ std::string LowerAscii(std::string_view s) {
   return out;
 }
 
+std::string LowerDomainOf(std::string_view address) {
+  const size_t at = address.rfind('@');
+  return at == std::string_view::npos ? std::string() : LowerAscii(address.substr(at + 1));
+}
+
 }  // namespace facteur::mail

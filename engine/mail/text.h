@@ -31,5 +31,7 @@ bool EqualsIgnoreCase(std::string_view a, std::string_view b);
 bool StartsWithIgnoreCase(std::string_view s, std::string_view prefix);
 std::string UpperAscii(std::string_view s);
 std::string LowerAscii(std::string_view s);
+// The domain of `address` (what follows its last '@'), ASCII-lowercased; "" without an '@'.
+std::string LowerDomainOf(std::string_view address);
 
 }  // namespace facteur::mail
