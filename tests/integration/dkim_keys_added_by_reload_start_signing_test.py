@@ -27,12 +27,7 @@ class DkimKeysAddedByReloadStartSigningTest(harness.unittest.TestCase):
                 sender="App <app@asso.test>", to="bob@example.test", subject=subject))
 
     def queued_body(self, subject):
-        listing = json.loads(self.server.cli("queue", "ls", "--json").stdout)["messages"]
-        for entry in listing:
-            body = self.server.cli("queue", "show", entry["id"], "--body").stdout
-            if ("Subject: %s" % subject).encode() in body:
-                return body
-        self.fail("no queued message with subject %r" % subject)
+        return harness.queued_message_with_subject(self.server, subject)
 
     def test_reload_with_the_first_keys_starts_signing(self):
         self.submit("before the keys")

@@ -129,12 +129,7 @@ class DkimSignedSubmissionTest(harness.unittest.TestCase):
             self.assertIn(b"list-unsubscribe-post", names)
 
     def last_message(self, subject):
-        listing = json.loads(self.server.cli("queue", "ls", "--json").stdout)["messages"]
-        for entry in listing:
-            body = self.server.cli("queue", "show", entry["id"], "--body").stdout
-            if ("Subject: %s" % subject).encode() in body:
-                return body
-        self.fail("no queued message with subject %r" % subject)
+        return harness.queued_message_with_subject(self.server, subject)
 
     def test_bdat_submission_is_dual_signed(self):
         raw = self.server.raw()

@@ -408,6 +408,16 @@ def queued_id(reply_text):
     return reply_text.split(marker, 1)[1].split()[0]
 
 
+def queued_message_with_subject(server, subject):
+    """The queued message (its bytes, `queue show --body`) whose Subject: is `subject`."""
+    listing = json.loads(server.cli("queue", "ls", "--json").stdout)["messages"]
+    for entry in listing:
+        body = server.cli("queue", "show", entry["id"], "--body").stdout
+        if ("Subject: %s" % subject).encode() in body:
+            return body
+    raise AssertionError("no queued message with subject %r" % subject)
+
+
 def simple_message(sender="app@asso.example", to="bob@example.com", subject="hello",
                    body="Hello,\r\nthis is a test.\r\n"):
     return ("From: %s\r\nTo: %s\r\nSubject: %s\r\n\r\n%s" % (sender, to, subject, body)).encode()

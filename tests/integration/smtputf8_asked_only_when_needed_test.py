@@ -29,12 +29,7 @@ class Smtputf8AskedOnlyWhenNeededTest(harness.unittest.TestCase):
             routes += ["[[route]]", 'domain = "%s"' % domain,
                        'destination = "[127.0.0.75]:%d"' % cls.sink.port, 'tls = "none"']
         cls.server = harness.Facteur(extra="\n".join(routes))
-        try:
-            cls.server.start()
-        except BaseException:
-            cls.server.cleanup()
-            cls.sink.stop()
-            raise
+        cls.server.start_or(cls.tearDownClass)
 
     @classmethod
     def tearDownClass(cls):
