@@ -15,16 +15,7 @@ import harness
 EX_TEMPFAIL = 75
 
 
-class CliAgainstARunningServerTest(harness.unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.server = harness.Facteur()
-        cls.server.start_or(cls.tearDownClass)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.server.cleanup()
-
+class CliAgainstARunningServerTest(harness.ServerTestCase):
     def endpoints(self):
         with open(os.path.join(self.server.data_dir, "endpoints.json")) as f:
             return json.load(f)

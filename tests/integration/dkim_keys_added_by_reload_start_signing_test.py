@@ -11,16 +11,7 @@ import dkim
 import harness
 
 
-class DkimKeysAddedByReloadStartSigningTest(harness.unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.server = harness.Facteur()
-        cls.server.start_or(cls.tearDownClass)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.server.cleanup()
-
+class DkimKeysAddedByReloadStartSigningTest(harness.ServerTestCase):
     def submit(self, subject):
         with self.server.smtp() as client:
             client.sendmail("app@asso.test", ["bob@example.test"], harness.simple_message(
