@@ -1,5 +1,6 @@
 #include "engine/mail/header.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -63,6 +64,21 @@ std::optional<HeaderField> FindField(const HeaderSection& section, std::string_v
     if (EqualsIgnoreCase(field.name, name)) return field;
   }
   return std::nullopt;
+}
+
+bool RemoveFields(std::string& message, const HeaderSection& section,
+                  std::initializer_list<std::string_view> names) {
+  bool removed = false;
+  // From the last field back, so that the offsets of those before stay right.
+  for (auto field = section.fields.rbegin(); field != section.fields.rend(); ++field) {
+    const bool named = std::any_of(names.begin(), names.end(), [&](std::string_view name) {
+      return EqualsIgnoreCase(field->name, name);
+    });
+    if (!named) continue;
+    message.erase(static_cast<size_t>(field->raw.data() - message.data()), field->raw.size());
+    removed = true;
+  }
+  return removed;
 }
 
 std::string UnfoldedValue(const HeaderField& field) {

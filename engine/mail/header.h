@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstddef>
+#include <initializer_list>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -31,6 +32,12 @@ HeaderSection ParseHeaderSection(std::string_view message);
 
 // The first field named `name` (case-insensitive), if any.
 std::optional<HeaderField> FindField(const HeaderSection& section, std::string_view name);
+
+// Removes from `message` every field of `section` (read from `message`) whose name is one of
+// `names` (case-insensitive). Returns whether any was removed: `section` then points at
+// moved bytes and must be read again.
+bool RemoveFields(std::string& message, const HeaderSection& section,
+                  std::initializer_list<std::string_view> names);
 
 // The value of `field` after the colon with folding removed (RFC 5322 §2.2.3): CRLFs before
 // white space are dropped; leading and trailing white space trimmed.

@@ -29,6 +29,15 @@ constexpr size_t kMaxBufferedInput = 256 * 1024;
 // A data line longer than this with no LF yet is dropped as it comes (it is refused anyway).
 constexpr size_t kMaxPartialDataLine = 64 * 1024;
 
+// Reply texts given in more than one place. RFC 5321 §4.2: reply text is printable US-ASCII
+// (upstream MTAs copy it into their own DSNs and logs), so no "§" here.
+constexpr char kBareCrText[] =
+    "Bare <CR> in message data (RFC 5321 section 2.3.8); closing connection";
+constexpr char kBareLfText[] =
+    "Bare <LF> in message data (RFC 5321 section 2.3.8); closing connection";
+constexpr char kLineTooLongText[] =
+    "Message has a line longer than 1000 octets (RFC 5321 section 4.5.3.1.6)";
+
 // Printable ASCII only, for client-supplied text copied into headers and replies.
 std::string Printable(std::string_view text, size_t max_length = 255) {
   std::string out;
@@ -619,7 +628,7 @@ bool Session::ConsumeDataLines() {
         std::string_view dropped(input_.data() + position, partial - 1);
         if (dropped.find('\r') != std::string_view::npos) {
           host_.OnMessageRefused();
-          Reply(521, "5.5.2", "Bare <CR> in message data (RFC 5321 §2.3.8); closing connection");
+          Reply(521, "5.5.2", kBareCrText);
           Close();
           return false;
         }
@@ -635,14 +644,14 @@ bool Session::ConsumeDataLines() {
     // "<LF>.<LF>" or "<CR>.<CR>" cannot end the data (SMTP smuggling, CVE-2023-51764).
     if (line.empty() || line.back() != '\r') {
       host_.OnMessageRefused();
-      Reply(521, "5.5.2", "Bare <LF> in message data (RFC 5321 §2.3.8); closing connection");
+      Reply(521, "5.5.2", kBareLfText);
       Close();
       return false;
     }
     line.remove_suffix(1);
     if (line.find('\r') != std::string_view::npos) {
       host_.OnMessageRefused();
-      Reply(521, "5.5.2", "Bare <CR> in message data (RFC 5321 §2.3.8); closing connection");
+      Reply(521, "5.5.2", kBareCrText);
       Close();
       return false;
     }
@@ -750,7 +759,7 @@ void Session::FinishMessage() {
     return;
   }
   if (data_fault_ == DataFault::kLineTooLong) {
-    Refuse(500, "5.5.6", "Message has a line longer than 1000 octets (RFC 5321 §4.5.3.1.6)");
+    Refuse(500, "5.5.6", kLineTooLongText);
     ResetTransaction();
     return;
   }
@@ -771,15 +780,20 @@ void Session::FinishMessage() {
       }
       if (line.size() + 1 > mail::kMaxTextLine) {
         host_.OnMessageRefused();
-        Refuse(500, "5.5.6", "Message has a line longer than 1000 octets (RFC 5321 §4.5.3.1.6)");
+        Refuse(500, "5.5.6", kLineTooLongText);
         ResetTransaction();
         return;
       }
       start = lf + 1;
     }
   }
-  // Read once: for the From: check and for where Date:/Message-ID: go.
-  const mail::HeaderSection section = mail::ParseHeaderSection(message_);
+  // Read once (twice when a Bcc: goes): for the From: check and where Date:/Message-ID: go.
+  mail::HeaderSection section = mail::ParseHeaderSection(message_);
+  // RFC 5322 §3.6.3: no recipient may see the Bcc: recipients. Dropped whoever left it in (a
+  // mail client, `sendmail -t`), as Postfix's cleanup does (message_drop_headers).
+  if (mail::RemoveFields(message_, section, {"Bcc", "Resent-Bcc"})) {
+    section = mail::ParseHeaderSection(message_);
+  }
   if (std::optional<mail::Reply> refusal = CheckMessage(section)) {
     host_.OnMessageRefused();
     RefuseWith(*refusal);

@@ -84,6 +84,15 @@ TEST(HeaderTest, FindFieldIsCaseInsensitiveAndFirst) {
   EXPECT_FALSE(FindField(section, "Receive").has_value());
 }
 
+TEST(HeaderTest, RemoveFieldsTakesEveryFieldOfTheNamesAndOnlyThose) {
+  std::string message =
+      "Bcc: a@x,\r\n b@x\r\nTo: t@x\r\nbcc: c@x\r\nX-Bcc: keep\r\n\r\nBcc: body\r\n";
+  EXPECT_TRUE(RemoveFields(message, ParseHeaderSection(message), {"Bcc", "Resent-Bcc"}));
+  EXPECT_EQ(message, "To: t@x\r\nX-Bcc: keep\r\n\r\nBcc: body\r\n");
+  EXPECT_FALSE(RemoveFields(message, ParseHeaderSection(message), {"Bcc"}));
+  EXPECT_EQ(message, "To: t@x\r\nX-Bcc: keep\r\n\r\nBcc: body\r\n");
+}
+
 struct UnfoldCase {
   std::string raw;
   std::string want;

@@ -1,5 +1,6 @@
 #include "engine/smtp/server/session.h"
 
+#include <algorithm>
 #include <deque>
 #include <map>
 #include <memory>
@@ -126,7 +127,12 @@ class SessionTest : public ::testing::Test {
   // Feeds `bytes` and returns everything the session wrote in answer.
   std::string Send(std::string_view bytes) {
     session_->OnData(bytes);
-    return stream_.TakeOutput();
+    std::string replies = stream_.TakeOutput();
+    // RFC 5321 §4.2: reply text is printable US-ASCII; other servers copy it into DSNs.
+    EXPECT_TRUE(std::all_of(replies.begin(), replies.end(),
+                            [](char c) { return c == '\r' || c == '\n' || (c >= 32 && c < 127); }))
+        << replies;
+    return replies;
   }
 
   // Starts a session and says EHLO; returns nothing, asserts the greeting.
@@ -202,6 +208,27 @@ TEST_F(SessionTest, AcceptsAMessageFromATrustedClientAndQueuesIt) {
   // Added fields sit in the header section, before the empty line; the dot is unstuffed.
   EXPECT_THAT(q.message, HasSubstr("Subject: hello\r\nDate: "));
   EXPECT_TRUE(absl::EndsWith(q.message, "\r\n\r\n.leading dot\r\nbody\r\n"));
+}
+
+TEST_F(SessionTest, BlindCopyFieldsAreDroppedWhateverTheClientSent) {
+  StartWithEhlo();
+  Send("MAIL FROM:<app@asso.org>\r\nRCPT TO:<a@example.com>\r\nRCPT TO:<b@example.com>\r\n"
+       "DATA\r\n");
+  // Two Bcc: fields (one folded, one in lower case) and a Resent-Bcc:; a "Bcc:" in the body
+  // is text and stays.
+  EXPECT_THAT(Send("From: app@asso.org\r\nBcc: b@example.com,\r\n c@example.com\r\n"
+                   "To: a@example.com\r\nbcc: d@example.com\r\nResent-Bcc: e@example.com\r\n"
+                   "Subject: s\r\n\r\nBcc: in the body\r\n.\r\n"),
+              StartsWith("250 "));
+  ASSERT_EQ(host_.queued.size(), 1u);
+  const std::string& message = host_.queued[0].message;
+  EXPECT_THAT(message, Not(HasSubstr("example.com,")));
+  EXPECT_THAT(message, Not(HasSubstr("c@example.com")));
+  EXPECT_THAT(message, Not(HasSubstr("d@example.com")));
+  EXPECT_THAT(message, Not(HasSubstr("e@example.com")));
+  EXPECT_THAT(message, HasSubstr("\r\nFrom: app@asso.org\r\nTo: a@example.com\r\n"
+                                 "Subject: s\r\nDate: "));
+  EXPECT_TRUE(absl::EndsWith(message, "\r\n\r\nBcc: in the body\r\n"));
 }
 
 TEST_F(SessionTest, PipelinedCommandsGetTheirRepliesInOrder) {
@@ -448,7 +475,7 @@ TEST_F(SessionTest, RefusesOverlongTextLinesAtTheEndOfData) {
   Send("MAIL FROM:<a@asso.org>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n");
   std::string message = "Subject: x\r\n\r\n" + std::string(999, 'x') + "\r\n.\r\n";
   EXPECT_EQ(Send(message), "500 5.5.6 Message has a line longer than 1000 octets (RFC 5321 "
-                           "§4.5.3.1.6)\r\n");
+                           "section 4.5.3.1.6)\r\n");
   EXPECT_TRUE(host_.queued.empty());
   Send("MAIL FROM:<a@asso.org>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n");
   message = "Subject: x\r\n\r\n" + std::string(998, 'x') + "\r\n.\r\n";  // exactly 1000 octets
