@@ -13,6 +13,7 @@
 #include <sysexits.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -25,6 +26,9 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "engine/base/message_id.h"
 #include "engine/base/status.h"
 #include "engine/mail/address.h"
 #include "engine/mail/header.h"
@@ -38,15 +42,21 @@ constexpr char kUsage[] =
     "Reads a message on standard input and queues it through the server's Unix socket.\n"
     "  -t            also send to the To:, Cc: and Bcc: addresses of the message (Bcc: removed)\n"
     "  -i, -oi       a line holding a single dot does not end the message\n"
-    "  -f SENDER     envelope sender (also -fSENDER, -r SENDER); default: login@hostname\n"
+    "  -f SENDER     envelope sender (also -fSENDER, -r SENDER); default: login@hostname;\n"
+    "                -f '' or -f '<>': the null sender\n"
     "  -F FULLNAME   full name for the From: header added when the message has none\n"
     "  --socket PATH the server's Unix socket; default: the first unix: listener of the\n"
     "                configuration, under its data directory\n"
     "  -bm           read a message and send it (the default); -bi (newaliases) does nothing,\n"
     "                there are no aliases here; other -b modes (-bs, -bp, ...) are refused\n"
-    "Other sendmail options (-odi, -oem, -v, -B, -N, ...) are accepted and ignored.\n"
+    "Other sendmail options (-odi, -oem, -v, -B, -N, -O opt=val, ...) are accepted and ignored.\n"
+    "Each RECIPIENT may be an address list (\"a@x, Bob <b@x>\"). An address without a domain\n"
+    "(\"root\") gets @HOSTNAME of the configuration, in the envelope and in the From:, To:, Cc:\n"
+    "... fields. Date: and Message-ID: are added when missing; a leading mbox \"From \" line is\n"
+    "dropped. Recipients past the server's limit per message go in further transactions.\n"
     "Exit status: 0 once queued; 75 (EX_TEMPFAIL) when the server is unreachable or answers\n"
-    "4xx; 69 (EX_UNAVAILABLE) when it refuses the message; 64 (EX_USAGE); 66 (EX_NOINPUT).\n";
+    "4xx; 69 (EX_UNAVAILABLE) when it refuses the message; 64 (EX_USAGE); 65 (EX_DATAERR)\n"
+    "when -t finds a To:, Cc: or Bcc: field it cannot read; 66 (EX_NOINPUT).\n";
 
 class SmtpConnection {
  public:
@@ -115,6 +125,7 @@ class SmtpConnection {
 
 struct Options {
   bool extract_recipients = false;  // -t
+  bool sender_given = false;        // -f / -r, even empty (the null sender)
   bool dot_ends_message = true;     // cleared by -i / -oi
   std::string sender;
   std::string full_name;
@@ -124,7 +135,8 @@ struct Options {
 
 // sendmail options that take a value as the next word when it is not attached.
 bool TakesValue(std::string_view option) {
-  return option == "-f" || option == "-r" || option == "-F" || option == "-B" ||
+  return option == "-f" || option == "-r" || option == "-F" || option == "-B" || option == "-O" ||
+         option == "-p" ||
          option == "-N" || option == "-R" || option == "-V" || option == "-X" || option == "-C" ||
          option == "-L" || option == "-q" || option == "-h";
 }
@@ -177,6 +189,122 @@ bool IsAscii(std::string_view s) {
   return true;
 }
 
+// The address-list header fields whose addresses are qualified (RFC 5322 §3.6.2, §3.6.3,
+// §3.6.6), and those of them that name recipients for -t.
+constexpr std::string_view kAddressFields[] = {"From", "Sender", "Reply-To", "To", "Cc", "Bcc"};
+constexpr std::string_view kRecipientFields[] = {"To", "Cc", "Bcc"};
+
+// "undisclosed-recipients:;": a group with no member, which names nobody.
+bool IsEmptyGroup(std::string_view value) {
+  value = ToStd(absl::StripAsciiWhitespace(ToAbsl(value)));
+  const size_t colon = value.find(':');
+  return colon != std::string_view::npos && value.find_first_of("<>@,\"") == std::string_view::npos &&
+         absl::StripAsciiWhitespace(ToAbsl(value.substr(colon + 1))) == ";";
+}
+
+// The items of an address list split at its top-level commas: not inside a quoted string, a
+// comment or angle brackets (RFC 5322 §3.2.4, §3.2.2, §3.4).
+std::vector<std::string_view> SplitAddressList(std::string_view value) {
+  std::vector<std::string_view> items;
+  int comment_depth = 0;
+  bool quoted = false;
+  bool in_angle = false;
+  size_t start = 0;
+  for (size_t i = 0; i < value.size(); ++i) {
+    const char c = value[i];
+    if (c == '\\' && (quoted || comment_depth > 0)) {
+      ++i;  // quoted-pair
+    } else if (quoted) {
+      quoted = c != '"';
+    } else if (comment_depth > 0) {
+      comment_depth += c == '(' ? 1 : c == ')' ? -1 : 0;
+    } else if (c == '"') {
+      quoted = true;
+    } else if (c == '(') {
+      comment_depth = 1;
+    } else if (c == '<' || c == '>') {
+      in_angle = c == '<';
+    } else if (c == ',' && !in_angle) {
+      items.push_back(value.substr(start, i - start));
+      start = i + 1;
+    }
+  }
+  items.push_back(value.substr(start));
+  return items;
+}
+
+// One address of a list with "@hostname" after a local part that has no domain, as Postfix's
+// append_at_myorigin does for local submissions: "root" → "root@host", "root (Cron Daemon)" →
+// "root@host (Cron Daemon)", "Root <root>" → "Root <root@host>".
+std::string QualifiedItem(std::string_view item, std::string_view hostname) {
+  if (item.find('@') != std::string_view::npos) return std::string(item);
+  const size_t close = item.rfind('>');
+  if (close != std::string_view::npos && item.rfind('<', close) != std::string_view::npos) {
+    return absl::StrCat(ToAbsl(item.substr(0, close)), "@", ToAbsl(hostname),
+                        ToAbsl(item.substr(close)));
+  }
+  const size_t begin = item.find_first_not_of(" \t\r\n");
+  if (begin == std::string_view::npos) return std::string(item);
+  size_t end = item.find_first_of(" \t\r\n(", begin);
+  if (end == std::string_view::npos) end = item.size();
+  return absl::StrCat(ToAbsl(item.substr(0, end)), "@", ToAbsl(hostname),
+                      ToAbsl(item.substr(end)));
+}
+
+// An address list as it goes out: `value` itself when it reads as one; else every address
+// without a domain qualified (RFC 5321 §4.1.2 and RFC 5322 §3.4 have no address without one).
+// nullopt when even that does not read.
+std::optional<std::string> QualifiedAddressList(std::string_view value,
+                                                std::string_view hostname) {
+  if (mail::ParseAddressList(value).ok()) return std::string(value);
+  std::vector<std::string> items;
+  for (std::string_view item : SplitAddressList(value)) {
+    items.push_back(QualifiedItem(item, hostname));
+  }
+  std::string qualified = absl::StrJoin(items, ",");
+  if (!mail::ParseAddressList(qualified).ok()) return std::nullopt;
+  return qualified;
+}
+
+// The addresses of one recipient argument or header value, qualified; an error naming `what`
+// when they cannot be read.
+absl::StatusOr<std::vector<std::string>> Addresses(std::string_view value,
+                                                   std::string_view hostname,
+                                                   std::string_view what) {
+  std::optional<std::string> qualified = QualifiedAddressList(value, hostname);
+  absl::StatusOr<std::vector<mail::Mailbox>> list =
+      qualified.has_value() ? mail::ParseAddressList(*qualified)
+                            : absl::InvalidArgumentError("not an address list");
+  if (!list.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(ToAbsl(what), " \"", ToAbsl(value),
+                                                   "\" cannot be read as addresses: ",
+                                                   list.status().message()));
+  }
+  std::vector<std::string> out;
+  for (const mail::Mailbox& m : *list) out.push_back(m.ToString());
+  return out;
+}
+
+// Rewrites the address fields of `message` whose addresses lack a domain (QualifiedItem).
+// Fields that cannot be read are left as they are: the server judges them.
+void QualifyAddressFields(std::string& message, std::string_view hostname) {
+  const mail::HeaderSection section = mail::ParseHeaderSection(message);
+  for (auto field = section.fields.rbegin(); field != section.fields.rend(); ++field) {
+    if (std::none_of(std::begin(kAddressFields), std::end(kAddressFields),
+                     [&](std::string_view name) {
+                       return absl::EqualsIgnoreCase(ToAbsl(field->name), ToAbsl(name));
+                     })) {
+      continue;
+    }
+    const std::string value = mail::UnfoldedValue(*field);
+    if (IsEmptyGroup(value)) continue;
+    std::optional<std::string> qualified = QualifiedAddressList(value, hostname);
+    if (!qualified.has_value() || *qualified == value) continue;
+    message.replace(static_cast<size_t>(field->raw.data() - message.data()), field->raw.size(),
+                    absl::StrCat(ToAbsl(field->name), ": ", *qualified, "\r\n"));
+  }
+}
+
 }  // namespace
 
 int SendmailMain(const std::vector<std::string>& args, const SendmailContext& context) {
@@ -225,52 +353,83 @@ int SendmailMain(const std::vector<std::string>& args, const SendmailContext& co
         return EX_USAGE;
       }
       (arg[1] == 'F' ? options.full_name : options.sender) = value;
+      options.sender_given |= arg[1] != 'F';
     } else if (TakesValue(arg) && i + 1 < args.size()) {
       ++i;  // a sendmail option we accept and ignore, with its value
     }
     // Any other dash option (-odi, -oem, -v, -Ox=y …) is accepted and ignored.
   }
-  if (options.sender.empty()) options.sender = DefaultSender(context.hostname);
-  // "<>" or "" means the null sender, as with sendmail -f '<>'.
+  // "-f ''" and "-f '<>'" mean the null sender (autoresponders use it against loops).
   if (options.sender == "<>") options.sender.clear();
   if (absl::StartsWith(options.sender, "<") && absl::EndsWith(options.sender, ">")) {
     options.sender = options.sender.substr(1, options.sender.size() - 2);
   }
+  if (!options.sender_given) options.sender = DefaultSender(context.hostname);
+  if (!options.sender.empty() && options.sender.find('@') == std::string::npos) {
+    options.sender = QualifiedItem(options.sender, context.hostname);
+  }
+  // Each argument is an address list ("a@x, b@x", "Bob <bob@x>"), cron's "root" included.
+  std::vector<std::string> recipients;
+  for (const std::string& argument : options.recipients) {
+    absl::StatusOr<std::vector<std::string>> addresses =
+        Addresses(argument, context.hostname, "recipient");
+    if (!addresses.ok()) {
+      std::cerr << "facteur sendmail: " << addresses.status().message() << "\n";
+      return EX_USAGE;
+    }
+    recipients.insert(recipients.end(), addresses->begin(), addresses->end());
+  }
 
   std::string message = ReadMessage(std::cin, options.dot_ends_message);
+  // An mbox "From " line (git format-patch, mbox tools) is an envelope line, not a field: as
+  // sendmail and Postfix do, it is dropped instead of ending the header section.
+  if (absl::StartsWith(message, "From ")) message.erase(0, message.find("\r\n") + 2);
+  QualifyAddressFields(message, context.hostname);
   mail::HeaderSection section = mail::ParseHeaderSection(message);
   if (options.extract_recipients) {
-    std::optional<size_t> bcc_begin, bcc_end;
     for (const mail::HeaderField& field : section.fields) {
-      for (const char* name : {"To", "Cc", "Bcc"}) {
-        if (!absl::EqualsIgnoreCase(ToAbsl(field.name), name)) continue;
-        absl::StatusOr<std::vector<mail::Mailbox>> list =
-            mail::ParseAddressList(mail::UnfoldedValue(field));
-        if (list.ok()) {
-          for (const mail::Mailbox& m : *list) options.recipients.push_back(m.ToString());
-        }
-        if (std::string_view(name) == "Bcc" && !bcc_begin.has_value()) {
-          bcc_begin = static_cast<size_t>(field.raw.data() - message.data());
-          bcc_end = *bcc_begin + field.raw.size();
-        }
+      if (std::none_of(std::begin(kRecipientFields), std::end(kRecipientFields),
+                       [&](std::string_view name) {
+                         return absl::EqualsIgnoreCase(ToAbsl(field.name), ToAbsl(name));
+                       })) {
+        continue;
       }
+      const std::string value = mail::UnfoldedValue(field);
+      if (IsEmptyGroup(value)) continue;
+      absl::StatusOr<std::vector<std::string>> addresses =
+          Addresses(value, context.hostname, absl::StrCat(ToAbsl(field.name), ":"));
+      if (!addresses.ok()) {  // sent to the others only, it would look sent to all
+        std::cerr << "facteur sendmail: " << addresses.status().message() << "\n";
+        return EX_DATAERR;
+      }
+      recipients.insert(recipients.end(), addresses->begin(), addresses->end());
     }
-    if (bcc_begin.has_value()) {  // Bcc: recipients must not see each other
-      message.erase(*bcc_begin, *bcc_end - *bcc_begin);
-      section = mail::ParseHeaderSection(message);
-    }
+    // Bcc: fields go at the server, which drops them from every message (RFC 5322 §3.6.3).
   }
-  if (options.recipients.empty()) {
+  if (recipients.empty()) {
     std::cerr << "facteur sendmail: no recipients (give them as arguments, or use -t)\n";
     return EX_NOINPUT;
   }
-  if (!mail::FindField(section, "From").has_value() && !options.sender.empty()) {
-    std::string from = options.full_name.empty()
-                           ? absl::StrCat("From: ", options.sender, "\r\n")
-                           : absl::StrCat("From: \"", options.full_name, "\" <", options.sender,
-                                          ">\r\n");
-    message.insert(0, from);
+  // What the server would add, added here once: when the recipients take more than one
+  // transaction (AddedFields), they all get the same message.
+  std::string added;
+  if (!mail::FindField(section, "From").has_value()) {
+    const std::string author =
+        options.sender.empty() ? DefaultSender(context.hostname) : options.sender;
+    absl::StrAppend(&added, options.full_name.empty()
+                                ? absl::StrCat("From: ", author, "\r\n")
+                                : absl::StrCat("From: \"", options.full_name, "\" <", author,
+                                               ">\r\n"));
   }
+  const absl::Time now = absl::Now();
+  if (!mail::FindField(section, "Date").has_value()) {
+    absl::StrAppend(&added, "Date: ", mail::FormatRfc5322Date(now), "\r\n");
+  }
+  if (!mail::FindField(section, "Message-ID").has_value()) {
+    absl::StrAppend(&added, "Message-ID: <", MessageId::Generate(now).ToString(), "@",
+                    context.hostname, ">\r\n");
+  }
+  message.insert(0, added);
 
   SmtpConnection smtp;
   auto fail = [](std::string_view what, const absl::Status& status) {
@@ -290,47 +449,68 @@ int SendmailMain(const std::vector<std::string>& args, const SendmailContext& co
   if (reply->first != 220) return refused("greeting", *reply);
 
   bool utf8 = !IsAscii(options.sender);
-  for (const std::string& r : options.recipients) utf8 = utf8 || !IsAscii(r);
+  for (const std::string& r : recipients) utf8 = utf8 || !IsAscii(r);
   const bool eight_bit = !IsAscii(message);
-  std::string commands = absl::StrCat("EHLO localhost\r\nMAIL FROM:<", options.sender, ">",
-                                      eight_bit ? " BODY=8BITMIME" : "", utf8 ? " SMTPUTF8" : "",
-                                      "\r\n");
-  for (const std::string& r : options.recipients) absl::StrAppend(&commands, "RCPT TO:<", r, ">\r\n");
-  absl::StrAppend(&commands, "DATA\r\n");
-  // RFC 2920: the server supports PIPELINING (it is ours); send the envelope in one write.
-  if (absl::Status s = smtp.Send(commands); !s.ok()) return fail("send", s);
-  if (!(reply = smtp.ReadReply()).ok()) return fail("EHLO", reply.status());
-  if (reply->first != 250) return refused("EHLO", *reply);
-  if (!(reply = smtp.ReadReply()).ok()) return fail("MAIL", reply.status());
-  if (reply->first != 250) return refused("MAIL FROM", *reply);
+  const std::string mail_from = absl::StrCat("MAIL FROM:<", options.sender, ">",
+                                             eight_bit ? " BODY=8BITMIME" : "",
+                                             utf8 ? " SMTPUTF8" : "", "\r\n");
+  const std::string data = absl::StrCat(DotStuff(message), ".\r\n");
   size_t accepted = 0;
   int worst = 0;
-  for (const std::string& r : options.recipients) {
-    if (!(reply = smtp.ReadReply()).ok()) return fail("RCPT", reply.status());
-    if (reply->first == 250 || reply->first == 251) {
-      ++accepted;
-    } else {
-      worst = std::max(worst, refused(absl::StrCat("<", r, ">"), *reply));
+  // Queued for some already: a failure now must not read as "nothing sent" (a retry of the
+  // whole message would send it to them twice).
+  auto partial = [&](int code) {
+    if (accepted > 0) {
+      std::cerr << "facteur sendmail: queued for " << accepted << " of " << recipients.size()
+                << " recipients\n";
     }
+    return code;
+  };
+  std::vector<std::string> remaining = recipients;
+  bool greeted = false;
+  while (!remaining.empty()) {
+    // RFC 2920: the server supports PIPELINING (it is ours); the envelope goes in one write.
+    std::string commands = greeted ? mail_from : absl::StrCat("EHLO localhost\r\n", mail_from);
+    for (const std::string& r : remaining) absl::StrAppend(&commands, "RCPT TO:<", r, ">\r\n");
+    absl::StrAppend(&commands, "DATA\r\n");
+    if (absl::Status s = smtp.Send(commands); !s.ok()) return partial(fail("send", s));
+    if (!greeted) {
+      if (!(reply = smtp.ReadReply()).ok()) return fail("EHLO", reply.status());
+      if (reply->first != 250) return refused("EHLO", *reply);
+      greeted = true;
+    }
+    if (!(reply = smtp.ReadReply()).ok()) return partial(fail("MAIL", reply.status()));
+    if (reply->first != 250) return partial(refused("MAIL FROM", *reply));
+    // RFC 5321 §4.5.3.1.10: recipients refused 452 (too many in this transaction) go in the
+    // next one.
+    std::vector<std::string> next;
+    size_t taken = 0;
+    for (const std::string& r : remaining) {
+      if (!(reply = smtp.ReadReply()).ok()) return partial(fail("RCPT", reply.status()));
+      if (reply->first == 250 || reply->first == 251) {
+        ++taken;
+      } else if (reply->first == 452) {
+        next.push_back(r);
+      } else {
+        worst = std::max(worst, refused(absl::StrCat("<", r, ">"), *reply));
+      }
+    }
+    if (!(reply = smtp.ReadReply()).ok()) return partial(fail("DATA", reply.status()));
+    if (reply->first != 354) {
+      // No recipient taken (or DATA refused): this transaction queued nothing, and one with
+      // the same recipients would not do better.
+      if (!next.empty()) worst = std::max(worst, refused("RCPT", {452, "too many recipients"}));
+      return partial(worst != 0 ? worst : refused("DATA", *reply));
+    }
+    if (absl::Status s = smtp.Send(data); !s.ok()) return partial(fail("send", s));
+    if (!(reply = smtp.ReadReply()).ok()) return partial(fail("end of data", reply.status()));
+    if (reply->first != 250) return partial(refused("message", *reply));
+    accepted += taken;
+    remaining = std::move(next);
   }
-  if (!(reply = smtp.ReadReply()).ok()) return fail("DATA", reply.status());
-  if (reply->first != 354) {
-    // All recipients refused, or DATA refused: nothing was queued.
-    return worst != 0 ? worst : refused("DATA", *reply);
-  }
-  if (absl::Status s = smtp.Send(absl::StrCat(DotStuff(message), ".\r\n")); !s.ok()) {
-    return fail("send", s);
-  }
-  if (!(reply = smtp.ReadReply()).ok()) return fail("end of data", reply.status());
-  if (reply->first != 250) return refused("message", *reply);
   (void)smtp.Send("QUIT\r\n");
   (void)smtp.ReadReply();
-  if (accepted != options.recipients.size()) {
-    // Queued for the others: a retry of the whole message would send it to them twice.
-    std::cerr << "facteur sendmail: queued for " << accepted << " of " << options.recipients.size()
-              << " recipients\n";
-    return worst;
-  }
+  if (accepted != recipients.size()) return partial(worst);
   return 0;
 }
 

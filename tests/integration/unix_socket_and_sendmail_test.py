@@ -1,7 +1,9 @@
 """Local applications submit through the Unix socket without AUTH (issue #2 points 3 and 7):
 raw SMTP over the socket, and `facteur sendmail -t -i` the way PHP's mail() and cron call
 sendmail (LF line ends, recipients from To/Cc/Bcc, Bcc removed); exit 0 once queued, and 75
-(EX_TEMPFAIL) when the server is down."""
+(EX_TEMPFAIL) when the server is down. Also as cron calls it (domainless addresses), with the
+null sender, address-list arguments, an mbox "From " line, and past the server's recipient
+limit."""
 
 import json
 import os
@@ -108,6 +110,82 @@ class UnixSocketAndSendmailTest(harness.unittest.TestCase):
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertEqual([m["recipients"] for m in self.messages()], [["rcpt@example.com"]])
 
+    def body_of(self, entry):
+        return self.server.cli("queue", "show", entry["id"], "--body").stdout.replace(
+            b"\r\n", b"\n")
+
+    def test_every_bcc_field_is_dropped_with_or_without_t(self):
+        message = (b"From: app@asso.example\nTo: to@example.com\nBcc: b1@example.com\n"
+                   b"bcc: b2@example.com,\n b3@example.com\nResent-Bcc: b4@example.com\n"
+                   b"Subject: blind\n\nbody\n")
+        result = self.server.cli("sendmail", "-t", "-i", input=message, check=False)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        result = self.server.cli("sendmail", "-i", "other@example.com", input=message,
+                                 check=False)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        listed = sorted(self.messages(), key=lambda m: len(m["recipients"]))
+        self.assertEqual([sorted(m["recipients"]) for m in listed], [
+            ["other@example.com"],
+            ["b1@example.com", "b2@example.com", "b3@example.com", "to@example.com"]])
+        for entry in listed:
+            body = self.body_of(entry)
+            for hidden in (b"b1@", b"b2@", b"b3@", b"b4@", b"Bcc:", b"bcc:"):
+                self.assertNotIn(hidden, body)
+            self.assertIn(b"\nTo: to@example.com\nSubject: blind\n", body)
+
+    def test_sendmail_as_cron_calls_it(self):
+        # Debian's cron: sendmail -FCronDaemon -i -B8BITMIME -oem root, with domainless
+        # addresses in From: and To:. They get @hostname, as Postfix's append_at_myorigin does.
+        message = (b"From: root (Cron Daemon)\nTo: root\nSubject: Cron <root@host> df\n"
+                   b"Content-Type: text/plain; charset=UTF-8\n\n/dev/vda1 91%\n")
+        result = self.server.cli("sendmail", "-FCronDaemon", "-i", "-B8BITMIME", "-oem", "root",
+                                 input=message, check=False)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        [entry] = self.messages()
+        self.assertEqual(entry["recipients"], ["root@relay.test.example"])
+        self.assertTrue(entry["sender"].endswith("@relay.test.example"), entry)
+        body = self.body_of(entry)
+        self.assertIn(b"\nFrom: root@relay.test.example (Cron Daemon)\n", body)
+        self.assertIn(b"\nTo: root@relay.test.example\n", body)
+        self.assertIn(b"\nDate: ", body)
+        self.assertIn(b"\nMessage-ID: <", body)
+
+    def test_sendmail_t_with_an_unreadable_recipient_field_queues_nothing(self):
+        message = b"To: ok@example.com, bad@@example.com\nSubject: x\n\nbody\n"
+        result = self.server.cli("sendmail", "-t", input=message, check=False)
+        self.assertEqual(result.returncode, 65, result.stderr)  # EX_DATAERR
+        self.assertIn(b"To:", result.stderr)
+        # An empty group names nobody: not an error.
+        message = b"To: undisclosed-recipients:;\nBcc: hidden@example.com\nSubject: x\n\nb\n"
+        result = self.server.cli("sendmail", "-t", input=message, check=False)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual([m["recipients"] for m in self.messages()], [["hidden@example.com"]])
+
+    def test_sendmail_null_sender_address_lists_and_ignored_options(self):
+        # -f '' is the null sender (autoresponders); each argument is an address list; -O and
+        # -p take a separate value, which is not a recipient.
+        result = self.server.cli("sendmail", "-f", "", "-O", "LogLevel=9", "-p", "local",
+                                 "i@example.com, j@example.com", "Bob <bob@example.com>",
+                                 input=b"Subject: vacation\n\naway\n", check=False)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        [entry] = self.messages()
+        self.assertEqual(entry["sender"], "")
+        self.assertEqual(sorted(entry["recipients"]),
+                         ["bob@example.com", "i@example.com", "j@example.com"])
+        # No From: in the message: the invoking user's address, never none.
+        self.assertRegex(self.body_of(entry), rb"\nFrom: [^\n]+@relay\.test\.example\n")
+
+    def test_sendmail_drops_a_leading_mbox_from_line(self):
+        message = (b"From someone@example.org Sat Dec  5 10:00:00 2026\n"
+                   b"From: someone@example.org\nTo: a@example.com\nSubject: patch\n\nbody\n")
+        result = self.server.cli("sendmail", "-t", input=message, check=False)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        [entry] = self.messages()
+        self.assertEqual(entry["recipients"], ["a@example.com"])
+        body = self.body_of(entry)
+        self.assertIn(b"\nFrom: someone@example.org\nTo: a@example.com\nSubject: patch\n", body)
+        self.assertNotIn(b"From someone", body)
+
     def test_sendmail_exits_75_when_the_server_is_down(self):
         socket_path = self.server.socket_path()
         self.assertEqual(self.server.stop(), 0)
@@ -118,6 +196,28 @@ class UnixSocketAndSendmailTest(harness.unittest.TestCase):
                                  input=b"Subject: x\n\nbody\n", check=False, data_dir=False)
         self.assertEqual(result.returncode, EX_TEMPFAIL, (result.stdout, result.stderr))
         self.assertEqual(self.count(), 0)
+
+
+class SendmailPastTheRecipientLimitTest(harness.ServerTestCase):
+    """RFC 5321 §4.5.3.1.10: recipients the server refuses 452 (too many for one message) go
+    in another transaction; sendmail does that itself, and every one gets the same message."""
+
+    listeners = LISTENERS
+    extra = "[smtp]\nmax_recipients = 2\n"
+
+    def test_five_recipients_take_three_transactions(self):
+        recipients = ["r%d@example.com" % i for i in range(5)]
+        result = self.server.cli("sendmail", *recipients, input=b"Subject: many\n\nbody\n",
+                                 check=False)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        listed = json.loads(self.server.cli("queue", "ls", "--json").stdout)["messages"]
+        self.assertEqual(sorted(len(m["recipients"]) for m in listed), [1, 2, 2])
+        self.assertEqual(sorted(r for m in listed for r in m["recipients"]), recipients)
+        ids = set()
+        for entry in listed:
+            body = self.server.cli("queue", "show", entry["id"], "--body").stdout
+            ids.add(body.split(b"\r\nMessage-ID: ", 1)[1].split(b"\r\n", 1)[0])
+        self.assertEqual(len(ids), 1, ids)  # one message, in three transactions
 
 
 if __name__ == "__main__":
