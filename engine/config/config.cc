@@ -514,6 +514,16 @@ class Parser : private TomlReader {
                      "a Unix socket listener has no TLS (the socket never leaves the machine)");
       }
     }
+    // A submission listener takes mail only after AUTH, and AUTH is offered only over TLS
+    // (RFC 4954 §4, Session::AuthAvailable): on TCP without TLS no client could ever send.
+    if (out.role == ListenerRole::kSubmission && !is_unix && out.tls == TlsMode::kNone) {
+      const toml::node* node = table.get("tls");
+      if (node == nullptr) node = table.get("role");
+      if (node == nullptr) node = table.get("address");
+      return Error(node->source(), prefix + ".tls",
+                   "a submission listener on TCP needs tls = \"starttls\" or \"implicit\": AUTH "
+                   "is offered only over TLS, so without it no client could send");
+    }
 
     if (const toml::node* node = table.get("trusted_networks")) {
       std::string key = prefix + ".trusted_networks";

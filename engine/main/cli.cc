@@ -2,10 +2,13 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <iterator>
+#include <utility>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -13,6 +16,7 @@
 #include "engine/base/status.h"
 #include "engine/delivery/shaping.h"
 #include "engine/dkim/signing_table.h"
+#include "engine/tls/tls_context.h"
 #include "nlohmann/json.hpp"
 
 namespace facteur::cli {
@@ -112,17 +116,53 @@ absl::StatusOr<config::Config> LoadConfig(const CommandLine& command_line) {
   return config;
 }
 
+namespace {
+
+// A file the server reads as its own user (a systemd DynamicUser, say) may be closed to an
+// administrator running a command as another user, which says nothing of the server: noted,
+// not an error.
+absl::Status NotedIfPermissionDenied(absl::Status status) {
+  if (!absl::IsPermissionDenied(status)) return status;
+  std::cerr << "facteur: note: " << status.message() << ": not checked as uid " << ::getuid()
+            << " (the server reads it as its own user)\n";
+  return absl::OkStatus();
+}
+
+// The server's own certificate ([tls], when a listener has TLS): both files there, readable,
+// and a pair, as `serve` will load them.
+absl::Status CheckTlsFiles(const config::Config& config) {
+  const bool needs_tls =
+      std::any_of(config.listeners.begin(), config.listeners.end(),
+                  [](const config::ListenerOptions& l) { return l.tls != config::TlsMode::kNone; });
+  if (!needs_tls || config.tls.certificate_file.empty()) return absl::OkStatus();
+  const std::string certificate = config.ResolvePath(config.tls.certificate_file);
+  const std::string key = config.ResolvePath(config.tls.private_key_file);
+  for (const auto& [name, path] : {std::pair{"tls.certificate_file", &certificate},
+                                   std::pair{"tls.private_key_file", &key}}) {
+    if (::access(path->c_str(), R_OK) != 0) {
+      return NotedIfPermissionDenied(ErrnoStatus(absl::StrCat(name, " ", *path), errno));
+    }
+  }
+  absl::Status loaded = tls::TlsServerContext::FromFiles(certificate, key).status();
+  if (loaded.ok()) return loaded;
+  return absl::Status(loaded.code(), absl::StrCat("tls.certificate_file and tls.private_key_file: ",
+                                                  loaded.message()));
+}
+
+}  // namespace
+
 absl::Status CheckFilesItNames(const config::Config& config) {
   FACTEUR_RETURN_IF_ERROR(delivery::Shaping::Load(config).status());
-  absl::Status keys = dkim::SigningTable::FromConfig(config).status();
-  if (absl::IsPermissionDenied(keys)) {
-    // A key file is private to the server's user (a systemd DynamicUser, say): an administrator
-    // running the command as another user cannot read it, which says nothing of the server.
-    std::cerr << "facteur: note: " << keys.message() << ": not checked as uid " << ::getuid()
-              << " (the server reads it as its own user)\n";
-    return absl::OkStatus();
+  FACTEUR_RETURN_IF_ERROR(NotedIfPermissionDenied(dkim::SigningTable::FromConfig(config).status()));
+  FACTEUR_RETURN_IF_ERROR(CheckTlsFiles(config));
+  if (!config.admin.token_file.empty()) {
+    absl::Status token = ReadAdminToken(config).status();
+    if (!token.ok() && !absl::IsPermissionDenied(token)) {
+      return absl::Status(token.code(), absl::StrCat("admin.token_file: ", token.message()));
+    }
+    FACTEUR_RETURN_IF_ERROR(NotedIfPermissionDenied(token));
   }
-  return keys;
+  return absl::OkStatus();
 }
 
 std::string SpoolPath(const config::Config& config) { return config.SpoolPath(); }

@@ -62,7 +62,7 @@ int ConfigMain(const std::vector<std::string>& args) {
   }
   // The shaping, classifier and key files it names are part of the configuration too.
   if (absl::Status files = CheckFilesItNames(*config); !files.ok()) {
-    std::cerr << files.message() << "\n";
+    std::cerr << path << ": " << files.message() << "\n";
     return kExitConfig;
   }
   std::cout << path << ": ok\n";

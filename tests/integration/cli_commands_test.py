@@ -52,7 +52,19 @@ class CliCommandsTest(harness.unittest.TestCase):
         self.assertEqual(result.stdout.decode().strip(), "%s: ok" % self.server.config_path)
         example = os.path.normpath(os.path.join(REPO, "deploy", "facteur.example.toml"))
         if os.path.exists(example):
-            result = self.run_cli("config", "check", example, data_dir=False)
+            # Its certificate paths are where an operator puts them; here, a pair made for it.
+            directory = tempfile.mkdtemp(prefix="facteur-cfg-")
+            self.addCleanup(shutil.rmtree, directory, True)
+            key, cert = os.path.join(directory, "privkey.pem"), os.path.join(directory, "cert.pem")
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                            "ec_paramgen_curve:P-256", "-nodes", "-keyout", key, "-out", cert,
+                            "-subj", "/CN=relay.test.example", "-days", "2"],
+                           check=True, capture_output=True, timeout=60)
+            with open(example) as f:
+                text = f.read().replace("/etc/facteur/tls/fullchain.pem", cert).replace(
+                    "/etc/facteur/tls/privkey.pem", key)
+            result = self.run_cli("config", "check", self.write("example.toml", text),
+                                  data_dir=False)
             self.assertIn(b": ok", result.stdout)
 
     def test_config_check_names_file_line_and_key(self):
@@ -110,6 +122,40 @@ class CliCommandsTest(harness.unittest.TestCase):
         result = self.run_cli("config", "check", config, check=False, data_dir=False)
         self.assertEqual(result.returncode, EX_CONFIG, result)
         self.assertIn(b"group or others", result.stderr)
+
+    def test_config_check_reads_the_certificate_and_admin_token_it_names(self):
+        # What `serve` would refuse to start with, `config check` refuses too, naming the key.
+        directory = tempfile.mkdtemp(prefix="facteur-cfg-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        listener = ('[[listener]]\naddress = "127.0.0.1:0"\nrole = "submission"\n'
+                    'tls = "implicit"\n')
+        missing = self.write("no-cert.toml", '[tls]\ncertificate_file = "%s/cert.pem"\n'
+                             'private_key_file = "%s/key.pem"\n%s' % (directory, directory,
+                                                                      listener))
+        result = self.run_cli("config", "check", missing, check=False, data_dir=False)
+        self.assertEqual(result.returncode, EX_CONFIG, result)
+        self.assertIn(b"no-cert.toml: tls.certificate_file " + directory.encode(), result.stderr)
+        # Two keys, neither the certificate's: a pair that does not match.
+        for name in ("key.pem", "other.pem"):
+            subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt",
+                            "ec_paramgen_curve:P-256", "-out", os.path.join(directory, name)],
+                           check=True, capture_output=True, timeout=60)
+        subprocess.run(["openssl", "req", "-x509", "-key", os.path.join(directory, "other.pem"),
+                        "-subj", "/CN=relay.test.example", "-days", "2",
+                        "-out", os.path.join(directory, "cert.pem")],
+                       check=True, capture_output=True, timeout=60)
+        result = self.run_cli("config", "check", missing, check=False, data_dir=False)
+        self.assertEqual(result.returncode, EX_CONFIG, result)
+        self.assertIn(b"tls.certificate_file and tls.private_key_file: ", result.stderr)
+        result = self.run_cli("serve", "--config", missing, check=False, data_dir=False)
+        self.assertNotEqual(result.returncode, 0, result)
+        self.assertIn(b"tls.certificate_file and tls.private_key_file: ", result.stderr)
+        os.replace(os.path.join(directory, "other.pem"), os.path.join(directory, "key.pem"))
+        self.assertIn(b": ok", self.run_cli("config", "check", missing, data_dir=False).stdout)
+        token = self.write("no-token.toml", '[admin]\ntoken_file = "%s/token"\n' % directory)
+        result = self.run_cli("config", "check", token, check=False, data_dir=False)
+        self.assertEqual(result.returncode, EX_CONFIG, result)
+        self.assertIn(b"admin.token_file: ", result.stderr)
 
     def test_config_check_as_another_user_notes_a_key_it_cannot_read(self):
         # The key is private to its owner (here root, for the server's user): an administrator

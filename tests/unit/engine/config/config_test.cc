@@ -627,6 +627,11 @@ TEST(ParseErrorTest, ListenerValues) {
   ExpectError("[[listener]]\naddress = \"0.0.0.0:25\"\nrole = \"submission\"\n"
               "trusted_networks = [\"10.0.0.0/8\"]\n",
               4, "listener[0].trusted_networks", "only a relay listener");
+  // A TCP submission listener without TLS could never offer AUTH, hence never take mail.
+  ExpectError("[[listener]]\naddress = \"127.0.0.1:2588\"\nrole = \"submission\"\n", 3,
+              "listener[0].tls", "needs tls = \"starttls\" or \"implicit\"");
+  ExpectError("[[listener]]\naddress = \"127.0.0.1:587\"\ntls = \"none\"\n", 3,
+              "listener[0].tls", "needs tls");
   ExpectError("\n[[listener]]\nname = \"x\"\n", 2, "listener[0].address", "required");
   ExpectError("[[listener]]\nname = \"a b\"\naddress = \"127.0.0.1:25\"\n", 2, "listener[0].name",
               "printable");
