@@ -189,8 +189,18 @@ void Server::Shard::Adopt(int fd, size_t spec_index) {
     // SMTP replies are small and latency-bound; Write() already coalesces per callback.
     ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
   }
-  auto connection = std::make_unique<Connection>(*loop_, *this, fd, MakePeerInfo(peer_address),
-                                                 spec.tls, spec.tls_context);
+  PeerInfo peer = MakePeerInfo(peer_address);
+  if (peer.is_unix) {
+    ucred credentials{};
+    socklen_t size = sizeof(credentials);
+    if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &credentials, &size) == 0) {
+      peer.unix_uid = credentials.uid;
+      peer.unix_pid = credentials.pid;
+      peer.text = absl::StrCat("unix uid=", credentials.uid, " pid=", credentials.pid);
+    }
+  }
+  auto connection = std::make_unique<Connection>(*loop_, *this, fd, std::move(peer), spec.tls,
+                                                 spec.tls_context);
   Connection* raw = connection.get();
   connections_.emplace(raw, std::move(connection));
   server_.active_connections_.fetch_add(1);

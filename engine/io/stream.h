@@ -26,8 +26,12 @@ struct PeerInfo {
   uint8_t address[16] = {};  // IPv4 in the first 4 bytes (address_length 4), or IPv6 (16)
   size_t address_length = 0;
   uint16_t port = 0;
-  std::string text;          // "[192.0.2.1]:4567", "[::1]:4567", or "unix"
+  std::string text;          // "[192.0.2.1]:4567", "[::1]:4567", "unix uid=33 pid=812" or "unix"
   std::string ip_text;       // "192.0.2.1", "::1", or "" for unix
+  // A Unix socket peer's user and process (SO_PEERCRED, read at accept): who submitted, for
+  // the trace field and the logs, since the socket asks for no AUTH. -1 when not known.
+  int64_t unix_uid = -1;
+  int64_t unix_pid = -1;
 };
 
 struct TlsInfo {

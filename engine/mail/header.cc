@@ -66,6 +66,18 @@ std::optional<HeaderField> FindField(const HeaderSection& section, std::string_v
   return std::nullopt;
 }
 
+size_t HeaderInsertPosition(std::string_view message, const HeaderSection& section,
+                            bool* needs_separator) {
+  if (section.fields.empty()) {
+    *needs_separator = message.substr(0, 2) != "\r\n";
+    return 0;
+  }
+  const HeaderField& last = section.fields.back();
+  size_t end = static_cast<size_t>(last.raw.data() + last.raw.size() - message.data());
+  *needs_separator = message.substr(end, 2) != "\r\n";
+  return end;
+}
+
 bool RemoveFields(std::string& message, const HeaderSection& section,
                   std::initializer_list<std::string_view> names) {
   bool removed = false;

@@ -33,6 +33,11 @@ HeaderSection ParseHeaderSection(std::string_view message);
 // The first field named `name` (case-insensitive), if any.
 std::optional<HeaderField> FindField(const HeaderSection& section, std::string_view name);
 
+// Where fields added to `message` go: after its last header field. `needs_separator` when the
+// message has no empty line after its header fields, so that what follows stays the body.
+size_t HeaderInsertPosition(std::string_view message, const HeaderSection& section,
+                            bool* needs_separator);
+
 // Removes from `message` every field of `section` (read from `message`) whose name is one of
 // `names` (case-insensitive). Returns whether any was removed: `section` then points at
 // moved bytes and must be read again.

@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -194,12 +195,38 @@ bool IsAscii(std::string_view s) {
 constexpr std::string_view kAddressFields[] = {"From", "Sender", "Reply-To", "To", "Cc", "Bcc"};
 constexpr std::string_view kRecipientFields[] = {"To", "Cc", "Bcc"};
 
-// "undisclosed-recipients:;": a group with no member, which names nobody.
-bool IsEmptyGroup(std::string_view value) {
-  value = ToStd(absl::StripAsciiWhitespace(ToAbsl(value)));
-  const size_t colon = value.find(':');
-  return colon != std::string_view::npos && value.find_first_of("<>@,\"") == std::string_view::npos &&
-         absl::StripAsciiWhitespace(ToAbsl(value.substr(colon + 1))) == ";";
+// `value` without its comments (RFC 5322 §3.2.2), quoted strings kept as they are.
+std::string WithoutComments(std::string_view value) {
+  std::string out;
+  int depth = 0;
+  bool quoted = false;
+  for (size_t i = 0; i < value.size(); ++i) {
+    const char c = value[i];
+    if (c == '\\' && i + 1 < value.size() && (quoted || depth > 0)) {
+      if (depth == 0) out.append(value.substr(i, 2));
+      ++i;
+    } else if (depth > 0) {
+      depth += c == '(' ? 1 : c == ')' ? -1 : 0;
+    } else if (quoted || c != '(') {
+      if (c == '"') quoted = !quoted;
+      out.push_back(c);
+    } else {
+      depth = 1;
+    }
+  }
+  return out;
+}
+
+// A value that names nobody: empty ("To: " from PHP's mail('', ...)), or a group with no
+// member ("undisclosed-recipients:;", comments aside).
+bool NamesNobody(std::string_view value) {
+  const std::string bare = WithoutComments(value);
+  const std::string_view stripped = ToStd(absl::StripAsciiWhitespace(bare));
+  if (stripped.empty()) return true;
+  const size_t colon = stripped.find(':');
+  return colon != std::string_view::npos &&
+         stripped.find_first_of("<>@,\"") == std::string_view::npos &&
+         absl::StripAsciiWhitespace(ToAbsl(stripped.substr(colon + 1))) == ";";
 }
 
 // The items of an address list split at its top-level commas: not inside a quoted string, a
@@ -252,16 +279,18 @@ std::string QualifiedItem(std::string_view item, std::string_view hostname) {
 }
 
 // An address list as it goes out: `value` itself when it reads as one; else every address
-// without a domain qualified (RFC 5321 §4.1.2 and RFC 5322 §3.4 have no address without one).
-// nullopt when even that does not read.
+// without a domain qualified (RFC 5321 §4.1.2 and RFC 5322 §3.4 have no address without one),
+// the addresses on lines of their own (RFC 5322 §2.2.3 folding) so that no line grows past the
+// limit. nullopt when even that does not read.
 std::optional<std::string> QualifiedAddressList(std::string_view value,
                                                 std::string_view hostname) {
   if (mail::ParseAddressList(value).ok()) return std::string(value);
   std::vector<std::string> items;
   for (std::string_view item : SplitAddressList(value)) {
-    items.push_back(QualifiedItem(item, hostname));
+    items.push_back(std::string(
+        ToStd(absl::StripAsciiWhitespace(QualifiedItem(item, hostname)))));
   }
-  std::string qualified = absl::StrJoin(items, ",");
+  std::string qualified = absl::StrJoin(items, ",\r\n ");
   if (!mail::ParseAddressList(qualified).ok()) return std::nullopt;
   return qualified;
 }
@@ -288,21 +317,39 @@ absl::StatusOr<std::vector<std::string>> Addresses(std::string_view value,
 // Rewrites the address fields of `message` whose addresses lack a domain (QualifiedItem).
 // Fields that cannot be read are left as they are: the server judges them.
 void QualifyAddressFields(std::string& message, std::string_view hostname) {
+  struct Edit {
+    size_t offset;
+    size_t length;
+    std::string field;
+  };
+  std::vector<Edit> edits;  // all found before any is made: a longer field may move the text
   const mail::HeaderSection section = mail::ParseHeaderSection(message);
-  for (auto field = section.fields.rbegin(); field != section.fields.rend(); ++field) {
+  for (const mail::HeaderField& field : section.fields) {
     if (std::none_of(std::begin(kAddressFields), std::end(kAddressFields),
                      [&](std::string_view name) {
-                       return absl::EqualsIgnoreCase(ToAbsl(field->name), ToAbsl(name));
+                       return absl::EqualsIgnoreCase(ToAbsl(field.name), ToAbsl(name));
                      })) {
       continue;
     }
-    const std::string value = mail::UnfoldedValue(*field);
-    if (IsEmptyGroup(value)) continue;
+    const std::string value = mail::UnfoldedValue(field);
+    if (NamesNobody(value)) continue;
     std::optional<std::string> qualified = QualifiedAddressList(value, hostname);
     if (!qualified.has_value() || *qualified == value) continue;
-    message.replace(static_cast<size_t>(field->raw.data() - message.data()), field->raw.size(),
-                    absl::StrCat(ToAbsl(field->name), ": ", *qualified, "\r\n"));
+    edits.push_back({static_cast<size_t>(field.raw.data() - message.data()), field.raw.size(),
+                     absl::StrCat(ToAbsl(field.name), ": ", *qualified, "\r\n")});
   }
+  for (auto edit = edits.rbegin(); edit != edits.rend(); ++edit) {
+    message.replace(edit->offset, edit->length, edit->field);
+  }
+}
+
+// An mbox "From " envelope line (git format-patch, mbox tools) rather than a field: "From"
+// then a space, and no colon after the white space (obsolete "From : x" is a field, RFC 5322
+// §4.5.8).
+bool StartsWithMboxFromLine(std::string_view message) {
+  if (!absl::StartsWith(ToAbsl(message), "From ")) return false;
+  const size_t next = message.find_first_not_of(" \t", 4);
+  return next == std::string_view::npos || message[next] != ':';
 }
 
 }  // namespace
@@ -383,7 +430,7 @@ int SendmailMain(const std::vector<std::string>& args, const SendmailContext& co
   std::string message = ReadMessage(std::cin, options.dot_ends_message);
   // An mbox "From " line (git format-patch, mbox tools) is an envelope line, not a field: as
   // sendmail and Postfix do, it is dropped instead of ending the header section.
-  if (absl::StartsWith(message, "From ")) message.erase(0, message.find("\r\n") + 2);
+  if (StartsWithMboxFromLine(message)) message.erase(0, message.find("\r\n") + 2);
   QualifyAddressFields(message, context.hostname);
   mail::HeaderSection section = mail::ParseHeaderSection(message);
   if (options.extract_recipients) {
@@ -395,7 +442,7 @@ int SendmailMain(const std::vector<std::string>& args, const SendmailContext& co
         continue;
       }
       const std::string value = mail::UnfoldedValue(field);
-      if (IsEmptyGroup(value)) continue;
+      if (NamesNobody(value)) continue;
       absl::StatusOr<std::vector<std::string>> addresses =
           Addresses(value, context.hostname, absl::StrCat(ToAbsl(field.name), ":"));
       if (!addresses.ok()) {  // sent to the others only, it would look sent to all
@@ -405,6 +452,19 @@ int SendmailMain(const std::vector<std::string>& args, const SendmailContext& co
       recipients.insert(recipients.end(), addresses->begin(), addresses->end());
     }
     // Bcc: fields go at the server, which drops them from every message (RFC 5322 §3.6.3).
+  }
+  // Once each (To: and Cc: may both name one), domains compared without case (RFC 5321 §2.4).
+  {
+    absl::flat_hash_set<std::string> seen;
+    std::vector<std::string> unique;
+    for (std::string& r : recipients) {
+      const size_t at = r.rfind('@');
+      if (seen.insert(absl::StrCat(r.substr(0, at), absl::AsciiStrToLower(r.substr(at))))
+              .second) {
+        unique.push_back(std::move(r));
+      }
+    }
+    recipients = std::move(unique);
   }
   if (recipients.empty()) {
     std::cerr << "facteur sendmail: no recipients (give them as arguments, or use -t)\n";
@@ -429,7 +489,12 @@ int SendmailMain(const std::vector<std::string>& args, const SendmailContext& co
     absl::StrAppend(&added, "Message-ID: <", MessageId::Generate(now).ToString(), "@",
                     context.hostname, ">\r\n");
   }
-  message.insert(0, added);
+  if (!added.empty()) {
+    bool needs_separator = false;
+    const size_t at = mail::HeaderInsertPosition(message, section, &needs_separator);
+    if (needs_separator) added.append("\r\n");  // a message of body only keeps it a body
+    message.insert(at, added);
+  }
 
   SmtpConnection smtp;
   auto fail = [](std::string_view what, const absl::Status& status) {
@@ -484,6 +549,7 @@ int SendmailMain(const std::vector<std::string>& args, const SendmailContext& co
     // RFC 5321 §4.5.3.1.10: recipients refused 452 (too many in this transaction) go in the
     // next one.
     std::vector<std::string> next;
+    std::pair<int, std::string> too_many;  // the last 452
     size_t taken = 0;
     for (const std::string& r : remaining) {
       if (!(reply = smtp.ReadReply()).ok()) return partial(fail("RCPT", reply.status()));
@@ -491,6 +557,7 @@ int SendmailMain(const std::vector<std::string>& args, const SendmailContext& co
         ++taken;
       } else if (reply->first == 452) {
         next.push_back(r);
+        too_many = *reply;
       } else {
         worst = std::max(worst, refused(absl::StrCat("<", r, ">"), *reply));
       }
@@ -499,7 +566,7 @@ int SendmailMain(const std::vector<std::string>& args, const SendmailContext& co
     if (reply->first != 354) {
       // No recipient taken (or DATA refused): this transaction queued nothing, and one with
       // the same recipients would not do better.
-      if (!next.empty()) worst = std::max(worst, refused("RCPT", {452, "too many recipients"}));
+      if (!next.empty()) worst = std::max(worst, refused("RCPT", too_many));
       return partial(worst != 0 ? worst : refused("DATA", *reply));
     }
     if (absl::Status s = smtp.Send(data); !s.ok()) return partial(fail("send", s));

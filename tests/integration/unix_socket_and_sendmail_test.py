@@ -57,8 +57,10 @@ class UnixSocketAndSendmailTest(harness.unittest.TestCase):
         self.assertEqual(shown["sender"], "cron@asso.example")
         self.assertEqual(shown["recipients"], ["admin@example.com"])
         self.assertEqual(shown["listener"], "local")
+        # No AUTH on the socket: the user and process that connected are what traces it.
+        self.assertRegex(shown["client"], r"^unix uid=%d pid=\d+$" % os.getuid())
         body = self.server.cli("queue", "show", message_id, "--body").stdout
-        self.assertIn(b"(local socket)", body)
+        self.assertIn(b"(local socket, uid %d)" % os.getuid(), body)
 
     def test_sendmail_t_i_reads_recipients_and_drops_bcc(self):
         message = (b"From: Web App <www@asso.example>\n"
@@ -175,6 +177,48 @@ class UnixSocketAndSendmailTest(harness.unittest.TestCase):
         # No From: in the message: the invoking user's address, never none.
         self.assertRegex(self.body_of(entry), rb"\nFrom: [^\n]+@relay\.test\.example\n")
 
+    def test_sendmail_edge_cases_of_php_and_scripts(self):
+        # A body with no header at all stays a body, after the fields sendmail adds.
+        result = self.server.cli("sendmail", "-i", "ops@example.com", input=b"hello\nworld\n",
+                                 check=False)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        # PHP's mail('', ...) with only Bcc: an empty To: names nobody, it is no error; the
+        # address named twice is sent to once.
+        result = self.server.cli("sendmail", "-t", "-i", input=(
+            b"To: \nCc: undisclosed-recipients: (none);\nBcc: hidden@example.com, hidden@EXAMPLE.COM\n"
+            b"Subject: php\n\nbody\n"), check=False)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        # Domainless addresses in a long folded To: and in From:, with long body lines: the
+        # rewritten fields stay folded, and the text around them intact.
+        long_to = b",\n ".join(b"user%02d@example.com" % i for i in range(60)) + b",\n root"
+        body = b"".join(b"line %03d " % i + b"x" * 70 + b"\n" for i in range(200))
+        result = self.server.cli("sendmail", "-t", "-i", input=(
+            b"From: root\nTo: " + long_to + b"\nSubject: long\n\n" + body), check=False)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        listed = {tuple(sorted(m["recipients"])): m for m in self.messages()}
+        self.assertEqual(len(listed), 3, listed)
+        plain = self.body_of(listed[("ops@example.com",)])
+        self.assertIn(b"\nMessage-ID: <", plain)
+        self.assertRegex(plain, rb"\nMessage-ID: <[^\n]+>\n\nhello\nworld\n$")
+        self.assertIn(("hidden@example.com",), listed)
+        many = [r for r in listed if len(r) > 1][0]
+        self.assertEqual(len(many), 61)
+        self.assertIn("root@relay.test.example", many)
+        text = self.body_of(listed[many])
+        self.assertIn(b"\nFrom: root@relay.test.example\n", text)
+        self.assertIn(b"user59@example.com,\n root@relay.test.example\nSubject: long\n", text)
+        self.assertTrue(text.endswith(b"\n\n" + body), text[-300:])
+        self.assertLess(max(len(line) for line in text.split(b"\n")), 100)
+
+    def test_sendmail_keeps_an_obsolete_from_field(self):
+        # "From : a@x" (RFC 5322 §4.5.8) is a field, not an mbox "From " line.
+        result = self.server.cli("sendmail", "-t", input=(
+            b"From : someone@example.org\nTo: a@example.com\nSubject: obs\n\nbody\n"),
+            check=False)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        [entry] = self.messages()
+        self.assertIn(b"\nFrom : someone@example.org\n", self.body_of(entry))
+
     def test_sendmail_drops_a_leading_mbox_from_line(self):
         message = (b"From someone@example.org Sat Dec  5 10:00:00 2026\n"
                    b"From: someone@example.org\nTo: a@example.com\nSubject: patch\n\nbody\n")
@@ -207,10 +251,12 @@ class SendmailPastTheRecipientLimitTest(harness.ServerTestCase):
 
     def test_five_recipients_take_three_transactions(self):
         recipients = ["r%d@example.com" % i for i in range(5)]
+        before = json.loads(self.server.cli("queue", "ls", "--json").stdout)["messages"]
         result = self.server.cli("sendmail", *recipients, input=b"Subject: many\n\nbody\n",
                                  check=False)
         self.assertEqual(result.returncode, 0, result.stderr)
-        listed = json.loads(self.server.cli("queue", "ls", "--json").stdout)["messages"]
+        listed = [m for m in json.loads(self.server.cli("queue", "ls", "--json").stdout)[
+            "messages"] if m not in before]
         self.assertEqual(sorted(len(m["recipients"]) for m in listed), [1, 2, 2])
         self.assertEqual(sorted(r for m in listed for r in m["recipients"]), recipients)
         ids = set()
@@ -218,6 +264,16 @@ class SendmailPastTheRecipientLimitTest(harness.ServerTestCase):
             body = self.server.cli("queue", "show", entry["id"], "--body").stdout
             ids.add(body.split(b"\r\nMessage-ID: ", 1)[1].split(b"\r\n", 1)[0])
         self.assertEqual(len(ids), 1, ids)  # one message, in three transactions
+
+    def test_a_recipient_named_twice_past_the_limit_gets_one_copy(self):
+        before = json.loads(self.server.cli("queue", "ls", "--json").stdout)["messages"]
+        result = self.server.cli("sendmail", "-t", input=(
+            b"To: x1@example.com, x2@example.com\nCc: x3@example.com, x1@Example.COM\n"
+            b"Subject: twice\n\nbody\n"), check=False)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        listed = json.loads(self.server.cli("queue", "ls", "--json").stdout)["messages"]
+        added = [r for m in listed if m not in before for r in m["recipients"]]
+        self.assertEqual(sorted(added), ["x1@example.com", "x2@example.com", "x3@example.com"])
 
 
 if __name__ == "__main__":

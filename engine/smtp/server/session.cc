@@ -55,20 +55,6 @@ bool PeerIsTrusted(const io::PeerInfo& peer, const std::vector<config::Cidr>& ne
   return false;
 }
 
-// Where Date:/Message-ID: go: after the last header field. `needs_separator` when the message
-// has no empty line after its header fields, so that what follows stays the body.
-size_t HeaderInsertPosition(std::string_view message, const mail::HeaderSection& section,
-                            bool* needs_separator) {
-  if (section.fields.empty()) {
-    *needs_separator = !absl::StartsWith(ToAbsl(message), "\r\n");
-    return 0;
-  }
-  const mail::HeaderField& last = section.fields.back();
-  size_t end = static_cast<size_t>(last.raw.data() + last.raw.size() - message.data());
-  *needs_separator = message.substr(end, 2) != "\r\n";
-  return end;
-}
-
 }  // namespace
 
 Session::Session(io::Stream& stream, const ListenerPolicy& policy, SessionHost& host)
@@ -735,7 +721,10 @@ std::string Session::ReceivedHeader(const MessageId& id) const {
   const io::PeerInfo& peer = stream_.peer();
   std::string from_clause;
   if (peer.is_unix) {
-    from_clause = absl::StrCat(helo_.empty() ? "localhost" : helo_, " (local socket)");
+    // The user is what Postfix's "(from userid N)" gives: the socket asks for no AUTH.
+    from_clause = absl::StrCat(helo_.empty() ? "localhost" : helo_, " (local socket",
+                               peer.unix_uid >= 0 ? absl::StrCat(", uid ", peer.unix_uid) : "",
+                               ")");
   } else {
     bool v6 = peer.address_length == 16;
     from_clause = absl::StrCat(helo_.empty() ? "unknown" : helo_, " ([", v6 ? "IPv6:" : "",
@@ -828,7 +817,7 @@ void Session::FinishMessage() {
     final_message.append(message_);
   } else {
     bool needs_separator = false;
-    size_t at = HeaderInsertPosition(message_, section, &needs_separator);
+    size_t at = mail::HeaderInsertPosition(message_, section, &needs_separator);
     final_message.append(message_, 0, at);
     final_message.append(added);
     if (needs_separator) final_message.append("\r\n");

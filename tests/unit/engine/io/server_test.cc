@@ -376,7 +376,8 @@ TEST_F(ServerTest, UnixSocketListener) {
   ASSERT_TRUE(events_.WaitFor(&events_.closed, 4));
   {
     absl::MutexLock lock(&events_.mu);
-    EXPECT_EQ(events_.last_peer, "unix");
+    // SO_PEERCRED: this process is the peer.
+    EXPECT_EQ(events_.last_peer, absl::StrCat("unix uid=", ::getuid(), " pid=", ::getpid()));
   }
   server.Stop();
   EXPECT_NE(::access(path.c_str(), F_OK), 0);  // removed at Stop()

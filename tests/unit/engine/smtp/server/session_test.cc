@@ -608,6 +608,13 @@ TEST_F(SessionTest, UnixSocketClientsRelayWithoutAuthentication) {
   ASSERT_EQ(host_.queued.size(), 1u);
   EXPECT_THAT(host_.queued[0].message, StartsWith("Received: from client.example (local socket)"));
   EXPECT_THAT(host_.received, ElementsAre(metrics::AccountClass::kLocal));
+  // With the peer's credentials known, the trace field names its user.
+  stream_.peer_info.unix_uid = 33;
+  Send("MAIL FROM:<www@asso.org>\r\nRCPT TO:<admin@example.com>\r\nDATA\r\n");
+  EXPECT_THAT(Send(kMessage), StartsWith("250 2.0.0 Ok: queued as"));
+  ASSERT_EQ(host_.queued.size(), 2u);
+  EXPECT_THAT(host_.queued[1].message,
+              StartsWith("Received: from client.example (local socket, uid 33)\r\n"));
 }
 
 TEST_F(SessionTest, AcceptedMessagesTellHowTheClientWasLetInAndTheSessionItsLifetime) {
