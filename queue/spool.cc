@@ -27,8 +27,10 @@
 namespace facteur::queue {
 namespace {
 
-// Version 2 added the recipients' greylisting pins; spools written by version 1 are still read.
-constexpr uint8_t kEnvelopeVersion = 2;
+// Version 2 added the recipients' greylisting pins, version 3 their last reply; spools written
+// by versions 1 and 2 are still read.
+constexpr uint8_t kEnvelopeVersion = 3;
+constexpr uint8_t kEnvelopeVersionWithoutLastReply = 2;
 constexpr uint8_t kEnvelopeVersionWithoutPins = 1;
 constexpr uint64_t kFlagSmtpUtf8 = 1 << 0;
 constexpr uint64_t kFlagEightBit = 1 << 1;
@@ -348,6 +350,7 @@ std::string EncodeEnvelope(const Envelope& envelope) {
     PutString(out, recipient.orcpt);
     PutString(out, recipient.pinned_source);
     PutVarint(out, recipient.greylisted);
+    PutString(out, recipient.last_reply);
   }
   return out;
 }
@@ -358,7 +361,8 @@ absl::StatusOr<Envelope> DecodeEnvelope(std::string_view bytes) {
   std::string_view version;
   if (!in.Bytes(1, version)) return Malformed("empty");
   const uint8_t format = static_cast<uint8_t>(version[0]);
-  if (format != kEnvelopeVersion && format != kEnvelopeVersionWithoutPins) {
+  if (format != kEnvelopeVersion && format != kEnvelopeVersionWithoutLastReply &&
+      format != kEnvelopeVersionWithoutPins) {
     return Malformed(absl::StrCat("unknown version ", format));
   }
   std::string_view id;
@@ -390,13 +394,16 @@ absl::StatusOr<Envelope> DecodeEnvelope(std::string_view bytes) {
         !in.String(recipient.orcpt)) {
       return Malformed("truncated recipient");
     }
-    if (format == kEnvelopeVersion) {
+    if (format >= kEnvelopeVersionWithoutLastReply) {
       uint64_t greylisted;
       if (!in.String(recipient.pinned_source) || !in.Varint(greylisted)) {
         return Malformed("truncated recipient");
       }
       if (greylisted > UINT32_MAX) return Malformed("greylisted count out of range");
       recipient.greylisted = static_cast<uint32_t>(greylisted);
+    }
+    if (format >= kEnvelopeVersion && !in.String(recipient.last_reply)) {
+      return Malformed("truncated recipient");
     }
     if (state > static_cast<uint64_t>(RecipientState::kBounced)) {
       return Malformed("unknown recipient state");

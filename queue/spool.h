@@ -38,6 +38,10 @@ struct RecipientRecord {
   // from — its retries leave from that source only — and how many times it was greylisted.
   std::string pinned_source;
   uint32_t greylisted = 0;
+  // What last kept it in the queue, one line ("mx1.example.net[192.0.2.1] said: 450 4.2.0 Try
+  // later", or what happened here: "451 4.4.1 connection refused"), for `queue show` and the
+  // DSN if it expires or is cancelled. Empty before a first attempt and once delivered.
+  std::string last_reply;
 
   friend bool operator==(const RecipientRecord&, const RecipientRecord&) = default;
 };

@@ -86,7 +86,7 @@ void BM_SyncedEnqueue(benchmark::State& state) {
             Envelope envelope;
             envelope.id = MessageId::Generate(clock.Now());
             envelope.sender = "bench@example.org";
-            envelope.recipients = {{"rcpt@example.com", RecipientState::kPending, "", "", "", 0}};
+            envelope.recipients = {{"rcpt@example.com", RecipientState::kPending, "", "", "", 0, ""}};
             envelope.received_at = envelope.next_attempt = clock.Now();
             (*spool)->Enqueue(std::move(envelope), body, [&](absl::Status status) {
               if (!status.ok()) failures.fetch_add(1);

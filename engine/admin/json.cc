@@ -52,7 +52,8 @@ nlohmann::json MessageJson(const queue::Envelope& envelope, size_t body_size) {
     states.push_back(nlohmann::json{{"address", recipient.address},
                                     {"state", RecipientStateName(recipient.state)},
                                     {"notify", recipient.notify},
-                                    {"orcpt", recipient.orcpt}});
+                                    {"orcpt", recipient.orcpt},
+                                    {"last_reply", recipient.last_reply}});
   }
   message["recipient_states"] = std::move(states);
   message["client"] = envelope.client;

@@ -39,6 +39,34 @@ std::string RemoteHostName(std::string_view remote) {
   return std::string(bracket == std::string_view::npos ? remote : remote.substr(0, bracket));
 }
 
+// "450 4.2.0 text", the lines of a multiline text joined: the Diagnostic-Code of a DSN line.
+std::string ReplyLine(const mail::Reply& reply) {
+  std::string line = absl::StrCat(reply.code, " ", reply.enhanced.empty() ? "" : reply.enhanced + " ",
+                                  reply.text);
+  std::replace(line.begin(), line.end(), '\n', ' ');
+  return line;
+}
+
+// A recipient's last_reply: who said what, within bounds whatever a server sent.
+std::string LastReplyOf(const mail::DeliveryOutcome& outcome) {
+  constexpr size_t kMaxLastReply = 400;
+  std::string line = ReplyLine(outcome.reply);
+  if (!outcome.local && !outcome.remote.empty()) {
+    line = absl::StrCat(outcome.remote, " said: ", line);
+  }
+  if (line.size() > kMaxLastReply) line.resize(kMaxLastReply);
+  return line;
+}
+
+// `outcome` (made here: expired, cancelled) for `recipient`, with what kept it in the queue.
+mail::DeliveryOutcome WithLastReply(mail::DeliveryOutcome outcome,
+                                    const queue::RecipientRecord& recipient) {
+  if (!recipient.last_reply.empty()) {
+    absl::StrAppend(&outcome.reply.text, "; last attempt: ", recipient.last_reply);
+  }
+  return outcome;
+}
+
 mail::DeliveryOutcome LocalOutcome(int code, std::string enhanced, std::string text) {
   mail::DeliveryOutcome outcome;
   outcome.scope = mail::OutcomeScope::kMessage;
@@ -297,7 +325,9 @@ void QueueManager::StartMessage(const queue::ScheduleEntry& entry) {
         550, "5.4.7",
         absl::StrCat("delivery time expired: undelivered after ",
                      absl::FormatDuration(retry_.options().queue_lifetime), " in the queue"));
-    for (uint32_t index : pending) expired.emplace_back(index, outcome);
+    for (uint32_t index : pending) {
+      expired.emplace_back(index, WithLastReply(outcome, envelope.recipients[index]));
+    }
     CountExpired(pending, owed);
     BounceRecipients(envelope, nullptr, expired, events::EventType::kExpiration);
     Persist(std::move(envelope), entry.due, queue::Durability::kRidesNextSync);
@@ -435,6 +465,7 @@ void QueueManager::Settle(InFlight& flight, std::vector<JobResult> results) {
       if (type == events::EventType::kDelivery) {
         recipient.state = queue::RecipientState::kDelivered;
         recipient.pinned_source.clear();
+        recipient.last_reply.clear();
       } else if (verdict.response_class == throttle::ResponseClass::kGreylist) {
         // Retried from the same source, after the announced delay or the greylist ladder, and
         // a little more: a retry a hair early is greylisted again.
@@ -451,6 +482,7 @@ void QueueManager::Settle(InFlight& flight, std::vector<JobResult> results) {
       } else {
         retry_schedule = true;
       }
+      if (type != events::EventType::kDelivery) recipient.last_reply = LastReplyOf(outcome);
       events::Event event = OutcomeEvent(type, envelope, index, outcome, now);
       event.site = result.site.empty() ? result.destination : result.site;
       event.source_ip = result.source_ip;
@@ -479,7 +511,7 @@ void QueueManager::Settle(InFlight& flight, std::vector<JobResult> results) {
           mail::LowerDomainOf(envelope.recipients[i].address) != flight.after_domain) {
         continue;
       }
-      bounced.emplace_back(i, cancelled);
+      bounced.emplace_back(i, WithLastReply(cancelled, envelope.recipients[i]));
     }
     deferred.erase(std::remove_if(deferred.begin(), deferred.end(),
                                   [&](const events::Event& e) {
@@ -586,9 +618,7 @@ void QueueManager::BounceRecipients(
                       ? absl::StrCat(outcome.reply.code / 100, ".0.0")
                       : outcome.reply.enhanced;
     line.remote_mta = outcome.local ? std::string() : RemoteHostName(outcome.remote);
-    line.diagnostic = absl::StrCat(outcome.reply.code, " ",
-                                   outcome.reply.enhanced.empty() ? "" : outcome.reply.enhanced + " ",
-                                   outcome.reply.text);
+    line.diagnostic = ReplyLine(outcome.reply);
     line.last_attempt = now;
   }
   // RFC 3464 §2 / RFC 5321 §4.5.5: no report for a message with the null reverse-path (it is
@@ -615,7 +645,7 @@ void QueueManager::BounceRecipients(
   queue::Envelope dsn;
   dsn.id = dsn_id;
   dsn.sender = "";  // the null reverse-path: a DSN never causes another
-  dsn.recipients.push_back({envelope.sender, queue::RecipientState::kPending, "", "", "", 0});
+  dsn.recipients.push_back({envelope.sender, queue::RecipientState::kPending, "", "", "", 0, ""});
   dsn.listener = "bounce";
   dsn.client = "local";
   dsn.received_at = now;

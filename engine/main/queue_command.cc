@@ -103,8 +103,8 @@ int Show(queue::Store& store, const CommandLine& command_line) {
             << "size:        " << body_size << "\n"
             << "attempts:    " << e.attempts << "\n";
   for (const queue::RecipientRecord& r : e.recipients) {
-    std::cout << "recipient:   <" << r.address << "> "
-              << admin::RecipientStateName(r.state) << "\n";
+    std::cout << "recipient:   <" << r.address << "> " << admin::RecipientStateName(r.state)
+              << (r.last_reply.empty() ? "" : absl::StrCat(" (", r.last_reply, ")")) << "\n";
   }
   return kExitOk;
 }

@@ -127,6 +127,15 @@ class DeliveryOutcomesTest(unittest.TestCase):
                                   "later@dest.test": "pending"})
         self.assertEqual(sorted(shown["recipients"]), sorted(states))  # show keeps them all
         self.assertEqual(shown["attempts"], 1)
+        # Why it is still here, as mailq says it: who answered what.
+        last = {r["address"]: r["last_reply"] for r in shown["recipient_states"]}
+        self.assertEqual(last["later@dest.test"],
+                         "127.0.0.1[127.0.0.1]:%d said: 451 4.3.0 try again later"
+                         % self.sink.port)
+        self.assertEqual(last["ok@dest.test"], "")
+        text = self.server.cli("queue", "show", queue_id).stdout.decode()
+        self.assertIn("<later@dest.test> pending (127.0.0.1[127.0.0.1]:%d said: 451 4.3.0 try "
+                      "again later)" % self.sink.port, text)
 
         # The server now takes it; a retry makes it due at once instead of in five minutes.
         self.sink.rcpt_replies.pop("later@dest.test")

@@ -829,7 +829,7 @@ void Session::FinishMessage() {
   envelope.sender = mail_from_.sender.has_value() ? mail_from_.sender->ToString() : "";
   for (const mail::RcptToArguments& r : recipients_) {
     envelope.recipients.push_back(queue::RecipientRecord{
-        r.recipient.ToString(), queue::RecipientState::kPending, r.notify, r.orcpt, "", 0});
+        r.recipient.ToString(), queue::RecipientState::kPending, r.notify, r.orcpt, "", 0, ""});
   }
   envelope.listener = policy_.listener_name;
   envelope.account = account;

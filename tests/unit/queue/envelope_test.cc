@@ -13,10 +13,10 @@ Envelope FullEnvelope() {
   const absl::Time now = absl::FromUnixMicros(1'800'000'000'123'456);
   Envelope envelope = test::SampleEnvelope(MessageId::Generate(now), now);
   envelope.sender = "élodie@exemple.fr";  // SMTPUTF8 (RFC 6531): UTF-8 kept byte for byte
-  envelope.recipients.push_back({"用户@例子.广告", RecipientState::kDelivered, "NEVER", "", "", 0});
-  envelope.recipients.push_back({"x@y.z", RecipientState::kBounced, "", "utf-8;x@y.z", "", 0});
-  envelope.recipients.push_back(
-      {"grey@list.example", RecipientState::kPending, "", "", "out2", 3});
+  envelope.recipients.push_back({"用户@例子.广告", RecipientState::kDelivered, "NEVER", "", "", 0, ""});
+  envelope.recipients.push_back({"x@y.z", RecipientState::kBounced, "", "utf-8;x@y.z", "", 0, ""});
+  envelope.recipients.push_back({"grey@list.example", RecipientState::kPending, "", "", "out2", 3,
+                                 "mx.list.example[192.0.2.7] said: 450 4.2.0 Greylisted"});
   envelope.smtputf8 = true;
   envelope.eight_bit = true;
   envelope.dsn_ret = "HDRS";
@@ -44,23 +44,29 @@ TEST(EnvelopeTest, RoundTripNullSenderNoRecipientsAndOldTimes) {
   EXPECT_EQ(decoded->sender, "");
 }
 
-// Spools written before greylisting pins (version 1) are still read: their recipients have no
-// pin. The bytes are built here as version 1 wrote them.
-TEST(EnvelopeTest, VersionOneIsReadWithoutPins) {
+// Spools written before greylisting pins (version 1) and before last replies (version 2) are
+// still read: their recipients have neither. The bytes are built here as those versions wrote
+// them.
+TEST(EnvelopeTest, VersionsOneAndTwoAreRead) {
   Envelope envelope;
   envelope.id = MessageId::Generate(absl::FromUnixSeconds(1'800'000'000));
   envelope.sender = "a@b.example";
-  envelope.recipients.push_back({"c@d.example", RecipientState::kPending, "", "", "", 0});
-  std::string v2 = EncodeEnvelope(envelope);
-  // Version 2 ends with the one recipient's empty pin (0) and greylisted count (0).
-  ASSERT_EQ(v2.substr(v2.size() - 2), std::string("\0\0", 2));
-  std::string v1 = v2.substr(0, v2.size() - 2);
+  envelope.recipients.push_back({"c@d.example", RecipientState::kPending, "", "", "", 0, ""});
+  std::string v3 = EncodeEnvelope(envelope);
+  // Version 3 ends with the one recipient's empty pin (0), greylisted count (0) and empty last
+  // reply (0); version 2 had the first two, version 1 none.
+  ASSERT_EQ(v3.substr(v3.size() - 3), std::string("\0\0\0", 3));
+  std::string v2 = v3.substr(0, v3.size() - 1);
+  v2[0] = 2;
+  std::string v1 = v3.substr(0, v3.size() - 3);
   v1[0] = 1;
-  absl::StatusOr<Envelope> decoded = DecodeEnvelope(v1);
-  ASSERT_TRUE(decoded.ok()) << decoded.status();
-  EXPECT_EQ(*decoded, envelope);
-  v2[0] = 1;  // version 1 with the version 2 fields: trailing bytes
-  EXPECT_EQ(DecodeEnvelope(v2).status().code(), absl::StatusCode::kDataLoss);
+  for (const std::string& old : {v1, v2}) {
+    absl::StatusOr<Envelope> decoded = DecodeEnvelope(old);
+    ASSERT_TRUE(decoded.ok()) << decoded.status();
+    EXPECT_EQ(*decoded, envelope);
+  }
+  v3[0] = 1;  // version 1 with the later fields: trailing bytes
+  EXPECT_EQ(DecodeEnvelope(v3).status().code(), absl::StatusCode::kDataLoss);
 }
 
 TEST(EnvelopeTest, EveryTruncationIsDataLoss) {
@@ -75,7 +81,7 @@ TEST(EnvelopeTest, TrailingBytesBadVersionAndBadFieldsAreDataLoss) {
   const std::string bytes = EncodeEnvelope(FullEnvelope());
   EXPECT_EQ(DecodeEnvelope(bytes + '\0').status().code(), absl::StatusCode::kDataLoss);
   std::string bad_version = bytes;
-  bad_version[0] = 3;
+  bad_version[0] = 4;
   EXPECT_EQ(DecodeEnvelope(bad_version).status().code(), absl::StatusCode::kDataLoss);
   std::string bad_flags = bytes;
   bad_flags[1 + MessageId::kBytes] = 0x7f;  // the flags varint follows version and id

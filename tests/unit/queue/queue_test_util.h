@@ -60,8 +60,8 @@ inline Envelope SampleEnvelope(const MessageId& id, absl::Time now) {
   envelope.id = id;
   envelope.sender = "alice@example.org";
   envelope.recipients = {{"bob@example.com", RecipientState::kPending, "SUCCESS,FAILURE",
-                          "rfc822;bob@example.com", "", 0},
-                         {"carol@example.net", RecipientState::kPending, "", "", "", 0}};
+                          "rfc822;bob@example.com", "", 0, ""},
+                         {"carol@example.net", RecipientState::kPending, "", "", "", 0, ""}};
   envelope.listener = "submission";
   envelope.account = "alice";
   envelope.client = "[192.0.2.1]:4567";

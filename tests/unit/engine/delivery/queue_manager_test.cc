@@ -13,6 +13,7 @@
 #include "absl/synchronization/notification.h"
 #include "engine/base/clock.h"
 #include "engine/metrics/metrics.h"
+#include "absl/strings/str_replace.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "queue/spool.h"
@@ -392,9 +393,13 @@ TEST_F(QueueManagerTest, ExpiredMessagesBounceUntriedWithDelayStatus) {
   manager_->RunOnce();
   std::vector<DeliveryJob> jobs = dispatcher_.Take();
   ASSERT_THAT(jobs, SizeIs(1));
-  manager_->OnJobDone(ResultFor(jobs[0], {Outcome(451, "4.4.1", "connection refused")}));
+  manager_->OnJobDone(
+      ResultFor(jobs[0], {Outcome(451, "4.4.1", "connection refused\nby the firewall")}));
   manager_->RunOnce();
   WaitForCommits(1);
+  // What kept it is kept with it, one line, for `queue show` and for the DSN.
+  EXPECT_EQ(Read(id).recipients[0].last_reply,
+            "mx.example.test[127.0.0.1]:25 said: 451 4.4.1 connection refused by the firewall");
   // Five days later (a server stopped all that time) it is due and expired: it bounces untried.
   clock_.Advance(absl::Hours(24 * 5 + 1));
   manager_->RunOnce();
@@ -406,6 +411,43 @@ TEST_F(QueueManagerTest, ExpiredMessagesBounceUntriedWithDelayStatus) {
   auto body = queue::ReadBody(*store_, dsns[0].id);
   ASSERT_TRUE(body.ok() && body->has_value());
   EXPECT_THAT(**body, HasSubstr("5.4.7"));
+  // The sender learns why, not only that time ran out.
+  const std::string unfolded = absl::StrReplaceAll(**body, {{"\r\n ", " "}, {"\r\n\t", " "}});
+  EXPECT_THAT(unfolded, HasSubstr("last attempt: mx.example.test[127.0.0.1]:25 said: 451 4.4.1 "
+                                  "connection refused by the firewall"));
+}
+
+TEST_F(QueueManagerTest, TheLastReplyFollowsEachAttemptAndGoesOnceDelivered) {
+  const MessageId id = Enqueue("alice@example.org", {R("a@x.test"), R("b@y.test")});
+  manager_->RunOnce();
+  std::vector<DeliveryJob> jobs = dispatcher_.Take();
+  ASSERT_THAT(jobs, SizeIs(2));  // one per domain
+  for (const DeliveryJob& job : jobs) {
+    manager_->OnJobDone(ResultFor(job, {Outcome(421, "4.7.0", "too fast")}));
+  }
+  manager_->RunOnce();
+  WaitForCommits(1);  // both results, one update
+  for (const queue::RecipientRecord& r : Read(id).recipients) {
+    EXPECT_EQ(r.last_reply, "mx.example.test[127.0.0.1]:25 said: 421 4.7.0 too fast");
+  }
+  clock_.Advance(absl::Hours(1));
+  manager_->RunOnce();
+  jobs = dispatcher_.Take();
+  ASSERT_THAT(jobs, SizeIs(2));
+  for (const DeliveryJob& job : jobs) {
+    mail::DeliveryOutcome outcome = job.domain == "x.test"
+                                        ? Outcome(250, "2.0.0", "ok")
+                                        : Outcome(450, "4.2.0", "greylisted, come back");
+    manager_->OnJobDone(ResultFor(job, {outcome}));
+  }
+  manager_->RunOnce();
+  WaitForCommits(1);  // both results, one update
+  const queue::Envelope envelope = Read(id);
+  ASSERT_THAT(envelope.recipients, SizeIs(2));
+  EXPECT_EQ(envelope.recipients[0].state, queue::RecipientState::kDelivered);
+  EXPECT_EQ(envelope.recipients[0].last_reply, "");
+  EXPECT_EQ(envelope.recipients[1].last_reply,
+            "mx.example.test[127.0.0.1]:25 said: 450 4.2.0 greylisted, come back");
 }
 
 TEST_F(QueueManagerTest, NoDsnForTheNullSenderOrNotifyNever) {
