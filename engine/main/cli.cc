@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cerrno>
 #include <filesystem>
 #include <fstream>
@@ -97,12 +98,23 @@ std::optional<CommandLine> ParseOrExit(const std::vector<std::string>& args,
   return *std::move(command_line);
 }
 
+std::string DefaultConfigPath() {
+  if (const char* named = std::getenv("FACTEUR_CONFIG"); named != nullptr && *named != '\0') {
+    return named;
+  }
+  std::error_code error;
+  if (std::filesystem::exists(kSystemConfigPath, error)) return kSystemConfigPath;
+  return "";
+}
+
 absl::StatusOr<config::Config> LoadConfig(const CommandLine& command_line) {
   config::Config config;
-  if (command_line.config_path.empty()) {
+  const std::string path =
+      command_line.config_path.empty() ? DefaultConfigPath() : command_line.config_path;
+  if (path.empty()) {
     config = config::DefaultConfig();
   } else {
-    FACTEUR_ASSIGN_OR_RETURN(config, config::LoadConfigFile(command_line.config_path));
+    FACTEUR_ASSIGN_OR_RETURN(config, config::LoadConfigFile(path));
   }
   if (!command_line.data_dir.empty()) config.data_dir = command_line.data_dir;
   std::error_code error;

@@ -42,8 +42,15 @@ std::optional<CommandLine> ParseOrExit(const std::vector<std::string>& args,
                                        const std::set<std::string>& value_flags,
                                        const std::set<std::string>& switch_flags, int* exit_code);
 
-// The configuration the command line names, with --data-dir applied and data_dir made absolute
-// (so that paths stay right whatever the working directory of a later process).
+// The configuration a command reads when no --config names one: $FACTEUR_CONFIG when set, else
+// kSystemConfigPath when it exists (so that `facteur account add` beside a systemd service
+// finds its spool, as Postfix's commands find /etc/postfix), else "": the embedded default.
+inline constexpr char kSystemConfigPath[] = "/etc/facteur/facteur.toml";
+std::string DefaultConfigPath();
+
+// The configuration the command line names (or DefaultConfigPath()), with --data-dir applied
+// and data_dir made absolute (so that paths stay right whatever the working directory of a
+// later process).
 absl::StatusOr<config::Config> LoadConfig(const CommandLine& command_line);
 
 // The files `config` names that a start or a reload reads besides it: the shaping and

@@ -181,6 +181,25 @@ class CliCommandsTest(harness.unittest.TestCase):
         result = self.run_cli("frobnicate", check=False, data_dir=False)
         self.assertNotEqual(result.returncode, 0)
 
+    def test_commands_without_config_read_the_one_facteur_config_names(self):
+        # An administrator's shell (or a sendmail symlink) elsewhere than the data directory:
+        # without --config, $FACTEUR_CONFIG says which configuration, hence which spool.
+        elsewhere = tempfile.mkdtemp(prefix="facteur-cwd-")
+        self.addCleanup(shutil.rmtree, elsewhere, True)
+        env = dict(os.environ, FACTEUR_CONFIG=self.server.config_path)
+        result = subprocess.run([os.path.abspath(harness.BINARY), "account", "add", "eve"], cwd=elsewhere,
+                                env=env, input=(PASSWORD + "\n").encode(), capture_output=True,
+                                timeout=60)
+        self.assertEqual(result.returncode, 0, result)
+        self.assertEqual([a["name"] for a in self.accounts()], ["eve"])
+        self.assertEqual(os.listdir(elsewhere), [])  # no ./var spool made on the side
+        # A file that is not there is an error naming it, not the embedded default.
+        env["FACTEUR_CONFIG"] = os.path.join(elsewhere, "missing.toml")
+        result = subprocess.run([os.path.abspath(harness.BINARY), "queue", "count"], cwd=elsewhere, env=env,
+                                capture_output=True, timeout=60)
+        self.assertNotEqual(result.returncode, 0, result)
+        self.assertIn(b"missing.toml", result.stderr)
+
     # -- accounts, server stopped ---------------------------------------------------------------
 
     def test_account_lifecycle_with_the_server_stopped(self):
