@@ -33,6 +33,11 @@ bool WantsFailureReport(const queue::RecipientRecord& recipient) {
          mail::UpperAscii(recipient.notify).find("FAILURE") != std::string::npos;
 }
 
+// NOTIFY=SUCCESS (RFC 3461 §4.1): never by default.
+bool WantsSuccessReport(const queue::RecipientRecord& recipient) {
+  return mail::UpperAscii(recipient.notify).find("SUCCESS") != std::string::npos;
+}
+
 // "mx1.example.net[192.0.2.1]:25" → "mx1.example.net", for Remote-MTA (type dns).
 std::string RemoteHostName(std::string_view remote) {
   size_t bracket = remote.find('[');
@@ -65,6 +70,22 @@ mail::DeliveryOutcome WithLastReply(mail::DeliveryOutcome outcome,
     absl::StrAppend(&outcome.reply.text, "; last attempt: ", recipient.last_reply);
   }
   return outcome;
+}
+
+// One recipient's block of a DSN (RFC 3464 §2.3).
+mail::DsnRecipient ReportLine(const queue::RecipientRecord& recipient,
+                              const mail::DeliveryOutcome& outcome, mail::DsnAction action,
+                              absl::Time now) {
+  mail::DsnRecipient line;
+  line.final_recipient = recipient.address;
+  line.original_recipient = recipient.orcpt;
+  line.action = action;
+  line.status = outcome.reply.enhanced.empty() ? absl::StrCat(outcome.reply.code / 100, ".0.0")
+                                               : outcome.reply.enhanced;
+  line.remote_mta = outcome.local ? std::string() : RemoteHostName(outcome.remote);
+  line.diagnostic = ReplyLine(outcome.reply);
+  line.last_attempt = now;
+  return line;
 }
 
 mail::DeliveryOutcome LocalOutcome(int code, std::string enhanced, std::string text) {
@@ -423,6 +444,8 @@ void QueueManager::Settle(InFlight& flight, std::vector<JobResult> results) {
   }
 
   std::vector<std::pair<uint32_t, mail::DeliveryOutcome>> bounced;
+  // Delivered with NOTIFY=SUCCESS to a server that was not told (no DSN there): ours to report.
+  std::vector<std::pair<uint32_t, mail::DeliveryOutcome>> relayed;
   std::vector<events::Event> deferred;
   // When the open recipients are tried again: the earliest of what each asks for.
   absl::Time next_attempt = absl::InfiniteFuture();
@@ -466,6 +489,9 @@ void QueueManager::Settle(InFlight& flight, std::vector<JobResult> results) {
         recipient.state = queue::RecipientState::kDelivered;
         recipient.pinned_source.clear();
         recipient.last_reply.clear();
+        if (WantsSuccessReport(recipient) && !outcome.remote_offers_dsn) {
+          relayed.emplace_back(index, outcome);
+        }
       } else if (verdict.response_class == throttle::ResponseClass::kGreylist) {
         // Retried from the same source, after the announced delay or the greylist ladder, and
         // a little more: a retry a hair early is greylisted again.
@@ -522,6 +548,7 @@ void QueueManager::Settle(InFlight& flight, std::vector<JobResult> results) {
                    deferred.end());
   }
   BounceRecipients(envelope, flight.body.get(), bounced, events::EventType::kBounce);
+  ReportRelayed(envelope, flight.body.get(), relayed);
 
   const bool open = std::any_of(envelope.recipients.begin(), envelope.recipients.end(), [](const auto& r) {
     return r.state == queue::RecipientState::kPending;
@@ -610,17 +637,26 @@ void QueueManager::BounceRecipients(
     recipient.state = queue::RecipientState::kBounced;
     if (events_ != nullptr) events_->Record(OutcomeEvent(type, envelope, index, outcome, now));
     if (!WantsFailureReport(recipient)) continue;
-    mail::DsnRecipient& line = report.recipients.emplace_back();
-    line.final_recipient = recipient.address;
-    line.original_recipient = recipient.orcpt;
-    line.action = mail::DsnAction::kFailed;
-    line.status = outcome.reply.enhanced.empty()
-                      ? absl::StrCat(outcome.reply.code / 100, ".0.0")
-                      : outcome.reply.enhanced;
-    line.remote_mta = outcome.local ? std::string() : RemoteHostName(outcome.remote);
-    line.diagnostic = ReplyLine(outcome.reply);
-    line.last_attempt = now;
+    report.recipients.push_back(ReportLine(recipient, outcome, mail::DsnAction::kFailed, now));
   }
+  QueueReport(envelope, body, std::move(report), now);
+}
+
+void QueueManager::ReportRelayed(
+    const queue::Envelope& envelope, const std::string* body,
+    const std::vector<std::pair<uint32_t, mail::DeliveryOutcome>>& relayed) {
+  if (relayed.empty()) return;
+  const absl::Time now = clock_.Now();
+  mail::DsnReport report;
+  for (const auto& [index, outcome] : relayed) {
+    report.recipients.push_back(
+        ReportLine(envelope.recipients[index], outcome, mail::DsnAction::kRelayed, now));
+  }
+  QueueReport(envelope, body, std::move(report), now);
+}
+
+void QueueManager::QueueReport(const queue::Envelope& envelope, const std::string* body,
+                               mail::DsnReport report, absl::Time now) {
   // RFC 3464 §2 / RFC 5321 §4.5.5: no report for a message with the null reverse-path (it is
   // itself a report), which is also what stops bounce loops.
   if (envelope.sender.empty() || report.recipients.empty()) return;

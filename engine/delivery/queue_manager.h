@@ -36,6 +36,7 @@
 #include "engine/delivery/job.h"
 #include "engine/delivery/site_labeler.h"
 #include "engine/events/event_log.h"
+#include "engine/mail/dsn.h"
 #include "engine/metrics/metrics.h"
 #include "queue/spool.h"
 #include "queue/store.h"
@@ -175,6 +176,13 @@ class QueueManager final : public ResultSink {
   void BounceRecipients(queue::Envelope& envelope, const std::string* body,
                         const std::vector<std::pair<uint32_t, mail::DeliveryOutcome>>& bounced,
                         events::EventType type);
+  // A "relayed" DSN (RFC 3464 §2.3.3) for recipients delivered with NOTIFY=SUCCESS to a server
+  // without DSN (RFC 3461 §5.2.2): it will send none.
+  void ReportRelayed(const queue::Envelope& envelope, const std::string* body,
+                     const std::vector<std::pair<uint32_t, mail::DeliveryOutcome>>& relayed);
+  // Queues `report` about `envelope` as a DSN to its sender; none for the null sender.
+  void QueueReport(const queue::Envelope& envelope, const std::string* body,
+                   mail::DsnReport report, absl::Time now);
   // Writes the settled envelope (Update), or removes the message when no recipient is open.
   // Delivery outcomes ride the next synced commit (kRidesNextSync: a power cut may deliver a
   // message again, never lose it); queue operations an operator waits for are synced.

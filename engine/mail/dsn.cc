@@ -235,7 +235,8 @@ std::string StatusOf(const DsnRecipient& recipient) {
   switch (recipient.action) {
     case DsnAction::kFailed: return "5.0.0";
     case DsnAction::kDelayed: return "4.0.0";
-    case DsnAction::kDelivered: return "2.0.0";
+    case DsnAction::kDelivered:
+    case DsnAction::kRelayed: return "2.0.0";
   }
   return "5.0.0";
 }
@@ -245,6 +246,7 @@ const char* ActionName(DsnAction action) {
     case DsnAction::kFailed: return "failed";
     case DsnAction::kDelayed: return "delayed";
     case DsnAction::kDelivered: return "delivered";
+    case DsnAction::kRelayed: return "relayed";
   }
   return "failed";
 }
@@ -434,6 +436,13 @@ std::string HumanText(const DsnReport& report, bool returned_whole) {
                     4);
       return;
     }
+    if (r.action == DsnAction::kRelayed) {
+      AppendWrapped(&out,
+                    remote.empty() ? std::string("Passed on.")
+                                   : absl::StrCat("Passed on to the server ", remote, "."),
+                    4);
+      return;
+    }
     if (!remote.empty() && !diagnostic.empty()) {
       AppendWrapped(&out, absl::StrCat("The server ", remote, " answered: ", diagnostic), 4);
     } else if (!remote.empty()) {
@@ -463,6 +472,9 @@ std::string HumanText(const DsnReport& report, bool returned_whole) {
        "still trying; you do not need to send it again. You will get another notice if it "
        "gives up."},
       {DsnAction::kDelivered, "Your message was delivered to the recipients below."},
+      {DsnAction::kRelayed,
+       "Your message was passed on to the mail servers of the recipients below. Those servers "
+       "do not send delivery notifications: this is the last notice you will get about it."},
   };
   for (const Group& group : kGroups) {
     bool any = false;

@@ -37,7 +37,9 @@
 
 namespace facteur::mail {
 
-enum class DsnAction { kFailed, kDelayed, kDelivered };
+// RFC 3464 §2.3.3. kRelayed: passed to a server that does not offer DSN, which will send no
+// notice of its own (RFC 3461 §5.2.2); the last this sender hears of it.
+enum class DsnAction { kFailed, kDelayed, kDelivered, kRelayed };
 
 struct DsnRecipient {
   std::string final_recipient;     // "local@domain": the Final-Recipient, type rfc822 (utf-8 when non-ASCII)

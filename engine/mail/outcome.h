@@ -27,6 +27,9 @@ struct DeliveryOutcome {
   bool local = false;
   // The server that answered ("mx1.example.net[192.0.2.1]"), empty when none did.
   std::string remote;
+  // That server offered DSN (RFC 3461), so it was given NOTIFY= and ORCPT=: a notice of success
+  // asked for is its to send from then on (RFC 3461 §5.2.2), not ours.
+  bool remote_offers_dsn = false;
 
   bool delivered() const { return reply.code >= 200 && reply.code < 300; }
   bool transient() const { return reply.code >= 400 && reply.code < 500; }

@@ -489,6 +489,7 @@ class ClientSession::State {
     outcome.scope = scope;
     outcome.reply = reply;
     outcome.remote = s_.remote_name_;
+    outcome.remote_offers_dsn = s_.capabilities_.dsn;
     return outcome;
   }
 

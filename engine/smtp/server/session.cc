@@ -259,6 +259,9 @@ void Session::HandleEhlo(const Command& command, bool extended) {
       "SMTPUTF8",
       "ENHANCEDSTATUSCODES",
       "CHUNKING",
+      // RFC 3461: NOTIFY, ORCPT, RET and ENVID are kept and passed on to a next server that
+      // offers DSN; to one that does not, NOTIFY=SUCCESS gets a "relayed" notice from here.
+      "DSN",
   };
   if (StartTlsAvailable()) lines.push_back("STARTTLS");
   if (AuthAvailable() && !account_.has_value()) lines.push_back("AUTH PLAIN LOGIN");

@@ -450,6 +450,34 @@ TEST_F(QueueManagerTest, TheLastReplyFollowsEachAttemptAndGoesOnceDelivered) {
             "mx.example.test[127.0.0.1]:25 said: 450 4.2.0 greylisted, come back");
 }
 
+// NOTIFY=SUCCESS (RFC 3461 §5.2.2): a server that offers DSN was given NOTIFY and reports
+// success itself; one that does not gets the message, and the sender a "relayed" DSN from us.
+TEST_F(QueueManagerTest, SuccessIsReportedAsRelayedWhereTheNextServerHasNoDsn) {
+  const MessageId told = Enqueue("alice@example.org", {R("a@x.test", "SUCCESS,FAILURE")});
+  const MessageId untold = Enqueue("alice@example.org", {R("b@x.test", "SUCCESS")});
+  const MessageId quiet = Enqueue("alice@example.org", {R("c@x.test", "FAILURE")});
+  manager_->RunOnce();
+  std::vector<DeliveryJob> jobs = dispatcher_.Take();
+  ASSERT_THAT(jobs, SizeIs(3));
+  for (const DeliveryJob& job : jobs) {
+    mail::DeliveryOutcome delivered = Outcome(250, "2.0.0", "Ok: queued");
+    delivered.remote_offers_dsn = job.id == told;
+    manager_->OnJobDone(ResultFor(job, {delivered}));
+  }
+  manager_->RunOnce();
+  WaitForCommits(4);  // three removals and one DSN
+  for (const MessageId& id : {told, untold, quiet}) EXPECT_FALSE(Queued(id));
+  std::vector<queue::Envelope> dsns = Dsns();
+  ASSERT_THAT(dsns, SizeIs(1));
+  EXPECT_EQ(dsns[0].recipients[0].address, "alice@example.org");
+  auto body = queue::ReadBody(*store_, dsns[0].id);
+  ASSERT_TRUE(body.ok() && body->has_value());
+  EXPECT_THAT(**body, HasSubstr("Action: relayed"));
+  EXPECT_THAT(**body, HasSubstr("Final-Recipient: rfc822; b@x.test"));
+  EXPECT_THAT(**body, Not(HasSubstr("a@x.test")));
+  EXPECT_THAT(**body, Not(HasSubstr("c@x.test")));
+}
+
 TEST_F(QueueManagerTest, NoDsnForTheNullSenderOrNotifyNever) {
   const MessageId bounce = Enqueue("", {R("postmaster@x.test")});
   const MessageId quiet = Enqueue("alice@example.org", {R("q@x.test", "NEVER")});

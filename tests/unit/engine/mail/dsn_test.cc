@@ -270,6 +270,22 @@ TEST(DsnTest, DelayedAndMixedRecipients) {
   ASSERT_EQ(parts.size(), 3u);
   EXPECT_EQ(FieldValue(parts[2].headers, "Content-Description"), "Message Headers");
   EXPECT_EQ(FieldValue(parts[1].body.substr(parts[1].body.find("\r\n\r\n")), "Action"), "delivered");
+
+  // Passed to a server without DSN (RFC 3461 §5.2.2): "relayed", and said to be the last word.
+  report.recipients[0].action = DsnAction::kRelayed;
+  report.recipients[0].status = "";
+  report.recipients[0].remote_mta = "mx.example.com";
+  report.recipients[0].diagnostic = "250 2.0.0 Ok: queued";
+  dsn = BuildDsn(report, kOriginal);
+  EXPECT_EQ(FieldValue(dsn.substr(0, dsn.find("\r\n\r\n") + 2), "Subject"),
+            "Successful Mail Delivery Report");
+  parts = PartsOf(dsn);
+  ASSERT_EQ(parts.size(), 3u);
+  const std::string block = parts[1].body.substr(parts[1].body.find("\r\n\r\n"));
+  EXPECT_EQ(FieldValue(block, "Action"), "relayed");
+  EXPECT_EQ(FieldValue(block, "Status"), "2.0.0");
+  EXPECT_THAT(parts[0].body, HasSubstr("do not send delivery notifications"));
+  EXPECT_THAT(parts[0].body, HasSubstr("Passed on to the server mx.example.com."));
 }
 
 TEST(DsnTest, StatusWhenMissingOrMalformed) {

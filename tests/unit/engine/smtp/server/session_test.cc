@@ -170,7 +170,7 @@ TEST_F(SessionTest, GreetsAndListsExtensions) {
   stream_.TakeOutput();
   std::string ehlo = Send("EHLO client.example\r\n");
   for (const char* extension : {"PIPELINING", "SIZE 36700160", "8BITMIME", "SMTPUTF8",
-                                "ENHANCEDSTATUSCODES", "CHUNKING"}) {
+                                "ENHANCEDSTATUSCODES", "CHUNKING", "DSN"}) {
     EXPECT_THAT(ehlo, HasSubstr(extension));
   }
   EXPECT_THAT(ehlo, Not(HasSubstr("STARTTLS")));  // tls = none
