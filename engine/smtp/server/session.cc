@@ -351,17 +351,19 @@ void Session::HandleRcpt(const Command& command) {
     Reply(*refusal);
     return;
   }
-  if (recipients_.size() >= policy_.limits.max_recipients) {
-    // RFC 5321 §4.5.3.1.10: the client sends the rest in another transaction. Not an error.
-    Reply(452, "4.5.3", "Too many recipients");
-    return;
-  }
+  // A recipient already taken is taken again, limit or not: deferred with 452 to another
+  // transaction, it would get the message twice.
   bool duplicate = std::any_of(recipients_.begin(), recipients_.end(),
                                [&](const mail::RcptToArguments& r) {
                                  return r.recipient.Canonical() == canonical;
                                });
   if (duplicate) {
     Reply(250, "2.1.5", "Ok");
+    return;
+  }
+  if (recipients_.size() >= policy_.limits.max_recipients) {
+    // RFC 5321 §4.5.3.1.10: the client sends the rest in another transaction. Not an error.
+    Reply(452, "4.5.3", "Too many recipients");
     return;
   }
   if (account_.has_value()) {

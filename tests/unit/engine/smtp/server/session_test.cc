@@ -501,6 +501,9 @@ TEST_F(SessionTest, LimitsRecipientsPerTransaction) {
   EXPECT_EQ(Send("MAIL FROM:<a@asso.org>\r\nRCPT TO:<b@example.com>\r\nRCPT TO:<c@example.com>\r\n"
                  "RCPT TO:<d@example.com>\r\n"),
             "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n452 4.5.3 Too many recipients\r\n");
+  // One already taken is taken again, past the limit too: sent in another transaction, it
+  // would get the message twice.
+  EXPECT_EQ(Send("RCPT TO:<B@Example.com>\r\n"), "250 2.1.5 Ok\r\n");
 }
 
 TEST_F(SessionTest, RefusesCommandsOutOfSequenceAndUnknownOnes) {
