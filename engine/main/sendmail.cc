@@ -20,6 +20,7 @@
 #include <iostream>
 #include <iterator>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -195,6 +196,13 @@ bool IsAscii(std::string_view s) {
 constexpr std::string_view kAddressFields[] = {"From", "Sender", "Reply-To", "To", "Cc", "Bcc"};
 constexpr std::string_view kRecipientFields[] = {"To", "Cc", "Bcc"};
 
+// Whether `field` has one of `names` (case-insensitive, RFC 5322 §1.2.2).
+bool IsOneOf(const mail::HeaderField& field, std::span<const std::string_view> names) {
+  return std::any_of(names.begin(), names.end(), [&](std::string_view name) {
+    return absl::EqualsIgnoreCase(ToAbsl(field.name), ToAbsl(name));
+  });
+}
+
 // `value` without its comments (RFC 5322 §3.2.2), quoted strings kept as they are.
 std::string WithoutComments(std::string_view value) {
   std::string out;
@@ -325,12 +333,7 @@ void QualifyAddressFields(std::string& message, std::string_view hostname) {
   std::vector<Edit> edits;  // all found before any is made: a longer field may move the text
   const mail::HeaderSection section = mail::ParseHeaderSection(message);
   for (const mail::HeaderField& field : section.fields) {
-    if (std::none_of(std::begin(kAddressFields), std::end(kAddressFields),
-                     [&](std::string_view name) {
-                       return absl::EqualsIgnoreCase(ToAbsl(field.name), ToAbsl(name));
-                     })) {
-      continue;
-    }
+    if (!IsOneOf(field, kAddressFields)) continue;
     const std::string value = mail::UnfoldedValue(field);
     if (NamesNobody(value)) continue;
     std::optional<std::string> qualified = QualifiedAddressList(value, hostname);
@@ -435,12 +438,7 @@ int SendmailMain(const std::vector<std::string>& args, const SendmailContext& co
   mail::HeaderSection section = mail::ParseHeaderSection(message);
   if (options.extract_recipients) {
     for (const mail::HeaderField& field : section.fields) {
-      if (std::none_of(std::begin(kRecipientFields), std::end(kRecipientFields),
-                       [&](std::string_view name) {
-                         return absl::EqualsIgnoreCase(ToAbsl(field.name), ToAbsl(name));
-                       })) {
-        continue;
-      }
+      if (!IsOneOf(field, kRecipientFields)) continue;
       const std::string value = mail::UnfoldedValue(field);
       if (NamesNobody(value)) continue;
       absl::StatusOr<std::vector<std::string>> addresses =
