@@ -115,6 +115,12 @@ absl::StatusOr<std::vector<ScheduleEntry>> Recover(Store& store) {
       }
       const std::string key = envelopes->key().ToString();
       absl::StatusOr<Envelope> envelope = DecodeEnvelope(ToView(envelopes->value()));
+      if (absl::IsFailedPrecondition(envelope.status())) {
+        // A rollback: removing what a newer version wrote would lose acknowledged mail.
+        return absl::FailedPreconditionError(
+            absl::StrCat("spool ", store.path(), ": message ", IdText(key), ": ",
+                         envelope.status().message(), "; run that version, or a later one"));
+      }
       const bool has_body = order == 0;
       if (envelope.ok() && envelope->id.Bytes() != key) {
         envelope = absl::DataLossError("envelope id differs from its key");
@@ -328,9 +334,15 @@ class DueIndex {
 // --- Envelope codec ---
 
 std::string EncodeEnvelope(const Envelope& envelope) {
+  // Version 2 while no recipient has a last reply: what an older facteur can still read, so
+  // that a rollback keeps the mail never deferred (DecodeEnvelope refuses newer versions).
+  const bool last_replies =
+      std::any_of(envelope.recipients.begin(), envelope.recipients.end(),
+                  [](const RecipientRecord& r) { return !r.last_reply.empty(); });
   std::string out;
   out.reserve(64 + envelope.sender.size() + envelope.recipients.size() * 32);
-  out.push_back(static_cast<char>(kEnvelopeVersion));
+  out.push_back(
+      static_cast<char>(last_replies ? kEnvelopeVersion : kEnvelopeVersionWithoutLastReply));
   out.append(envelope.id.Bytes());
   PutVarint(out, (envelope.smtputf8 ? kFlagSmtpUtf8 : 0) | (envelope.eight_bit ? kFlagEightBit : 0));
   PutString(out, envelope.sender);
@@ -350,7 +362,7 @@ std::string EncodeEnvelope(const Envelope& envelope) {
     PutString(out, recipient.orcpt);
     PutString(out, recipient.pinned_source);
     PutVarint(out, recipient.greylisted);
-    PutString(out, recipient.last_reply);
+    if (last_replies) PutString(out, recipient.last_reply);
   }
   return out;
 }
@@ -361,8 +373,13 @@ absl::StatusOr<Envelope> DecodeEnvelope(std::string_view bytes) {
   std::string_view version;
   if (!in.Bytes(1, version)) return Malformed("empty");
   const uint8_t format = static_cast<uint8_t>(version[0]);
-  if (format != kEnvelopeVersion && format != kEnvelopeVersionWithoutLastReply &&
-      format != kEnvelopeVersionWithoutPins) {
+  if (format > kEnvelopeVersion) {
+    // Not damage: a newer facteur wrote it. Recovery stops rather than remove it as broken.
+    return absl::FailedPreconditionError(
+        absl::StrCat("envelope version ", format, ", written by a newer facteur (this one reads ",
+                     "versions up to ", kEnvelopeVersion, ")"));
+  }
+  if (format < kEnvelopeVersionWithoutPins) {
     return Malformed(absl::StrCat("unknown version ", format));
   }
   std::string_view id;

@@ -54,7 +54,7 @@ std::string ReplyLine(const mail::Reply& reply) {
 
 // A recipient's last_reply: who said what, within bounds whatever a server sent.
 std::string LastReplyOf(const mail::DeliveryOutcome& outcome) {
-  constexpr size_t kMaxLastReply = 400;
+  constexpr size_t kMaxLastReply = 256;  // 1,000 recipients: 256 KB at most per rewrite
   std::string line = ReplyLine(outcome.reply);
   if (!outcome.local && !outcome.remote.empty()) {
     line = absl::StrCat(outcome.remote, " said: ", line);
@@ -635,6 +635,7 @@ void QueueManager::BounceRecipients(
   for (const auto& [index, outcome] : bounced) {
     queue::RecipientRecord& recipient = envelope.recipients[index];
     recipient.state = queue::RecipientState::kBounced;
+    recipient.last_reply.clear();  // it waits no more; its outcome is in the events log
     if (events_ != nullptr) events_->Record(OutcomeEvent(type, envelope, index, outcome, now));
     if (!WantsFailureReport(recipient)) continue;
     report.recipients.push_back(ReportLine(recipient, outcome, mail::DsnAction::kFailed, now));
@@ -676,7 +677,12 @@ void QueueManager::QueueReport(const queue::Envelope& envelope, const std::strin
   report.original_queue_id = envelope.id.ToString();
   report.original_envelope_id = envelope.dsn_envid;
   report.arrival_date = envelope.received_at;
-  report.return_full = mail::EqualsIgnoreCase(envelope.dsn_ret, "FULL");
+  // RFC 3461 §4.3: RET is about failure reports; a notice of success never returns the whole
+  // message.
+  report.return_full =
+      mail::EqualsIgnoreCase(envelope.dsn_ret, "FULL") &&
+      std::any_of(report.recipients.begin(), report.recipients.end(),
+                  [](const mail::DsnRecipient& r) { return r.action == mail::DsnAction::kFailed; });
 
   queue::Envelope dsn;
   dsn.id = dsn_id;
@@ -982,7 +988,9 @@ void QueueManager::ExecuteOperation(Operation& operation) {
         const mail::DeliveryOutcome cancelled =
             LocalOutcome(550, "5.0.0", "delivery cancelled by the administrator");
         for (uint32_t i = 0; i < envelope.recipients.size(); ++i) {
-          if (matches(envelope.recipients[i])) bounced.emplace_back(i, cancelled);
+          if (matches(envelope.recipients[i])) {
+            bounced.emplace_back(i, WithLastReply(cancelled, envelope.recipients[i]));
+          }
         }
         result.recipients += bounced.size();
         BounceRecipients(envelope, nullptr, bounced, events::EventType::kBounce);

@@ -69,9 +69,10 @@ namespace {
 
 constexpr char kUsage[] =
     "usage: facteur serve [--config FILE] [--data-dir DIR]\n"
-    "Runs the relay. Without --config it runs on the embedded default configuration: an SMTP\n"
-    "relay listener on 127.0.0.1:2525 trusting loopback, a Unix socket and the spool under the\n"
-    "data directory (./var), metrics and the admin API on http://127.0.0.1:9464.\n"
+    "Runs the relay. Without --config it reads $FACTEUR_CONFIG, else /etc/facteur/facteur.toml\n"
+    "when it exists, else runs on the embedded default configuration: an SMTP relay listener\n"
+    "on 127.0.0.1:2525 trusting loopback, a Unix socket and the spool under the data directory\n"
+    "(./var), metrics and the admin API on http://127.0.0.1:9464. Its first log line names it.\n"
     "SIGTERM or SIGINT stop it: no new connections, transactions in progress toward remote\n"
     "servers get [delivery] shutdown_grace (20s) to end, the rest stay queued; the spool is\n"
     "committed and nothing acknowledged is lost.\n"
@@ -892,6 +893,11 @@ int ServeMain(const std::vector<std::string>& args) {
     std::cerr << config.status().message() << "\n";
     return kExitConfig;
   }
+  // Said first: without --config, $FACTEUR_CONFIG or /etc/facteur/facteur.toml may be read.
+  const std::string config_path =
+      command_line->config_path.empty() ? DefaultConfigPath() : command_line->config_path;
+  Log(LogLevel::kInfo, "configuration: %s, data directory %s",
+      config_path.empty() ? "the embedded default" : config_path, config->data_dir);
 
   // Every thread started from here on inherits this mask: only the main thread takes signals.
   sigset_t signals;

@@ -20,6 +20,8 @@ import time
 import unittest
 import urllib.request
 
+# A developer's shell may name a configuration for commands run without --config: never here.
+os.environ.pop("FACTEUR_CONFIG", None)
 BINARY = os.environ.get("FACTEUR_BINARY") or os.path.join(
     os.path.dirname(__file__), "..", "..", "build", "facteur")
 

@@ -45,28 +45,29 @@ TEST(EnvelopeTest, RoundTripNullSenderNoRecipientsAndOldTimes) {
 }
 
 // Spools written before greylisting pins (version 1) and before last replies (version 2) are
-// still read: their recipients have neither. The bytes are built here as those versions wrote
-// them.
+// still read: their recipients have neither. Version 2 is still written while no recipient has
+// a last reply, which an older facteur can read. The bytes of version 1 are built here as it
+// wrote them.
 TEST(EnvelopeTest, VersionsOneAndTwoAreRead) {
   Envelope envelope;
   envelope.id = MessageId::Generate(absl::FromUnixSeconds(1'800'000'000));
   envelope.sender = "a@b.example";
   envelope.recipients.push_back({"c@d.example", RecipientState::kPending, "", "", "", 0, ""});
-  std::string v3 = EncodeEnvelope(envelope);
-  // Version 3 ends with the one recipient's empty pin (0), greylisted count (0) and empty last
-  // reply (0); version 2 had the first two, version 1 none.
-  ASSERT_EQ(v3.substr(v3.size() - 3), std::string("\0\0\0", 3));
-  std::string v2 = v3.substr(0, v3.size() - 1);
-  v2[0] = 2;
-  std::string v1 = v3.substr(0, v3.size() - 3);
+  std::string v2 = EncodeEnvelope(envelope);
+  ASSERT_EQ(v2[0], 2);
+  // Version 2 ends with the one recipient's empty pin (0) and greylisted count (0).
+  ASSERT_EQ(v2.substr(v2.size() - 2), std::string("\0\0", 2));
+  std::string v1 = v2.substr(0, v2.size() - 2);
   v1[0] = 1;
   for (const std::string& old : {v1, v2}) {
     absl::StatusOr<Envelope> decoded = DecodeEnvelope(old);
     ASSERT_TRUE(decoded.ok()) << decoded.status();
     EXPECT_EQ(*decoded, envelope);
   }
-  v3[0] = 1;  // version 1 with the later fields: trailing bytes
-  EXPECT_EQ(DecodeEnvelope(v3).status().code(), absl::StatusCode::kDataLoss);
+  v2[0] = 1;  // version 1 with the later fields: trailing bytes
+  EXPECT_EQ(DecodeEnvelope(v2).status().code(), absl::StatusCode::kDataLoss);
+  envelope.recipients[0].last_reply = "mx[192.0.2.1]:25 said: 451 4.3.0 later";
+  EXPECT_EQ(EncodeEnvelope(envelope)[0], 3);
 }
 
 TEST(EnvelopeTest, EveryTruncationIsDataLoss) {
@@ -81,8 +82,11 @@ TEST(EnvelopeTest, TrailingBytesBadVersionAndBadFieldsAreDataLoss) {
   const std::string bytes = EncodeEnvelope(FullEnvelope());
   EXPECT_EQ(DecodeEnvelope(bytes + '\0').status().code(), absl::StatusCode::kDataLoss);
   std::string bad_version = bytes;
-  bad_version[0] = 4;
+  bad_version[0] = 0;
   EXPECT_EQ(DecodeEnvelope(bad_version).status().code(), absl::StatusCode::kDataLoss);
+  // A newer facteur's envelope is not damage: FailedPrecondition, which recovery does not remove.
+  bad_version[0] = 4;
+  EXPECT_EQ(DecodeEnvelope(bad_version).status().code(), absl::StatusCode::kFailedPrecondition);
   std::string bad_flags = bytes;
   bad_flags[1 + MessageId::kBytes] = 0x7f;  // the flags varint follows version and id
   EXPECT_EQ(DecodeEnvelope(bad_flags).status().code(), absl::StatusCode::kDataLoss);

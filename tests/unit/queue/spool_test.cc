@@ -159,6 +159,36 @@ TEST(SpoolTest, RecoveryRemovesOrphansAndUndecodableEnvelopes) {
   EXPECT_THAT(scheduled, ::testing::ElementsAre(good.id));
 }
 
+// After a rollback, an envelope of a newer version is not damage: the spool does not open,
+// saying why, and the message stays for the newer version.
+TEST(SpoolTest, RecoveryStopsAtAnEnvelopeOfANewerVersion) {
+  test::TempDir dir;
+  const std::string path = dir.Sub("spool");
+  SimulatedClock clock;
+  const Envelope newer = SampleEnvelope(MessageId::Generate(clock.Now()), clock.Now());
+  {
+    Opened opened = OpenOrDie(path, clock);
+    ASSERT_NE(opened.spool, nullptr);
+    ASSERT_TRUE(EnqueueAndWait(*opened.spool, newer, "a body").ok());
+    std::string bytes = EncodeEnvelope(newer);
+    bytes[0] = 99;
+    auto slice = [](std::string_view s) { return rocksdb::Slice(s.data(), s.size()); };
+    rocksdb::WriteOptions sync;
+    sync.sync = true;
+    ASSERT_TRUE(opened.store->db()
+                    .Put(sync, opened.store->family(Family::kEnvelope), slice(newer.id.Bytes()),
+                         slice(bytes))
+                    .ok());
+  }
+  absl::StatusOr<std::unique_ptr<Store>> store = Store::Open(path);
+  ASSERT_TRUE(store.ok()) << store.status();
+  absl::StatusOr<std::unique_ptr<Spool>> spool = Spool::Open(**store, SpoolOptions(), clock);
+  ASSERT_FALSE(spool.ok());
+  EXPECT_EQ(spool.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(spool.status().message()), ::testing::HasSubstr("newer facteur"));
+  EXPECT_EQ(ReadBody(**store, newer.id)->value_or(""), "a body");
+}
+
 // A spool directory whose files go through a FaultFileSystem the test arms.
 struct FaultySpoolDir {
   FaultySpoolDir() { store_options.env = test_support::NewEnvWithFileSystem(fs); }

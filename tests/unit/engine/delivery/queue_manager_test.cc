@@ -104,10 +104,12 @@ class QueueManagerTest : public ::testing::Test {
         << "committed " << committed_ << " of " << target;
   }
 
-  MessageId Enqueue(std::string sender, std::vector<queue::RecipientRecord> recipients) {
+  MessageId Enqueue(std::string sender, std::vector<queue::RecipientRecord> recipients,
+                    std::string dsn_ret = "") {
     queue::Envelope envelope;
     envelope.id = MessageId::Generate(clock_.Now());
     envelope.sender = std::move(sender);
+    envelope.dsn_ret = std::move(dsn_ret);
     envelope.recipients = std::move(recipients);
     envelope.received_at = clock_.Now();
     envelope.next_attempt = clock_.Now();
@@ -454,7 +456,8 @@ TEST_F(QueueManagerTest, TheLastReplyFollowsEachAttemptAndGoesOnceDelivered) {
 // success itself; one that does not gets the message, and the sender a "relayed" DSN from us.
 TEST_F(QueueManagerTest, SuccessIsReportedAsRelayedWhereTheNextServerHasNoDsn) {
   const MessageId told = Enqueue("alice@example.org", {R("a@x.test", "SUCCESS,FAILURE")});
-  const MessageId untold = Enqueue("alice@example.org", {R("b@x.test", "SUCCESS")});
+  // RET=FULL is about failures (RFC 3461 §4.3): the notice of success has the header only.
+  const MessageId untold = Enqueue("alice@example.org", {R("b@x.test", "SUCCESS")}, "FULL");
   const MessageId quiet = Enqueue("alice@example.org", {R("c@x.test", "FAILURE")});
   manager_->RunOnce();
   std::vector<DeliveryJob> jobs = dispatcher_.Take();
@@ -474,6 +477,8 @@ TEST_F(QueueManagerTest, SuccessIsReportedAsRelayedWhereTheNextServerHasNoDsn) {
   ASSERT_TRUE(body.ok() && body->has_value());
   EXPECT_THAT(**body, HasSubstr("Action: relayed"));
   EXPECT_THAT(**body, HasSubstr("Final-Recipient: rfc822; b@x.test"));
+  EXPECT_THAT(**body, HasSubstr("Content-Type: text/rfc822-headers"));
+  EXPECT_THAT(**body, Not(HasSubstr("Hello")));  // the original's body
   EXPECT_THAT(**body, Not(HasSubstr("a@x.test")));
   EXPECT_THAT(**body, Not(HasSubstr("c@x.test")));
 }
@@ -606,6 +611,8 @@ TEST_F(QueueManagerTest, OperationsRetryBounceAndDelete) {
   ASSERT_TRUE(body.ok() && body->has_value());
   EXPECT_THAT(**body, HasSubstr("b@y.test"));
   EXPECT_THAT(**body, HasSubstr("cancelled by the administrator"));
+  EXPECT_THAT(absl::StrReplaceAll(**body, {{"\r\n ", " "}}),
+              HasSubstr("last attempt: mx.example.test[127.0.0.1]:25 said: 451 4.3.0 later"));
 
   // Delete while the DSN is out for delivery: applied when the attempt settles, no new DSN.
   manager_->RunOnce();
