@@ -37,4 +37,9 @@ absl::Status ErrnoStatus(std::string_view operation, int error_number) {
   }
 }
 
+absl::Status WithContext(std::string_view what, const absl::Status& status) {
+  if (status.ok()) return status;
+  return absl::Status(status.code(), absl::StrCat(ToAbsl(what), ": ", status.message()));
+}
+
 }  // namespace facteur

@@ -38,4 +38,7 @@ inline std::string_view ToStd(absl::string_view s) { return {s.data(), s.size()}
 // An error from a system call: the message names the operation and the errno text.
 absl::Status ErrnoStatus(std::string_view operation, int error_number);
 
+// `status` with "what: " before its message (OK stays OK): which key or file an error is about.
+absl::Status WithContext(std::string_view what, const absl::Status& status);
+
 }  // namespace facteur

@@ -514,4 +514,12 @@ absl::StatusOr<std::vector<Mailbox>> ParseAddressList(std::string_view header_va
   return mailboxes;
 }
 
+bool NamesNoMailbox(std::string_view header_value) {
+  absl::StatusOr<std::vector<Token>> tokens = Tokenize(header_value);
+  if (!tokens.ok()) return false;
+  AddressListParser parser(*std::move(tokens));
+  std::vector<Mailbox> mailboxes;
+  return parser.ParseList(mailboxes).ok() && mailboxes.empty();
+}
+
 }  // namespace facteur::mail

@@ -49,4 +49,8 @@ bool IsValidDomain(std::string_view domain, bool allow_utf8);
 // when the value is not an address list or holds no mailbox.
 absl::StatusOr<std::vector<Mailbox>> ParseAddressList(std::string_view header_value);
 
+// True when `header_value` reads as an address list that names no mailbox: empty, or groups
+// without members ("undisclosed-recipients:;"), comments and white space aside.
+bool NamesNoMailbox(std::string_view header_value);
+
 }  // namespace facteur::mail

@@ -429,17 +429,12 @@ std::string HumanText(const DsnReport& report, bool returned_whole) {
     const std::string remote = OneLine(r.remote_mta, true);
     const std::string diagnostic = OneLine(r.diagnostic, true);
     const std::string status = StatusOf(r);
-    if (r.action == DsnAction::kDelivered) {
+    if (r.action == DsnAction::kDelivered || r.action == DsnAction::kRelayed) {
+      const std::string_view done =
+          r.action == DsnAction::kDelivered ? "Delivered" : "Passed on";
       AppendWrapped(&out,
-                    remote.empty() ? std::string("Delivered.")
-                                   : absl::StrCat("Delivered to the server ", remote, "."),
-                    4);
-      return;
-    }
-    if (r.action == DsnAction::kRelayed) {
-      AppendWrapped(&out,
-                    remote.empty() ? std::string("Passed on.")
-                                   : absl::StrCat("Passed on to the server ", remote, "."),
+                    remote.empty() ? absl::StrCat(ToAbsl(done), ".")
+                                   : absl::StrCat(ToAbsl(done), " to the server ", remote, "."),
                     4);
       return;
     }

@@ -155,26 +155,28 @@ absl::Status CheckTlsFiles(const config::Config& config) {
       return NotedIfPermissionDenied(ErrnoStatus(absl::StrCat(name, " ", *path), errno));
     }
   }
-  absl::Status loaded = tls::TlsServerContext::FromFiles(certificate, key).status();
-  if (loaded.ok()) return loaded;
-  return absl::Status(loaded.code(), absl::StrCat("tls.certificate_file and tls.private_key_file: ",
-                                                  loaded.message()));
+  return LoadServerCertificate(config).status();
 }
 
 }  // namespace
+
+absl::StatusOr<std::unique_ptr<tls::TlsServerContext>> LoadServerCertificate(
+    const config::Config& config) {
+  absl::StatusOr<std::unique_ptr<tls::TlsServerContext>> loaded =
+      tls::TlsServerContext::FromFiles(config.ResolvePath(config.tls.certificate_file),
+                                       config.ResolvePath(config.tls.private_key_file));
+  if (!loaded.ok()) {
+    return WithContext("tls.certificate_file and tls.private_key_file", loaded.status());
+  }
+  return loaded;
+}
 
 absl::Status CheckFilesItNames(const config::Config& config) {
   FACTEUR_RETURN_IF_ERROR(delivery::Shaping::Load(config).status());
   FACTEUR_RETURN_IF_ERROR(NotedIfPermissionDenied(dkim::SigningTable::FromConfig(config).status()));
   FACTEUR_RETURN_IF_ERROR(CheckTlsFiles(config));
-  if (!config.admin.token_file.empty()) {
-    absl::Status token = ReadAdminToken(config).status();
-    if (!token.ok() && !absl::IsPermissionDenied(token)) {
-      return absl::Status(token.code(), absl::StrCat("admin.token_file: ", token.message()));
-    }
-    FACTEUR_RETURN_IF_ERROR(NotedIfPermissionDenied(token));
-  }
-  return absl::OkStatus();
+  if (config.admin.token_file.empty()) return absl::OkStatus();
+  return NotedIfPermissionDenied(WithContext("admin.token_file", ReadAdminToken(config).status()));
 }
 
 std::string SpoolPath(const config::Config& config) { return config.SpoolPath(); }

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <map>
+#include <memory>
 #include <optional>
 #include <string_view>
 #include <set>
@@ -15,6 +16,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "engine/config/config.h"
+#include "engine/tls/tls_context.h"
 
 namespace facteur::cli {
 
@@ -52,6 +54,11 @@ std::string DefaultConfigPath();
 // and data_dir made absolute (so that paths stay right whatever the working directory of a
 // later process).
 absl::StatusOr<config::Config> LoadConfig(const CommandLine& command_line);
+
+// The server certificate pair [tls] names (when it names one: check first), as `serve` loads
+// it; an error names the keys.
+absl::StatusOr<std::unique_ptr<tls::TlsServerContext>> LoadServerCertificate(
+    const config::Config& config);
 
 // The files `config` names that a start or a reload reads besides it: the shaping and
 // classifier files, and every [[dkim.key]] file (found, private to its owner, a key). What

@@ -203,40 +203,6 @@ bool IsOneOf(const mail::HeaderField& field, std::span<const std::string_view> n
   });
 }
 
-// `value` without its comments (RFC 5322 §3.2.2), quoted strings kept as they are.
-std::string WithoutComments(std::string_view value) {
-  std::string out;
-  int depth = 0;
-  bool quoted = false;
-  for (size_t i = 0; i < value.size(); ++i) {
-    const char c = value[i];
-    if (c == '\\' && i + 1 < value.size() && (quoted || depth > 0)) {
-      if (depth == 0) out.append(value.substr(i, 2));
-      ++i;
-    } else if (depth > 0) {
-      depth += c == '(' ? 1 : c == ')' ? -1 : 0;
-    } else if (quoted || c != '(') {
-      if (c == '"') quoted = !quoted;
-      out.push_back(c);
-    } else {
-      depth = 1;
-    }
-  }
-  return out;
-}
-
-// A value that names nobody: empty ("To: " from PHP's mail('', ...)), or a group with no
-// member ("undisclosed-recipients:;", comments aside).
-bool NamesNobody(std::string_view value) {
-  const std::string bare = WithoutComments(value);
-  const std::string_view stripped = ToStd(absl::StripAsciiWhitespace(bare));
-  if (stripped.empty()) return true;
-  const size_t colon = stripped.find(':');
-  return colon != std::string_view::npos &&
-         stripped.find_first_of("<>@,\"") == std::string_view::npos &&
-         absl::StripAsciiWhitespace(ToAbsl(stripped.substr(colon + 1))) == ";";
-}
-
 // The items of an address list split at its top-level commas: not inside a quoted string, a
 // comment or angle brackets (RFC 5322 §3.2.4, §3.2.2, §3.4).
 std::vector<std::string_view> SplitAddressList(std::string_view value) {
@@ -335,7 +301,7 @@ void QualifyAddressFields(std::string& message, std::string_view hostname) {
   for (const mail::HeaderField& field : section.fields) {
     if (!IsOneOf(field, kAddressFields)) continue;
     const std::string value = mail::UnfoldedValue(field);
-    if (NamesNobody(value)) continue;
+    if (mail::NamesNoMailbox(value)) continue;
     std::optional<std::string> qualified = QualifiedAddressList(value, hostname);
     if (!qualified.has_value() || *qualified == value) continue;
     edits.push_back({static_cast<size_t>(field.raw.data() - message.data()), field.raw.size(),
@@ -440,7 +406,7 @@ int SendmailMain(const std::vector<std::string>& args, const SendmailContext& co
     for (const mail::HeaderField& field : section.fields) {
       if (!IsOneOf(field, kRecipientFields)) continue;
       const std::string value = mail::UnfoldedValue(field);
-      if (NamesNobody(value)) continue;
+      if (mail::NamesNoMailbox(value)) continue;
       absl::StatusOr<std::vector<std::string>> addresses =
           Addresses(value, context.hostname, absl::StrCat(ToAbsl(field.name), ":"));
       if (!addresses.ok()) {  // sent to the others only, it would look sent to all

@@ -181,15 +181,7 @@ class Relay {
     }
     if (needs_tls) {
       if (!config_.tls.certificate_file.empty()) {
-        absl::StatusOr<std::unique_ptr<tls::TlsServerContext>> loaded =
-            tls::TlsServerContext::FromFiles(config_.ResolvePath(config_.tls.certificate_file),
-                                             config_.ResolvePath(config_.tls.private_key_file));
-        if (!loaded.ok()) {
-          return absl::Status(loaded.status().code(),
-                              absl::StrCat("tls.certificate_file and tls.private_key_file: ",
-                                           loaded.status().message()));
-        }
-        tls_ = *std::move(loaded);
+        FACTEUR_ASSIGN_OR_RETURN(tls_, LoadServerCertificate(config_));
       } else {
         FACTEUR_ASSIGN_OR_RETURN(
             tls_, tls::TlsServerContext::SelfSigned(config_.ResolvePath("tls"), config_.hostname));

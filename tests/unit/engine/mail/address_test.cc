@@ -240,5 +240,15 @@ TEST(ParseAddressListTest, KeepsUnquotedLocalPart) {
   EXPECT_THAT(*mailboxes, ElementsAre(Mailbox{"jean dupont", "Asso.org"}));
 }
 
+TEST(NamesNoMailboxTest, EmptyValuesAndMemberlessGroupsOnly) {
+  for (const char* nobody : {"", "  ", "undisclosed-recipients:;", "undisclosed-recipients: (none);",
+                             "a:;, b: ;", "(just a comment)"}) {
+    EXPECT_TRUE(NamesNoMailbox(nobody)) << nobody;
+  }
+  for (const char* somebody : {"a@x.example", "team: a@x.example;", "root", "a@@x", "team:"}) {
+    EXPECT_FALSE(NamesNoMailbox(somebody)) << somebody;
+  }
+}
+
 }  // namespace
 }  // namespace facteur::mail
