@@ -87,9 +87,22 @@ class MalformedInputRepliesTest(HostileSessionCase):
         self.assertEqual(len(line), 512)
         self.expect(self.hostile, line, "250 ")  # exactly 512 with CRLF: allowed
         self.expect(self.hostile, b"NOOP " + b"x" * 508 + b"\r\n", "500 5.5.2")  # 513
-        self.expect(self.hostile, b"RCPT TO:<" + b"a" * 600 + b"@example.com>\r\n", "500 5.5.2")
+        self.expect(self.hostile, b"RCPT TO:<" + b"a" * 2100 + b"@example.com>\r\n", "500 5.5.2")
         self.expect(self.hostile, "NOOP\r\n", "250 2.0.0")  # the session goes on
         self.bystander_is_served()
+
+    def test_mail_and_rcpt_may_exceed_512_octets_with_dsn_parameters(self):
+        # RFC 1869 section 4.1.2 / RFC 3461: ENVID and ORCPT lengthen MAIL and RCPT past the 512
+        # octets of RFC 5321 section 4.5.3.1.4 (an ORCPT alone may take 500).
+        mail = "MAIL FROM:<app@asso.example> RET=HDRS ENVID=%s\r\n" % ("E" * 100)
+        self.expect(self.hostile, mail, "250 2.1.0")
+        orcpt = "rfc822;" + "o" * 480 + "@example.com"
+        rcpt = "RCPT TO:<bob@example.com> NOTIFY=FAILURE ORCPT=%s\r\n" % orcpt
+        self.assertGreater(len(rcpt), 512)
+        self.expect(self.hostile, rcpt, "250 2.1.5")
+        # A path still may not be longer than RFC 5321 section 4.5.3.1.3 allows.
+        self.expect(self.hostile, b"RCPT TO:<" + b"a" * 600 + b"@example.com>\r\n", "501 ")
+        self.expect(self.hostile, "RSET\r\n", "250 2.0.0")
 
     def test_endless_command_line_is_dropped_as_it_comes(self):
         before = self.count()

@@ -29,6 +29,13 @@ constexpr size_t kMaxBufferedInput = 256 * 1024;
 // A data line longer than this with no LF yet is dropped as it comes (it is refused anyway).
 constexpr size_t kMaxPartialDataLine = 64 * 1024;
 
+// MAIL and RCPT lines carry extension parameters, which may take them past 512 octets.
+bool IsMailOrRcpt(std::string_view line) {
+  return line.size() >= 5 && line[4] == ' ' &&
+         (absl::EqualsIgnoreCase(ToAbsl(line.substr(0, 4)), "MAIL") ||
+          absl::EqualsIgnoreCase(ToAbsl(line.substr(0, 4)), "RCPT"));
+}
+
 // Reply texts given in more than one place. RFC 5321 §4.2: reply text is printable US-ASCII
 // (upstream MTAs copy it into their own DSNs and logs), so no "§" here.
 constexpr char kBareCrText[] =
@@ -90,9 +97,19 @@ void Session::OnData(std::string_view bytes) {
   Process();
 }
 
+void Session::ConsumeInput(size_t octets) {
+  input_read_ += octets;
+  if (input_read_ >= input_.size()) DropInput();
+}
+
+void Session::DropInput() {
+  input_.clear();
+  input_read_ = 0;
+}
+
 void Session::OnTlsStarted(const io::TlsInfo& /*tls*/) {
   tls_active_ = true;
-  waiting_ = false;
+  waiting_ = Waiting::kNo;
   Process();
 }
 
@@ -104,6 +121,10 @@ void Session::OnTlsFailed(std::string_view reason) {
 
 void Session::OnIdleTimeout() {
   if (closed_) return;
+  // The client is waiting for us (its message being signed and synced, a DNS check): a 421
+  // now would make it send again a message we then queue all the same, twice. The stream
+  // re-arms the timer; host work always ends, with a reply.
+  if (waiting_ == Waiting::kHost) return;
   // RFC 5321 §4.5.3.2.7: the server may close an idle session, with 421.
   Reply(421, "4.4.2", absl::StrCat(policy_.hostname, " Idle timeout, closing connection"));
   Close();
@@ -118,7 +139,7 @@ void Session::Process() {
   // A host may answer synchronously, from inside this loop: the loop then simply goes on.
   if (processing_) return;
   processing_ = true;
-  while (!closed_ && !waiting_) {
+  while (!closed_ && waiting_ == Waiting::kNo) {
     if (input_state_ == Input::kData) {
       if (!ConsumeDataLines()) break;
       FinishMessage();
@@ -139,35 +160,38 @@ void Session::Process() {
       continue;
     }
     // A command line, or a line of an AUTH exchange (RFC 4954 §4 allows those to be longer).
-    const size_t limit =
-        input_state_ == Input::kCommand ? mail::kMaxCommandLine : mail::kMaxAuthLine;
-    size_t lf = input_.find('\n');
-    if (discarding_long_line_) {
-      if (lf == std::string::npos) {
-        input_.clear();
+    const bool command = input_state_ == Input::kCommand;
+    const size_t limit = command ? mail::kMaxMailRcptLine : mail::kMaxAuthLine;
+    const std::string_view unread = Unread();
+    const size_t lf = unread.find('\n');
+    if (discarding_long_line_ || (lf != std::string_view::npos && lf + 1 > limit)) {
+      if (lf == std::string_view::npos) {
+        DropInput();
         break;
       }
-      input_.erase(0, lf + 1);
+      ConsumeInput(lf + 1);
       discarding_long_line_ = false;
       input_state_ = Input::kCommand;
-      Refuse(500, "5.5.2", "Line too long");
+      if (command) {
+        Refuse(500, "5.5.2", "Line too long");
+      } else {
+        Refuse(500, "5.5.6", "Authentication Exchange line is too long");  // RFC 4954 §6
+      }
       continue;
     }
-    if (lf == std::string::npos) {
-      if (input_.size() >= limit) {  // no end in sight: drop it as it comes
+    if (lf == std::string_view::npos) {
+      if (unread.size() >= limit) {  // no end in sight: drop it as it comes
         discarding_long_line_ = true;
-        input_.clear();
+        DropInput();
       }
       break;
     }
-    if (lf + 1 > limit) {
-      input_.erase(0, lf + 1);
-      input_state_ = Input::kCommand;
+    std::string line(unread.substr(0, lf));
+    ConsumeInput(lf + 1);
+    if (command && lf + 1 > mail::kMaxCommandLine && !IsMailOrRcpt(line)) {
       Refuse(500, "5.5.2", "Line too long");
       continue;
     }
-    std::string line = input_.substr(0, lf);
-    input_.erase(0, lf + 1);
     if (!line.empty() && line.back() == '\r') line.pop_back();
     if (input_state_ == Input::kCommand) {
       ProcessCommandLine(line);
@@ -176,6 +200,10 @@ void Session::Process() {
     }
   }
   processing_ = false;
+  if (input_read_ > 0) {  // the consumed front goes, once per call
+    input_.erase(0, input_read_);
+    input_read_ = 0;
+  }
   if (!closed_) stream_.SetReading(input_.size() < kMaxBufferedInput);
 }
 
@@ -233,7 +261,7 @@ bool Session::ProcessCommandLine(std::string_view line) {
       Refuse(500, "5.5.1", "Command unrecognized");
       break;
   }
-  return !closed_ && !waiting_;
+  return !closed_ && waiting_ == Waiting::kNo;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -374,14 +402,14 @@ void Session::HandleRcpt(const Command& command) {
     }
   }
   // Mail for a domain that can never receive it is refused now rather than bounced later.
-  waiting_ = true;
+  waiting_ = Waiting::kHost;
   std::weak_ptr<bool> alive = alive_;
   std::string domain = arguments.recipient.domain;
   host_.CheckRecipientDomain(
       std::move(domain), [this, alive, arguments = std::move(arguments)](
                              std::optional<mail::Reply> refusal) mutable {
         if (alive.expired()) return;
-        waiting_ = false;
+        waiting_ = Waiting::kNo;
         if (!refusal.has_value()) {
           recipients_.push_back(std::move(arguments));
           Reply(250, "2.1.5", "Ok");
@@ -422,6 +450,7 @@ void Session::HandleData(const Command& command) {
   }
   message_.clear();
   data_fault_ = DataFault::kNone;
+  data_line_continues_ = false;
   input_state_ = Input::kData;
   Reply(354, "", "End data with <CR><LF>.<CR><LF>");
 }
@@ -436,8 +465,9 @@ void Session::HandleBdat(const Command& command) {
                absl::SimpleAtoi(words[0], &size) &&
                (words.size() == 1 || absl::EqualsIgnoreCase(words[1], "LAST"));
   if (!valid) {
-    // Without a size the octets that follow cannot be skipped: the framing is lost.
-    Refuse(501, "5.5.4", "Syntax: BDAT chunk-size [LAST]");
+    // Without a size the octets that follow cannot be skipped: the framing is lost, and what
+    // follows would be read as commands. Nothing to recover (RFC 3030 has no resync): close.
+    RefuseAndClose(mail::Reply{501, "5.5.4", "Syntax: BDAT chunk-size [LAST]; closing connection"});
     return;
   }
   bdat_last_ = words.size() == 2;
@@ -475,12 +505,12 @@ void Session::HandleStartTls(const Command& command) {
   Reply(220, "2.0.0", "Ready to start TLS");
   // RFC 3207 §4.2: forget everything learnt before TLS, and anything the client pipelined
   // after STARTTLS (CVE-2011-0411): the stream discards undelivered input too.
-  input_.clear();
+  DropInput();
   ResetTransaction();
   helo_.clear();
   plain_helo_ = false;
   account_.reset();
-  waiting_ = true;  // until OnTlsStarted()
+  waiting_ = Waiting::kTlsHandshake;  // until OnTlsStarted()
   stream_.StartTls();
 }
 
@@ -580,13 +610,13 @@ void Session::StartAuthentication(std::string authzid, std::string account,
     Refuse(535, "5.7.8", "Authentication credentials invalid");
     return;
   }
-  waiting_ = true;
+  waiting_ = Waiting::kHost;
   std::weak_ptr<bool> alive = alive_;
   host_.Authenticate(
       std::move(account), std::move(password),
       [this, alive](absl::StatusOr<AuthenticatedAccount> result) {
         if (alive.expired()) return;
-        waiting_ = false;
+        waiting_ = Waiting::kNo;
         if (result.ok()) {
           account_ = *std::move(result);
           Reply(235, "2.7.0", "Authentication successful");
@@ -607,16 +637,17 @@ void Session::StartAuthentication(std::string authzid, std::string account,
 // Message data
 
 bool Session::ConsumeDataLines() {
+  const std::string_view unread = Unread();
   size_t position = 0;
   bool finished = false;
   while (true) {
-    size_t lf = input_.find('\n', position);
-    if (lf == std::string::npos) {
-      size_t partial = input_.size() - position;
+    size_t lf = unread.find('\n', position);
+    if (lf == std::string_view::npos) {
+      size_t partial = unread.size() - position;
       if (partial > kMaxPartialDataLine) {
         // An endless line: refused at the end anyway, so drop it now, keeping its last byte (a
         // CR that the next LF may complete). A CR before that is a bare CR.
-        std::string_view dropped(input_.data() + position, partial - 1);
+        std::string_view dropped = unread.substr(position, partial - 1);
         if (dropped.find('\r') != std::string_view::npos) {
           host_.OnMessageRefused();
           Reply(521, "5.5.2", kBareCrText);
@@ -624,11 +655,12 @@ bool Session::ConsumeDataLines() {
           return false;
         }
         data_fault_ = data_fault_ == DataFault::kTooBig ? data_fault_ : DataFault::kLineTooLong;
-        position = input_.size() - 1;
+        data_line_continues_ = true;
+        position = unread.size() - 1;
       }
       break;
     }
-    std::string_view line(input_.data() + position, lf - position);
+    std::string_view line = unread.substr(position, lf - position);
     const size_t wire_length = lf - position + 1;
     position = lf + 1;
     // RFC 5321 §2.3.8: lines end with CRLF; a bare LF or CR is never a line end here, so that
@@ -646,6 +678,11 @@ bool Session::ConsumeDataLines() {
       Close();
       return false;
     }
+    if (data_line_continues_) {
+      // The end of a line whose start was dropped: too long already, and no "." of its own.
+      data_line_continues_ = false;
+      continue;
+    }
     if (line == ".") {
       finished = true;
       break;
@@ -657,14 +694,15 @@ bool Session::ConsumeDataLines() {
     AppendMessageBytes(line);
     AppendMessageBytes("\r\n");
   }
-  input_.erase(0, position);
+  ConsumeInput(position);
   return finished;
 }
 
 bool Session::ConsumeBdatOctets() {
-  size_t take = static_cast<size_t>(std::min<uint64_t>(bdat_remaining_, input_.size()));
-  if (!bdat_discard_) AppendMessageBytes(std::string_view(input_.data(), take));
-  input_.erase(0, take);
+  const std::string_view unread = Unread();
+  size_t take = static_cast<size_t>(std::min<uint64_t>(bdat_remaining_, unread.size()));
+  if (!bdat_discard_) AppendMessageBytes(unread.substr(0, take));
+  ConsumeInput(take);
   bdat_remaining_ -= take;
   if (bdat_remaining_ > 0) return false;
   if (!bdat_discard_ && data_fault_ == DataFault::kTooBig && !bdat_last_) {
@@ -857,12 +895,12 @@ void Session::FinishMessage() {
   const metrics::AccountClass account_class = ClientClass();
   ResetTransaction();
 
-  waiting_ = true;
+  waiting_ = Waiting::kHost;
   std::weak_ptr<bool> alive = alive_;
   host_.Enqueue(std::move(envelope), std::move(final_message),
                 [this, alive, id, size, now, account_class](absl::Status status) {
                   if (alive.expired()) return;  // queued all the same; the client left early
-                  waiting_ = false;
+                  waiting_ = Waiting::kNo;
                   if (status.ok()) {
                     Reply(250, "2.0.0", absl::StrCat("Ok: queued as ", id.ToString()));
                     host_.OnMessageAccepted(size, host_.clock().Now() - now);

@@ -185,10 +185,24 @@ class Session final : public io::StreamHandler {
   std::shared_ptr<bool> alive_;
   const absl::Time opened_;  // host_.clock() at construction: the session's lifetime metric
 
-  std::string input_;          // received, not yet consumed
+  // Received, not yet consumed: input_ from input_read_ on. Consuming moves the offset; the
+  // consumed front is dropped once per Process(), so that a burst of pipelined commands costs
+  // one move of the buffer, not one per command.
+  std::string_view Unread() const { return std::string_view(input_).substr(input_read_); }
+  void ConsumeInput(size_t octets);
+  void DropInput();
+  std::string input_;
+  size_t input_read_ = 0;
   Input input_state_ = Input::kCommand;
   bool discarding_long_line_ = false;  // dropping an over-long line up to its LF
-  bool waiting_ = false;       // host work pending: input is buffered, not processed
+  // DATA: the line being read was too long and its start was dropped: what comes up to its LF
+  // is the rest of it, never the terminating "." (RFC 5321 §4.1.1.4: only <CRLF>.<CRLF> ends
+  // the data).
+  bool data_line_continues_ = false;
+  // What input waits for: nothing, host work (a DNS check, authentication, queueing: the
+  // client waits for us, so the idle timeout does not apply), or the STARTTLS handshake.
+  enum class Waiting { kNo, kHost, kTlsHandshake };
+  Waiting waiting_ = Waiting::kNo;
   bool processing_ = false;    // inside Process(): a nested call returns at once
   bool closed_ = false;
   uint32_t errors_ = 0;

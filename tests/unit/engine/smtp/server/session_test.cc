@@ -461,6 +461,14 @@ TEST_F(SessionTest, PasswordsAreCheckedOffTheLoopAndTheSessionWaits) {
   EXPECT_EQ(stream_.TakeOutput(), "235 2.7.0 Authentication successful\r\n250 2.0.0 Ok\r\n");
 }
 
+TEST_F(SessionTest, AnOverlongAuthExchangeLineIs5_5_6) {
+  StartWithEhlo(/*implicit_tls=*/true);
+  EXPECT_EQ(Send("AUTH PLAIN\r\n"), "334 \r\n");
+  EXPECT_EQ(Send(std::string(13000, 'A') + "\r\n"),
+            "500 5.5.6 Authentication Exchange line is too long\r\n");  // RFC 4954 §6
+  EXPECT_EQ(Send("NOOP\r\n"), "250 2.0.0 Ok\r\n");  // the exchange is over
+}
+
 TEST_F(SessionTest, RefusesOverlongCommandLinesAndGoesOn) {
   StartWithEhlo();
   std::string line(600, 'A');
@@ -480,6 +488,40 @@ TEST_F(SessionTest, RefusesOverlongTextLinesAtTheEndOfData) {
   Send("MAIL FROM:<a@asso.org>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n");
   message = "Subject: x\r\n\r\n" + std::string(998, 'x') + "\r\n.\r\n";  // exactly 1000 octets
   EXPECT_THAT(Send(message), StartsWith("250 "));
+}
+
+TEST_F(SessionTest, TheEndOfADroppedLongLineNeverEndsTheData) {
+  // Past 64 KiB without a line end the line is dropped as it comes, keeping its last byte. If
+  // that byte is "." and the CRLF comes in the next read, ".<CRLF>" must not end the data:
+  // what follows is the message's, not commands (SMTP smuggling).
+  StartWithEhlo();
+  Send("MAIL FROM:<a@asso.org>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n");
+  EXPECT_EQ(Send("Subject: x\r\n\r\n" + std::string(70000, 'A') + "."), "");
+  EXPECT_EQ(Send("\r\nMAIL FROM:<evil@asso.org>\r\nRCPT TO:<victim@example.com>\r\nDATA\r\n"
+                 "injected\r\n"),
+            "");
+  EXPECT_EQ(Send(".\r\n"), "500 5.5.6 Message has a line longer than 1000 octets (RFC 5321 "
+                            "section 4.5.3.1.6)\r\n");
+  EXPECT_TRUE(host_.queued.empty());
+  EXPECT_EQ(Send("NOOP\r\n"), "250 2.0.0 Ok\r\n");  // in step with the client
+}
+
+TEST_F(SessionTest, MailAndRcptLinesMayCarryLongExtensionParameters) {
+  // RFC 3461: an ORCPT may take 500 octets on top of the 512 of RFC 5321 §4.5.3.1.4.
+  StartWithEhlo();
+  Send("MAIL FROM:<a@asso.org> RET=HDRS ENVID=" + std::string(100, 'e') + "\r\n");
+  const std::string orcpt = "rfc822;" + std::string(480, 'o') + "@example.com";
+  const std::string rcpt = "RCPT TO:<b@example.com> NOTIFY=FAILURE,DELAY ORCPT=" + orcpt + "\r\n";
+  ASSERT_GT(rcpt.size(), 512u);
+  EXPECT_EQ(Send(rcpt), "250 2.1.5 Ok\r\n");
+  EXPECT_THAT(Send(std::string("DATA\r\n") + kMessage), StartsWith("354 "));
+  ASSERT_EQ(host_.queued.size(), 1u);
+  ASSERT_EQ(host_.queued[0].envelope.recipients.size(), 1u);
+  EXPECT_EQ(host_.queued[0].envelope.recipients[0].orcpt, orcpt);
+  // Other commands keep the 512 of RFC 5321, and MAIL or RCPT past 2048 is refused.
+  EXPECT_EQ(Send("NOOP " + std::string(600, 'n') + "\r\n"), "500 5.5.2 Line too long\r\n");
+  EXPECT_EQ(Send("RCPT TO:<b@example.com> ORCPT=rfc822;" + std::string(2100, 'o') + "\r\n"),
+            "500 5.5.2 Line too long\r\n");
 }
 
 TEST_F(SessionTest, EnforcesTheMessageSize) {
@@ -534,6 +576,24 @@ TEST_F(SessionTest, TooManyErrorsEndTheSession) {
   EXPECT_TRUE(stream_.closed);
 }
 
+TEST_F(SessionTest, NoIdleTimeoutWhileTheClientWaitsForUs) {
+  // A 421 while the message is being synced would have the client send it again, and the
+  // message would be queued all the same: twice.
+  host_.defer = true;
+  StartWithEhlo();
+  Send(absl::StrCat("MAIL FROM:<app@asso.org>\r\nRCPT TO:<a@example.com>\r\nDATA\r\n", kMessage));
+  ASSERT_EQ(host_.pending_enqueue.size(), 1u);
+  session_->OnIdleTimeout();
+  EXPECT_EQ(stream_.TakeOutput(), "");
+  EXPECT_FALSE(stream_.closed);
+  std::move(host_.pending_enqueue[0])();
+  EXPECT_THAT(stream_.TakeOutput(), StartsWith("250 2.0.0 Ok: queued as"));
+  // Idle again, the client's turn: the timeout applies.
+  session_->OnIdleTimeout();
+  EXPECT_THAT(stream_.TakeOutput(), StartsWith("421 4.4.2 "));
+  EXPECT_TRUE(stream_.closed);
+}
+
 TEST_F(SessionTest, IdleTimeoutSays421AndCloses) {
   StartWithEhlo();
   session_->OnIdleTimeout();
@@ -584,9 +644,27 @@ TEST_F(SessionTest, ChunkingWithBdat) {
               StartsWith("250 2.0.0 Ok: queued as"));
   ASSERT_EQ(host_.queued.size(), 1u);
   EXPECT_TRUE(absl::EndsWith(host_.queued[0].message, "\r\n\r\n.not stuffed\r\n"));
-  EXPECT_EQ(Send("BDAT x\r\n"), "501 5.5.4 Syntax: BDAT chunk-size [LAST]\r\n");
   Send("MAIL FROM:<a@asso.org>\r\nRCPT TO:<b@example.com>\r\n");
   EXPECT_THAT(Send("BDAT 9 LAST\r\nbare\nline"), StartsWith("550 5.6.0 "));
+  EXPECT_FALSE(stream_.closed);
+}
+
+TEST_F(SessionTest, ABdatSizeThatCannotBeReadClosesTheSession) {
+  // Without the size the chunk's octets cannot be told from commands: reading on would run a
+  // message body as commands.
+  StartWithEhlo();
+  Send("MAIL FROM:<a@asso.org>\r\nRCPT TO:<b@example.com>\r\n");
+  EXPECT_EQ(Send("BDAT 99999999999999999999 LAST\r\nMAIL FROM:<x@y.example>\r\n"),
+            "501 5.5.4 Syntax: BDAT chunk-size [LAST]; closing connection\r\n");
+  EXPECT_TRUE(stream_.closed);
+  EXPECT_TRUE(host_.queued.empty());
+}
+
+TEST_F(SessionTest, ABdatWithoutASizeClosesTheSession) {
+  StartWithEhlo();
+  EXPECT_EQ(Send("BDAT x\r\nNOOP\r\n"),
+            "501 5.5.4 Syntax: BDAT chunk-size [LAST]; closing connection\r\n");
+  EXPECT_TRUE(stream_.closed);
 }
 
 TEST_F(SessionTest, HeloRepliesCarryNoEnhancedCodes) {
