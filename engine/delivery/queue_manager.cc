@@ -479,7 +479,10 @@ void QueueManager::Settle(InFlight& flight, std::vector<JobResult> results) {
                                                                  : events::EventType::kTransientFailure;
       CountOutcome(type, result, verdict, envelope.received_at, now);
       if (type == events::EventType::kBounce) {
-        if (verdict.response_class == throttle::ResponseClass::kUserUnknown && user_unknown_) {
+        // Only a RCPT refusal speaks of this recipient: "user unknown" after MAIL FROM (the
+        // sender's address failed a check) or at the end of data is not the recipient's.
+        if (verdict.response_class == throttle::ResponseClass::kUserUnknown && user_unknown_ &&
+            outcome.scope == mail::OutcomeScope::kRecipient) {
           user_unknown_(recipient.address, outcome);
         }
         bounced.emplace_back(index, outcome);

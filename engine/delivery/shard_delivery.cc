@@ -669,10 +669,20 @@ void ShardDelivery::Accept(RoutedJob routed) {
   }
   queue->hosts = std::move(routed.hosts);  // the latest answer
 
+  DeliveryJob& job = routed.pending.job;
+  // Greylisted from a source that has left the pool since (removed or renamed, and a restart):
+  // nothing could carry the job any more, so it goes from any source, as ChooseSource ignores
+  // such a pin too (site_throttle.h).
+  if (!job.pinned_source.empty()) {
+    const std::vector<Source>& sources = context_.router.Sources(queue->destination.pool);
+    if (std::none_of(sources.begin(), sources.end(),
+                     [&job](const Source& source) { return source.name == job.pinned_source; })) {
+      job.pinned_source.clear();
+    }
+  }
   // More recipients than the site takes in one transaction: several transactions, one report.
   const uint32_t per_message = Capped(site->pair_options.limits.max_recipients_per_message,
                                       context_.max_recipients_per_transaction);
-  DeliveryJob& job = routed.pending.job;
   if (job.message.recipients.size() <= per_message) {
     queue->waiting.push_back(std::move(routed.pending));
   } else {

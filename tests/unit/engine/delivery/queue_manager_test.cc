@@ -343,6 +343,28 @@ TEST_F(QueueManagerTest, RateLimitAndBlocklistFiveHundredsKeepTheRecipientUserUn
   EXPECT_FALSE(Queued(gone));
 }
 
+TEST_F(QueueManagerTest, OnlyARcptRefusalPutsTheRecipientOnTheSuppressionList) {
+  // "User unknown" answering MAIL FROM is about the sender (a sender address check), and at the
+  // end of data about no one recipient: the recipients bounce but are not suppressed.
+  const MessageId id = Enqueue("alice@example.org", {R("a@y.test"), R("b@y.test")});
+  manager_->RunOnce();
+  std::vector<DeliveryJob> jobs = dispatcher_.Take();
+  ASSERT_THAT(jobs, SizeIs(1));
+  mail::DeliveryOutcome sender_check =
+      Outcome(550, "5.1.0", "<alice@example.org>: Sender address rejected: User unknown");
+  sender_check.scope = mail::OutcomeScope::kMessage;
+  manager_->OnJobDone(WithVerdicts(
+      ResultFor(jobs[0], {sender_check, sender_check}),
+      {RecipientVerdict{throttle::ResponseClass::kUserUnknown, {}},
+       RecipientVerdict{throttle::ResponseClass::kUserUnknown, {}}},
+      "out1"));
+  manager_->RunOnce();
+  WaitForCommits(2);  // the envelope, and the DSN
+  EXPECT_FALSE(Queued(id));
+  EXPECT_THAT(Dsns(), SizeIs(1));
+  EXPECT_THAT(unknown_users_, IsEmpty());
+}
+
 TEST_F(QueueManagerTest, SettlesMixedOutcomesRetriesAndBounces) {
   const MessageId id = Enqueue("alice@example.org", {R("ok@x.test"), R("later@x.test"), R("gone@y.test")});
   manager_->RunOnce();
