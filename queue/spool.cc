@@ -27,9 +27,10 @@
 namespace facteur::queue {
 namespace {
 
-// Version 2 added the recipients' greylisting pins, version 3 their last reply; spools written
-// by versions 1 and 2 are still read.
-constexpr uint8_t kEnvelopeVersion = 3;
+// Version 2 added the recipients' greylisting pins, version 3 their last reply, version 4 their
+// own retry time; spools written by versions 1 to 3 are still read.
+constexpr uint8_t kEnvelopeVersion = 4;
+constexpr uint8_t kEnvelopeVersionWithoutRetryAt = 3;
 constexpr uint8_t kEnvelopeVersionWithoutLastReply = 2;
 constexpr uint8_t kEnvelopeVersionWithoutPins = 1;
 constexpr uint64_t kFlagSmtpUtf8 = 1 << 0;
@@ -334,15 +335,21 @@ class DueIndex {
 // --- Envelope codec ---
 
 std::string EncodeEnvelope(const Envelope& envelope) {
-  // Version 2 while no recipient has a last reply: what an older facteur can still read, so
-  // that a rollback keeps the mail never deferred (DecodeEnvelope refuses newer versions).
-  const bool last_replies =
+  // The oldest version that holds what the envelope has: what an older facteur can still
+  // read, so that a rollback keeps the mail (DecodeEnvelope refuses newer versions). Most
+  // envelopes never need version 4: a recipient has a retry time of its own only when the
+  // message has several that wait for different things.
+  const bool retry_times =
       std::any_of(envelope.recipients.begin(), envelope.recipients.end(),
-                  [](const RecipientRecord& r) { return !r.last_reply.empty(); });
+                  [](const RecipientRecord& r) { return r.retry_at != absl::InfinitePast(); });
+  const bool last_replies =
+      retry_times || std::any_of(envelope.recipients.begin(), envelope.recipients.end(),
+                                 [](const RecipientRecord& r) { return !r.last_reply.empty(); });
   std::string out;
   out.reserve(64 + envelope.sender.size() + envelope.recipients.size() * 32);
-  out.push_back(
-      static_cast<char>(last_replies ? kEnvelopeVersion : kEnvelopeVersionWithoutLastReply));
+  out.push_back(static_cast<char>(retry_times    ? kEnvelopeVersion
+                                  : last_replies ? kEnvelopeVersionWithoutRetryAt
+                                                 : kEnvelopeVersionWithoutLastReply));
   out.append(envelope.id.Bytes());
   PutVarint(out, (envelope.smtputf8 ? kFlagSmtpUtf8 : 0) | (envelope.eight_bit ? kFlagEightBit : 0));
   PutString(out, envelope.sender);
@@ -363,6 +370,11 @@ std::string EncodeEnvelope(const Envelope& envelope) {
     PutString(out, recipient.pinned_source);
     PutVarint(out, recipient.greylisted);
     if (last_replies) PutString(out, recipient.last_reply);
+    // The epoch stands for "none" (InfinitePast has no micros): due either way.
+    if (retry_times) {
+      PutTime(out, recipient.retry_at == absl::InfinitePast() ? absl::UnixEpoch()
+                                                              : recipient.retry_at);
+    }
   }
   return out;
 }
@@ -419,8 +431,12 @@ absl::StatusOr<Envelope> DecodeEnvelope(std::string_view bytes) {
       if (greylisted > UINT32_MAX) return Malformed("greylisted count out of range");
       recipient.greylisted = static_cast<uint32_t>(greylisted);
     }
-    if (format >= kEnvelopeVersion && !in.String(recipient.last_reply)) {
+    if (format >= kEnvelopeVersionWithoutRetryAt && !in.String(recipient.last_reply)) {
       return Malformed("truncated recipient");
+    }
+    if (format >= kEnvelopeVersion) {
+      if (!in.Time(recipient.retry_at)) return Malformed("truncated recipient");
+      if (recipient.retry_at == absl::UnixEpoch()) recipient.retry_at = absl::InfinitePast();
     }
     if (state > static_cast<uint64_t>(RecipientState::kBounced)) {
       return Malformed("unknown recipient state");

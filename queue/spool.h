@@ -42,6 +42,11 @@ struct RecipientRecord {
   // later", or what happened here: "451 4.4.1 connection refused"), for `queue show` and the
   // DSN if it expires or is cancelled. Empty before a first attempt and once delivered.
   std::string last_reply;
+  // Not tried again before this time, when that is later than the message's next attempt: a
+  // recipient greylisted for five minutes waits them out while another of the same message,
+  // told to slow down, goes again as soon as its site allows. InfinitePast: whenever the
+  // message is due.
+  absl::Time retry_at = absl::InfinitePast();
 
   friend bool operator==(const RecipientRecord&, const RecipientRecord&) = default;
 };

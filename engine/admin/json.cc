@@ -1,5 +1,6 @@
 #include "engine/admin/json.h"
 
+#include <algorithm>
 #include <array>
 #include <optional>
 
@@ -49,11 +50,16 @@ nlohmann::json MessageJson(const queue::Envelope& envelope, size_t body_size) {
   message["recipients"] = std::move(recipients);
   nlohmann::json states = nlohmann::json::array();
   for (const queue::RecipientRecord& recipient : envelope.recipients) {
-    states.push_back(nlohmann::json{{"address", recipient.address},
-                                    {"state", RecipientStateName(recipient.state)},
-                                    {"notify", recipient.notify},
-                                    {"orcpt", recipient.orcpt},
-                                    {"last_reply", recipient.last_reply}});
+    nlohmann::json state{{"address", recipient.address},
+                         {"state", RecipientStateName(recipient.state)},
+                         {"notify", recipient.notify},
+                         {"orcpt", recipient.orcpt},
+                         {"last_reply", recipient.last_reply}};
+    if (recipient.state == queue::RecipientState::kPending) {
+      // The message's next attempt, or the recipient's own time when later (greylisted).
+      state["next_attempt"] = Rfc3339(std::max(envelope.next_attempt, recipient.retry_at));
+    }
+    states.push_back(std::move(state));
   }
   message["recipient_states"] = std::move(states);
   message["client"] = envelope.client;

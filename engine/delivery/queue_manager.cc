@@ -356,16 +356,26 @@ void QueueManager::StartMessage(const queue::ScheduleEntry& entry) {
   }
 
   // Group the open recipients by domain and greylisting pin (a pinned recipient leaves from
-  // its source only), in their order, leaving suspended domains out.
+  // its source only), in their order, leaving out suspended domains and the recipients whose
+  // own retry time has not come (greylisted for longer than another recipient waits).
   struct Group {
     std::string domain;
     std::string pinned_source;
     std::vector<uint32_t> indexes;
   };
   std::vector<Group> groups;
+  absl::Time not_yet = absl::InfiniteFuture();  // the earliest own retry time left out
+  bool suspended = false;
   for (uint32_t index : pending) {
+    if (envelope.recipients[index].retry_at > now) {
+      not_yet = std::min(not_yet, envelope.recipients[index].retry_at);
+      continue;
+    }
     std::string domain = mail::LowerDomainOf(envelope.recipients[index].address);
-    if (IsSuspended(domain)) continue;
+    if (IsSuspended(domain)) {
+      suspended = true;
+      continue;
+    }
     const std::string& pin = envelope.recipients[index].pinned_source;
     auto group = std::find_if(groups.begin(), groups.end(), [&](const Group& g) {
       return g.domain == domain && g.pinned_source == pin;
@@ -377,9 +387,13 @@ void QueueManager::StartMessage(const queue::ScheduleEntry& entry) {
     }
   }
   if (groups.empty() || dispatcher_ == nullptr) {
-    // Every open recipient is in a suspended domain: look again later (Resume() flushes).
-    envelope.next_attempt = std::min(now + retry_.options().first_retry,
-                                     retry_.ExpiresAt(envelope.received_at));
+    // Every open recipient is in a suspended domain (look again later; Resume() flushes) or
+    // waits for its own time.
+    const absl::Time later =
+        suspended || dispatcher_ == nullptr ? now + retry_.options().first_retry
+                                            : absl::InfiniteFuture();
+    envelope.next_attempt =
+        std::min({later, not_yet, retry_.ExpiresAt(envelope.received_at)});
     RestoreOwedSites(entry.id, std::move(owed));  // still owed, untried
     Persist(std::move(envelope), entry.due, queue::Durability::kRidesNextSync);
     return;
@@ -446,13 +460,16 @@ void QueueManager::Settle(InFlight& flight, std::vector<JobResult> results) {
   std::vector<std::pair<uint32_t, mail::DeliveryOutcome>> bounced;
   // Delivered with NOTIFY=SUCCESS to a server that was not told (no DSN there): ours to report.
   std::vector<std::pair<uint32_t, mail::DeliveryOutcome>> relayed;
-  std::vector<events::Event> deferred;
-  // When the open recipients are tried again: the earliest of what each asks for.
-  absl::Time next_attempt = absl::InfiniteFuture();
-  bool retry_schedule = false;  // a transient failure that takes the retry policy's schedule
+  // With the index of its recipient, whose retry time it reports once known.
+  std::vector<std::pair<uint32_t, events::Event>> deferred;
+  // When each recipient is tried again, as this attempt decided (InfiniteFuture: undecided;
+  // the retry policy's schedule, or the time the recipient already waited for).
+  std::vector<absl::Time> retry_at(envelope.recipients.size(), absl::InfiniteFuture());
   for (const JobResult& result : results) {
     if (result.throttled_until != absl::InfinitePast()) {
-      next_attempt = std::min(next_attempt, result.throttled_until);
+      for (uint32_t index : result.recipient_indexes) {
+        if (index < retry_at.size()) retry_at[index] = result.throttled_until;
+      }
       continue;
     }
     if (options_.metrics != nullptr) {
@@ -502,15 +519,13 @@ void QueueManager::Settle(InFlight& flight, std::vector<JobResult> results) {
         if (!result.source.empty()) recipient.pinned_source = result.source;
         const absl::Duration delay = throttle::GreylistRetryDelay(
             options_.greylist, recipient.greylisted, verdict.retry_after);
-        next_attempt = std::min(next_attempt, now + delay + std::min(kGreylistMargin, delay / 10));
+        retry_at[index] = now + delay + std::min(kGreylistMargin, delay / 10);
       } else if (PacedBySite(verdict.response_class)) {
         // The site's throttle now holds its pairs back (or another source is free): the
         // recipient may go again at once; the shard sends it when a pair admits it, or hands
         // it back unattempted with the time one will.
-        next_attempt = std::min(next_attempt, now);
-      } else {
-        retry_schedule = true;
-      }
+        retry_at[index] = now;
+      }  // else the retry policy's schedule
       if (type != events::EventType::kDelivery) recipient.last_reply = LastReplyOf(outcome);
       events::Event event = OutcomeEvent(type, envelope, index, outcome, now);
       event.site = result.site.empty() ? result.destination : result.site;
@@ -521,13 +536,9 @@ void QueueManager::Settle(InFlight& flight, std::vector<JobResult> results) {
       if (type == events::EventType::kDelivery) {
         if (events_ != nullptr) events_->Record(event);
       } else {
-        deferred.push_back(std::move(event));
+        deferred.emplace_back(index, std::move(event));
       }
     }
-  }
-  if (retry_schedule || next_attempt == absl::InfiniteFuture()) {
-    next_attempt = std::min(next_attempt, retry_.NextAttempt(std::max<uint32_t>(1, envelope.attempts),
-                                                             envelope.received_at, now, random_));
   }
 
   if (flight.after == InFlight::After::kBounce) {
@@ -543,9 +554,9 @@ void QueueManager::Settle(InFlight& flight, std::vector<JobResult> results) {
       bounced.emplace_back(i, WithLastReply(cancelled, envelope.recipients[i]));
     }
     deferred.erase(std::remove_if(deferred.begin(), deferred.end(),
-                                  [&](const events::Event& e) {
+                                  [&](const auto& d) {
                                     return std::any_of(bounced.begin(), bounced.end(), [&](const auto& b) {
-                                      return envelope.recipients[b.first].address == e.recipient;
+                                      return b.first == d.first;
                                     });
                                   }),
                    deferred.end());
@@ -559,12 +570,41 @@ void QueueManager::Settle(InFlight& flight, std::vector<JobResult> results) {
   if (open && retry_.Expired(envelope.received_at, now)) {
     // Leased again at once: StartMessage bounces what is left as expired.
     envelope.next_attempt = now;
+    for (absl::Time& at : retry_at) at = now;
   } else if (open) {
-    envelope.next_attempt = std::min(next_attempt, retry_.ExpiresAt(envelope.received_at));
+    // Each open recipient's time: this attempt's, else the one it already waited for (not due,
+    // it stayed out of the attempt), else the retry policy's schedule (drawn once, jittered).
+    std::optional<absl::Time> scheduled;
+    absl::Time next_attempt = absl::InfiniteFuture();
+    for (uint32_t i = 0; i < envelope.recipients.size(); ++i) {
+      const queue::RecipientRecord& recipient = envelope.recipients[i];
+      if (recipient.state != queue::RecipientState::kPending) continue;
+      if (retry_at[i] == absl::InfiniteFuture() && recipient.retry_at > now) {
+        retry_at[i] = recipient.retry_at;
+      } else if (retry_at[i] == absl::InfiniteFuture()) {
+        if (!scheduled.has_value()) {
+          scheduled = retry_.NextAttempt(std::max<uint32_t>(1, envelope.attempts),
+                                         envelope.received_at, now, random_);
+        }
+        retry_at[i] = *scheduled;
+      }
+      retry_at[i] = std::min(retry_at[i], retry_.ExpiresAt(envelope.received_at));
+      next_attempt = std::min(next_attempt, retry_at[i]);
+    }
+    envelope.next_attempt = next_attempt;
+  }
+  // The message comes back at its earliest recipient's time; a recipient due later than that
+  // keeps its own (most messages, one recipient or all alike, keep none).
+  for (uint32_t i = 0; i < envelope.recipients.size(); ++i) {
+    queue::RecipientRecord& recipient = envelope.recipients[i];
+    recipient.retry_at = recipient.state == queue::RecipientState::kPending &&
+                                 retry_at[i] > envelope.next_attempt
+                             ? retry_at[i]
+                             : absl::InfinitePast();
   }
   if (events_ != nullptr) {
-    for (events::Event& event : deferred) {
-      event.next_attempt = envelope.next_attempt;
+    for (auto& [index, event] : deferred) {
+      event.next_attempt = retry_at[index];
       events_->Record(event);
     }
   }
@@ -598,6 +638,32 @@ void QueueManager::Settle(InFlight& flight, std::vector<JobResult> results) {
         if (!source.empty()) site->source = std::move(source);
         site->recipients.insert(site->recipients.end(), owed.begin(), owed.end());
         site->held_back = site->held_back || result.throttled_until != absl::InfinitePast();
+      }
+    }
+    // Recipients that stayed out of this attempt (their own time not come, or their domain
+    // suspended) are still owed where they were.
+    std::vector<bool> in_results(envelope.recipients.size(), false);
+    for (const JobResult& result : results) {
+      for (uint32_t index : result.recipient_indexes) {
+        if (index < in_results.size()) in_results[index] = true;
+      }
+    }
+    for (const OwedSite& previous : flight.owed) {
+      std::vector<uint32_t> untried;
+      for (uint32_t index : previous.recipients) {
+        if (index < in_results.size() && !in_results[index] &&
+            envelope.recipients[index].state == queue::RecipientState::kPending) {
+          untried.push_back(index);
+        }
+      }
+      if (untried.empty()) continue;
+      auto site = std::find_if(sites.begin(), sites.end(),
+                               [&](const OwedSite& o) { return o.site == previous.site; });
+      if (site == sites.end()) {
+        sites.push_back(OwedSite{previous.site, previous.source, std::move(untried),
+                                 previous.held_back});
+      } else {
+        site->recipients.insert(site->recipients.end(), untried.begin(), untried.end());
       }
     }
     RestoreOwedSites(envelope.id, std::move(sites));
@@ -929,7 +995,13 @@ void QueueManager::ExecuteOperation(Operation& operation) {
       }
       if (!envelope->has_value()) continue;
       const absl::Time due = (*envelope)->next_attempt;
-      if (due <= now) continue;  // already due: the scheduler takes it
+      bool waiting = false;  // recipients held back with a time of their own
+      for (queue::RecipientRecord& recipient : (*envelope)->recipients) {
+        if (recipient.retry_at <= now) continue;
+        recipient.retry_at = absl::InfinitePast();
+        waiting = true;
+      }
+      if (due <= now && !waiting) continue;  // already due: the scheduler takes it
       (*envelope)->next_attempt = now;
       Persist(**std::move(envelope), due, queue::Durability::kSynced);
       ++result.messages;
@@ -980,11 +1052,19 @@ void QueueManager::ExecuteOperation(Operation& operation) {
     const absl::Time due = envelope.next_attempt;
     switch (operation.kind) {
       case Kind::kFlush:
-      case Kind::kRetry:
-        if (due <= now) return;  // already due: the scheduler takes it
+      case Kind::kRetry: {
+        // Now, the recipients waiting for a time of their own (greylisted) included.
+        bool waiting = false;
+        for (queue::RecipientRecord& recipient : envelope.recipients) {
+          if (!matches(recipient) || recipient.retry_at <= now) continue;
+          recipient.retry_at = absl::InfinitePast();
+          waiting = true;
+        }
+        if (due <= now && !waiting) return;  // already due: the scheduler takes it
         envelope.next_attempt = now;
         Persist(std::move(envelope), due, queue::Durability::kSynced);
         break;
+      }
       case Kind::kBounce:
       case Kind::kBounceDomain: {
         std::vector<std::pair<uint32_t, mail::DeliveryOutcome>> bounced;

@@ -101,9 +101,16 @@ int Show(queue::Store& store, const CommandLine& command_line) {
             << "client:      " << e.client << "\n"
             << "account:     " << (e.account.empty() ? "-" : e.account) << "\n"
             << "size:        " << body_size << "\n"
-            << "attempts:    " << e.attempts << "\n";
+            << "attempts:    " << e.attempts << "\n"
+            << "next try:    " << absl::FormatTime(absl::RFC3339_sec, e.next_attempt, absl::UTCTimeZone())
+            << "\n";
   for (const queue::RecipientRecord& r : e.recipients) {
+    // A recipient waiting for a time of its own (greylisted for longer than another waits).
+    const bool own_time = r.state == queue::RecipientState::kPending && r.retry_at > e.next_attempt;
     std::cout << "recipient:   <" << r.address << "> " << admin::RecipientStateName(r.state)
+              << (own_time ? absl::StrCat(" until ", absl::FormatTime(absl::RFC3339_sec, r.retry_at,
+                                                                         absl::UTCTimeZone()))
+                           : "")
               << (r.last_reply.empty() ? "" : absl::StrCat(" (", r.last_reply, ")")) << "\n";
   }
   return kExitOk;

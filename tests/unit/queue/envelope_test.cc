@@ -23,6 +23,7 @@ Envelope FullEnvelope() {
   envelope.dsn_envid = "QQ314159";
   envelope.attempts = 7;
   envelope.next_attempt = now + absl::Minutes(5);
+  envelope.recipients.back().retry_at = now + absl::Minutes(7);  // greylisted longer
   return envelope;
 }
 
@@ -44,11 +45,12 @@ TEST(EnvelopeTest, RoundTripNullSenderNoRecipientsAndOldTimes) {
   EXPECT_EQ(decoded->sender, "");
 }
 
-// Spools written before greylisting pins (version 1) and before last replies (version 2) are
-// still read: their recipients have neither. Version 2 is still written while no recipient has
-// a last reply, which an older facteur can read. The bytes of version 1 are built here as it
+// Spools written before greylisting pins (version 1), before last replies (version 2) and
+// before per-recipient retry times (version 3) are still read: their recipients have none.
+// Version 2 is still written while no recipient has a last reply, and 3 while none has a retry
+// time of its own, which an older facteur can read. The bytes of version 1 are built here as it
 // wrote them.
-TEST(EnvelopeTest, VersionsOneAndTwoAreRead) {
+TEST(EnvelopeTest, VersionsOneToThreeAreReadAndTheOldestThatHoldsTheEnvelopeIsWritten) {
   Envelope envelope;
   envelope.id = MessageId::Generate(absl::FromUnixSeconds(1'800'000'000));
   envelope.sender = "a@b.example";
@@ -67,7 +69,20 @@ TEST(EnvelopeTest, VersionsOneAndTwoAreRead) {
   v2[0] = 1;  // version 1 with the later fields: trailing bytes
   EXPECT_EQ(DecodeEnvelope(v2).status().code(), absl::StatusCode::kDataLoss);
   envelope.recipients[0].last_reply = "mx[192.0.2.1]:25 said: 451 4.3.0 later";
-  EXPECT_EQ(EncodeEnvelope(envelope)[0], 3);
+  const std::string v3 = EncodeEnvelope(envelope);
+  EXPECT_EQ(v3[0], 3);
+  absl::StatusOr<Envelope> decoded = DecodeEnvelope(v3);
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  EXPECT_EQ(*decoded, envelope);
+  // Version 4 only once a recipient has a retry time of its own; "none" survives beside one.
+  envelope.recipients.push_back({"e@f.example", RecipientState::kPending, "", "", "", 1, ""});
+  envelope.recipients.back().retry_at = absl::FromUnixSeconds(1'800'000'300);
+  const std::string v4 = EncodeEnvelope(envelope);
+  EXPECT_EQ(v4[0], 4);
+  decoded = DecodeEnvelope(v4);
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  EXPECT_EQ(*decoded, envelope);
+  EXPECT_EQ(decoded->recipients[0].retry_at, absl::InfinitePast());
 }
 
 TEST(EnvelopeTest, EveryTruncationIsDataLoss) {
@@ -85,7 +100,7 @@ TEST(EnvelopeTest, TrailingBytesBadVersionAndBadFieldsAreDataLoss) {
   bad_version[0] = 0;
   EXPECT_EQ(DecodeEnvelope(bad_version).status().code(), absl::StatusCode::kDataLoss);
   // A newer facteur's envelope is not damage: FailedPrecondition, which recovery does not remove.
-  bad_version[0] = 4;
+  bad_version[0] = 5;
   EXPECT_EQ(DecodeEnvelope(bad_version).status().code(), absl::StatusCode::kFailedPrecondition);
   std::string bad_flags = bytes;
   bad_flags[1 + MessageId::kBytes] = 0x7f;  // the flags varint follows version and id

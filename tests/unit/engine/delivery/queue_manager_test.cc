@@ -286,6 +286,65 @@ TEST_F(QueueManagerTest, GreylistedRecipientIsPinnedAndRetriedAfterTheAnnouncedD
   EXPECT_FALSE(Queued(id));
 }
 
+// Two recipients of one message waiting for different things: the one told to slow down goes
+// again as soon as its site allows, and the greylisted one only after its delay, not with it
+// (which would be greylisted again from the same address, for nothing).
+TEST_F(QueueManagerTest, EachRecipientWaitsForItsOwnRetryTime) {
+  const MessageId id = Enqueue("alice@example.org", {R("grey@x.test"), R("busy@y.test")});
+  // When a recipient goes again: the message's next attempt, or its own time when later.
+  auto due = [](const queue::Envelope& envelope, size_t index) {
+    return std::max(envelope.next_attempt, envelope.recipients[index].retry_at);
+  };
+  manager_->RunOnce();
+  std::vector<DeliveryJob> jobs = dispatcher_.Take();
+  ASSERT_THAT(jobs, SizeIs(2));
+  for (const DeliveryJob& job : jobs) {
+    if (job.domain == "x.test") {
+      manager_->OnJobDone(WithVerdicts(
+          ResultFor(job, {Outcome(450, "4.2.0", "Greylisted for 300 seconds")}),
+          {RecipientVerdict{throttle::ResponseClass::kGreylist, absl::Seconds(300)}}, "out1"));
+    } else {
+      manager_->OnJobDone(WithVerdicts(
+          ResultFor(job, {Outcome(421, "4.7.28", "unusual rate of mail, slow down")}),
+          {RecipientVerdict{throttle::ResponseClass::kRateLimit, {}}}, "out1"));
+    }
+  }
+  manager_->RunOnce();
+  WaitForCommits(1);
+  queue::Envelope envelope = Read(id);
+  const absl::Time greylist_over = clock_.Now() + absl::Seconds(300 + 15);  // + the margin
+  EXPECT_EQ(envelope.next_attempt, clock_.Now());  // the rate-limited one: its site paces it
+  EXPECT_EQ(due(envelope, 0), greylist_over);
+  EXPECT_EQ(due(envelope, 1), clock_.Now());
+
+  // Tried again at once: busy@ alone.
+  clock_.Advance(absl::Seconds(1));
+  manager_->RunOnce();
+  jobs = dispatcher_.Take();
+  ASSERT_THAT(jobs, SizeIs(1));
+  EXPECT_EQ(jobs[0].domain, "y.test");
+  manager_->OnJobDone(WithVerdicts(
+      ResultFor(jobs[0], {Outcome(451, "4.3.0", "temporary failure")}),
+      {RecipientVerdict{throttle::ResponseClass::kOtherTransient, {}}}, "out1"));
+  manager_->RunOnce();
+  WaitForCommits(1);
+  envelope = Read(id);
+  // busy@ now follows the retry schedule (minutes); grey@ keeps its own time.
+  EXPECT_EQ(due(envelope, 0), greylist_over);
+  EXPECT_GT(due(envelope, 1), clock_.Now());
+  EXPECT_NE(due(envelope, 1), greylist_over);
+  EXPECT_EQ(envelope.next_attempt, std::min(due(envelope, 0), due(envelope, 1)));
+
+  // Whichever comes first brings the message back with that recipient only.
+  const size_t first = due(envelope, 0) < due(envelope, 1) ? 0 : 1;
+  clock_.Advance(due(envelope, first) - clock_.Now());
+  manager_->RunOnce();
+  jobs = dispatcher_.Take();
+  ASSERT_THAT(jobs, SizeIs(1));
+  EXPECT_THAT(jobs[0].recipient_indexes, ElementsAre(first));
+  EXPECT_EQ(jobs[0].pinned_source, first == 0 ? "out1" : "");
+}
+
 // A job its site held back was never attempted: no attempt is counted and the message comes
 // back when the site can take it.
 TEST_F(QueueManagerTest, ThrottledJobCostsNoAttemptAndReturnsWhenTheSiteAllows) {
@@ -537,6 +596,37 @@ auto RunOperation(QueueManager& manager, F operation) {
   while (!done.WaitForNotificationWithTimeout(absl::Milliseconds(1))) manager.RunOnce();
   caller.join();
   return result;
+}
+
+// `queue retry` sends every recipient now, those waiting for a time of their own included.
+TEST_F(QueueManagerTest, RetryTakesRecipientsWaitingForTheirOwnTime) {
+  const MessageId id = Enqueue("alice@example.org", {R("grey@x.test"), R("later@y.test")});
+  manager_->RunOnce();
+  std::vector<DeliveryJob> jobs = dispatcher_.Take();
+  ASSERT_THAT(jobs, SizeIs(2));
+  for (const DeliveryJob& job : jobs) {
+    const bool grey = job.domain == "x.test";
+    manager_->OnJobDone(WithVerdicts(
+        ResultFor(job, {grey ? Outcome(450, "4.2.0", "Greylisted for 3600 seconds")
+                             : Outcome(451, "4.3.0", "try later")}),
+        {RecipientVerdict{grey ? throttle::ResponseClass::kGreylist
+                               : throttle::ResponseClass::kOtherTransient,
+                          grey ? std::optional<absl::Duration>(absl::Seconds(3600))
+                               : std::nullopt}},
+        "out1"));
+  }
+  manager_->RunOnce();
+  WaitForCommits(1);
+  const queue::Envelope before = Read(id);
+  ASSERT_GT(before.next_attempt, clock_.Now());
+  ASSERT_GT(before.recipients[0].retry_at, before.next_attempt);  // greylisted for longer
+  auto retried = RunOperation(*manager_, [&] { return manager_->Retry(id); });
+  ASSERT_TRUE(retried.ok()) << retried.status();
+  EXPECT_EQ(retried->messages, 1u);
+  WaitForCommits(1);
+  EXPECT_EQ(Read(id).recipients[0].retry_at, absl::InfinitePast());
+  manager_->RunOnce();
+  EXPECT_THAT(dispatcher_.Take(), SizeIs(2));
 }
 
 TEST_F(QueueManagerTest, SuspendedDomainsWaitAndResumeFlushesThem) {
