@@ -54,6 +54,9 @@ struct JobResult {
   std::string mx;           // "mx1.example.org[192.0.2.1]:25" that answered, "" when none did
   std::string source_ip;    // the source the connection was bound to, "" when unbound
   std::string source;       // the name of that source ([[source]] name), "" when none
+  // One per recipient when the parts of a split job went from different sources (a greylisted
+  // recipient goes back from its own); empty otherwise: `source` for all.
+  std::vector<std::string> recipient_sources;
   std::string site;         // the site key (throttle/site_matcher.h), "" before it was known
   bool tls = false;
   absl::Duration elapsed = absl::ZeroDuration();  // from dispatch to result

@@ -11,6 +11,7 @@
 #include "absl/synchronization/notification.h"
 #include "engine/base/log.h"
 #include "engine/base/status.h"
+#include "engine/mail/command.h"
 #include "engine/mail/dsn.h"
 #include "engine/mail/text.h"
 #include "engine/delivery/shaping.h"
@@ -78,7 +79,7 @@ mail::DsnRecipient ReportLine(const queue::RecipientRecord& recipient,
                               absl::Time now) {
   mail::DsnRecipient line;
   line.final_recipient = recipient.address;
-  line.original_recipient = recipient.orcpt;
+  line.original_recipient = mail::DecodeOrcpt(recipient.orcpt);
   line.action = action;
   line.status = outcome.reply.enhanced.empty() ? absl::StrCat(outcome.reply.code / 100, ".0.0")
                                                : outcome.reply.enhanced;
@@ -516,7 +517,11 @@ void QueueManager::Settle(InFlight& flight, std::vector<JobResult> results) {
         // Retried from the same source, after the announced delay or the greylist ladder, and
         // a little more: a retry a hair early is greylisted again.
         recipient.greylisted += 1;
-        if (!result.source.empty()) recipient.pinned_source = result.source;
+        const std::string& source =
+            k < result.recipient_sources.size() && !result.recipient_sources[k].empty()
+                ? result.recipient_sources[k]
+                : result.source;
+        if (!source.empty()) recipient.pinned_source = source;
         const absl::Duration delay = throttle::GreylistRetryDelay(
             options_.greylist, recipient.greylisted, verdict.retry_after);
         retry_at[index] = now + delay + std::min(kGreylistMargin, delay / 10);
@@ -744,7 +749,7 @@ void QueueManager::QueueReport(const queue::Envelope& envelope, const std::strin
   report.message_id = absl::StrCat("<", dsn_id.ToString(), "@", options_.hostname, ">");
   report.date = now;
   report.original_queue_id = envelope.id.ToString();
-  report.original_envelope_id = envelope.dsn_envid;
+  report.original_envelope_id = mail::DecodeXtext(envelope.dsn_envid);
   report.arrival_date = envelope.received_at;
   // RFC 3461 §4.3: RET is about failure reports; a notice of success never returns the whole
   // message.

@@ -1427,6 +1427,10 @@ void ShardDelivery::Report(PendingJob job, const DestinationQueue& queue,
       if (at >= split.merged.outcomes.size()) break;
       split.merged.outcomes[at] = std::move(outcomes[k]);
       if (k < verdicts.size()) split.merged.verdicts[at] = verdicts[k];
+      if (source != nullptr) {
+        split.merged.recipient_sources.resize(split.merged.outcomes.size());
+        split.merged.recipient_sources[at] = source->name;
+      }
     }
     JobResult& merged = split.merged;
     merged.destination = queue.destination.key;

@@ -352,4 +352,80 @@ ReplyOr<RcptToArguments> ParseRcptTo(std::string_view argument, bool smtputf8) {
   return args;
 }
 
+namespace {
+
+int HexValue(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  return -1;
+}
+
+void AppendUtf8(std::string& out, uint32_t code_point) {
+  if (code_point < 0x80) {
+    out += static_cast<char>(code_point);
+  } else if (code_point < 0x800) {
+    out += static_cast<char>(0xC0 | (code_point >> 6));
+    out += static_cast<char>(0x80 | (code_point & 0x3F));
+  } else if (code_point < 0x10000) {
+    out += static_cast<char>(0xE0 | (code_point >> 12));
+    out += static_cast<char>(0x80 | ((code_point >> 6) & 0x3F));
+    out += static_cast<char>(0x80 | (code_point & 0x3F));
+  } else {
+    out += static_cast<char>(0xF0 | (code_point >> 18));
+    out += static_cast<char>(0x80 | ((code_point >> 12) & 0x3F));
+    out += static_cast<char>(0x80 | ((code_point >> 6) & 0x3F));
+    out += static_cast<char>(0x80 | (code_point & 0x3F));
+  }
+}
+
+// Decodes "+HH" always and, with `unicode_escapes`, "\x{HEX}" (1 to 6 digits, a Unicode scalar
+// value); anything else, malformed escapes included, is kept as it is.
+std::string DecodeEscapes(std::string_view text, bool unicode_escapes) {
+  std::string out;
+  out.reserve(text.size());
+  for (size_t i = 0; i < text.size();) {
+    if (text[i] == '+' && i + 2 < text.size() &&
+        HexValue(text[i + 1]) >= 0 && HexValue(text[i + 2]) >= 0) {
+      out += static_cast<char>(HexValue(text[i + 1]) * 16 + HexValue(text[i + 2]));
+      i += 3;
+      continue;
+    }
+    if (unicode_escapes && text.substr(i, 3) == "\\x{") {
+      const size_t close = text.find('}', i + 3);
+      const std::string_view digits =
+          close == std::string_view::npos ? std::string_view() : text.substr(i + 3, close - i - 3);
+      uint32_t code_point = 0;
+      bool valid = !digits.empty() && digits.size() <= 6;
+      for (char c : digits) {
+        valid = valid && HexValue(c) >= 0;
+        if (valid) code_point = code_point * 16 + static_cast<uint32_t>(HexValue(c));
+      }
+      valid = valid && code_point <= 0x10FFFF && !(code_point >= 0xD800 && code_point <= 0xDFFF);
+      if (valid) {
+        AppendUtf8(out, code_point);
+        i = close + 1;
+        continue;
+      }
+    }
+    out += text[i++];
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string DecodeXtext(std::string_view xtext) {
+  return DecodeEscapes(xtext, /*unicode_escapes=*/false);
+}
+
+std::string DecodeOrcpt(std::string_view orcpt) {
+  const size_t semicolon = orcpt.find(';');
+  if (semicolon == std::string_view::npos) return std::string(orcpt);
+  const std::string_view type = orcpt.substr(0, semicolon);
+  const bool utf8 = EqualsIgnoreCase(type, "utf-8");
+  return std::string(type) + ";" +
+         DecodeEscapes(orcpt.substr(semicolon + 1), /*unicode_escapes=*/utf8);
+}
+
 }  // namespace facteur::mail

@@ -73,4 +73,13 @@ ReplyOr<MailFromArguments> ParseMailFrom(std::string_view argument);
 // malformed recipient address. <Postmaster> without a domain is accepted with an empty domain.
 ReplyOr<RcptToArguments> ParseRcptTo(std::string_view argument, bool smtputf8);
 
+// DSN parameters are stored as received, xtext and all, to be passed on as they came; a DSN
+// shows what they stand for (RFC 3464 §2.2.1, §2.3.1).
+// ENVID: each "+HH" becomes its octet (RFC 3461 §4: xtext).
+std::string DecodeXtext(std::string_view xtext);
+// ORCPT ("rfc822;bob+2Bx@example.org"): its type, ";", then the address decoded; a utf-8
+// type's "\x{HEX}" (RFC 6533 §3 utf-8-addr-xtext) becomes that character in UTF-8. Without a
+// ";" as given.
+std::string DecodeOrcpt(std::string_view orcpt);
+
 }  // namespace facteur::mail

@@ -105,11 +105,12 @@ class QueueManagerTest : public ::testing::Test {
   }
 
   MessageId Enqueue(std::string sender, std::vector<queue::RecipientRecord> recipients,
-                    std::string dsn_ret = "") {
+                    std::string dsn_ret = "", std::string dsn_envid = "") {
     queue::Envelope envelope;
     envelope.id = MessageId::Generate(clock_.Now());
     envelope.sender = std::move(sender);
     envelope.dsn_ret = std::move(dsn_ret);
+    envelope.dsn_envid = std::move(dsn_envid);
     envelope.recipients = std::move(recipients);
     envelope.received_at = clock_.Now();
     envelope.next_attempt = clock_.Now();
@@ -284,6 +285,52 @@ TEST_F(QueueManagerTest, GreylistedRecipientIsPinnedAndRetriedAfterTheAnnouncedD
   manager_->RunOnce();
   WaitForCommits(1);
   EXPECT_FALSE(Queued(id));
+}
+
+// A job split into transactions whose parts went from different sources: each greylisted
+// recipient goes back from the source it was greylisted from, not from the last part's.
+TEST_F(QueueManagerTest, SplitPartsPinTheirGreylistedRecipientsToTheirOwnSource) {
+  const MessageId id = Enqueue("alice@example.org", {R("a@x.test"), R("b@x.test")});
+  manager_->RunOnce();
+  std::vector<DeliveryJob> jobs = dispatcher_.Take();
+  ASSERT_THAT(jobs, SizeIs(1));
+  JobResult result = WithVerdicts(
+      ResultFor(jobs[0], {Outcome(450, "4.2.0", "Greylisted for 120 seconds"),
+                          Outcome(450, "4.2.0", "Greylisted for 120 seconds")}),
+      {RecipientVerdict{throttle::ResponseClass::kGreylist, absl::Seconds(120)},
+       RecipientVerdict{throttle::ResponseClass::kGreylist, absl::Seconds(120)}},
+      "out2");
+  result.recipient_sources = {"out1", "out2"};
+  manager_->OnJobDone(std::move(result));
+  manager_->RunOnce();
+  WaitForCommits(1);
+  const queue::Envelope envelope = Read(id);
+  EXPECT_EQ(envelope.recipients[0].pinned_source, "out1");
+  EXPECT_EQ(envelope.recipients[1].pinned_source, "out2");
+}
+
+// ENVID and ORCPT are kept as received (xtext), to be passed on so; the DSN shows what they
+// stand for (RFC 3464 §2.2.1, §2.3.1): a bounce processor matches "list+bounce@x", not
+// "list+2Bbounce@x".
+TEST_F(QueueManagerTest, TheDsnShowsEnvidAndOrcptDecodedFromXtext) {
+  queue::RecipientRecord recipient = R("gone@y.test");
+  recipient.orcpt = "rfc822;list+2Bgone@y.test";
+  Enqueue("alice@example.org", {recipient}, "HDRS", "campaign+2B42");
+  manager_->RunOnce();
+  std::vector<DeliveryJob> jobs = dispatcher_.Take();
+  ASSERT_THAT(jobs, SizeIs(1));
+  EXPECT_EQ(jobs[0].message.recipients[0].orcpt, "rfc822;list+2Bgone@y.test");  // passed on as is
+  EXPECT_EQ(jobs[0].message.dsn_envid, "campaign+2B42");
+  manager_->OnJobDone(ResultFor(jobs[0], {Outcome(550, "5.1.1", "no such user")}));
+  manager_->RunOnce();
+  WaitForCommits(2);
+  std::vector<queue::Envelope> dsns = Dsns();
+  ASSERT_THAT(dsns, SizeIs(1));
+  auto body = queue::ReadBody(*store_, dsns[0].id);
+  ASSERT_TRUE(body.ok() && body->has_value());
+  EXPECT_THAT(**body, HasSubstr("Original-Envelope-Id: campaign+42\r\n"));
+  EXPECT_THAT(**body, HasSubstr("Original-Recipient: rfc822; list+gone@y.test\r\n"));
+  EXPECT_THAT(**body, ::testing::Not(HasSubstr("+2B")));
 }
 
 // Two recipients of one message waiting for different things: the one told to slow down goes

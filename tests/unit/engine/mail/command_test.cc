@@ -247,5 +247,17 @@ INSTANTIATE_TEST_SUITE_P(
                  Mailbox{"jos\xC3\xA9", "\xC3\xA9t\xC3\xA9.fr"}},
         RcptCase{"TO:<\"a b\"@[IPv6:2001:db8::2]>", false, Mailbox{"a b", "[IPv6:2001:db8::2]"}}));
 
+TEST(DsnParameterTest, XtextAndOrcptAreDecodedForTheDsn) {
+  EXPECT_EQ(DecodeXtext("campaign+2B42+3Dx"), "campaign+42=x");
+  EXPECT_EQ(DecodeXtext("plain"), "plain");
+  EXPECT_EQ(DecodeXtext("bad+2"), "bad+2");  // a broken escape stays as it is
+  EXPECT_EQ(DecodeOrcpt("rfc822;list+2Bbounce@example.org"), "rfc822;list+bounce@example.org");
+  // RFC 6533 §3: a utf-8 type's \x{HEX} is the character ("+" is \x{2B} there).
+  EXPECT_EQ(DecodeOrcpt("utf-8;\\x{E9}lodie\\x{2B}x@exemple.fr"), "utf-8;\xC3\xA9lodie+x@exemple.fr");
+  EXPECT_EQ(DecodeOrcpt("rfc822;\\x{E9}@x"), "rfc822;\\x{E9}@x");  // only for utf-8
+  EXPECT_EQ(DecodeOrcpt("utf-8;\\x{D800}@x"), "utf-8;\\x{D800}@x");  // no surrogates
+  EXPECT_EQ(DecodeOrcpt("no-semicolon"), "no-semicolon");
+}
+
 }  // namespace
 }  // namespace facteur::mail
