@@ -710,6 +710,7 @@ void QueueManager::BounceRecipients(
     queue::RecipientRecord& recipient = envelope.recipients[index];
     recipient.state = queue::RecipientState::kBounced;
     recipient.last_reply.clear();  // it waits no more; its outcome is in the events log
+    recipient.retry_at = absl::InfinitePast();
     if (events_ != nullptr) events_->Record(OutcomeEvent(type, envelope, index, outcome, now));
     if (!WantsFailureReport(recipient)) continue;
     report.recipients.push_back(ReportLine(recipient, outcome, mail::DsnAction::kFailed, now));
@@ -979,19 +980,22 @@ void QueueManager::ExecuteOperation(Operation& operation) {
   const std::string domain = operation.domain.value_or("");
 
   if (operation.kind == Kind::kFlushSite) {
-    std::vector<MessageId> ids;
+    // Each message held back by the site, with its recipients owed there.
+    std::vector<std::pair<MessageId, std::vector<uint32_t>>> held;
     {
       absl::MutexLock lock(&owed_mutex_);
       for (const auto& [id, sites] : scheduled_sites_) {
-        if (std::any_of(sites.begin(), sites.end(), [&](const OwedSite& owed) {
-              return owed.held_back && !owed.site.empty() &&
-                     (owed.site == domain || absl::StartsWith(owed.site, absl::StrCat(domain, "/")));
-            })) {
-          ids.push_back(id);
+        std::vector<uint32_t> recipients;
+        for (const OwedSite& owed : sites) {
+          if (owed.held_back && !owed.site.empty() &&
+              (owed.site == domain || absl::StartsWith(owed.site, absl::StrCat(domain, "/")))) {
+            recipients.insert(recipients.end(), owed.recipients.begin(), owed.recipients.end());
+          }
         }
+        if (!recipients.empty()) held.emplace_back(id, std::move(recipients));
       }
     }
-    for (const MessageId& id : ids) {
+    for (const auto& [id, recipients] : held) {
       if (in_flight_.contains(id)) continue;  // out already
       absl::StatusOr<std::optional<queue::Envelope>> envelope = queue::ReadEnvelope(store_, id);
       if (!envelope.ok()) {
@@ -1000,8 +1004,12 @@ void QueueManager::ExecuteOperation(Operation& operation) {
       }
       if (!envelope->has_value()) continue;
       const absl::Time due = (*envelope)->next_attempt;
-      bool waiting = false;  // recipients held back with a time of their own
-      for (queue::RecipientRecord& recipient : (*envelope)->recipients) {
+      // The site's recipients go now, with a time of their own or not; the others of the
+      // message (greylisted elsewhere) keep theirs.
+      bool waiting = false;
+      for (uint32_t index : recipients) {
+        if (index >= (*envelope)->recipients.size()) continue;
+        queue::RecipientRecord& recipient = (*envelope)->recipients[index];
         if (recipient.retry_at <= now) continue;
         recipient.retry_at = absl::InfinitePast();
         waiting = true;

@@ -76,12 +76,9 @@ std::string OneLine(std::string_view s, bool keep_utf8) {
   return std::string(Trim(out));
 }
 
-// An address as the status part types it (RFC 3464 §2.3.2, address-type ";" generic-address):
-// "rfc822; a@b" when it is ASCII; otherwise "utf-8; " with each character outside QCHAR as
-// \x{HEX}, RFC 6533 §3 utf-8-addr-xtext, the 7-bit form that fits message/delivery-status.
-std::string TypedAddress(std::string_view address) {
-  address = Trim(address);
-  if (!HasNonAscii(address)) return absl::StrCat("rfc822; ", OneLine(address, false));
+// "utf-8; " and the address with each character outside QCHAR as \x{HEX}: RFC 6533 §3
+// utf-8-addr-xtext, the 7-bit form that fits message/delivery-status.
+std::string Utf8TypedAddress(std::string_view address) {
   std::string out = "utf-8; ";
   for (size_t i = 0; i < address.size();) {
     const unsigned char c = address[i];
@@ -102,6 +99,14 @@ std::string TypedAddress(std::string_view address) {
     i += length;
   }
   return out;
+}
+
+// An address as the status part types it (RFC 3464 §2.3.2, address-type ";" generic-address):
+// "rfc822; a@b" when it is ASCII, utf-8 typed otherwise.
+std::string TypedAddress(std::string_view address) {
+  address = Trim(address);
+  if (!HasNonAscii(address)) return absl::StrCat("rfc822; ", OneLine(address, false));
+  return Utf8TypedAddress(address);
 }
 
 // Appends "name: value" CRLF, folded (RFC 5322 §2.2.3: a CRLF inserted before white space)
@@ -521,11 +526,13 @@ std::string DeliveryStatus(const DsnReport& report) {
     if (semicolon != std::string_view::npos && semicolon > 0) {
       const std::string type = OneLine(orcpt.substr(0, semicolon), false);
       const std::string_view address = Trim(orcpt.substr(semicolon + 1));
-      // A non-ASCII ORCPT can only be utf-8 typed (RFC 6533 §3); keep the sender's type
+      // A non-ASCII ORCPT can only be utf-8 typed (RFC 6533 §3), and a utf-8 typed one is
+      // written escaped ("+" as \x{2B}) whatever its characters; keep the sender's type
       // otherwise, as the field must (RFC 3461 §6.3 d).
       AppendField(&out, "Original-Recipient",
-                  HasNonAscii(address) ? TypedAddress(address)
-                                       : absl::StrCat(type, "; ", OneLine(address, false)));
+                  HasNonAscii(address) || EqualsIgnoreCase(type, "utf-8")
+                      ? Utf8TypedAddress(address)
+                      : absl::StrCat(type, "; ", OneLine(address, false)));
     }
     AppendField(&out, "Final-Recipient", TypedAddress(r.final_recipient));
     AppendField(&out, "Action", ActionName(r.action));

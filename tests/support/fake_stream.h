@@ -19,7 +19,10 @@ class FakeStream final : public io::Stream {
   void StartTls() override { tls_requested = true; }
   void Close() override { closed = true; }
   void SetReading(bool r) override { reading = r; }
-  void SetIdleTimeout(absl::Duration timeout) override { idle_timeout = timeout; }
+  void SetIdleTimeout(absl::Duration timeout) override {
+    idle_timeout = timeout;
+    ++idle_timer_restarts;
+  }
   bool tls_active() const override { return tls; }
   const io::PeerInfo& peer() const override { return peer_info; }
   [[noreturn]] io::EventLoop& loop() override { std::abort(); }
@@ -33,6 +36,7 @@ class FakeStream final : public io::Stream {
   bool closed = false;
   bool reading = true;
   absl::Duration idle_timeout = absl::ZeroDuration();
+  int idle_timer_restarts = 0;  // SetIdleTimeout() calls: each re-arms the timer from now
   io::PeerInfo peer_info;
 };
 

@@ -124,13 +124,26 @@ void Session::OnIdleTimeout() {
   // The client is waiting for us (its message being signed and synced, a DNS check): a 421
   // now would make it send again a message we then queue all the same, twice. The stream
   // re-arms the timer; host work always ends, with a reply.
-  if (waiting_ == Waiting::kHost) return;
+  if (waiting_ == Waiting::kHost) {
+    idle_during_host_work_ = true;
+    return;
+  }
   // RFC 5321 §4.5.3.2.7: the server may close an idle session, with 421.
   Reply(421, "4.4.2", absl::StrCat(policy_.hostname, " Idle timeout, closing connection"));
   Close();
 }
 
 void Session::OnClosed() { closed_ = true; }
+
+void Session::HostWorkDone() {
+  waiting_ = Waiting::kNo;
+  // The stream re-armed the idle timer when it fired during the work: the client's turn starts
+  // now and gets the whole timeout.
+  if (idle_during_host_work_) {
+    idle_during_host_work_ = false;
+    stream_.SetIdleTimeout(policy_.limits.idle_timeout);
+  }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Input
@@ -409,7 +422,7 @@ void Session::HandleRcpt(const Command& command) {
       std::move(domain), [this, alive, arguments = std::move(arguments)](
                              std::optional<mail::Reply> refusal) mutable {
         if (alive.expired()) return;
-        waiting_ = Waiting::kNo;
+        HostWorkDone();
         if (!refusal.has_value()) {
           recipients_.push_back(std::move(arguments));
           Reply(250, "2.1.5", "Ok");
@@ -616,7 +629,7 @@ void Session::StartAuthentication(std::string authzid, std::string account,
       std::move(account), std::move(password),
       [this, alive](absl::StatusOr<AuthenticatedAccount> result) {
         if (alive.expired()) return;
-        waiting_ = Waiting::kNo;
+        HostWorkDone();
         if (result.ok()) {
           account_ = *std::move(result);
           Reply(235, "2.7.0", "Authentication successful");
@@ -900,7 +913,7 @@ void Session::FinishMessage() {
   host_.Enqueue(std::move(envelope), std::move(final_message),
                 [this, alive, id, size, now, account_class](absl::Status status) {
                   if (alive.expired()) return;  // queued all the same; the client left early
-                  waiting_ = Waiting::kNo;
+                  HostWorkDone();
                   if (status.ok()) {
                     Reply(250, "2.0.0", absl::StrCat("Ok: queued as ", id.ToString()));
                     host_.OnMessageAccepted(size, host_.clock().Now() - now);

@@ -142,6 +142,7 @@ class Session final : public io::StreamHandler {
   enum class DataFault { kNone, kLineTooLong, kTooBig };
 
   void Process();
+  void HostWorkDone();  // host work answered: input is processed again
   bool ProcessCommandLine(std::string_view line);  // false: stop processing (async or closed)
   void HandleEhlo(const mail::Command& command, bool extended);
   void HandleMail(const mail::Command& command);
@@ -203,6 +204,7 @@ class Session final : public io::StreamHandler {
   // client waits for us, so the idle timeout does not apply), or the STARTTLS handshake.
   enum class Waiting { kNo, kHost, kTlsHandshake };
   Waiting waiting_ = Waiting::kNo;
+  bool idle_during_host_work_ = false;  // the idle timeout fired while waiting_ was kHost
   bool processing_ = false;    // inside Process(): a nested call returns at once
   bool closed_ = false;
   uint32_t errors_ = 0;

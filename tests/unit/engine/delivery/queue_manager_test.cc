@@ -736,6 +736,46 @@ TEST_F(QueueManagerTest, HeldBackMessagesCountBySiteAndFlushSiteMakesThemDue) {
   EXPECT_THAT(manager_->ScheduledBySite(), ElementsAre(Pair("orange", 1u)));
 }
 
+// FlushSite sends the site's recipients now; another recipient of the same message, greylisted
+// for longer elsewhere, keeps its own time.
+TEST_F(QueueManagerTest, FlushSiteLeavesOtherRecipientsTheirOwnTime) {
+  const MessageId id = Enqueue("alice@example.org", {R("a@x.test"), R("grey@y.test")});
+  manager_->RunOnce();
+  std::vector<DeliveryJob> jobs = dispatcher_.Take();
+  ASSERT_THAT(jobs, SizeIs(2));
+  for (const DeliveryJob& job : jobs) {
+    if (job.domain == "x.test") {
+      JobResult held;
+      held.id = job.id;
+      held.domain = job.domain;
+      held.recipient_indexes = job.recipient_indexes;
+      held.site = "google/x.test";
+      held.throttled_until = clock_.Now() + absl::Minutes(30);
+      manager_->OnJobDone(std::move(held));
+    } else {
+      manager_->OnJobDone(WithVerdicts(
+          ResultFor(job, {Outcome(450, "4.2.0", "Greylisted for 3600 seconds")}),
+          {RecipientVerdict{throttle::ResponseClass::kGreylist, absl::Seconds(3600)}}, "out1"));
+    }
+  }
+  manager_->RunOnce();
+  WaitForCommits(1);
+  const absl::Time greylist_over = Read(id).recipients[1].retry_at;
+  ASSERT_GT(greylist_over, clock_.Now() + absl::Minutes(30));
+
+  auto flushed = RunOperation(*manager_, [&] { return manager_->FlushSite("google"); });
+  ASSERT_TRUE(flushed.ok()) << flushed.status();
+  EXPECT_EQ(flushed->messages, 1u);
+  WaitForCommits(1);
+  const queue::Envelope envelope = Read(id);
+  EXPECT_EQ(envelope.next_attempt, clock_.Now());
+  EXPECT_EQ(envelope.recipients[1].retry_at, greylist_over);
+  manager_->RunOnce();
+  jobs = dispatcher_.Take();
+  ASSERT_THAT(jobs, SizeIs(1));
+  EXPECT_EQ(jobs[0].domain, "x.test");
+}
+
 TEST_F(QueueManagerTest, OperationsRetryBounceAndDelete) {
   const MessageId id = Enqueue("alice@example.org", {R("a@x.test"), R("b@y.test")});
   manager_->RunOnce();

@@ -420,6 +420,10 @@ TEST(DsnTest, StatusPartStaysAsciiWithUtf8AddressesAndReplies) {
   EXPECT_EQ(FieldValue(parts[1].body, "Original-Recipient"),
             "utf-8; j\\x{E9}r\\x{F4}me\\x{2B}x@exampl\\x{E9}.fr");
   EXPECT_EQ(FieldValue(parts[1].body, "Diagnostic-Code"), "smtp; 550 5.1.1 Bo?te inconnue ?");
+  // An ASCII ORCPT the sender typed utf-8 stays utf-8 typed, so escaped too ("+": \x{2B}).
+  report.recipients[0].original_recipient = "utf-8;bob+x@example.org";
+  EXPECT_EQ(FieldValue(PartsOf(BuildDsn(report, kOriginal))[1].body, "Original-Recipient"),
+            "utf-8; bob\\x{2B}x@example.org");
   // The human part keeps the characters, quoted-printable: the DSN is 7-bit.
   EXPECT_EQ(FieldValue(parts[0].headers, "Content-Type"), "text/plain; charset=utf-8");
   EXPECT_EQ(FieldValue(parts[0].headers, "Content-Transfer-Encoding"), "quoted-printable");

@@ -586,8 +586,11 @@ TEST_F(SessionTest, NoIdleTimeoutWhileTheClientWaitsForUs) {
   session_->OnIdleTimeout();
   EXPECT_EQ(stream_.TakeOutput(), "");
   EXPECT_FALSE(stream_.closed);
+  const int restarts = stream_.idle_timer_restarts;
   std::move(host_.pending_enqueue[0])();
   EXPECT_THAT(stream_.TakeOutput(), StartsWith("250 2.0.0 Ok: queued as"));
+  // The client's turn starts with the reply: a whole timeout, not what the timer had left.
+  EXPECT_EQ(stream_.idle_timer_restarts, restarts + 1);
   // Idle again, the client's turn: the timeout applies.
   session_->OnIdleTimeout();
   EXPECT_THAT(stream_.TakeOutput(), StartsWith("421 4.4.2 "));
