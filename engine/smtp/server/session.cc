@@ -29,13 +29,6 @@ constexpr size_t kMaxBufferedInput = 256 * 1024;
 // A data line longer than this with no LF yet is dropped as it comes (it is refused anyway).
 constexpr size_t kMaxPartialDataLine = 64 * 1024;
 
-// MAIL and RCPT lines carry extension parameters, which may take them past 512 octets.
-bool IsMailOrRcpt(std::string_view line) {
-  return line.size() >= 5 && line[4] == ' ' &&
-         (absl::EqualsIgnoreCase(ToAbsl(line.substr(0, 4)), "MAIL") ||
-          absl::EqualsIgnoreCase(ToAbsl(line.substr(0, 4)), "RCPT"));
-}
-
 // Reply texts given in more than one place. RFC 5321 §4.2: reply text is printable US-ASCII
 // (upstream MTAs copy it into their own DSNs and logs), so no "§" here.
 constexpr char kBareCrText[] =
@@ -201,11 +194,15 @@ void Session::Process() {
     }
     std::string line(unread.substr(0, lf));
     ConsumeInput(lf + 1);
-    if (command && lf + 1 > mail::kMaxCommandLine && !IsMailOrRcpt(line)) {
-      Refuse(500, "5.5.2", "Line too long");
-      continue;
-    }
     if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (command && lf + 1 > mail::kMaxCommandLine) {
+      // Only MAIL and RCPT carry extension parameters that may take them past 512 octets.
+      const mail::Verb verb = mail::ParseCommand(line).verb;
+      if (verb != mail::Verb::kMail && verb != mail::Verb::kRcpt) {
+        Refuse(500, "5.5.2", "Line too long");
+        continue;
+      }
+    }
     if (input_state_ == Input::kCommand) {
       ProcessCommandLine(line);
     } else {
