@@ -19,8 +19,9 @@ namespace facteur::mail {
 // RFC 5321 §4.5.3.1.4: a command line is at most 512 octets with its CRLF. Extensions lengthen
 // MAIL and RCPT (RFC 1869 §4.1.2: 512 plus the longest value of each parameter offered): SIZE
 // (RFC 1870), RET/ENVID and NOTIFY/ORCPT (RFC 3461: an ORCPT alone may take 500), AUTH= (RFC
-// 4954 §5: 500); 2048 is Postfix's line_length_limit. AUTH lines may be longer still (RFC 4954
-// §4 lifts the limit for the initial response): 12288 is what Postfix allows.
+// 4954 §5: 500); 2048 is Postfix's line_length_limit. The AUTH command keeps 512 (RFC 4954 §4:
+// a client whose initial response would not fit sends it after the 334 instead); the lines
+// of the exchange after a 334 may take 12288 octets (RFC 4954 §4), what Postfix allows.
 inline constexpr size_t kMaxCommandLine = 512;
 inline constexpr size_t kMaxMailRcptLine = 2048;
 inline constexpr size_t kMaxAuthLine = 12288;
