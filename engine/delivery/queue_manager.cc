@@ -132,7 +132,24 @@ bool PacedBySite(throttle::ResponseClass c) {
          c == throttle::ResponseClass::kBlocklist;
 }
 
+// Makes `envelope` due now for the recipients `chosen(index)` picks, those waiting for a time of
+// their own (greylisted) included; false when nothing changes (already due, none waiting).
+template <typename Chosen>
+bool DueNow(queue::Envelope& envelope, absl::Time now, Chosen chosen) {
+  bool waiting = false;
+  for (uint32_t i = 0; i < envelope.recipients.size(); ++i) {
+    queue::RecipientRecord& recipient = envelope.recipients[i];
+    if (recipient.retry_at <= now || !chosen(i)) continue;
+    recipient.retry_at = absl::InfinitePast();
+    waiting = true;
+  }
+  if (envelope.next_attempt <= now && !waiting) return false;
+  envelope.next_attempt = now;
+  return true;
+}
+
 }  // namespace
+
 
 struct QueueManager::InFlight {
   queue::Envelope envelope;
@@ -1004,18 +1021,12 @@ void QueueManager::ExecuteOperation(Operation& operation) {
       }
       if (!envelope->has_value()) continue;
       const absl::Time due = (*envelope)->next_attempt;
-      // The site's recipients go now, with a time of their own or not; the others of the
-      // message (greylisted elsewhere) keep theirs.
-      bool waiting = false;
-      for (uint32_t index : recipients) {
-        if (index >= (*envelope)->recipients.size()) continue;
-        queue::RecipientRecord& recipient = (*envelope)->recipients[index];
-        if (recipient.retry_at <= now) continue;
-        recipient.retry_at = absl::InfinitePast();
-        waiting = true;
-      }
-      if (due <= now && !waiting) continue;  // already due: the scheduler takes it
-      (*envelope)->next_attempt = now;
+      // The site's recipients go now; the others of the message (greylisted elsewhere) keep
+      // their own time.
+      const bool changed = DueNow(**envelope, now, [&recipients = recipients](uint32_t index) {
+        return std::find(recipients.begin(), recipients.end(), index) != recipients.end();
+      });
+      if (!changed) continue;  // already due: the scheduler takes it
       Persist(**std::move(envelope), due, queue::Durability::kSynced);
       ++result.messages;
     }
@@ -1066,15 +1077,10 @@ void QueueManager::ExecuteOperation(Operation& operation) {
     switch (operation.kind) {
       case Kind::kFlush:
       case Kind::kRetry: {
-        // Now, the recipients waiting for a time of their own (greylisted) included.
-        bool waiting = false;
-        for (queue::RecipientRecord& recipient : envelope.recipients) {
-          if (!matches(recipient) || recipient.retry_at <= now) continue;
-          recipient.retry_at = absl::InfinitePast();
-          waiting = true;
-        }
-        if (due <= now && !waiting) return;  // already due: the scheduler takes it
-        envelope.next_attempt = now;
+        const bool changed = DueNow(envelope, now, [&](uint32_t index) {
+          return matches(envelope.recipients[index]);
+        });
+        if (!changed) return;  // already due: the scheduler takes it
         Persist(std::move(envelope), due, queue::Durability::kSynced);
         break;
       }
