@@ -605,7 +605,10 @@ class Spool::Writer {
   // Syncs what unsynced commits left in the log (Durability::kRidesNextSync) once they are
   // max_unsynced old. Writer thread only, outside mutex_.
   void SyncOverdue(bool force) {
-    if (!unsynced_since_.has_value()) return;
+    // Not while the database is in error after a failed write: RocksDB asserts that nothing
+    // syncs a log whose write failed (an abort). Resuming makes the changes durable, or the
+    // next synced commit does.
+    if (!unsynced_since_.has_value() || needs_resume_) return;
     if (!force && std::chrono::steady_clock::now() - *unsynced_since_ <
                       absl::ToChronoNanoseconds(options_.max_unsynced)) {
       return;
