@@ -523,8 +523,9 @@ class Spool::Writer {
   }
 
   void Update(Envelope envelope, absl::Time previous_due,
-              absl::AnyInvocable<void(absl::Status) &&> done, Durability durability) {
-    if (envelope.id.IsZero()) {
+              absl::AnyInvocable<void(absl::Status) &&> done, Durability durability,
+              std::vector<NewMessage> along) {
+    if (envelope.id.IsZero() || !HaveIds(along)) {
       std::move(done)(absl::InvalidArgumentError("spool: update without an id"));
       return;
     }
@@ -534,12 +535,14 @@ class Spool::Writer {
                 .previous_due = KeyTime(previous_due),
                 .envelope = EncodeEnvelope(envelope),
                 .done = std::move(done),
-                .durability = durability});
+                .durability = durability,
+                .along = Along(std::move(along), durability)});
   }
 
   void Remove(const MessageId& id, absl::Time due,
-              absl::AnyInvocable<void(absl::Status) &&> done, Durability durability) {
-    if (id.IsZero()) {
+              absl::AnyInvocable<void(absl::Status) &&> done, Durability durability,
+              std::vector<NewMessage> along) {
+    if (id.IsZero() || !HaveIds(along)) {
       std::move(done)(absl::InvalidArgumentError("spool: removal without an id"));
       return;
     }
@@ -547,7 +550,8 @@ class Spool::Writer {
                 .id = id,
                 .previous_due = KeyTime(due),
                 .done = std::move(done),
-                .durability = durability});
+                .durability = durability,
+                .along = Along(std::move(along), durability)});
   }
 
   void SetCommitObserver(CommitObserver observer) {
@@ -578,7 +582,30 @@ class Spool::Writer {
     absl::AnyInvocable<void(absl::Status) &&> done;
     Durability durability = Durability::kSynced;  // enqueues are always synced
     absl::Status refusal = absl::OkStatus();  // set by Stage() when the item cannot apply
+    // kUpdate, kRemove: enqueues staged right after this item when it applies, so that they
+    // are in the same WriteBatch (NewMessage). Their `done` is empty: this item's answers.
+    std::vector<Item> along = {};
   };
+
+  static bool HaveIds(const std::vector<NewMessage>& messages) {
+    return std::none_of(messages.begin(), messages.end(),
+                        [](const NewMessage& m) { return m.envelope.id.IsZero(); });
+  }
+
+  static std::vector<Item> Along(std::vector<NewMessage> messages, Durability durability) {
+    std::vector<Item> items;
+    items.reserve(messages.size());
+    for (NewMessage& message : messages) {
+      items.push_back(Item{.kind = Kind::kEnqueue,
+                           .id = message.envelope.id,
+                           .due = KeyTime(message.envelope.next_attempt),
+                           .envelope = EncodeEnvelope(message.envelope),
+                           .body = std::move(message.body),
+                           .done = nullptr,
+                           .durability = durability});
+    }
+    return items;
+  }
 
   void Submit(Item item, bool expected = false) {
     absl::Status refusal;
@@ -750,8 +777,12 @@ class Spool::Writer {
   void Commit(std::vector<Item>& batch) {
     const auto start = std::chrono::steady_clock::now();
     size_t bytes = 0;
+    const auto item_bytes = [](const Item& item) {
+      return item.body.size() + item.envelope.size() + 4 * (8 + MessageId::kBytes) + 32;
+    };
     for (const Item& item : batch) {
-      bytes += item.body.size() + item.envelope.size() + 4 * (8 + MessageId::kBytes) + 32;
+      bytes += item_bytes(item);
+      for (const Item& message : item.along) bytes += item_bytes(message);
     }
     rocksdb::WriteBatch write_batch(bytes);
     // What the batch does to the index, item after item: a batch may touch one id twice (an
@@ -761,12 +792,12 @@ class Spool::Writer {
     bool needs_sync = false;  // one change staged asks for Durability::kSynced
     bool schedule_grew = false;  // an entry added or moved: the scheduler may have work sooner
     rocksdb::Status staging;
-    for (Item& item : batch) {
+    // Stages `item` against what the batch so far left of its id; false when it does not apply.
+    const auto stage = [&](Item& item) {
       auto change = changes.find(item.id);
       staging = Stage(item, change != changes.end() ? change->second : index_.DueOf(item.id),
                       write_batch);
-      if (!staging.ok()) break;
-      if (!item.refusal.ok()) continue;
+      if (!staging.ok() || !item.refusal.ok()) return false;
       ++staged;
       needs_sync |= item.durability == Durability::kSynced;
       if (item.kind == Kind::kRemove) {
@@ -775,6 +806,17 @@ class Spool::Writer {
         changes.insert_or_assign(item.id, item.due);
         schedule_grew = true;
       }
+      return true;
+    };
+    for (Item& item : batch) {
+      if (!stage(item)) {
+        if (!staging.ok()) break;
+        continue;
+      }
+      for (Item& message : item.along) {
+        if (!stage(message)) break;  // an enqueue applies, or the batch fails
+      }
+      if (!staging.ok()) break;
     }
     absl::Status status = ToStatus(staging, "spool: building a batch");
     if (status.ok() && staged > 0) {
@@ -885,13 +927,16 @@ void Spool::ExpectedEnqueue::Withdraw() {
 }
 
 void Spool::Update(Envelope envelope, absl::Time previous_due,
-                   absl::AnyInvocable<void(absl::Status) &&> done, Durability durability) {
-  writer_->Update(std::move(envelope), previous_due, std::move(done), durability);
+                   absl::AnyInvocable<void(absl::Status) &&> done, Durability durability,
+                   std::vector<NewMessage> along) {
+  writer_->Update(std::move(envelope), previous_due, std::move(done), durability,
+                  std::move(along));
 }
 
 void Spool::Remove(const MessageId& id, absl::Time due,
-                   absl::AnyInvocable<void(absl::Status) &&> done, Durability durability) {
-  writer_->Remove(id, due, std::move(done), durability);
+                   absl::AnyInvocable<void(absl::Status) &&> done, Durability durability,
+                   std::vector<NewMessage> along) {
+  writer_->Remove(id, due, std::move(done), durability, std::move(along));
 }
 
 std::vector<ScheduleEntry> Spool::LeaseDue(absl::Time now, size_t max) {

@@ -69,6 +69,15 @@ struct Envelope {
   friend bool operator==(const Envelope&, const Envelope&) = default;
 };
 
+// A message queued by the same write as the Update() or Remove() it comes with, so that both
+// are committed or neither: a DSN and the outcome it reports. Apart, a failed DSN write after
+// a committed bounce loses the report, and a committed DSN after a failed bounce sends it
+// twice (the recipient is tried, and bounced, again).
+struct NewMessage {
+  Envelope envelope;  // its id set by the caller
+  std::string body;
+};
+
 // Versioned binary encoding of an Envelope (the `envelope` column family's values).
 // Version 2 adds each recipient's pinned_source and greylisted; version 1 is still read.
 // Layout (version 1): version byte, 16 id bytes, then varints (times as zigzag int64 Unix
@@ -183,14 +192,17 @@ class Spool {
   // many deliveries share one fsync this way (DESIGN.md §3). NotFound (through `done`) when the message is no longer queued. The entry
   // moved is the one the spool's index holds, so a `previous_due` made stale by a queue
   // operation in between does no harm.
+  // `along`: messages queued by the same write (NewMessage), with the same durability; not
+  // queued when the update is refused.
   void Update(Envelope envelope, absl::Time previous_due,
               absl::AnyInvocable<void(absl::Status) &&> done,
-              Durability durability = Durability::kSynced);
+              Durability durability = Durability::kSynced, std::vector<NewMessage> along = {});
   // Removes a message: its body, its envelope and its schedule entry at `due`, in one batch of
   // the next commit (the index's entry when the spool knows the message, else the one at
-  // `due`). Removing a message that is gone is OK (idempotent). `durability` as for Update().
+  // `due`). Removing a message that is gone is OK (idempotent). `durability` and `along` as for
+  // Update().
   void Remove(const MessageId& id, absl::Time due, absl::AnyInvocable<void(absl::Status) &&> done,
-              Durability durability = Durability::kSynced);
+              Durability durability = Durability::kSynced, std::vector<NewMessage> along = {});
 
   // --- Due messages: the scheduler's index over the `schedule` family. ---
   // The spool keeps the due time of every queued message in memory (loaded at Open() from the

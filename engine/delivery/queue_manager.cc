@@ -368,8 +368,10 @@ void QueueManager::StartMessage(const queue::ScheduleEntry& entry) {
       expired.emplace_back(index, WithLastReply(outcome, envelope.recipients[index]));
     }
     CountExpired(pending, owed);
-    BounceRecipients(envelope, nullptr, expired, events::EventType::kExpiration);
-    Persist(std::move(envelope), entry.due, queue::Durability::kRidesNextSync);
+    std::vector<queue::NewMessage> reports;
+    BounceRecipients(envelope, nullptr, expired, events::EventType::kExpiration, reports);
+    Persist(std::move(envelope), entry.due, queue::Durability::kRidesNextSync,
+            std::move(reports));
     return;
   }
 
@@ -583,8 +585,9 @@ void QueueManager::Settle(InFlight& flight, std::vector<JobResult> results) {
                                   }),
                    deferred.end());
   }
-  BounceRecipients(envelope, flight.body.get(), bounced, events::EventType::kBounce);
-  ReportRelayed(envelope, flight.body.get(), relayed);
+  std::vector<queue::NewMessage> reports;  // written with the outcome they report, or not at all
+  BounceRecipients(envelope, flight.body.get(), bounced, events::EventType::kBounce, reports);
+  ReportRelayed(envelope, flight.body.get(), relayed, reports);
 
   const bool open = std::any_of(envelope.recipients.begin(), envelope.recipients.end(), [](const auto& r) {
     return r.state == queue::RecipientState::kPending;
@@ -690,7 +693,8 @@ void QueueManager::Settle(InFlight& flight, std::vector<JobResult> results) {
     }
     RestoreOwedSites(envelope.id, std::move(sites));
   }
-  Persist(std::move(envelope), flight.leased_due, queue::Durability::kRidesNextSync);
+  Persist(std::move(envelope), flight.leased_due, queue::Durability::kRidesNextSync,
+          std::move(reports));
 }
 
 void QueueManager::CountOutcome(events::EventType type, const JobResult& result,
@@ -719,7 +723,8 @@ void QueueManager::CountOutcome(events::EventType type, const JobResult& result,
 
 void QueueManager::BounceRecipients(
     queue::Envelope& envelope, const std::string* body,
-    const std::vector<std::pair<uint32_t, mail::DeliveryOutcome>>& bounced, events::EventType type) {
+    const std::vector<std::pair<uint32_t, mail::DeliveryOutcome>>& bounced, events::EventType type,
+    std::vector<queue::NewMessage>& reports) {
   if (bounced.empty()) return;
   const absl::Time now = clock_.Now();
   mail::DsnReport report;
@@ -732,12 +737,13 @@ void QueueManager::BounceRecipients(
     if (!WantsFailureReport(recipient)) continue;
     report.recipients.push_back(ReportLine(recipient, outcome, mail::DsnAction::kFailed, now));
   }
-  QueueReport(envelope, body, std::move(report), now);
+  QueueReport(envelope, body, std::move(report), now, reports);
 }
 
 void QueueManager::ReportRelayed(
     const queue::Envelope& envelope, const std::string* body,
-    const std::vector<std::pair<uint32_t, mail::DeliveryOutcome>>& relayed) {
+    const std::vector<std::pair<uint32_t, mail::DeliveryOutcome>>& relayed,
+    std::vector<queue::NewMessage>& reports) {
   if (relayed.empty()) return;
   const absl::Time now = clock_.Now();
   mail::DsnReport report;
@@ -745,11 +751,12 @@ void QueueManager::ReportRelayed(
     report.recipients.push_back(
         ReportLine(envelope.recipients[index], outcome, mail::DsnAction::kRelayed, now));
   }
-  QueueReport(envelope, body, std::move(report), now);
+  QueueReport(envelope, body, std::move(report), now, reports);
 }
 
 void QueueManager::QueueReport(const queue::Envelope& envelope, const std::string* body,
-                               mail::DsnReport report, absl::Time now) {
+                               mail::DsnReport report, absl::Time now,
+                               std::vector<queue::NewMessage>& reports) {
   // RFC 3464 §2 / RFC 5321 §4.5.5: no report for a message with the null reverse-path (it is
   // itself a report), which is also what stops bounce loops.
   if (envelope.sender.empty() || report.recipients.empty()) return;
@@ -790,15 +797,7 @@ void QueueManager::QueueReport(const queue::Envelope& envelope, const std::strin
   // content of any kind goes with BODY=8BITMIME (mail/dsn.h).
   dsn.smtputf8 = envelope.smtputf8 || mail::HasNonAscii(envelope.sender);
   dsn.eight_bit = mail::HasNonAscii(text);
-  const std::string original = envelope.id.ToString();
-  spool_.Enqueue(std::move(dsn), std::move(text), [original, dsn_id](absl::Status status) {
-    if (!status.ok()) {
-      Log(LogLevel::kError, "delivery: could not queue the DSN for %s: %s", original,
-          status.ToString());
-    } else {
-      Log(LogLevel::kInfo, "delivery: DSN %s queued for %s", dsn_id.ToString(), original);
-    }
-  });
+  reports.push_back(queue::NewMessage{std::move(dsn), std::move(text)});
 }
 
 void QueueManager::RemoveMessage(const MessageId& id, absl::Time due,
@@ -816,7 +815,7 @@ bool QueueManager::WaitForWrites(absl::Duration timeout) {
 }
 
 void QueueManager::Persist(queue::Envelope envelope, absl::Time previous_due,
-                           queue::Durability durability) {
+                           queue::Durability durability, std::vector<queue::NewMessage> reports) {
   const MessageId id = envelope.id;
   const bool open = std::any_of(envelope.recipients.begin(), envelope.recipients.end(), [](const auto& r) {
     return r.state == queue::RecipientState::kPending;
@@ -829,22 +828,35 @@ void QueueManager::Persist(queue::Envelope envelope, absl::Time previous_due,
     absl::MutexLock lock(&writes_->mutex);
     ++writes_->count;
   }
+  std::vector<MessageId> report_ids;
+  for (const queue::NewMessage& report : reports) report_ids.push_back(report.envelope.id);
   // Runs on the spool's writer, possibly after this manager is gone: it touches only the spool
   // (which outlives the manager) and the shared counter.
-  auto done = [spool = &spool_, writes = writes_, id](absl::Status status) {
+  auto done = [spool = &spool_, writes = writes_, id,
+               report_ids = std::move(report_ids)](absl::Status status) {
     if (!status.ok() && !absl::IsNotFound(status)) {
-      // The lease would otherwise hold the message until a restart.
+      // The lease would otherwise hold the message until a restart. Its recipients are still
+      // open on disk, so they are tried again, and their DSNs (not written either) made again.
       Log(LogLevel::kError, "delivery: could not record the outcome of %s: %s", id.ToString(),
           status.ToString());
       spool->ReleaseLease(id);
+    }
+    for (const MessageId& report : report_ids) {
+      if (status.ok()) {
+        Log(LogLevel::kInfo, "delivery: DSN %s queued for %s", report.ToString(), id.ToString());
+      } else {
+        Log(LogLevel::kInfo, "delivery: DSN %s for %s not queued: %s", report.ToString(),
+            id.ToString(), status.ToString());
+      }
     }
     absl::MutexLock lock(&writes->mutex);
     --writes->count;
   };
   if (open) {
-    spool_.Update(std::move(envelope), previous_due, std::move(done), durability);
+    spool_.Update(std::move(envelope), previous_due, std::move(done), durability,
+                  std::move(reports));
   } else {
-    spool_.Remove(id, previous_due, std::move(done), durability);
+    spool_.Remove(id, previous_due, std::move(done), durability, std::move(reports));
   }
 }
 
@@ -1095,8 +1107,9 @@ void QueueManager::ExecuteOperation(Operation& operation) {
           }
         }
         result.recipients += bounced.size();
-        BounceRecipients(envelope, nullptr, bounced, events::EventType::kBounce);
-        Persist(std::move(envelope), due, queue::Durability::kSynced);
+        std::vector<queue::NewMessage> reports;
+        BounceRecipients(envelope, nullptr, bounced, events::EventType::kBounce, reports);
+        Persist(std::move(envelope), due, queue::Durability::kSynced, std::move(reports));
         break;
       }
       case Kind::kDelete:

@@ -172,21 +172,28 @@ class QueueManager final : public ResultSink {
   // The metrics of one recipient's outcome.
   void CountOutcome(events::EventType type, const JobResult& result,
                     const RecipientVerdict& verdict, absl::Time received_at, absl::Time now);
-  // Bounces `indexes` of `envelope` (DSN to the sender when asked) and writes their events.
+  // Bounces `indexes` of `envelope` and writes their events; adds to `reports` the DSN to the
+  // sender when asked, for Persist() to write with the bounce.
   void BounceRecipients(queue::Envelope& envelope, const std::string* body,
                         const std::vector<std::pair<uint32_t, mail::DeliveryOutcome>>& bounced,
-                        events::EventType type);
+                        events::EventType type, std::vector<queue::NewMessage>& reports);
   // A "relayed" DSN (RFC 3464 §2.3.3) for recipients delivered with NOTIFY=SUCCESS to a server
-  // without DSN (RFC 3461 §5.2.2): it will send none.
+  // without DSN (RFC 3461 §5.2.2): it will send none. Added to `reports`, as above.
   void ReportRelayed(const queue::Envelope& envelope, const std::string* body,
-                     const std::vector<std::pair<uint32_t, mail::DeliveryOutcome>>& relayed);
-  // Queues `report` about `envelope` as a DSN to its sender; none for the null sender.
+                     const std::vector<std::pair<uint32_t, mail::DeliveryOutcome>>& relayed,
+                     std::vector<queue::NewMessage>& reports);
+  // Adds `report` about `envelope`, as a DSN to its sender, to `reports`; none for the null
+  // sender.
   void QueueReport(const queue::Envelope& envelope, const std::string* body,
-                   mail::DsnReport report, absl::Time now);
-  // Writes the settled envelope (Update), or removes the message when no recipient is open.
+                   mail::DsnReport report, absl::Time now,
+                   std::vector<queue::NewMessage>& reports);
+  // Writes the settled envelope (Update), or removes the message when no recipient is open,
+  // with `reports` (the DSNs of this change) in the same write: a DSN is queued exactly when
+  // the outcome it reports is recorded (queue::NewMessage).
   // Delivery outcomes ride the next synced commit (kRidesNextSync: a power cut may deliver a
   // message again, never lose it); queue operations an operator waits for are synced.
-  void Persist(queue::Envelope envelope, absl::Time previous_due, queue::Durability durability);
+  void Persist(queue::Envelope envelope, absl::Time previous_due, queue::Durability durability,
+               std::vector<queue::NewMessage> reports = {});
   void RemoveMessage(const MessageId& id, absl::Time due, queue::Durability durability);
   // Waits until every Persist() has committed; false after `timeout`.
   bool WaitForWrites(absl::Duration timeout);

@@ -102,15 +102,20 @@ inline absl::Status EnqueueAndWait(Spool& spool, Envelope envelope, std::string 
 }
 
 inline absl::Status UpdateAndWait(Spool& spool, Envelope envelope, absl::Time previous_due,
-                                  Durability durability = Durability::kSynced) {
+                                  Durability durability = Durability::kSynced,
+                                  std::vector<NewMessage> along = {}) {
   return CallAndWait([&](auto done) {
-    spool.Update(std::move(envelope), previous_due, std::move(done), durability);
+    spool.Update(std::move(envelope), previous_due, std::move(done), durability,
+                 std::move(along));
   });
 }
 
 inline absl::Status RemoveAndWait(Spool& spool, const MessageId& id, absl::Time due,
-                                  Durability durability = Durability::kSynced) {
-  return CallAndWait([&](auto done) { spool.Remove(id, due, std::move(done), durability); });
+                                  Durability durability = Durability::kSynced,
+                                  std::vector<NewMessage> along = {}) {
+  return CallAndWait([&](auto done) {
+    spool.Remove(id, due, std::move(done), durability, std::move(along));
+  });
 }
 
 // A store and the spool on it; the spool goes first (members are destroyed in reverse).

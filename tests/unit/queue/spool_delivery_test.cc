@@ -460,6 +460,110 @@ TEST(SpoolDeliveryTest, BatchMixingEnqueueUpdateAndRemoveCommitsWithOneFsync) {
   EXPECT_EQ(ReadEnvelope(**store, updated.id)->value_or(Envelope()), updated);
 }
 
+// A DSN goes with the outcome it reports (NewMessage): in the same commit, even when the batch
+// has room for one change only, and not at all when that change is refused (the message is
+// gone) or fails (a full disk: the recipient is tried again, and its DSN made again).
+TEST(SpoolDeliveryTest, MessagesAlongAChangeAreWrittenWithItOrNotAtAll) {
+  test::TempDir dir;
+  auto fs = std::make_shared<test_support::FaultFileSystem>();
+  StoreOptions store_options;
+  store_options.env = test_support::NewEnvWithFileSystem(fs);
+  SimulatedClock clock;
+  SpoolOptions options;
+  options.max_batch = 1;
+  Opened opened = OpenOrDie(dir.Sub("spool"), clock, options, store_options);
+  ASSERT_NE(opened.spool, nullptr);
+  Spool& spool = *opened.spool;
+  const auto report = [&] {
+    Envelope dsn = Due(clock, absl::ZeroDuration());
+    dsn.sender = "";
+    return NewMessage{dsn, BodyFor(dsn.id)};
+  };
+  const auto queued = [&](const NewMessage& m) {
+    return ReadEnvelope(*opened.store, m.envelope.id)->value_or(Envelope()) == m.envelope &&
+           ReadBody(*opened.store, m.envelope.id)->value_or("") == m.body;
+  };
+  Envelope bounced = Due(clock, absl::ZeroDuration());
+  const Envelope finished = Due(clock, absl::ZeroDuration());
+  const Envelope parker = Due(clock, absl::ZeroDuration());
+  ASSERT_TRUE(EnqueueAll(spool, {bounced, finished}));
+  ASSERT_EQ(spool.LeaseDue(clock.Now(), 10).size(), 2u);
+
+  // One batch of one change: the update and its DSN, committed together.
+  const NewMessage first = report();
+  {
+    ParkedWriter writer(spool);
+    absl::Notification parked_done;
+    spool.Enqueue(parker, "parker", [&](absl::Status) { parked_done.Notify(); });
+    ASSERT_TRUE(writer.WaitParked());
+    const absl::Time previous_due = bounced.next_attempt;
+    bounced.recipients[0].state = RecipientState::kBounced;
+    bounced.next_attempt += absl::Minutes(5);
+    absl::Notification updated;
+    absl::Status update_status;
+    spool.Update(bounced, previous_due,
+                 [&](absl::Status status) {
+                   update_status = std::move(status);
+                   updated.Notify();
+                 },
+                 Durability::kRidesNextSync, {first});
+    writer.Release();
+    ASSERT_TRUE(updated.WaitForNotificationWithTimeout(absl::Seconds(60)));
+    ASSERT_TRUE(parked_done.WaitForNotificationWithTimeout(absl::Seconds(60)));
+    EXPECT_TRUE(update_status.ok()) << update_status;
+    EXPECT_THAT(writer.sizes(), ElementsAre(1u, 2u));
+    spool.SetCommitObserver(nullptr);
+  }
+  EXPECT_EQ(ReadEnvelope(*opened.store, bounced.id)->value_or(Envelope()), bounced);
+  EXPECT_TRUE(queued(first));
+  EXPECT_EQ(spool.size(), 4u);  // bounced, finished, parker, the DSN
+  // The DSN is in the due index too: leased like any message.
+  std::vector<ScheduleEntry> due = spool.LeaseDue(clock.Now(), 10);
+  EXPECT_TRUE(std::any_of(due.begin(), due.end(),
+                          [&](const ScheduleEntry& e) { return e.id == first.envelope.id; }));
+
+  // A removal carries its DSN the same way.
+  const NewMessage second = report();
+  ASSERT_TRUE(RemoveAndWait(spool, finished.id, finished.next_attempt,
+                            Durability::kRidesNextSync, {second})
+                  .ok());
+  EXPECT_FALSE(ReadEnvelope(*opened.store, finished.id)->has_value());
+  EXPECT_TRUE(queued(second));
+
+  // Refused (the message is no longer queued): nothing of its DSN is written.
+  const NewMessage orphan = report();
+  Envelope gone = finished;
+  gone.next_attempt += absl::Minutes(1);
+  EXPECT_EQ(UpdateAndWait(spool, gone, finished.next_attempt, Durability::kRidesNextSync,
+                          {orphan})
+                .code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_FALSE(ReadEnvelope(*opened.store, orphan.envelope.id)->has_value());
+
+  // A DSN without an id refuses the whole change.
+  NewMessage nameless = report();
+  nameless.envelope.id = MessageId();
+  Envelope again = bounced;
+  again.attempts += 1;
+  EXPECT_EQ(UpdateAndWait(spool, again, bounced.next_attempt, Durability::kRidesNextSync,
+                          {nameless})
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ReadEnvelope(*opened.store, bounced.id)->value_or(Envelope()), bounced);
+
+  // A failed commit writes neither.
+  const NewMessage lost = report();
+  fs->ArmFullDisk();
+  EXPECT_EQ(UpdateAndWait(spool, again, bounced.next_attempt, Durability::kRidesNextSync, {lost})
+                .code(),
+            absl::StatusCode::kResourceExhausted);
+  fs->DisarmFullDisk();
+  EXPECT_EQ(ReadEnvelope(*opened.store, bounced.id)->value_or(Envelope()), bounced);
+  EXPECT_FALSE(ReadEnvelope(*opened.store, lost.envelope.id)->has_value());
+  EXPECT_FALSE(ReadBody(*opened.store, lost.envelope.id)->has_value());
+  EXPECT_EQ(spool.size(), 4u);  // bounced, parker, and the two DSNs
+}
+
 TEST(SpoolDeliveryTest, ScheduleObserverRunsAfterCommitsThatAddOrMoveEntries) {
   test::TempDir dir;
   SimulatedClock clock;

@@ -18,6 +18,7 @@
 #include "gtest/gtest.h"
 #include "queue/spool.h"
 #include "queue/store.h"
+#include "tests/support/fault_file_system.h"
 #include "tests/unit/queue/queue_test_util.h"
 
 namespace facteur::delivery {
@@ -63,19 +64,27 @@ JobResult ResultFor(const DeliveryJob& job, std::vector<mail::DeliveryOutcome> o
 class QueueManagerTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto store = queue::Store::Open(dir_.Sub("spool"));
+    auto events = events::EventLog::Open(dir_.Sub("events.log"));
+    ASSERT_TRUE(events.ok()) << events.status();
+    events_ = *std::move(events);
+    Open();
+  }
+
+  // (Re)opens the store, its spool and the manager on the same directory.
+  void Open(queue::SpoolOptions spool_options = {}, queue::StoreOptions store_options = {}) {
+    manager_.reset();
+    spool_.reset();
+    store_.reset();
+    auto store = queue::Store::Open(dir_.Sub("spool"), store_options);
     ASSERT_TRUE(store.ok()) << store.status();
     store_ = *std::move(store);
-    auto spool = queue::Spool::Open(*store_, queue::SpoolOptions{}, clock_);
+    auto spool = queue::Spool::Open(*store_, spool_options, clock_);
     ASSERT_TRUE(spool.ok()) << spool.status();
     spool_ = *std::move(spool);
     spool_->SetCommitObserver([this](size_t batch, absl::Duration, bool) {
       absl::MutexLock lock(&mutex_);
       committed_ += batch;
     });
-    auto events = events::EventLog::Open(dir_.Sub("events.log"));
-    ASSERT_TRUE(events.ok()) << events.status();
-    events_ = *std::move(events);
     manager_ = std::make_unique<QueueManager>(
         *store_, *spool_, retry_, clock_, events_.get(),
         QueueManagerOptions{.hostname = "relay.example.org", .max_messages_in_flight = 100,
@@ -516,6 +525,49 @@ TEST_F(QueueManagerTest, SettlesMixedOutcomesRetriesAndBounces) {
   manager_->RunOnce();
   WaitForCommits(1);
   EXPECT_FALSE(Queued(id));
+}
+
+// A DSN is written with the bounce it reports, so a power cut undoes both or neither: the
+// recipient is then tried again and bounced again with one DSN in all, not one per attempt.
+// (One change per commit here, so that a DSN written apart from its bounce would be committed,
+// and synced, before the bounce.)
+TEST_F(QueueManagerTest, APowerCutUndoesABounceAndItsDsnTogether) {
+  auto fs = std::make_shared<test_support::FaultFileSystem>();
+  queue::StoreOptions faulty;
+  faulty.env = test_support::NewEnvWithFileSystem(fs);
+  queue::SpoolOptions one_change_per_commit;
+  one_change_per_commit.max_batch = 1;
+  one_change_per_commit.max_unsynced = absl::Hours(1);  // no sync of the writer's own
+  Open(one_change_per_commit, faulty);
+  const MessageId id = Enqueue("alice@example.org", {R("gone@y.test")});
+  manager_->RunOnce();
+  std::vector<DeliveryJob> jobs = dispatcher_.Take();
+  ASSERT_THAT(jobs, SizeIs(1));
+  manager_->OnJobDone(ResultFor(jobs[0], {Outcome(550, "5.1.1", "no such user")}));
+  manager_->RunOnce();
+  WaitForCommits(2);  // the removal and the DSN, written but not synced
+  EXPECT_FALSE(Queued(id));
+  EXPECT_THAT(Dsns(), SizeIs(1));
+  dispatcher_.Take();  // the DSN's own delivery, if it started: lost with the power
+
+  fs->CutPower();
+  manager_.reset();
+  spool_.reset();
+  store_.reset();
+  fs->LoseUnsyncedLogTails();  // closed: the logs keep what a sync covered
+  Open();
+  ASSERT_TRUE(Queued(id)) << "the bounce was undone";
+  EXPECT_THAT(Dsns(), IsEmpty()) << "its DSN was undone with it";
+
+  manager_->RunOnce();
+  jobs = dispatcher_.Take();
+  ASSERT_THAT(jobs, SizeIs(1));
+  EXPECT_EQ(jobs[0].id, id);
+  manager_->OnJobDone(ResultFor(jobs[0], {Outcome(550, "5.1.1", "no such user")}));
+  manager_->RunOnce();
+  WaitForCommits(2);
+  EXPECT_FALSE(Queued(id));
+  EXPECT_THAT(Dsns(), SizeIs(1));
 }
 
 TEST_F(QueueManagerTest, ExpiredMessagesBounceUntriedWithDelayStatus) {
