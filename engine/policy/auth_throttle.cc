@@ -1,5 +1,10 @@
 #include "engine/policy/auth_throttle.h"
 
+#include <arpa/inet.h>
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
 #include "engine/base/log.h"
 #include "engine/base/status.h"
 
@@ -8,28 +13,35 @@ namespace facteur::policy {
 AuthThrottle::AuthThrottle(Clock& clock, AuthThrottleOptions options)
     : clock_(clock), options_(options) {}
 
-bool AuthThrottle::Allowed(std::string_view client) {
-  if (options_.max_failures == 0) return true;
-  const absl::Time now = clock_.Now();
-  absl::MutexLock lock(&mutex_);
-  auto it = entries_.find(ToAbsl(client));
-  if (it == entries_.end()) return true;
-  if (now - it->second.first_failure >= options_.window) {
-    entries_.erase(it);
-    return true;
+std::string AuthThrottle::KeyOf(std::string_view client) {
+  if (client.find(':') == std::string_view::npos) return std::string(client);
+  in6_addr address;
+  if (inet_pton(AF_INET6, std::string(client).c_str(), &address) != 1) return std::string(client);
+  char text[INET6_ADDRSTRLEN];
+  if (IN6_IS_ADDR_V4MAPPED(&address)) {
+    return inet_ntop(AF_INET, &address.s6_addr[12], text, sizeof(text)) != nullptr
+               ? std::string(text)
+               : std::string(client);
   }
-  return it->second.failures < options_.max_failures;
+  std::memset(&address.s6_addr[8], 0, 8);
+  if (inet_ntop(AF_INET6, &address, text, sizeof(text)) == nullptr) return std::string(client);
+  return absl::StrCat(text, "/64");
 }
 
-void AuthThrottle::RecordFailure(std::string_view client) {
-  if (options_.max_failures == 0) return;
-  const absl::Time now = clock_.Now();
-  absl::MutexLock lock(&mutex_);
-  auto it = entries_.find(ToAbsl(client));
-  if (it != entries_.end() && now - it->second.first_failure >= options_.window) {
-    entries_.erase(it);
-    it = entries_.end();
+bool AuthThrottle::Expire(Entry& entry, absl::Time now) const {
+  if (entry.failures > 0 && now - entry.first_failure >= options_.window) {
+    entry.failures = 0;
+    entry.first_failure = absl::InfiniteFuture();
   }
+  return entry.failures == 0 && entry.running == 0;
+}
+
+bool AuthThrottle::Begin(std::string_view client) {
+  if (options_.max_failures == 0) return true;
+  const absl::Time now = clock_.Now();
+  const std::string key = KeyOf(client);
+  absl::MutexLock lock(&mutex_);
+  auto it = entries_.find(key);
   if (it == entries_.end()) {
     if (entries_.size() >= options_.max_tracked) ForgetExpired(now);
     if (entries_.size() >= options_.max_tracked) {
@@ -38,25 +50,41 @@ void AuthThrottle::RecordFailure(std::string_view client) {
             entries_.size());
         warned_full_ = true;
       }
-      return;
+      return true;  // untracked: Finish() finds no entry and does nothing
     }
-    it = entries_.emplace(std::string(client), Entry{0, now}).first;
+    it = entries_.emplace(key, Entry{}).first;
   }
-  if (++it->second.failures == options_.max_failures) {
-    Log(LogLevel::kWarning, "auth throttle: %s locked out after %u failed AUTH attempts",
-        ToAbsl(client), it->second.failures);
-  }
+  Expire(it->second, now);
+  if (it->second.failures + it->second.running >= options_.max_failures) return false;
+  ++it->second.running;
+  return true;
 }
 
-void AuthThrottle::RecordSuccess(std::string_view client) {
+void AuthThrottle::Finish(std::string_view client, Outcome outcome) {
+  if (options_.max_failures == 0) return;
+  const absl::Time now = clock_.Now();
+  const std::string key = KeyOf(client);
   absl::MutexLock lock(&mutex_);
-  entries_.erase(ToAbsl(client));
+  auto it = entries_.find(key);
+  if (it == entries_.end()) return;
+  Entry& entry = it->second;
+  if (entry.running > 0) --entry.running;
+  Expire(entry, now);
+  if (outcome == Outcome::kSuccess) {
+    entry.failures = 0;
+    entry.first_failure = absl::InfiniteFuture();
+  } else if (outcome == Outcome::kFailure) {
+    if (entry.failures == 0) entry.first_failure = now;
+    if (++entry.failures == options_.max_failures) {
+      Log(LogLevel::kWarning, "auth throttle: %s locked out after %u failed AUTH attempts", key,
+          entry.failures);
+    }
+  }
+  if (entry.failures == 0 && entry.running == 0) entries_.erase(it);
 }
 
 void AuthThrottle::ForgetExpired(absl::Time now) {
-  absl::erase_if(entries_, [&](const auto& entry) {
-    return now - entry.second.first_failure >= options_.window;
-  });
+  absl::erase_if(entries_, [&](auto& entry) { return Expire(entry.second, now); });
   warned_full_ = false;
 }
 

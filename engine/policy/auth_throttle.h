@@ -4,7 +4,9 @@
 // began with its first failure ends. argon2id costs a noticeable fraction of a CPU second per
 // check by design: without this, one client guessing passwords would keep the verifier pool
 // busy and make every real user wait (Dovecot's auth penalty and fail2ban play this role
-// beside Postfix).
+// beside Postfix). Checks still running count as failures to come, so that many connections
+// guessing at once cannot all get in before the first failure is counted; IPv6 clients count
+// by /64, the block one host or one customer usually holds.
 // Thread contract: thread-safe.
 #pragma once
 
@@ -34,18 +36,32 @@ class AuthThrottle {
  public:
   AuthThrottle(Clock& clock, AuthThrottleOptions options);
 
-  // False while `client` (an IP address, or "unix") is locked out.
-  bool Allowed(std::string_view client);
-  void RecordFailure(std::string_view client);
-  // A success forgets the address's failures.
-  void RecordSuccess(std::string_view client);
+  // How a password check ended.
+  enum class Outcome : uint8_t {
+    kSuccess,  // forgets the address's failures
+    kFailure,  // a wrong name or password
+    kNone,     // no verdict on the password (no capacity to check it; an error)
+  };
+
+  // Starts a password check for `client` (an IP address, or "unix"): false, and nothing
+  // started, while its failures in the window and the checks it has running reach the limit.
+  // Each true is ended by exactly one Finish().
+  bool Begin(std::string_view client);
+  void Finish(std::string_view client, Outcome outcome);
+
+  // The address whose failures `client` counts toward: itself, or for IPv6 its /64
+  // ("2001:db8:1:2::/64"; an IPv4-mapped address as the IPv4 address).
+  static std::string KeyOf(std::string_view client);
 
  private:
   struct Entry {
     uint32_t failures = 0;
-    absl::Time first_failure;
+    absl::Time first_failure = absl::InfiniteFuture();  // of the window; none while no failure
+    uint32_t running = 0;  // checks begun and not finished
   };
-  // Drops entries whose window has ended.
+  // Clears `entry`'s failures once their window has ended; true when nothing is left of it.
+  bool Expire(Entry& entry, absl::Time now) const;
+  // Drops entries with nothing left.
   void ForgetExpired(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
 
   Clock& clock_;

@@ -29,7 +29,7 @@ class ConnectionHost final : public SessionHost {
     // Shared by this function and the pool task: whichever runs last frees it. It lets a
     // refused submission answer without having moved `done` into the lost task.
     auto pending = std::make_shared<decltype(done)>(std::move(done));
-    if (!services_.auth_throttle.Allowed(client_)) {
+    if (!services_.auth_throttle.Begin(client_)) {
       // Refused before any hashing: this address failed too often (454 4.7.0).
       policy::WipeSecret(password);
       loop_.Post([pending]() mutable {
@@ -46,11 +46,10 @@ class ConnectionHost final : public SessionHost {
          password = std::move(password)]() mutable {
           absl::StatusOr<policy::Account> result = accounts->Authenticate(account, password);
           policy::WipeSecret(password);
-          if (result.ok()) {
-            throttle->RecordSuccess(client);
-          } else if (absl::IsUnauthenticated(result.status())) {
-            throttle->RecordFailure(client);
-          }
+          throttle->Finish(client, result.ok() ? policy::AuthThrottle::Outcome::kSuccess
+                                   : absl::IsUnauthenticated(result.status())
+                                       ? policy::AuthThrottle::Outcome::kFailure
+                                       : policy::AuthThrottle::Outcome::kNone);
           absl::StatusOr<AuthenticatedAccount> answer =
               result.ok() ? absl::StatusOr<AuthenticatedAccount>(
                                 AuthenticatedAccount{result->name, std::move(result->grants)})
@@ -61,6 +60,7 @@ class ConnectionHost final : public SessionHost {
         });
     if (!submitted) {
       // Back-pressure: every verifier is busy; the client may try again (454 4.7.0).
+      services_.auth_throttle.Finish(client_, policy::AuthThrottle::Outcome::kNone);
       loop_.Post([pending]() mutable {
         std::move (*pending)(absl::UnavailableError("authentication pool is full"));
       });

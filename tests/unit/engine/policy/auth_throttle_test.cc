@@ -5,65 +5,105 @@
 namespace facteur::policy {
 namespace {
 
+using Outcome = AuthThrottle::Outcome;
+
 class AuthThrottleTest : public ::testing::Test {
  protected:
+  // One whole check: begun (or refused) and, when begun, finished with `outcome`.
+  bool Check(AuthThrottle& throttle, std::string_view client, Outcome outcome) {
+    if (!throttle.Begin(client)) return false;
+    throttle.Finish(client, outcome);
+    return true;
+  }
   SimulatedClock clock_;
 };
 
 TEST_F(AuthThrottleTest, LocksAnAddressOutAfterTooManyFailuresUntilTheWindowEnds) {
   AuthThrottle throttle(clock_, {.max_failures = 3, .window = absl::Minutes(10)});
   for (int i = 0; i < 3; ++i) {
-    EXPECT_TRUE(throttle.Allowed("192.0.2.1")) << i;
-    throttle.RecordFailure("192.0.2.1");
+    EXPECT_TRUE(Check(throttle, "192.0.2.1", Outcome::kFailure)) << i;
     clock_.Advance(absl::Minutes(1));
   }
-  EXPECT_FALSE(throttle.Allowed("192.0.2.1"));
-  EXPECT_TRUE(throttle.Allowed("192.0.2.2"));  // other addresses are not affected
-  clock_.Advance(absl::Minutes(6));            // 9 minutes after the first failure
-  EXPECT_FALSE(throttle.Allowed("192.0.2.1"));
-  clock_.Advance(absl::Minutes(1));            // the window that began with it has ended
-  EXPECT_TRUE(throttle.Allowed("192.0.2.1"));
-  throttle.RecordFailure("192.0.2.1");         // a new window, counted from one
-  EXPECT_TRUE(throttle.Allowed("192.0.2.1"));
+  EXPECT_FALSE(throttle.Begin("192.0.2.1"));
+  EXPECT_TRUE(Check(throttle, "192.0.2.2", Outcome::kFailure));  // other addresses are not affected
+  clock_.Advance(absl::Minutes(6));  // 9 minutes after the first failure
+  EXPECT_FALSE(throttle.Begin("192.0.2.1"));
+  clock_.Advance(absl::Minutes(1));  // the window that began with it has ended
+  EXPECT_TRUE(Check(throttle, "192.0.2.1", Outcome::kFailure));  // a new window, counted from one
+  EXPECT_TRUE(Check(throttle, "192.0.2.1", Outcome::kFailure));
+  EXPECT_TRUE(Check(throttle, "192.0.2.1", Outcome::kFailure));
+  EXPECT_FALSE(throttle.Begin("192.0.2.1"));
 }
 
 TEST_F(AuthThrottleTest, FailuresSpreadOverMoreThanOneWindowNeverLockOut) {
   AuthThrottle throttle(clock_, {.max_failures = 3, .window = absl::Minutes(10)});
   for (int i = 0; i < 20; ++i) {
-    ASSERT_TRUE(throttle.Allowed("198.51.100.7")) << i;
-    throttle.RecordFailure("198.51.100.7");
+    ASSERT_TRUE(Check(throttle, "198.51.100.7", Outcome::kFailure)) << i;
     clock_.Advance(absl::Minutes(5));  // at most 2 failures in any window
     if (i % 2 == 1) clock_.Advance(absl::Minutes(1));
   }
 }
 
-TEST_F(AuthThrottleTest, SuccessForgetsTheFailures) {
+TEST_F(AuthThrottleTest, SuccessForgetsTheFailuresAndNoVerdictCountsNothing) {
   AuthThrottle throttle(clock_, {.max_failures = 2, .window = absl::Minutes(10)});
-  throttle.RecordFailure("unix");
-  throttle.RecordSuccess("unix");
-  throttle.RecordFailure("unix");
-  EXPECT_TRUE(throttle.Allowed("unix"));
-  throttle.RecordFailure("unix");
-  EXPECT_FALSE(throttle.Allowed("unix"));
+  EXPECT_TRUE(Check(throttle, "unix", Outcome::kFailure));
+  EXPECT_TRUE(Check(throttle, "unix", Outcome::kSuccess));
+  EXPECT_TRUE(Check(throttle, "unix", Outcome::kFailure));
+  for (int i = 0; i < 5; ++i) EXPECT_TRUE(Check(throttle, "unix", Outcome::kNone)) << i;
+  EXPECT_TRUE(Check(throttle, "unix", Outcome::kFailure));
+  EXPECT_FALSE(throttle.Begin("unix"));
+}
+
+// Many connections guessing at the same time: the checks still running count, so no more
+// begin than failures could lock the address out, whatever they turn out to be.
+TEST_F(AuthThrottleTest, ChecksRunningCountTowardTheLimit) {
+  AuthThrottle throttle(clock_, {.max_failures = 3, .window = absl::Minutes(10)});
+  int begun = 0;
+  for (int i = 0; i < 250; ++i) begun += throttle.Begin("203.0.113.9") ? 1 : 0;
+  EXPECT_EQ(begun, 3);
+  throttle.Finish("203.0.113.9", Outcome::kFailure);
+  EXPECT_FALSE(throttle.Begin("203.0.113.9")) << "one failure and two still running";
+  throttle.Finish("203.0.113.9", Outcome::kNone);  // e.g. the pool had no room
+  EXPECT_TRUE(throttle.Begin("203.0.113.9"));
+  throttle.Finish("203.0.113.9", Outcome::kSuccess);
+  throttle.Finish("203.0.113.9", Outcome::kFailure);
+  // The success forgot the failure before it; the one after it counts.
+  EXPECT_TRUE(Check(throttle, "203.0.113.9", Outcome::kFailure));
+  EXPECT_TRUE(throttle.Begin("203.0.113.9"));
+  EXPECT_FALSE(throttle.Begin("203.0.113.9"));
+}
+
+TEST_F(AuthThrottleTest, IPv6ClientsCountByTheirSlash64) {
+  EXPECT_EQ(AuthThrottle::KeyOf("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), "2001:db8:1:2::/64");
+  EXPECT_EQ(AuthThrottle::KeyOf("::ffff:192.0.2.7"), "192.0.2.7");
+  EXPECT_EQ(AuthThrottle::KeyOf("192.0.2.7"), "192.0.2.7");
+  EXPECT_EQ(AuthThrottle::KeyOf("unix"), "unix");
+  AuthThrottle throttle(clock_, {.max_failures = 2, .window = absl::Minutes(10)});
+  EXPECT_TRUE(Check(throttle, "2001:db8:1:2::1", Outcome::kFailure));
+  EXPECT_TRUE(Check(throttle, "2001:db8:1:2:ffff::9", Outcome::kFailure));
+  EXPECT_FALSE(throttle.Begin("2001:db8:1:2:1234::77")) << "another address of the same /64";
+  EXPECT_TRUE(Check(throttle, "2001:db8:1:3::1", Outcome::kFailure));  // the next /64
+  EXPECT_TRUE(Check(throttle, "::ffff:192.0.2.7", Outcome::kFailure));
+  EXPECT_TRUE(Check(throttle, "192.0.2.7", Outcome::kFailure));
+  EXPECT_FALSE(throttle.Begin("192.0.2.7"));
 }
 
 TEST_F(AuthThrottleTest, ZeroDisablesIt) {
   AuthThrottle throttle(clock_, {.max_failures = 0});
-  for (int i = 0; i < 100; ++i) throttle.RecordFailure("192.0.2.1");
-  EXPECT_TRUE(throttle.Allowed("192.0.2.1"));
+  for (int i = 0; i < 100; ++i) EXPECT_TRUE(Check(throttle, "192.0.2.1", Outcome::kFailure));
 }
 
 TEST_F(AuthThrottleTest, TracksABoundedNumberOfAddresses) {
   AuthThrottle throttle(clock_, {.max_failures = 1, .window = absl::Minutes(10), .max_tracked = 2});
-  throttle.RecordFailure("a");
-  throttle.RecordFailure("b");
-  throttle.RecordFailure("c");  // not tracked: the table is full of live entries
-  EXPECT_FALSE(throttle.Allowed("a"));
-  EXPECT_FALSE(throttle.Allowed("b"));
-  EXPECT_TRUE(throttle.Allowed("c"));
+  EXPECT_TRUE(Check(throttle, "a", Outcome::kFailure));
+  EXPECT_TRUE(Check(throttle, "b", Outcome::kFailure));
+  EXPECT_TRUE(Check(throttle, "c", Outcome::kFailure));  // not tracked: the table is full
+  EXPECT_FALSE(throttle.Begin("a"));
+  EXPECT_FALSE(throttle.Begin("b"));
+  EXPECT_TRUE(Check(throttle, "c", Outcome::kFailure));
   clock_.Advance(absl::Minutes(11));  // expired entries make room again
-  throttle.RecordFailure("c");
-  EXPECT_FALSE(throttle.Allowed("c"));
+  EXPECT_TRUE(Check(throttle, "c", Outcome::kFailure));
+  EXPECT_FALSE(throttle.Begin("c"));
 }
 
 }  // namespace
