@@ -736,34 +736,69 @@ void Session::AppendMessageBytes(std::string_view bytes) {
 std::optional<mail::Reply> Session::CheckMessage(const mail::HeaderSection& section) const {
   if (!account_.has_value()) return std::nullopt;
   // RFC 6409 §6.1 leaves the check to the MSA: an authenticated account may only send as the
-  // addresses it owns, in the envelope (checked at MAIL) and in From:.
-  std::optional<mail::HeaderField> from;
+  // addresses it owns, in the envelope (checked at MAIL) and in the header fields that mail
+  // readers show as who sent it: From:, Sender: ("X on behalf of Y", RFC 5322 §3.6.2), and the
+  // newest resent block's Resent-From:/Resent-Sender: (§3.6.6). Resent blocks are prepended,
+  // so the newest is the leading run of Resent-* fields, up to a field name it already had;
+  // older blocks stay as other senders left them. From: is checked even in a resent message.
+  const mail::HeaderField* from = nullptr;
+  const mail::HeaderField* sender = nullptr;
+  const mail::HeaderField* resent_from = nullptr;
+  const mail::HeaderField* resent_sender = nullptr;
   int from_count = 0;
+  int sender_count = 0;
+  std::vector<absl::string_view> newest_resent_block;  // its field names so far
+  bool newest_resent_block_ended = false;
   for (const mail::HeaderField& field : section.fields) {
-    if (absl::EqualsIgnoreCase(ToAbsl(field.name), "From")) {
+    const absl::string_view name = ToAbsl(field.name);
+    if (absl::EqualsIgnoreCase(name, "From")) {
       ++from_count;
-      from = field;
+      from = &field;
+    } else if (absl::EqualsIgnoreCase(name, "Sender")) {
+      ++sender_count;
+      sender = &field;
+    } else if (absl::StartsWithIgnoreCase(name, "Resent-") && !newest_resent_block_ended) {
+      if (std::any_of(newest_resent_block.begin(), newest_resent_block.end(),
+                      [&](absl::string_view seen) { return absl::EqualsIgnoreCase(seen, name); })) {
+        newest_resent_block_ended = true;
+        continue;
+      }
+      newest_resent_block.push_back(name);
+      if (absl::EqualsIgnoreCase(name, "Resent-From")) resent_from = &field;
+      if (absl::EqualsIgnoreCase(name, "Resent-Sender")) resent_sender = &field;
     }
   }
   if (from_count == 0) {
     return mail::Reply{553, "5.7.1",
                        "The message has no From: header; say which of your addresses sends it"};
   }
+  // RFC 5322 §3.6: at most one From: and one Sender:.
   if (from_count > 1) {
-    return mail::Reply{553, "5.7.1", "The message has more than one From: header"};  // RFC 5322 §3.6
+    return mail::Reply{553, "5.7.1", "The message has more than one From: header"};
   }
-  absl::StatusOr<std::vector<mail::Mailbox>> authors =
-      mail::ParseAddressList(mail::UnfoldedValue(*from));
-  if (!authors.ok()) {
-    return mail::Reply{553, "5.7.1",
-                       absl::StrCat("The From: header cannot be read as an address list: ",
-                                    authors.status().message())};
+  if (sender_count > 1) {
+    return mail::Reply{553, "5.7.1", "The message has more than one Sender: header"};
   }
-  for (const mail::Mailbox& author : *authors) {
-    if (!policy::MaySendAs(account_->grants, author)) {
+  const std::pair<const mail::HeaderField*, absl::string_view> checked[] = {
+      {from, "From"},
+      {sender, "Sender"},
+      {resent_from, "Resent-From"},
+      {resent_sender, "Resent-Sender"}};
+  for (const auto& [field, label] : checked) {
+    if (field == nullptr) continue;
+    absl::StatusOr<std::vector<mail::Mailbox>> mailboxes =
+        mail::ParseAddressList(mail::UnfoldedValue(*field));
+    if (!mailboxes.ok()) {
       return mail::Reply{553, "5.7.1",
-                         absl::StrCat("From: header: ",
-                                      policy::SenderRefusal(account_->name, author))};
+                         absl::StrCat("The ", label, ": header cannot be read as an address list: ",
+                                      mailboxes.status().message())};
+    }
+    for (const mail::Mailbox& mailbox : *mailboxes) {
+      if (!policy::MaySendAs(account_->grants, mailbox)) {
+        return mail::Reply{553, "5.7.1",
+                           absl::StrCat(label, ": header: ",
+                                        policy::SenderRefusal(account_->name, mailbox))};
+      }
     }
   }
   return std::nullopt;

@@ -345,6 +345,43 @@ TEST_F(SessionTest, AnAccountSendsOnlyAsTheAddressesItOwns) {
   EXPECT_EQ(host_.queued.size(), 1u);
 }
 
+// Mail readers show Sender: ("bob on behalf of alice") and the resent fields as who sent the
+// message: they are the account's too. Older resent blocks (below the newest) are left alone.
+TEST_F(SessionTest, SenderAndTheNewestResentFieldsAreTheAccountsToo) {
+  policy_.role = config::ListenerRole::kSubmission;
+  policy_.limits.max_errors = 100;
+  StartWithEhlo(/*implicit_tls=*/true);
+  ASSERT_THAT(Send(AuthPlain("alice", "correct horse")), StartsWith("235 "));
+  const auto send = [&](const std::string& header) {
+    Send("MAIL FROM:<alice@asso.org>\r\nRCPT TO:<x@example.com>\r\nDATA\r\n");
+    return Send(header + "\r\nhi\r\n.\r\n");
+  };
+  EXPECT_THAT(send("From: alice@asso.org\r\nSender: president@elsewhere.example\r\n"),
+              StartsWith("553 5.7.1 Sender: header: "));
+  EXPECT_THAT(send("From: alice@asso.org\r\nSender: alice@asso.org\r\n"
+                   "Sender: alice@asso.org\r\n"),
+              StartsWith("553 5.7.1 The message has more than one Sender: header"));
+  EXPECT_THAT(send("From: alice@asso.org\r\nsender: <>\r\n"),
+              StartsWith("553 5.7.1 The Sender: header cannot be read"));
+  EXPECT_THAT(send("Resent-From: president@elsewhere.example\r\nFrom: alice@asso.org\r\n"),
+              StartsWith("553 5.7.1 Resent-From: header: "));
+  EXPECT_THAT(send("Resent-Sender: president@elsewhere.example\r\nFrom: alice@asso.org\r\n"),
+              StartsWith("553 5.7.1 Resent-Sender: header: "));
+  EXPECT_EQ(host_.queued.size(), 0u);
+  // Alice resends her message that Bob resent before her: her block is first, his is older.
+  // From: is hers whatever the resent fields say (a Resent-From: of hers does not let her pass
+  // off someone else's From:).
+  EXPECT_THAT(send("Resent-From: alice@asso.org\r\nResent-Date: Sun, 6 Dec 2026 10:00:00 +0000\r\n"
+                   "Resent-From: bob@elsewhere.example\r\nResent-Sender: bob@elsewhere.example\r\n"
+                   "From: alice@asso.org\r\n"),
+              StartsWith("250 2.0.0 Ok: queued as"));
+  EXPECT_THAT(send("Resent-From: alice@asso.org\r\nFrom: carol@elsewhere.example\r\n"),
+              StartsWith("553 5.7.1 From: header: "));
+  EXPECT_THAT(send("From: Alice <alice@asso.org>\r\nSender: Alice <ALICE@asso.org>\r\n"),
+              StartsWith("250 2.0.0 Ok: queued as"));
+  EXPECT_EQ(host_.queued.size(), 2u);
+}
+
 TEST_F(SessionTest, AccountQuotasAreAskedAtMailRcptDataAndTheEndOfData) {
   policy_.role = config::ListenerRole::kSubmission;
   policy_.limits.max_errors = 3;
