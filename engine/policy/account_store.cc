@@ -257,7 +257,19 @@ absl::Status AccountStore::Write(const Record& record) {
   rocksdb::Status status = store_.db().Put(SyncedWrite(), store_.family(queue::Family::kAccounts),
                                            rocksdb::Slice(name), rocksdb::Slice(value));
   if (!status.ok()) return queue::ToStatus(status, "writing an account");
+  CountChange(name);
   return absl::OkStatus();
+}
+
+void AccountStore::CountChange(std::string_view name) {
+  absl::MutexLock lock(&changes_mutex_);
+  ++changes_[std::string(name)];
+}
+
+uint64_t AccountStore::ChangeCount(std::string_view name) const {
+  absl::MutexLock lock(&changes_mutex_);
+  auto it = changes_.find(ToAbsl(name));
+  return it == changes_.end() ? 0 : it->second;
 }
 
 absl::Status AccountStore::Create(std::string_view name, std::string_view password) {
@@ -296,6 +308,7 @@ absl::Status AccountStore::Delete(std::string_view name) {
   batch.Delete(store_.family(queue::Family::kQuota), key);
   rocksdb::Status status = store_.db().Write(SyncedWrite(), &batch);
   if (!status.ok()) return queue::ToStatus(status, "deleting an account");
+  CountChange(name);
   Log(LogLevel::kInfo, "account '%s' deleted", ToAbsl(name));
   return absl::OkStatus();
 }

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -92,6 +93,11 @@ class AccountStore {
   // Every account, in name order.
   absl::StatusOr<std::vector<Account>> List();
 
+  // How many times the account `name` was created, deleted or changed (password, suspension,
+  // grants) through this store since it was opened. From memory, never blocking: an I/O thread
+  // may ask. A session that authenticated at one count acts for a stale account at another.
+  uint64_t ChangeCount(std::string_view name) const;
+
   // The account when `password` is right. Unauthenticated, with one message for both an unknown
   // name and a wrong password; an unknown name still costs one hash verification, so timing
   // does not tell which. FailedPrecondition for a suspended account (only once the password
@@ -105,6 +111,7 @@ class AccountStore {
 
   absl::StatusOr<Record> Read(std::string_view name);
   absl::Status Write(const Record& record) ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mutex_);
+  void CountChange(std::string_view name);
   absl::Status CheckWritable() const;
 
   queue::Store& store_;
@@ -112,6 +119,9 @@ class AccountStore {
   const PasswordHashCost cost_;
   const std::string dummy_hash_;  // argon2id hash of a random password nobody knows
   absl::Mutex write_mutex_;       // serialises mutations (read-modify-write)
+  mutable absl::Mutex changes_mutex_;  // its own: readers on I/O threads never wait for a write
+  // Accounts changed since the store was opened; one entry per account name at most.
+  absl::flat_hash_map<std::string, uint64_t> changes_ ABSL_GUARDED_BY(changes_mutex_);
 };
 
 }  // namespace facteur::policy

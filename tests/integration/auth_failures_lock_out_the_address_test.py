@@ -1,7 +1,8 @@
 """After [smtp] auth_max_failures failed AUTH attempts from one address, further attempts from
 that address get 454 4.7.0 without any password check — even with the right password — while
-clients from other addresses still authenticate. (The end of the window is covered by a unit
-test on a simulated clock.)"""
+clients from other addresses still authenticate. Guesses sent on many connections at once do
+not get more password checks than the limit: the checks still running count. (The end of the
+window is covered by a unit test on a simulated clock.)"""
 
 import smtplib
 
@@ -43,6 +44,19 @@ class AuthFailuresLockOutTheAddressTest(harness.ServerTestCase):
         with self.client("127.0.0.2") as other:
             code, text = self.auth_plain(other, PASSWORD)
             self.assertEqual((code, text[:5]), (235, b"2.7.0"), text)
+
+    def test_guesses_sent_at_once_get_no_more_checks_than_the_limit(self):
+        guessers = [self.client("127.0.0.3") for _ in range(12)]
+        try:
+            # Every guess is on the wire before the first argon2 check can end.
+            for number, guesser in enumerate(guessers):
+                guesser.putcmd("AUTH", "PLAIN " + harness.plain_response("alice", "guess-%d" % number))
+            replies = [guesser.getreply() for guesser in guessers]
+        finally:
+            for guesser in guessers:
+                guesser.close()
+        codes = sorted(code for code, _ in replies)
+        self.assertEqual(codes, [454] * 9 + [535] * 3, replies)
 
 
 if __name__ == "__main__":

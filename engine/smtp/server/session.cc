@@ -316,6 +316,7 @@ void Session::HandleMail(const Command& command) {
     Refuse(503, "5.5.1", "Nested MAIL command");
     return;
   }
+  if (CloseIfAccountChanged()) return;
   if (policy_.role == config::ListenerRole::kSubmission && !policy_.is_unix &&
       !account_.has_value()) {
     // RFC 6409 §4.3, RFC 4954 §6; RFC 3207 §4 when TLS must come first.
@@ -449,6 +450,7 @@ void Session::HandleData(const Command& command) {
     Refuse(503, "5.5.1", "DATA cannot follow BDAT in one transaction");  // RFC 3030 §3
     return;
   }
+  if (CloseIfAccountChanged()) return;
   if (account_.has_value()) {
     // Another session of the account may have used up its quota since MAIL: say so before the
     // client sends the data. The transaction is over either way.
@@ -878,6 +880,10 @@ void Session::FinishMessage() {
     return;
   }
 
+  if (CloseIfAccountChanged()) {
+    host_.OnMessageRefused();
+    return;
+  }
   const absl::Time now = host_.clock().Now();
   const std::string account = account_.has_value() ? account_->name : "";
   if (!account.empty()) {
@@ -998,6 +1004,18 @@ void Session::ResetTransaction() {
   data_fault_ = DataFault::kNone;
   bdat_used_ = false;
   bdat_last_ = false;
+}
+
+bool Session::CloseIfAccountChanged() {
+  if (!account_.has_value() || !host_.AccountChanged(*account_)) return false;
+  // A suspended or deleted account must stop sending now, not when the client hangs up; a
+  // new password or grant is taken at the next AUTH.
+  ResetTransaction();
+  RefuseAndClose(mail::Reply{
+      421, "4.7.0",
+      absl::StrCat(policy_.hostname, " Account '", account_->name,
+                   "' changed since you authenticated; closing connection")});
+  return true;
 }
 
 void Session::Close() {

@@ -48,6 +48,8 @@ struct ListenerPolicy {
 struct AuthenticatedAccount {
   std::string name;
   std::vector<std::string> grants;  // "local@domain" or "@domain", canonical lower case
+  // policy::AccountStore::ChangeCount() when the credentials were checked (read before them).
+  uint64_t change_count = 0;
 };
 
 // What a session asks of the rest of the server. Implementations run the work elsewhere
@@ -89,6 +91,10 @@ class SessionHost {
   virtual std::optional<mail::Reply> CheckRecipient(std::string_view /*canonical*/) {
     return std::nullopt;
   }
+  // At MAIL FROM, DATA and the end of the data, for an authenticated account: true when the
+  // account was changed since `account` was authenticated (suspended, deleted, a new password,
+  // its addresses), so that the session no longer acts for it. From memory, at once.
+  virtual bool AccountChanged(const AuthenticatedAccount& /*account*/) { return false; }
   // At the end of the data, before queueing: counts the message against the account's quotas
   // (`now` is the envelope's received_at), or refuses it. When Enqueue() then fails, the host
   // gives the count back (it knows from the envelope's account and received_at).
@@ -172,6 +178,9 @@ class Session final : public io::StreamHandler {
   void RefuseWith(const mail::Reply& reply);
   void ResetTransaction();
   void Close();
+  // When the authenticated account changed since AUTH: says so with a 421, closes, and returns
+  // true (the client reconnects and authenticates again, or is refused).
+  bool CloseIfAccountChanged();
   bool ClientMayRelay() const;
   metrics::AccountClass ClientClass() const;
   bool AuthAvailable() const;

@@ -44,6 +44,9 @@ class ConnectionHost final : public SessionHost {
     bool submitted = services_.auth_pool.TrySubmit(
         [loop, accounts, throttle, client = client_, pending, account = std::move(account),
          password = std::move(password)]() mutable {
+          // Read before the credentials: a change made during the check makes the session's
+          // account stale at once rather than go unnoticed.
+          const uint64_t change_count = accounts->ChangeCount(account);
           absl::StatusOr<policy::Account> result = accounts->Authenticate(account, password);
           policy::WipeSecret(password);
           throttle->Finish(client, result.ok() ? policy::AuthThrottle::Outcome::kSuccess
@@ -52,7 +55,8 @@ class ConnectionHost final : public SessionHost {
                                        : policy::AuthThrottle::Outcome::kNone);
           absl::StatusOr<AuthenticatedAccount> answer =
               result.ok() ? absl::StatusOr<AuthenticatedAccount>(
-                                AuthenticatedAccount{result->name, std::move(result->grants)})
+                                AuthenticatedAccount{result->name, std::move(result->grants),
+                                                     change_count})
                           : absl::StatusOr<AuthenticatedAccount>(result.status());
           loop->Post([pending, answer = std::move(answer)]() mutable {
             std::move (*pending)(std::move(answer));
@@ -154,6 +158,10 @@ class ConnectionHost final : public SessionHost {
       return;
     }
     services_.check_recipient_domain(loop_, std::move(domain), std::move(done));
+  }
+
+  bool AccountChanged(const AuthenticatedAccount& account) override {
+    return services_.accounts.ChangeCount(account.name) != account.change_count;
   }
 
   std::optional<mail::Reply> CheckAccountMessage(std::string_view account) override {

@@ -98,6 +98,40 @@ TEST_F(AccountStoreTest, SuspendedAccountCannotAuthenticate) {
   EXPECT_EQ(accounts_->SetSuspended("bob", true).code(), absl::StatusCode::kNotFound);
 }
 
+// Every change counts, so that sessions authenticated before it see their account is stale;
+// reads and refused changes do not.
+TEST_F(AccountStoreTest, ChangeCountGrowsWithEveryChangeOfThatAccount) {
+  EXPECT_EQ(accounts_->ChangeCount("alice"), 0u);
+  ASSERT_TRUE(accounts_->Create("alice", kPassword).ok());
+  ASSERT_TRUE(accounts_->Create("bob", kPassword).ok());
+  uint64_t last = accounts_->ChangeCount("alice");
+  EXPECT_GT(last, 0u);
+  const auto changed = [&] {
+    const uint64_t now = accounts_->ChangeCount("alice");
+    const bool grew = now > last;
+    last = now;
+    return grew;
+  };
+  ASSERT_TRUE(accounts_->Grant("alice", "alice@asso.org").ok());
+  EXPECT_TRUE(changed());
+  ASSERT_TRUE(accounts_->SetSuspended("alice", true).ok());
+  EXPECT_TRUE(changed());
+  ASSERT_TRUE(accounts_->SetSuspended("alice", false).ok());
+  EXPECT_TRUE(changed());
+  ASSERT_TRUE(accounts_->SetPassword("alice", "a-new-password").ok());
+  EXPECT_TRUE(changed());
+  ASSERT_TRUE(accounts_->Revoke("alice", "alice@asso.org").ok());
+  EXPECT_TRUE(changed());
+  // Not changes: reads, a refused change, a grant already held, another account's change.
+  ASSERT_TRUE(accounts_->Get("alice").ok());
+  ASSERT_TRUE(accounts_->Authenticate("alice", "a-new-password").ok());
+  EXPECT_FALSE(accounts_->Revoke("alice", "alice@asso.org").ok());
+  ASSERT_TRUE(accounts_->Grant("bob", "bob@asso.org").ok());
+  EXPECT_FALSE(changed());
+  ASSERT_TRUE(accounts_->Delete("alice").ok());
+  EXPECT_TRUE(changed());
+}
+
 TEST_F(AccountStoreTest, SetPassword) {
   ASSERT_TRUE(accounts_->Create("alice", kPassword).ok());
   ASSERT_TRUE(accounts_->SetPassword("alice", "a-new-password").ok());

@@ -42,7 +42,8 @@ class FakeHost final : public SessionHost {
     absl::StatusOr<AuthenticatedAccount> result =
         !auth_refusal.ok() ? absl::StatusOr<AuthenticatedAccount>(auth_refusal)
         : (it != passwords.end() && it->second == password)
-            ? absl::StatusOr<AuthenticatedAccount>(AuthenticatedAccount{account, grants[account]})
+            ? absl::StatusOr<AuthenticatedAccount>(
+                  AuthenticatedAccount{account, grants[account], change_counts[account]})
             : absl::UnauthenticatedError("bad credentials");
     if (defer) {
       pending_auth.push_back([done = std::move(done), result]() mutable {
@@ -63,6 +64,9 @@ class FakeHost final : public SessionHost {
     }
   }
   Clock& clock() override { return clock_; }
+  bool AccountChanged(const AuthenticatedAccount& account) override {
+    return change_counts[account.name] != account.change_count;
+  }
   std::optional<mail::Reply> CheckAccountMessage(std::string_view account) override {
     checked_accounts.emplace_back(account);
     return account_refusal;
@@ -95,6 +99,7 @@ class FakeHost final : public SessionHost {
   std::vector<std::string> checked_accounts;
   std::vector<std::string> admitted;
   std::map<std::string, std::vector<std::string>> grants;
+  std::map<std::string, uint64_t> change_counts;  // policy::AccountStore::ChangeCount()
   absl::Status enqueue_status;
   absl::Status auth_refusal;  // when set, every AUTH gets it
   bool defer = false;
@@ -380,6 +385,45 @@ TEST_F(SessionTest, SenderAndTheNewestResentFieldsAreTheAccountsToo) {
   EXPECT_THAT(send("From: Alice <alice@asso.org>\r\nSender: Alice <ALICE@asso.org>\r\n"),
               StartsWith("250 2.0.0 Ok: queued as"));
   EXPECT_EQ(host_.queued.size(), 2u);
+}
+
+// An account suspended, deleted or changed while its session is open stops sending at the
+// next MAIL, DATA or end of data: 421, and the session closes, the message not queued.
+TEST_F(SessionTest, AnAccountChangedSinceAuthEndsItsSession) {
+  policy_.role = config::ListenerRole::kSubmission;
+  for (const char* when : {"MAIL", "DATA", "end of data"}) {
+    SCOPED_TRACE(when);
+    stream_.closed = false;
+    host_.queued.clear();
+    StartWithEhlo(/*implicit_tls=*/true);
+    ASSERT_THAT(Send(AuthPlain("alice", "correct horse")), StartsWith("235 "));
+    ASSERT_EQ(Send("MAIL FROM:<alice@asso.org>\r\nRCPT TO:<x@example.com>\r\nDATA\r\n"),
+              "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n");
+    ASSERT_THAT(Send(kMessage), StartsWith("250 2.0.0 Ok: queued as"));
+    std::string reply;
+    if (std::string_view(when) == "MAIL") {
+      ++host_.change_counts["alice"];
+      reply = Send("MAIL FROM:<alice@asso.org>\r\n");
+    } else if (std::string_view(when) == "DATA") {
+      Send("MAIL FROM:<alice@asso.org>\r\nRCPT TO:<x@example.com>\r\n");
+      ++host_.change_counts["alice"];
+      reply = Send("DATA\r\n");
+    } else {
+      Send("MAIL FROM:<alice@asso.org>\r\nRCPT TO:<x@example.com>\r\nDATA\r\n");
+      ++host_.change_counts["alice"];
+      reply = Send(kMessage);
+    }
+    EXPECT_THAT(reply, StartsWith("421 4.7.0 "));
+    EXPECT_THAT(reply, HasSubstr("Account 'alice' changed since you authenticated"));
+    EXPECT_TRUE(stream_.closed);
+    EXPECT_EQ(host_.queued.size(), 1u) << "only the message sent before the change";
+  }
+  // Another account's change does not touch this session.
+  stream_.closed = false;
+  StartWithEhlo(/*implicit_tls=*/true);
+  ASSERT_THAT(Send(AuthPlain("alice", "correct horse")), StartsWith("235 "));
+  ++host_.change_counts["bob"];
+  EXPECT_EQ(Send("MAIL FROM:<alice@asso.org>\r\n"), "250 2.1.0 Ok\r\n");
 }
 
 TEST_F(SessionTest, AccountQuotasAreAskedAtMailRcptDataAndTheEndOfData) {
