@@ -26,6 +26,7 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -141,6 +142,40 @@ bool TakesValue(std::string_view option) {
          option == "-p" ||
          option == "-N" || option == "-R" || option == "-V" || option == "-X" || option == "-C" ||
          option == "-L" || option == "-q" || option == "-h";
+}
+
+// The -F full name as the display name of an added From: (RFC 5322 §3.4): a quoted-string,
+// with quotes and backslashes escaped (§3.2.4) and line ends and other controls made spaces,
+// so that a name from a web form can never end the field and start another; RFC 2047
+// encoded-words when it is not ASCII (UTF-8, at most 75 characters a word, §2).
+std::string DisplayName(std::string_view full_name) {
+  std::string clean;
+  for (char c : full_name) {
+    const auto byte = static_cast<unsigned char>(c);
+    clean.push_back(byte < 0x20 || byte == 0x7f ? ' ' : c);
+  }
+  if (std::all_of(clean.begin(), clean.end(),
+                  [](char c) { return static_cast<unsigned char>(c) < 0x80; })) {
+    std::string quoted = "\"";
+    for (char c : clean) {
+      if (c == '"' || c == '\\') quoted.push_back('\\');
+      quoted.push_back(c);
+    }
+    quoted.push_back('"');
+    return quoted;
+  }
+  // 45 octets make 60 characters of base64: with "=?UTF-8?B?" and "?=", 72. Cut between
+  // characters, never inside one (RFC 2047 §5 (3)).
+  std::vector<std::string> words;
+  size_t start = 0;
+  while (start < clean.size()) {
+    size_t end = std::min(clean.size(), start + 45);
+    while (end < clean.size() && (static_cast<unsigned char>(clean[end]) & 0xC0) == 0x80) --end;
+    words.push_back(absl::StrCat("=?UTF-8?B?", absl::Base64Escape(clean.substr(start, end - start)),
+                                 "?="));
+    start = end;
+  }
+  return absl::StrJoin(words, " ");
 }
 
 std::string DefaultSender(const std::string& hostname) {
@@ -384,6 +419,15 @@ int SendmailMain(const std::vector<std::string>& args, const SendmailContext& co
   if (!options.sender.empty() && options.sender.find('@') == std::string::npos) {
     options.sender = QualifiedItem(options.sender, context.hostname);
   }
+  // It goes into MAIL FROM:<...> and the From: this adds: anything but an address (a line end
+  // from a web form's "-f $email") would add commands or fields of its own.
+  if (!options.sender.empty()) {
+    if (absl::Status valid = mail::ParseMailbox(options.sender, /*allow_utf8=*/true).status();
+        !valid.ok()) {
+      std::cerr << "facteur sendmail: -f: not a mail address (" << valid.message() << ")\n";
+      return EX_USAGE;
+    }
+  }
   // Each argument is an address list ("a@x, b@x", "Bob <bob@x>"), cron's "root" included.
   std::vector<std::string> recipients;
   for (const std::string& argument : options.recipients) {
@@ -442,8 +486,8 @@ int SendmailMain(const std::vector<std::string>& args, const SendmailContext& co
         options.sender.empty() ? DefaultSender(context.hostname) : options.sender;
     absl::StrAppend(&added, options.full_name.empty()
                                 ? absl::StrCat("From: ", author, "\r\n")
-                                : absl::StrCat("From: \"", options.full_name, "\" <", author,
-                                               ">\r\n"));
+                                : absl::StrCat("From: ", DisplayName(options.full_name), " <",
+                                               author, ">\r\n"));
   }
   const absl::Time now = absl::Now();
   if (!mail::FindField(section, "Date").has_value()) {

@@ -5,6 +5,7 @@ sendmail (LF line ends, recipients from To/Cc/Bcc, Bcc removed); exit 0 once que
 null sender, address-list arguments, an mbox "From " line, and past the server's recipient
 limit."""
 
+import base64
 import json
 import os
 import sys
@@ -209,6 +210,44 @@ class UnixSocketAndSendmailTest(harness.unittest.TestCase):
         self.assertIn(b"user59@example.com,\n root@relay.test.example\nSubject: long\n", text)
         self.assertTrue(text.endswith(b"\n\n" + body), text[-300:])
         self.assertLess(max(len(line) for line in text.split(b"\n")), 100)
+
+    def test_sendmail_f_and_F_from_a_web_form_cannot_add_commands_or_fields(self):
+        # PHP's mail() with "-f $email" or "-F $name" taken from a form: a line end in them
+        # must not add an SMTP command (another RCPT) or a header field (a Bcc:).
+        result = self.server.cli(
+            "sendmail", "-f", "web@asso.example>\r\nRCPT TO:<victim@example.com",
+            "to@example.com", input=b"Subject: form\n\nhi\n", check=False)
+        self.assertEqual(result.returncode, 64, result.stderr)
+        self.assertIn(b"-f: not a mail address", result.stderr)
+        self.assertEqual(self.messages(), [])
+        result = self.server.cli(
+            "sendmail", "-f", "web@asso.example",
+            "-F", 'Eve "the boss" \\\r\nBcc: victim@example.com', "to@example.com",
+            input=b"Subject: form\n\nhi\n", check=False)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        [entry] = self.messages()
+        self.assertEqual(entry["recipients"], ["to@example.com"])
+        body = self.body_of(entry)
+        self.assertIn(b'\nFrom: "Eve \\"the boss\\" \\\\  Bcc: victim@example.com" '
+                      b'<web@asso.example>\n', body)
+        self.assertNotIn(b"\nBcc:", body)
+        # A name in UTF-8 goes as RFC 2047 encoded-words.
+        first = entry["id"]
+        name = "Élodie Durand-Lefèvre de la Société des Anciens Élèves"
+        result = self.server.cli("sendmail", "-f", "web@asso.example", "-F", name,
+                                 "to@example.com", input=b"Subject: form\n\nhi\n", check=False)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        [entry] = [m for m in self.messages() if m["id"] != first]
+        from_line = [line for line in self.body_of(entry).split(b"\n")
+                     if line.startswith(b"From: ")][0]
+        words = from_line[len(b"From: "):-len(b" <web@asso.example>")].split(b" ")
+        self.assertGreater(len(words), 1)
+        decoded = b""
+        for word in words:
+            self.assertTrue(word.startswith(b"=?UTF-8?B?") and word.endswith(b"?="), word)
+            self.assertLessEqual(len(word), 75)
+            decoded += base64.b64decode(word[len(b"=?UTF-8?B?"):-2])
+        self.assertEqual(decoded.decode("utf-8"), name)
 
     def test_sendmail_keeps_an_obsolete_from_field(self):
         # "From : a@x" (RFC 5322 §4.5.8) is a field, not an mbox "From " line.
