@@ -30,6 +30,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "engine/base/message_id.h"
 #include "engine/base/status.h"
@@ -144,13 +145,18 @@ bool TakesValue(std::string_view option) {
          option == "-L" || option == "-q" || option == "-h";
 }
 
-// The -F full name as the display name of an added From: (RFC 5322 §3.4): a quoted-string,
-// with quotes and backslashes escaped (§3.2.4) and line ends and other controls made spaces,
-// so that a name from a web form can never end the field and start another; RFC 2047
-// encoded-words when it is not ASCII (UTF-8, at most 75 characters a word, §2).
-std::string DisplayName(std::string_view full_name) {
+// The longest -F name taken, in octets: the rest is dropped. Longer is no name but abuse, and a
+// single word of it could not be folded under the 998-octet line limit (RFC 5322 §2.1.1).
+constexpr size_t kMaxFullName = 256;
+
+// The -F full name as the display name of an added From: (RFC 5322 §3.4), as words to fold
+// between: a quoted-string, with quotes and backslashes escaped (§3.2.4) and line ends and other
+// controls made spaces, so that a name from a web form can never end the field and start
+// another; RFC 2047 encoded-words when it is not ASCII (UTF-8, at most 75 characters a word,
+// §2), whatever the octets are.
+std::vector<std::string> DisplayNameWords(std::string_view full_name) {
   std::string clean;
-  for (char c : full_name) {
+  for (char c : full_name.substr(0, kMaxFullName)) {
     const auto byte = static_cast<unsigned char>(c);
     clean.push_back(byte < 0x20 || byte == 0x7f ? ' ' : c);
   }
@@ -162,20 +168,46 @@ std::string DisplayName(std::string_view full_name) {
       quoted.push_back(c);
     }
     quoted.push_back('"');
-    return quoted;
+    // Folding white space may stand for any space of a quoted-string (§3.2.4).
+    return absl::StrSplit(quoted, ' ');
   }
   // 45 octets make 60 characters of base64: with "=?UTF-8?B?" and "?=", 72. Cut between
-  // characters, never inside one (RFC 2047 §5 (3)).
+  // characters where the octets are UTF-8 (RFC 2047 §5 (3)); anywhere in a run of octets that
+  // begins no character.
   std::vector<std::string> words;
   size_t start = 0;
   while (start < clean.size()) {
     size_t end = std::min(clean.size(), start + 45);
-    while (end < clean.size() && (static_cast<unsigned char>(clean[end]) & 0xC0) == 0x80) --end;
+    while (end > start && end < clean.size() &&
+           (static_cast<unsigned char>(clean[end]) & 0xC0) == 0x80) {
+      --end;
+    }
+    if (end == start) end = std::min(clean.size(), start + 45);
     words.push_back(absl::StrCat("=?UTF-8?B?", absl::Base64Escape(clean.substr(start, end - start)),
                                  "?="));
     start = end;
   }
-  return absl::StrJoin(words, " ");
+  return words;
+}
+
+// "From: NAME <author>\r\n", folded before a word that would take its line past 78 characters
+// (RFC 5322 §2.1.1), never before an empty one: a folded line is never only white space.
+std::string FromField(std::string_view full_name, std::string_view author) {
+  std::vector<std::string> words = DisplayNameWords(full_name);
+  words.push_back(absl::StrCat("<", ToAbsl(author), ">"));
+  std::string field = "From:";
+  size_t line = field.size();
+  for (const std::string& word : words) {
+    if (line + 1 + word.size() > 78 && !word.empty() && line > 1) {
+      field.append("\r\n");
+      line = 0;
+    }
+    field.push_back(' ');
+    field.append(word);
+    line += 1 + word.size();
+  }
+  field.append("\r\n");
+  return field;
 }
 
 std::string DefaultSender(const std::string& hostname) {
@@ -486,8 +518,7 @@ int SendmailMain(const std::vector<std::string>& args, const SendmailContext& co
         options.sender.empty() ? DefaultSender(context.hostname) : options.sender;
     absl::StrAppend(&added, options.full_name.empty()
                                 ? absl::StrCat("From: ", author, "\r\n")
-                                : absl::StrCat("From: ", DisplayName(options.full_name), " <",
-                                               author, ">\r\n"));
+                                : FromField(options.full_name, author));
   }
   const absl::Time now = absl::Now();
   if (!mail::FindField(section, "Date").has_value()) {

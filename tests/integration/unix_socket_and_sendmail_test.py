@@ -8,6 +8,7 @@ limit."""
 import base64
 import json
 import os
+import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -233,14 +234,19 @@ class UnixSocketAndSendmailTest(harness.unittest.TestCase):
         self.assertNotIn(b"\nBcc:", body)
         # A name in UTF-8 goes as RFC 2047 encoded-words.
         first = entry["id"]
+        seen = {first}
         name = "Élodie Durand-Lefèvre de la Société des Anciens Élèves"
         result = self.server.cli("sendmail", "-f", "web@asso.example", "-F", name,
                                  "to@example.com", input=b"Subject: form\n\nhi\n", check=False)
         self.assertEqual(result.returncode, 0, result.stderr)
         [entry] = [m for m in self.messages() if m["id"] != first]
-        from_line = [line for line in self.body_of(entry).split(b"\n")
-                     if line.startswith(b"From: ")][0]
-        words = from_line[len(b"From: "):-len(b" <web@asso.example>")].split(b" ")
+        seen.add(entry["id"])
+        body = self.body_of(entry)
+        field = re.search(rb"\nFrom:((?:[^\n]*\n[ \t])*[^\n]*)\n", body).group(1)
+        # Folded (RFC 5322 §2.1.1): no line of it past 78 characters.
+        self.assertLessEqual(max(len(line) for line in (b"From:" + field).split(b"\n")), 78)
+        words = field.replace(b"\n", b"").split()[:-1]
+        self.assertEqual(field.split()[-1], b"<web@asso.example>")
         self.assertGreater(len(words), 1)
         decoded = b""
         for word in words:
@@ -248,6 +254,21 @@ class UnixSocketAndSendmailTest(harness.unittest.TestCase):
             self.assertLessEqual(len(word), 75)
             decoded += base64.b64decode(word[len(b"=?UTF-8?B?"):-2])
         self.assertEqual(decoded.decode("utf-8"), name)
+        # Octets that begin no character, and a long ASCII name: encoded or quoted all the same,
+        # folded, and cut at 256 octets.
+        for full_name, expected in ((b"\xe2" + b"\x80" * 100, None),
+                                    ("word " * 80, b'"' + b"word " * 51 + b'w"')):
+            result = self.server.cli("sendmail", "-f", "web@asso.example", "-F", full_name,
+                                     "to@example.com", input=b"Subject: x\n\nhi\n", check=False)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            [entry] = [m for m in self.messages() if m["id"] not in seen]
+            seen.add(entry["id"])
+            field = re.search(rb"\nFrom:((?:[^\n]*\n[ \t])*[^\n]*)\n",
+                              self.body_of(entry)).group(1)
+            self.assertLessEqual(max(len(line) for line in (b"From:" + field).split(b"\n")), 78)
+            if expected is not None:
+                self.assertEqual(field.replace(b"\n", b"").strip(),
+                                 expected + b" <web@asso.example>")
 
     def test_sendmail_keeps_an_obsolete_from_field(self):
         # "From : a@x" (RFC 5322 §4.5.8) is a field, not an mbox "From " line.
