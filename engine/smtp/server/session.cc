@@ -482,6 +482,8 @@ void Session::HandleBdat(const Command& command) {
     RefuseAndClose(mail::Reply{501, "5.5.4", "Syntax: BDAT chunk-size [LAST]; closing connection"});
     return;
   }
+  // A first chunk, as DATA: not a whole message uploaded for a stale account.
+  if (in_transaction_ && !bdat_used_ && CloseIfAccountChanged()) return;
   bdat_last_ = words.size() == 2;
   bdat_remaining_ = size;
   bdat_discard_ = false;
@@ -741,15 +743,17 @@ std::optional<mail::Reply> Session::CheckMessage(const mail::HeaderSection& sect
   // addresses it owns, in the envelope (checked at MAIL) and in the header fields that mail
   // readers show as who sent it: From:, Sender: ("X on behalf of Y", RFC 5322 §3.6.2), and the
   // newest resent block's Resent-From:/Resent-Sender: (§3.6.6). Resent blocks are prepended,
-  // so the newest is the leading run of Resent-* fields, up to a field name it already had;
-  // older blocks stay as other senders left them. From: is checked even in a resent message.
+  // so the first Resent-From: is the newest block's; the block ends where a second Resent-From:
+  // or Resent-Date: (each block has one of each) begins an older one, which stays as other
+  // senders left it. From: is checked even in a resent message.
   const mail::HeaderField* from = nullptr;
   const mail::HeaderField* sender = nullptr;
   const mail::HeaderField* resent_from = nullptr;
   const mail::HeaderField* resent_sender = nullptr;
   int from_count = 0;
   int sender_count = 0;
-  std::vector<absl::string_view> newest_resent_block;  // its field names so far
+  int resent_from_count = 0;
+  int resent_date_count = 0;
   bool newest_resent_block_ended = false;
   for (const mail::HeaderField& field : section.fields) {
     const absl::string_view name = ToAbsl(field.name);
@@ -759,15 +763,13 @@ std::optional<mail::Reply> Session::CheckMessage(const mail::HeaderSection& sect
     } else if (absl::EqualsIgnoreCase(name, "Sender")) {
       ++sender_count;
       sender = &field;
-    } else if (absl::StartsWithIgnoreCase(name, "Resent-") && !newest_resent_block_ended) {
-      if (std::any_of(newest_resent_block.begin(), newest_resent_block.end(),
-                      [&](absl::string_view seen) { return absl::EqualsIgnoreCase(seen, name); })) {
-        newest_resent_block_ended = true;
-        continue;
-      }
-      newest_resent_block.push_back(name);
-      if (absl::EqualsIgnoreCase(name, "Resent-From")) resent_from = &field;
-      if (absl::EqualsIgnoreCase(name, "Resent-Sender")) resent_sender = &field;
+    } else if (absl::EqualsIgnoreCase(name, "Resent-From")) {
+      if (++resent_from_count == 1) resent_from = &field;
+      newest_resent_block_ended |= resent_from_count > 1;
+    } else if (absl::EqualsIgnoreCase(name, "Resent-Date")) {
+      newest_resent_block_ended |= ++resent_date_count > 1;
+    } else if (absl::EqualsIgnoreCase(name, "Resent-Sender")) {
+      if (!newest_resent_block_ended && resent_sender == nullptr) resent_sender = &field;
     }
   }
   if (from_count == 0) {
@@ -873,6 +875,11 @@ void Session::FinishMessage() {
   if (mail::RemoveFields(message_, section, {"Bcc", "Resent-Bcc"})) {
     section = mail::ParseHeaderSection(message_);
   }
+  // Before the From: check, which reads the grants of AUTH time.
+  if (CloseIfAccountChanged()) {
+    host_.OnMessageRefused();
+    return;
+  }
   if (std::optional<mail::Reply> refusal = CheckMessage(section)) {
     host_.OnMessageRefused();
     RefuseWith(*refusal);
@@ -880,10 +887,6 @@ void Session::FinishMessage() {
     return;
   }
 
-  if (CloseIfAccountChanged()) {
-    host_.OnMessageRefused();
-    return;
-  }
   const absl::Time now = host_.clock().Now();
   const std::string account = account_.has_value() ? account_->name : "";
   if (!account.empty()) {

@@ -179,7 +179,8 @@ class Session final : public io::StreamHandler {
   void ResetTransaction();
   void Close();
   // When the authenticated account changed since AUTH: says so with a 421, closes, and returns
-  // true (the client reconnects and authenticates again, or is refused).
+  // true (the client reconnects and authenticates again, or is refused). At MAIL, DATA, a first
+  // BDAT chunk and the end of the data.
   bool CloseIfAccountChanged();
   bool ClientMayRelay() const;
   metrics::AccountClass ClientClass() const;

@@ -372,26 +372,38 @@ TEST_F(SessionTest, SenderAndTheNewestResentFieldsAreTheAccountsToo) {
               StartsWith("553 5.7.1 Resent-From: header: "));
   EXPECT_THAT(send("Resent-Sender: president@elsewhere.example\r\nFrom: alice@asso.org\r\n"),
               StartsWith("553 5.7.1 Resent-Sender: header: "));
+  // The first Resent-From: is always the newest block's, whatever comes before it.
+  EXPECT_THAT(send("Resent-Date: Sun, 6 Dec 2026 10:00:00 +0000\r\n"
+                   "Resent-Date: Sun, 6 Dec 2026 10:00:01 +0000\r\n"
+                   "Resent-From: president@elsewhere.example\r\nFrom: alice@asso.org\r\n"),
+              StartsWith("553 5.7.1 Resent-From: header: "));
+  EXPECT_THAT(send("Resent-From: alice@asso.org\r\nResent-Sender: mallory@elsewhere.example\r\n"
+                   "Resent-Date: Sun, 6 Dec 2026 10:00:00 +0000\r\nFrom: alice@asso.org\r\n"),
+              StartsWith("553 5.7.1 Resent-Sender: header: "));
   EXPECT_EQ(host_.queued.size(), 0u);
-  // Alice resends her message that Bob resent before her: her block is first, his is older.
-  // From: is hers whatever the resent fields say (a Resent-From: of hers does not let her pass
-  // off someone else's From:).
+  // Alice resends her message that Bob resent before her: her block is first, his is older
+  // (whether its Resent-Date: or its Resent-From: comes first). From: is hers whatever the
+  // resent fields say (a Resent-From: of hers does not let her pass off someone else's From:).
   EXPECT_THAT(send("Resent-From: alice@asso.org\r\nResent-Date: Sun, 6 Dec 2026 10:00:00 +0000\r\n"
                    "Resent-From: bob@elsewhere.example\r\nResent-Sender: bob@elsewhere.example\r\n"
-                   "From: alice@asso.org\r\n"),
+                   "Resent-Date: Sat, 5 Dec 2026 10:00:00 +0000\r\nFrom: alice@asso.org\r\n"),
+              StartsWith("250 2.0.0 Ok: queued as"));
+  EXPECT_THAT(send("Resent-From: alice@asso.org\r\nResent-Date: Sun, 6 Dec 2026 10:00:00 +0000\r\n"
+                   "Resent-Date: Sat, 5 Dec 2026 10:00:00 +0000\r\nResent-Sender: bob@elsewhere.example\r\n"
+                   "Resent-From: bob@elsewhere.example\r\nFrom: alice@asso.org\r\n"),
               StartsWith("250 2.0.0 Ok: queued as"));
   EXPECT_THAT(send("Resent-From: alice@asso.org\r\nFrom: carol@elsewhere.example\r\n"),
               StartsWith("553 5.7.1 From: header: "));
   EXPECT_THAT(send("From: Alice <alice@asso.org>\r\nSender: Alice <ALICE@asso.org>\r\n"),
               StartsWith("250 2.0.0 Ok: queued as"));
-  EXPECT_EQ(host_.queued.size(), 2u);
+  EXPECT_EQ(host_.queued.size(), 3u);
 }
 
 // An account suspended, deleted or changed while its session is open stops sending at the
 // next MAIL, DATA or end of data: 421, and the session closes, the message not queued.
 TEST_F(SessionTest, AnAccountChangedSinceAuthEndsItsSession) {
   policy_.role = config::ListenerRole::kSubmission;
-  for (const char* when : {"MAIL", "DATA", "end of data"}) {
+  for (const char* when : {"MAIL", "DATA", "BDAT", "end of data"}) {
     SCOPED_TRACE(when);
     stream_.closed = false;
     host_.queued.clear();
@@ -408,10 +420,17 @@ TEST_F(SessionTest, AnAccountChangedSinceAuthEndsItsSession) {
       Send("MAIL FROM:<alice@asso.org>\r\nRCPT TO:<x@example.com>\r\n");
       ++host_.change_counts["alice"];
       reply = Send("DATA\r\n");
-    } else {
-      Send("MAIL FROM:<alice@asso.org>\r\nRCPT TO:<x@example.com>\r\nDATA\r\n");
+    } else if (std::string_view(when) == "BDAT") {
+      Send("MAIL FROM:<alice@asso.org>\r\nRCPT TO:<x@example.com>\r\n");
       ++host_.change_counts["alice"];
-      reply = Send(kMessage);
+      reply = Send("BDAT 12 LAST\r\nSubject: x\r\n");
+    } else {
+      // An address granted since AUTH: 421 (authenticate again and it is yours), not a 553
+      // from the grants of AUTH time.
+      Send("MAIL FROM:<alice@asso.org>\r\nRCPT TO:<x@example.com>\r\nDATA\r\n");
+      host_.grants["alice"].push_back("alias@asso.org");
+      ++host_.change_counts["alice"];
+      reply = Send("From: alias@asso.org\r\n\r\nhi\r\n.\r\n");
     }
     EXPECT_THAT(reply, StartsWith("421 4.7.0 "));
     EXPECT_THAT(reply, HasSubstr("Account 'alice' changed since you authenticated"));
