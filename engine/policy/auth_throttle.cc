@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -36,8 +37,8 @@ bool AuthThrottle::Expire(Entry& entry, absl::Time now) const {
   return entry.failures == 0 && entry.running == 0;
 }
 
-bool AuthThrottle::Begin(std::string_view client) {
-  if (options_.max_failures == 0) return true;
+AuthThrottle::Admission AuthThrottle::Begin(std::string_view client) {
+  if (options_.max_failures == 0) return Admission::kUncounted;
   const absl::Time now = clock_.Now();
   const std::string key = KeyOf(client);
   absl::MutexLock lock(&mutex_);
@@ -50,18 +51,24 @@ bool AuthThrottle::Begin(std::string_view client) {
             entries_.size());
         warned_full_ = true;
       }
-      return true;  // untracked: Finish() finds no entry and does nothing
+      return Admission::kUncounted;
     }
     it = entries_.emplace(key, Entry{}).first;
   }
-  Expire(it->second, now);
-  if (it->second.failures + it->second.running >= options_.max_failures) return false;
-  ++it->second.running;
-  return true;
+  Entry& entry = it->second;
+  Expire(entry, now);
+  const uint32_t limit = entry.failures == 0 ? std::max(options_.max_failures, kChecksAtOnce)
+                                             : options_.max_failures;
+  if (entry.failures + entry.running >= limit) {
+    if (entry.failures == 0 && entry.running == 0) entries_.erase(it);
+    return Admission::kRefused;
+  }
+  ++entry.running;
+  return Admission::kCounted;
 }
 
-void AuthThrottle::Finish(std::string_view client, Outcome outcome) {
-  if (options_.max_failures == 0) return;
+void AuthThrottle::Finish(std::string_view client, Admission admission, Outcome outcome) {
+  if (admission != Admission::kCounted) return;
   const absl::Time now = clock_.Now();
   const std::string key = KeyOf(client);
   absl::MutexLock lock(&mutex_);

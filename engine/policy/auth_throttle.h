@@ -5,8 +5,9 @@
 // check by design: without this, one client guessing passwords would keep the verifier pool
 // busy and make every real user wait (Dovecot's auth penalty and fail2ban play this role
 // beside Postfix). Checks still running count as failures to come, so that many connections
-// guessing at once cannot all get in before the first failure is counted; IPv6 clients count
-// by /64, the block one host or one customer usually holds.
+// guessing at once cannot all get in before the first failure is counted; while an address has
+// no failure, up to kChecksAtOnce may run (a NAT or a webmail host logging users in together).
+// IPv6 clients count by /64, the block one host or one customer usually holds.
 // Thread contract: thread-safe.
 #pragma once
 
@@ -43,11 +44,20 @@ class AuthThrottle {
     kNone,     // no verdict on the password (no capacity to check it; an error)
   };
 
-  // Starts a password check for `client` (an IP address, or "unix"): false, and nothing
-  // started, while its failures in the window and the checks it has running reach the limit.
-  // Each true is ended by exactly one Finish().
-  bool Begin(std::string_view client);
-  void Finish(std::string_view client, Outcome outcome);
+  // Checks an address with no failure may have running at once, when max_failures is lower.
+  static constexpr uint32_t kChecksAtOnce = 8;
+
+  // What Begin() decided.
+  enum class Admission : uint8_t {
+    kRefused,    // locked out: no check
+    kCounted,    // a check to end with Finish()
+    kUncounted,  // a check, not tracked (the table is full); Finish() does nothing with it
+  };
+  // Starts a password check for `client` (an IP address, or "unix"): refused while its failures
+  // in the window and the checks it has running reach the limit. Each admission but kRefused is
+  // ended by exactly one Finish() with it.
+  Admission Begin(std::string_view client);
+  void Finish(std::string_view client, Admission admission, Outcome outcome);
 
   // The address whose failures `client` counts toward: itself, or for IPv6 its /64
   // ("2001:db8:1:2::/64"; an IPv4-mapped address as the IPv4 address).

@@ -1,7 +1,7 @@
 """After [smtp] auth_max_failures failed AUTH attempts from one address, further attempts from
 that address get 454 4.7.0 without any password check — even with the right password — while
 clients from other addresses still authenticate. Guesses sent on many connections at once do
-not get more password checks than the limit: the checks still running count. (The end of the
+not get more password checks than 8 at once: the checks still running count. (The end of the
 window is covered by a unit test on a simulated clock.)"""
 
 import smtplib
@@ -46,7 +46,7 @@ class AuthFailuresLockOutTheAddressTest(harness.ServerTestCase):
             self.assertEqual((code, text[:5]), (235, b"2.7.0"), text)
 
     def test_guesses_sent_at_once_get_no_more_checks_than_the_limit(self):
-        guessers = [self.client("127.0.0.3") for _ in range(12)]
+        guessers = [self.client("127.0.0.3") for _ in range(20)]
         try:
             # Every guess is on the wire before the first argon2 check can end.
             for number, guesser in enumerate(guessers):
@@ -55,8 +55,9 @@ class AuthFailuresLockOutTheAddressTest(harness.ServerTestCase):
         finally:
             for guesser in guessers:
                 guesser.close()
+        # While the address has no failure, 8 checks may run at once (a NAT, a webmail host).
         codes = sorted(code for code, _ in replies)
-        self.assertEqual(codes, [454] * 9 + [535] * 3, replies)
+        self.assertEqual(codes, [454] * 12 + [535] * 8, replies)
 
 
 if __name__ == "__main__":

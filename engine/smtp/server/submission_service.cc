@@ -29,7 +29,8 @@ class ConnectionHost final : public SessionHost {
     // Shared by this function and the pool task: whichever runs last frees it. It lets a
     // refused submission answer without having moved `done` into the lost task.
     auto pending = std::make_shared<decltype(done)>(std::move(done));
-    if (!services_.auth_throttle.Begin(client_)) {
+    const policy::AuthThrottle::Admission admission = services_.auth_throttle.Begin(client_);
+    if (admission == policy::AuthThrottle::Admission::kRefused) {
       // Refused before any hashing: this address failed too often (454 4.7.0).
       policy::WipeSecret(password);
       loop_.Post([pending]() mutable {
@@ -42,14 +43,15 @@ class ConnectionHost final : public SessionHost {
     policy::AccountStore* accounts = &services_.accounts;
     policy::AuthThrottle* throttle = &services_.auth_throttle;
     bool submitted = services_.auth_pool.TrySubmit(
-        [loop, accounts, throttle, client = client_, pending, account = std::move(account),
+        [loop, accounts, throttle, admission, client = client_, pending, account = std::move(account),
          password = std::move(password)]() mutable {
           // Read before the credentials: a change made during the check makes the session's
           // account stale at once rather than go unnoticed.
           const uint64_t change_count = accounts->ChangeCount(account);
           absl::StatusOr<policy::Account> result = accounts->Authenticate(account, password);
           policy::WipeSecret(password);
-          throttle->Finish(client, result.ok() ? policy::AuthThrottle::Outcome::kSuccess
+          throttle->Finish(client, admission,
+                           result.ok() ? policy::AuthThrottle::Outcome::kSuccess
                                    : absl::IsUnauthenticated(result.status())
                                        ? policy::AuthThrottle::Outcome::kFailure
                                        : policy::AuthThrottle::Outcome::kNone);
@@ -64,7 +66,7 @@ class ConnectionHost final : public SessionHost {
         });
     if (!submitted) {
       // Back-pressure: every verifier is busy; the client may try again (454 4.7.0).
-      services_.auth_throttle.Finish(client_, policy::AuthThrottle::Outcome::kNone);
+      services_.auth_throttle.Finish(client_, admission, policy::AuthThrottle::Outcome::kNone);
       loop_.Post([pending]() mutable {
         std::move (*pending)(absl::UnavailableError("authentication pool is full"));
       });
