@@ -580,7 +580,8 @@ class Spool::Writer {
     std::string envelope = {};                       // kEnqueue, kUpdate: encoded
     std::string body = {};                           // kEnqueue
     absl::AnyInvocable<void(absl::Status) &&> done;
-    Durability durability = Durability::kSynced;  // enqueues are always synced
+    // Enqueues are synced, except the messages that go `along` an update or removal: theirs.
+    Durability durability = Durability::kSynced;
     absl::Status refusal = absl::OkStatus();  // set by Stage() when the item cannot apply
     // kUpdate, kRemove: enqueues staged right after this item when it applies, so that they
     // are in the same WriteBatch (NewMessage). Their `done` is empty: this item's answers.
@@ -632,10 +633,11 @@ class Spool::Writer {
   // Syncs what unsynced commits left in the log (Durability::kRidesNextSync) once they are
   // max_unsynced old. Writer thread only, outside mutex_.
   void SyncOverdue(bool force) {
+    if (!unsynced_since_.has_value()) return;
     // Not while the database is in error after a failed write: RocksDB asserts that nothing
     // syncs a log whose write failed (an abort). Resuming makes the changes durable, or the
-    // next synced commit does.
-    if (!unsynced_since_.has_value() || needs_resume_) return;
+    // next synced commit does; at stop there is no next one, so resume now if the disk allows.
+    if (needs_resume_ && (!force || !MaybeResume(/*now_whatever_the_interval=*/true).ok() || needs_resume_)) return;
     if (!force && std::chrono::steady_clock::now() - *unsynced_since_ <
                       absl::ToChronoNanoseconds(options_.max_unsynced)) {
       return;
@@ -701,10 +703,11 @@ class Spool::Writer {
 
   // After a failed commit RocksDB may have stopped writes (a background error). Resume() clears
   // it once the cause is gone, e.g. space freed on the disk, so that the spool heals itself.
-  absl::Status MaybeResume() {
+  // `now`: whatever the time since the last attempt (at stop).
+  absl::Status MaybeResume(bool now_whatever_the_interval = false) {
     if (!needs_resume_) return absl::OkStatus();
     const absl::Time now = clock_.Now();
-    if (now - last_resume_attempt_ < kResumeInterval) {
+    if (!now_whatever_the_interval && now - last_resume_attempt_ < kResumeInterval) {
       // Not yet: try the write anyway. If the database still refuses writes it fails at once
       // with the stored error, without touching the disk.
       return absl::OkStatus();

@@ -844,7 +844,12 @@ void QueueManager::Persist(queue::Envelope envelope, absl::Time previous_due,
     for (const MessageId& report : report_ids) {
       if (status.ok()) {
         Log(LogLevel::kInfo, "delivery: DSN %s queued for %s", report.ToString(), id.ToString());
+      } else if (absl::IsNotFound(status)) {
+        // Removed meanwhile (`queue delete`): its outcomes and their DSN go with it.
+        Log(LogLevel::kWarning, "delivery: DSN %s for %s not queued: the message was removed",
+            report.ToString(), id.ToString());
       } else {
+        // Made again when the message is retried.
         Log(LogLevel::kInfo, "delivery: DSN %s for %s not queued: %s", report.ToString(),
             id.ToString(), status.ToString());
       }

@@ -248,39 +248,45 @@ TEST(SpoolTest, FullDiskFailsWithResourceExhaustedThenResumes) {
 
 // A write refused by a full disk while settled changes wait unsynced in the log: the writer
 // must not sync that log (RocksDB asserts on a sync after a failed write: the process aborted,
-// at the next max_unsynced or at stop), and once the disk has room it resumes and syncs them.
+// at the next max_unsynced or at stop), and once the disk has room it resumes and the settled
+// changes become durable: with the next synced write, or at a clean stop with none after.
 TEST(SpoolTest, FailedWriteAfterUnsyncedChangesNeitherAbortsNorLosesThem) {
-  FaultySpoolDir faulty;
-  auto& fs = faulty.fs;
-  SimulatedClock clock;
-  SpoolOptions options;
-  options.max_unsynced = absl::Milliseconds(20);
-  const Envelope settled = SampleEnvelope(MessageId::Generate(clock.Now()), clock.Now());
-  const Envelope refused = SampleEnvelope(MessageId::Generate(clock.Now()), clock.Now());
-  const Envelope after = SampleEnvelope(MessageId::Generate(clock.Now()), clock.Now());
-  {
-    Opened opened = OpenOrDie(faulty.path, clock, options, faulty.store_options);
-    ASSERT_NE(opened.spool, nullptr);
-    ASSERT_TRUE(EnqueueAndWait(*opened.spool, settled, BodyFor(settled.id)).ok());
-    ASSERT_TRUE(RemoveAndWait(*opened.spool, settled.id, settled.next_attempt,
-                              Durability::kRidesNextSync)
-                    .ok());
-    fs->ArmFullDisk();
-    EXPECT_EQ(EnqueueAndWait(*opened.spool, refused, BodyFor(refused.id)).code(),
-              absl::StatusCode::kResourceExhausted);
-    absl::SleepFor(absl::Milliseconds(100));  // past max_unsynced: the writer's own sync is due
-    fs->DisarmFullDisk();
-    clock.Advance(absl::Seconds(2));  // past the resume interval
-    ASSERT_TRUE(EnqueueAndWait(*opened.spool, after, BodyFor(after.id)).ok());
-  }  // a clean stop syncs what is left
-  fs->CutPower();  // nothing written after the stop; the logs keep what the syncs covered
-  fs->LoseUnsyncedLogTails();
-  Opened reopened = OpenOrDie(faulty.path, clock);
-  ASSERT_NE(reopened.spool, nullptr);
-  EXPECT_FALSE(ReadEnvelope(*reopened.store, settled.id)->has_value()) << "its removal undone";
-  EXPECT_FALSE(ReadEnvelope(*reopened.store, refused.id)->has_value());
-  EXPECT_EQ(ReadBody(*reopened.store, after.id)->value_or(""), BodyFor(after.id));
-  EXPECT_EQ(reopened.spool->size(), 1u);
+  for (const bool write_after : {true, false}) {
+    SCOPED_TRACE(write_after ? "a synced write after" : "a stop");
+    FaultySpoolDir faulty;
+    auto& fs = faulty.fs;
+    SimulatedClock clock;
+    SpoolOptions options;
+    options.max_unsynced = absl::Milliseconds(20);
+    const Envelope settled = SampleEnvelope(MessageId::Generate(clock.Now()), clock.Now());
+    const Envelope refused = SampleEnvelope(MessageId::Generate(clock.Now()), clock.Now());
+    const Envelope after = SampleEnvelope(MessageId::Generate(clock.Now()), clock.Now());
+    {
+      Opened opened = OpenOrDie(faulty.path, clock, options, faulty.store_options);
+      ASSERT_NE(opened.spool, nullptr);
+      ASSERT_TRUE(EnqueueAndWait(*opened.spool, settled, BodyFor(settled.id)).ok());
+      ASSERT_TRUE(RemoveAndWait(*opened.spool, settled.id, settled.next_attempt,
+                                Durability::kRidesNextSync)
+                      .ok());
+      fs->ArmFullDisk();
+      EXPECT_EQ(EnqueueAndWait(*opened.spool, refused, BodyFor(refused.id)).code(),
+                absl::StatusCode::kResourceExhausted);
+      absl::SleepFor(absl::Milliseconds(100));  // past max_unsynced: the writer's sync is due
+      fs->DisarmFullDisk();
+      if (write_after) {
+        clock.Advance(absl::Seconds(2));  // past the resume interval
+        ASSERT_TRUE(EnqueueAndWait(*opened.spool, after, BodyFor(after.id)).ok());
+      }
+    }  // a clean stop resumes if it must, and syncs what is left
+    fs->CutPower();  // nothing written after the stop; the logs keep what the syncs covered
+    fs->LoseUnsyncedLogTails();
+    Opened reopened = OpenOrDie(faulty.path, clock);
+    ASSERT_NE(reopened.spool, nullptr);
+    EXPECT_FALSE(ReadEnvelope(*reopened.store, settled.id)->has_value()) << "its removal undone";
+    EXPECT_FALSE(ReadEnvelope(*reopened.store, refused.id)->has_value());
+    EXPECT_EQ(ReadBody(*reopened.store, after.id)->has_value(), write_after);
+    EXPECT_EQ(reopened.spool->size(), write_after ? 1u : 0u);
+  }
 }
 
 // A power cut loses what the write-ahead log holds past its last sync. Acknowledged enqueues
