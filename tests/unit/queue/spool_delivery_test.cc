@@ -11,7 +11,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "queue/spool.h"
-#include "tests/support/fault_file_system.h"
+#include "tests/unit/queue/faulty_store.h"
 #include "tests/unit/queue/queue_test_util.h"
 
 namespace facteur::queue {
@@ -380,12 +380,10 @@ TEST(SpoolDeliveryTest, LeaseEndsWhenItsUpdateOrRemovalCommitsOrOnRelease) {
 }
 
 TEST(SpoolDeliveryTest, FailedUpdateKeepsTheLeaseAndTheOldState) {
-  test::TempDir dir;
-  auto fs = std::make_shared<test_support::FaultFileSystem>();
-  StoreOptions store_options;
-  store_options.env = test_support::NewEnvWithFileSystem(fs);
+  test::FaultySpoolDir faulty;
+  auto& fs = faulty.fs;
   SimulatedClock clock;
-  Opened opened = OpenOrDie(dir.Sub("spool"), clock, SpoolOptions(), store_options);
+  Opened opened = OpenOrDie(faulty.path, clock, SpoolOptions(), faulty.store_options);
   ASSERT_NE(opened.spool, nullptr);
   Envelope envelope = Due(clock, absl::ZeroDuration());
   ASSERT_TRUE(EnqueueAll(*opened.spool, {envelope}));
@@ -464,14 +462,12 @@ TEST(SpoolDeliveryTest, BatchMixingEnqueueUpdateAndRemoveCommitsWithOneFsync) {
 // has room for one change only, and not at all when that change is refused (the message is
 // gone) or fails (a full disk: the recipient is tried again, and its DSN made again).
 TEST(SpoolDeliveryTest, MessagesAlongAChangeAreWrittenWithItOrNotAtAll) {
-  test::TempDir dir;
-  auto fs = std::make_shared<test_support::FaultFileSystem>();
-  StoreOptions store_options;
-  store_options.env = test_support::NewEnvWithFileSystem(fs);
+  test::FaultySpoolDir faulty;
+  auto& fs = faulty.fs;
   SimulatedClock clock;
   SpoolOptions options;
   options.max_batch = 1;
-  Opened opened = OpenOrDie(dir.Sub("spool"), clock, options, store_options);
+  Opened opened = OpenOrDie(faulty.path, clock, options, faulty.store_options);
   ASSERT_NE(opened.spool, nullptr);
   Spool& spool = *opened.spool;
   const auto report = [&] {

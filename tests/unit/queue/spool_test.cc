@@ -16,6 +16,7 @@
 #include "queue/prezeroed_wal.h"
 #include "rocksdb/iterator.h"
 #include "tests/support/fault_file_system.h"
+#include "tests/unit/queue/faulty_store.h"
 #include "tests/unit/queue/queue_test_util.h"
 
 namespace facteur::queue {
@@ -23,6 +24,7 @@ namespace {
 
 using test::BodyFor;
 using test::EnqueueAndWait;
+using test::FaultySpoolDir;
 using test::Opened;
 using test::OpenOrDie;
 using test::RemoveAndWait;
@@ -188,16 +190,6 @@ TEST(SpoolTest, RecoveryStopsAtAnEnvelopeOfANewerVersion) {
   EXPECT_THAT(std::string(spool.status().message()), ::testing::HasSubstr("newer facteur"));
   EXPECT_EQ(ReadBody(**store, newer.id)->value_or(""), "a body");
 }
-
-// A spool directory whose files go through a FaultFileSystem the test arms.
-struct FaultySpoolDir {
-  FaultySpoolDir() { store_options.env = test_support::NewEnvWithFileSystem(fs); }
-  test::TempDir dir;
-  const std::string path = dir.Sub("spool");
-  std::shared_ptr<test_support::FaultFileSystem> fs =
-      std::make_shared<test_support::FaultFileSystem>();
-  StoreOptions store_options;
-};
 
 // The size of the largest write-ahead log in `dir`.
 uint64_t LargestLogSize(const std::string& dir) {

@@ -18,7 +18,7 @@
 #include "gtest/gtest.h"
 #include "queue/spool.h"
 #include "queue/store.h"
-#include "tests/support/fault_file_system.h"
+#include "tests/unit/queue/faulty_store.h"
 #include "tests/unit/queue/queue_test_util.h"
 
 namespace facteur::delivery {
@@ -532,13 +532,12 @@ TEST_F(QueueManagerTest, SettlesMixedOutcomesRetriesAndBounces) {
 // (One change per commit here, so that a DSN written apart from its bounce would be committed,
 // and synced, before the bounce.)
 TEST_F(QueueManagerTest, APowerCutUndoesABounceAndItsDsnTogether) {
-  auto fs = std::make_shared<test_support::FaultFileSystem>();
-  queue::StoreOptions faulty;
-  faulty.env = test_support::NewEnvWithFileSystem(fs);
+  queue::test::FaultyStore faulty;
+  auto& fs = faulty.fs;
   queue::SpoolOptions one_change_per_commit;
   one_change_per_commit.max_batch = 1;
   one_change_per_commit.max_unsynced = absl::Hours(1);  // no sync of the writer's own
-  Open(one_change_per_commit, faulty);
+  Open(one_change_per_commit, faulty.store_options);
   const MessageId id = Enqueue("alice@example.org", {R("gone@y.test")});
   manager_->RunOnce();
   std::vector<DeliveryJob> jobs = dispatcher_.Take();
