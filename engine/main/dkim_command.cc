@@ -5,6 +5,7 @@
 // engine/dns, on a loop of its own) and says whether it matches the private key.
 // Thread contract: main thread of a short-lived process; `check` runs one io_uring loop on it.
 #include <fcntl.h>
+#include <pwd.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -12,6 +13,7 @@
 #include <filesystem>
 #include <iostream>
 #include <optional>
+#include <vector>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
@@ -34,6 +36,8 @@ constexpr char kUsage[] =
     "       facteur dkim check DOMAIN [--selector S] [--key FILE]\n"
     "keygen  writes a new private key (mode 0600; default DATA_DIR/dkim/DOMAIN.SELECTOR.pem)\n"
     "        and prints the DNS TXT record to publish and the [[dkim.key]] entry to configure.\n"
+    "        Run as root, the key (and the directories made for it) goes to the owner of the\n"
+    "        nearest existing directory above it: the service's user, in its data directory.\n"
     "        A: rsa-2048 (default), rsa-1024, rsa-3072, rsa-4096 or ed25519 (RFC 8463; sign\n"
     "        with RSA too: not every verifier knows Ed25519).\n"
     "check   looks up SELECTOR._domainkey.DOMAIN in DNS ([dns] nameservers) and says whether\n"
@@ -70,12 +74,55 @@ std::string ZoneStrings(const std::string& value) {
   return out;
 }
 
+// Who is to own what keygen creates. Run as root (`sudo facteur dkim keygen`, the usual way),
+// the key would belong to root, mode 0600, and the service, an unprivileged user owning its data
+// directory (deploy/systemd/facteur.service), could not read it at the next reload. So the key,
+// and the directories made for it, take the owner of the nearest directory that was there
+// before. Nothing changes for another user: a process cannot give a file away.
+struct Owner {
+  uid_t uid;
+  gid_t gid;
+};
+
+std::optional<Owner> OwnerToGive(const std::filesystem::path& parent) {
+  if (::geteuid() != 0) return std::nullopt;
+  std::filesystem::path existing = parent.empty() ? std::filesystem::path(".") : parent;
+  std::error_code error;
+  while (!std::filesystem::exists(existing, error) && existing.has_relative_path()) {
+    existing = existing.parent_path().empty() ? std::filesystem::path(".") : existing.parent_path();
+  }
+  struct stat info;
+  if (::stat(existing.c_str(), &info) != 0 || info.st_uid == 0) return std::nullopt;
+  return Owner{info.st_uid, info.st_gid};
+}
+
+// The user name owning `path` (its uid when it has no name), for the keygen report.
+std::string FileOwner(const std::string& path) {
+  struct stat info;
+  if (::stat(path.c_str(), &info) != 0) return "?";
+  if (const passwd* user = ::getpwuid(info.st_uid); user != nullptr) return user->pw_name;
+  return absl::StrCat("uid ", info.st_uid);
+}
+
 absl::Status WritePrivateKey(const std::string& path, const std::string& pem) {
   std::error_code error;
-  std::filesystem::path parent = std::filesystem::path(path).parent_path();
+  const std::filesystem::path parent = std::filesystem::path(path).parent_path();
+  const std::optional<Owner> owner = OwnerToGive(parent);
   if (!parent.empty()) {
+    // The directories to make, outermost first, so that each can be given to `owner`.
+    std::vector<std::filesystem::path> made;
+    for (std::filesystem::path p = parent; !p.empty() && !std::filesystem::exists(p, error);
+         p = p.parent_path()) {
+      made.insert(made.begin(), p);
+      if (p == p.parent_path()) break;
+    }
     std::filesystem::create_directories(parent, error);
     if (error) return absl::PermissionDeniedError(absl::StrCat(parent.string(), ": ", error.message()));
+    for (const std::filesystem::path& directory : made) {
+      if (owner.has_value() && ::chown(directory.c_str(), owner->uid, owner->gid) != 0) {
+        return ErrnoStatus(absl::StrCat("chown ", directory.string()), errno);
+      }
+    }
   }
   // O_EXCL: never overwrite a key that may be published already.
   int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
@@ -88,6 +135,9 @@ absl::Status WritePrivateKey(const std::string& path, const std::string& pem) {
   }
   absl::Status status;
   if (::fchmod(fd, 0600) != 0) status = ErrnoStatus(absl::StrCat("chmod ", path), errno);
+  if (status.ok() && owner.has_value() && ::fchown(fd, owner->uid, owner->gid) != 0) {
+    status = ErrnoStatus(absl::StrCat("chown ", path), errno);
+  }
   size_t written = 0;
   while (status.ok() && written < pem.size()) {
     ssize_t n = ::write(fd, pem.data() + written, pem.size() - written);
@@ -157,7 +207,8 @@ int Keygen(const config::Config& config, const CommandLine& command_line) {
               << "\n";
     return kExitOk;
   }
-  std::cout << "Private key written to " << path << " (mode 0600).\n\n"
+  std::cout << "Private key written to " << path << " (mode 0600, owner " << FileOwner(path)
+            << ").\n\n"
             << "Publish this DNS TXT record:\n"
             << "  name:  " << name << "\n"
             << "  value: " << record << "\n\n"

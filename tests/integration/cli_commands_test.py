@@ -5,6 +5,7 @@ on a stopped server's --data-dir."""
 import base64
 import json
 import os
+import pwd
 import re
 import shutil
 import subprocess
@@ -165,6 +166,42 @@ class CliCommandsTest(harness.unittest.TestCase):
         self.assertEqual(result.returncode, 0, result)
         self.assertIn(b": ok", result.stdout)
         self.assertIn(b"not checked as uid", result.stderr)
+
+    def test_keygen_as_root_gives_the_key_to_the_owner_of_the_data_directory(self):
+        # The service runs as an unprivileged user owning its data directory; the administrator
+        # runs keygen as root. The key must be readable by the service at the next reload, and
+        # still by nobody else.
+        directory = tempfile.mkdtemp(prefix="facteur-cfg-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        os.chmod(directory, 0o755)
+        data_dir = os.path.join(directory, "data")
+        os.mkdir(data_dir)
+        shutil.chown(data_dir, "nobody", "nogroup")
+        result = self.server.cli("dkim", "keygen", "--data-dir", data_dir, "--domain",
+                                 "asso.example", "--selector", "s1", "--algorithm", "ed25519",
+                                 data_dir=False)
+        key = os.path.join(data_dir, "dkim", "asso.example.s1.pem")
+        self.assertIn(b"(mode 0600, owner nobody)", result.stdout)
+        nobody = pwd.getpwnam("nobody").pw_uid
+        for path in (os.path.dirname(key), key):
+            self.assertEqual(os.stat(path).st_uid, nobody, path)
+        self.assertEqual(os.stat(key).st_mode & 0o777, 0o600)
+        config = os.path.join(directory, "facteur.toml")
+        with open(config, "w") as f:
+            f.write('data_dir = "%s"\n[[dkim.key]]\ndomain = "asso.example"\nselector = "s1"\n'
+                    'algorithm = "ed25519-sha256"\nkey_file = "dkim/asso.example.s1.pem"\n'
+                    % data_dir)
+        os.chmod(config, 0o644)
+        result = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup",
+                                 "--clear-groups", harness.BINARY, "config", "check", config],
+                                capture_output=True, timeout=60)
+        self.assertEqual(result.returncode, 0, result)
+        self.assertNotIn(b"not checked", result.stderr)  # nobody read the key: it is its own
+        # A data directory of root's keeps root's key.
+        result = self.server.cli("dkim", "keygen", "--out", os.path.join(directory, "k", "r.pem"),
+                                 "--domain", "asso.example", "--selector", "s2", data_dir=False)
+        self.assertIn(b"owner root)", result.stdout)
+        self.assertEqual(os.stat(os.path.join(directory, "k", "r.pem")).st_uid, 0)
 
     def test_version(self):
         result = self.run_cli("version", data_dir=False)

@@ -8,8 +8,12 @@ limit."""
 import base64
 import json
 import os
+import pwd
 import re
+import shutil
+import subprocess
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
@@ -300,6 +304,54 @@ class UnixSocketAndSendmailTest(harness.unittest.TestCase):
                                  input=b"Subject: x\n\nbody\n", check=False, data_dir=False)
         self.assertEqual(result.returncode, EX_TEMPFAIL, (result.stdout, result.stderr))
         self.assertEqual(self.count(), 0)
+
+
+class SendmailAsAnApplicationUserTest(harness.unittest.TestCase):
+    """The layout of deploy/systemd/facteur.service: the data directory is private to the
+    service (mode 0700, as DynamicUser's /var/lib/private), the socket is in a runtime
+    directory of mode 0755 (/run/facteur) and the configuration is readable by all
+    (/etc/facteur). A web application's user (nobody) calls sendmail through a link named
+    sendmail, as /usr/sbin/sendmail would be."""
+
+    def setUp(self):
+        self.public = tempfile.mkdtemp(prefix="facteur-run-")
+        self.addCleanup(shutil.rmtree, self.public, True)
+        os.chmod(self.public, 0o755)
+        self.socket = os.path.join(self.public, "facteur.sock")
+        self.server = harness.Facteur(listeners=[
+            {"name": "local", "address": "unix:" + self.socket},
+            {"name": "private", "address": "unix:facteur.sock"},  # in the data directory
+        ])
+        self.addCleanup(self.server.cleanup)
+        self.server.start()
+        os.chmod(self.server.data_dir, 0o700)
+        self.config = os.path.join(self.public, "facteur.toml")
+        shutil.copy(self.server.config_path, self.config)
+        os.chmod(self.config, 0o644)
+        self.sendmail = os.path.join(self.public, "sendmail")
+        os.symlink(os.path.abspath(harness.BINARY), self.sendmail)
+
+    def as_nobody(self, *args):
+        return subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                               self.sendmail, "--config", self.config] + list(args),
+                              input=b"From: www@asso.example\nTo: bob@example.com\n"
+                                    b"Subject: from php\n\nhello\n",
+                              capture_output=True, timeout=60)
+
+    def test_an_application_user_submits_through_the_runtime_directory(self):
+        result = self.as_nobody("-t", "-i")
+        self.assertEqual(result.returncode, 0, result)
+        listed = json.loads(self.server.cli("queue", "ls", "--json").stdout)["messages"]
+        self.assertEqual([m["recipients"] for m in listed], [["bob@example.com"]])
+        shown = json.loads(self.server.cli("queue", "show", listed[0]["id"], "--json").stdout)
+        self.assertRegex(shown["client"], r"^unix uid=%d pid=\d+$" % pwd.getpwnam("nobody").pw_uid)
+        # Why the unit does not leave the socket in the data directory: there, the same user
+        # cannot reach it, and sendmail can only say to try later.
+        private = os.path.join(self.server.data_dir, "facteur.sock")
+        self.assertTrue(os.path.exists(private))
+        result = self.as_nobody("--socket", private, "-t", "-i")
+        self.assertEqual(result.returncode, EX_TEMPFAIL, result)
+        self.assertIn(b"Permission denied", result.stderr)
 
 
 class SendmailPastTheRecipientLimitTest(harness.ServerTestCase):
