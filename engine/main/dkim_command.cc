@@ -119,23 +119,37 @@ absl::Status WritePrivateKey(const std::string& path, const std::string& pem) {
     std::filesystem::create_directories(parent, error);
     if (error) return absl::PermissionDeniedError(absl::StrCat(parent.string(), ": ", error.message()));
     for (const std::filesystem::path& directory : made) {
-      if (owner.has_value() && ::chown(directory.c_str(), owner->uid, owner->gid) != 0) {
+      // lchown: the owner of the parent could have put a symbolic link in its place since.
+      if (owner.has_value() && ::lchown(directory.c_str(), owner->uid, owner->gid) != 0) {
         return ErrnoStatus(absl::StrCat("chown ", directory.string()), errno);
       }
     }
   }
+  // The key is given away only when the directory it lands in is the new owner's already
+  // (checked on the open directory, whatever link its path went through): that user could put
+  // files there anyway, so a key of theirs in it gives them nothing more.
+  const int directory_fd =
+      ::open(parent.empty() ? "." : parent.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (directory_fd < 0) return ErrnoStatus(absl::StrCat("open ", parent.string()), errno);
+  struct stat directory;
+  const bool give = owner.has_value() && ::fstat(directory_fd, &directory) == 0 &&
+                    directory.st_uid == owner->uid;
   // O_EXCL: never overwrite a key that may be published already.
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  const std::string name = std::filesystem::path(path).filename().string();
+  int fd = ::openat(directory_fd, name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                    0600);
+  const int open_errno = errno;
   if (fd < 0) {
-    if (errno == EEXIST) {
+    ::close(directory_fd);
+    if (open_errno == EEXIST) {
       return absl::AlreadyExistsError(
           absl::StrCat(path, " exists: remove it or choose another --out / --selector"));
     }
-    return ErrnoStatus(absl::StrCat("create ", path), errno);
+    return ErrnoStatus(absl::StrCat("create ", path), open_errno);
   }
   absl::Status status;
   if (::fchmod(fd, 0600) != 0) status = ErrnoStatus(absl::StrCat("chmod ", path), errno);
-  if (status.ok() && owner.has_value() && ::fchown(fd, owner->uid, owner->gid) != 0) {
+  if (status.ok() && give && ::fchown(fd, owner->uid, owner->gid) != 0) {
     status = ErrnoStatus(absl::StrCat("chown ", path), errno);
   }
   size_t written = 0;
@@ -150,7 +164,8 @@ absl::Status WritePrivateKey(const std::string& path, const std::string& pem) {
   }
   if (status.ok() && ::fsync(fd) != 0) status = ErrnoStatus(absl::StrCat("fsync ", path), errno);
   ::close(fd);
-  if (!status.ok()) ::unlink(path.c_str());
+  if (!status.ok()) ::unlinkat(directory_fd, name.c_str(), 0);
+  ::close(directory_fd);
   return status;
 }
 

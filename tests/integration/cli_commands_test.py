@@ -197,6 +197,16 @@ class CliCommandsTest(harness.unittest.TestCase):
                                 capture_output=True, timeout=60)
         self.assertEqual(result.returncode, 0, result)
         self.assertNotIn(b"not checked", result.stderr)  # nobody read the key: it is its own
+        # A link put by that user toward a directory of root's does not get root's key given
+        # away there: the key is given only in a directory its new owner has already.
+        rooted = os.path.join(directory, "rooted")
+        os.mkdir(rooted)
+        os.symlink(rooted, os.path.join(data_dir, "elsewhere"))
+        result = self.server.cli("dkim", "keygen", "--data-dir", data_dir, "--out",
+                                 os.path.join(data_dir, "elsewhere", "k.pem"), "--domain",
+                                 "asso.example", "--selector", "s3", data_dir=False)
+        self.assertIn(b"owner root)", result.stdout)
+        self.assertEqual(os.stat(os.path.join(rooted, "k.pem")).st_uid, 0)
         # A data directory of root's keeps root's key.
         result = self.server.cli("dkim", "keygen", "--out", os.path.join(directory, "k", "r.pem"),
                                  "--domain", "asso.example", "--selector", "s2", data_dir=False)
