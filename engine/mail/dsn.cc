@@ -11,15 +11,14 @@
 #include "absl/time/time.h"
 #include "engine/base/status.h"
 #include "engine/mail/header.h"
+#include "engine/mail/mime.h"
 #include "engine/mail/text.h"
 
 namespace facteur::mail {
 namespace {
 
-constexpr size_t kMaxLineOctets = 998;  // RFC 5322 §2.1.1: a line, without its CRLF
 constexpr size_t kFoldColumn = 78;      // RFC 5322 §2.1.1: lines SHOULD stay under 78
 constexpr size_t kTextColumn = 76;      // the human-readable part
-constexpr size_t kQpColumn = 76;        // RFC 2045 §6.7 rule 5, the soft break's "=" included
 constexpr size_t kMaxMessageIdOctets = 250;
 
 std::string_view Trim(std::string_view s) {
@@ -179,39 +178,6 @@ void AppendWrapped(std::string* out, std::string_view text, size_t indent) {
   if (line.size() > indent) flush();
 }
 
-// RFC 2045 §6.7 quoted-printable of CRLF-ended text: line ends stay hard breaks, lines are cut
-// with soft breaks at kQpColumn, white space before a line end is encoded.
-std::string QuotedPrintable(std::string_view text) {
-  std::string out;
-  size_t column = 0;
-  const auto emit = [&](std::string_view piece) {
-    if (column + piece.size() > kQpColumn - 1) {
-      out.append("=\r\n");
-      column = 0;
-    }
-    out.append(piece);
-    column += piece.size();
-  };
-  for (size_t i = 0; i < text.size(); ++i) {
-    const unsigned char c = text[i];
-    if (c == '\r' && i + 1 < text.size() && text[i + 1] == '\n') {
-      out.append("\r\n");
-      column = 0;
-      ++i;
-      continue;
-    }
-    const bool before_line_end =
-        i + 1 == text.size() || (text[i + 1] == '\r' && i + 2 < text.size() && text[i + 2] == '\n');
-    if ((c >= 33 && c <= 126 && c != '=') || ((c == ' ' || c == '\t') && !before_line_end)) {
-      const char literal = static_cast<char>(c);
-      emit(std::string_view(&literal, 1));
-    } else {
-      emit(absl::StrFormat("=%02X", c));
-    }
-  }
-  return out;
-}
-
 // RFC 3463 §2: class "." subject "." detail, class 2, 4 or 5, subject and detail 1 to 3 digits.
 bool IsEnhancedStatus(std::string_view s) {
   if (s.size() < 5 || (s[0] != '2' && s[0] != '4' && s[0] != '5') || s[1] != '.') return false;
@@ -330,18 +296,6 @@ std::string CanonicalLineEnds(std::string_view s) {
     }
   }
   return out;
-}
-
-size_t LongestLine(std::string_view s) {
-  size_t longest = 0;
-  size_t start = 0;
-  while (start < s.size()) {
-    size_t end = s.find("\r\n", start);
-    if (end == std::string_view::npos) end = s.size();
-    longest = std::max(longest, end - start);
-    start = end + 2;
-  }
-  return longest;
 }
 
 // Cuts lines over kMaxLineOctets into continuation lines (CRLF SP): a header field line that

@@ -36,6 +36,7 @@
 #include "engine/base/status.h"
 #include "engine/mail/address.h"
 #include "engine/mail/header.h"
+#include "engine/mail/mime.h"
 
 namespace facteur::cli {
 namespace {
@@ -58,6 +59,8 @@ constexpr char kUsage[] =
     "(\"root\") gets @HOSTNAME of the configuration, in the envelope and in the From:, To:, Cc:\n"
     "... fields. Date: and Message-ID: are added when missing; a leading mbox \"From \" line is\n"
     "dropped. Recipients past the server's limit per message go in further transactions.\n"
+    "A body with lines over 998 octets (HTML on one line), which SMTP does not carry, is\n"
+    "re-encoded in quoted-printable (base64 cut again at 76 columns): its text is unchanged.\n"
     "Exit status: 0 once queued; 75 (EX_TEMPFAIL) when the server is unreachable or answers\n"
     "4xx; 69 (EX_UNAVAILABLE) when it refuses the message; 64 (EX_USAGE); 65 (EX_DATAERR)\n"
     "when -t finds a To:, Cc: or Bcc: field it cannot read; 66 (EX_NOINPUT).\n";
@@ -477,6 +480,10 @@ int SendmailMain(const std::vector<std::string>& args, const SendmailContext& co
   // sendmail and Postfix do, it is dropped instead of ending the header section.
   if (StartsWithMboxFromLine(message)) message.erase(0, message.find("\r\n") + 2);
   QualifyAddressFields(message, context.hostname);
+  // Applications write lines of any length (an HTML body on one line); SMTP takes 1,000 octets
+  // (RFC 5321 §4.5.3.1.6) and the server refuses longer. Re-encoded here, as the message's
+  // reader will see it unchanged, before the server signs it.
+  mail::FitLongLines(message);
   mail::HeaderSection section = mail::ParseHeaderSection(message);
   if (options.extract_recipients) {
     for (const mail::HeaderField& field : section.fields) {

@@ -6,6 +6,8 @@ null sender, address-list arguments, an mbox "From " line, and past the server's
 limit."""
 
 import base64
+import email
+import email.policy
 import json
 import os
 import pwd
@@ -273,6 +275,38 @@ class UnixSocketAndSendmailTest(harness.unittest.TestCase):
             if expected is not None:
                 self.assertEqual(field.replace(b"\n", b"").strip(),
                                  expected + b" <web@asso.example>")
+
+    def test_sendmail_takes_lines_longer_than_smtp_allows(self):
+        # PHP's mail() with an HTML body on one line, and a multipart one: the server refuses
+        # lines over 1,000 octets (500 5.5.6), so sendmail re-encodes them; what the reader
+        # sees is the same text.
+        html = "<p>" + "Bonne ann\u00e9e \u00e0 tous, = " * 300 + "</p>"
+        message = ("From: www@asso.example\nTo: bob@example.com\nSubject: greetings\n"
+                   "Content-Type: text/html; charset=utf-8\n\n" + html + "\n").encode()
+        result = self.server.cli("sendmail", "-t", "-i", input=message, check=False)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        alternative = ("From: www@asso.example\nTo: carol@example.com\nMIME-Version: 1.0\n"
+                       "Content-Type: multipart/alternative; boundary=\"b1\"\n\n"
+                       "--b1\nContent-Type: text/plain; charset=utf-8\n\nshort\n"
+                       "--b1\nContent-Type: text/html; charset=utf-8\n"
+                       "Content-Transfer-Encoding: 8bit\n\n" + html + "\n--b1--\n").encode()
+        result = self.server.cli("sendmail", "-t", "-i", input=alternative, check=False)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        bodies = {}
+        for entry in self.messages():
+            bodies[entry["recipients"][0]] = self.server.cli(
+                "queue", "show", entry["id"], "--body").stdout
+        for body in bodies.values():
+            self.assertLessEqual(max(len(line) for line in body.split(b"\r\n")), 998)
+        parsed = email.message_from_bytes(bodies["bob@example.com"], policy=email.policy.default)
+        self.assertEqual(parsed["Content-Transfer-Encoding"], "quoted-printable")
+        # (Python keeps the CRLFs of the bytes it parsed in what it decodes.)
+        self.assertEqual(parsed.get_content().replace("\r\n", "\n").rstrip("\n"), html)
+        parsed = email.message_from_bytes(bodies["carol@example.com"],
+                                          policy=email.policy.default)
+        parts = [part.get_content().replace("\r\n", "\n").rstrip("\n")
+                 for part in parsed.iter_parts()]
+        self.assertEqual(parts, ["short", html])
 
     def test_sendmail_keeps_an_obsolete_from_field(self):
         # "From : a@x" (RFC 5322 §4.5.8) is a field, not an mbox "From " line.

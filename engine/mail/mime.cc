@@ -1,0 +1,234 @@
+// File: engine/mail/mime.cc
+#include "engine/mail/mime.h"
+
+#include <algorithm>
+#include <optional>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "engine/mail/header.h"
+#include "engine/mail/text.h"
+
+namespace facteur::mail {
+namespace {
+
+constexpr size_t kQpColumn = 76;      // RFC 2045 §6.7 rule 5, the soft break's "=" included
+constexpr size_t kBase64Column = 76;  // RFC 2045 §6.8
+constexpr char kHexDigits[] = "0123456789ABCDEF";
+
+// The lines of `text`, each with its CRLF when it has one (the last may not).
+std::vector<std::string_view> Lines(std::string_view text) {
+  std::vector<std::string_view> lines;
+  size_t start = 0;
+  while (start < text.size()) {
+    const size_t end = text.find("\r\n", start);
+    const size_t next = end == std::string_view::npos ? text.size() : end + 2;
+    lines.push_back(text.substr(start, next - start));
+    start = next;
+  }
+  return lines;
+}
+
+std::string_view WithoutCrlf(std::string_view line) {
+  if (line.size() >= 2 && line.substr(line.size() - 2) == "\r\n") line.remove_suffix(2);
+  return line;
+}
+
+// The value of parameter `name` in a Content-Type value (RFC 2045 §5.1), unquoted; nullopt
+// when absent. Comments are not looked into: no mail program puts one before a boundary.
+std::optional<std::string> Parameter(std::string_view value, std::string_view name) {
+  size_t i = value.find(';');
+  while (i != std::string_view::npos && i < value.size()) {
+    ++i;
+    while (i < value.size() && IsWsp(value[i])) ++i;
+    const size_t equals = value.find('=', i);
+    if (equals == std::string_view::npos) return std::nullopt;
+    std::string_view key = value.substr(i, equals - i);
+    while (!key.empty() && IsWsp(key.back())) key.remove_suffix(1);
+    size_t j = equals + 1;
+    while (j < value.size() && IsWsp(value[j])) ++j;
+    std::string parameter;
+    if (j < value.size() && value[j] == '"') {
+      for (++j; j < value.size() && value[j] != '"'; ++j) {
+        if (value[j] == '\\' && j + 1 < value.size()) ++j;
+        parameter.push_back(value[j]);
+      }
+      ++j;
+    } else {
+      while (j < value.size() && value[j] != ';' && !IsWsp(value[j])) parameter.push_back(value[j++]);
+    }
+    if (EqualsIgnoreCase(key, name)) return parameter;
+    i = value.find(';', j);
+  }
+  return std::nullopt;
+}
+
+std::string FieldValue(const HeaderSection& section, std::string_view name) {
+  const std::optional<HeaderField> field = FindField(section, name);
+  return field.has_value() ? LowerAscii(UnfoldedValue(*field)) : std::string();
+}
+
+// `body` in base64 cut again at kBase64Column: decoders ignore line breaks (RFC 2045 §6.8).
+std::string Rewrapped64(std::string_view body) {
+  std::string out;
+  size_t column = 0;
+  for (char c : body) {
+    if (c == '\r' || c == '\n' || IsWsp(static_cast<unsigned char>(c))) continue;
+    if (column == kBase64Column) {
+      out.append("\r\n");
+      column = 0;
+    }
+    out.push_back(c);
+    ++column;
+  }
+  if (!out.empty()) out.append("\r\n");
+  return out;
+}
+
+// `body` in quoted-printable with soft line breaks in its long lines, never inside an "=XX".
+std::string SoftBroken(std::string_view body) {
+  std::string out;
+  for (std::string_view line : Lines(body)) {
+    const std::string_view text = WithoutCrlf(line);
+    size_t start = 0;
+    while (text.size() - start > kQpColumn - 1) {
+      size_t cut = start + kQpColumn - 1;
+      for (size_t k = cut - 2; k < cut; ++k) {
+        if (text[k] == '=') cut = k;  // an escape would straddle the break: break before it
+      }
+      out.append(text.substr(start, cut - start));
+      out.append("=\r\n");
+      start = cut;
+    }
+    out.append(line.substr(start));
+  }
+  return out;
+}
+
+// The entity (header section and body) `entity` with every long body line fitted; `top` for
+// the message itself. Returns nullopt when nothing needed changing.
+std::optional<std::string> FitEntity(std::string_view entity, bool top) {
+  const HeaderSection section = ParseHeaderSection(entity);
+  const std::string_view body = entity.substr(section.body_offset);
+  if (LongestLine(body) <= kMaxLineOctets) return std::nullopt;
+  const std::string content_type = FieldValue(section, "Content-Type");
+  std::string fitted_body;
+  std::string encoding = FieldValue(section, "Content-Transfer-Encoding");
+  bool new_encoding = false;
+  if (StartsWithIgnoreCase(content_type, "multipart/")) {
+    const std::optional<std::string> boundary = Parameter(content_type, "boundary");
+    if (!boundary.has_value() || boundary->empty()) return std::nullopt;
+    // RFC 2046 §5.1.1: a delimiter line is "--" boundary, "--" more for the last, then
+    // optional white space. The CRLF before it belongs to it, and stays with the part here,
+    // which keeps the part's octets as they were.
+    const std::string dashes = absl::StrCat("--", *boundary);
+    bool changed = false;
+    bool in_part = false;
+    bool closed = false;
+    size_t part_start = 0;
+    size_t offset = 0;
+    for (std::string_view line : Lines(body)) {
+      const size_t line_start = offset;
+      offset += line.size();
+      if (closed || line.substr(0, dashes.size()) != dashes) continue;  // case counts
+      std::string_view rest = WithoutCrlf(line).substr(dashes.size());
+      const bool close = rest.substr(0, 2) == "--";
+      if (close) rest.remove_prefix(2);
+      while (!rest.empty() && IsWsp(rest.front())) rest.remove_prefix(1);
+      if (!rest.empty()) continue;
+      const std::string_view part = body.substr(part_start, line_start - part_start);
+      std::optional<std::string> fitted = in_part ? FitEntity(part, false) : std::nullopt;
+      if (fitted.has_value()) changed = true;
+      fitted_body.append(fitted.has_value() ? std::string_view(*fitted) : part);
+      fitted_body.append(line);
+      part_start = offset;
+      in_part = !close;
+      closed = close;
+    }
+    fitted_body.append(body.substr(part_start));
+    if (!changed) return std::nullopt;
+  } else if (StartsWithIgnoreCase(content_type, "message/")) {
+    return std::nullopt;  // RFC 2046 §5.2.1: 7bit, 8bit or binary only; left to the server
+  } else if (encoding == "base64") {
+    fitted_body = Rewrapped64(body);
+  } else if (encoding == "quoted-printable") {
+    fitted_body = SoftBroken(body);
+  } else if (encoding.empty() || encoding == "7bit" || encoding == "8bit" ||
+             encoding == "binary") {
+    fitted_body = QuotedPrintable(body);
+    new_encoding = true;
+  } else {
+    return std::nullopt;  // an encoding of which nothing is known
+  }
+  std::string header(entity.substr(0, section.body_offset));
+  std::string added;
+  if (new_encoding) {
+    RemoveFields(header, ParseHeaderSection(header), {"Content-Transfer-Encoding"});
+    added.append("Content-Transfer-Encoding: quoted-printable\r\n");
+  }
+  const HeaderSection header_section = ParseHeaderSection(header);
+  if (top && !FindField(header_section, "MIME-Version").has_value()) {
+    added.insert(0, "MIME-Version: 1.0\r\n");
+  }
+  bool needs_separator = false;
+  const size_t at = HeaderInsertPosition(header, header_section, &needs_separator);
+  if (needs_separator) added.append("\r\n");
+  header.insert(at, added);
+  return absl::StrCat(header, fitted_body);
+}
+
+}  // namespace
+
+std::string QuotedPrintable(std::string_view text) {
+  std::string out;
+  out.reserve(text.size() + text.size() / 8);
+  size_t column = 0;
+  const auto emit = [&](const char* piece, size_t size) {
+    if (column + size > kQpColumn - 1) {
+      out.append("=\r\n");
+      column = 0;
+    }
+    out.append(piece, size);
+    column += size;
+  };
+  for (size_t i = 0; i < text.size(); ++i) {
+    const unsigned char c = text[i];
+    if (c == '\r' && i + 1 < text.size() && text[i + 1] == '\n') {
+      out.append("\r\n");
+      column = 0;
+      ++i;
+      continue;
+    }
+    const bool before_line_end =
+        i + 1 == text.size() || (text[i + 1] == '\r' && i + 2 < text.size() && text[i + 2] == '\n');
+    if ((c >= 33 && c <= 126 && c != '=') || ((c == ' ' || c == '\t') && !before_line_end)) {
+      const char literal = static_cast<char>(c);
+      emit(&literal, 1);
+    } else {
+      const char escape[3] = {'=', kHexDigits[c >> 4], kHexDigits[c & 15]};
+      emit(escape, 3);
+    }
+  }
+  return out;
+}
+
+size_t LongestLine(std::string_view text) {
+  size_t longest = 0;
+  size_t start = 0;
+  while (start < text.size()) {
+    size_t end = text.find("\r\n", start);
+    if (end == std::string_view::npos) end = text.size();
+    longest = std::max(longest, end - start);
+    start = end + 2;
+  }
+  return longest;
+}
+
+bool FitLongLines(std::string& message) {
+  std::optional<std::string> fitted = FitEntity(message, /*top=*/true);
+  if (!fitted.has_value()) return false;
+  message = std::move(*fitted);
+  return true;
+}
+
+}  // namespace facteur::mail

@@ -1,0 +1,34 @@
+// File: engine/mail/mime.h
+// MIME transfer encodings (RFC 2045 §6) where a message must be re-encoded: quoted-printable
+// text for DSNs, and fitting a message whose lines are too long for SMTP into lines that are
+// not, without changing what its reader sees.
+// Thread contract: pure functions. No I/O.
+#pragma once
+
+#include <string>
+#include <string_view>
+
+namespace facteur::mail {
+
+// RFC 5322 §2.1.1: at most 998 octets in a line, CRLF excluded (RFC 5321 §4.5.3.1.6: 1000 with
+// it).
+inline constexpr size_t kMaxLineOctets = 998;
+
+// RFC 2045 §6.7 quoted-printable of CRLF-ended text: line ends stay hard breaks, lines are cut
+// with soft breaks at 76 columns, white space before a line end is encoded.
+std::string QuotedPrintable(std::string_view text);
+
+// The octets of the longest line of `text` (CRLF line ends), its CRLF excluded.
+size_t LongestLine(std::string_view text);
+
+// Makes every body line of `message` (CRLF line ends) fit kMaxLineOctets, as the `sendmail`
+// command must before it submits over SMTP what an application wrote (PHP's mail() with an HTML
+// body on one line). Each body with a long line is re-encoded, its decoded octets unchanged:
+// 7bit, 8bit, binary or no encoding becomes quoted-printable (RFC 2045 §6.7), base64 is cut
+// again at 76 columns (§6.8), quoted-printable gets soft line breaks; the parts of a multipart
+// entity (RFC 2046 §5.1) are each handled so, and `MIME-Version: 1.0` is added when missing.
+// Header fields, preambles and epilogues are left as they are. Returns whether it changed
+// `message`.
+bool FitLongLines(std::string& message);
+
+}  // namespace facteur::mail

@@ -1,0 +1,145 @@
+#include "engine/mail/mime.h"
+
+#include <string>
+#include <string_view>
+
+#include "engine/mail/header.h"
+#include "gtest/gtest.h"
+
+namespace facteur::mail {
+namespace {
+
+// RFC 2045 §6.7 decoding, strict enough for these tests: "=XX" escapes and "=" CRLF soft breaks.
+std::string DecodeQp(std::string_view text) {
+  std::string out;
+  for (size_t i = 0; i < text.size(); ++i) {
+    if (text[i] != '=') {
+      out.push_back(text[i]);
+    } else if (text.substr(i + 1, 2) == "\r\n") {
+      i += 2;
+    } else {
+      out.push_back(static_cast<char>(std::stoi(std::string(text.substr(i + 1, 2)), nullptr, 16)));
+      i += 2;
+    }
+  }
+  return out;
+}
+
+std::string Body(std::string_view message) {
+  return std::string(message.substr(ParseHeaderSection(message).body_offset));
+}
+
+std::string Field(std::string_view message, std::string_view name) {
+  const HeaderSection section = ParseHeaderSection(message);
+  const auto field = FindField(section, name);
+  return field.has_value() ? UnfoldedValue(*field) : "(none)";
+}
+
+size_t Count(std::string_view text, std::string_view what) {
+  size_t n = 0;
+  for (size_t at = text.find(what); at != std::string_view::npos; at = text.find(what, at + 1)) ++n;
+  return n;
+}
+
+TEST(MimeTest, LongestLineCountsOctetsWithoutTheCrlf) {
+  EXPECT_EQ(LongestLine(std::string(998, 'x') + "\r\n" + std::string(99, 'y')), 998u);
+  EXPECT_EQ(LongestLine("a\r\n" + std::string(999, 'x') + "\r\n"), 999u);
+  EXPECT_EQ(LongestLine("a\r\n" + std::string(999, 'x')), 999u);  // the last line, unended
+}
+
+TEST(MimeTest, QuotedPrintableEscapesAndCutsAt76) {
+  EXPECT_EQ(QuotedPrintable("a=b \r\nc\t"), "a=3Db=20\r\nc=09");
+  const std::string text = std::string(200, 'x') + "\r\n\xC3\xA9t\xC3\xA9 \r\n";
+  const std::string encoded = QuotedPrintable(text);
+  EXPECT_LE(LongestLine(encoded), 76u);
+  EXPECT_EQ(DecodeQp(encoded), text);
+}
+
+TEST(MimeTest, AMessageWithoutLongLinesIsLeftAlone) {
+  std::string message = "From: a@x.example\r\nSubject: s\r\n\r\n" + std::string(998, 'x') + "\r\n";
+  const std::string before = message;
+  EXPECT_FALSE(FitLongLines(message));
+  EXPECT_EQ(message, before);
+}
+
+TEST(MimeTest, APlainBodyBecomesQuotedPrintableWithTheSameText) {
+  const std::string body = "<p>" + std::string(3000, 'x') + " caf\xC3\xA9 = 1</p>\r\nshort\r\n";
+  std::string message = "From: a@x.example\r\nContent-Transfer-Encoding: 8bit\r\n"
+                        "Content-Type: text/html; charset=utf-8\r\n\r\n" + body;
+  ASSERT_TRUE(FitLongLines(message));
+  EXPECT_EQ(Field(message, "Content-Transfer-Encoding"), "quoted-printable");
+  EXPECT_EQ(Count(message, "Content-Transfer-Encoding:"), 1u);  // the 8bit one is gone
+  EXPECT_EQ(Field(message, "MIME-Version"), "1.0");
+  EXPECT_EQ(Field(message, "Content-Type"), "text/html; charset=utf-8");
+  EXPECT_LE(LongestLine(message), 76u);
+  EXPECT_EQ(DecodeQp(Body(message)), body);
+}
+
+TEST(MimeTest, AHeaderSectionWithoutItsEmptyLineKeepsTheBodyABody) {
+  std::string message = "Subject: s\r\n";
+  message += std::string(1200, 'y');  // not a field: the header section ends before it
+  ASSERT_TRUE(FitLongLines(message));
+  EXPECT_EQ(Field(message, "Subject"), "s");
+  EXPECT_EQ(DecodeQp(Body(message)), std::string(1200, 'y'));
+}
+
+TEST(MimeTest, Base64IsCutAgainAndQuotedPrintableGetsSoftBreaks) {
+  const std::string encoded64(2000, 'Q');
+  std::string message = "MIME-Version: 1.0\r\nContent-Transfer-Encoding: base64\r\n\r\n" +
+                        encoded64 + "\r\n";
+  ASSERT_TRUE(FitLongLines(message));
+  EXPECT_EQ(Field(message, "Content-Transfer-Encoding"), "base64");
+  EXPECT_EQ(LongestLine(message), 76u);
+  std::string joined;
+  for (char c : Body(message)) {
+    if (c != '\r' && c != '\n') joined.push_back(c);
+  }
+  EXPECT_EQ(joined, encoded64);
+
+  // Escapes fall at every column in turn: none is split by a soft break.
+  std::string qp;
+  for (int i = 0; i < 700; ++i) qp += (i % 3 == 0) ? "=3D" : "ab";
+  message = "Content-Transfer-Encoding: quoted-printable\r\n\r\n" + qp + "\r\n";
+  ASSERT_TRUE(FitLongLines(message));
+  EXPECT_LE(LongestLine(message), 76u);
+  EXPECT_EQ(DecodeQp(Body(message)), DecodeQp(qp + "\r\n"));
+}
+
+TEST(MimeTest, OnlyThePartsWithLongLinesOfAMultipartAreReencoded) {
+  const std::string html = "<html>" + std::string(1500, 'h') + "</html>\r\n";
+  const std::string text_part = "Content-Type: text/plain\r\n\r\nshort text\r\n";
+  const std::string inner = "--in\r\n" + text_part + "--in\r\nContent-Type: text/html\r\n\r\n" +
+                            html + "--in--\r\n";
+  std::string message = "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"out\"\r\n"
+                        "\r\npreamble\r\n--out\r\nContent-Type: multipart/alternative; "
+                        "boundary=in\r\n\r\n" + inner + "--out\r\nContent-Type: text/plain\r\n\r\n"
+                        "attached\r\n--out--\r\nepilogue\r\n";
+  ASSERT_TRUE(FitLongLines(message));
+  EXPECT_LE(LongestLine(message), 76u);
+  EXPECT_NE(message.find("preamble\r\n--out\r\n"), std::string::npos);
+  EXPECT_NE(message.find("--in\r\n" + text_part + "--in\r\n"), std::string::npos);  // untouched
+  EXPECT_NE(message.find("--out\r\nContent-Type: text/plain\r\n\r\nattached\r\n--out--\r\n"
+                         "epilogue\r\n"), std::string::npos);
+  const size_t html_at = message.find("Content-Type: text/html\r\n");
+  ASSERT_NE(html_at, std::string::npos);
+  const size_t html_end = message.find("--in--", html_at);
+  const std::string part = message.substr(html_at, html_end - html_at);
+  EXPECT_EQ(Field(part, "Content-Transfer-Encoding"), "quoted-printable");
+  EXPECT_EQ(DecodeQp(Body(part)), html);
+  EXPECT_EQ(Count(message, "MIME-Version"), 1u);
+}
+
+TEST(MimeTest, WhatCannotBeReencodedIsLeftToTheServer) {
+  // A boundary parameter missing, an attached message, an unknown encoding.
+  for (std::string header : {"Content-Type: multipart/mixed\r\n",
+                             "Content-Type: message/rfc822\r\n",
+                             "Content-Transfer-Encoding: x-uuencode\r\n"}) {
+    std::string message = header + "\r\n" + std::string(1200, 'z') + "\r\n";
+    const std::string before = message;
+    EXPECT_FALSE(FitLongLines(message)) << header;
+    EXPECT_EQ(message, before);
+  }
+}
+
+}  // namespace
+}  // namespace facteur::mail
