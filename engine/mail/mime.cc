@@ -5,6 +5,7 @@
 #include <optional>
 #include <vector>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "engine/mail/header.h"
 #include "engine/mail/text.h"
@@ -63,11 +64,6 @@ std::optional<std::string> Parameter(std::string_view value, std::string_view na
   return std::nullopt;
 }
 
-std::string FieldValue(const HeaderSection& section, std::string_view name) {
-  const std::optional<HeaderField> field = FindField(section, name);
-  return field.has_value() ? LowerAscii(UnfoldedValue(*field)) : std::string();
-}
-
 // `body` in base64 cut again at kBase64Column: decoders ignore line breaks (RFC 2045 §6.8).
 std::string Rewrapped64(std::string_view body) {
   std::string out;
@@ -105,19 +101,58 @@ std::string SoftBroken(std::string_view body) {
   return out;
 }
 
+// RFC 2046 §5.1.1: a boundary is 1 to 70 bchars, the last not a space.
+bool IsBoundary(std::string_view boundary) {
+  static constexpr std::string_view kBchars =
+      "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ'()+_,-./:=? ";
+  return !boundary.empty() && boundary.size() <= 70 && boundary.back() != ' ' &&
+         boundary.find_first_not_of(kBchars) == std::string_view::npos;
+}
+
+// The first word of a field value, lowercased: "8bit (comment)" is 8bit, "text/html;
+// charset=utf-8" is text/html.
+std::string FirstWordLower(std::string_view value) {
+  const size_t end = value.find_first_of(" \t;(");
+  return LowerAscii(value.substr(0, end));
+}
+
+// `body` in base64 (RFC 2045 §6.8), 76 columns.
+std::string Base64Lines(std::string_view body) {
+  return Rewrapped64(absl::Base64Escape(absl::string_view(body.data(), body.size())));
+}
+
+// Nested multiparts deeper than this are left to the server (each level reads its body again).
+constexpr int kMaxDepth = 20;
+
 // The entity (header section and body) `entity` with every long body line fitted; `top` for
-// the message itself. Returns nullopt when nothing needed changing.
-std::optional<std::string> FitEntity(std::string_view entity, bool top) {
+// the message itself, `default_type` its type when it has no Content-Type (RFC 2046 §5.1.5:
+// message/rfc822 in a multipart/digest). Returns nullopt when nothing needed changing or it
+// cannot be changed without changing what its reader or a signature sees.
+std::optional<std::string> FitEntity(std::string_view entity, bool top,
+                                     std::string_view default_type, int depth) {
   const HeaderSection section = ParseHeaderSection(entity);
   const std::string_view body = entity.substr(section.body_offset);
   if (LongestLine(body) <= kMaxLineOctets) return std::nullopt;
-  const std::string content_type = FieldValue(section, "Content-Type");
+  // Parameter values are case-sensitive (RFC 2045 §5.1): only the type is lowercased.
+  const std::optional<HeaderField> type_field = FindField(section, "Content-Type");
+  const std::string content_type = type_field.has_value() ? UnfoldedValue(*type_field) : "";
+  std::string type = FirstWordLower(content_type);
+  if (type.empty()) type = std::string(default_type);
+  const std::optional<HeaderField> encoding_field =
+      FindField(section, "Content-Transfer-Encoding");
+  const std::string encoding =
+      encoding_field.has_value() ? FirstWordLower(UnfoldedValue(*encoding_field)) : "";
   std::string fitted_body;
-  std::string encoding = FieldValue(section, "Content-Transfer-Encoding");
-  bool new_encoding = false;
-  if (StartsWithIgnoreCase(content_type, "multipart/")) {
+  std::string new_encoding;  // the Content-Transfer-Encoding the body now has, when changed
+  if (type.starts_with("multipart/")) {
+    // RFC 1847: a signature covers its first part as written.
+    if (type == "multipart/signed" || type == "multipart/encrypted" || depth == kMaxDepth) {
+      return std::nullopt;
+    }
     const std::optional<std::string> boundary = Parameter(content_type, "boundary");
-    if (!boundary.has_value() || boundary->empty()) return std::nullopt;
+    if (!boundary.has_value() || !IsBoundary(*boundary)) return std::nullopt;
+    const std::string_view part_type =
+        type == "multipart/digest" ? "message/rfc822" : "text/plain";
     // RFC 2046 §5.1.1: a delimiter line is "--" boundary, "--" more for the last, then
     // optional white space. The CRLF before it belongs to it, and stays with the part here,
     // which keeps the part's octets as they were.
@@ -130,14 +165,16 @@ std::optional<std::string> FitEntity(std::string_view entity, bool top) {
     for (std::string_view line : Lines(body)) {
       const size_t line_start = offset;
       offset += line.size();
-      if (closed || line.substr(0, dashes.size()) != dashes) continue;  // case counts
-      std::string_view rest = WithoutCrlf(line).substr(dashes.size());
-      const bool close = rest.substr(0, 2) == "--";
+      std::string_view rest = WithoutCrlf(line);
+      if (closed || !rest.starts_with(dashes)) continue;  // case counts
+      rest.remove_prefix(dashes.size());
+      const bool close = rest.starts_with("--");
       if (close) rest.remove_prefix(2);
       while (!rest.empty() && IsWsp(rest.front())) rest.remove_prefix(1);
       if (!rest.empty()) continue;
       const std::string_view part = body.substr(part_start, line_start - part_start);
-      std::optional<std::string> fitted = in_part ? FitEntity(part, false) : std::nullopt;
+      std::optional<std::string> fitted =
+          in_part ? FitEntity(part, false, part_type, depth + 1) : std::nullopt;
       if (fitted.has_value()) changed = true;
       fitted_body.append(fitted.has_value() ? std::string_view(*fitted) : part);
       fitted_body.append(line);
@@ -147,24 +184,30 @@ std::optional<std::string> FitEntity(std::string_view entity, bool top) {
     }
     fitted_body.append(body.substr(part_start));
     if (!changed) return std::nullopt;
-  } else if (StartsWithIgnoreCase(content_type, "message/")) {
+  } else if (type.starts_with("message/")) {
     return std::nullopt;  // RFC 2046 §5.2.1: 7bit, 8bit or binary only; left to the server
   } else if (encoding == "base64") {
     fitted_body = Rewrapped64(body);
   } else if (encoding == "quoted-printable") {
     fitted_body = SoftBroken(body);
+  } else if (type.starts_with("text/") && encoding != "binary" &&
+             (encoding.empty() || encoding == "7bit" || encoding == "8bit")) {
+    fitted_body = QuotedPrintable(body);
+    new_encoding = "quoted-printable";
   } else if (encoding.empty() || encoding == "7bit" || encoding == "8bit" ||
              encoding == "binary") {
-    fitted_body = QuotedPrintable(body);
-    new_encoding = true;
+    // Not text, or binary: its CRLFs are octets, which quoted-printable would turn into line
+    // breaks a reader may store as its own (RFC 2045 §6.7 rule 4).
+    fitted_body = Base64Lines(body);
+    new_encoding = "base64";
   } else {
     return std::nullopt;  // an encoding of which nothing is known
   }
   std::string header(entity.substr(0, section.body_offset));
   std::string added;
-  if (new_encoding) {
+  if (!new_encoding.empty()) {
     RemoveFields(header, ParseHeaderSection(header), {"Content-Transfer-Encoding"});
-    added.append("Content-Transfer-Encoding: quoted-printable\r\n");
+    absl::StrAppend(&added, "Content-Transfer-Encoding: ", new_encoding, "\r\n");
   }
   const HeaderSection header_section = ParseHeaderSection(header);
   if (top && !FindField(header_section, "MIME-Version").has_value()) {
@@ -225,7 +268,7 @@ size_t LongestLine(std::string_view text) {
 }
 
 bool FitLongLines(std::string& message) {
-  std::optional<std::string> fitted = FitEntity(message, /*top=*/true);
+  std::optional<std::string> fitted = FitEntity(message, /*top=*/true, "text/plain", 0);
   if (!fitted.has_value()) return false;
   message = std::move(*fitted);
   return true;

@@ -24,11 +24,13 @@ size_t LongestLine(std::string_view text);
 // Makes every body line of `message` (CRLF line ends) fit kMaxLineOctets, as the `sendmail`
 // command must before it submits over SMTP what an application wrote (PHP's mail() with an HTML
 // body on one line). Each body with a long line is re-encoded, its decoded octets unchanged:
-// 7bit, 8bit, binary or no encoding becomes quoted-printable (RFC 2045 §6.7), base64 is cut
-// again at 76 columns (§6.8), quoted-printable gets soft line breaks; the parts of a multipart
-// entity (RFC 2046 §5.1) are each handled so, and `MIME-Version: 1.0` is added when missing.
-// Header fields, preambles and epilogues are left as they are. Returns whether it changed
-// `message`.
+// text in 7bit, 8bit or no encoding becomes quoted-printable (RFC 2045 §6.7), other types and
+// binary become base64 (§6.8), base64 is cut again at 76 columns, quoted-printable gets soft
+// line breaks. The parts of a multipart entity (RFC 2046 §5.1) are each handled so, and
+// `MIME-Version: 1.0` is added when missing. Left as they are, for the server to refuse: header
+// fields, preambles and epilogues, message/* entities, unknown encodings, and multipart/signed
+// and multipart/encrypted (RFC 1847: the signature covers the part as written). Returns whether
+// it changed `message`.
 bool FitLongLines(std::string& message);
 
 }  // namespace facteur::mail

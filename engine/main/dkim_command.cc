@@ -84,16 +84,59 @@ struct Owner {
   gid_t gid;
 };
 
-std::optional<Owner> OwnerToGive(const std::filesystem::path& parent) {
-  if (::geteuid() != 0) return std::nullopt;
+// The directory the key goes in, opened (O_PATH), with the owner to give the key to.
+struct KeyDirectory {
+  int fd = -1;
+  std::optional<Owner> owner;
+};
+
+// Opens `parent`, making the directories it lacks. Everything past the nearest existing
+// directory goes through descriptors, never through a path again: that directory's owner could
+// otherwise swap a directory just made for a link, and have root's chown or key follow it.
+absl::StatusOr<KeyDirectory> OpenKeyDirectory(const std::filesystem::path& parent) {
   std::filesystem::path existing = parent.empty() ? std::filesystem::path(".") : parent;
+  std::vector<std::string> missing;  // innermost first
   std::error_code error;
-  while (!std::filesystem::exists(existing, error) && existing.has_relative_path()) {
-    existing = existing.parent_path().empty() ? std::filesystem::path(".") : existing.parent_path();
+  while (!std::filesystem::exists(existing, error) && existing.has_relative_path() &&
+         existing.has_filename()) {
+    missing.push_back(existing.filename().string());
+    existing = existing.has_parent_path() ? existing.parent_path() : std::filesystem::path(".");
   }
+  KeyDirectory directory;
+  directory.fd = ::open(existing.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (directory.fd < 0) return ErrnoStatus(absl::StrCat("open ", existing.string()), errno);
   struct stat info;
-  if (::stat(existing.c_str(), &info) != 0 || info.st_uid == 0) return std::nullopt;
-  return Owner{info.st_uid, info.st_gid};
+  if (::fstat(directory.fd, &info) != 0) {
+    const int saved = errno;
+    ::close(directory.fd);
+    return ErrnoStatus(absl::StrCat("stat ", existing.string()), saved);
+  }
+  if (::geteuid() == 0 && info.st_uid != 0) directory.owner = Owner{info.st_uid, info.st_gid};
+  std::filesystem::path made = existing;
+  for (auto name = missing.rbegin(); name != missing.rend(); ++name) {
+    made /= *name;
+    absl::Status failed;
+    if (::mkdirat(directory.fd, name->c_str(), 0755) != 0 && errno != EEXIST) {
+      failed = ErrnoStatus(absl::StrCat("mkdir ", made.string()), errno);
+    }
+    const int next = failed.ok() ? ::openat(directory.fd, name->c_str(),
+                                            O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+                                 : -1;
+    if (failed.ok() && next < 0) failed = ErrnoStatus(absl::StrCat("open ", made.string()), errno);
+    ::close(directory.fd);
+    directory.fd = next;
+    // Given away only when it is root's, as the one just made is.
+    if (failed.ok() && directory.owner.has_value() && ::fstat(next, &info) == 0 &&
+        info.st_uid == 0 &&
+        ::fchownat(next, "", directory.owner->uid, directory.owner->gid, AT_EMPTY_PATH) != 0) {
+      failed = ErrnoStatus(absl::StrCat("chown ", made.string()), errno);
+    }
+    if (!failed.ok()) {
+      if (directory.fd >= 0) ::close(directory.fd);
+      return failed;
+    }
+  }
+  return directory;
 }
 
 // The user name owning `path` (its uid when it has no name), for the keygen report.
@@ -105,39 +148,14 @@ std::string FileOwner(const std::string& path) {
 }
 
 absl::Status WritePrivateKey(const std::string& path, const std::string& pem) {
-  std::error_code error;
-  const std::filesystem::path parent = std::filesystem::path(path).parent_path();
-  const std::optional<Owner> owner = OwnerToGive(parent);
-  if (!parent.empty()) {
-    // The directories to make, outermost first, so that each can be given to `owner`.
-    std::vector<std::filesystem::path> made;
-    for (std::filesystem::path p = parent; !p.empty() && !std::filesystem::exists(p, error);
-         p = p.parent_path()) {
-      made.insert(made.begin(), p);
-      if (p == p.parent_path()) break;
-    }
-    std::filesystem::create_directories(parent, error);
-    if (error) return absl::PermissionDeniedError(absl::StrCat(parent.string(), ": ", error.message()));
-    for (const std::filesystem::path& directory : made) {
-      // lchown: the owner of the parent could have put a symbolic link in its place since.
-      if (owner.has_value() && ::lchown(directory.c_str(), owner->uid, owner->gid) != 0) {
-        return ErrnoStatus(absl::StrCat("chown ", directory.string()), errno);
-      }
-    }
-  }
-  // The key is given away only when the directory it lands in is the new owner's already
-  // (checked on the open directory, whatever link its path went through): that user could put
-  // files there anyway, so a key of theirs in it gives them nothing more.
-  const int directory_fd =
-      ::open(parent.empty() ? "." : parent.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
-  if (directory_fd < 0) return ErrnoStatus(absl::StrCat("open ", parent.string()), errno);
-  struct stat directory;
-  const bool give = owner.has_value() && ::fstat(directory_fd, &directory) == 0 &&
-                    directory.st_uid == owner->uid;
+  absl::StatusOr<KeyDirectory> directory =
+      OpenKeyDirectory(std::filesystem::path(path).parent_path());
+  if (!directory.ok()) return directory.status();
+  const int directory_fd = directory->fd;
   // O_EXCL: never overwrite a key that may be published already.
   const std::string name = std::filesystem::path(path).filename().string();
-  int fd = ::openat(directory_fd, name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
-                    0600);
+  int fd = ::openat(directory_fd, name.c_str(),
+                    O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
   const int open_errno = errno;
   if (fd < 0) {
     ::close(directory_fd);
@@ -149,7 +167,8 @@ absl::Status WritePrivateKey(const std::string& path, const std::string& pem) {
   }
   absl::Status status;
   if (::fchmod(fd, 0600) != 0) status = ErrnoStatus(absl::StrCat("chmod ", path), errno);
-  if (status.ok() && give && ::fchown(fd, owner->uid, owner->gid) != 0) {
+  const std::optional<Owner>& owner = directory->owner;
+  if (status.ok() && owner.has_value() && ::fchown(fd, owner->uid, owner->gid) != 0) {
     status = ErrnoStatus(absl::StrCat("chown ", path), errno);
   }
   size_t written = 0;

@@ -197,11 +197,14 @@ class CliCommandsTest(harness.unittest.TestCase):
                                 capture_output=True, timeout=60)
         self.assertEqual(result.returncode, 0, result)
         self.assertNotIn(b"not checked", result.stderr)  # nobody read the key: it is its own
-        # A link put by that user toward a directory of root's does not get root's key given
-        # away there: the key is given only in a directory its new owner has already.
+        # A link of that user's toward a directory of root's does not get root's key given
+        # away there: what counts is the directory the key lands in, not the link to it.
         rooted = os.path.join(directory, "rooted")
         os.mkdir(rooted)
-        os.symlink(rooted, os.path.join(data_dir, "elsewhere"))
+        subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                        "ln", "-s", rooted, os.path.join(data_dir, "elsewhere")], check=True,
+                       timeout=60)
+        self.assertEqual(os.lstat(os.path.join(data_dir, "elsewhere")).st_uid, nobody)
         result = self.server.cli("dkim", "keygen", "--data-dir", data_dir, "--out",
                                  os.path.join(data_dir, "elsewhere", "k.pem"), "--domain",
                                  "asso.example", "--selector", "s3", data_dir=False)

@@ -3,6 +3,7 @@
 #include <string>
 #include <string_view>
 
+#include "absl/strings/escaping.h"
 #include "engine/mail/header.h"
 #include "gtest/gtest.h"
 
@@ -129,9 +130,69 @@ TEST(MimeTest, OnlyThePartsWithLongLinesOfAMultipartAreReencoded) {
   EXPECT_EQ(Count(message, "MIME-Version"), 1u);
 }
 
+TEST(MimeTest, TheLimitIs998OctetsALine) {
+  std::string message = "Subject: s\r\n\r\n" + std::string(998, 'x') + "\r\n";
+  EXPECT_FALSE(FitLongLines(message));
+  message = "Subject: s\r\n\r\n" + std::string(999, 'x') + "\r\n";
+  EXPECT_TRUE(FitLongLines(message));
+}
+
+TEST(MimeTest, BoundariesKeepTheirCaseAndDelimitersMayBePadded) {
+  // JavaMail's and Outlook's boundaries have capitals; transport padding follows a delimiter.
+  const std::string boundary = "----=_Part_0_123.456ABC";
+  const std::string html = std::string(1500, 'h') + "\r\n";
+  std::string message = "MIME-Version: 1.0\r\nContent-Type: Multipart/Alternative;\r\n"
+                        " boundary=\"" + boundary + "\"\r\n\r\n--" + boundary + " \t\r\n"
+                        "Content-Type: text/html\r\n\r\n" + html + "--" + boundary +
+                        "--\r\n";
+  ASSERT_TRUE(FitLongLines(message));
+  EXPECT_LE(LongestLine(message), 76u);
+  EXPECT_NE(message.find("--" + boundary + " \t\r\nContent-Type: text/html\r\n"),
+            std::string::npos);
+  EXPECT_EQ(Field(message.substr(message.find("Content-Type: text/html")),
+                  "Content-Transfer-Encoding"), "quoted-printable");
+}
+
+TEST(MimeTest, BinaryAndNonTextBecomeBase64WithTheirOctets) {
+  // CR LF inside binary data are octets, not line ends: quoted-printable could lose them.
+  std::string data = std::string(1200, 'b') + "\r\n\x00\xff\r\n";
+  for (std::string header : {"Content-Type: application/octet-stream\r\n",
+                             "Content-Type: text/plain\r\nContent-Transfer-Encoding: binary\r\n"}) {
+    std::string message = header + "\r\n" + data;
+    ASSERT_TRUE(FitLongLines(message)) << header;
+    EXPECT_EQ(Field(message, "Content-Transfer-Encoding"), "base64");
+    EXPECT_LE(LongestLine(message), 76u);
+    std::string joined;
+    for (char c : Body(message)) {
+      if (c != '\r' && c != '\n') joined.push_back(c);
+    }
+    std::string decoded;
+    ASSERT_TRUE(absl::Base64Unescape(joined, &decoded));
+    EXPECT_EQ(decoded, data);
+  }
+}
+
+TEST(MimeTest, SignedMultipartsAndDigestMessagesAreLeftAsWritten) {
+  const std::string long_line = std::string(1200, 's') + "\r\n";
+  const std::string signed_message =
+      "Content-Type: multipart/signed; boundary=sig; protocol=\"application/pgp-signature\"\r\n"
+      "\r\n--sig\r\nContent-Type: text/plain\r\n\r\n" + long_line +
+      "--sig\r\nContent-Type: application/pgp-signature\r\n\r\nsignature\r\n--sig--\r\n";
+  // In a digest a part without Content-Type is a message/rfc822 (RFC 2046 §5.1.5).
+  const std::string digest = "Content-Type: multipart/digest; boundary=d\r\n\r\n--d\r\n\r\n"
+                             "Subject: inner\r\n\r\n" + long_line + "--d--\r\n";
+  for (const std::string& original : {signed_message, digest}) {
+    std::string message = original;
+    EXPECT_FALSE(FitLongLines(message));
+    EXPECT_EQ(message, original);
+  }
+}
+
 TEST(MimeTest, WhatCannotBeReencodedIsLeftToTheServer) {
-  // A boundary parameter missing, an attached message, an unknown encoding.
+  // A boundary parameter missing, one with a CR (no boundary has one), an attached message,
+  // an unknown encoding.
   for (std::string header : {"Content-Type: multipart/mixed\r\n",
+                             "Content-Type: multipart/mixed; boundary=\"x\r\"\r\n\r\n--x\r\n",
                              "Content-Type: message/rfc822\r\n",
                              "Content-Transfer-Encoding: x-uuencode\r\n"}) {
     std::string message = header + "\r\n" + std::string(1200, 'z') + "\r\n";
