@@ -112,6 +112,12 @@ bool IsBoundary(std::string_view boundary) {
 // The first word of a field value, lowercased: "8bit (comment)" is 8bit, "text/html;
 // charset=utf-8" is text/html.
 std::string FirstWordLower(std::string_view value) {
+  for (;;) {  // comments before it (RFC 5322 §3.2.2), not nested here
+    while (!value.empty() && IsWsp(value.front())) value.remove_prefix(1);
+    if (!value.starts_with("(")) break;
+    const size_t close = value.find(')');
+    value.remove_prefix(close == std::string_view::npos ? value.size() : close + 1);
+  }
   const size_t end = value.find_first_of(" \t;(");
   return LowerAscii(value.substr(0, end));
 }
@@ -190,15 +196,19 @@ std::optional<std::string> FitEntity(std::string_view entity, bool top,
     fitted_body = Rewrapped64(body);
   } else if (encoding == "quoted-printable") {
     fitted_body = SoftBroken(body);
-  } else if (type.starts_with("text/") && encoding != "binary" &&
+  } else if (type.starts_with("text/") &&
              (encoding.empty() || encoding == "7bit" || encoding == "8bit")) {
     fitted_body = QuotedPrintable(body);
     new_encoding = "quoted-printable";
   } else if (encoding.empty() || encoding == "7bit" || encoding == "8bit" ||
              encoding == "binary") {
     // Not text, or binary: its CRLFs are octets, which quoted-printable would turn into line
-    // breaks a reader may store as its own (RFC 2045 §6.7 rule 4).
-    fitted_body = Base64Lines(body);
+    // breaks a reader may store as its own (RFC 2045 §6.7 rule 4). In a multipart the CRLF
+    // that ends the part belongs to the next delimiter (RFC 2046 §5.1.1), not to the data;
+    // Base64Lines ends with one again.
+    std::string_view data = body;
+    if (!top && data.ends_with("\r\n")) data.remove_suffix(2);
+    fitted_body = Base64Lines(data);
     new_encoding = "base64";
   } else {
     return std::nullopt;  // an encoding of which nothing is known

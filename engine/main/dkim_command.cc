@@ -5,6 +5,7 @@
 // engine/dns, on a loop of its own) and says whether it matches the private key.
 // Thread contract: main thread of a short-lived process; `check` runs one io_uring loop on it.
 #include <fcntl.h>
+#include <sys/fsuid.h>
 #include <pwd.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -84,59 +85,59 @@ struct Owner {
   gid_t gid;
 };
 
-// The directory the key goes in, opened (O_PATH), with the owner to give the key to.
-struct KeyDirectory {
-  int fd = -1;
-  std::optional<Owner> owner;
+// File system operations as `owner` (setfsuid(2), setfsgid(2): this thread only, and keygen
+// has no other) while it lives: what keygen makes is then the owner's, and the kernel checks
+// each step as for the owner, so no link or rename of theirs can reach anything they could not.
+class ActingAs {
+ public:
+  explicit ActingAs(const std::optional<Owner>& owner) {
+    if (!owner.has_value()) return;
+    ::setfsgid(owner->gid);
+    ::setfsuid(owner->uid);
+    // Both return the previous id, never an error: read them back.
+    active_ = static_cast<uid_t>(::setfsuid(static_cast<uid_t>(-1))) == owner->uid &&
+              static_cast<gid_t>(::setfsgid(static_cast<gid_t>(-1))) == owner->gid;
+    failed_ = !active_;
+  }
+  ~ActingAs() {
+    if (!active_ && !failed_) return;
+    ::setfsuid(::geteuid());
+    ::setfsgid(::getegid());
+  }
+  ActingAs(const ActingAs&) = delete;
+  ActingAs& operator=(const ActingAs&) = delete;
+  bool failed() const { return failed_; }
+
+ private:
+  bool active_ = false;
+  bool failed_ = false;
 };
 
-// Opens `parent`, making the directories it lacks. Everything past the nearest existing
-// directory goes through descriptors, never through a path again: that directory's owner could
-// otherwise swap a directory just made for a link, and have root's chown or key follow it.
-absl::StatusOr<KeyDirectory> OpenKeyDirectory(const std::filesystem::path& parent) {
-  std::filesystem::path existing = parent.empty() ? std::filesystem::path(".") : parent;
-  std::vector<std::string> missing;  // innermost first
-  std::error_code error;
-  while (!std::filesystem::exists(existing, error) && existing.has_relative_path() &&
-         existing.has_filename()) {
-    missing.push_back(existing.filename().string());
-    existing = existing.has_parent_path() ? existing.parent_path() : std::filesystem::path(".");
+// Opens the key's directory (O_PATH): from `fd`, the nearest existing directory (opened as
+// ourselves: its path may cross directories only root may search, like DynamicUser's
+// /var/lib/private; taken over), each of `missing` (innermost first) is made in turn as
+// `owner`, through descriptors only.
+absl::StatusOr<int> OpenKeyDirectory(int fd, const std::filesystem::path& existing,
+                                     const std::vector<std::string>& missing,
+                                     const std::optional<Owner>& owner) {
+  ActingAs acting(owner);
+  if (acting.failed()) {
+    ::close(fd);
+    return absl::InternalError("cannot act as the owner of " + existing.string());
   }
-  KeyDirectory directory;
-  directory.fd = ::open(existing.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
-  if (directory.fd < 0) return ErrnoStatus(absl::StrCat("open ", existing.string()), errno);
-  struct stat info;
-  if (::fstat(directory.fd, &info) != 0) {
-    const int saved = errno;
-    ::close(directory.fd);
-    return ErrnoStatus(absl::StrCat("stat ", existing.string()), saved);
-  }
-  if (::geteuid() == 0 && info.st_uid != 0) directory.owner = Owner{info.st_uid, info.st_gid};
   std::filesystem::path made = existing;
   for (auto name = missing.rbegin(); name != missing.rend(); ++name) {
     made /= *name;
-    absl::Status failed;
-    if (::mkdirat(directory.fd, name->c_str(), 0755) != 0 && errno != EEXIST) {
-      failed = ErrnoStatus(absl::StrCat("mkdir ", made.string()), errno);
-    }
-    const int next = failed.ok() ? ::openat(directory.fd, name->c_str(),
-                                            O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-                                 : -1;
-    if (failed.ok() && next < 0) failed = ErrnoStatus(absl::StrCat("open ", made.string()), errno);
-    ::close(directory.fd);
-    directory.fd = next;
-    // Given away only when it is root's, as the one just made is.
-    if (failed.ok() && directory.owner.has_value() && ::fstat(next, &info) == 0 &&
-        info.st_uid == 0 &&
-        ::fchownat(next, "", directory.owner->uid, directory.owner->gid, AT_EMPTY_PATH) != 0) {
-      failed = ErrnoStatus(absl::StrCat("chown ", made.string()), errno);
-    }
-    if (!failed.ok()) {
-      if (directory.fd >= 0) ::close(directory.fd);
-      return failed;
-    }
+    int saved = 0;
+    if (::mkdirat(fd, name->c_str(), 0755) != 0 && errno != EEXIST) saved = errno;
+    const int next =
+        saved != 0 ? -1 : ::openat(fd, name->c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (saved == 0 && next < 0) saved = errno;
+    ::close(fd);
+    if (next < 0) return ErrnoStatus(absl::StrCat("make ", made.string()), saved);
+    fd = next;
   }
-  return directory;
+  return fd;
 }
 
 // The user name owning `path` (its uid when it has no name), for the keygen report.
@@ -148,15 +149,40 @@ std::string FileOwner(const std::string& path) {
 }
 
 absl::Status WritePrivateKey(const std::string& path, const std::string& pem) {
-  absl::StatusOr<KeyDirectory> directory =
-      OpenKeyDirectory(std::filesystem::path(path).parent_path());
+  const std::filesystem::path key_path(path);
+  const std::string name = key_path.filename().string();
+  if (name.empty() || name == "." || name == "..") {
+    return absl::InvalidArgumentError(absl::StrCat(path, " names a directory, not a key file"));
+  }
+  // The nearest existing directory above the key, and the names to make below it.
+  const std::filesystem::path parent = key_path.parent_path();
+  std::filesystem::path existing = parent.empty() ? std::filesystem::path(".") : parent;
+  std::vector<std::string> missing;  // innermost first
+  std::error_code error;
+  while (!std::filesystem::exists(existing, error) && existing.has_filename()) {
+    missing.push_back(existing.filename().string());
+    existing = existing.has_parent_path() ? existing.parent_path() : std::filesystem::path(".");
+  }
+  const int existing_fd = ::open(existing.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (existing_fd < 0) return ErrnoStatus(absl::StrCat("open ", existing.string()), errno);
+  std::optional<Owner> owner;
+  struct stat info;
+  if (::geteuid() == 0 && ::fstat(existing_fd, &info) == 0 && info.st_uid != 0) {
+    owner = Owner{info.st_uid, info.st_gid};
+  }
+  absl::StatusOr<int> directory = OpenKeyDirectory(existing_fd, existing, missing, owner);
   if (!directory.ok()) return directory.status();
-  const int directory_fd = directory->fd;
-  // O_EXCL: never overwrite a key that may be published already.
-  const std::string name = std::filesystem::path(path).filename().string();
-  int fd = ::openat(directory_fd, name.c_str(),
-                    O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-  const int open_errno = errno;
+  const int directory_fd = *directory;
+  int fd;
+  int open_errno;
+  {
+    ActingAs acting(owner);  // the key is the owner's from its creation
+    // O_EXCL: never overwrite a key that may be published already.
+    fd = acting.failed() ? -1
+                         : ::openat(directory_fd, name.c_str(),
+                                    O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    open_errno = acting.failed() ? EPERM : errno;
+  }
   if (fd < 0) {
     ::close(directory_fd);
     if (open_errno == EEXIST) {
@@ -167,10 +193,6 @@ absl::Status WritePrivateKey(const std::string& path, const std::string& pem) {
   }
   absl::Status status;
   if (::fchmod(fd, 0600) != 0) status = ErrnoStatus(absl::StrCat("chmod ", path), errno);
-  const std::optional<Owner>& owner = directory->owner;
-  if (status.ok() && owner.has_value() && ::fchown(fd, owner->uid, owner->gid) != 0) {
-    status = ErrnoStatus(absl::StrCat("chown ", path), errno);
-  }
   size_t written = 0;
   while (status.ok() && written < pem.size()) {
     ssize_t n = ::write(fd, pem.data() + written, pem.size() - written);
@@ -183,7 +205,10 @@ absl::Status WritePrivateKey(const std::string& path, const std::string& pem) {
   }
   if (status.ok() && ::fsync(fd) != 0) status = ErrnoStatus(absl::StrCat("fsync ", path), errno);
   ::close(fd);
-  if (!status.ok()) ::unlinkat(directory_fd, name.c_str(), 0);
+  if (!status.ok()) {
+    ActingAs acting(owner);
+    ::unlinkat(directory_fd, name.c_str(), 0);
+  }
   ::close(directory_fd);
   return status;
 }

@@ -210,6 +210,15 @@ class CliCommandsTest(harness.unittest.TestCase):
                                  "asso.example", "--selector", "s3", data_dir=False)
         self.assertIn(b"owner root)", result.stdout)
         self.assertEqual(os.stat(os.path.join(rooted, "k.pem")).st_uid, 0)
+        # A path climbing back out of the data directory reaches nothing of root's: keygen acts
+        # as the data directory's owner there, who may not write in `directory` (root's).
+        result = self.server.cli("dkim", "keygen", "--out",
+                                 os.path.join(data_dir, "new", "..", "..", "k.pem"), "--domain",
+                                 "asso.example", "--selector", "s4", check=False, data_dir=False)
+        self.assertNotEqual(result.returncode, 0, result)
+        self.assertIn(b"Permission denied", result.stderr)
+        self.assertEqual(os.stat(directory).st_uid, 0)
+        self.assertFalse(os.path.exists(os.path.join(directory, "k.pem")))
         # A data directory of root's keeps root's key.
         result = self.server.cli("dkim", "keygen", "--out", os.path.join(directory, "k", "r.pem"),
                                  "--domain", "asso.example", "--selector", "s2", data_dir=False)
