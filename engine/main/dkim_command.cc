@@ -90,17 +90,16 @@ struct Owner {
 // each step as for the owner, so no link or rename of theirs can reach anything they could not.
 class ActingAs {
  public:
-  explicit ActingAs(const std::optional<Owner>& owner) {
-    if (!owner.has_value()) return;
+  explicit ActingAs(const std::optional<Owner>& owner) : switched_(owner.has_value()) {
+    if (!switched_) return;
     ::setfsgid(owner->gid);
     ::setfsuid(owner->uid);
     // Both return the previous id, never an error: read them back.
-    active_ = static_cast<uid_t>(::setfsuid(static_cast<uid_t>(-1))) == owner->uid &&
-              static_cast<gid_t>(::setfsgid(static_cast<gid_t>(-1))) == owner->gid;
-    failed_ = !active_;
+    failed_ = static_cast<uid_t>(::setfsuid(static_cast<uid_t>(-1))) != owner->uid ||
+              static_cast<gid_t>(::setfsgid(static_cast<gid_t>(-1))) != owner->gid;
   }
   ~ActingAs() {
-    if (!active_ && !failed_) return;
+    if (!switched_) return;
     ::setfsuid(::geteuid());
     ::setfsgid(::getegid());
   }
@@ -109,7 +108,7 @@ class ActingAs {
   bool failed() const { return failed_; }
 
  private:
-  bool active_ = false;
+  const bool switched_;
   bool failed_ = false;
 };
 

@@ -60,7 +60,8 @@ constexpr char kUsage[] =
     "... fields. Date: and Message-ID: are added when missing; a leading mbox \"From \" line is\n"
     "dropped. Recipients past the server's limit per message go in further transactions.\n"
     "A body with lines over 998 octets (HTML on one line), which SMTP does not carry, is\n"
-    "re-encoded in quoted-printable (base64 cut again at 76 columns): its text is unchanged.\n"
+    "re-encoded, its content unchanged: text in quoted-printable, binary and other types in\n"
+    "base64 (base64 is cut again at 76 columns), each part of a multipart on its own.\n"
     "Exit status: 0 once queued; 75 (EX_TEMPFAIL) when the server is unreachable or answers\n"
     "4xx; 69 (EX_UNAVAILABLE) when it refuses the message; 64 (EX_USAGE); 65 (EX_DATAERR)\n"
     "when -t finds a To:, Cc: or Bcc: field it cannot read; 66 (EX_NOINPUT).\n";
