@@ -127,18 +127,84 @@ std::string Base64Lines(std::string_view body) {
   return Rewrapped64(absl::Base64Escape(absl::string_view(body.data(), body.size())));
 }
 
+// RFC 5322 §2.1.1: header lines SHOULD be at most 78 octets.
+constexpr size_t kFoldColumn = 78;
+
+// `line` (no CRLF) folded (RFC 5322 §2.2.3: a CRLF inserted before white space, which
+// unfolding removes again) into lines of at most kFoldColumn octets where its white space
+// allows, breaking after a comma (between addresses) when one is in the second half of a
+// line. Never before the first word of a field's value, never so that a line holds only white
+// space. A stretch of more than kMaxLineOctets octets without white space stays as it is.
+std::string FoldedLine(std::string_view line) {
+  const size_t colon = IsWsp(line.front()) ? 0 : line.find(':');
+  const size_t first =
+      colon == std::string_view::npos ? colon : line.find_first_not_of(" \t", colon + 1);
+  const size_t last = line.find_last_not_of(" \t");
+  if (first == std::string_view::npos || last == std::string_view::npos) return std::string(line);
+  const auto may_fold_at = [&](size_t p) {
+    return p > first && p < last && IsWsp(line[p]) && !IsWsp(line[p - 1]);
+  };
+  std::string out;
+  size_t start = 0;
+  while (line.size() - start > kFoldColumn) {
+    size_t fold = std::string_view::npos;
+    bool after_comma = false;
+    for (size_t p = start + 1; p <= start + kFoldColumn; ++p) {
+      if (!may_fold_at(p)) continue;
+      const bool comma = line[p - 1] == ',' && p - start > kFoldColumn / 2;
+      if (comma || !after_comma) {
+        fold = p;
+        after_comma = comma;
+      }
+    }
+    // A word longer than the column: the line ends after it.
+    for (size_t p = start + kFoldColumn + 1;
+         fold == std::string_view::npos && p < line.size() && p - start <= kMaxLineOctets; ++p) {
+      if (may_fold_at(p)) fold = p;
+    }
+    if (fold == std::string_view::npos) break;
+    out.append(line.substr(start, fold - start)).append("\r\n");
+    start = fold;
+  }
+  out.append(line.substr(start));
+  return out;
+}
+
+// The header section `header` with each line over kMaxLineOctets folded (FoldedLine); nullopt
+// when none is.
+std::optional<std::string> FoldedLongLines(std::string_view header) {
+  if (LongestLine(header) <= kMaxLineOctets) return std::nullopt;
+  std::string out;
+  for (std::string_view line : Lines(header)) {
+    const std::string_view text = WithoutCrlf(line);
+    if (text.size() <= kMaxLineOctets) {
+      out.append(line);
+      continue;
+    }
+    out.append(FoldedLine(text)).append(line.substr(text.size()));
+  }
+  return out;
+}
+
 // Nested multiparts deeper than this are left to the server (each level reads its body again).
 constexpr int kMaxDepth = 20;
 
-// The entity (header section and body) `entity` with every long body line fitted; `top` for
-// the message itself, `default_type` its type when it has no Content-Type (RFC 2046 §5.1.5:
-// message/rfc822 in a multipart/digest). Returns nullopt when nothing needed changing or it
-// cannot be changed without changing what its reader or a signature sees.
+// The entity (header section and body) `entity` with every long line fitted: header lines
+// folded, body lines re-encoded; `top` for the message itself, `default_type` its type when it
+// has no Content-Type (RFC 2046 §5.1.5: message/rfc822 in a multipart/digest). A body that
+// cannot be changed without changing what its reader or a signature sees stays as written.
+// Returns nullopt when nothing changed.
 std::optional<std::string> FitEntity(std::string_view entity, bool top,
                                      std::string_view default_type, int depth) {
   const HeaderSection section = ParseHeaderSection(entity);
   const std::string_view body = entity.substr(section.body_offset);
-  if (LongestLine(body) <= kMaxLineOctets) return std::nullopt;
+  const std::optional<std::string> folded_header =
+      FoldedLongLines(entity.substr(0, section.body_offset));
+  const auto body_as_written = [&]() -> std::optional<std::string> {
+    if (!folded_header.has_value()) return std::nullopt;
+    return std::string(*folded_header).append(body);
+  };
+  if (LongestLine(body) <= kMaxLineOctets) return body_as_written();
   // Parameter values are case-sensitive (RFC 2045 §5.1): only the type is lowercased.
   const std::optional<HeaderField> type_field = FindField(section, "Content-Type");
   const std::string content_type = type_field.has_value() ? UnfoldedValue(*type_field) : "";
@@ -153,10 +219,10 @@ std::optional<std::string> FitEntity(std::string_view entity, bool top,
   if (type.starts_with("multipart/")) {
     // RFC 1847: a signature covers its first part as written.
     if (type == "multipart/signed" || type == "multipart/encrypted" || depth == kMaxDepth) {
-      return std::nullopt;
+      return body_as_written();
     }
     const std::optional<std::string> boundary = Parameter(content_type, "boundary");
-    if (!boundary.has_value() || !IsBoundary(*boundary)) return std::nullopt;
+    if (!boundary.has_value() || !IsBoundary(*boundary)) return body_as_written();
     const std::string_view part_type =
         type == "multipart/digest" ? "message/rfc822" : "text/plain";
     // RFC 2046 §5.1.1: a delimiter line is "--" boundary, "--" more for the last, then
@@ -189,9 +255,9 @@ std::optional<std::string> FitEntity(std::string_view entity, bool top,
       closed = close;
     }
     fitted_body.append(body.substr(part_start));
-    if (!changed) return std::nullopt;
+    if (!changed) return body_as_written();
   } else if (type.starts_with("message/")) {
-    return std::nullopt;  // RFC 2046 §5.2.1: 7bit, 8bit or binary only; left to the server
+    return body_as_written();  // RFC 2046 §5.2.1: 7bit, 8bit or binary only; left to the server
   } else if (encoding == "base64") {
     fitted_body = Rewrapped64(body);
   } else if (encoding == "quoted-printable") {
@@ -211,9 +277,11 @@ std::optional<std::string> FitEntity(std::string_view entity, bool top,
     fitted_body = Base64Lines(data);
     new_encoding = "base64";
   } else {
-    return std::nullopt;  // an encoding of which nothing is known
+    return body_as_written();  // an encoding of which nothing is known
   }
-  std::string header(entity.substr(0, section.body_offset));
+  std::string header = folded_header.has_value()
+                           ? *folded_header
+                           : std::string(entity.substr(0, section.body_offset));
   std::string added;
   if (!new_encoding.empty()) {
     RemoveFields(header, ParseHeaderSection(header), {"Content-Transfer-Encoding"});
@@ -267,14 +335,17 @@ std::string QuotedPrintable(std::string_view text) {
 
 size_t LongestLine(std::string_view text) {
   size_t longest = 0;
-  size_t start = 0;
-  while (start < text.size()) {
-    size_t end = text.find("\r\n", start);
-    if (end == std::string_view::npos) end = text.size();
-    longest = std::max(longest, end - start);
-    start = end + 2;
-  }
+  for (std::string_view line : Lines(text)) longest = std::max(longest, WithoutCrlf(line).size());
   return longest;
+}
+
+size_t FirstLongLine(std::string_view text) {
+  size_t number = 0;
+  for (std::string_view line : Lines(text)) {
+    ++number;
+    if (WithoutCrlf(line).size() > kMaxLineOctets) return number;
+  }
+  return 0;
 }
 
 bool FitLongLines(std::string& message) {

@@ -21,16 +21,23 @@ std::string QuotedPrintable(std::string_view text);
 // The octets of the longest line of `text` (CRLF line ends), its CRLF excluded.
 size_t LongestLine(std::string_view text);
 
-// Makes every body line of `message` (CRLF line ends) fit kMaxLineOctets, as the `sendmail`
-// command must before it submits over SMTP what an application wrote (PHP's mail() with an HTML
-// body on one line). Each body with a long line is re-encoded, its decoded octets unchanged:
+// The 1-based number of the first line of `text` (CRLF line ends) longer than kMaxLineOctets,
+// 0 when there is none.
+size_t FirstLongLine(std::string_view text);
+
+// Makes every line of `message` (CRLF line ends) fit kMaxLineOctets, as the `sendmail` command
+// must before it submits over SMTP what an application wrote (PHP's mail() with an HTML body on
+// one line, a To: field naming a hundred addresses). Header lines that are too long are folded
+// at their white space (RFC 5322 §2.2.3), into lines of 78 octets where they allow, in the
+// message's header and in each part's. Each body with a long line is re-encoded, its decoded
+// octets unchanged:
 // text in 7bit, 8bit or no encoding becomes quoted-printable (RFC 2045 §6.7), other types and
 // binary become base64 (§6.8), base64 is cut again at 76 columns, quoted-printable gets soft
 // line breaks. The parts of a multipart entity (RFC 2046 §5.1) are each handled so, and
 // `MIME-Version: 1.0` is added when missing. Left as they are, for the server to refuse: header
-// fields, preambles and epilogues, message/* entities, unknown encodings, and multipart/signed
-// and multipart/encrypted (RFC 1847: the signature covers the part as written). Returns whether
-// it changed `message`.
+// lines with more than 998 octets without white space, preambles and epilogues, message/*
+// entities, unknown encodings, and the parts of multipart/signed and multipart/encrypted
+// (RFC 1847: the signature covers the part as written). Returns whether it changed `message`.
 bool FitLongLines(std::string& message);
 
 }  // namespace facteur::mail

@@ -59,12 +59,14 @@ constexpr char kUsage[] =
     "(\"root\") gets @HOSTNAME of the configuration, in the envelope and in the From:, To:, Cc:\n"
     "... fields. Date: and Message-ID: are added when missing; a leading mbox \"From \" line is\n"
     "dropped. Recipients past the server's limit per message go in further transactions.\n"
-    "A body with lines over 998 octets (HTML on one line), which SMTP does not carry, is\n"
-    "re-encoded, its content unchanged: text in quoted-printable, binary and other types in\n"
-    "base64 (base64 is cut again at 76 columns), each part of a multipart on its own.\n"
+    "Lines over 998 octets, which SMTP does not carry, are fitted, the content unchanged:\n"
+    "header fields are folded at their white space; a body (HTML on one line) is re-encoded,\n"
+    "text in quoted-printable, binary and other types in base64 (base64 is cut again at 76\n"
+    "columns), each part of a multipart on its own.\n"
     "Exit status: 0 once queued; 75 (EX_TEMPFAIL) when the server is unreachable or answers\n"
     "4xx; 69 (EX_UNAVAILABLE) when it refuses the message; 64 (EX_USAGE); 65 (EX_DATAERR)\n"
-    "when -t finds a To:, Cc: or Bcc: field it cannot read; 66 (EX_NOINPUT).\n";
+    "when -t finds a To:, Cc: or Bcc: field it cannot read, or a line too long remains (a\n"
+    "field with no white space, an attached message, a signed part); 66 (EX_NOINPUT).\n";
 
 class SmtpConnection {
  public:
@@ -481,10 +483,20 @@ int SendmailMain(const std::vector<std::string>& args, const SendmailContext& co
   // sendmail and Postfix do, it is dropped instead of ending the header section.
   if (StartsWithMboxFromLine(message)) message.erase(0, message.find("\r\n") + 2);
   QualifyAddressFields(message, context.hostname);
-  // Applications write lines of any length (an HTML body on one line); SMTP takes 1,000 octets
-  // (RFC 5321 §4.5.3.1.6) and the server refuses longer. Re-encoded here, as the message's
-  // reader will see it unchanged, before the server signs it.
+  // Applications write lines of any length (an HTML body on one line, a To: field naming a
+  // hundred addresses); SMTP takes 1,000 octets (RFC 5321 §4.5.3.1.6) and the server refuses
+  // longer. Folded or re-encoded here, as the message's reader will see it unchanged, before
+  // the server signs it.
   mail::FitLongLines(message);
+  // What could not be fitted, the server would refuse once all of it has been sent: said here.
+  if (const size_t line = mail::FirstLongLine(message); line != 0) {
+    std::cerr << "facteur sendmail: line " << line << " of the message is longer than SMTP allows ("
+              << mail::kMaxLineOctets
+              << " octets, RFC 5321 §4.5.3.1.6) and cannot be folded or re-encoded without "
+                 "changing it (a header field with no white space to fold at, an attached "
+                 "message, a signed part)\n";
+    return EX_DATAERR;
+  }
   mail::HeaderSection section = mail::ParseHeaderSection(message);
   if (options.extract_recipients) {
     for (const mail::HeaderField& field : section.fields) {

@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 
 EX_TEMPFAIL = 75
+EX_DATAERR = 65
 
 LISTENERS = [
     {"name": "relay", "address": "127.0.0.1:0", "role": "relay", "tls": "none"},
@@ -307,6 +308,31 @@ class UnixSocketAndSendmailTest(harness.unittest.TestCase):
         parts = [part.get_content().replace("\r\n", "\n").rstrip("\n")
                  for part in parsed.iter_parts()]
         self.assertEqual(parts, ["short", html])
+
+    def test_sendmail_folds_header_lines_longer_than_smtp_allows(self):
+        # A To: naming sixty members on one line (2,000 octets): folded at the white space
+        # after its commas, so the server takes it and every reader unfolds the same list.
+        members = [f"Member {i} <member{i}@example.com>" for i in range(60)]
+        message = ("From: www@asso.example\nTo: " + ", ".join(members) +
+                   "\nSubject: greetings\n\nHappy new year.\n").encode()
+        result = self.server.cli("sendmail", "-t", "-i", input=message, check=False)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        entries = self.messages()
+        self.assertEqual(sorted(r for entry in entries for r in entry["recipients"]),
+                         sorted(f"member{i}@example.com" for i in range(60)))
+        body = self.body_of(entries[0])
+        header = body.split(b"\n\n")[0]
+        self.assertLessEqual(max(len(line) for line in header.split(b"\n")), 78, header)
+        parsed = email.message_from_bytes(body, policy=email.policy.default)
+        self.assertEqual([str(address) for address in parsed["To"].addresses], members)
+        self.assertEqual(parsed.get_content().strip(), "Happy new year.")
+
+        # No white space to fold at: said before anything is sent, with the line.
+        result = self.server.cli("sendmail", "a@example.com", input=(
+            b"Subject: x\nX-Token: " + b"t" * 1200 + b"\n\nbody\n"), check=False)
+        self.assertEqual(result.returncode, EX_DATAERR, result.stderr)
+        self.assertIn(b"line 2 of the message is longer than SMTP allows", result.stderr)
+        self.assertEqual(len(self.messages()), len(entries))
 
     def test_sendmail_keeps_an_obsolete_from_field(self):
         # "From : a@x" (RFC 5322 §4.5.8) is a field, not an mbox "From " line.

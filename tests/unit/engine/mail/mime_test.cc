@@ -220,5 +220,112 @@ TEST(MimeTest, WhatCannotBeReencodedIsLeftToTheServer) {
   }
 }
 
+// RFC 5322 §2.2.3 unfolding: each CRLF followed by white space removed.
+std::string Unfolded(std::string_view text) {
+  std::string out;
+  for (size_t i = 0; i < text.size(); ++i) {
+    if (text.substr(i, 2) == "\r\n" && i + 2 < text.size() && (text[i + 2] == ' ' || text[i + 2] == '\t')) {
+      ++i;
+      continue;
+    }
+    out.push_back(text[i]);
+  }
+  return out;
+}
+
+std::string Header(std::string_view message) {
+  return std::string(message.substr(0, ParseHeaderSection(message).body_offset));
+}
+
+TEST(MimeTest, LongHeaderLinesAreFoldedAtWhiteSpaceAfterCommasWhenTheyCan) {
+  std::string to = "To:";
+  for (int i = 0; i < 60; ++i) to += " Member " + std::to_string(i) + " <member" + std::to_string(i) + "@alumni.example>,";
+  to += " last@alumni.example";
+  ASSERT_GT(to.size(), kMaxLineOctets);
+  const std::string header = "From: a@alumni.example\r\n" + to + "\r\nSubject: hi\r\n";
+  const std::string body = "Short body.\r\n";
+  std::string message = header + "\r\n" + body;
+  EXPECT_TRUE(FitLongLines(message));
+  EXPECT_LE(LongestLine(message), 78u);
+  EXPECT_EQ(Unfolded(Header(message)), header + "\r\n");  // unfolding gives the field back
+  EXPECT_EQ(Body(message), body);
+  EXPECT_EQ(message.find("MIME-Version"), std::string::npos);  // nothing was re-encoded
+  // Each fold comes after an address's comma: no display name is cut.
+  size_t folds = 0;
+  for (size_t at = message.find("\r\n "); at != std::string::npos; at = message.find("\r\n ", at + 1)) {
+    EXPECT_EQ(message[at - 1], ',') << message.substr(at - 20, 40);
+    ++folds;
+  }
+  EXPECT_GT(folds, 12u);
+  EXPECT_EQ(FirstLongLine(message), 0u);
+}
+
+TEST(MimeTest, AWordLongerThanALineEndsItsLineAndContinuationLinesFoldToo) {
+  const std::string word(300, 'w');
+  std::string subject = "Subject:";
+  for (int i = 0; i < 4; ++i) subject += " " + word;
+  // A continuation line too long, after a short first line.
+  std::string keywords = "Keywords: a,\r\n";
+  for (int i = 0; i < 200; ++i) keywords += " k" + std::to_string(i);
+  const std::string header = subject + "\r\n" + keywords + "\r\n";
+  std::string message = header + "\r\nbody\r\n";
+  EXPECT_TRUE(FitLongLines(message));
+  EXPECT_EQ(Unfolded(Header(message)), Unfolded(header) + "\r\n");
+  EXPECT_EQ(FirstLongLine(message), 0u);
+  EXPECT_TRUE(message.starts_with("Subject: " + word + "\r\n " + word + "\r\n"));
+  EXPECT_NE(message.find("Keywords: a,\r\n k0 k1 "), std::string::npos);
+}
+
+TEST(MimeTest, AHeaderLineWithoutWhiteSpaceToFoldAtStaysAndIsFound) {
+  const std::string long_line = "X-Token: " + std::string(1200, 't');
+  // White space only before the colon or in a run that would leave a line of white space.
+  const std::string padded = "X-Pad: a" + std::string(1100, ' ') + "b";
+  for (const std::string& field : {long_line, padded}) {
+    std::string message = "From: a@x\r\n" + field + "\r\n\r\nbody\r\n";
+    const std::string before = message;
+    FitLongLines(message);
+    EXPECT_EQ(Unfolded(message), before);
+    EXPECT_EQ(FirstLongLine(message), message.starts_with("From: a@x\r\nX-Pad:") ? 3u : 2u)
+        << field.substr(0, 10);
+    std::string header = Header(message);
+    header.resize(header.size() - 2);  // the empty line that ends it
+    for (size_t at = header.find("\r\n"); at + 2 < header.size(); at = header.find("\r\n", at + 2)) {
+      const size_t next = header.find("\r\n", at + 2);
+      const std::string_view line = std::string_view(header).substr(at + 2, next - at - 2);
+      EXPECT_NE(line.find_first_not_of(" \t"), std::string_view::npos) << "a line of white space";
+    }
+  }
+}
+
+TEST(MimeTest, TheHeadersOfSignedMessagesAndOfPartsAreFoldedTheirBodiesKept) {
+  std::string subject = "Subject:";
+  for (int i = 0; i < 150; ++i) subject += " word" + std::to_string(i);
+  const std::string signed_body =
+      "--sig\r\nContent-Type: text/plain\r\n\r\n" + std::string(1200, 's') +
+      "\r\n--sig\r\nContent-Type: application/pgp-signature\r\n\r\nsig\r\n--sig--\r\n";
+  const std::string signed_header =
+      subject + "\r\nContent-Type: multipart/signed; boundary=sig\r\n";
+  std::string message = signed_header + "\r\n" + signed_body;
+  EXPECT_TRUE(FitLongLines(message));
+  EXPECT_EQ(Body(message), signed_body);  // the signature still holds
+  EXPECT_EQ(Unfolded(Header(message)), signed_header + "\r\n");
+  // Its header's lines, then "--sig", the part's field, the part's empty line, the long line.
+  EXPECT_EQ(FirstLongLine(message), Count(Header(message), "\r\n") + 4);
+
+  // A part's header: an attachment's long file name.
+  std::string disposition = "Content-Disposition: attachment; filename=\"";
+  for (int i = 0; i < 120; ++i) disposition += "report part " + std::to_string(i) + " ";
+  disposition += "final.pdf\"";
+  const std::string part = "Content-Type: application/pdf\r\n" + disposition +
+                           "\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERi0=\r\n";
+  std::string mixed = "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n" +
+                      part + "--b--\r\n";
+  const std::string before = mixed;
+  EXPECT_TRUE(FitLongLines(mixed));
+  EXPECT_EQ(Unfolded(mixed), before);
+  EXPECT_EQ(FirstLongLine(mixed), 0u);
+  EXPECT_EQ(Count(mixed, "base64"), 1u);  // only folded: the part's data stays as it was
+}
+
 }  // namespace
 }  // namespace facteur::mail
