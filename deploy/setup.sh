@@ -9,7 +9,7 @@ packages=(
   # libraries (see ../shared/research/deps.md for what was probed)
   liburing-dev libssl-dev openssl librocksdb-dev prometheus-cpp-dev libcivetweb-dev
   libabsl-dev libtomlplusplus-dev libsodium-dev nlohmann-json3-dev libc-ares-dev
-  libopendkim-dev libre2-dev libjemalloc-dev
+  libopendkim-dev libre2-dev libjemalloc-dev libidn2-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   # test clients and tools: Debian's python3 (smtplib, email), swaks with TLS, curl, openssl CLI,
   # systemd-analyze (verifies deploy/systemd/facteur.service)

@@ -5,25 +5,30 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/base/status.h"
-#include "engine/mail/text.h"
+#include "engine/mail/address.h"
 
 namespace facteur::delivery {
 
 void RecipientDomainCheck::Check(io::EventLoop& loop, std::string domain,
                                  absl::AnyInvocable<void(std::optional<mail::Reply>) &&> done) const {
-  if (domain.empty() || domain.front() == '[' || mail::HasNonAscii(domain)) {
+  if (domain.empty() || domain.front() == '[') {
     std::move(done)(std::nullopt);
+    return;
+  }
+  // An internationalised domain is looked up by its A-label, as delivery will (Router::Route).
+  absl::StatusOr<std::string> ascii = mail::AsciiDomain(domain);
+  if (!ascii.ok()) {
+    std::move(done)(mail::Reply{550, "5.1.2", absl::StrCat(domain, ": bad domain name")});
     return;
   }
   // A route to another host decides for the domain: nothing to look up here.
-  const Destination destination = router_.Route(domain);
+  const Destination destination = router_.Route(*ascii);
   dns::Resolver* resolver = resolvers_.For(loop);
-  if (resolver == nullptr || !destination.mx_lookup ||
-      destination.host != mail::LowerAscii(domain)) {
+  if (resolver == nullptr || !destination.mx_lookup || destination.host != *ascii) {
     std::move(done)(std::nullopt);
     return;
   }
-  resolver->ResolveMx(domain, [domain, done = std::move(done)](
+  resolver->ResolveMx(*ascii, [domain, done = std::move(done)](
                                   absl::StatusOr<dns::MxAnswer> answer) mutable {
     if (!answer.ok()) {
       if (absl::IsInvalidArgument(answer.status())) {

@@ -586,6 +586,13 @@ void ShardDelivery::Submit(DeliveryJob job) {
                                 absl::StatusOr<dns::MxAnswer> answer) mutable {
     if (alive.expired() || shutting_down_) return;
     const std::string& domain = destination.host;
+    if (!answer.ok() && absl::IsInvalidArgument(answer.status())) {
+      // No DNS answer can ever come for a name that is not one (a U-label that is no IDN).
+      Fail(std::move(pending), destination,
+           LocalFailure(550, "5.1.2", absl::StrCat("bad domain name: ", answer.status().message())),
+           "");
+      return;
+    }
     if (!answer.ok()) {
       Fail(std::move(pending), destination,
            LocalFailure(451, "4.4.3",

@@ -1,6 +1,7 @@
 #include "engine/mail/address.h"
 
 #include <arpa/inet.h>  // inet_pton: parses an address literal, no I/O
+#include <idn2.h>
 
 #include <string>
 #include <string_view>
@@ -499,6 +500,22 @@ absl::StatusOr<Mailbox> ParseMailbox(std::string_view text, bool allow_utf8) {
   FACTEUR_RETURN_IF_ERROR(CheckDomain(domain, allow_utf8));
   mailbox.domain = std::string(domain);
   return mailbox;
+}
+
+absl::StatusOr<std::string> AsciiDomain(std::string_view domain) {
+  if (!HasNonAscii(domain)) return LowerAscii(domain);
+  const std::string input(domain);  // libidn2 wants it NUL-terminated
+  char* output = nullptr;
+  // Nontransitional: "ß" and "ς" stay themselves, as IDNA2008 and every registry now have them.
+  const int rc = idn2_to_ascii_8z(input.c_str(), &output, IDN2_NFC_INPUT | IDN2_NONTRANSITIONAL);
+  if (rc != IDN2_OK) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("not a valid internationalised domain name \"", ToAbsl(domain), "\": ",
+                     idn2_strerror(rc)));
+  }
+  std::string ascii = LowerAscii(output);
+  idn2_free(output);
+  return ascii;
 }
 
 bool IsValidDomain(std::string_view domain, bool allow_utf8) {

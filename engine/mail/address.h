@@ -43,6 +43,11 @@ absl::StatusOr<Mailbox> ParseMailbox(std::string_view text, bool allow_utf8);
 // labels may hold UTF-8 (U-labels, RFC 6531 §3.3).
 bool IsValidDomain(std::string_view domain, bool allow_utf8);
 
+// The form of `domain` that DNS and routing use (RFC 5890 §2.3.2.1): lowercase ASCII, each
+// U-label (RFC 6531 §3.3) as its A-label ("bücher.example" → "xn--bcher-kva.example"), by
+// IDNA2008 with the UTS #46 mapping (libidn2). InvalidArgument when a label is no valid IDN.
+absl::StatusOr<std::string> AsciiDomain(std::string_view domain);
+
 // Parses the value of an address header (From:, Sender:, Reply-To:) as an RFC 5322 §3.4
 // address-list and returns every mailbox in it (group members included). Display names,
 // comments and folding white space are skipped; UTF-8 is accepted (RFC 6532). InvalidArgument

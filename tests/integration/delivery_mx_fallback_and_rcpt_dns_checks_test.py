@@ -33,7 +33,9 @@ class MxAndRcptChecksTest(unittest.TestCase):
                                       greeting="554 5.7.1 no service for you").start()
         cls.dns = DnsServer(
             mx=[("mail.test", "mx0.mail.test", 5), ("mail.test", "mx1.mail.test", 10),
-                ("mail.test", "mx2.mail.test", 20), ("refusing.test", "mx.refusing.test", 10)],
+                ("mail.test", "mx2.mail.test", 20), ("refusing.test", "mx.refusing.test", 10),
+                # bücher.test, as DNS knows it (RFC 5890 A-label).
+                ("xn--bcher-kva.test", "mx2.mail.test", 10)],
             addresses=[("mx0.mail.test", "127.0.0.30"), ("mx1.mail.test", "127.0.0.31"),
                        ("mx2.mail.test", "127.0.0.32"), ("implicit.test", "127.0.0.32"),
                        ("mx.refusing.test", "127.0.0.35")],
@@ -119,6 +121,29 @@ class MxAndRcptChecksTest(unittest.TestCase):
         code, text = self.rcpt("someone@outside.example")
         self.assertEqual(code, 451, text)
         self.assertIn("4.4.3", text)
+
+    def test_an_internationalised_domain_is_checked_and_delivered_by_its_a_label(self):
+        # RFC 6531: the client names u@bücher.test in UTF-8; DNS and routing use the A-label
+        # (RFC 5890). A name that is no IDN (a snowman, IDNA2008 disallows it) is refused.
+        raw = self.server.raw()
+        try:
+            self.assertEqual(raw.reply()[0], 220)
+            self.assertEqual(raw.command("EHLO client.test\r\n")[0], 250)
+            self.assertEqual(raw.command("MAIL FROM:<app@asso.example> SMTPUTF8\r\n")[0], 250)
+            code, text = raw.command("RCPT TO:<u@\u2603.test>\r\n")
+            self.assertEqual(code, 550, text)
+            self.assertIn("5.1.2", text)
+            code, text = raw.command("RCPT TO:<u@b\u00fccher.test>\r\n")
+            self.assertEqual(code, 250, text)
+            self.assertEqual(raw.command("DATA\r\n")[0], 354)
+            code, text = raw.command(harness.simple_message(
+                to="u@b\u00fccher.test", subject="idn").decode() + "\r\n.\r\n")
+            self.assertEqual(code, 250, text)
+        finally:
+            raw.close()
+        self.sink.wait_for(lambda: self.sink.delivered_to("u@b\u00fccher.test"), timeout=20)
+        events = wait_for_event(self.server, "u@b\u00fccher.test", "delivery")
+        self.assertTrue(events[0]["mx"].startswith("mx2.mail.test[127.0.0.32]"), events[0])
 
     def test_known_domain_accepted(self):
         code, text = self.rcpt("someone@mail.test")

@@ -97,6 +97,18 @@ INSTANTIATE_TEST_SUITE_P(
         MailboxCase{"jos\xED\xA0\x80@x.example", true, false},   // surrogate
         MailboxCase{"user@\xFF.example", true, false}));
 
+TEST(AsciiDomainTest, ULabelsBecomeALabelsAndAsciiIsLowercased) {
+  EXPECT_EQ(*AsciiDomain("B\xc3\xbc" "cher.Example"), "xn--bcher-kva.example");
+  EXPECT_EQ(*AsciiDomain("BÜCHER.example"), "xn--bcher-kva.example");  // UTS #46 maps case
+  EXPECT_EQ(*AsciiDomain("Mail.Example.ORG"), "mail.example.org");
+  EXPECT_EQ(*AsciiDomain("xn--bcher-kva.example"), "xn--bcher-kva.example");
+  // Nontransitional (IDNA2008): ß keeps its own A-label instead of becoming "ss".
+  EXPECT_EQ(*AsciiDomain("stra\xc3\x9f" "e.example"), "xn--strae-oqa.example");
+  // A symbol IDNA2008 disallows, and octets that are no UTF-8.
+  EXPECT_FALSE(AsciiDomain("\xe2\x98\x83.example").ok());
+  EXPECT_FALSE(AsciiDomain("\xff\xfe.example").ok());
+}
+
 TEST(MailboxTest, LengthLimitsAreExact) {
   // A 254-octet mailbox is a 256-octet path: the largest allowed.
   const std::string domain = std::string(63, 'a') + "." + std::string(63, 'b') + "." +
