@@ -299,7 +299,7 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
     }
   }
 
-  void OnSessionEnded(smtp::ClientSession&, const mail::DeliveryOutcome& why) override {
+  void OnSessionEnded(smtp::ClientSession& session, const mail::DeliveryOutcome& why) override {
     session_ = nullptr;
     if (shard_.context_.metrics != nullptr) {
       shard_.context_.metrics->delivery_session_seconds.Observe(
@@ -324,10 +324,10 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
     }
     if (!ever_ready_ && !quitting_ && !shard_.shutting_down_ && !plaintext_ &&
         queue_->destination.tls == config::DeliveryTlsPolicy::kOpportunistic &&
-        absl::StartsWith(why.reply.text, "TLS handshake")) {
-      // Opportunistic TLS whose handshake failed: the same host again, in plain text, as
-      // Postfix does at its "may" level — otherwise a server with broken TLS would never get
-      // its mail.
+        session.tls_broke()) {
+      // Opportunistic TLS that broke (a failed handshake, a reset, a stall): the same host
+      // again, in plain text, as Postfix does at its "may" level — otherwise a server with
+      // broken TLS would never get its mail.
       plaintext_ = true;
       --next_target_;
       --tried_;

@@ -25,12 +25,18 @@ class DeliveryTlsAndTimeoutsTest(unittest.TestCase):
         cls.broken_tls_sink._tls_context.minimum_version = ssl.TLSVersion.TLSv1
         cls.broken_tls_sink._tls_context.maximum_version = ssl.TLSVersion.TLSv1
         cls.broken_tls_sink.start()
+        # Say 220 to STARTTLS, then reset the connection, or never answer the handshake (a
+        # middlebox that kills TLS, a path that drops the certificate's packets).
+        cls.tls_reset_sink = SmtpTestServer(starttls=True, starttls_breaks="reset").start()
+        cls.tls_stall_sink = SmtpTestServer(starttls=True, starttls_breaks="stall").start()
         routes = []
         for domain, sink, tls in (("tls.test", cls.tls_sink, "required"),
                                   ("notls.test", cls.plain_sink, "required"),
                                   ("stall.test", cls.stall_sink, "none"),
                                   ("drop.test", cls.drop_sink, "none"),
-                                  ("brokentls.test", cls.broken_tls_sink, "opportunistic")):
+                                  ("brokentls.test", cls.broken_tls_sink, "opportunistic"),
+                                  ("tlsreset.test", cls.tls_reset_sink, "opportunistic"),
+                                  ("tlsstall.test", cls.tls_stall_sink, "opportunistic")):
             routes += ["[[route]]", 'domain = "%s"' % domain,
                        'destination = "[127.0.0.1]:%d"' % sink.port, 'tls = "%s"' % tls]
         extra = "\n".join([
@@ -45,17 +51,20 @@ class DeliveryTlsAndTimeoutsTest(unittest.TestCase):
             cls.server.start()
         except BaseException:
             cls.server.cleanup()
-            for sink in (cls.tls_sink, cls.plain_sink, cls.stall_sink, cls.drop_sink,
-                         cls.broken_tls_sink):
+            for sink in cls.sinks():
                 sink.stop()
             raise
 
     @classmethod
     def tearDownClass(cls):
         cls.server.cleanup()
-        for sink in (cls.tls_sink, cls.plain_sink, cls.stall_sink, cls.drop_sink,
-                         cls.broken_tls_sink):
+        for sink in cls.sinks():
             sink.stop()
+
+    @classmethod
+    def sinks(cls):
+        return (cls.tls_sink, cls.plain_sink, cls.stall_sink, cls.drop_sink,
+                cls.broken_tls_sink, cls.tls_reset_sink, cls.tls_stall_sink)
 
     def send(self, recipient):
         with self.server.smtp() as client:
@@ -108,6 +117,19 @@ class DeliveryTlsAndTimeoutsTest(unittest.TestCase):
         # The first connection tried STARTTLS; the one that carried the mail did not.
         self.assertTrue(any("STARTTLS" in c.upper() for s in self.broken_tls_sink.sessions
                             for c in s.commands))
+
+    def test_opportunistic_tls_reset_or_stalled_falls_back_to_plain_text(self):
+        # However the handshake ends (a reset, the command timeout), the same host is tried
+        # again in plain text; before, only a failed handshake did, and this mail waited for
+        # its queue lifetime.
+        for domain, sink in (("tlsreset.test", self.tls_reset_sink),
+                             ("tlsstall.test", self.tls_stall_sink)):
+            recipient = "someone@" + domain
+            self.send(recipient)
+            sink.wait_for(lambda: sink.delivered_to(recipient), timeout=20)
+            self.assertFalse(sink.delivered_to(recipient)[0].tls)
+            # The first session asked for STARTTLS; the one that delivered did not.
+            self.assertTrue(any("STARTTLS" in c.upper() for c in sink.sessions[0].commands))
 
     def test_connection_dropped_mid_data(self):
         self.send("someone@drop.test")

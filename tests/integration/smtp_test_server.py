@@ -27,6 +27,8 @@ Settings (attributes, changeable while the server runs):
     quit_reply          to QUIT
     drop_mid_data       close the connection once some body bytes have arrived
     stall_mid_data      stop answering once some body bytes have arrived
+    starttls_breaks     None; "reset": after the 220 to STARTTLS, reset the connection (RST)
+                        instead of a handshake; "stall": read and discard instead of a handshake
 Advertised extensions: pipelining, starttls, eight_bit_mime, smtputf8, dsn, size (an int, or
 None for no SIZE keyword), enhanced_status_codes. STARTTLS needs certfile/keyfile; with
 starttls=True and none given, a self-signed certificate is made with the openssl CLI in a
@@ -53,6 +55,7 @@ import os
 import shutil
 import socket
 import ssl
+import struct
 import subprocess
 import tempfile
 import threading
@@ -192,7 +195,7 @@ class SmtpTestServer:
                  mail_reply="250 2.1.0 Ok", rcpt_reply="250 2.1.5 Ok", rcpt_replies=None,
                  data_reply="354 End data with <CR><LF>.<CR><LF>", end_of_data_reply=None,
                  quit_reply="221 2.0.0 Bye", drop_mid_data=False, stall_mid_data=False,
-                 clock=None):
+                 starttls_breaks=None, clock=None):
         self.host = host
         self.clock = clock or time.time
         self.hostname = hostname
@@ -214,6 +217,7 @@ class SmtpTestServer:
         self.quit_reply = quit_reply
         self.drop_mid_data = drop_mid_data
         self.stall_mid_data = stall_mid_data
+        self.starttls_breaks = starttls_breaks
 
         self.sessions = []
         self.transactions = []
@@ -490,6 +494,12 @@ class _Connection:
             self.send("502 5.5.1 Error: STARTTLS not available")
             return
         self.send("220 2.0.0 Ready to start TLS")
+        if self.server.starttls_breaks == "reset":
+            # A zero linger time makes close() send RST, as a middlebox killing TLS does.
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            raise _Dropped()
+        if self.server.starttls_breaks == "stall":
+            raise _Stalled()
         # RFC 3207 §4.2: anything the client sent before the handshake is dropped.
         self.reader.buffer = b""
         self.sock.settimeout(10)

@@ -270,6 +270,7 @@ class ClientSession::State {
 
   void OnTlsFailed(std::string_view reason) {
     if (phase_ == Phase::kClosing || phase_ == Phase::kClosed) return;
+    NoteEndingPhase();
     // The stream is closing by itself (OnClosed follows); whatever the policy, this connection
     // is spent. TlsPolicy says why the opportunistic case ends here too.
     mail::DeliveryOutcome why = Local(
@@ -299,6 +300,7 @@ class ClientSession::State {
         why = Local(221, "2.0.0",
                     absl::StrCat(s_.remote_name_, " closed the connection after QUIT"));
       } else {
+        NoteEndingPhase();
         why = Local(451, "4.4.2",
                     absl::StrCat("lost connection with ", s_.remote_name_, " while ", Stage()));
       }
@@ -864,8 +866,14 @@ class ClientSession::State {
 
   // Ends the session with `why`: the open recipients get it, the stream closes (after a QUIT
   // when the server is in a state to read one), and OnClosed() reports to the owner.
+  // Called once, as the session begins to end, in the phase it ends in.
+  void NoteEndingPhase() {
+    s_.tls_broke_ = phase_ == Phase::kTlsHandshake || (phase_ == Phase::kEhlo && s_.tls_active_);
+  }
+
   void End(mail::DeliveryOutcome why, bool send_quit) {
     if (phase_ == Phase::kClosing || phase_ == Phase::kClosed) return;
+    NoteEndingPhase();
     Log(LogLevel::kDebug, "smtp client %s: session ends: %d %s %s", s_.remote_name_,
         why.reply.code, why.reply.enhanced, why.reply.text);
     FailOpenRecipients(why);

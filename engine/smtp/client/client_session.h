@@ -154,6 +154,10 @@ class ClientSession final : public io::StreamHandler {
   bool accepts_next() const;
   const ServerCapabilities& capabilities() const { return capabilities_; }
   bool tls_active() const { return tls_active_; }
+  // The session ended between the 220 to STARTTLS and the server's answer to the EHLO that
+  // follows the handshake, however it ended (a failed handshake, a reset, a stall, a close): what an
+  // opportunistic policy takes as "this server's TLS is broken, try it again in plain text".
+  bool tls_broke() const { return tls_broke_; }
   const std::string& remote_name() const { return remote_name_; }
   // The name later outcomes give the server: a connection reused for another destination whose
   // host has the same address goes by that host's name.
@@ -176,6 +180,7 @@ class ClientSession final : public io::StreamHandler {
   std::string remote_name_;
   ServerCapabilities capabilities_;
   bool tls_active_ = false;
+  bool tls_broke_ = false;
   uint32_t transactions_ = 0;
   std::unique_ptr<State> state_;
 };
