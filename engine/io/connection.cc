@@ -3,6 +3,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <utility>
 
@@ -38,7 +39,7 @@ Connection::~Connection() {
 }
 
 void Connection::Start(const StreamHandlerFactory& factory) {
-  last_input_ = loop_.Now();
+  last_progress_ = loop_.Now();
   handler_ = factory(*this);
   if (handler_ == nullptr) {
     BeginTeardown();
@@ -102,9 +103,19 @@ void Connection::SetIdleTimeout(absl::Duration timeout) {
     idle_timer_ = kNoTimer;
   }
   if (phase_ == Phase::kOpen && timeout > absl::ZeroDuration()) {
-    last_input_ = loop_.Now();
-    ArmIdleTimer(timeout);
+    last_progress_ = loop_.Now();
+    ArmIdleTimer(FirstTimeout());
   }
+}
+
+void Connection::SetSendTimeout(absl::Duration timeout) {
+  send_timeout_ = timeout;
+  SetIdleTimeout(idle_timeout_);
+}
+
+absl::Duration Connection::FirstTimeout() const {
+  return send_timeout_ > absl::ZeroDuration() ? std::min(send_timeout_, idle_timeout_)
+                                               : idle_timeout_;
 }
 
 void Connection::Abort() { BeginTeardown(); }
@@ -226,7 +237,7 @@ void Connection::OnRecv(int32_t result, uint32_t /*flags*/) {
     Kick();
     return;
   }
-  last_input_ = loop_.Now();
+  last_progress_ = loop_.Now();
   std::string_view bytes(recv_buffer_.data(), static_cast<size_t>(result));
   if (starttls_pending_ || close_requested_) {
     // RFC 3207 §4.2 (and CVE-2011-0411): bytes before the handshake are dropped.
@@ -332,6 +343,7 @@ void Connection::OnSend(int32_t result, uint32_t /*flags*/) {
     return;
   }
   send_offset_ += static_cast<size_t>(result);
+  last_progress_ = loop_.Now();
   if (send_offset_ < sending_.size()) {
     SubmitSend();  // a partial send: the rest goes next, before anything newer
     return;
@@ -350,10 +362,14 @@ void Connection::ArmIdleTimer(absl::Duration delay) {
 
 void Connection::OnIdleTimer() {
   if (phase_ != Phase::kOpen || idle_timeout_ <= absl::ZeroDuration()) return;
-  absl::Duration quiet = loop_.Now() - last_input_;
-  if (quiet < idle_timeout_) {
-    // Input came since the timer was set: re-arm for the rest instead of on every recv.
-    ArmIdleTimer(idle_timeout_ - quiet);
+  const bool sending = send_in_flight_ || !wire_out_.empty() || !out_plain_.empty();
+  const absl::Duration limit =
+      sending && send_timeout_ > absl::ZeroDuration() ? send_timeout_ : idle_timeout_;
+  absl::Duration quiet = loop_.Now() - last_progress_;
+  if (quiet < limit) {
+    // Progress came since the timer was set: re-arm for the rest instead of on every recv.
+    // No later than the shorter timeout, which applies should sending start or end by then.
+    ArmIdleTimer(std::min(limit - quiet, FirstTimeout()));
     return;
   }
   if (close_requested_ || !started_) {
@@ -364,8 +380,8 @@ void Connection::OnIdleTimer() {
     BeginTeardown();
     return;
   }
-  last_input_ = loop_.Now();
-  ArmIdleTimer(idle_timeout_);
+  last_progress_ = loop_.Now();
+  ArmIdleTimer(FirstTimeout());
   {
     CallbackScope scope(this);
     handler_->OnIdleTimeout();

@@ -78,6 +78,7 @@ class Connection final : public Stream {
   void Close() override;
   void SetReading(bool reading) override;
   void SetIdleTimeout(absl::Duration timeout) override;
+  void SetSendTimeout(absl::Duration timeout) override;
   bool tls_active() const override { return tls_ != nullptr && !handshaking_; }
   const PeerInfo& peer() const override { return peer_; }
   EventLoop& loop() override { return loop_; }
@@ -110,6 +111,8 @@ class Connection final : public Stream {
   void BeginTeardown();
   void MaybeCloseFd();
   void ArmIdleTimer(absl::Duration delay);
+  // The shorter of the idle and send timeouts: when the idle timer must look first.
+  absl::Duration FirstTimeout() const;
   void OnIdleTimer();
 
   EventLoop& loop_;
@@ -148,7 +151,8 @@ class Connection final : public Stream {
   MemberCompletion<Connection, &Connection::OnCloseDone> close_completion_{this};
 
   absl::Duration idle_timeout_ = absl::ZeroDuration();
-  absl::Time last_input_;
+  absl::Duration send_timeout_ = absl::ZeroDuration();
+  absl::Time last_progress_;  // the last input, or the last send completed
   TimerId idle_timer_ = kNoTimer;
   TimerId kick_timer_ = kNoTimer;
 };

@@ -59,9 +59,14 @@ class Stream {
   virtual void Close() = 0;
   // Flow control: while false, OnData() is not called (input stays in the kernel).
   virtual void SetReading(bool reading) = 0;
-  // OnIdleTimeout() fires after `timeout` without input; re-armed by every input.
+  // OnIdleTimeout() fires after `timeout` without progress: re-armed by every input and by
+  // every send that completes (a wait for a reply starts once the request is on the wire).
   // Zero disables it.
   virtual void SetIdleTimeout(absl::Duration timeout) = 0;
+  // While output waits to be sent, OnIdleTimeout() fires instead after `timeout` without a
+  // send completing (RFC 5321 §4.5.3.2.5: each block of data); zero: the idle timeout applies
+  // then too.
+  virtual void SetSendTimeout(absl::Duration timeout) = 0;
   virtual bool tls_active() const = 0;
   virtual const PeerInfo& peer() const = 0;
   virtual EventLoop& loop() = 0;

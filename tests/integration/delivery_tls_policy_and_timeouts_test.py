@@ -29,6 +29,8 @@ class DeliveryTlsAndTimeoutsTest(unittest.TestCase):
         # middlebox that kills TLS, a path that drops the certificate's packets).
         cls.tls_reset_sink = SmtpTestServer(starttls=True, starttls_breaks="reset").start()
         cls.tls_stall_sink = SmtpTestServer(starttls=True, starttls_breaks="stall").start()
+        # Reads a body at 2 MB/s: 16 MB take 8 s, more than data_block + data_termination.
+        cls.slow_sink = SmtpTestServer(data_read_rate=2_000_000).start()
         routes = []
         for domain, sink, tls in (("tls.test", cls.tls_sink, "required"),
                                   ("notls.test", cls.plain_sink, "required"),
@@ -36,14 +38,17 @@ class DeliveryTlsAndTimeoutsTest(unittest.TestCase):
                                   ("drop.test", cls.drop_sink, "none"),
                                   ("brokentls.test", cls.broken_tls_sink, "opportunistic"),
                                   ("tlsreset.test", cls.tls_reset_sink, "opportunistic"),
-                                  ("tlsstall.test", cls.tls_stall_sink, "opportunistic")):
+                                  ("tlsstall.test", cls.tls_stall_sink, "opportunistic"),
+                                  ("slow.test", cls.slow_sink, "none")):
             routes += ["[[route]]", 'domain = "%s"' % domain,
                        'destination = "[127.0.0.1]:%d"' % sink.port, 'tls = "%s"' % tls]
         extra = "\n".join([
             "[delivery]",
             "tls_ca_file = %s" % harness.toml_string(cls.tls_sink.certfile),
             'data_block_timeout = "1s"',
-            'data_termination_timeout = "1s"',
+            # More than what the kernel's buffers hold of a body (4 MB here) takes to drain at
+            # the slow sink's rate, as 10 minutes are for any link faster than 10 KB/s.
+            'data_termination_timeout = "5s"',
             'command_timeout = "5s"',
         ] + routes)
         cls.server = harness.Facteur(extra=extra)
@@ -64,7 +69,7 @@ class DeliveryTlsAndTimeoutsTest(unittest.TestCase):
     @classmethod
     def sinks(cls):
         return (cls.tls_sink, cls.plain_sink, cls.stall_sink, cls.drop_sink,
-                cls.broken_tls_sink, cls.tls_reset_sink, cls.tls_stall_sink)
+                cls.broken_tls_sink, cls.tls_reset_sink, cls.tls_stall_sink, cls.slow_sink)
 
     def send(self, recipient):
         with self.server.smtp() as client:
@@ -130,6 +135,22 @@ class DeliveryTlsAndTimeoutsTest(unittest.TestCase):
             self.assertFalse(sink.delivered_to(recipient)[0].tls)
             # The first session asked for STARTTLS; the one that delivered did not.
             self.assertTrue(any("STARTTLS" in c.upper() for c in sink.sessions[0].commands))
+
+    def test_a_body_still_being_read_is_not_timed_out(self):
+        # RFC 5321 §4.5.3.2.5-6: the data-block timeout bounds each send of the body, the
+        # data-termination one the wait after "." is sent; before, the two together bounded
+        # the whole transfer, and a large message to a slow server failed on every try.
+        recipient = "someone@slow.test"
+        body = ("x" * 990 + "\r\n") * 16000  # 16 MB
+        with self.server.smtp() as client:
+            client.sendmail("app@asso.example", [recipient], (
+                "From: app@asso.example\r\nTo: %s\r\nSubject: big\r\n\r\n%s" % (
+                    recipient, body)).encode())
+        self.slow_sink.wait_for(lambda: self.slow_sink.delivered_to(recipient), timeout=30)
+        [transaction] = self.slow_sink.delivered_to(recipient)
+        self.assertGreater(transaction.finished - transaction.started, 6.0)  # it was slow
+        self.assertFalse([e for e in self.events_for(recipient) if e["type"] != "reception"
+                          and e["type"] != "delivery"])
 
     def test_connection_dropped_mid_data(self):
         self.send("someone@drop.test")

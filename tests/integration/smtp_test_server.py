@@ -27,6 +27,8 @@ Settings (attributes, changeable while the server runs):
     quit_reply          to QUIT
     drop_mid_data       close the connection once some body bytes have arrived
     stall_mid_data      stop answering once some body bytes have arrived
+    data_read_rate      None, or bytes per second: reads the body no faster, with a small
+                        receive buffer (a slow link, or a server scanning as it reads)
     starttls_breaks     None; "reset": after the 220 to STARTTLS, reset the connection (RST)
                         instead of a handshake; "stall": read and discard instead of a handshake
 Advertised extensions: pipelining, starttls, eight_bit_mime, smtputf8, dsn, size (an int, or
@@ -195,7 +197,7 @@ class SmtpTestServer:
                  mail_reply="250 2.1.0 Ok", rcpt_reply="250 2.1.5 Ok", rcpt_replies=None,
                  data_reply="354 End data with <CR><LF>.<CR><LF>", end_of_data_reply=None,
                  quit_reply="221 2.0.0 Bye", drop_mid_data=False, stall_mid_data=False,
-                 starttls_breaks=None, clock=None):
+                 data_read_rate=None, starttls_breaks=None, clock=None):
         self.host = host
         self.clock = clock or time.time
         self.hostname = hostname
@@ -218,6 +220,7 @@ class SmtpTestServer:
         self.drop_mid_data = drop_mid_data
         self.stall_mid_data = stall_mid_data
         self.starttls_breaks = starttls_breaks
+        self.data_read_rate = data_read_rate
 
         self.sessions = []
         self.transactions = []
@@ -241,6 +244,9 @@ class SmtpTestServer:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._listener = socket.socket(family, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if data_read_rate is not None:
+            # Set before listen, so accepted sockets get it and the window stays small.
+            self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
         self._listener.bind((host, port))
         self._listener.listen(128)
         self._listener.settimeout(POLL_INTERVAL)
@@ -579,10 +585,16 @@ class _Connection:
         self.send(self.server.data_reply)
         data = []
         reads_at_start = self.reader.reads
+        started, size = time.monotonic(), 0
         while True:
             raw, _ = self.reader.readline()
             if not raw:
                 return False  # EOF inside DATA: the transaction is lost
+            size += len(raw)
+            if self.server.data_read_rate is not None:
+                ahead = size / self.server.data_read_rate - (time.monotonic() - started)
+                if ahead > 0.01:
+                    time.sleep(ahead)
             if (self.server.drop_mid_data or self.server.stall_mid_data) and \
                     self.reader.reads > reads_at_start:
                 if self.server.drop_mid_data:

@@ -23,6 +23,7 @@ class FakeStream final : public io::Stream {
     idle_timeout = timeout;
     ++idle_timer_restarts;
   }
+  void SetSendTimeout(absl::Duration timeout) override { send_timeout = timeout; }
   bool tls_active() const override { return tls; }
   const io::PeerInfo& peer() const override { return peer_info; }
   [[noreturn]] io::EventLoop& loop() override { std::abort(); }
@@ -37,6 +38,7 @@ class FakeStream final : public io::Stream {
   bool reading = true;
   absl::Duration idle_timeout = absl::ZeroDuration();
   int idle_timer_restarts = 0;  // SetIdleTimeout() calls: each re-arms the timer from now
+  absl::Duration send_timeout = absl::ZeroDuration();
   io::PeerInfo peer_info;
 };
 

@@ -236,6 +236,9 @@ class ClientSession::State {
   void OnStart(const io::TlsInfo* implicit_tls) {
     s_.tls_active_ = implicit_tls != nullptr;
     phase_ = Phase::kGreeting;
+    // RFC 5321 §4.5.3.2.5: a send of the body (or of anything) that makes no progress for this
+    // long ends the session; the wait for a reply starts once what it answers is sent.
+    s_.stream_.SetSendTimeout(timeouts().data_block);
     s_.stream_.SetIdleTimeout(timeouts().greeting);  // RFC 5321 §4.5.3.2.1
   }
 
@@ -528,8 +531,7 @@ class ClientSession::State {
       case Step::kRcpt: return timeouts().command;          // §4.5.3.2.2, §4.5.3.2.3
       case Step::kData: return timeouts().data_initiation;  // §4.5.3.2.4
       case Step::kDot:
-      case Step::kLoneDot:                                  // §4.5.3.2.5 + §4.5.3.2.6
-        return timeouts().data_block + timeouts().data_termination;
+      case Step::kLoneDot: return timeouts().data_termination;  // §4.5.3.2.6, once it is sent
     }
     return timeouts().command;
   }

@@ -44,10 +44,8 @@ struct ClientTimeouts {
   absl::Duration greeting = absl::Minutes(5);     // §4.5.3.2.1 initial 220
   absl::Duration command = absl::Minutes(5);      // EHLO, STARTTLS, MAIL §4.5.3.2.2, RCPT §4.5.3.2.3, RSET, QUIT
   absl::Duration data_initiation = absl::Minutes(2);   // §4.5.3.2.4 354
-  absl::Duration data_block = absl::Minutes(3);        // §4.5.3.2.5 (each send of the body)
-  absl::Duration data_termination = absl::Minutes(10); // §4.5.3.2.6 reply to "."
-  // The stream reports no progress of a send: the body goes out in one write after 354, and
-  // the wait from there to the reply to "." is data_block + data_termination.
+  absl::Duration data_block = absl::Minutes(3);        // §4.5.3.2.5: each send of the body
+  absl::Duration data_termination = absl::Minutes(10); // §4.5.3.2.6: reply to ".", once sent
 };
 
 struct ClientOptions {

@@ -57,6 +57,8 @@ struct HandlerOptions {
   bool greet = false;
   bool start_paused = false;  // SetReading(false) at start, true again 100 ms later
   absl::Duration idle = absl::ZeroDuration();
+  absl::Duration send_timeout = absl::ZeroDuration();
+  size_t greeting_octets = 0;  // more written at start than any socket buffer holds
 };
 
 // Echoes every byte; "QUIT" closes after its echo; "STARTTLS" answers 220 and starts TLS,
@@ -77,6 +79,10 @@ class EchoHandler final : public StreamHandler {
       events_.last_peer = stream_.peer().text;
     }
     if (options_.greet) stream_.Write("220 hello\r\n");
+    if (options_.greeting_octets > 0) stream_.Write(std::string(options_.greeting_octets, 'g'));
+    if (options_.send_timeout > absl::ZeroDuration()) {
+      stream_.SetSendTimeout(options_.send_timeout);
+    }
     if (options_.idle > absl::ZeroDuration()) stream_.SetIdleTimeout(options_.idle);
     if (options_.start_paused) {
       paused_ = true;
@@ -502,6 +508,26 @@ TEST_F(ServerTest, IdleTimeoutClosesAnIdleClient) {
   ASSERT_TRUE(events_.WaitFor(&events_.closed, 1));
   absl::MutexLock lock(&events_.mu);
   EXPECT_EQ(events_.idle, 1);
+}
+
+TEST_F(ServerTest, ASendThatMakesNoProgressEndsAfterTheSendTimeout) {
+  // The client never reads 64 MB: the send stalls, and the send timeout, not the far longer
+  // idle timeout, ends the connection (RFC 5321 §4.5.3.2.5 for the SMTP client).
+  Server server({ListenSpec{"127.0.0.1:0", TlsMode::kNone,
+                            EchoFactory(events_, {.idle = absl::Seconds(30),
+                                                  .send_timeout = absl::Milliseconds(300),
+                                                  .greeting_octets = 64 << 20}),
+                            nullptr}});
+  ASSERT_TRUE(server.Start(1).ok());
+  const absl::Time start = absl::Now();
+  int fd = Connect(server.BoundAddress(0));
+  ASSERT_GE(fd, 0);
+  ASSERT_TRUE(events_.WaitFor(&events_.idle, 1));
+  const absl::Duration waited = absl::Now() - start;
+  EXPECT_GE(waited, absl::Milliseconds(250));
+  EXPECT_LT(waited, absl::Seconds(10));
+  ::close(fd);
+  ASSERT_TRUE(events_.WaitFor(&events_.closed, 1));
 }
 
 TEST_F(ServerTest, SetReadingFalseHoldsInputUntilTrue) {

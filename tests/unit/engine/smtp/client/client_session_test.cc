@@ -306,7 +306,10 @@ TEST_F(ClientSessionTest, PipelinedTransactionIsOneGroupThenTheBody) {
   EXPECT_EQ(stream_.idle_timeout, absl::Seconds(121));  // waiting for 354
   Server("354 End data with <CR><LF>.<CR><LF>\r\n");
   EXPECT_EQ(stream_.TakeOutput(), "Subject: x\r\n\r\nhi\r\n.\r\n");
-  EXPECT_EQ(stream_.idle_timeout, absl::Seconds(181 + 601));
+  // RFC 5321 §4.5.3.2.5-6: each send of the body may take the data-block timeout, and the
+  // reply to "." the data-termination one from when it is sent (the stream counts progress).
+  EXPECT_EQ(stream_.send_timeout, absl::Seconds(181));
+  EXPECT_EQ(stream_.idle_timeout, absl::Seconds(601));
   // The next message could start now (PipelinedNextTest); this owner has none.
   ASSERT_EQ(owner_.Names(), std::vector<std::string>{"next"});
   owner_.events.clear();
@@ -1046,7 +1049,7 @@ TEST_F(PipelinedNextTest, NextMessageFollowsTheEndOfDataInOneWrite) {
             "MAIL FROM:<sender@origin.test> SIZE=17\r\nRCPT TO:<b@dest.test>\r\nDATA\r\n");
   EXPECT_FALSE(session_->ready());
   EXPECT_FALSE(session_->accepts_next());  // two in progress: no third
-  EXPECT_EQ(stream_.idle_timeout, absl::Seconds(181 + 601));  // A's end of data first
+  EXPECT_EQ(stream_.idle_timeout, absl::Seconds(601));  // A's end of data first
   EXPECT_EQ(session_->transactions(), 2u);
 
   Server("250 2.0.0 Ok: queued as A1\r\n");
