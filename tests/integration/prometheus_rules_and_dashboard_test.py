@@ -1,5 +1,6 @@
 """deploy/prometheus/ and deploy/grafana/ against the real thing (issue #6 points 2 and 3):
-`promtool check config` and `promtool check rules` pass; then Debian's Prometheus, started on
+`promtool check config` and `promtool check rules` pass, and promtool's unit tests of the alerts
+(prometheus/facteur-alerts-test.yml) show them firing on a first event; then Debian's Prometheus, started on
 loopback with the shipped rules, scrapes a running facteur that has delivered mail, evaluates
 every alert rule without an error, and answers every PromQL expression of the Grafana dashboard
 through its HTTP API; the core ones (throughput, queue, deliveries by site) return data."""
@@ -98,6 +99,15 @@ class PrometheusRulesAndDashboardTest(unittest.TestCase):
             result = subprocess.run(command, capture_output=True, cwd=os.path.dirname(CONFIG))
             self.assertEqual(result.returncode, 0, result)
             self.assertIn(b"SUCCESS", result.stdout + result.stderr)
+
+    def test_the_alerts_fire_on_their_first_event(self):
+        # promtool's unit tests (prometheus/facteur-alerts-test.yml): a blocklist suspension
+        # whose series is born at 1 fires FacteurSourceBlocklisted; none for an hour: quiet.
+        tests = os.path.join(os.path.dirname(os.path.abspath(__file__)), "prometheus")
+        result = subprocess.run(["promtool", "test", "rules", "facteur-alerts-test.yml"],
+                                capture_output=True, cwd=tests)
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        self.assertIn(b"SUCCESS", result.stdout + result.stderr)
 
     def test_every_rule_evaluates_on_a_live_facteur(self):
         with self.server.smtp() as client:
