@@ -23,6 +23,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
@@ -532,7 +533,14 @@ AdminServer::Response AdminServer::QueueOperation(const std::string& operation,
     }
   }
   if (!result.ok()) return StatusError(result.status());
-  return JsonResponse(200, Json{{"messages", result->messages}, {"recipients", result->recipients}});
+  // The server log keeps what the operator did to the queue (the events log keeps what
+  // happened to each recipient).
+  Log(LogLevel::kInfo, "admin: queue %s %s: %d message(s), %d recipient(s), %d out for delivery",
+      operation, absl::CHexEscape(id_text.empty() ? body : id_text), result->messages,
+      result->recipients, result->in_delivery);
+  return JsonResponse(200, Json{{"messages", result->messages},
+                                {"recipients", result->recipients},
+                                {"in_delivery", result->in_delivery}});
 }
 
 absl::StatusOr<uint64_t> AdminServer::CountQueuedFor(std::string_view domain) const {

@@ -97,8 +97,8 @@ mail::DeliveryOutcome LocalOutcome(int code, std::string enhanced, std::string t
   return outcome;
 }
 
-events::Event OutcomeEvent(events::EventType type, const queue::Envelope& envelope,
-                           uint32_t index, const mail::DeliveryOutcome& outcome, absl::Time now) {
+events::Event RecipientEvent(events::EventType type, const queue::Envelope& envelope,
+                             uint32_t index, absl::Time now) {
   events::Event event;
   event.type = type;
   event.time = now;
@@ -106,12 +106,18 @@ events::Event OutcomeEvent(events::EventType type, const queue::Envelope& envelo
   event.sender = envelope.sender;
   event.recipient = envelope.recipients[index].address;
   event.domain = mail::LowerDomainOf(event.recipient);
+  event.attempt = envelope.attempts;
+  event.queue_time = now - envelope.received_at;
+  return event;
+}
+
+events::Event OutcomeEvent(events::EventType type, const queue::Envelope& envelope,
+                           uint32_t index, const mail::DeliveryOutcome& outcome, absl::Time now) {
+  events::Event event = RecipientEvent(type, envelope, index, now);
   event.code = outcome.reply.code;
   event.enhanced = outcome.reply.enhanced;
   event.response = outcome.reply.text;
   event.mx = outcome.remote;
-  event.attempt = envelope.attempts;
-  event.queue_time = now - envelope.received_at;
   return event;
 }
 
@@ -463,6 +469,16 @@ void QueueManager::StartMessage(const queue::ScheduleEntry& entry) {
   for (DeliveryJob& job : jobs) dispatcher_->Dispatch(std::move(job));
 }
 
+void QueueManager::RecordDeletions(const queue::Envelope& envelope, absl::Time now) {
+  if (events_ == nullptr) return;
+  for (uint32_t i = 0; i < envelope.recipients.size(); ++i) {
+    if (envelope.recipients[i].state != queue::RecipientState::kPending) continue;
+    events::Event event = RecipientEvent(events::EventType::kDeletion, envelope, i, now);
+    event.detail = "deleted by the administrator";
+    events_->Record(event);
+  }
+}
+
 void QueueManager::Settle(InFlight& flight, std::vector<JobResult> results) {
   const absl::Time now = clock_.Now();
   queue::Envelope& envelope = flight.envelope;
@@ -471,11 +487,6 @@ void QueueManager::Settle(InFlight& flight, std::vector<JobResult> results) {
     return r.throttled_until == absl::InfinitePast();
   });
   if (attempted || results.empty()) envelope.attempts += 1;
-
-  if (flight.after == InFlight::After::kDelete) {
-    RemoveMessage(envelope.id, flight.leased_due, queue::Durability::kRidesNextSync);
-    return;
-  }
 
   std::vector<std::pair<uint32_t, mail::DeliveryOutcome>> bounced;
   // Delivered with NOTIFY=SUCCESS to a server that was not told (no DSN there): ours to report.
@@ -565,6 +576,13 @@ void QueueManager::Settle(InFlight& flight, std::vector<JobResult> results) {
     }
   }
 
+  if (flight.after == InFlight::After::kDelete) {
+    // Deleted while out for delivery: what the attempt delivered is logged and counted above
+    // (it went); nothing else is reported, retried or bounced.
+    RecordDeletions(envelope, now);
+    RemoveMessage(envelope.id, flight.leased_due, queue::Durability::kRidesNextSync);
+    return;
+  }
   if (flight.after == InFlight::After::kBounce) {
     const mail::DeliveryOutcome cancelled =
         LocalOutcome(550, "5.0.0", "delivery cancelled by the administrator");
@@ -1118,6 +1136,7 @@ void QueueManager::ExecuteOperation(Operation& operation) {
         break;
       }
       case Kind::kDelete:
+        RecordDeletions(envelope, now);
         RemoveMessage(envelope.id, due, queue::Durability::kSynced);
         break;
       default:
@@ -1134,6 +1153,7 @@ void QueueManager::ExecuteOperation(Operation& operation) {
       if (operation.kind == Kind::kDelete) flight->second->after = InFlight::After::kDelete;
       if (operation.kind == Kind::kBounce) flight->second->after = InFlight::After::kBounce;
       result.messages = operation.kind == Kind::kRetry ? 0 : 1;
+      result.in_delivery = result.messages;
       operation.result = result;
       return;
     }
@@ -1168,6 +1188,7 @@ void QueueManager::ExecuteOperation(Operation& operation) {
           flight->second->after = InFlight::After::kBounce;
           flight->second->after_domain = domain;
           ++result.messages;
+          ++result.in_delivery;
         }
         continue;
       }

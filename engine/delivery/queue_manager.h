@@ -66,6 +66,9 @@ struct QueueManagerOptions {
 struct OperationResult {
   uint64_t messages = 0;    // messages changed
   uint64_t recipients = 0;  // recipients changed (bounce)
+  // Of `messages`, those out for delivery now: the operation applies when the attempt ends,
+  // and what the attempt delivers has gone.
+  uint64_t in_delivery = 0;
 };
 
 class QueueManager final : public ResultSink {
@@ -169,6 +172,9 @@ class QueueManager final : public ResultSink {
   // Counts `indexes` as expired, by the site and source `owed` remembers for each.
   void CountExpired(const std::vector<uint32_t>& indexes, const std::vector<OwedSite>& owed);
   void Settle(InFlight& flight, std::vector<JobResult> results);
+  // A deletion event for each recipient of `envelope` still pending: the audit trail of
+  // `queue delete`.
+  void RecordDeletions(const queue::Envelope& envelope, absl::Time now);
   // The metrics of one recipient's outcome.
   void CountOutcome(events::EventType type, const JobResult& result,
                     const RecipientVerdict& verdict, absl::Time received_at, absl::Time now);

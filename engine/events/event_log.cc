@@ -168,6 +168,7 @@ const char* EventTypeName(EventType type) {
     case EventType::kSuspension: return "suspension";
     case EventType::kAccountSuspended: return "account_suspended";
     case EventType::kWarmupCap: return "warmup_cap";
+    case EventType::kDeletion: return "deletion";
   }
   return "unknown";
 }

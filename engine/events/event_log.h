@@ -28,6 +28,7 @@ namespace facteur::events {
 
 // kAccountSuspended: a submission account stopped for unusual sending volume (issue #5).
 // kWarmupCap: a new source used up its warmup cap for a site today (issue #5 point 5).
+// kDeletion: a recipient left undelivered when the administrator deleted its message.
 enum class EventType {
   kReception,
   kDelivery,
@@ -37,10 +38,11 @@ enum class EventType {
   kSuspension,
   kAccountSuspended,
   kWarmupCap,
+  kDeletion,
 };
 
 // "reception", "delivery", "transient_failure", "bounce", "expiration", "suspension",
-// "account_suspended", "warmup_cap".
+// "account_suspended", "warmup_cap", "deletion".
 const char* EventTypeName(EventType type);
 
 // One event. Empty strings, zero numbers, zero durations, false and InfinitePast are left out

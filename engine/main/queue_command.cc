@@ -174,6 +174,11 @@ int Operate(const config::Config& config, const CommandLine& command_line) {
     if (answer->value("recipients", 0) > 0) {
       std::cout << ", " << answer->value("recipients", 0) << " recipient(s)";
     }
+    if (const uint64_t in_delivery = answer->value("in_delivery", uint64_t{0}); in_delivery > 0) {
+      // The attempt under way is not cut: a server may be taking the message right now.
+      std::cout << "; " << in_delivery << " of them out for delivery now: done when that "
+                << "attempt ends, and what it delivers has gone (see the events log)";
+    }
     std::cout << "\n";
   }
   return kExitOk;

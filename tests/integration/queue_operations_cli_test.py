@@ -5,6 +5,8 @@ delete a message (no DSN), retry, and the errors for bad input or a stopped serv
 import email
 import email.policy
 import json
+import threading
+import time
 import unittest
 
 import harness
@@ -95,9 +97,39 @@ class QueueOperationsTest(harness.ServerTestCase):
                    what="deleted")
         self.assertFalse([t for t in self.sink.delivered_to("app@asso.example")
                           if b"d@hold.test" in t.data])
+        # The audit trail: the recipient left undelivered, and why.
+        [deletion] = [e for e in harness.read_events(self.server)
+                      if e.get("queue_id") == queue_id and e["type"] == "deletion"]
+        self.assertEqual(deletion["recipient"], "d@hold.test")
+        self.assertEqual(deletion["detail"], "deleted by the administrator")
+        self.assertIn("admin: queue delete %s: 1 message(s)" % queue_id, self.server.log())
         missing = self.server.cli("queue", "retry", queue_id, check=False)
         self.assertNotEqual(missing.returncode, 0)
         self.assertIn("not in the queue", missing.stderr.decode())
+
+    def test_delete_during_delivery_logs_what_went(self):
+        # Deleted while the server takes it: the attempt is not cut off, the CLI says so, and
+        # the delivery that happened is in the events log (before, nothing was).
+        answering = threading.Event()
+
+        def slow_rcpt(*_):
+            answering.set()
+            time.sleep(3)
+            return "250 2.1.5 Ok"
+
+        self.sink.rcpt_replies["slow@hold.test"] = slow_rcpt
+        queue_id = self.submit("slow@hold.test", "deleted in flight")
+        self.assertTrue(answering.wait(20), "no delivery attempt")
+        result = self.server.cli("queue", "delete", queue_id)
+        self.assertIn("1 message(s); 1 of them out for delivery now", result.stdout.decode())
+        self.sink.wait_for(lambda: self.sink.delivered_to("slow@hold.test"), timeout=20)
+        harness.wait_until(lambda: queue_id not in [m["id"] for m in self.queue("ls")["messages"]],
+                           what="deleted")
+        events = harness.wait_until(
+            lambda: [e["type"] for e in harness.read_events(self.server)
+                     if e.get("queue_id") == queue_id and e["type"] != "reception"],
+            what="the attempt's outcome in the events log")
+        self.assertEqual(events, ["delivery"])
 
     def test_bad_input(self):
         bad = self.server.cli("queue", "retry", "not-an-id", check=False)
