@@ -30,11 +30,13 @@ namespace {
 
 // Order matters: handles_[0] is "default", handles_[1 + Family] the named ones.
 constexpr const char* kFamilyNames[] = {"default",  "body",       "envelope",    "schedule",
-                                        "accounts", "reputation", "suppression", "quota"};
+                                        "accounts", "reputation", "suppression", "quota",
+                                        "suspension"};
 // Families added after the first release: a read-only instance opens a spool without them
 // (written by an older primary) and leaves their handles null.
 bool IsOptionalFamily(std::string_view name) {
-  return name == "reputation" || name == "suppression" || name == "quota";
+  return name == "reputation" || name == "suppression" || name == "quota" ||
+         name == "suspension";
 }
 
 // RocksDB's own recovery from a full disk starts at once, while the disk is likely still full;

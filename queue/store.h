@@ -1,6 +1,7 @@
 // File: queue/store.h
 // The RocksDB database under the spool directory and its column families (DESIGN.md §3):
-// `body`, `envelope`, `schedule`, `accounts`, `reputation`, `suppression`, `quota`. The one
+// `body`, `envelope`, `schedule`, `accounts`, `reputation`, `suppression`, `quota`,
+// `suspension`. The one
 // place where rocksdb::Status becomes absl::Status (STYLE.md rule 1).
 // Thread contract: thread-safe (rocksdb::DB is). Every call may block on disk: never call it
 // from an I/O thread; use the spool's writer or a worker pool.
@@ -19,8 +20,10 @@ namespace facteur::queue {
 
 // kReputation (queue/reputation_store.h) came later than the others: a primary creates it in an
 // older spool; a read-only instance of such a spool has none (family() returns null).
-// kSuppression (queue/suppression.h) and kQuota (engine/policy/account_quotas.h) likewise.
-enum class Family { kBody, kEnvelope, kSchedule, kAccounts, kReputation, kSuppression, kQuota };
+// kSuppression (queue/suppression.h), kQuota (engine/policy/account_quotas.h) and kSuspension
+// (queue/suspension_store.h) likewise.
+enum class Family {
+  kBody, kEnvelope, kSchedule, kAccounts, kReputation, kSuppression, kQuota, kSuspension };
 
 struct StoreOptions {
   // The RocksDB environment (file system, threads). Tests inject a fault-injecting file system

@@ -118,6 +118,19 @@ inline absl::Status RemoveAndWait(Spool& spool, const MessageId& id, absl::Time 
   });
 }
 
+// The store alone, read-write or read-only (a secondary beside the writer); null after
+// recording a test failure.
+inline std::unique_ptr<Store> OpenStore(const std::string& path) {
+  absl::StatusOr<std::unique_ptr<Store>> store = Store::Open(path);
+  EXPECT_TRUE(store.ok()) << store.status();
+  return store.ok() ? *std::move(store) : nullptr;
+}
+inline std::unique_ptr<Store> OpenReader(const std::string& path) {
+  absl::StatusOr<std::unique_ptr<Store>> store = Store::OpenReadOnly(path);
+  EXPECT_TRUE(store.ok()) << store.status();
+  return store.ok() ? *std::move(store) : nullptr;
+}
+
 // A store and the spool on it; the spool goes first (members are destroyed in reverse).
 struct Opened {
   std::unique_ptr<Store> store;

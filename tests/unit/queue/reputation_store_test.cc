@@ -18,21 +18,11 @@ namespace {
 using throttle::PairReport;
 using throttle::Reputation;
 using RC = throttle::ResponseClass;
+using test::OpenReader;
+using test::OpenStore;
 
 const absl::Time kT0 = absl::FromCivil(absl::CivilSecond(2027, 3, 10, 10, 15, 0),
                                        absl::UTCTimeZone());
-
-std::unique_ptr<Store> OpenStore(const std::string& path) {
-  absl::StatusOr<std::unique_ptr<Store>> store = Store::Open(path);
-  EXPECT_TRUE(store.ok()) << store.status();
-  return store.ok() ? *std::move(store) : nullptr;
-}
-
-std::unique_ptr<Store> OpenReader(const std::string& path) {
-  absl::StatusOr<std::unique_ptr<Store>> store = Store::OpenReadOnly(path);
-  EXPECT_TRUE(store.ok()) << store.status();
-  return store.ok() ? *std::move(store) : nullptr;
-}
 
 void Fill(Reputation& reputation) {
   for (int i = 0; i < 40; ++i) {

@@ -1,0 +1,67 @@
+// File: queue/suspension_store.h
+// The `suspension` column family (DESIGN.md §3): the suspensions that must outlive a restart.
+//  - domain holds (`facteur queue suspend DOMAIN`), until `queue resume` lifts them;
+//  - pauses of (site, source) pairs (throttle/pause_ledger.h), an operator's or a reply's
+//    (blocklist, rate limit), until their end time.
+// Keys: 'd' domain → DomainHold record; 'p' varint(|site|) site source → PairPause record.
+// Values start with a version byte (1); times are Unix microseconds (engine/base/varint_codec.h).
+// Writes are synced: they are rare (an operator's command, a provider's blocklist answer) and
+// the operator is told "suspended" only once the hold is on disk — a power cut must not send
+// mail to a domain held because its server is being moved.
+// Thread contract: stateless beyond the Store reference; every call blocks on disk, so never on
+// an I/O thread (the queue manager's thread, the suspension writer thread, start-up).
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "queue/store.h"
+#include "throttle/pause_ledger.h"
+
+namespace facteur::queue {
+
+struct DomainHold {
+  std::string domain;  // lowercased, as the queue manager matches it
+  absl::Time since = absl::InfinitePast();
+};
+
+struct PairPauseLoad {
+  std::vector<throttle::PairPause> running;  // by site, then source
+  size_t expired = 0;  // records whose end had passed: deleted (read-write Store) and not returned
+  size_t skipped = 0;  // records that did not decode: logged, deleted, not returned
+};
+
+class SuspensionStore {
+ public:
+  // `store` outlives this object. Read-write for the writes; either kind for the reads (a
+  // read-only Store of a spool without the family reads nothing).
+  explicit SuspensionStore(Store& store) : store_(store) {}
+
+  absl::StatusOr<std::vector<DomainHold>> DomainHolds() const;
+  // Synced writes; FailedPrecondition on a read-only Store.
+  absl::Status HoldDomain(std::string_view domain, absl::Time since);
+  absl::Status ReleaseDomain(std::string_view domain);
+
+  // The pair pauses running at `now`. Those that ended while the server was down are deleted
+  // from a read-write Store: nothing restores them, and nothing else would remove them.
+  absl::StatusOr<PairPauseLoad> PairPauses(absl::Time now);
+  // Writes a ledger's changes in one synced batch. FailedPrecondition on a read-only Store.
+  absl::Status Write(const throttle::PauseDelta& delta);
+
+ private:
+  absl::Status CheckWritable() const;
+  Store& store_;
+};
+
+// The record codecs (exposed for the tests of their compatibility).
+std::string SuspensionPairKey(std::string_view site, std::string_view source);
+std::string EncodePairPause(const throttle::PairPause& pause);
+// `site` and `source` come from the key. DataLoss on anything malformed.
+absl::StatusOr<throttle::PairPause> DecodePairPause(std::string_view key, std::string_view value);
+
+}  // namespace facteur::queue

@@ -1,0 +1,70 @@
+// File: throttle/pause_ledger.cc
+// PauseLedger: the running pair pauses and which of them changed since the writer last looked.
+#include "throttle/pause_ledger.h"
+
+namespace facteur::throttle {
+
+void PauseLedger::Record(PairPause pause) {
+  Key key(pause.site, pause.source);
+  absl::MutexLock lock(&mutex_);
+  auto it = pauses_.find(key);
+  if (it != pauses_.end() && it->second == pause) return;
+  pauses_.insert_or_assign(key, std::move(pause));
+  dirty_.insert(std::move(key));
+}
+
+void PauseLedger::Lift(std::string_view site, std::string_view source) {
+  Key key{std::string(site), std::string(source)};
+  absl::MutexLock lock(&mutex_);
+  if (pauses_.erase(key) == 0) return;
+  dirty_.insert(std::move(key));
+}
+
+void PauseLedger::Restore(const std::vector<PairPause>& pauses) {
+  absl::MutexLock lock(&mutex_);
+  for (const PairPause& pause : pauses) pauses_.insert_or_assign(Key(pause.site, pause.source), pause);
+}
+
+std::vector<PairPause> PauseLedger::Running(absl::Time now) const {
+  absl::MutexLock lock(&mutex_);
+  std::vector<PairPause> running;
+  for (const auto& [key, pause] : pauses_) {
+    if (pause.until > now) running.push_back(pause);
+  }
+  return running;
+}
+
+PauseDelta PauseLedger::TakeDirtyWhenAny(absl::Duration max_wait) {
+  absl::MutexLock lock(&mutex_);
+  auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) { return closed_ || !dirty_.empty(); };
+  mutex_.AwaitWithTimeout(absl::Condition(&ready), max_wait);
+  PauseDelta delta;
+  for (const Key& key : dirty_) {
+    auto it = pauses_.find(key);
+    if (it == pauses_.end()) {
+      delta.lifted.push_back(key);
+    } else {
+      delta.set.push_back(it->second);
+    }
+  }
+  dirty_.clear();
+  return delta;
+}
+
+void PauseLedger::Redirty(const PauseDelta& delta) {
+  absl::MutexLock lock(&mutex_);
+  for (const PairPause& pause : delta.set) dirty_.emplace(pause.site, pause.source);
+  for (const Key& key : delta.lifted) dirty_.insert(key);
+}
+
+void PauseLedger::Close() {
+  absl::MutexLock lock(&mutex_);
+  closed_ = true;
+}
+
+bool PauseLedger::closed() const {
+  absl::MutexLock lock(&mutex_);
+  return closed_;
+}
+
+}  // namespace facteur::throttle

@@ -1,0 +1,87 @@
+// File: throttle/pause_ledger.h
+// The running pauses of (site, source) pairs, as they must survive a restart: an operator's
+// (`facteur site suspend`) and those a reply began (a blocklist answer pauses the pair for hours,
+// a rate limit for minutes). A PairThrottle (site_throttle.h) lives in the memory of the shard
+// that owns its site and is gone after a restart; the delivery shards tell this ledger of each
+// pause that begins, moves or is lifted, and a writer thread takes what changed
+// (TakeDirtyWhenAny) to queue/suspension_store.h. At start-up the stored pauses come back
+// through the same type. Pure bookkeeping: no clock is read, times are passed in.
+// Thread contract: thread-safe (one mutex). Record/Lift are memory-only and cheap, so the I/O
+// threads call them; TakeDirtyWhenAny blocks (it waits for a change) and is the writer's.
+#pragma once
+
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "throttle/response_class.h"
+
+namespace facteur::throttle {
+
+// One pause of a (site, source) pair, or of every source of a site.
+struct PairPause {
+  std::string site;    // the site key ("google", "google/example.com", "mx:...", "route:...")
+  std::string source;  // the [[source]] name; "" for an operator's pause of every source
+  // The site's pool when known, so that a site restored before any mail lists as it did.
+  std::string pool;
+  absl::Time since = absl::InfinitePast();  // when it began (bounds how far a reply extends it)
+  absl::Time until = absl::InfinitePast();  // when it ends
+  bool manual = false;                      // an operator's (SuspendManually), not a reply's
+  // The class of the reply that began or last extended it; none for a manual pause.
+  std::optional<ResponseClass> cause;
+
+  friend bool operator==(const PairPause&, const PairPause&) = default;
+};
+
+// What changed since the last TakeDirty: pauses to write, and pairs whose pause was lifted (to
+// delete). A pair appears in one list at most.
+struct PauseDelta {
+  std::vector<PairPause> set;
+  std::vector<std::pair<std::string, std::string>> lifted;  // (site, source)
+  bool empty() const { return set.empty() && lifted.empty(); }
+};
+
+class PauseLedger {
+ public:
+  PauseLedger() = default;
+  PauseLedger(const PauseLedger&) = delete;
+  PauseLedger& operator=(const PauseLedger&) = delete;
+
+  // The pair's pause is now `pause` (begun, extended, or replaced). Marked dirty unless equal
+  // to what the ledger holds.
+  void Record(PairPause pause);
+  // The pair's pause ended before its time (an operator's resume). Marked dirty when the ledger
+  // held one. A pause that simply runs out needs no call: its record expires by its time.
+  void Lift(std::string_view site, std::string_view source);
+
+  // Pauses read back at start-up: held, not dirty (they are stored already).
+  void Restore(const std::vector<PairPause>& pauses);
+  // The pauses running at `now`, by site then source.
+  std::vector<PairPause> Running(absl::Time now) const;
+
+  // The changes since the last call, which are then no longer dirty. Waits up to `max_wait`
+  // (real time) for one when there is none; returns at once after Close().
+  PauseDelta TakeDirtyWhenAny(absl::Duration max_wait);
+  // A delta that could not be written: its pairs become dirty again (with their state now).
+  void Redirty(const PauseDelta& delta);
+  // Wakes the writer for good: TakeDirtyWhenAny no longer waits (what is dirty is still given).
+  void Close();
+  bool closed() const;
+
+ private:
+  using Key = std::pair<std::string, std::string>;  // (site, source)
+  mutable absl::Mutex mutex_;
+  std::map<Key, PairPause> pauses_ ABSL_GUARDED_BY(mutex_);
+  // Pairs changed since the last TakeDirty: their state is what pauses_ holds (none: lifted).
+  std::set<Key> dirty_ ABSL_GUARDED_BY(mutex_);
+  bool closed_ ABSL_GUARDED_BY(mutex_) = false;
+};
+
+}  // namespace facteur::throttle
