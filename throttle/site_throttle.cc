@@ -298,6 +298,15 @@ bool PairThrottle::Resume(absl::Time now) {
   return true;
 }
 
+void PairThrottle::RestoreSuspension(absl::Time began, absl::Time until, ResponseClass cause) {
+  suspension_began_ = began;
+  suspended_until_ = until;
+  suspension_class_ = cause;
+  manual_ = false;
+  in_backoff_ = true;  // as after the reply itself: normal again with the first delivery
+  if (options_.actions[Index(cause)].prefer_other_source) prefer_other_source_ = true;
+}
+
 void PairThrottle::CutRate(double factor, absl::Time now) {
   // The first cut of an episode starts from the nominal rate, or from what the pair was
   // actually sending when the site configures none (the cut must slow something down).

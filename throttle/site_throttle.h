@@ -147,6 +147,13 @@ class PairThrottle {
   // the operator who asks knows better than the last reply. Rate cuts and connection caps stay
   // (recovery goes on as usual). Returns whether the pair was suspended.
   bool Resume(absl::Time now);
+  // A suspension a reply began before a restart, read back (throttle/pause_ledger.h): the pair
+  // is paused from `began` until `until` by `cause`, as it was — bounded by max_suspension from
+  // `began` if replies extend it, standing aside for other sources if the class's action says
+  // so — but nothing is counted again and no rate is cut (the cut was not kept: the pair
+  // starts from its nominal rate when the pause ends, the reply's suspension having been the
+  // larger part of the reaction). An operator's pause is restored with SuspendManually.
+  void RestoreSuspension(absl::Time began, absl::Time until, ResponseClass cause);
 
   // --- State.
   PairState state(absl::Time now) const;

@@ -15,6 +15,7 @@
 #include "engine/mail/dsn.h"
 #include "engine/mail/text.h"
 #include "engine/delivery/shaping.h"
+#include "queue/suspension_store.h"
 
 namespace facteur::delivery {
 namespace {
@@ -966,6 +967,19 @@ std::vector<std::string> QueueManager::SuspendedDomains() const {
   return domains;
 }
 
+absl::StatusOr<std::vector<std::string>> QueueManager::RestoreSuspendedDomains() {
+  FACTEUR_ASSIGN_OR_RETURN(std::vector<queue::DomainHold> holds,
+                           queue::SuspensionStore(store_).DomainHolds());
+  std::vector<std::string> domains;
+  absl::MutexLock lock(&mutex_);
+  for (queue::DomainHold& hold : holds) {
+    domains.push_back(hold.domain);
+    suspended_.insert(std::move(hold.domain));
+  }
+  std::sort(domains.begin(), domains.end());
+  return domains;
+}
+
 // ---- Operations ----
 
 absl::StatusOr<OperationResult> QueueManager::Operate(OperationKind kind,
@@ -1070,13 +1084,23 @@ void QueueManager::ExecuteOperation(Operation& operation) {
   }
 
   if (operation.kind == Kind::kSuspend || operation.kind == Kind::kResume) {
-    bool changed = false;
-    {
+    const bool suspend = operation.kind == Kind::kSuspend;
+    const bool changed = suspend != IsSuspended(domain);
+    if (changed) {
+      // On disk first: a hold the operator was told of must outlive a restart, and one that
+      // could not be written is refused rather than held in memory only. Only this thread
+      // changes suspended_, so it cannot change between the look above and the write below.
+      queue::SuspensionStore holds(store_);
+      absl::Status written = suspend ? holds.HoldDomain(domain, now) : holds.ReleaseDomain(domain);
+      if (!written.ok()) {
+        operation.result = written;
+        return;
+      }
       absl::MutexLock lock(&mutex_);
-      if (operation.kind == Kind::kSuspend) {
-        changed = suspended_.insert(domain).second;
+      if (suspend) {
+        suspended_.insert(domain);
       } else {
-        changed = suspended_.erase(domain) > 0;
+        suspended_.erase(domain);
       }
     }
     if (events_ != nullptr && changed) {

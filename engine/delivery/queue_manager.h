@@ -114,10 +114,16 @@ class QueueManager final : public ResultSink {
   absl::StatusOr<OperationResult> BounceDomain(const std::string& domain);
   // Removes the message without a DSN.
   absl::StatusOr<OperationResult> Delete(const MessageId& id);
-  // Suspended domains get no delivery attempt until resumed (then they are flushed).
+  // Suspended domains get no delivery attempt until resumed (then they are flushed). Both
+  // write to the store's `suspension` family (synced) before they answer, so that a hold
+  // outlives a restart (queue/suspension_store.h); an error there leaves the hold as it was.
   absl::StatusOr<OperationResult> Suspend(const std::string& domain);
   absl::StatusOr<OperationResult> Resume(const std::string& domain);
   std::vector<std::string> SuspendedDomains() const;
+  // Reads the holds the store keeps (those of before a restart) into the suspended domains and
+  // returns them, sorted. Call before Start() / the first RunOnce(): mail to a held domain
+  // must not go out in the moment before the holds are back.
+  absl::StatusOr<std::vector<std::string>> RestoreSuspendedDomains();
   // Makes due now the messages `site` (a site key, or a shipped site's name, which also covers
   // its domain overrides "name/domain") handed back unattempted — what a paused site held back —
   // once an operator resumes it. Retries scheduled after a real reply (greylisting, backoff)

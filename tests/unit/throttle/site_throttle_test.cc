@@ -528,6 +528,33 @@ TEST(PairThrottleTest, ABlocklistSuspensionLeavesThePairInBackoffUntilADelivery)
   EXPECT_EQ(pair.counters().replies[Idx(ResponseClass::kUserUnknown)], 1u);
 }
 
+// A blocklist pause read back after a restart holds the pair as the reply did — until its end,
+// standing aside afterwards, extended no further than max_suspension from its beginning — and
+// counts nothing again.
+TEST(PairThrottleTest, ARestoredSuspensionHoldsAsTheReplyDid) {
+  PairOptions options = Options(Limits(60));
+  options.backoff.max_suspension = absl::Hours(6);
+  PairThrottle pair(options);
+  const absl::Time restart = kT0 + absl::Hours(1);
+  pair.RestoreSuspension(kT0, kT0 + absl::Hours(4), ResponseClass::kBlocklist);
+  EXPECT_EQ(pair.state(restart), PairState::kSuspended);
+  EXPECT_EQ(pair.suspension_began(), kT0);
+  EXPECT_EQ(pair.suspended_until(), kT0 + absl::Hours(4));
+  EXPECT_EQ(pair.suspension_class(), ResponseClass::kBlocklist);
+  EXPECT_FALSE(pair.manually_suspended(restart));
+  EXPECT_TRUE(pair.prefers_other_source());
+  EXPECT_EQ(pair.MayStartMessage(restart), kT0 + absl::Hours(4));
+  EXPECT_EQ(pair.MayOpenConnection(restart), kT0 + absl::Hours(4));
+  EXPECT_EQ(pair.counters().suspensions[Idx(ResponseClass::kBlocklist)], 0u);
+  EXPECT_DOUBLE_EQ(pair.current_message_rate(), 60);
+  // Bounded from its original beginning, not from the restart.
+  pair.OnReply(ResponseClass::kBlocklist, kT0 + absl::Hours(3));
+  EXPECT_EQ(pair.suspended_until(), kT0 + absl::Hours(6));
+  EXPECT_EQ(pair.state(kT0 + absl::Hours(6)), PairState::kBackoff);
+  EXPECT_TRUE(pair.Resume(kT0 + absl::Hours(5)));
+  EXPECT_FALSE(pair.suspended(kT0 + absl::Hours(5)));
+}
+
 TEST(PairThrottleTest, ThrottledTimeCountsEachWaitOnceAndEndsWhenTheLimitLifts) {
   PairThrottle pair(Options(Limits(6, 1)));
   pair.OnMessageStarted(kT0);

@@ -751,6 +751,36 @@ TEST_F(QueueManagerTest, SuspendedDomainsWaitAndResumeFlushesThem) {
   EXPECT_EQ(jobs[0].domain, "x.test");
 }
 
+// A hold is on disk when Suspend answers: a manager opened again on the same spool (a restart)
+// restores it and keeps the domain's mail queued; Resume lifts it for good, restart or not.
+TEST_F(QueueManagerTest, SuspendedDomainsOutliveARestartUntilResumed) {
+  auto suspended = RunOperation(*manager_, [&] { return manager_->Suspend("X.test"); });
+  ASSERT_TRUE(suspended.ok()) << suspended.status();
+  const MessageId id = Enqueue("alice@example.org", {R("a@x.test")});
+
+  Open();  // a restart
+  absl::StatusOr<std::vector<std::string>> restored = manager_->RestoreSuspendedDomains();
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  EXPECT_THAT(*restored, ElementsAre("x.test"));
+  EXPECT_THAT(manager_->SuspendedDomains(), ElementsAre("x.test"));
+  manager_->RunOnce();
+  EXPECT_THAT(dispatcher_.Take(), IsEmpty());
+  EXPECT_EQ(Read(id).recipients[0].state, queue::RecipientState::kPending);
+
+  auto resumed = RunOperation(*manager_, [&] { return manager_->Resume("x.test"); });
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  EXPECT_EQ(resumed->messages, 1u);
+  WaitForCommits(2);  // the message put back for later, then made due by the resume
+  Open();
+  restored = manager_->RestoreSuspendedDomains();
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  EXPECT_THAT(*restored, IsEmpty());
+  manager_->RunOnce();
+  std::vector<DeliveryJob> jobs = dispatcher_.Take();
+  ASSERT_THAT(jobs, SizeIs(1));
+  EXPECT_EQ(jobs[0].domain, "x.test");
+}
+
 // A site an operator paused hands its jobs back; the manager remembers which site holds each
 // message (queue summary by site) and FlushSite makes them due again, by a site's name also for
 // its domain overrides, and no other site's.
