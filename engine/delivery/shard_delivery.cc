@@ -667,7 +667,12 @@ void ShardDelivery::Accept(RoutedJob routed) {
                          : shaping_->ForKey(routed.site.key));
     ApplyRememberedPauses(*site, context_.clock.Now());
   }
-  if (site->pool.empty()) site->pool = routed.destination.pool;
+  if (site->pool.empty()) {
+    site->pool = routed.destination.pool;
+    // A pause of every source set before any mail came: its record learns the pool, so that
+    // after a restart the site lists its sources paused as now.
+    NoteSitePause(*site, context_.clock.Now());
+  }
   std::unique_ptr<DestinationQueue>& queue = site->destinations[routed.destination.key];
   if (queue == nullptr) {
     queue = std::make_unique<DestinationQueue>();
@@ -1348,6 +1353,8 @@ std::vector<RecipientVerdict> ShardDelivery::Judge(
     const absl::Time until_before = pair.suspended_until();
     const auto reply_class = static_cast<throttle::ResponseClass>(i);
     pair.OnReply(reply_class, now, *replies[i]);
+    if (pair.suspended_until() == until_before) continue;
+    NotePause(site, source, pair, now);
     if (pair.suspended_until() > std::max(until_before, now) && until_before <= now) {
       RecordSuspension(site, source, *examples[i], reply_class, pair.suspended_until());
     }
@@ -1722,12 +1729,7 @@ SiteSuspensionResult ShardDelivery::Suspend(const SiteSuspension& request, bool 
   if (matched.empty() && create) {
     const throttle::SiteOptions* options = shaping_->matcher().SiteByName(request.site);
     if (options == nullptr) return result;
-    ScheduleMetrics();
-    std::unique_ptr<SiteQueue>& site = sites_[options->name];
-    site = std::make_unique<SiteQueue>();
-    site->key = options->name;
-    Configure(*site, shaping_->ForKey(site->key));
-    matched.push_back(site.get());
+    matched.push_back(&SiteFor(options->name));
   }
   for (SiteQueue* site : matched) {
     result.sites.push_back(site->key);
@@ -1747,12 +1749,10 @@ SiteSuspensionResult ShardDelivery::Suspend(const SiteSuspension& request, bool 
         continue;
       }
       sources = {request.source};
-    } else if (suspend) {
-      site->manual_since = now;
-      site->manual_until = request.until;
     } else {
-      site->manual_since = absl::InfinitePast();
-      site->manual_until = absl::InfinitePast();
+      site->manual_since = suspend ? now : absl::InfinitePast();
+      site->manual_until = suspend ? request.until : absl::InfinitePast();
+      NoteSitePause(*site, now);
     }
     for (const std::string& source : sources) {
       throttle::PairThrottle& pair = site->Pair(source);
@@ -1766,6 +1766,7 @@ SiteSuspensionResult ShardDelivery::Suspend(const SiteSuspension& request, bool 
       }
       if (!changed) continue;
       ++result.pairs;
+      NotePause(*site, source, pair, now);
       RecordManual(*site, source, suspend ? pair.suspended_until() : absl::InfinitePast());
     }
     // A pause sends the waiting jobs back and lets idle connections go; a resumption starts
@@ -1773,6 +1774,84 @@ SiteSuspensionResult ShardDelivery::Suspend(const SiteSuspension& request, bool 
     Pump(*site);
   }
   return result;
+}
+
+ShardDelivery::SiteQueue& ShardDelivery::SiteFor(const std::string& key) {
+  std::unique_ptr<SiteQueue>& site = sites_[key];
+  if (site == nullptr) {
+    ScheduleMetrics();
+    site = std::make_unique<SiteQueue>();
+    site->key = key;
+    Configure(*site, shaping_->ForKey(key));
+    ApplyRememberedPauses(*site, context_.clock.Now());
+  }
+  return *site;
+}
+
+void ShardDelivery::NotePause(const SiteQueue& site, const std::string& source,
+                              const throttle::PairThrottle& pair, absl::Time now) {
+  if (context_.pauses == nullptr) return;
+  if (!pair.suspended(now)) {
+    context_.pauses->Lift(site.key, source);
+    return;
+  }
+  const bool manual = pair.manually_suspended(now);
+  context_.pauses->Record(throttle::PairPause{
+      .site = site.key,
+      .source = source,
+      .pool = site.pool,
+      .since = pair.suspension_began(),
+      .until = pair.suspended_until(),
+      .manual = manual,
+      .cause = manual ? std::nullopt : pair.suspension_class()});
+}
+
+void ShardDelivery::NoteSitePause(const SiteQueue& site, absl::Time now) {
+  if (context_.pauses == nullptr) return;
+  if (site.manual_until <= now) {
+    context_.pauses->Lift(site.key, "");
+    return;
+  }
+  context_.pauses->Record(throttle::PairPause{.site = site.key,
+                                              .source = "",
+                                              .pool = site.pool,
+                                              .since = site.manual_since,
+                                              .until = site.manual_until,
+                                              .manual = true,
+                                              .cause = std::nullopt});
+}
+
+size_t ShardDelivery::RestorePauses(const std::vector<throttle::PairPause>& pauses) {
+  if (shutting_down_) return 0;
+  const absl::Time now = context_.clock.Now();
+  size_t applied = 0;
+  for (const throttle::PairPause& pause : pauses) {
+    if (pause.until <= now) continue;
+    // As the operator's command left it (RememberPause): for the sites of that name created
+    // later, on whichever shard.
+    if (pause.manual && shaping_->matcher().SiteByName(pause.site) != nullptr) {
+      remembered_pauses_[{pause.site, pause.source}] = RememberedPause{pause.since, pause.until};
+    }
+    const ShardHandle* owner = OwnerOf(pause.site);
+    if (owner != nullptr && owner->delivery != this) continue;
+    SiteQueue& site = SiteFor(pause.site);
+    if (site.pool.empty()) site.pool = pause.pool;
+    if (pause.source.empty()) {
+      site.manual_since = pause.since;
+      site.manual_until = pause.until;
+      for (auto& [source, pair] : site.pairs) pair->SuspendManually(pause.since, pause.until);
+      // The pool's sources, as the site listed them before the restart (Pair applies the pause).
+      if (!site.pool.empty()) {
+        for (const Source& source : context_.router.Sources(site.pool)) site.Pair(source.name);
+      }
+    } else if (pause.manual || !pause.cause.has_value()) {
+      site.Pair(pause.source).SuspendManually(pause.since, pause.until);
+    } else {
+      site.Pair(pause.source).RestoreSuspension(pause.since, pause.until, *pause.cause);
+    }
+    ++applied;
+  }
+  return applied;
 }
 
 void ShardDelivery::RememberPause(const SiteSuspension& request, absl::Time now) {
@@ -1919,6 +1998,21 @@ absl::StatusOr<SiteSuspensionResult> SiteControl::Suspend(const SiteSuspension& 
   }
   return absl::NotFoundError(absl::StrCat("no site '", request.site,
                                           "' (neither a site with mail nor a shipped site name)"));
+}
+
+absl::StatusOr<size_t> SiteControl::RestorePauses(const std::vector<throttle::PairPause>& pauses,
+                                                  absl::Duration timeout) const {
+  if (pauses.empty()) return 0;
+  // Shared with the posted tasks: a shard answering after the timeout still reads them.
+  auto shared = std::make_shared<const std::vector<throttle::PairPause>>(pauses);
+  FACTEUR_ASSIGN_OR_RETURN(
+      std::vector<size_t> answers,
+      AskShards<size_t>(
+          shards_, [shared](ShardDelivery& shard) { return shard.RestorePauses(*shared); },
+          timeout));
+  size_t applied = 0;
+  for (size_t answer : answers) applied += answer;
+  return applied;
 }
 
 void ShardedDispatcher::Dispatch(DeliveryJob job) {

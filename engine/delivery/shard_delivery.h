@@ -25,7 +25,9 @@
 // queue manager unattempted, with the time to try them again, so that a slow or suspended site
 // never holds the leases other sites need. Every attempted job comes back with one outcome and
 // one classified verdict per recipient. An operator sees the sites (Sites()) and pauses or
-// resumes their pairs (Suspend()) through SiteControl, which posts to each shard's loop.
+// resumes their pairs (Suspend()) through SiteControl, which posts to each shard's loop. Every
+// pause that begins, moves or is lifted goes to the pause ledger (DeliveryContext::pauses), and
+// the pauses of before a restart come back through RestorePauses().
 // Thread contract: ShardDelivery is shard-confined (constructed, used and shut down on its loop
 // thread; peers reach it only through its loop); ShardedDispatcher is thread-safe.
 #pragma once
@@ -59,6 +61,7 @@
 #include "engine/metrics/metrics.h"
 #include "engine/smtp/client/client_session.h"
 #include "engine/tls/tls_client_context.h"
+#include "throttle/pause_ledger.h"
 #include "throttle/reputation.h"
 #include "throttle/site_throttle.h"
 
@@ -82,6 +85,9 @@ struct DeliveryContext {
   SiteLabeler* site_labels = nullptr;
   // Where a pair's suspension is told (a "suspension" event); null: nowhere.
   events::EventLog* events = nullptr;
+  // Where every pause that begins, moves or is lifted is recorded, to be written to the spool
+  // off the loops and restored after a restart (throttle/pause_ledger.h); null: not kept.
+  throttle::PauseLedger* pauses = nullptr;
   const tls::TlsClientContext* tls = nullptr;  // null: no STARTTLS
   smtp::ClientTimeouts timeouts;
   absl::Duration connect_timeout = absl::Seconds(30);
@@ -185,6 +191,12 @@ class ShardDelivery {
   // writes a "suspension" event per pair changed. With `create`, a shipped site this shard
   // does not hold yet is created (mail for it then finds it paused).
   SiteSuspensionResult Suspend(const SiteSuspension& request, bool create);
+  // The pauses of before a restart that are still running (given to every shard): the shard
+  // that owns a pause's site creates the site if need be and pauses the pair (or every source)
+  // as it was, so that Sites() lists it as before the restart; every shard remembers an
+  // operator's pause of a shipped site's name, for that name's domain overrides created later.
+  // Returns how many pauses this shard applied to sites it owns.
+  size_t RestorePauses(const std::vector<throttle::PairPause>& pauses);
 
  private:
   class Link;
@@ -441,6 +453,13 @@ class ShardDelivery {
   void RememberPause(const SiteSuspension& request, absl::Time now);
   // Applies the remembered pauses of `site`'s name to it (a site just created).
   void ApplyRememberedPauses(SiteQueue& site, absl::Time now);
+  // The site `key` this shard owns, created (configured, remembered pauses applied) when absent.
+  SiteQueue& SiteFor(const std::string& key);
+  // Tells the pause ledger the pause of `source`'s pair, or of every source (NoteSitePause),
+  // as it stands at `now`: running (recorded) or not (lifted).
+  void NotePause(const SiteQueue& site, const std::string& source,
+                 const throttle::PairThrottle& pair, absl::Time now);
+  void NoteSitePause(const SiteQueue& site, absl::Time now);
 
   io::EventLoop& loop_;
   dns::Resolver& resolver_;
@@ -490,6 +509,9 @@ class SiteControl {
   // a source not in the site's pool.
   absl::StatusOr<SiteSuspensionResult> Suspend(const SiteSuspension& request,
                                                absl::Duration timeout) const;
+  // ShardDelivery::RestorePauses on every shard; how many pauses were applied.
+  absl::StatusOr<size_t> RestorePauses(const std::vector<throttle::PairPause>& pauses,
+                                       absl::Duration timeout) const;
 
  private:
   std::vector<ShardHandle> shards_;

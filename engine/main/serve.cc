@@ -59,6 +59,7 @@
 #include "throttle/retry_policy.h"
 #include "nlohmann/json.hpp"
 #include "queue/reputation_store.h"
+#include "queue/suspension_store.h"
 #include "throttle/reputation.h"
 #include "queue/spool.h"
 #include "queue/store.h"
@@ -143,6 +144,9 @@ policy::AccountQuotasOptions QuotaOptionsOf(const config::Config& config) {
 
 // How often reputation counters are written to the spool's database.
 constexpr absl::Duration kReputationFlushInterval = absl::Seconds(5);
+// Longest the shards may take to take back the pauses of before a restart (at start-up, before
+// any mail: they answer in microseconds).
+constexpr absl::Duration kRestoreTimeout = absl::Seconds(10);
 
 class Relay {
  public:
@@ -537,6 +541,13 @@ class Relay {
           static_cast<int>(loaded.skipped));
     }
     StartReputationFlusher();
+    // The pair pauses of before a restart; those that ended meanwhile are dropped from the spool.
+    pauses_ = std::make_unique<throttle::PauseLedger>();
+    suspension_store_ = std::make_unique<queue::SuspensionStore>(*store_);
+    FACTEUR_ASSIGN_OR_RETURN(queue::PairPauseLoad pauses,
+                             suspension_store_->PairPauses(clock_.Now()));
+    pauses_->Restore(pauses.running);
+    StartPauseWriter();
     site_labels_ = std::make_unique<delivery::SiteLabeler>(options.metrics_site_labels);
     queue_manager_ = std::make_unique<delivery::QueueManager>(
         *store_, *spool_, *retry_, clock_, events_.get(),
@@ -571,6 +582,7 @@ class Relay {
         .metrics = &metrics_.shaping(),
         .site_labels = site_labels_.get(),
         .events = events_.get(),
+        .pauses = pauses_.get(),
         .tls = tls_client_.get(),
         .timeouts = smtp::ClientTimeouts{.greeting = options.greeting_timeout,
                                          .command = options.command_timeout,
@@ -605,6 +617,12 @@ class Relay {
     site_control_ = std::make_unique<delivery::SiteControl>(shards);
     dispatcher_ = std::make_unique<delivery::ShardedDispatcher>(std::move(shards));
     queue_manager_->SetDispatcher(dispatcher_.get());
+    // The holds and pauses of before a restart are back before the first message is leased.
+    FACTEUR_ASSIGN_OR_RETURN(std::vector<std::string> held,
+                             queue_manager_->RestoreSuspendedDomains());
+    FACTEUR_RETURN_IF_ERROR(
+        site_control_->RestorePauses(pauses.running, kRestoreTimeout).status());
+    LogRestoredSuspensions(held, pauses);
     queue_manager_->Start();
     return absl::OkStatus();
   }
@@ -703,6 +721,60 @@ class Relay {
     }
   }
 
+  // One line naming what a restart kept suspended, so that an operator who forgot a hold or a
+  // pause sees it: "restored 2 domain holds (a.example, b.example), 1 site pause (gmail/out1
+  // until 2026-12-06T13:20Z, blocklist)". Pauses of every source of a site read "gmail/*".
+  static void LogRestoredSuspensions(const std::vector<std::string>& domains,
+                                     const queue::PairPauseLoad& pauses) {
+    std::vector<std::string> parts;
+    if (!domains.empty()) {
+      parts.push_back(absl::StrCat("restored ", domains.size(), " domain hold",
+                                   domains.size() == 1 ? "" : "s", " (",
+                                   absl::StrJoin(domains, ", "), ")"));
+    }
+    if (!pauses.running.empty()) {
+      std::vector<std::string> named;
+      for (const throttle::PairPause& pause : pauses.running) {
+        named.push_back(absl::StrCat(
+            pause.site, "/", pause.source.empty() ? "*" : pause.source, " until ",
+            absl::FormatTime("%Y-%m-%dT%H:%MZ", pause.until, absl::UTCTimeZone()), ", ",
+            pause.manual || !pause.cause.has_value()
+                ? "manual"
+                : ToAbsl(throttle::ResponseClassName(*pause.cause))));
+      }
+      parts.push_back(absl::StrCat(parts.empty() ? "restored " : "", pauses.running.size(),
+                                   " site pause", pauses.running.size() == 1 ? "" : "s", " (",
+                                   absl::StrJoin(named, "; "), ")"));
+    }
+    if (pauses.expired > 0) {
+      parts.push_back(absl::StrCat(pauses.expired, " site pause",
+                                   pauses.expired == 1 ? "" : "s", " ended while stopped"));
+    }
+    if (parts.empty()) return;
+    Log(LogLevel::kInfo, "%s", absl::StrJoin(parts, ", "));
+  }
+
+  // Pair pauses reach the spool as soon as they change (a synced write per change or group of
+  // changes: they are few), off the loops; the last changes are written before the thread ends.
+  void StartPauseWriter() {
+    pause_writer_ = std::thread([this] {
+      pthread_setname_np(pthread_self(), "suspensions");
+      for (;;) {
+        throttle::PauseDelta delta = pauses_->TakeDirtyWhenAny(absl::Minutes(1));
+        if (delta.empty()) {
+          if (pauses_->closed()) return;
+          continue;
+        }
+        absl::Status written = suspension_store_->Write(delta);
+        if (written.ok()) continue;
+        Log(LogLevel::kError, "suspensions: %s", written.ToString());
+        pauses_->Redirty(delta);
+        if (pauses_->closed()) return;
+        absl::SleepFor(absl::Seconds(1));  // a full disk: try again, without spinning
+      }
+    });
+  }
+
   // Reputation counters reach the store every few seconds, off the loops (RocksDB blocks).
   void StartReputationFlusher() {
     reputation_flusher_ = std::thread([this] {
@@ -751,6 +823,10 @@ class Relay {
     queue_manager_.reset();
     delivery_context_.reset();
     retry_.reset();
+    if (pause_writer_.joinable()) {
+      pauses_->Close();  // the shards are gone: nothing changes any more
+      pause_writer_.join();
+    }
     if (reputation_flusher_.joinable()) {
       reputation_stop_.Notify();
       reputation_flusher_.join();  // its last flush writes what the last deliveries counted
@@ -860,6 +936,9 @@ class Relay {
   std::unique_ptr<queue::ReputationStore> reputation_store_;
   std::thread reputation_flusher_;
   absl::Notification reputation_stop_;
+  std::unique_ptr<throttle::PauseLedger> pauses_;  // shared by the shards; thread-safe
+  std::unique_ptr<queue::SuspensionStore> suspension_store_;
+  std::thread pause_writer_;
   std::unique_ptr<delivery::DeliveryContext> delivery_context_;
   std::vector<std::unique_ptr<delivery::ShardDelivery>> shard_deliveries_;  // one per loop
   std::unique_ptr<delivery::ShardedDispatcher> dispatcher_;
