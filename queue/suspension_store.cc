@@ -73,15 +73,19 @@ absl::StatusOr<throttle::PairPause> DecodePairPause(std::string_view key, std::s
   uint8_t version = 0;
   uint8_t flags = 0;
   std::string cause;
-  if (!v.Byte(version) || version != kVersion || !v.Time(pause.since) || !v.Time(pause.until) ||
+  if (v.Byte(version) && version > kVersion) {
+    // A newer facteur's (before a rollback): not ours to read, nor to delete.
+    return absl::FailedPreconditionError(absl::StrCat("record version ", version, " is newer"));
+  }
+  if (version != kVersion || !v.Time(pause.since) || !v.Time(pause.until) ||
       !v.Byte(flags) || !v.String(cause) || !v.String(pause.pool) || !v.done()) {
     return absl::DataLossError("malformed pair pause record");
   }
   pause.manual = (flags & kManualFlag) != 0;
   if (!cause.empty()) {
     pause.cause = throttle::ParseResponseClass(cause);
-    if (!pause.cause.has_value()) {
-      return absl::DataLossError(absl::StrCat("unknown reply class '", cause, "'"));
+    if (!pause.cause.has_value()) {  // a class a newer facteur knows: kept for it
+      return absl::FailedPreconditionError(absl::StrCat("unknown reply class '", cause, "'"));
     }
   }
   return pause;
@@ -153,7 +157,8 @@ absl::StatusOr<PairPauseLoad> SuspensionStore::PairPauses(absl::Time now) {
       if (!pause.ok()) {
         ++load.skipped;
         Log(LogLevel::kWarning, "suspension: ignoring record %s of spool %s: %s",
-            absl::CEscape(ToAbsl(ToView(it->key()))), store_.path(), pause.status().ToString());
+            absl::CEscape(ToAbsl(ToView(it->key()))), store_.path(), pause.status().message());
+        if (absl::IsFailedPrecondition(pause.status())) continue;  // kept, unread
       } else if (pause->until <= now) {
         ++load.expired;
       } else {
@@ -175,7 +180,7 @@ absl::StatusOr<PairPauseLoad> SuspensionStore::PairPauses(absl::Time now) {
   return load;
 }
 
-absl::Status SuspensionStore::Write(const throttle::PauseDelta& delta) {
+absl::Status SuspensionStore::Write(const throttle::PauseDelta& delta, bool synced) {
   if (delta.empty()) return absl::OkStatus();
   FACTEUR_RETURN_IF_ERROR(CheckWritable());
   rocksdb::ColumnFamilyHandle* family = store_.family(Family::kSuspension);
@@ -187,7 +192,9 @@ absl::Status SuspensionStore::Write(const throttle::PauseDelta& delta) {
   for (const auto& [site, source] : delta.lifted) {
     batch.Delete(family, ToSlice(SuspensionPairKey(site, source)));
   }
-  return ToStatus(store_.db().Write(Synced(), &batch),
+  rocksdb::WriteOptions options = Synced();
+  options.sync = synced;
+  return ToStatus(store_.db().Write(options, &batch),
                   absl::StrCat("writing pair pauses to spool ", store_.path()));
 }
 

@@ -5,9 +5,12 @@
 //    (blocklist, rate limit), until their end time.
 // Keys: 'd' domain → DomainHold record; 'p' varint(|site|) site source → PairPause record.
 // Values start with a version byte (1); times are Unix microseconds (engine/base/varint_codec.h).
-// Writes are synced: they are rare (an operator's command, a provider's blocklist answer) and
-// the operator is told "suspended" only once the hold is on disk — a power cut must not send
-// mail to a domain held because its server is being moved.
+// An operator's writes are synced: they are rare, and the operator is told "suspended" only
+// once the hold is on disk — a power cut must not send mail to a domain held because its
+// server is being moved. A reply's pause (a rate limit, a blocklist answer) is advisory, like
+// reputation: it rides the spool's next sync instead of adding one to the spool's log.
+// Records of a newer version (or naming a reply class this binary does not know) are left as
+// they are, unread, for the newer binary after a rollback.
 // Thread contract: stateless beyond the Store reference; every call blocks on disk, so never on
 // an I/O thread (the queue manager's thread, the suspension writer thread, start-up).
 #pragma once
@@ -33,7 +36,7 @@ struct DomainHold {
 struct PairPauseLoad {
   std::vector<throttle::PairPause> running;  // by site, then source
   size_t expired = 0;  // records whose end had passed: deleted (read-write Store) and not returned
-  size_t skipped = 0;  // records that did not decode: logged, deleted, not returned
+  size_t skipped = 0;  // records not read: logged, not returned; deleted unless a newer one's
 };
 
 class SuspensionStore {
@@ -50,8 +53,9 @@ class SuspensionStore {
   // The pair pauses running at `now`. Those that ended while the server was down are deleted
   // from a read-write Store: nothing restores them, and nothing else would remove them.
   absl::StatusOr<PairPauseLoad> PairPauses(absl::Time now);
-  // Writes a ledger's changes in one synced batch. FailedPrecondition on a read-only Store.
-  absl::Status Write(const throttle::PauseDelta& delta);
+  // Writes a ledger's changes in one batch, synced or not. FailedPrecondition on a read-only
+  // Store.
+  absl::Status Write(const throttle::PauseDelta& delta, bool synced);
 
  private:
   absl::Status CheckWritable() const;

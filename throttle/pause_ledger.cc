@@ -2,6 +2,8 @@
 // PauseLedger: the running pair pauses and which of them changed since the writer last looked.
 #include "throttle/pause_ledger.h"
 
+#include <algorithm>
+
 namespace facteur::throttle {
 
 void PauseLedger::Record(PairPause pause) {
@@ -11,6 +13,7 @@ void PauseLedger::Record(PairPause pause) {
   if (it != pauses_.end() && it->second == pause) return;
   pauses_.insert_or_assign(key, std::move(pause));
   dirty_.insert(std::move(key));
+  ++changes_;
 }
 
 void PauseLedger::Lift(std::string_view site, std::string_view source) {
@@ -18,6 +21,7 @@ void PauseLedger::Lift(std::string_view site, std::string_view source) {
   absl::MutexLock lock(&mutex_);
   if (pauses_.erase(key) == 0) return;
   dirty_.insert(std::move(key));
+  ++changes_;
 }
 
 void PauseLedger::Restore(const std::vector<PairPause>& pauses) {
@@ -48,7 +52,28 @@ PauseDelta PauseLedger::TakeDirtyWhenAny(absl::Duration max_wait) {
     }
   }
   dirty_.clear();
+  delta.through = changes_;
   return delta;
+}
+
+bool PauseDelta::has_operator_change() const {
+  return !lifted.empty() ||
+         std::any_of(set.begin(), set.end(), [](const PairPause& p) { return p.manual; });
+}
+
+void PauseLedger::Written(const PauseDelta& delta) {
+  absl::MutexLock lock(&mutex_);
+  written_ = std::max(written_, delta.through);
+}
+
+bool PauseLedger::WaitWritten(absl::Duration timeout) {
+  absl::MutexLock lock(&mutex_);
+  const uint64_t target = changes_;
+  auto done = [this, target]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+    return written_ >= target || closed_;
+  };
+  mutex_.AwaitWithTimeout(absl::Condition(&done), timeout);
+  return written_ >= target;
 }
 
 void PauseLedger::Redirty(const PauseDelta& delta) {

@@ -45,7 +45,12 @@ struct PairPause {
 struct PauseDelta {
   std::vector<PairPause> set;
   std::vector<std::pair<std::string, std::string>> lifted;  // (site, source)
+  // The ledger's change count this delta brings the store up to (Written).
+  uint64_t through = 0;
   bool empty() const { return set.empty() && lifted.empty(); }
+  // An operator's change is in it (a manual pause, or a resume): worth a synced write. A
+  // reply's pause is advisory, like reputation, and rides the spool's next sync.
+  bool has_operator_change() const;
 };
 
 class PauseLedger {
@@ -71,6 +76,12 @@ class PauseLedger {
   PauseDelta TakeDirtyWhenAny(absl::Duration max_wait);
   // A delta that could not be written: its pairs become dirty again (with their state now).
   void Redirty(const PauseDelta& delta);
+  // The writer stored a delta: every change up to its `through` is on disk.
+  void Written(const PauseDelta& delta);
+  // Waits up to `timeout` (real time) until every change made so far is written; false when
+  // that did not happen (a failing disk, or closed first). For `site suspend`, which must not
+  // answer "suspended" for a pause a restart would forget.
+  bool WaitWritten(absl::Duration timeout);
   // Wakes the writer for good: TakeDirtyWhenAny no longer waits (what is dirty is still given).
   void Close();
   bool closed() const;
@@ -81,6 +92,8 @@ class PauseLedger {
   std::map<Key, PairPause> pauses_ ABSL_GUARDED_BY(mutex_);
   // Pairs changed since the last TakeDirty: their state is what pauses_ holds (none: lifted).
   std::set<Key> dirty_ ABSL_GUARDED_BY(mutex_);
+  uint64_t changes_ ABSL_GUARDED_BY(mutex_) = 0;  // Record/Lift calls that made a pair dirty
+  uint64_t written_ ABSL_GUARDED_BY(mutex_) = 0;  // of them, those stored
   bool closed_ ABSL_GUARDED_BY(mutex_) = false;
 };
 

@@ -917,6 +917,11 @@ AdminServer::Response AdminServer::SiteOperation(const std::string& site, const 
   absl::StatusOr<delivery::SiteSuspensionResult> result =
       access->sites->Suspend(request, kShardTimeout);
   if (!result.ok()) return StatusError(result.status());
+  // Said done only once on disk: a restart must not forget it (the writer syncs an operator's).
+  if (access->pauses != nullptr && !access->pauses->WaitWritten(kShardTimeout)) {
+    return Error(503, absl::StrCat("The ", action, " holds now, but it could not be written to "
+                                   "the spool (see the server log): a restart would undo it."));
+  }
   Json answer{{"sites", result->sites}, {"pairs", result->pairs}};
   if (action == "suspend") {
     answer["until"] = Rfc3339(request.until);

@@ -80,6 +80,7 @@
 #include "nlohmann/json.hpp"
 #include "queue/spool.h"
 #include "queue/suppression.h"
+#include "throttle/pause_ledger.h"
 
 struct mg_context;
 struct mg_connection;
@@ -92,6 +93,8 @@ struct AdminResponse;  // one HTTP answer; defined in admin_server.cc
 // outlives the server, or SetDeliveryAccess(nullptr) comes before it goes.
 struct DeliveryAccess {
   delivery::SiteControl* sites = nullptr;  // null: no site endpoints
+  // Where site pauses wait to be written (WaitWritten before "suspended" is said); null: none.
+  throttle::PauseLedger* pauses = nullptr;
   const queue::Spool* spool = nullptr;     // null: no summary
   const Clock* clock = nullptr;            // the relay's clock (due times are on it); not null
   delivery::SiteLabeler* site_labels = nullptr;  // the metrics' `site` labels; null: SiteLabel()

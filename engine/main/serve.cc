@@ -267,6 +267,7 @@ class Relay {
   const admin::DeliveryAccess* MakeDeliveryAccess() {
     delivery_access_ = std::make_unique<admin::DeliveryAccess>();
     delivery_access_->sites = site_control_.get();
+    delivery_access_->pauses = pauses_.get();
     delivery_access_->spool = spool_.get();
     delivery_access_->clock = &clock_;
     delivery_access_->site_labels = site_labels_.get();
@@ -620,8 +621,12 @@ class Relay {
     // The holds and pauses of before a restart are back before the first message is leased.
     FACTEUR_ASSIGN_OR_RETURN(std::vector<std::string> held,
                              queue_manager_->RestoreSuspendedDomains());
-    FACTEUR_RETURN_IF_ERROR(
-        site_control_->RestorePauses(pauses.running, kRestoreTimeout).status());
+    // A shard slow to take its pauses back delays nothing: its pauses stay on disk for the
+    // next start, and the domain holds (which must hold) are back already.
+    if (absl::Status restored = site_control_->RestorePauses(pauses.running, kRestoreTimeout).status();
+        !restored.ok()) {
+      Log(LogLevel::kError, "suspensions: site pauses not restored: %s", restored.message());
+    }
     LogRestoredSuspensions(held, pauses);
     queue_manager_->Start();
     return absl::OkStatus();
@@ -754,8 +759,9 @@ class Relay {
     Log(LogLevel::kInfo, "%s", absl::StrJoin(parts, ", "));
   }
 
-  // Pair pauses reach the spool as soon as they change (a synced write per change or group of
-  // changes: they are few), off the loops; the last changes are written before the thread ends.
+  // Pair pauses reach the spool as soon as they change (one write per change or group of
+  // changes: they are few; synced when an operator's is in it), off the loops; the last changes
+  // are written before the thread ends.
   void StartPauseWriter() {
     pause_writer_ = std::thread([this] {
       pthread_setname_np(pthread_self(), "suspensions");
@@ -765,9 +771,12 @@ class Relay {
           if (pauses_->closed()) return;
           continue;
         }
-        absl::Status written = suspension_store_->Write(delta);
-        if (written.ok()) continue;
-        Log(LogLevel::kError, "suspensions: %s", written.ToString());
+        absl::Status written = suspension_store_->Write(delta, delta.has_operator_change());
+        if (written.ok()) {
+          pauses_->Written(delta);
+          continue;
+        }
+        Log(LogLevel::kError, "suspensions: %s", written.message());
         pauses_->Redirty(delta);
         if (pauses_->closed()) return;
         absl::SleepFor(absl::Seconds(1));  // a full disk: try again, without spinning

@@ -68,6 +68,31 @@ TEST(PauseLedgerTest, AFailedWriteIsGivenAgainWithTheStateOfThen) {
   EXPECT_EQ(again.set[0].until, kT0 + absl::Hours(5));
 }
 
+TEST(PauseLedgerTest, WaitWrittenHoldsUntilTheWriterStoredEveryChangeMadeBefore) {
+  PauseLedger ledger;
+  EXPECT_TRUE(ledger.WaitWritten(absl::ZeroDuration()));  // nothing to write
+  PairPause manual = Blocklisted("orange", "", kT0 + absl::Hours(1));
+  manual.manual = true;
+  manual.cause.reset();
+  ledger.Record(manual);
+  EXPECT_FALSE(ledger.WaitWritten(absl::Milliseconds(10)));
+  const PauseDelta failed = ledger.TakeDirtyWhenAny(absl::ZeroDuration());
+  EXPECT_TRUE(failed.has_operator_change());
+  ledger.Redirty(failed);  // the disk said no: still not written
+  EXPECT_FALSE(ledger.WaitWritten(absl::Milliseconds(10)));
+  std::thread writer([&ledger] {
+    const PauseDelta delta = ledger.TakeDirtyWhenAny(absl::Seconds(60));
+    ledger.Written(delta);
+  });
+  EXPECT_TRUE(ledger.WaitWritten(absl::Seconds(30)));
+  writer.join();
+  // A reply's pause alone is no operator's change; a lift is one.
+  ledger.Record(Blocklisted("gmail", "out1", kT0 + absl::Hours(4)));
+  EXPECT_FALSE(ledger.TakeDirtyWhenAny(absl::ZeroDuration()).has_operator_change());
+  ledger.Lift("gmail", "out1");
+  EXPECT_TRUE(ledger.TakeDirtyWhenAny(absl::ZeroDuration()).has_operator_change());
+}
+
 TEST(PauseLedgerTest, AWaitingWriterWakesOnAChangeAndOnClose) {
   PauseLedger ledger;
   std::thread writer([&ledger] {
