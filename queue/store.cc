@@ -14,6 +14,7 @@
 #include <system_error>
 #include <utility>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -184,6 +185,20 @@ absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& path,
   std::vector<rocksdb::ColumnFamilyDescriptor> families;
   for (const char* name : kFamilyNames) {
     families.emplace_back(name, rocksdb::ColumnFamilyOptions(db_options));
+  }
+  // A family this binary does not know (a newer facteur's, before a rollback) is opened too,
+  // after ours, and left alone: RocksDB refuses a read-write open that leaves one out, which
+  // would strand every queued message.
+  std::vector<std::string> existing;
+  if (rocksdb::DB::ListColumnFamilies(db_options, path, &existing).ok()) {
+    for (const std::string& name : existing) {
+      if (std::find(std::begin(kFamilyNames), std::end(kFamilyNames), name) ==
+          std::end(kFamilyNames)) {
+        Log(LogLevel::kWarning, "spool %s: family '%s' is a newer facteur's; left as it is", path,
+            absl::CHexEscape(name));
+        families.emplace_back(name, rocksdb::ColumnFamilyOptions(db_options));
+      }
+    }
   }
   rocksdb::DB* db = nullptr;
   rocksdb::Status status = rocksdb::DB::Open(db_options, path, families, &store->handles_, &db);

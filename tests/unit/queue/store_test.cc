@@ -135,6 +135,28 @@ TEST(StoreTest, OpenCreatesMissingParentDirectories) {
   EXPECT_TRUE(std::filesystem::is_directory(path));
 }
 
+TEST(StoreTest, AFamilyOfANewerFacteurDoesNotStopTheOpen) {
+  // After a rollback the spool holds a family this binary does not know: RocksDB refuses a
+  // read-write open that leaves it out, which would strand every queued message.
+  test::TempDir dir;
+  const std::string path = dir.Sub("spool");
+  {
+    std::unique_ptr<Store> store = test::OpenStore(path);
+    ASSERT_TRUE(store->db().Put(rocksdb::WriteOptions(), store->family(Family::kEnvelope), "k", "v").ok());
+    rocksdb::ColumnFamilyHandle* future = nullptr;
+    ASSERT_TRUE(store->db().CreateColumnFamily(rocksdb::ColumnFamilyOptions(), "future", &future).ok());
+    ASSERT_TRUE(store->db().Put(rocksdb::WriteOptions(), future, "kept", "as is").ok());
+    ASSERT_TRUE(store->db().DestroyColumnFamilyHandle(future).ok());
+  }
+  std::unique_ptr<Store> store = test::OpenStore(path);
+  std::string value;
+  ASSERT_TRUE(store->db().Get(rocksdb::ReadOptions(), store->family(Family::kEnvelope), "k", &value).ok());
+  EXPECT_EQ(value, "v");
+  std::vector<std::string> families;
+  ASSERT_TRUE(rocksdb::DB::ListColumnFamilies(rocksdb::DBOptions(), path, &families).ok());
+  EXPECT_THAT(families, testing::Contains("future"));
+}
+
 TEST(StoreTest, OpenReadOnlyWithoutDatabaseIsNotFound) {
   test::TempDir dir;
   absl::StatusOr<std::unique_ptr<Store>> reader = Store::OpenReadOnly(dir.path());
