@@ -416,12 +416,6 @@ class Parser : private TomlReader {
     for (size_t i = 0; i < config.listeners.size(); ++i) {
       const ListenerOptions& listener = config.listeners[i];
       std::string prefix = absl::StrCat("listener[", i, "]");
-      auto [name_at, name_new] = names.emplace(listener.name, i);
-      if (!name_new) {
-        return Error(sources[i].name, prefix + ".name",
-                     absl::StrCat("duplicate listener name '", listener.name, "' (also listener[",
-                                  name_at->second, "])"));
-      }
       // Parsed when the listener was read, so this cannot fail.
       ListenAddress address = *ParseListenAddress(listener.address);
       std::string identity;
@@ -446,6 +440,13 @@ class Parser : private TomlReader {
                        absl::StrCat("duplicate listener address '", listener.address,
                                     "' (also listener[", address_at->second, "])"));
         }
+      }
+      // After the address: a listener without a name is named after its address.
+      auto [name_at, name_new] = names.emplace(listener.name, i);
+      if (!name_new) {
+        return Error(sources[i].name, prefix + ".name",
+                     absl::StrCat("duplicate listener name '", listener.name, "' (also listener[",
+                                  name_at->second, "])"));
       }
     }
     return absl::OkStatus();

@@ -123,12 +123,21 @@ int main(int argc, char** argv) {
     program.remove_prefix(slash + 1);
   }
   if (program == "sendmail") return SendmailCommand(args);
+  // The common options may come before the command too ("facteur --config F queue ls"): they
+  // go after it, where every command reads them.
+  std::vector<std::string> common;
+  while (!args.empty() && (args[0] == "--config" || args[0] == "--data-dir" || args[0] == "--json")) {
+    const size_t words = args[0] == "--json" || args.size() < 2 ? 1 : 2;
+    common.insert(common.end(), args.begin(), args.begin() + words);
+    args.erase(args.begin(), args.begin() + words);
+  }
   if (args.empty()) {
     std::cerr << kUsage;
     return kExitUsage;
   }
   const std::string command = args[0];
   args.erase(args.begin());
+  args.insert(args.end(), common.begin(), common.end());
   if (command == "serve") return ServeMain(args);
   if (command == "queue") return QueueMain(args);
   if (command == "account") return AccountMain(args);

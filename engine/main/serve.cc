@@ -328,7 +328,9 @@ class Relay {
   void Reload(const absl::StatusOr<config::Config>& loaded) {
     if (events_ != nullptr) events_->Reopen();
     if (!loaded.ok()) {
-      Log(LogLevel::kError, "SIGHUP: configuration not reloaded, nothing changed: %s",
+      Log(LogLevel::kError,
+          "SIGHUP: configuration not reloaded, the running one stays (the events log was "
+          "reopened): %s",
           std::string(loaded.status().message()));
       return;
     }
@@ -399,7 +401,7 @@ class Relay {
                                 : config_.ResolvePath("tls/key.pem");
     if (absl::Status status = tls_->ReloadFromFiles(cert, key); !status.ok()) {
       Log(LogLevel::kError, "SIGHUP: TLS certificate not reloaded, the current one stays: %s",
-          status.ToString());
+          status.message());
       return false;
     }
     config_.tls = next.tls;
@@ -413,7 +415,7 @@ class Relay {
     absl::StatusOr<std::unique_ptr<delivery::Shaping>> loaded = delivery::Shaping::Load(next);
     if (!loaded.ok()) {
       Log(LogLevel::kError, "SIGHUP: shaping rules not reloaded, the current ones stay: %s",
-          loaded.status().ToString());
+          loaded.status().message());
       return std::nullopt;
     }
     {
@@ -464,7 +466,7 @@ class Relay {
       if (next.dkim.keys.empty()) return std::nullopt;
       // The first keys: the signing pool starts now, with [dkim] as `next` has it.
       if (absl::Status started = StartSigning(next.dkim); !started.ok()) {
-        Log(LogLevel::kError, "SIGHUP: DKIM keys not loaded: %s", started.ToString());
+        Log(LogLevel::kError, "SIGHUP: DKIM keys not loaded: %s", started.message());
         return std::nullopt;
       }
       config_.dkim = next.dkim;
@@ -473,7 +475,7 @@ class Relay {
     absl::StatusOr<std::shared_ptr<const dkim::SigningTable>> table =
         dkim::SigningTable::FromConfig(next);
     if (!table.ok()) {
-      Log(LogLevel::kError, "SIGHUP: DKIM keys not reloaded: %s", table.status().ToString());
+      Log(LogLevel::kError, "SIGHUP: DKIM keys not reloaded: %s", table.status().message());
       return std::nullopt;
     }
     const size_t keys = (*table)->size();
@@ -570,7 +572,7 @@ class Relay {
                 suppression_->Add(address, queue::kSuppressedUserUnknown, reply, clock_.Now());
             if (!added.ok()) {
               Log(LogLevel::kError, "suppression list: %s not added: %s", address,
-                  added.ToString());
+                  added.message());
             }
           });
     }
@@ -792,7 +794,7 @@ class Relay {
       while (!stopping) {
         stopping = reputation_stop_.WaitForNotificationWithTimeout(kReputationFlushInterval);
         absl::Status flushed = reputation_store_->Flush(*reputation_);
-        if (!flushed.ok()) Log(LogLevel::kError, "reputation: %s", flushed.ToString());
+        if (!flushed.ok()) Log(LogLevel::kError, "reputation: %s", flushed.message());
       }
     });
   }

@@ -3,7 +3,8 @@ directory is refused and leaves the running one's endpoints.json alone, so the C
 reaches its admin API; `reload` checks the DKIM key files the configuration names before it
 signals the server (it signalled, and the server kept its old keys); and `account list
 --json`, answered through the admin API, gives each account's real creation time (it read
-1970-01-01 before), with no RocksDB warning about the store the running server holds."""
+1970-01-01 before), with no RocksDB warning about the store the running server holds; and
+the common options may come before the command."""
 
 import datetime
 import json
@@ -30,6 +31,15 @@ class CliAgainstARunningServerTest(harness.ServerTestCase):
         summary = json.loads(self.server.cli("queue", "summary", "--json").stdout)
         self.assertEqual(summary["messages"], 0)
         self.assertIsNone(self.server.process.poll())
+
+    def test_common_options_may_come_before_the_command(self):
+        # As the usage says: "facteur --config F queue summary --json" (it was "unknown
+        # command '--config'").
+        before = subprocess.run([harness.BINARY, "--config", self.server.config_path, "--json",
+                                 "queue", "summary"], capture_output=True, timeout=60)
+        self.assertEqual(before.returncode, 0, before)
+        after = self.server.cli("queue", "summary", "--json")
+        self.assertEqual(json.loads(before.stdout), json.loads(after.stdout))
 
     def test_reload_checks_the_key_files_first(self):
         # A [[dkim.key]] whose file is missing: the server would keep its old keys, so reload

@@ -683,6 +683,14 @@ name = "b"
 address = "unix:/d/s.sock"
 )",
               7, "listener[1].address", "duplicate listener address");
+  // Without names, each is named after its address: the address is what is wrong.
+  ExpectError(R"([[listener]]
+address = "127.0.0.1:25"
+[[listener]]
+address = "127.0.0.1:25"
+)",
+              4, "listener[1].address",
+              "duplicate listener address '127.0.0.1:25' (also listener[0])");
 }
 
 TEST(ParseErrorTest, CertificateWithoutKey) {
