@@ -32,6 +32,7 @@
 #include "engine/base/message_id.h"
 #include "engine/base/status.h"
 #include "engine/delivery/shaping.h"
+#include "engine/mail/address.h"
 #include "engine/mail/text.h"
 #include "nlohmann/json.hpp"
 #include "queue/spool.h"
@@ -496,6 +497,7 @@ AdminServer::Response AdminServer::QueueOperation(const std::string& operation,
   delivery::QueueManager* manager = queue_manager_.load();
   if (manager == nullptr) return Error(503, "Delivery is not running: queue operations need it.");
   absl::StatusOr<delivery::OperationResult> result;
+  std::optional<bool> was_held;  // resume: whether the domain was held
   if (!id_text.empty()) {
     auto id = MessageId::Parse(id_text);
     if (!id) return Error(400, "Not a message id (26 base32 characters).");
@@ -509,7 +511,9 @@ AdminServer::Response AdminServer::QueueOperation(const std::string& operation,
       if (!request) return Error(400, R"(Expected a JSON object {"domain": ...}.)");
       if (request->contains("domain")) {
         std::string* text = StringField(*request, "domain");
-        if (text == nullptr || text->empty()) return Error(400, R"("domain" must be a domain name.)");
+        if (text == nullptr || !mail::IsValidDomain(*text, /*allow_utf8=*/true)) {
+          return Error(400, R"("domain" must be a domain name.)");
+        }
         domain = *text;
       }
     }
@@ -529,6 +533,8 @@ AdminServer::Response AdminServer::QueueOperation(const std::string& operation,
         result->messages = *held;
       }
     } else {
+      const std::vector<std::string> held = manager->SuspendedDomains();
+      was_held = std::find(held.begin(), held.end(), mail::LowerAscii(*domain)) != held.end();
       result = manager->Resume(*domain);
     }
   }
@@ -538,9 +544,11 @@ AdminServer::Response AdminServer::QueueOperation(const std::string& operation,
   Log(LogLevel::kInfo, "admin: queue %s %s: %d message(s), %d recipient(s), %d out for delivery",
       operation, absl::CHexEscape(id_text.empty() ? body : id_text), result->messages,
       result->recipients, result->in_delivery);
-  return JsonResponse(200, Json{{"messages", result->messages},
-                                {"recipients", result->recipients},
-                                {"in_delivery", result->in_delivery}});
+  Json answer{{"messages", result->messages},
+              {"recipients", result->recipients},
+              {"in_delivery", result->in_delivery}};
+  if (was_held.has_value()) answer["was_held"] = *was_held;
+  return JsonResponse(200, answer);
 }
 
 absl::StatusOr<uint64_t> AdminServer::CountQueuedFor(std::string_view domain) const {

@@ -34,6 +34,7 @@ constexpr char kUsage[] =
     "       facteur queue bounce ID | --domain D  bounce open recipients, DSN to the sender\n"
     "       facteur queue delete ID             remove a message, without a DSN\n"
     "       facteur queue suspend|resume DOMAIN  hold / release a domain's mail\n"
+    "       facteur queue suspended             the domains held\n"
     "ls, show and count read the spool whether the server runs or not; summary and the\n"
     "operations need a running server (its admin API).\n"
     "Common options: --config FILE, --data-dir DIR.\n";
@@ -139,6 +140,10 @@ int Operate(const config::Config& config, const CommandLine& command_line) {
     if (words.size() > 2) return need_argument("at most one DOMAIN");
     path = "/api/queue/flush";
     if (words.size() == 2) body = nlohmann::json{{"domain", words[1]}};
+  } else if (verb == "suspended") {
+    if (words.size() != 1) return need_argument("no argument");
+    method = "GET";
+    path = "/api/queue/suspended";
   } else if (verb == "suspend" || verb == "resume") {
     if (words.size() != 2) return need_argument("a DOMAIN");
     path = absl::StrCat("/api/queue/", verb);
@@ -169,7 +174,16 @@ int Operate(const config::Config& config, const CommandLine& command_line) {
   if (!answer.ok()) return ReportError(name, answer.status());
   if (command_line.json) {
     std::cout << admin::DumpJson(*answer) << "\n";
+  } else if (verb == "suspended") {
+    const nlohmann::json& domains = (*answer)["domains"];
+    if (!domains.is_array() || domains.empty()) std::cout << "no domain is held\n";
+    if (domains.is_array()) {
+      for (const nlohmann::json& domain : domains) std::cout << domain.get<std::string>() << "\n";
+    }
   } else {
+    if (answer->value("was_held", true) == false) {
+      std::cout << verb << ": " << words[1] << " was not held\n";
+    }
     std::cout << verb << ": " << answer->value("messages", 0) << " message(s)";
     if (answer->value("recipients", 0) > 0) {
       std::cout << ", " << answer->value("recipients", 0) << " recipient(s)";
@@ -249,7 +263,8 @@ int QueueMain(const std::vector<std::string>& args) {
   }
   const std::string& verb = command_line->positional[0];
   const bool operation = verb == "flush" || verb == "retry" || verb == "bounce" ||
-                         verb == "delete" || verb == "suspend" || verb == "resume";
+                         verb == "delete" || verb == "suspend" || verb == "resume" ||
+                         verb == "suspended";
   if (verb != "ls" && verb != "show" && verb != "count" && verb != "summary" && !operation) {
     std::cerr << "facteur queue: unknown command '" << verb << "'\n" << kUsage;
     return kExitUsage;

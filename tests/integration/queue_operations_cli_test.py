@@ -136,6 +136,21 @@ class QueueOperationsTest(harness.ServerTestCase):
         self.assertEqual(bad.returncode, 64)
         missing_domain = self.server.cli("queue", "suspend", check=False)
         self.assertEqual(missing_domain.returncode, 64)
+        # Not a domain: refused, not held (it was accepted, and logged as a suspension).
+        garbage = self.server.cli("queue", "suspend", "not a domain", check=False)
+        self.assertNotEqual(garbage.returncode, 0)
+        self.assertIn("must be a domain name", garbage.stderr.decode())
+        self.assertNotIn("not a domain", self.server.cli("queue", "suspended").stdout.decode())
+
+    def test_the_held_domains_are_listed_and_a_resume_says_when_none_was(self):
+        self.server.cli("queue", "suspend", "listed.test")
+        held = self.server.cli("queue", "suspended").stdout.decode().split()
+        self.assertIn("listed.test", held)
+        self.assertEqual(self.queue("suspended")["domains"], held)
+        self.server.cli("queue", "resume", "listed.test")
+        self.assertNotIn("listed.test", self.server.cli("queue", "suspended").stdout.decode())
+        again = self.server.cli("queue", "resume", "listed.test").stdout.decode()
+        self.assertIn("resume: listed.test was not held", again)
 
 
 class QueueOperationsNeedAServerTest(unittest.TestCase):
