@@ -866,16 +866,18 @@ class ClientSession::State {
         /*send_quit=*/false);
   }
 
-  // Ends the session with `why`: the open recipients get it, the stream closes (after a QUIT
-  // when the server is in a state to read one), and OnClosed() reports to the owner.
-  // Called once, as the session begins to end, in the phase it ends in.
-  void NoteEndingPhase() {
-    s_.tls_broke_ = phase_ == Phase::kTlsHandshake || (phase_ == Phase::kEhlo && s_.tls_active_);
+  // Called once, as the session begins to end, in the phase it ends in. A server that answered
+  // the EHLO after the handshake (even with a refusal) has working TLS.
+  void NoteEndingPhase(bool server_answered = false) {
+    s_.tls_broke_ = phase_ == Phase::kTlsHandshake ||
+                    (phase_ == Phase::kEhlo && s_.tls_active_ && !server_answered);
   }
 
+  // Ends the session with `why`: the open recipients get it, the stream closes (after a QUIT
+  // when the server is in a state to read one), and OnClosed() reports to the owner.
   void End(mail::DeliveryOutcome why, bool send_quit) {
     if (phase_ == Phase::kClosing || phase_ == Phase::kClosed) return;
-    NoteEndingPhase();
+    NoteEndingPhase(/*server_answered=*/!why.local);
     Log(LogLevel::kDebug, "smtp client %s: session ends: %d %s %s", s_.remote_name_,
         why.reply.code, why.reply.enhanced, why.reply.text);
     FailOpenRecipients(why);
