@@ -497,7 +497,6 @@ AdminServer::Response AdminServer::QueueOperation(const std::string& operation,
   delivery::QueueManager* manager = queue_manager_.load();
   if (manager == nullptr) return Error(503, "Delivery is not running: queue operations need it.");
   absl::StatusOr<delivery::OperationResult> result;
-  std::optional<bool> was_held;  // resume: whether the domain was held
   if (!id_text.empty()) {
     auto id = MessageId::Parse(id_text);
     if (!id) return Error(400, "Not a message id (26 base32 characters).");
@@ -533,8 +532,6 @@ AdminServer::Response AdminServer::QueueOperation(const std::string& operation,
         result->messages = *held;
       }
     } else {
-      const std::vector<std::string> held = manager->SuspendedDomains();
-      was_held = std::find(held.begin(), held.end(), mail::LowerAscii(*domain)) != held.end();
       result = manager->Resume(*domain);
     }
   }
@@ -547,7 +544,7 @@ AdminServer::Response AdminServer::QueueOperation(const std::string& operation,
   Json answer{{"messages", result->messages},
               {"recipients", result->recipients},
               {"in_delivery", result->in_delivery}};
-  if (was_held.has_value()) answer["was_held"] = *was_held;
+  if (result->was_held.has_value()) answer["was_held"] = *result->was_held;
   return JsonResponse(200, answer);
 }
 

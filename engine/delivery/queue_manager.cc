@@ -12,6 +12,7 @@
 #include "engine/base/log.h"
 #include "engine/base/status.h"
 #include "engine/mail/command.h"
+#include "engine/mail/address.h"
 #include "engine/mail/dsn.h"
 #include "engine/mail/text.h"
 #include "engine/delivery/shaping.h"
@@ -96,6 +97,14 @@ mail::DeliveryOutcome LocalOutcome(int code, std::string enhanced, std::string t
   outcome.reply = mail::Reply{code, std::move(enhanced), std::move(text)};
   outcome.local = true;
   return outcome;
+}
+
+// The form a domain is held and matched by in queue operations: its A-label, as routing has
+// it (Router::Route), so that "bücher.example", "BÜCHER.example" and "xn--bcher-kva.example"
+// are one domain.
+std::string DomainKey(std::string_view domain) {
+  absl::StatusOr<std::string> ascii = mail::AsciiDomain(domain);
+  return ascii.ok() ? *std::move(ascii) : mail::LowerAscii(domain);
 }
 
 events::Event RecipientEvent(events::EventType type, const queue::Envelope& envelope,
@@ -399,7 +408,7 @@ void QueueManager::StartMessage(const queue::ScheduleEntry& entry) {
       continue;
     }
     std::string domain = mail::LowerDomainOf(envelope.recipients[index].address);
-    if (IsSuspended(domain)) {
+    if (IsSuspended(DomainKey(domain))) {
       suspended = true;
       continue;
     }
@@ -526,7 +535,12 @@ void QueueManager::Settle(InFlight& flight, std::vector<JobResult> results) {
       events::EventType type = outcome.delivered()               ? events::EventType::kDelivery
                                : (outcome.permanent() && !held) ? events::EventType::kBounce
                                                                  : events::EventType::kTransientFailure;
-      CountOutcome(type, result, verdict, envelope.received_at, now);
+      // A message deleted meanwhile bounces nothing (no DSN goes): its refusals are not counted
+      // as bounces, as the events log has them as deletions.
+      const bool deleted = flight.after == InFlight::After::kDelete;
+      if (!(deleted && type == events::EventType::kBounce)) {
+        CountOutcome(type, result, verdict, envelope.received_at, now);
+      }
       if (type == events::EventType::kBounce) {
         // Only a RCPT refusal speaks of this recipient: "user unknown" after MAIL FROM (the
         // sender's address failed a check) or at the end of data is not the recipient's.
@@ -591,7 +605,7 @@ void QueueManager::Settle(InFlight& flight, std::vector<JobResult> results) {
       if (envelope.recipients[i].state != queue::RecipientState::kPending) continue;
       if (std::any_of(bounced.begin(), bounced.end(), [&](const auto& b) { return b.first == i; })) continue;
       if (!flight.after_domain.empty() &&
-          mail::LowerDomainOf(envelope.recipients[i].address) != flight.after_domain) {
+          DomainKey(mail::LowerDomainOf(envelope.recipients[i].address)) != flight.after_domain) {
         continue;
       }
       bounced.emplace_back(i, WithLastReply(cancelled, envelope.recipients[i]));
@@ -987,7 +1001,7 @@ absl::StatusOr<OperationResult> QueueManager::Operate(OperationKind kind,
                                                       const MessageId& id) {
   Operation operation;
   operation.kind = kind;
-  if (domain.has_value()) operation.domain = mail::LowerAscii(*domain);
+  if (domain.has_value()) operation.domain = DomainKey(*domain);
   operation.id = id;
   {
     absl::MutexLock lock(&mutex_);
@@ -1086,6 +1100,7 @@ void QueueManager::ExecuteOperation(Operation& operation) {
   if (operation.kind == Kind::kSuspend || operation.kind == Kind::kResume) {
     const bool suspend = operation.kind == Kind::kSuspend;
     const bool changed = suspend != IsSuspended(domain);
+    if (!suspend) result.was_held = changed;
     if (changed) {
       // On disk first: a hold the operator was told of must outlive a restart, and one that
       // could not be written is refused rather than held in memory only. Only this thread
@@ -1126,7 +1141,7 @@ void QueueManager::ExecuteOperation(Operation& operation) {
   auto apply = [&](queue::Envelope envelope) {
     auto matches = [&](const queue::RecipientRecord& r) {
       return r.state == queue::RecipientState::kPending &&
-             (domain.empty() || mail::LowerDomainOf(r.address) == domain);
+             (domain.empty() || DomainKey(mail::LowerDomainOf(r.address)) == domain);
     };
     if (std::none_of(envelope.recipients.begin(), envelope.recipients.end(), matches) &&
         operation.kind != Kind::kDelete) {

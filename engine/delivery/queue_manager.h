@@ -69,6 +69,7 @@ struct OperationResult {
   // Of `messages`, those out for delivery now: the operation applies when the attempt ends,
   // and what the attempt delivers has gone.
   uint64_t in_delivery = 0;
+  std::optional<bool> was_held;  // resume: whether the domain was held
 };
 
 class QueueManager final : public ResultSink {

@@ -327,9 +327,8 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
         session.tls_broke()) {
       // Opportunistic TLS that broke (a failed handshake, a reset, a stall): the same host
       // again, in plain text, as Postfix does at its "may" level — otherwise a server with
-      // broken TLS would never get its mail.
-      plaintext_ = true;
-      --next_target_;
+      // broken TLS would never get its mail. That address only: the next hosts get STARTTLS.
+      plaintext_target_ = --next_target_;
       --tried_;
       ConnectNext();
       return;
@@ -414,6 +413,7 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
           });
       return;
     }
+    plaintext_ = next_target_ == plaintext_target_;
     const Target target = targets_[next_target_++];
     ++tried_;
     const uint16_t port = queue_->destination.port;
@@ -534,7 +534,9 @@ class ShardDelivery::Link final : public smtp::ClientSession::Owner {
   uint32_t sent_here_ = 0;
   io::TimerId idle_timer_ = io::kNoTimer;
   bool ever_ready_ = false;
-  bool plaintext_ = false;  // an opportunistic handshake failed: no STARTTLS on this link
+  bool plaintext_ = false;  // this attempt goes without STARTTLS (its TLS broke before)
+  // The target tried again in plain text after its opportunistic TLS broke; none: SIZE_MAX.
+  size_t plaintext_target_ = SIZE_MAX;
   bool quitting_ = false;
   bool closing_for_a_slot_ = false;
   bool finished_ = false;

@@ -515,6 +515,12 @@ absl::StatusOr<std::string> AsciiDomain(std::string_view domain) {
   }
   std::string ascii = LowerAscii(output);
   idn2_free(output);
+  // UTS #46 maps some characters to ASCII no host name holds ("℀" to "a/c", a full-width dot
+  // to a trailing or doubled one): what comes out must be an RFC 5321 Domain.
+  if (!IsValidDomain(ascii, /*allow_utf8=*/false) || ascii.front() == '[') {
+    return absl::InvalidArgumentError(
+        absl::StrCat("not a valid internationalised domain name \"", ToAbsl(domain), "\""));
+  }
   return ascii;
 }
 

@@ -9,6 +9,7 @@
 
 #include <openssl/crypto.h>
 
+#include "absl/strings/match.h"
 #include "absl/synchronization/mutex.h"
 #include "engine/config/config.h"
 #include "engine/main/cli.h"
@@ -124,10 +125,22 @@ int main(int argc, char** argv) {
   }
   if (program == "sendmail") return SendmailCommand(args);
   // The common options may come before the command too ("facteur --config F queue ls"): they
-  // go after it, where every command reads them.
+  // go right after it, before anything a "--" would make positional (sendmail's recipients).
   std::vector<std::string> common;
-  while (!args.empty() && (args[0] == "--config" || args[0] == "--data-dir" || args[0] == "--json")) {
-    const size_t words = args[0] == "--json" || args.size() < 2 ? 1 : 2;
+  auto is_common = [](const std::string& arg) {
+    return arg == "--config" || arg == "--data-dir" || arg == "--json" ||
+           absl::StartsWith(arg, "--config=") || absl::StartsWith(arg, "--data-dir=");
+  };
+  while (!args.empty() && is_common(args[0])) {
+    if (const size_t eq = args[0].find('='); eq != std::string::npos) {
+      // "--config=F" as two words: sendmail reads only that form.
+      common.push_back(args[0].substr(0, eq));
+      common.push_back(args[0].substr(eq + 1));
+      args.erase(args.begin());
+      continue;
+    }
+    const bool takes_next = (args[0] == "--config" || args[0] == "--data-dir") && args.size() > 1;
+    const size_t words = takes_next ? 2 : 1;
     common.insert(common.end(), args.begin(), args.begin() + words);
     args.erase(args.begin(), args.begin() + words);
   }
@@ -137,7 +150,7 @@ int main(int argc, char** argv) {
   }
   const std::string command = args[0];
   args.erase(args.begin());
-  args.insert(args.end(), common.begin(), common.end());
+  args.insert(args.begin(), common.begin(), common.end());
   if (command == "serve") return ServeMain(args);
   if (command == "queue") return QueueMain(args);
   if (command == "account") return AccountMain(args);

@@ -151,6 +151,12 @@ class QueueOperationsTest(harness.ServerTestCase):
         self.assertNotIn("listed.test", self.server.cli("queue", "suspended").stdout.decode())
         again = self.server.cli("queue", "resume", "listed.test").stdout.decode()
         self.assertIn("resume: listed.test was not held", again)
+        # An internationalised domain is one domain in all its forms, as delivery has it.
+        self.server.cli("queue", "suspend", "B\u00dcCHER.test")
+        self.assertIn("xn--bcher-kva.test", self.queue("suspended")["domains"])
+        resumed = self.server.cli("queue", "resume", "xn--bcher-kva.TEST").stdout.decode()
+        self.assertNotIn("was not held", resumed)
+        self.assertNotIn("xn--bcher-kva.test", self.queue("suspended")["domains"])
 
 
 class QueueOperationsNeedAServerTest(unittest.TestCase):

@@ -334,6 +334,19 @@ class UnixSocketAndSendmailTest(harness.unittest.TestCase):
         self.assertIn(b"line 2 of the message is longer than SMTP allows", result.stderr)
         self.assertEqual(len(self.messages()), len(entries))
 
+    def test_common_options_before_sendmail_are_not_recipients(self):
+        # "facteur --config F sendmail -i -- a@x": the options go before the "--", whatever
+        # their form; after it they would be recipients (--config@HOSTNAME).
+        for config in (["--config", self.server.config_path],
+                       ["--config=" + self.server.config_path]):
+            result = subprocess.run([harness.BINARY] + config + ["sendmail", "-i", "--",
+                                                                 "a@example.com"],
+                                    input=b"Subject: x\n\nbody\n", capture_output=True,
+                                    timeout=60)
+            self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual([m["recipients"] for m in self.messages()],
+                         [["a@example.com"], ["a@example.com"]])
+
     def test_sendmail_keeps_an_obsolete_from_field(self):
         # "From : a@x" (RFC 5322 §4.5.8) is a field, not an mbox "From " line.
         result = self.server.cli("sendmail", "-t", input=(

@@ -107,6 +107,12 @@ TEST(AsciiDomainTest, ULabelsBecomeALabelsAndAsciiIsLowercased) {
   // A symbol IDNA2008 disallows, and octets that are no UTF-8.
   EXPECT_FALSE(AsciiDomain("\xe2\x98\x83.example").ok());
   EXPECT_FALSE(AsciiDomain("\xff\xfe.example").ok());
+  // Characters UTS #46 maps to ASCII no host name holds: "℀" to "a/c", "﹫" to "@", a
+  // full-width dot to a doubled or a trailing one.
+  EXPECT_FALSE(AsciiDomain("\xe2\x84\x80.example").ok());
+  EXPECT_FALSE(AsciiDomain("\xef\xb9\xabx.b\xc3\xbc" "cher.example").ok());
+  EXPECT_FALSE(AsciiDomain("b\xc3\xbc" "cher\xef\xbc\x8e\xef\xbc\x8e" "example").ok());
+  EXPECT_FALSE(AsciiDomain("b\xc3\xbc" "cher.example\xef\xbc\x8e").ok());
 }
 
 TEST(MailboxTest, LengthLimitsAreExact) {
