@@ -31,14 +31,23 @@ class MxAndRcptChecksTest(unittest.TestCase):
         # The only MX of refusing.test refuses every session at the greeting.
         cls.refusing = SmtpTestServer(host="127.0.0.35", port=cls.sink.port,
                                       greeting="554 5.7.1 no service for you").start()
+        # tlsbroken.test's first MX resets the connection after its 220 to STARTTLS, then
+        # refuses the plain-text retry at its greeting; its second MX speaks TLS.
+        cls.tls_broken = SmtpTestServer(host="127.0.0.36", port=cls.sink.port, starttls=True,
+                                        starttls_breaks="reset",
+                                        greeting=["220 mx0 ESMTP", "421 4.3.2 not now"]).start()
+        cls.tls_next = SmtpTestServer(host="127.0.0.37", port=cls.sink.port, starttls=True).start()
         cls.dns = DnsServer(
             mx=[("mail.test", "mx0.mail.test", 5), ("mail.test", "mx1.mail.test", 10),
                 ("mail.test", "mx2.mail.test", 20), ("refusing.test", "mx.refusing.test", 10),
                 # bücher.test, as DNS knows it (RFC 5890 A-label).
-                ("xn--bcher-kva.test", "mx2.mail.test", 10)],
+                ("xn--bcher-kva.test", "mx2.mail.test", 10),
+                ("tlsbroken.test", "mx0.tlsbroken.test", 5),
+                ("tlsbroken.test", "mx1.tlsbroken.test", 10)],
             addresses=[("mx0.mail.test", "127.0.0.30"), ("mx1.mail.test", "127.0.0.31"),
                        ("mx2.mail.test", "127.0.0.32"), ("implicit.test", "127.0.0.32"),
-                       ("mx.refusing.test", "127.0.0.35")],
+                       ("mx.refusing.test", "127.0.0.35"), ("mx0.tlsbroken.test", "127.0.0.36"),
+                       ("mx1.tlsbroken.test", "127.0.0.37")],
             null_mx=["nullmx.test"])
         cls.dns.start()
         extra = "\n".join([
@@ -58,6 +67,8 @@ class MxAndRcptChecksTest(unittest.TestCase):
             cls.sink.stop()
             cls.busy.stop()
             cls.refusing.stop()
+            cls.tls_broken.stop()
+            cls.tls_next.stop()
             raise
 
     @classmethod
@@ -67,6 +78,8 @@ class MxAndRcptChecksTest(unittest.TestCase):
         cls.sink.stop()
         cls.busy.stop()
         cls.refusing.stop()
+        cls.tls_broken.stop()
+        cls.tls_next.stop()
 
     def rcpt(self, address):
         raw = self.server.raw()
@@ -144,6 +157,17 @@ class MxAndRcptChecksTest(unittest.TestCase):
         self.sink.wait_for(lambda: self.sink.delivered_to("u@b\u00fccher.test"), timeout=20)
         events = wait_for_event(self.server, "u@b\u00fccher.test", "delivery")
         self.assertTrue(events[0]["mx"].startswith("mx2.mail.test[127.0.0.32]"), events[0])
+
+    def test_a_broken_tls_sends_that_address_only_in_plain_text(self):
+        # Opportunistic TLS broke at mx0 (a reset): mx0 again in plain text (it refuses), then
+        # mx1 with STARTTLS as usual; before, the rest of the attempt went without it.
+        with self.server.smtp() as client:
+            client.sendmail("app@asso.example", ["someone@tlsbroken.test"],
+                            harness.simple_message(to="someone@tlsbroken.test", subject="tls"))
+        self.tls_next.wait_for(lambda: self.tls_next.delivered_to("someone@tlsbroken.test"),
+                               timeout=20)
+        self.assertTrue(self.tls_next.delivered_to("someone@tlsbroken.test")[0].tls)
+        self.assertEqual(len(self.tls_broken.sessions), 2)  # with STARTTLS, then without
 
     def test_known_domain_accepted(self):
         code, text = self.rcpt("someone@mail.test")
