@@ -99,13 +99,9 @@ mail::DeliveryOutcome LocalOutcome(int code, std::string enhanced, std::string t
   return outcome;
 }
 
-// The form a domain is held and matched by in queue operations: its A-label, as routing has
-// it (Router::Route), so that "bücher.example", "BÜCHER.example" and "xn--bcher-kva.example"
-// are one domain.
-std::string DomainKey(std::string_view domain) {
-  absl::StatusOr<std::string> ascii = mail::AsciiDomain(domain);
-  return ascii.ok() ? *std::move(ascii) : mail::LowerAscii(domain);
-}
+// Queue operations hold and match a domain by its A-label, as routing has it (Router::Route):
+// "bücher.example", "BÜCHER.example" and "xn--bcher-kva.example" are one domain.
+using mail::DomainKey;
 
 events::Event RecipientEvent(events::EventType type, const queue::Envelope& envelope,
                              uint32_t index, absl::Time now) {

@@ -52,9 +52,7 @@ absl::StatusOr<Router> Router::Create(const config::Config& config) {
 
 Destination Router::Route(std::string_view raw_domain) const {
   // Routes, MX lookups and sites go by the A-label form (routes are written so, config.cc).
-  // A name that is no valid IDN keeps its text, and its lookup fails as a bad domain name.
-  absl::StatusOr<std::string> ascii = mail::AsciiDomain(raw_domain);
-  const std::string domain = ascii.ok() ? *std::move(ascii) : mail::LowerAscii(raw_domain);
+  const std::string domain = mail::DomainKey(raw_domain);
   // Exact domain, then the longest ".parent" pattern, then "*".
   const config::RouteOptions* best = nullptr;
   size_t best_length = 0;

@@ -524,6 +524,11 @@ absl::StatusOr<std::string> AsciiDomain(std::string_view domain) {
   return ascii;
 }
 
+std::string DomainKey(std::string_view domain) {
+  absl::StatusOr<std::string> ascii = AsciiDomain(domain);
+  return ascii.ok() ? *std::move(ascii) : LowerAscii(domain);
+}
+
 bool IsValidDomain(std::string_view domain, bool allow_utf8) {
   return CheckDomain(domain, allow_utf8).ok();
 }

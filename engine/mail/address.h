@@ -47,6 +47,9 @@ bool IsValidDomain(std::string_view domain, bool allow_utf8);
 // U-label (RFC 6531 §3.3) as its A-label ("bücher.example" → "xn--bcher-kva.example"), by
 // IDNA2008 with the UTS #46 mapping (libidn2). InvalidArgument when a label is no valid IDN.
 absl::StatusOr<std::string> AsciiDomain(std::string_view domain);
+// The key routing and queue operations match a domain by: AsciiDomain, or for a name that is
+// no IDN its lowercased text (its lookup then fails as a bad domain name).
+std::string DomainKey(std::string_view domain);
 
 // Parses the value of an address header (From:, Sender:, Reply-To:) as an RFC 5322 §3.4
 // address-list and returns every mailbox in it (group members included). Display names,
