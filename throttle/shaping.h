@@ -43,6 +43,11 @@ struct ClassAction {
   double rate_factor = 1.0;
   // While backing off, allow at most this many connections (0: unchanged). Default: 0.
   uint32_t max_connections = 0;
+  // Keep the cut rate and the connection cap for this long after the reply, the pause
+  // included, before deliveries start to bring them back (0: from the first delivery after the
+  // pause). Microsoft's throttling wants 1 connection at 1 message a minute for 90 minutes, not
+  // a climb back within a few deliveries (providers.md §2, §6). Default: 0.
+  absl::Duration hold = absl::ZeroDuration();
   // Pause only this source and prefer another healthy source of the pool (blocklist).
   // Default: false.
   bool prefer_other_source = false;

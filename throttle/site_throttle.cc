@@ -215,7 +215,10 @@ void PairThrottle::OnReply(ResponseClass reply_class, absl::Time now,
     prefer_other_source_ = true;
     acted = true;
   }
-  if (acted) in_backoff_ = true;
+  if (acted) {
+    in_backoff_ = true;
+    recovery_held_until_ = std::max(recovery_held_until_, now + action.hold);
+  }
 }
 
 void PairThrottle::OnDelivered(absl::Time now) {
@@ -225,17 +228,17 @@ void PairThrottle::OnDelivered(absl::Time now) {
   // accepts more again.
   if (suspended(now)) return;
   prefer_other_source_ = false;
+  if (now < recovery_held_until_) return;
   if (rate_cut_) {
     current_rate_ += options_.backoff.recovery_step * rate_target_;
-    // Under a learned ceiling the climb stops there until the ceiling is forgotten.
+    // Under a learned ceiling the climb stops there until the ceiling is forgotten (the
+    // connections still come back: the ceiling is a rate).
     const double ceiling = Ceiling(now);
     if (ceiling > 0 && ceiling < rate_target_ && current_rate_ >= ceiling) {
       current_rate_ = ceiling;
       messages_minute_.SetRate(current_rate_, now);
-      return;
-    }
-    // Relative tolerance: ten steps of 0.1 add up to 0.9999999999999999 in binary.
-    if (current_rate_ >= rate_target_ * (1 - 1e-9)) {
+    } else if (current_rate_ >= rate_target_ * (1 - 1e-9)) {
+      // Relative tolerance: ten steps of 0.1 add up to 0.9999999999999999 in binary.
       rate_cut_ = false;
       // Back at nominal: the per-minute limiter returns to the configured rate (or to none).
       rate_target_ = nominal_rate_;

@@ -84,8 +84,9 @@ struct PairCounters {
 // max_connections while backing off; connections_per_minute / _hour GCRAs with burst 1. A cap
 // below the connections already open does not close them: OverConnectionLimit() tells the
 // caller to close one after its current transaction.
-// Recovery (additive increase). Each delivery outside a suspension adds recovery_step × nominal
-// to the rate and one connection to the cap; when both are back at nominal the pair is normal.
+// Recovery (additive increase). Each delivery outside a suspension, and after the hold of the
+// last reply that acted (ClassAction::hold), adds recovery_step × nominal to the rate and one
+// connection to the cap; when both are back at nominal the pair is normal.
 // A pair suspended without a cut (blocklist) also stays in backoff until its first delivery.
 // Suspensions. A reply whose action suspends pauses the pair until now + max(suspend, announced
 // delay); a reply during a running suspension may push its end later, never past its beginning
@@ -228,6 +229,8 @@ class PairThrottle {
   uint32_t open_connections_ = 0;
 
   bool in_backoff_ = false;
+  // Deliveries before this time do not count for recovery (ClassAction::hold).
+  absl::Time recovery_held_until_ = absl::InfinitePast();
   bool prefer_other_source_ = false;
   absl::Time suspended_until_ = absl::InfinitePast();
   absl::Time suspension_began_ = absl::InfinitePast();

@@ -56,7 +56,8 @@ const std::vector<std::string_view> kLimitKeys = {
     "messages_per_minute",    "messages_per_hour",           "messages_per_day",
     "connections_per_minute", "connections_per_hour"};
 const std::vector<std::string_view> kActionKeys = {"suspend", "rate_factor", "max_connections",
-                                                   "prefer_other_source", "reputation_hit"};
+                                                   "hold", "prefer_other_source",
+                                                   "reputation_hit"};
 const std::vector<std::string_view> kBackoffKeys = {"recovery_step", "min_rate_fraction",
                                                     "max_suspension", "rate_memory"};
 const std::vector<std::string_view> kGreylistKeys = {"first_delay", "backoff", "max_delay"};
@@ -216,6 +217,7 @@ class ShapingParser : private TomlReader {
     FACTEUR_RETURN_IF_ERROR(ReadNumber(table, prefix, "rate_factor", 0.01, 1.0, out.rate_factor));
     FACTEUR_RETURN_IF_ERROR(
         ReadInteger(table, prefix, "max_connections", 0, kMaxConnections, out.max_connections));
+    FACTEUR_RETURN_IF_ERROR(ReadDurationOrZero(table, prefix, "hold", kMaxSuspend, out.hold));
     FACTEUR_RETURN_IF_ERROR(
         ReadBool(table, prefix, "prefer_other_source", out.prefer_other_source));
     FACTEUR_RETURN_IF_ERROR(ReadBool(table, prefix, "reputation_hit", out.reputation_hit));

@@ -129,11 +129,16 @@ events::Event OutcomeEvent(events::EventType type, const queue::Envelope& envelo
 
 // Classes whose replies are about our IP or our pace, or that a classifier rule calls
 // transient whatever the code (Gmail's "550 5.2.1 ... receiving mail too quickly"): a 5xx of
-// theirs does not bounce.
+// theirs does not bounce. A full mailbox is retried on the schedule even when refused with a
+// 5xx (Orange's "552 ... Boite du destinataire pleine", GMX's "552 ... exceeded storage
+// allocation"): its owner may make room within the queue's lifetime (DESIGN.md §5,
+// providers.md §4.4); it bounces when that ends. A mailbox full for good is classed inactive.
 bool KeepsRecipient(throttle::ResponseClass c) {
   return c == throttle::ResponseClass::kGreylist || c == throttle::ResponseClass::kRateLimit ||
          c == throttle::ResponseClass::kTooManyConnections ||
-         c == throttle::ResponseClass::kBlocklist || c == throttle::ResponseClass::kOtherTransient;
+         c == throttle::ResponseClass::kBlocklist ||
+         c == throttle::ResponseClass::kMailboxFull ||
+         c == throttle::ResponseClass::kOtherTransient;
 }
 
 // Replies the (source, site) throttle acts on: the pacing, not the retry schedule, decides when

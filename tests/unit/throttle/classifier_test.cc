@@ -323,6 +323,8 @@ const Case kCases[] = {
      C::kGreylist},
     {"", 451, "4.7.1", "Greylisting in action, please come back in 00:30:00", C::kGreylist},
     {"", 451, "4.7.1", "Try again later", C::kGreylist},
+    {"", 451, "4.7.1", "Please try again later", C::kGreylist},
+    {"", 450, "4.7.1", "Recipient address rejected: please try again in 5 minutes", C::kGreylist},
     {"", 422, "4.2.2", "Greylisted, please try again in a few moments.", C::kGreylist},
     {"", 450, "4.2.0", "Greylisted for 300 seconds", C::kGreylist},
     {"", 450, "4.3.2", "Service currently unavailable", C::kGreylist},

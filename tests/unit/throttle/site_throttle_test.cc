@@ -280,6 +280,74 @@ TEST(PairThrottleTest, ARateLimitReplyTeachesACeilingThatRecoveryRespects) {
   EXPECT_EQ(pair.state(now), PairState::kNormal);
 }
 
+// The ceiling holds the rate, not the connections: they come back one per delivery.
+TEST(PairThrottleTest, ConnectionsComeBackWhileTheRateStaysAtALearnedCeiling) {
+  SiteLimits limits = Limits(30, 3);
+  PairOptions options = Options(limits);
+  options.actions[Idx(ResponseClass::kRateLimit)].max_connections = 1;
+  PairThrottle pair(options);
+  absl::Time now = kT0;
+  for (int i = 0; i < 11; ++i) {
+    now = std::max(now, pair.MayStartMessage(now));
+    pair.OnMessageStarted(now);
+  }
+  pair.OnReply(ResponseClass::kRateLimit, now);
+  EXPECT_EQ(pair.current_max_connections(), 1u);
+  now = pair.suspended_until();
+  pair.OnDelivered(now);
+  pair.OnDelivered(now);
+  EXPECT_NEAR(pair.current_message_rate(), 9.9, 1e-9);
+  EXPECT_EQ(pair.current_max_connections(), 3u);
+  EXPECT_EQ(pair.state(now), PairState::kBackoff);  // the rate is still under its nominal
+}
+
+// Microsoft's throttling (providers.md §2, §6): one connection at a tenth of the rate for
+// 90 minutes after the reply, whatever is delivered meanwhile; recovery on success after that.
+TEST(PairThrottleTest, AHoldKeepsTheCutAndTheCapUntilItEnds) {
+  PairOptions options = Options(Limits(60, 5));
+  ClassAction& rate_limit = options.actions[Idx(ResponseClass::kRateLimit)];
+  rate_limit.rate_factor = 0.1;
+  rate_limit.max_connections = 1;
+  rate_limit.hold = absl::Minutes(90);
+  PairThrottle pair(options);
+  pair.OnMessageStarted(kT0);
+  pair.OnReply(ResponseClass::kRateLimit, kT0);
+  EXPECT_EQ(pair.suspended_until(), kT0 + absl::Minutes(15));
+  EXPECT_DOUBLE_EQ(pair.current_message_rate(), 6);
+  EXPECT_EQ(pair.current_max_connections(), 1u);
+  // After the pause and until 90 minutes after the reply: deliveries change nothing.
+  for (absl::Time now = kT0 + absl::Minutes(15); now < kT0 + absl::Minutes(90);
+       now += absl::Seconds(10)) {
+    pair.OnDelivered(now);
+    EXPECT_DOUBLE_EQ(pair.current_message_rate(), 6);
+    EXPECT_EQ(pair.current_max_connections(), 1u);
+    EXPECT_EQ(pair.state(now), PairState::kBackoff);
+  }
+  // From then on, each delivery brings back a step and a connection.
+  absl::Time now = kT0 + absl::Minutes(90);
+  pair.OnDelivered(now);
+  EXPECT_DOUBLE_EQ(pair.current_message_rate(), 12);
+  EXPECT_EQ(pair.current_max_connections(), 2u);
+  for (int i = 0; i < 8; ++i) pair.OnDelivered(now);
+  EXPECT_DOUBLE_EQ(pair.current_message_rate(), 60);
+  EXPECT_EQ(pair.current_max_connections(), 5u);
+  EXPECT_EQ(pair.state(now), PairState::kNormal);
+}
+
+// A second reply during the hold starts another from its own time.
+TEST(PairThrottleTest, AnotherReplyDuringAHoldLengthensIt) {
+  PairOptions options = Options(Limits(60, 5));
+  ClassAction& too_many = options.actions[Idx(ResponseClass::kTooManyConnections)];
+  too_many.hold = absl::Hours(1);
+  PairThrottle pair(options);
+  pair.OnReply(ResponseClass::kTooManyConnections, kT0);
+  pair.OnReply(ResponseClass::kTooManyConnections, kT0 + absl::Minutes(30));
+  pair.OnDelivered(kT0 + absl::Minutes(80));
+  EXPECT_EQ(pair.current_max_connections(), 1u);
+  pair.OnDelivered(kT0 + absl::Minutes(90));
+  EXPECT_EQ(pair.current_max_connections(), 2u);
+}
+
 TEST(PairThrottleTest, RepliesAndDeliveriesDuringASuspensionNeitherCutNorRecover) {
   PairThrottle pair(Options(Limits(60)));
   pair.OnReply(ResponseClass::kRateLimit, kT0);

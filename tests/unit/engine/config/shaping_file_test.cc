@@ -120,11 +120,27 @@ TEST(ShippedShapingTest, ProviderLimitsFromTheResearch) {
   EXPECT_EQ(orange->limits.max_connections, 3u);
   EXPECT_EQ(orange->limits.connections_per_hour, 1000u);
   EXPECT_EQ(ActionOf(options, *orange, ResponseClass::kTooManyConnections).max_connections, 1u);
+  // "1 conn 1 h" (providers.md §6); "Service refuse"/OFR_999: 1-2 h, the longer.
+  EXPECT_EQ(ActionOf(options, *orange, ResponseClass::kTooManyConnections).hold, absl::Hours(1));
+  EXPECT_EQ(ActionOf(options, *orange, ResponseClass::kRateLimit).suspend, absl::Hours(2));
+
+  // Microsoft: 1 connection, a tenth of the rate, for 90 minutes (providers.md §2, §6).
+  for (const char* name : {"outlook", "office365"}) {
+    const SiteOptions* microsoft = FindSite(options, name);
+    ASSERT_NE(microsoft, nullptr) << name;
+    ClassAction throttled = ActionOf(options, *microsoft, ResponseClass::kRateLimit);
+    EXPECT_EQ(throttled.max_connections, 1u) << name;
+    EXPECT_EQ(throttled.hold, absl::Minutes(90)) << name;
+    EXPECT_EQ(ActionOf(options, *microsoft, ResponseClass::kTooManyConnections).hold,
+              absl::Hours(1))
+        << name;
+  }
 
   const SiteOptions* yahoo = FindSite(options, "yahoo");
   ASSERT_NE(yahoo, nullptr);
   EXPECT_EQ(yahoo->limits.max_messages_per_connection, 20u);
-  EXPECT_EQ(ActionOf(options, *yahoo, ResponseClass::kRateLimit).suspend, absl::Hours(2));
+  // TS01 after 4 h in Yahoo's own help, TSS05 4 h (providers.md §2).
+  EXPECT_EQ(ActionOf(options, *yahoo, ResponseClass::kRateLimit).suspend, absl::Hours(4));
 
   const SiteOptions* apple = FindSite(options, "apple");
   ASSERT_NE(apple, nullptr);
@@ -253,6 +269,7 @@ mx = ["*.Big.Example.", "mx.other.example"]
 max_connections = 8
 [site.actions.rate_limit]
 rate_factor = 0.25
+hold = "90m"
 [site.actions.blocklist]
 suspend = 0
 
@@ -301,6 +318,8 @@ TEST(ShapingFileTest, LimitsAndReactionsInheritFromTheLevelAbove) {
   EXPECT_EQ(rate_limit.rate_factor, 0.25);
   EXPECT_EQ(rate_limit.suspend, absl::Minutes(30));  // from [actions.rate_limit]
   EXPECT_EQ(rate_limit.max_connections, 1u);          // built in
+  EXPECT_EQ(rate_limit.hold, absl::Minutes(90));
+  EXPECT_EQ(options.actions[Index(ResponseClass::kRateLimit)].hold, absl::ZeroDuration());
   ASSERT_TRUE(big.actions[Index(ResponseClass::kBlocklist)].has_value());
   EXPECT_EQ(big.actions[Index(ResponseClass::kBlocklist)]->suspend, absl::ZeroDuration());
   EXPECT_TRUE(big.actions[Index(ResponseClass::kBlocklist)]->prefer_other_source);
@@ -395,6 +414,8 @@ max_connections = 0
               "at most 168h");
   ExpectError("[actions.blocklist]\nsuspend = -1\n", 2, 11, "actions.blocklist.suspend",
               "positive number of seconds");
+  ExpectError("[actions.rate_limit]\nhold = \"200h\"\n", 2, 8, "actions.rate_limit.hold",
+              "at most 168h");
   ExpectError("[backoff]\nrecovery_step = 2\n", 2, 17, "backoff.recovery_step", "between");
   ExpectError("[greylist]\nbackoff = 0.5\n", 2, 11, "greylist.backoff", "between 1 and 10");
   ExpectError("[greylist]\nmax_delay = \"2m\"\n", 2, 13, "greylist.max_delay",

@@ -458,6 +458,26 @@ TEST_F(QueueManagerTest, RateLimitAndBlocklistFiveHundredsKeepTheRecipientUserUn
   EXPECT_FALSE(Queued(gone));
 }
 
+TEST_F(QueueManagerTest, AFullMailboxRefusedWithAFiveHundredIsRetriedOnTheSchedule) {
+  // Orange answers a full mailbox "552 ... Boite du destinataire pleine": kept, retried on the
+  // schedule (not paced by the site), no DSN and no suppression until the queue lifetime ends.
+  const MessageId id = Enqueue("alice@example.org", {R("full@orange.test")});
+  manager_->RunOnce();
+  std::vector<DeliveryJob> jobs = dispatcher_.Take();
+  ASSERT_THAT(jobs, SizeIs(1));
+  manager_->OnJobDone(WithVerdicts(
+      ResultFor(jobs[0], {Outcome(552, "5.1.1", "Boite du destinataire pleine. OFR_417")}),
+      {RecipientVerdict{throttle::ResponseClass::kMailboxFull, {}}}, "out1"));
+  manager_->RunOnce();
+  WaitForCommits(1);
+  queue::Envelope envelope = Read(id);
+  EXPECT_EQ(envelope.recipients[0].state, queue::RecipientState::kPending);
+  EXPECT_EQ(envelope.next_attempt, clock_.Now() + absl::Minutes(5));
+  EXPECT_THAT(envelope.recipients[0].last_reply, HasSubstr("552 5.1.1"));
+  EXPECT_THAT(Dsns(), IsEmpty());
+  EXPECT_THAT(unknown_users_, IsEmpty());
+}
+
 TEST_F(QueueManagerTest, OnlyARcptRefusalPutsTheRecipientOnTheSuppressionList) {
   // "User unknown" answering MAIL FROM is about the sender (a sender address check), and at the
   // end of data about no one recipient: the recipients bounce but are not suppressed.
