@@ -329,6 +329,11 @@ const Case kCases[] = {
     {"", 450, "4.2.0", "Greylisted for 300 seconds", C::kGreylist},
     {"", 450, "4.3.2", "Service currently unavailable", C::kGreylist},
 
+    // ---- Too many recipients: RFC 5321 §4.5.3.1.10 reads a 552 as a 452 ----
+    {"", 452, "4.5.3", "Too many recipients", C::kOtherTransient},
+    {"", 552, "5.5.3", "Too many recipients", C::kOtherTransient},
+    {"", 552, "", "Error: too many recipients", C::kOtherTransient},
+
     // ---- Generic patterns (providers.md §4.4) ----
     {"", 554, "5.7.1",
      "Service unavailable; Client host [192.0.2.1] blocked using zen.spamhaus.org; "
