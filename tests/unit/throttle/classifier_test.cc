@@ -156,6 +156,10 @@ const Case kCases[] = {
      "[TS01] Messages from 192.0.2.1 temporarily deferred due to user complaints - 4.16.55.1",
      C::kRateLimit},
     {"yahoo", 421, "", "[IPTS04] Messages from 192.0.2.1 temporarily deferred", C::kRateLimit},
+    {"yahoo", 451, "",
+     "Message temporarily not accepted - unresolvable MAIL FROM domain (SOA lookup failed)",
+     C::kAuthentication},
+    {"yahoo", 554, "", "Message not accepted - unresolvable From: domain", C::kAuthentication},
     {"yahoo", 553, "5.7.2",
      "[TSS09] All messages from 192.0.2.1 will be permanently deferred; Retrying will NOT "
      "succeed. See https://postmaster.yahooinc.com/error-codes",
@@ -397,6 +401,10 @@ TEST(ShippedRulesTest, ReportsTheRuleThatMatched) {
   EXPECT_EQ(classifier.Classify(421, "", "Too many connections, slow down. OFR005_104",
                                 "orange").rule,
             "orange-connections");
+  // La Poste's refusal shares Orange's French words: its own rule names it.
+  EXPECT_EQ(classifier.Classify(421, "", "Service refuse. Veuillez essayer plus tard. LPN027_503",
+                                "laposte").rule,
+            "laposte-refused");
   // No rule: the codes decide, and say so.
   Classification fallback = classifier.Classify(550, "5.1.1", "no", "");
   EXPECT_EQ(fallback.response_class, ResponseClass::kUserUnknown);
