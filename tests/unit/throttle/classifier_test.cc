@@ -329,6 +329,7 @@ const Case kCases[] = {
     {"", 451, "4.7.1", "Try again later", C::kGreylist},
     {"", 451, "4.7.1", "Please try again later", C::kGreylist},
     {"", 450, "4.7.1", "Recipient address rejected: please try again in 5 minutes", C::kGreylist},
+    {"", 451, "4.3.0", "Please try again later", C::kOtherTransient},  // not greylisting's codes
     {"", 422, "4.2.2", "Greylisted, please try again in a few moments.", C::kGreylist},
     {"", 450, "4.2.0", "Greylisted for 300 seconds", C::kGreylist},
     {"", 450, "4.3.2", "Service currently unavailable", C::kGreylist},
