@@ -63,8 +63,10 @@ constexpr char kUsage[] =
     "header fields are folded at their white space; a body (HTML on one line) is re-encoded,\n"
     "text in quoted-printable, binary and other types in base64 (base64 is cut again at 76\n"
     "columns), each part of a multipart on its own.\n"
-    "Exit status: 0 once queued; 75 (EX_TEMPFAIL) when the server is unreachable or answers\n"
-    "4xx; 69 (EX_UNAVAILABLE) when it refuses the message; 64 (EX_USAGE); 65 (EX_DATAERR)\n"
+    "Exit status: 0 once queued, for every recipient or for some (those refused are named on\n"
+    "standard error: a caller that retried would send the message twice to the others); 75\n"
+    "(EX_TEMPFAIL) when the server is unreachable or answers 4xx; 69 (EX_UNAVAILABLE) when it\n"
+    "refuses the message; 64 (EX_USAGE); 65 (EX_DATAERR)\n"
     "when -t finds a To:, Cc: or Bcc: field it cannot read, or a line too long remains (a\n"
     "field with no white space, an attached message, a signed part); 66 (EX_NOINPUT).\n";
 
@@ -581,14 +583,15 @@ int SendmailMain(const std::vector<std::string>& args, const SendmailContext& co
   const std::string data = absl::StrCat(DotStuff(message), ".\r\n");
   size_t accepted = 0;
   int worst = 0;
-  // Queued for some already: a failure now must not read as "nothing sent" (a retry of the
-  // whole message would send it to them twice).
+  // Queued for some already: the message is in the queue, and a caller that reads a non-zero
+  // status as "not sent" submits it again, to those recipients a second time (PHP's mail()
+  // returns false and scripts retry). So the status is 0 once any recipient has it; the others,
+  // and why, are on standard error.
   auto partial = [&](int code) {
-    if (accepted > 0) {
-      std::cerr << "facteur sendmail: queued for " << accepted << " of " << recipients.size()
-                << " recipients\n";
-    }
-    return code;
+    if (accepted == 0) return code;
+    std::cerr << "facteur sendmail: queued for " << accepted << " of " << recipients.size()
+              << " recipients; not for the others (see above)\n";
+    return 0;
   };
   std::vector<std::string> remaining = recipients;
   bool greeted = false;

@@ -367,6 +367,22 @@ class UnixSocketAndSendmailTest(harness.unittest.TestCase):
         self.assertIn(b"\nFrom: someone@example.org\nTo: a@example.com\nSubject: patch\n", body)
         self.assertNotIn(b"From someone", body)
 
+    def test_a_message_queued_for_some_recipients_exits_0_and_names_the_others(self):
+        # PHP's mail() reads a non-zero status as "not sent" and scripts retry: the recipients
+        # that have the message would get it twice.
+        self.server.cli("suppression", "add", "gone@example.com")
+        result = self.server.cli("sendmail", "gone@example.com", "kept@example.com",
+                                 input=b"Subject: partly\n\nbody\n", check=False)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn(b"<gone@example.com>", result.stderr)
+        self.assertIn(b"queued for 1 of 2 recipients", result.stderr)
+        listed = json.loads(self.server.cli("queue", "ls", "--json").stdout)["messages"]
+        self.assertIn(["kept@example.com"], [m["recipients"] for m in listed])
+        # Nobody taken: the status still says so.
+        result = self.server.cli("sendmail", "gone@example.com",
+                                 input=b"Subject: none\n\nbody\n", check=False)
+        self.assertEqual(result.returncode, 69, result.stderr)
+
     def test_sendmail_exits_75_when_the_server_is_down(self):
         socket_path = self.server.socket_path()
         self.assertEqual(self.server.stop(), 0)
