@@ -2,7 +2,11 @@
 // Reading and writing domain holds and pair pauses in the `suspension` column family.
 #include "queue/suspension_store.h"
 
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
 #include <memory>
+#include <optional>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
@@ -16,8 +20,28 @@ namespace {
 
 constexpr char kDomainTag = 'd';
 constexpr char kPairTag = 'p';
-constexpr uint8_t kVersion = 1;
+constexpr uint8_t kVersion = 1;  // of domain holds, and of pair pauses without a back-off
+// A pair pause with the back-off that outlives it (PairBackoff) appended. Written only when
+// there is one, so that a rollback to a binary reading version 1 loses the back-offs alone.
+constexpr uint8_t kPauseVersionWithBackoff = 2;
 constexpr uint8_t kManualFlag = 1;
+
+// Rates as thousandths of a message per minute: varints, and no floating-point format.
+void PutRate(std::string& out, double per_minute) {
+  PutVarint(out, static_cast<uint64_t>(std::llround(std::max(per_minute, 0.0) * 1000)));
+}
+bool ReadRate(VarintReader& in, double& per_minute) {
+  uint64_t thousandths = 0;
+  if (!in.Varint(thousandths)) return false;
+  per_minute = static_cast<double>(thousandths) / 1000;
+  return true;
+}
+bool ReadCount(VarintReader& in, uint32_t& count) {
+  uint64_t value = 0;
+  if (!in.Varint(value) || value > UINT32_MAX) return false;
+  count = static_cast<uint32_t>(value);
+  return true;
+}
 
 rocksdb::Slice ToSlice(std::string_view s) { return rocksdb::Slice(s.data(), s.size()); }
 std::string_view ToView(const rocksdb::Slice& s) { return std::string_view(s.data(), s.size()); }
@@ -45,13 +69,23 @@ std::string SuspensionPairKey(std::string_view site, std::string_view source) {
 }
 
 std::string EncodePairPause(const throttle::PairPause& pause) {
-  std::string value(1, static_cast<char>(kVersion));
+  std::string value(1, static_cast<char>(pause.backoff.has_value() ? kPauseVersionWithBackoff
+                                                                  : kVersion));
   PutTime(value, pause.since);
   PutTime(value, pause.until);
   value.push_back(static_cast<char>(pause.manual ? kManualFlag : 0));
   // By name, not by number: the classes may be renumbered, their names are in the shaping files.
   PutString(value, pause.cause.has_value() ? throttle::ResponseClassName(*pause.cause) : "");
   PutString(value, pause.pool);
+  if (const std::optional<throttle::PairBackoff>& b = pause.backoff; b.has_value()) {
+    PutRate(value, b->rate);
+    PutRate(value, b->rate_target);
+    PutVarint(value, b->connections);
+    PutVarint(value, b->connection_target);
+    PutRate(value, b->ceiling);
+    PutTime(value, b->ceiling_until);
+    PutTime(value, b->hold_until);
+  }
   return value;
 }
 
@@ -73,14 +107,23 @@ absl::StatusOr<throttle::PairPause> DecodePairPause(std::string_view key, std::s
   uint8_t version = 0;
   uint8_t flags = 0;
   std::string cause;
-  if (v.Byte(version) && version > kVersion) {
+  if (v.Byte(version) && version > kPauseVersionWithBackoff) {
     // A newer facteur's (before a rollback): not ours to read, nor to delete.
     return absl::FailedPreconditionError(absl::StrCat("record version ", version, " is newer"));
   }
-  if (version != kVersion || !v.Time(pause.since) || !v.Time(pause.until) ||
-      !v.Byte(flags) || !v.String(cause) || !v.String(pause.pool) || !v.done()) {
+  if (version < kVersion || !v.Time(pause.since) || !v.Time(pause.until) || !v.Byte(flags) ||
+      !v.String(cause) || !v.String(pause.pool)) {
     return absl::DataLossError("malformed pair pause record");
   }
+  if (version == kPauseVersionWithBackoff) {
+    throttle::PairBackoff& b = pause.backoff.emplace();
+    if (!ReadRate(v, b.rate) || !ReadRate(v, b.rate_target) || !ReadCount(v, b.connections) ||
+        !ReadCount(v, b.connection_target) || !ReadRate(v, b.ceiling) ||
+        !v.Time(b.ceiling_until) || !v.Time(b.hold_until)) {
+      return absl::DataLossError("malformed pair pause record");
+    }
+  }
+  if (!v.done()) return absl::DataLossError("malformed pair pause record");
   pause.manual = (flags & kManualFlag) != 0;
   if (!cause.empty()) {
     pause.cause = throttle::ParseResponseClass(cause);
@@ -159,7 +202,7 @@ absl::StatusOr<PairPauseLoad> SuspensionStore::PairPauses(absl::Time now) {
         Log(LogLevel::kWarning, "suspension: ignoring record %s of spool %s: %s",
             absl::CEscape(ToAbsl(ToView(it->key()))), store_.path(), pause.status().message());
         if (absl::IsFailedPrecondition(pause.status())) continue;  // kept, unread
-      } else if (pause->until <= now) {
+      } else if (throttle::KeptUntil(*pause) <= now) {
         ++load.expired;
       } else {
         load.running.push_back(*std::move(pause));

@@ -4,7 +4,8 @@
 //  - pauses of (site, source) pairs (throttle/pause_ledger.h), an operator's or a reply's
 //    (blocklist, rate limit), until their end time.
 // Keys: 'd' domain → DomainHold record; 'p' varint(|site|) site source → PairPause record.
-// Values start with a version byte (1); times are Unix microseconds (engine/base/varint_codec.h).
+// Values start with a version byte (1; a pair pause with the back-off that outlives it, 2);
+// times are Unix microseconds (engine/base/varint_codec.h).
 // An operator's writes are synced: they are rare, and the operator is told "suspended" only
 // once the hold is on disk — a power cut must not send mail to a domain held because its
 // server is being moved. A reply's pause (a rate limit, a blocklist answer) is advisory, like
@@ -34,7 +35,9 @@ struct DomainHold {
 };
 
 struct PairPauseLoad {
-  std::vector<throttle::PairPause> running;  // by site, then source
+  // Pauses running, or ended with a back-off still kept (throttle::KeptUntil), by site, then
+  // source.
+  std::vector<throttle::PairPause> running;
   size_t expired = 0;  // records whose end had passed: deleted (read-write Store) and not returned
   size_t skipped = 0;  // records not read: logged, not returned; deleted unless a newer one's
 };
@@ -50,8 +53,9 @@ class SuspensionStore {
   absl::Status HoldDomain(std::string_view domain, absl::Time since);
   absl::Status ReleaseDomain(std::string_view domain);
 
-  // The pair pauses running at `now`. Those that ended while the server was down are deleted
-  // from a read-write Store: nothing restores them, and nothing else would remove them.
+  // The pair records that matter at `now` (throttle::KeptUntil). Those that ended while the
+  // server was down are deleted from a read-write Store: nothing restores them, and nothing
+  // else would remove them.
   absl::StatusOr<PairPauseLoad> PairPauses(absl::Time now);
   // Writes a ledger's changes in one batch, synced or not. FailedPrecondition on a read-only
   // Store.

@@ -29,11 +29,16 @@ void PauseLedger::Restore(const std::vector<PairPause>& pauses) {
   for (const PairPause& pause : pauses) pauses_.insert_or_assign(Key(pause.site, pause.source), pause);
 }
 
+absl::Time KeptUntil(const PairPause& pause) {
+  if (!pause.backoff.has_value()) return pause.until;
+  return std::max({pause.until, pause.backoff->ceiling_until, pause.backoff->hold_until});
+}
+
 std::vector<PairPause> PauseLedger::Running(absl::Time now) const {
   absl::MutexLock lock(&mutex_);
   std::vector<PairPause> running;
   for (const auto& [key, pause] : pauses_) {
-    if (pause.until > now) running.push_back(pause);
+    if (KeptUntil(pause) > now) running.push_back(pause);
   }
   return running;
 }

@@ -10,6 +10,7 @@
 // threads call them; TakeDirtyWhenAny blocks (it waits for a change) and is the writer's.
 #pragma once
 
+#include <cstdint>
 #include <map>
 #include <optional>
 #include <set>
@@ -25,7 +26,24 @@
 
 namespace facteur::throttle {
 
-// One pause of a (site, source) pair, or of every source of a site.
+// What a reply left on a (site, source) pair besides its pause (site_throttle.h): the rate cut,
+// the connection cap, the ceiling it taught and the hold on recovery. Kept with the pause so
+// that a restart does not bring back at full speed a pair the site has just told to slow down
+// (the test drive: Gmail's second 421 right after the restart's pause ended).
+struct PairBackoff {
+  double rate = 0;         // messages per minute in force; 0: the rate is not cut
+  double rate_target = 0;  // what recovery climbs back to (the nominal rate, or the observed one)
+  uint32_t connections = 0;        // connection cap in force; 0: not capped
+  uint32_t connection_target = 0;  // what recovery climbs back to
+  double ceiling = 0;              // the learned ceiling, messages per minute; 0: none
+  absl::Time ceiling_until = absl::InfinitePast();
+  absl::Time hold_until = absl::InfinitePast();  // no recovery before (ClassAction::hold)
+
+  friend bool operator==(const PairBackoff&, const PairBackoff&) = default;
+};
+
+// One pause of a (site, source) pair, or of every source of a site; or, once the pause has
+// ended, the back-off that outlives it.
 struct PairPause {
   std::string site;    // the site key ("google", "google/example.com", "mx:...", "route:...")
   std::string source;  // the [[source]] name; "" for an operator's pause of every source
@@ -36,9 +54,16 @@ struct PairPause {
   bool manual = false;                      // an operator's (SuspendManually), not a reply's
   // The class of the reply that began or last extended it; none for a manual pause.
   std::optional<ResponseClass> cause;
+  // The pair's back-off when it was recorded; none when the pair was at its nominal limits.
+  std::optional<PairBackoff> backoff;
 
   friend bool operator==(const PairPause&, const PairPause&) = default;
 };
+
+// Until when a record matters: the pause's end, or later the end of the hold or of the learned
+// ceiling it keeps. A rate cut or a connection cap alone is kept no longer than the pause: a
+// restart after it loses what recovery had left to do, never a pause or a ceiling.
+absl::Time KeptUntil(const PairPause& pause);
 
 // What changed since the last TakeDirty: pauses to write, and pairs whose pause was lifted (to
 // delete). A pair appears in one list at most.
@@ -68,7 +93,7 @@ class PauseLedger {
 
   // Pauses read back at start-up: held, not dirty (they are stored already).
   void Restore(const std::vector<PairPause>& pauses);
-  // The pauses running at `now`, by site then source.
+  // The records that matter at `now` (KeptUntil), by site then source.
   std::vector<PairPause> Running(absl::Time now) const;
 
   // The changes since the last call, which are then no longer dirty. Waits up to `max_wait`

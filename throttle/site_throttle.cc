@@ -310,6 +310,51 @@ void PairThrottle::RestoreSuspension(absl::Time began, absl::Time until, Respons
   if (options_.actions[Index(cause)].prefer_other_source) prefer_other_source_ = true;
 }
 
+std::optional<PairBackoff> PairThrottle::Backoff(absl::Time now) const {
+  PairBackoff backoff;
+  if (rate_cut_) {
+    backoff.rate = current_rate_;
+    backoff.rate_target = rate_target_;
+  }
+  if (current_connections_ < connection_target_) {
+    backoff.connections = current_connections_;
+    backoff.connection_target = connection_target_;
+  }
+  if (Ceiling(now) > 0) {
+    backoff.ceiling = learned_ceiling_;
+    backoff.ceiling_until = ceiling_until_;
+  }
+  if (recovery_held_until_ > now) backoff.hold_until = recovery_held_until_;
+  if (backoff == PairBackoff()) return std::nullopt;
+  return backoff;
+}
+
+void PairThrottle::RestoreBackoff(const PairBackoff& backoff, absl::Time now) {
+  if (backoff.rate > 0) {
+    // Recovery climbs back to today's nominal rate; a site with none climbs to the observed
+    // rate the cut started from, as before the restart.
+    const double target = nominal_rate_ > 0 ? nominal_rate_ : backoff.rate_target;
+    if (backoff.rate < target) {
+      rate_target_ = target;
+      current_rate_ = backoff.rate;
+      rate_cut_ = true;
+      messages_minute_.SetRate(current_rate_, now);
+    }
+  }
+  if (backoff.connections > 0 && backoff.connections < current_connections_) {
+    if (nominal_connections_ == kUnlimitedConnections) {
+      connection_target_ = std::max(backoff.connection_target, backoff.connections + 1);
+    }
+    current_connections_ = backoff.connections;
+  }
+  if (backoff.ceiling > 0 && backoff.ceiling_until > now) {
+    learned_ceiling_ = backoff.ceiling;
+    ceiling_until_ = backoff.ceiling_until;
+  }
+  recovery_held_until_ = std::max(recovery_held_until_, backoff.hold_until);
+  if (rate_cut_ || current_connections_ < connection_target_) in_backoff_ = true;
+}
+
 void PairThrottle::CutRate(double factor, absl::Time now) {
   // The first cut of an episode starts from the nominal rate, or from what the pair was
   // actually sending when the site configures none (the cut must slow something down).

@@ -21,6 +21,7 @@
 
 #include "absl/time/time.h"
 #include "throttle/gcra.h"
+#include "throttle/pause_ledger.h"
 #include "throttle/response_class.h"
 #include "throttle/shaping.h"
 
@@ -151,10 +152,17 @@ class PairThrottle {
   // A suspension a reply began before a restart, read back (throttle/pause_ledger.h): the pair
   // is paused from `began` until `until` by `cause`, as it was — bounded by max_suspension from
   // `began` if replies extend it, standing aside for other sources if the class's action says
-  // so — but nothing is counted again and no rate is cut (the cut was not kept: the pair
-  // starts from its nominal rate when the pause ends, the reply's suspension having been the
-  // larger part of the reaction). An operator's pause is restored with SuspendManually.
+  // so — but nothing is counted again and no rate is cut (RestoreBackoff brings back the cut
+  // and the cap that were kept with it). An operator's pause is restored with SuspendManually.
   void RestoreSuspension(absl::Time began, absl::Time until, ResponseClass cause);
+  // The back-off in force at `now` besides a pause: a cut rate, a connection cap, a learned
+  // ceiling or a hold still running. None when the pair is at its nominal limits with nothing
+  // learned; a restart keeps it with the pause (throttle/pause_ledger.h).
+  std::optional<PairBackoff> Backoff(absl::Time now) const;
+  // At start-up, after RestoreSuspension if the pause still runs: the back-off a record kept.
+  // The rates are bounded by today's configuration (a nominal rate lowered since stays lower).
+  // Nothing is counted.
+  void RestoreBackoff(const PairBackoff& backoff, absl::Time now);
 
   // --- State.
   PairState state(absl::Time now) const;

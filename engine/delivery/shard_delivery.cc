@@ -1349,13 +1349,22 @@ std::vector<RecipientVerdict> ShardDelivery::Judge(
       examples[static_cast<size_t>(c.response_class)] = &outcome;
     }
   }
-  if (delivered) pair.OnDelivered(now);
+  if (delivered) {
+    const bool was_backing_off = pair.state(now) == throttle::PairState::kBackoff;
+    pair.OnDelivered(now);
+    // Back at its limits: a restart has nothing of this back-off to keep. (The steps of the
+    // climb are not written: a restart meanwhile resumes from the cut, on the safe side.)
+    if (was_backing_off && pair.state(now) == throttle::PairState::kNormal) {
+      NotePause(site, source, pair, now);
+    }
+  }
   for (size_t i = 0; i < replies.size(); ++i) {
     if (!replies[i].has_value()) continue;
     const absl::Time until_before = pair.suspended_until();
     const auto reply_class = static_cast<throttle::ResponseClass>(i);
     pair.OnReply(reply_class, now, *replies[i]);
-    if (pair.suspended_until() == until_before) continue;
+    // The pause, and the cut, cap, ceiling and hold that outlive it (the ledger writes only
+    // what changed).
     NotePause(site, source, pair, now);
     if (pair.suspended_until() > std::max(until_before, now) && until_before <= now) {
       RecordSuspension(site, source, *examples[i], reply_class, pair.suspended_until());
@@ -1793,7 +1802,8 @@ ShardDelivery::SiteQueue& ShardDelivery::SiteFor(const std::string& key) {
 void ShardDelivery::NotePause(const SiteQueue& site, const std::string& source,
                               const throttle::PairThrottle& pair, absl::Time now) {
   if (context_.pauses == nullptr) return;
-  if (!pair.suspended(now)) {
+  std::optional<throttle::PairBackoff> backoff = pair.Backoff(now);
+  if (!pair.suspended(now) && !backoff.has_value()) {
     context_.pauses->Lift(site.key, source);
     return;
   }
@@ -1805,7 +1815,8 @@ void ShardDelivery::NotePause(const SiteQueue& site, const std::string& source,
       .since = pair.suspension_began(),
       .until = pair.suspended_until(),
       .manual = manual,
-      .cause = manual ? std::nullopt : pair.suspension_class()});
+      .cause = manual ? std::nullopt : pair.suspension_class(),
+      .backoff = std::move(backoff)});
 }
 
 void ShardDelivery::NoteSitePause(const SiteQueue& site, absl::Time now) {
@@ -1820,7 +1831,8 @@ void ShardDelivery::NoteSitePause(const SiteQueue& site, absl::Time now) {
                                               .since = site.manual_since,
                                               .until = site.manual_until,
                                               .manual = true,
-                                              .cause = std::nullopt});
+                                              .cause = std::nullopt,
+                                              .backoff = std::nullopt});
 }
 
 size_t ShardDelivery::RestorePauses(const std::vector<throttle::PairPause>& pauses) {
@@ -1828,17 +1840,20 @@ size_t ShardDelivery::RestorePauses(const std::vector<throttle::PairPause>& paus
   const absl::Time now = context_.clock.Now();
   size_t applied = 0;
   for (const throttle::PairPause& pause : pauses) {
-    if (pause.until <= now) continue;
+    if (throttle::KeptUntil(pause) <= now) continue;
+    const bool paused = pause.until > now;  // else only its back-off is kept
     // As the operator's command left it (RememberPause): for the sites of that name created
     // later, on whichever shard.
-    if (pause.manual && shaping_->matcher().SiteByName(pause.site) != nullptr) {
+    if (paused && pause.manual && shaping_->matcher().SiteByName(pause.site) != nullptr) {
       remembered_pauses_[{pause.site, pause.source}] = RememberedPause{pause.since, pause.until};
     }
     const ShardHandle* owner = OwnerOf(pause.site);
     if (owner != nullptr && owner->delivery != this) continue;
     SiteQueue& site = SiteFor(pause.site);
     if (site.pool.empty()) site.pool = pause.pool;
-    if (pause.source.empty()) {
+    if (!paused) {
+      // Only the back-off is kept (below).
+    } else if (pause.source.empty()) {
       site.manual_since = pause.since;
       site.manual_until = pause.until;
       for (auto& [source, pair] : site.pairs) pair->SuspendManually(pause.since, pause.until);
@@ -1850,6 +1865,9 @@ size_t ShardDelivery::RestorePauses(const std::vector<throttle::PairPause>& paus
       site.Pair(pause.source).SuspendManually(pause.since, pause.until);
     } else {
       site.Pair(pause.source).RestoreSuspension(pause.since, pause.until, *pause.cause);
+    }
+    if (!pause.source.empty() && pause.backoff.has_value()) {
+      site.Pair(pause.source).RestoreBackoff(*pause.backoff, now);
     }
     ++applied;
   }

@@ -28,6 +28,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "engine/admin/admin_server.h"
 #include "engine/admin/json.h"
@@ -629,7 +630,7 @@ class Relay {
         !restored.ok()) {
       Log(LogLevel::kError, "suspensions: site pauses not restored: %s", restored.message());
     }
-    LogRestoredSuspensions(held, pauses);
+    LogRestoredSuspensions(held, pauses, clock_.Now());
     queue_manager_->Start();
     return absl::OkStatus();
   }
@@ -730,9 +731,11 @@ class Relay {
 
   // One line naming what a restart kept suspended, so that an operator who forgot a hold or a
   // pause sees it: "restored 2 domain holds (a.example, b.example), 1 site pause (gmail/out1
-  // until 2026-12-06T13:20Z, blocklist)". Pauses of every source of a site read "gmail/*".
+  // until 2026-12-06T13:20Z, blocklist)". Pauses of every source of a site read "gmail/*"; a
+  // back-off kept with a pause, or after it, adds its rate, connections and hold
+  // ("outlook/out1 after its rate_limit pause, 6.0/min, 1 connection held until ...").
   static void LogRestoredSuspensions(const std::vector<std::string>& domains,
-                                     const queue::PairPauseLoad& pauses) {
+                                     const queue::PairPauseLoad& pauses, absl::Time now) {
     std::vector<std::string> parts;
     if (!domains.empty()) {
       parts.push_back(absl::StrCat("restored ", domains.size(), " domain hold",
@@ -741,13 +744,30 @@ class Relay {
     }
     if (!pauses.running.empty()) {
       std::vector<std::string> named;
+      auto minute = [](absl::Time t) {
+        return absl::FormatTime("%Y-%m-%dT%H:%MZ", t, absl::UTCTimeZone());
+      };
       for (const throttle::PairPause& pause : pauses.running) {
-        named.push_back(absl::StrCat(
-            pause.site, "/", pause.source.empty() ? "*" : pause.source, " until ",
-            absl::FormatTime("%Y-%m-%dT%H:%MZ", pause.until, absl::UTCTimeZone()), ", ",
-            pause.manual || !pause.cause.has_value()
-                ? "manual"
-                : ToAbsl(throttle::ResponseClassName(*pause.cause))));
+        const std::string_view cause = pause.manual || !pause.cause.has_value()
+                                           ? "manual"
+                                           : throttle::ResponseClassName(*pause.cause);
+        std::string text = absl::StrCat(pause.site, "/",
+                                        pause.source.empty() ? "*" : pause.source);
+        if (pause.until > now) {
+          absl::StrAppend(&text, " until ", minute(pause.until), ", ", ToAbsl(cause));
+        } else {
+          absl::StrAppend(&text, " after its ", ToAbsl(cause), " pause");
+        }
+        // What the reply left besides the pause: the pair does not resume at full speed.
+        if (const std::optional<throttle::PairBackoff>& b = pause.backoff; b.has_value()) {
+          if (b->rate > 0) absl::StrAppend(&text, ", ", absl::StrFormat("%.1f", b->rate), "/min");
+          if (b->connections > 0) {
+            absl::StrAppend(&text, ", ", b->connections, " connection",
+                            b->connections == 1 ? "" : "s");
+          }
+          if (b->hold_until > now) absl::StrAppend(&text, " held until ", minute(b->hold_until));
+        }
+        named.push_back(std::move(text));
       }
       parts.push_back(absl::StrCat(parts.empty() ? "restored " : "", pauses.running.size(),
                                    " site pause", pauses.running.size() == 1 ? "" : "s", " (",

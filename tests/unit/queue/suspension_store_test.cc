@@ -72,7 +72,8 @@ TEST(SuspensionStoreTest, ReadOnlyReaderSeesHoldsAndCannotWrite) {
 PairPause Pause(std::string site, std::string source, absl::Time until, bool manual,
                 std::optional<RC> cause) {
   return PairPause{.site = std::move(site), .source = std::move(source), .pool = "default",
-                   .since = kT0, .until = until, .manual = manual, .cause = cause};
+                   .since = kT0, .until = until, .manual = manual, .cause = cause,
+                   .backoff = std::nullopt};
 }
 
 // A blocklist pause, an operator's pause of every source and one of a single source written,
@@ -109,6 +110,44 @@ TEST(SuspensionStoreTest, PairPausesOutliveAReopenUntilTheirEnd) {
   EXPECT_EQ(load->expired, 0u);
 }
 
+// A rate limit's pause with the back-off that outlives it (version 2): read back whole, kept
+// past the pause's end while its hold or ceiling runs, then dropped as ended.
+TEST(SuspensionStoreTest, BackoffsRoundTripAndOutliveTheirPauseUntilTheirHoldEnds) {
+  PairPause throttled = Pause("outlook", "out1", kT0 + absl::Minutes(15), false, RC::kRateLimit);
+  throttled.backoff = throttle::PairBackoff{.rate = 6.125,
+                                            .rate_target = 60,
+                                            .connections = 1,
+                                            .connection_target = 5,
+                                            .ceiling = 40.5,
+                                            .ceiling_until = kT0 + absl::Hours(1),
+                                            .hold_until = kT0 + absl::Minutes(90)};
+  const std::string key = SuspensionPairKey(throttled.site, throttled.source);
+  const std::string value = EncodePairPause(throttled);
+  EXPECT_EQ(value[0], '\x02');
+  absl::StatusOr<PairPause> decoded = DecodePairPause(key, value);
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  EXPECT_EQ(*decoded, throttled);
+  for (size_t cut = value.size() - 8; cut < value.size(); ++cut) {
+    EXPECT_EQ(DecodePairPause(key, value.substr(0, cut)).status().code(),
+              absl::StatusCode::kDataLoss)
+        << cut;
+  }
+  EXPECT_EQ(DecodePairPause(key, value + "x").status().code(), absl::StatusCode::kDataLoss);
+
+  test::TempDir dir;
+  std::unique_ptr<Store> store = OpenStore(dir.Sub("spool"));
+  ASSERT_TRUE(
+      SuspensionStore(*store).Write({.set = {throttled}, .lifted = {}}, /*synced=*/true).ok());
+  absl::StatusOr<PairPauseLoad> load =
+      SuspensionStore(*store).PairPauses(kT0 + absl::Minutes(80));  // the pause is over
+  ASSERT_TRUE(load.ok()) << load.status();
+  EXPECT_THAT(load->running, ElementsAre(throttled));
+  load = SuspensionStore(*store).PairPauses(kT0 + absl::Minutes(90));  // and the hold
+  ASSERT_TRUE(load.ok()) << load.status();
+  EXPECT_THAT(load->running, IsEmpty());
+  EXPECT_EQ(load->expired, 1u);
+}
+
 TEST(SuspensionStoreTest, PairRecordsRoundTripAndDamagedOnesAreSkipped) {
   const PairPause pause = Pause(std::string("mx:a\0b", 6), "out1", kT0 + absl::Hours(4), false,
                                 RC::kBlocklist);
@@ -119,8 +158,10 @@ TEST(SuspensionStoreTest, PairRecordsRoundTripAndDamagedOnesAreSkipped) {
   const std::string value = EncodePairPause(pause);
   EXPECT_EQ(DecodePairPause(key, value.substr(0, value.size() - 1)).status().code(),
             absl::StatusCode::kDataLoss);
-  // A newer facteur's record (version 2): not read, and not damaged either.
-  EXPECT_EQ(DecodePairPause(key, "\x02").status().code(), absl::StatusCode::kFailedPrecondition);
+  // Without a back-off, version 1: what the facteur before back-offs were kept reads.
+  EXPECT_EQ(value[0], '\x01');
+  // A newer facteur's record (version 3): not read, and not damaged either.
+  EXPECT_EQ(DecodePairPause(key, "\x03").status().code(), absl::StatusCode::kFailedPrecondition);
 
   test::TempDir dir;
   std::unique_ptr<Store> store = OpenStore(dir.Sub("spool"));
@@ -131,7 +172,7 @@ TEST(SuspensionStoreTest, PairRecordsRoundTripAndDamagedOnesAreSkipped) {
                   .ok());
   ASSERT_TRUE(store->db()
                   .Put(rocksdb::WriteOptions(), store->family(Family::kSuspension),
-                       SuspensionPairKey("free", "out1"), "\x02 a newer facteur's")
+                       SuspensionPairKey("free", "out1"), "\x03 a newer facteur's")
                   .ok());
   absl::StatusOr<PairPauseLoad> load = SuspensionStore(*store).PairPauses(kT0);
   ASSERT_TRUE(load.ok()) << load.status();

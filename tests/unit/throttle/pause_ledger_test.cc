@@ -20,7 +20,7 @@ const absl::Time kT0 = absl::FromUnixSeconds(1'800'000'000);
 PairPause Blocklisted(std::string site, std::string source, absl::Time until) {
   return PairPause{.site = std::move(site), .source = std::move(source), .pool = "default",
                    .since = kT0, .until = until, .manual = false,
-                   .cause = ResponseClass::kBlocklist};
+                   .cause = ResponseClass::kBlocklist, .backoff = std::nullopt};
 }
 
 TEST(PauseLedgerTest, TheWriterGetsEachChangeOnce) {
@@ -42,10 +42,28 @@ TEST(PauseLedgerTest, TheWriterGetsEachChangeOnce) {
   EXPECT_THAT(delta.lifted, ElementsAre(Pair("gmail", "out1")));
 }
 
+TEST(PauseLedgerTest, ABackoffKeepsTheRecordPastThePauseUntilItsHoldOrCeilingEnds) {
+  PauseLedger ledger;
+  PairPause throttled = Blocklisted("outlook", "out1", kT0 + absl::Minutes(15));
+  throttled.cause = ResponseClass::kRateLimit;
+  throttled.backoff = PairBackoff{.rate = 6, .rate_target = 60, .connections = 1,
+                                  .connection_target = 5, .ceiling = 0,
+                                  .ceiling_until = absl::InfinitePast(),
+                                  .hold_until = kT0 + absl::Minutes(90)};
+  EXPECT_EQ(KeptUntil(throttled), kT0 + absl::Minutes(90));
+  ledger.Record(throttled);
+  EXPECT_THAT(ledger.Running(kT0 + absl::Minutes(60)), ElementsAre(throttled));
+  EXPECT_THAT(ledger.Running(kT0 + absl::Minutes(90)), IsEmpty());
+  // A cut alone is kept as long as the pause.
+  throttled.backoff->hold_until = absl::InfinitePast();
+  EXPECT_EQ(KeptUntil(throttled), kT0 + absl::Minutes(15));
+}
+
 TEST(PauseLedgerTest, RestoredPausesRunAndAreNotRewrittenButTheirLiftIs) {
   PauseLedger ledger;
   const PairPause manual{.site = "orange", .source = "", .pool = "", .since = kT0,
-                         .until = kT0 + absl::Hours(2), .manual = true, .cause = std::nullopt};
+                         .until = kT0 + absl::Hours(2), .manual = true, .cause = std::nullopt,
+                         .backoff = std::nullopt};
   ledger.Restore({Blocklisted("gmail", "out1", kT0 + absl::Hours(4)), manual});
   EXPECT_TRUE(ledger.TakeDirtyWhenAny(absl::ZeroDuration()).empty());
   EXPECT_THAT(ledger.Running(kT0 + absl::Hours(1)),

@@ -623,6 +623,68 @@ TEST(PairThrottleTest, ARestoredSuspensionHoldsAsTheReplyDid) {
   EXPECT_FALSE(pair.suspended(kT0 + absl::Hours(5)));
 }
 
+// What a restart keeps (throttle/pause_ledger.h): a pair rebuilt from the stored pause and
+// back-off holds, cuts, caps and climbs as the original would have (the operator's test drive:
+// a restart during Gmail's 421 pause came back at the full rate and got a second 421).
+TEST(PairThrottleTest, ARestoredBackoffCutsCapsAndHoldsAsBeforeTheRestart) {
+  PairOptions options = Options(Limits(30, 5));
+  ClassAction& rate_limit = options.actions[Idx(ResponseClass::kRateLimit)];
+  rate_limit.max_connections = 1;
+  rate_limit.hold = absl::Minutes(30);
+  PairThrottle before(options);
+  absl::Time now = kT0;
+  for (int i = 0; i < 11; ++i) {
+    now = std::max(now, before.MayStartMessage(now));
+    before.OnMessageStarted(now);
+  }
+  before.OnReply(ResponseClass::kRateLimit, now);
+  const absl::Time reply = now;
+  std::optional<PairBackoff> kept = before.Backoff(reply);
+  ASSERT_TRUE(kept.has_value());
+  EXPECT_NEAR(kept->rate, 9.9, 1e-9);  // the ceiling the complaint taught (90% of 11)
+  EXPECT_EQ(kept->connections, 1u);
+  EXPECT_EQ(kept->connection_target, 5u);
+  EXPECT_EQ(kept->hold_until, reply + absl::Minutes(30));
+  EXPECT_EQ(kept->ceiling_until, reply + absl::Hours(1));
+
+  // Restarted within the pause.
+  PairThrottle after(options);
+  after.RestoreSuspension(before.suspension_began(), before.suspended_until(),
+                          ResponseClass::kRateLimit);
+  after.RestoreBackoff(*kept, reply + absl::Minutes(1));
+  EXPECT_EQ(after.Backoff(reply + absl::Minutes(1)), kept);
+  EXPECT_EQ(after.counters().rate_cuts, 0u);  // nothing counted twice
+  for (PairThrottle* pair : {&before, &after}) {
+    const absl::Time resume = pair->suspended_until();
+    EXPECT_EQ(pair->state(resume), PairState::kBackoff);
+    EXPECT_NEAR(pair->current_message_rate(), 9.9, 1e-9);
+    EXPECT_EQ(pair->current_max_connections(), 1u);
+    pair->OnDelivered(reply + absl::Minutes(20));  // held: no step
+    EXPECT_EQ(pair->current_max_connections(), 1u);
+    pair->OnDelivered(reply + absl::Minutes(30));  // the hold is over; the ceiling holds the rate
+    EXPECT_EQ(pair->current_max_connections(), 2u);
+    EXPECT_NEAR(pair->current_message_rate(), 9.9, 1e-9);
+  }
+
+  // Restarted after the pause and the hold, before the ceiling is forgotten: no pause, the cut
+  // and the ceiling only.
+  PairThrottle late(options);
+  late.RestoreBackoff(*kept, reply + absl::Minutes(40));
+  EXPECT_EQ(late.state(reply + absl::Minutes(40)), PairState::kBackoff);
+  EXPECT_LE(late.MayStartMessage(reply + absl::Minutes(40)), reply + absl::Minutes(40));
+  EXPECT_NEAR(late.current_message_rate(), 9.9, 1e-9);
+  for (int i = 0; i < 10; ++i) late.OnDelivered(reply + absl::Minutes(41));
+  EXPECT_NEAR(late.current_message_rate(), 9.9, 1e-9);
+  EXPECT_EQ(late.current_max_connections(), 5u);
+
+  // A lower nominal rate configured since bounds the restored one.
+  PairThrottle reconfigured(Options(Limits(6, 5)));
+  reconfigured.RestoreBackoff(*kept, reply + absl::Minutes(40));
+  EXPECT_DOUBLE_EQ(reconfigured.current_message_rate(), 6);
+  // Back at its limits, a pair has nothing to keep.
+  EXPECT_EQ(PairThrottle(options).Backoff(kT0), std::nullopt);
+}
+
 TEST(PairThrottleTest, ThrottledTimeCountsEachWaitOnceAndEndsWhenTheLimitLifts) {
   PairThrottle pair(Options(Limits(6, 1)));
   pair.OnMessageStarted(kT0);
