@@ -10,8 +10,6 @@ server is stopped and started during the pause: `site list` must show the same p
 cap after the restart, the log must name the back-off, and the mail must then go without a
 second 421. The clock runs 60 times faster: the pause lasts 10 real seconds."""
 
-import datetime
-import json
 import unittest
 
 import harness
@@ -38,10 +36,6 @@ hold = "30m"
 """
 
 
-def parse_time(text):
-    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
 class BackoffSurvivesARestartTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -64,12 +58,7 @@ class BackoffSurvivesARestartTest(unittest.TestCase):
         cls.sim.stop()
 
     def pair(self):
-        for site in json.loads(self.server.cli("site", "list", "--json").stdout)["sites"]:
-            if site["key"] == "ratesite":
-                for pair in site["sources"]:
-                    if pair["source"] == "out1":
-                        return pair
-        return None
+        return self.server.site_pair("ratesite", "out1")
 
     def test_the_cut_the_cap_and_the_pause_come_back_and_no_second_421(self):
         recipients = ["member%d@rate.test" % i for i in range(MESSAGES)]
@@ -96,8 +85,8 @@ class BackoffSurvivesARestartTest(unittest.TestCase):
         self.assertIsNotNone(after, "the pair is listed again after the restart")
         self.assertEqual(after["state"], "suspended")
         # Stored to the microsecond.
-        self.assertAlmostEqual(parse_time(after["suspended_until"]),
-                               parse_time(before["suspended_until"]), delta=1e-3)
+        self.assertAlmostEqual(harness.parse_time(after["suspended_until"]),
+                               harness.parse_time(before["suspended_until"]), delta=1e-3)
         self.assertEqual(after["max_connections"], 1)
         self.assertAlmostEqual(after["message_rate"], before["message_rate"], places=2)
 

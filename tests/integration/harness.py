@@ -5,6 +5,7 @@ is started on port 0; the addresses it really bound are read from <data_dir>/end
 which `facteur serve` writes once every listener is up.
 """
 
+import datetime
 import json
 import os
 import re
@@ -212,6 +213,13 @@ class Facteur:
         for pattern in grants:
             self.cli("account", "grant", name, pattern)
 
+    def site_pair(self, site_key, source):
+        """The (site, source) pair as `site list --json` shows it, or None when not listed."""
+        for site in json.loads(self.cli("site", "list", "--json").stdout)["sites"]:
+            if site["key"] == site_key:
+                return {p["source"]: p for p in site["sources"]}.get(source)
+        return None
+
     def cli(self, *args, input=None, check=True, data_dir=True):
         """Runs `facteur ARGS --config <this config>`; returns the CompletedProcess."""
         command = [BINARY] + list(args)
@@ -355,6 +363,11 @@ def wait_clear_of_hour_end(margin=20):
     left = 3600 - int(time.time()) % 3600
     if left <= margin:
         time.sleep(left + 1)
+
+
+def parse_time(text):
+    """Seconds since the epoch of an RFC 3339 time as the admin API writes it."""
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 def wait_until(predicate, timeout=20, what="condition"):

@@ -9,7 +9,6 @@ paused site handed back before the restart needs a `queue flush` of its domain: 
 the blocklist pause lets its mail go when its time ends, not before. The clock runs 240 times
 faster: the 2-hour pause lasts 30 real seconds."""
 
-import datetime
 import json
 import time
 import unittest
@@ -56,10 +55,6 @@ class BlocklistingSim(ProviderSim):
         return super().rcpt_reply_for(session, transaction, address, now)
 
 
-def parse_time(text):
-    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
 class SuspensionsSurviveARestartTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -93,8 +88,7 @@ class SuspensionsSurviveARestartTest(unittest.TestCase):
             self.server.cli("site", "list", "--json").stdout)["sites"]}
 
     def pair(self, site, source="out1"):
-        sources = {p["source"]: p for p in self.sites().get(site, {}).get("sources", [])}
-        return sources.get(source)
+        return self.server.site_pair(site, source)
 
     def delivered(self, *recipients):
         with self.sim._lock:
@@ -146,10 +140,10 @@ class SuspensionsSurviveARestartTest(unittest.TestCase):
             self.assertIsNotNone(new, (key, after.get(key)))
             self.assertEqual(new["state"], "suspended", (key, new))
             self.assertEqual(new["suspended_by"], old["suspended_by"], key)
-            self.assertAlmostEqual(parse_time(new["suspended_until"]),
-                                   parse_time(old["suspended_until"]), delta=0.001)
-        self.assertAlmostEqual(parse_time(after["pausesite"]["suspended_until"]),
-                               parse_time(before["pausesite"]["suspended_until"]), delta=0.001)
+            self.assertAlmostEqual(harness.parse_time(new["suspended_until"]),
+                                   harness.parse_time(old["suspended_until"]), delta=0.001)
+        self.assertAlmostEqual(harness.parse_time(after["pausesite"]["suspended_until"]),
+                               harness.parse_time(before["pausesite"]["suspended_until"]), delta=0.001)
 
         # Mail queued before and submitted after the restart stays queued.
         self.send("held2@hold.test", "paused2@pause.test", "later2@block.test")
@@ -176,7 +170,7 @@ class SuspensionsSurviveARestartTest(unittest.TestCase):
         self.sim.wait_for(lambda: self.sim.delivered["paused1@pause.test"], timeout=20)
 
         # The blocklist pause ends by its time, and only then does its mail go.
-        until = parse_time(after["blocksite"]["sources"][0]["suspended_until"])
+        until = harness.parse_time(after["blocksite"]["sources"][0]["suspended_until"])
         self.assertEqual(self.delivered("later1@block.test", "later2@block.test"), [])
         self.sim.wait_for(lambda: self.sim.delivered["later1@block.test"] and
                           self.sim.delivered["later2@block.test"],
