@@ -72,6 +72,11 @@ const Case kCases[] = {
      "[example.com]. To protect our users from spam, mail sent from your domain has been "
      "temporarily rate limited.",
      C::kRateLimit},
+    // The same-Message-ID quota limits those messages, not the IP.
+    {"google", 421, "4.7.28",
+     "Our system has detected an unusual rate of unsolicited mail containing the same "
+     "Message-ID\nheader. gsmtp",
+     C::kOtherTransient},
     {"google", 550, "5.7.28",
      "Our system has detected an unusual rate of unsolicited mail originating from your IP "
      "address. To protect our users from spam, mail sent from your IP address has been blocked.",
