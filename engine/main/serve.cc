@@ -733,7 +733,7 @@ class Relay {
   // pause sees it: "restored 2 domain holds (a.example, b.example), 1 site pause (gmail/out1
   // until 2026-12-06T13:20Z, blocklist)". Pauses of every source of a site read "gmail/*"; a
   // back-off kept with a pause, or after it, adds its rate, connections and hold
-  // ("outlook/out1 after its rate_limit pause, 6.0/min, 1 connection held until ...").
+  // ("outlook/out1 backing off, 6.0/min, 1 connection held until ...").
   static void LogRestoredSuspensions(const std::vector<std::string>& domains,
                                      const queue::PairPauseLoad& pauses, absl::Time now) {
     std::vector<std::string> parts;
@@ -756,7 +756,7 @@ class Relay {
         if (pause.until > now) {
           absl::StrAppend(&text, " until ", minute(pause.until), ", ", ToAbsl(cause));
         } else {
-          absl::StrAppend(&text, " after its ", ToAbsl(cause), " pause");
+          text += " backing off";  // the pause is over; what it left is not
         }
         // What the reply left besides the pause: the pair does not resume at full speed.
         if (const std::optional<throttle::PairBackoff>& b = pause.backoff; b.has_value()) {
