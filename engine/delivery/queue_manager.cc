@@ -663,7 +663,10 @@ void QueueManager::Settle(InFlight& flight, std::vector<JobResult> results) {
   }
   if (events_ != nullptr) {
     for (auto& [index, event] : deferred) {
-      event.next_attempt = retry_at[index];
+      // A recipient paced by its site (a rate limit, a blocklist pause) goes when one of the
+      // site's sources may take it, which only the site's shard knows: no time is better than
+      // this one, which would read "now" while every source is paused (operator test drive).
+      if (retry_at[index] > now) event.next_attempt = retry_at[index];
       events_->Record(event);
     }
   }

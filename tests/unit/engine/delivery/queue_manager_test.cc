@@ -4,6 +4,7 @@
 #include "engine/delivery/queue_manager.h"
 
 #include <algorithm>
+#include <fstream>
 #include <memory>
 #include <string>
 #include <thread>
@@ -165,6 +166,15 @@ class QueueManagerTest : public ::testing::Test {
   std::unique_ptr<queue::Store> store_;
   std::unique_ptr<queue::Spool> spool_;
   std::unique_ptr<events::EventLog> events_;
+
+  // The events log's lines so far.
+  std::vector<std::string> EventLines() {
+    events_->Flush();
+    std::ifstream in(dir_.Sub("events.log"));
+    std::vector<std::string> lines;
+    for (std::string line; std::getline(in, line);) lines.push_back(line);
+    return lines;
+  }
   CollectingDispatcher dispatcher_;
   std::unique_ptr<QueueManager> manager_;
   std::vector<std::string> unknown_users_;  // manager thread = the test thread (RunOnce)
@@ -453,6 +463,11 @@ TEST_F(QueueManagerTest, RateLimitAndBlocklistFiveHundredsKeepTheRecipientUserUn
   EXPECT_EQ(envelope.recipients[1].state, queue::RecipientState::kPending);
   EXPECT_EQ(envelope.recipients[0].pinned_source, "");
   EXPECT_EQ(envelope.next_attempt, clock_.Now());  // the site's throttle paces it, not the schedule
+  // Their events name no time: the site's sources may all be paused (only the shard knows).
+  for (const std::string& line : EventLines()) {
+    if (line.find("\"transient_failure\"") == std::string::npos) continue;
+    EXPECT_EQ(line.find("next_attempt"), std::string::npos) << line;
+  }
   EXPECT_THAT(unknown_users_, ElementsAre("gone@y.test"));
   EXPECT_THAT(Dsns(), SizeIs(1));
   EXPECT_FALSE(Queued(gone));
@@ -474,6 +489,10 @@ TEST_F(QueueManagerTest, AFullMailboxRefusedWithAFiveHundredIsRetriedOnTheSchedu
   EXPECT_EQ(envelope.recipients[0].state, queue::RecipientState::kPending);
   EXPECT_EQ(envelope.next_attempt, clock_.Now() + absl::Minutes(5));
   EXPECT_THAT(envelope.recipients[0].last_reply, HasSubstr("552 5.1.1"));
+  std::vector<std::string> events = EventLines();
+  ASSERT_THAT(events, SizeIs(1));
+  EXPECT_THAT(events[0], HasSubstr("\"transient_failure\""));
+  EXPECT_THAT(events[0], HasSubstr("\"next_attempt\""));  // the schedule's time
   EXPECT_THAT(Dsns(), IsEmpty());
   EXPECT_THAT(unknown_users_, IsEmpty());
 }
