@@ -335,6 +335,14 @@ const Case kCases[] = {
     {"", 451, "4.7.1", "Please try again later", C::kGreylist},
     {"", 450, "4.7.1", "Recipient address rejected: please try again in 5 minutes", C::kGreylist},
     {"", 451, "4.3.0", "Please try again later", C::kOtherTransient},  // not greylisting's codes
+    // Greylisting's words come last: a listing, a rate or a connection limit says more.
+    {"", 450, "4.7.1",
+     "Service unavailable; Client host [192.0.2.1] blocked using zen.spamhaus.org; please try "
+     "again later",
+     C::kBlocklist},
+    {"", 451, "4.7.1", "Sending quota exceeded, please try again later", C::kRateLimit},
+    {"", 421, "4.7.1", "Too many concurrent SMTP connections; please try again later.",
+     C::kTooManyConnections},
     {"", 422, "4.2.2", "Greylisted, please try again in a few moments.", C::kGreylist},
     {"", 450, "4.2.0", "Greylisted for 300 seconds", C::kGreylist},
     {"", 450, "4.3.2", "Service currently unavailable", C::kGreylist},
@@ -343,6 +351,11 @@ const Case kCases[] = {
     {"", 452, "4.5.3", "Too many recipients", C::kOtherTransient},
     {"", 552, "5.5.3", "Too many recipients", C::kOtherTransient},
     {"", 552, "", "Error: too many recipients", C::kOtherTransient},
+    {"", 552, "5.7.1", "Too many recipients in the last hour, sending limit exceeded",
+     C::kRateLimit},
+    // RFC 5321's stock 552 words with a size code: the message is too big, not the mailbox full.
+    {"", 552, "5.3.4", "Requested mail action aborted: exceeded storage allocation",
+     C::kOtherPermanent},
 
     // ---- Generic patterns (providers.md §4.4) ----
     {"", 554, "5.7.1",
