@@ -5,8 +5,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
+#include <utility>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
@@ -20,10 +22,10 @@ namespace {
 
 constexpr char kDomainTag = 'd';
 constexpr char kPairTag = 'p';
-constexpr uint8_t kVersion = 1;  // of domain holds, and of pair pauses without a back-off
-// A pair pause with the back-off that outlives it (PairBackoff) appended. Written only when
-// there is one, so that a rollback to a binary reading version 1 loses the back-offs alone.
-constexpr uint8_t kPauseVersionWithBackoff = 2;
+// A pair's back-off (PairBackoff) beside its pause record, under a key of its own: a binary
+// from before back-offs were kept reads the pauses ('p') as they were and never sees these.
+constexpr char kBackoffTag = 'b';
+constexpr uint8_t kVersion = 1;
 constexpr uint8_t kManualFlag = 1;
 
 // Rates as thousandths of a message per minute: varints, and no floating-point format.
@@ -60,70 +62,99 @@ rocksdb::WriteOptions Synced() {
 
 }  // namespace
 
-std::string SuspensionPairKey(std::string_view site, std::string_view source) {
-  std::string key(1, kPairTag);
+namespace {
+
+std::string PairKeyWithTag(char tag, std::string_view site, std::string_view source) {
+  std::string key(1, tag);
   PutVarint(key, site.size());
   key.append(site);
   key.append(source);
   return key;
 }
 
+// The (site, source) of a pair key of `tag`; false when malformed.
+bool ParsePairKey(char tag, std::string_view key, std::string& site, std::string& source) {
+  VarintReader k(key);
+  uint8_t found = 0;
+  uint64_t site_length = 0;
+  std::string_view site_view;
+  if (!k.Byte(found) || found != static_cast<uint8_t>(tag) || !k.Varint(site_length) ||
+      !k.Bytes(site_length, site_view)) {
+    return false;
+  }
+  std::string_view source_view;
+  k.Bytes(k.remaining(), source_view);
+  site = std::string(site_view);
+  source = std::string(source_view);
+  return true;
+}
+
+}  // namespace
+
+std::string SuspensionPairKey(std::string_view site, std::string_view source) {
+  return PairKeyWithTag(kPairTag, site, source);
+}
+
+std::string SuspensionBackoffKey(std::string_view site, std::string_view source) {
+  return PairKeyWithTag(kBackoffTag, site, source);
+}
+
+std::string EncodePairBackoff(const throttle::PairBackoff& backoff) {
+  std::string value(1, static_cast<char>(kVersion));
+  PutRate(value, backoff.rate);
+  PutRate(value, backoff.rate_target);
+  PutVarint(value, backoff.connections);
+  PutVarint(value, backoff.connection_target);
+  PutRate(value, backoff.ceiling);
+  PutTime(value, backoff.ceiling_until);
+  PutTime(value, backoff.hold_until);
+  return value;
+}
+
+absl::StatusOr<throttle::PairBackoff> DecodePairBackoff(std::string_view value) {
+  VarintReader v(value);
+  uint8_t version = 0;
+  if (v.Byte(version) && version > kVersion) {
+    return absl::FailedPreconditionError(absl::StrCat("record version ", version, " is newer"));
+  }
+  throttle::PairBackoff b;
+  if (version != kVersion || !ReadRate(v, b.rate) || !ReadRate(v, b.rate_target) ||
+      !ReadCount(v, b.connections) || !ReadCount(v, b.connection_target) ||
+      !ReadRate(v, b.ceiling) || !v.Time(b.ceiling_until) || !v.Time(b.hold_until) ||
+      !v.done()) {
+    return absl::DataLossError("malformed pair back-off record");
+  }
+  return b;
+}
+
 std::string EncodePairPause(const throttle::PairPause& pause) {
-  std::string value(1, static_cast<char>(pause.backoff.has_value() ? kPauseVersionWithBackoff
-                                                                  : kVersion));
+  std::string value(1, static_cast<char>(kVersion));
   PutTime(value, pause.since);
   PutTime(value, pause.until);
   value.push_back(static_cast<char>(pause.manual ? kManualFlag : 0));
   // By name, not by number: the classes may be renumbered, their names are in the shaping files.
   PutString(value, pause.cause.has_value() ? throttle::ResponseClassName(*pause.cause) : "");
   PutString(value, pause.pool);
-  if (const std::optional<throttle::PairBackoff>& b = pause.backoff; b.has_value()) {
-    PutRate(value, b->rate);
-    PutRate(value, b->rate_target);
-    PutVarint(value, b->connections);
-    PutVarint(value, b->connection_target);
-    PutRate(value, b->ceiling);
-    PutTime(value, b->ceiling_until);
-    PutTime(value, b->hold_until);
-  }
-  return value;
+  return value;  // the back-off goes under its own key (EncodePairBackoff)
 }
 
 absl::StatusOr<throttle::PairPause> DecodePairPause(std::string_view key, std::string_view value) {
   throttle::PairPause pause;
-  VarintReader k(key);
-  uint8_t tag = 0;
-  uint64_t site_length = 0;
-  std::string_view site;
-  if (!k.Byte(tag) || tag != kPairTag || !k.Varint(site_length) || !k.Bytes(site_length, site)) {
+  if (!ParsePairKey(kPairTag, key, pause.site, pause.source)) {
     return absl::DataLossError("malformed pair pause key");
   }
-  pause.site = std::string(site);
-  std::string_view source;
-  k.Bytes(k.remaining(), source);
-  pause.source = std::string(source);
-
   VarintReader v(value);
   uint8_t version = 0;
   uint8_t flags = 0;
   std::string cause;
-  if (v.Byte(version) && version > kPauseVersionWithBackoff) {
+  if (v.Byte(version) && version > kVersion) {
     // A newer facteur's (before a rollback): not ours to read, nor to delete.
     return absl::FailedPreconditionError(absl::StrCat("record version ", version, " is newer"));
   }
-  if (version < kVersion || !v.Time(pause.since) || !v.Time(pause.until) || !v.Byte(flags) ||
-      !v.String(cause) || !v.String(pause.pool)) {
+  if (version != kVersion || !v.Time(pause.since) || !v.Time(pause.until) || !v.Byte(flags) ||
+      !v.String(cause) || !v.String(pause.pool) || !v.done()) {
     return absl::DataLossError("malformed pair pause record");
   }
-  if (version == kPauseVersionWithBackoff) {
-    throttle::PairBackoff& b = pause.backoff.emplace();
-    if (!ReadRate(v, b.rate) || !ReadRate(v, b.rate_target) || !ReadCount(v, b.connections) ||
-        !ReadCount(v, b.connection_target) || !ReadRate(v, b.ceiling) ||
-        !v.Time(b.ceiling_until) || !v.Time(b.hold_until)) {
-      return absl::DataLossError("malformed pair pause record");
-    }
-  }
-  if (!v.done()) return absl::DataLossError("malformed pair pause record");
   pause.manual = (flags & kManualFlag) != 0;
   if (!cause.empty()) {
     pause.cause = throttle::ParseResponseClass(cause);
@@ -190,28 +221,62 @@ absl::StatusOr<PairPauseLoad> SuspensionStore::PairPauses(absl::Time now) {
   rocksdb::ColumnFamilyHandle* family = store_.family(Family::kSuspension);
   if (family == nullptr) return load;
   std::vector<std::string> stale;  // keys of ended or damaged records
+  std::map<std::pair<std::string, std::string>, throttle::PairPause> pauses;
+  auto skip = [&](const rocksdb::Slice& key, const absl::Status& status) {
+    ++load.skipped;
+    Log(LogLevel::kWarning, "suspension: ignoring record %s of spool %s: %s",
+        absl::CEscape(ToAbsl(ToView(key))), store_.path(), status.message());
+    // A newer facteur's is kept, unread, for it (a rollback); a damaged one goes.
+    if (!absl::IsFailedPrecondition(status)) stale.emplace_back(ToView(key));
+  };
   {
     std::unique_ptr<rocksdb::Iterator> it(store_.db().NewIterator(rocksdb::ReadOptions(), family));
-    const std::string prefix(1, kPairTag);
-    for (it->Seek(ToSlice(prefix)); it->Valid() && it->key().starts_with(ToSlice(prefix));
-         it->Next()) {
+    const std::string pause_prefix(1, kPairTag);
+    for (it->Seek(ToSlice(pause_prefix));
+         it->Valid() && it->key().starts_with(ToSlice(pause_prefix)); it->Next()) {
       absl::StatusOr<throttle::PairPause> pause =
           DecodePairPause(ToView(it->key()), ToView(it->value()));
       if (!pause.ok()) {
-        ++load.skipped;
-        Log(LogLevel::kWarning, "suspension: ignoring record %s of spool %s: %s",
-            absl::CEscape(ToAbsl(ToView(it->key()))), store_.path(), pause.status().message());
-        if (absl::IsFailedPrecondition(pause.status())) continue;  // kept, unread
-      } else if (throttle::KeptUntil(*pause) <= now) {
-        ++load.expired;
-      } else {
-        load.running.push_back(*std::move(pause));
+        skip(it->key(), pause.status());
         continue;
       }
-      stale.emplace_back(ToView(it->key()));
+      auto key = std::make_pair(pause->site, pause->source);
+      pauses.emplace(std::move(key), *std::move(pause));
+    }
+    // Each back-off joins its pause record; one without (its pause lifted by a binary that
+    // did not know back-offs) is stale.
+    const std::string backoff_prefix(1, kBackoffTag);
+    for (it->Seek(ToSlice(backoff_prefix));
+         it->Valid() && it->key().starts_with(ToSlice(backoff_prefix)); it->Next()) {
+      std::string site;
+      std::string source;
+      if (!ParsePairKey(kBackoffTag, ToView(it->key()), site, source)) {
+        skip(it->key(), absl::DataLossError("malformed pair back-off key"));
+        continue;
+      }
+      auto pause = pauses.find({site, source});
+      if (pause == pauses.end()) {
+        stale.emplace_back(ToView(it->key()));
+        continue;
+      }
+      absl::StatusOr<throttle::PairBackoff> backoff = DecodePairBackoff(ToView(it->value()));
+      if (!backoff.ok()) {
+        skip(it->key(), backoff.status());
+        continue;
+      }
+      pause->second.backoff = *backoff;
     }
     FACTEUR_RETURN_IF_ERROR(
         ToStatus(it->status(), absl::StrCat("reading pair pauses of spool ", store_.path())));
+  }
+  for (auto& [key, pause] : pauses) {
+    if (throttle::KeptUntil(pause) <= now) {
+      ++load.expired;
+      stale.push_back(SuspensionPairKey(pause.site, pause.source));
+      if (pause.backoff.has_value()) stale.push_back(SuspensionBackoffKey(pause.site, pause.source));
+      continue;
+    }
+    load.running.push_back(std::move(pause));
   }
   if (!stale.empty() && CheckWritable().ok()) {
     rocksdb::WriteBatch batch;
@@ -231,9 +296,16 @@ absl::Status SuspensionStore::Write(const throttle::PauseDelta& delta, bool sync
   for (const throttle::PairPause& pause : delta.set) {
     batch.Put(family, ToSlice(SuspensionPairKey(pause.site, pause.source)),
               ToSlice(EncodePairPause(pause)));
+    const std::string backoff_key = SuspensionBackoffKey(pause.site, pause.source);
+    if (pause.backoff.has_value()) {
+      batch.Put(family, ToSlice(backoff_key), ToSlice(EncodePairBackoff(*pause.backoff)));
+    } else {
+      batch.Delete(family, ToSlice(backoff_key));
+    }
   }
   for (const auto& [site, source] : delta.lifted) {
     batch.Delete(family, ToSlice(SuspensionPairKey(site, source)));
+    batch.Delete(family, ToSlice(SuspensionBackoffKey(site, source)));
   }
   rocksdb::WriteOptions options = Synced();
   options.sync = synced;

@@ -4,8 +4,10 @@
 //  - pauses of (site, source) pairs (throttle/pause_ledger.h), an operator's or a reply's
 //    (blocklist, rate limit), until their end time.
 // Keys: 'd' domain → DomainHold record; 'p' varint(|site|) site source → PairPause record.
-// Values start with a version byte (1; a pair pause with the back-off that outlives it, 2);
-// times are Unix microseconds (engine/base/varint_codec.h).
+// 'b' varint(|site|) site source → PairBackoff record: what a reply left on the pair besides
+// its pause, beside the 'p' record (a binary from before back-offs were kept never reads it).
+// Values start with a version byte (1); times are Unix microseconds
+// (engine/base/varint_codec.h).
 // An operator's writes are synced: they are rare, and the operator is told "suspended" only
 // once the hold is on disk — a power cut must not send mail to a domain held because its
 // server is being moved. A reply's pause (a rate limit, a blocklist answer) is advisory, like
@@ -68,8 +70,13 @@ class SuspensionStore {
 
 // The record codecs (exposed for the tests of their compatibility).
 std::string SuspensionPairKey(std::string_view site, std::string_view source);
+std::string SuspensionBackoffKey(std::string_view site, std::string_view source);
+// The pause without its back-off (EncodePairBackoff writes that under its own key).
 std::string EncodePairPause(const throttle::PairPause& pause);
-// `site` and `source` come from the key. DataLoss on anything malformed.
+// `site` and `source` come from the key. DataLoss on anything malformed; FailedPrecondition
+// for a newer version's record.
 absl::StatusOr<throttle::PairPause> DecodePairPause(std::string_view key, std::string_view value);
+std::string EncodePairBackoff(const throttle::PairBackoff& backoff);
+absl::StatusOr<throttle::PairBackoff> DecodePairBackoff(std::string_view value);
 
 }  // namespace facteur::queue

@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <string_view>
 
@@ -74,7 +75,15 @@ class VarintReader {
   bool Time(absl::Time& value) {
     int64_t micros;
     if (!Signed(micros)) return false;
-    value = absl::FromUnixMicros(micros);
+    // PutTime writes the infinities as ToUnixMicros saturates them: they read back as such,
+    // not as finite times 292,000 years away.
+    if (micros == std::numeric_limits<int64_t>::min()) {
+      value = absl::InfinitePast();
+    } else if (micros == std::numeric_limits<int64_t>::max()) {
+      value = absl::InfiniteFuture();
+    } else {
+      value = absl::FromUnixMicros(micros);
+    }
     return true;
   }
   bool Byte(uint8_t& value) {

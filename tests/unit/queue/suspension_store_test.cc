@@ -110,9 +110,10 @@ TEST(SuspensionStoreTest, PairPausesOutliveAReopenUntilTheirEnd) {
   EXPECT_EQ(load->expired, 0u);
 }
 
-// A rate limit's pause with the back-off that outlives it (version 2): read back whole, kept
-// past the pause's end while its hold or ceiling runs, then dropped as ended.
-TEST(SuspensionStoreTest, BackoffsRoundTripAndOutliveTheirPauseUntilTheirHoldEnds) {
+// A rate limit's pause with the back-off that outlives it: the back-off under its own key, so
+// that the pause record stays what a binary from before back-offs reads (a rollback keeps the
+// pause). Read back whole, kept past the pause's end while its hold runs, then dropped.
+TEST(SuspensionStoreTest, BackoffsRoundTripBesideTheirPauseAndOutliveItUntilTheirHoldEnds) {
   PairPause throttled = Pause("outlook", "out1", kT0 + absl::Minutes(15), false, RC::kRateLimit);
   throttled.backoff = throttle::PairBackoff{.rate = 6.125,
                                             .rate_target = 60,
@@ -121,18 +122,34 @@ TEST(SuspensionStoreTest, BackoffsRoundTripAndOutliveTheirPauseUntilTheirHoldEnd
                                             .ceiling = 40.5,
                                             .ceiling_until = kT0 + absl::Hours(1),
                                             .hold_until = kT0 + absl::Minutes(90)};
+  // The pause record is version 1, as before, and knows nothing of the back-off.
   const std::string key = SuspensionPairKey(throttled.site, throttled.source);
-  const std::string value = EncodePairPause(throttled);
-  EXPECT_EQ(value[0], '\x02');
-  absl::StatusOr<PairPause> decoded = DecodePairPause(key, value);
+  const std::string pause_value = EncodePairPause(throttled);
+  EXPECT_EQ(pause_value[0], '\x01');
+  absl::StatusOr<PairPause> pause_only = DecodePairPause(key, pause_value);
+  ASSERT_TRUE(pause_only.ok()) << pause_only.status();
+  PairPause without = throttled;
+  without.backoff.reset();
+  EXPECT_EQ(*pause_only, without);
+  // The back-off record, and its damage.
+  const std::string value = EncodePairBackoff(*throttled.backoff);
+  absl::StatusOr<throttle::PairBackoff> decoded = DecodePairBackoff(value);
   ASSERT_TRUE(decoded.ok()) << decoded.status();
-  EXPECT_EQ(*decoded, throttled);
-  for (size_t cut = value.size() - 8; cut < value.size(); ++cut) {
-    EXPECT_EQ(DecodePairPause(key, value.substr(0, cut)).status().code(),
-              absl::StatusCode::kDataLoss)
+  EXPECT_EQ(*decoded, *throttled.backoff);
+  for (size_t cut = 0; cut < value.size(); ++cut) {
+    EXPECT_EQ(DecodePairBackoff(value.substr(0, cut)).status().code(), absl::StatusCode::kDataLoss)
         << cut;
   }
-  EXPECT_EQ(DecodePairPause(key, value + "x").status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(DecodePairBackoff(value + "x").status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(DecodePairBackoff("\x02").status().code(), absl::StatusCode::kFailedPrecondition);
+  // Times never set stay so (a back-off without a hold, or without a ceiling).
+  throttle::PairBackoff cut_only{.rate = 30, .rate_target = 60, .connections = 0,
+                                 .connection_target = 0, .ceiling = 0,
+                                 .ceiling_until = absl::InfinitePast(),
+                                 .hold_until = absl::InfinitePast()};
+  decoded = DecodePairBackoff(EncodePairBackoff(cut_only));
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  EXPECT_EQ(*decoded, cut_only);
 
   test::TempDir dir;
   std::unique_ptr<Store> store = OpenStore(dir.Sub("spool"));
@@ -146,6 +163,57 @@ TEST(SuspensionStoreTest, BackoffsRoundTripAndOutliveTheirPauseUntilTheirHoldEnd
   ASSERT_TRUE(load.ok()) << load.status();
   EXPECT_THAT(load->running, IsEmpty());
   EXPECT_EQ(load->expired, 1u);
+  // Both keys went.
+  std::string ignored;
+  EXPECT_TRUE(store->db()
+                  .Get(rocksdb::ReadOptions(), store->family(Family::kSuspension), key, &ignored)
+                  .IsNotFound());
+  EXPECT_TRUE(store->db()
+                  .Get(rocksdb::ReadOptions(), store->family(Family::kSuspension),
+                       SuspensionBackoffKey(throttled.site, throttled.source), &ignored)
+                  .IsNotFound());
+}
+
+// A pause lifted (or rewritten without its back-off) takes its back-off along; a back-off left
+// without its pause (lifted by a binary that did not know back-offs) is dropped at start.
+TEST(SuspensionStoreTest, ABackoffGoesWithItsPause) {
+  PairPause throttled = Pause("outlook", "out1", kT0 + absl::Minutes(15), false, RC::kRateLimit);
+  throttled.backoff = throttle::PairBackoff{.rate = 6, .rate_target = 60, .connections = 1,
+                                            .connection_target = 5, .ceiling = 0,
+                                            .ceiling_until = absl::InfinitePast(),
+                                            .hold_until = kT0 + absl::Minutes(90)};
+  test::TempDir dir;
+  std::unique_ptr<Store> store = OpenStore(dir.Sub("spool"));
+  SuspensionStore pauses(*store);
+  ASSERT_TRUE(pauses.Write({.set = {throttled}, .lifted = {}}, /*synced=*/true).ok());
+  ASSERT_TRUE(pauses.Write({.set = {}, .lifted = {{"outlook", "out1"}}}, /*synced=*/true).ok());
+  absl::StatusOr<PairPauseLoad> load = pauses.PairPauses(kT0);
+  ASSERT_TRUE(load.ok()) << load.status();
+  EXPECT_THAT(load->running, IsEmpty());
+
+  ASSERT_TRUE(pauses.Write({.set = {throttled}, .lifted = {}}, /*synced=*/true).ok());
+  PairPause manual = throttled;
+  manual.backoff.reset();
+  manual.manual = true;
+  manual.cause.reset();
+  ASSERT_TRUE(pauses.Write({.set = {manual}, .lifted = {}}, /*synced=*/true).ok());
+  load = pauses.PairPauses(kT0);
+  ASSERT_TRUE(load.ok()) << load.status();
+  EXPECT_THAT(load->running, ElementsAre(manual));
+
+  ASSERT_TRUE(store->db()
+                  .Put(rocksdb::WriteOptions(), store->family(Family::kSuspension),
+                       SuspensionBackoffKey("gone", "out1"),
+                       EncodePairBackoff(*throttled.backoff))
+                  .ok());
+  load = pauses.PairPauses(kT0);
+  ASSERT_TRUE(load.ok()) << load.status();
+  EXPECT_THAT(load->running, ElementsAre(manual));
+  std::string ignored;
+  EXPECT_TRUE(store->db()
+                  .Get(rocksdb::ReadOptions(), store->family(Family::kSuspension),
+                       SuspensionBackoffKey("gone", "out1"), &ignored)
+                  .IsNotFound());
 }
 
 TEST(SuspensionStoreTest, PairRecordsRoundTripAndDamagedOnesAreSkipped) {
