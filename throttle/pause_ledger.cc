@@ -6,7 +6,7 @@
 
 namespace facteur::throttle {
 
-void PauseLedger::Record(PairPause pause) {
+void PauseLedger::Record(PairPause pause, bool by_operator) {
   Key key(pause.site, pause.source);
   absl::MutexLock lock(&mutex_);
   auto it = pauses_.find(key);
@@ -14,14 +14,16 @@ void PauseLedger::Record(PairPause pause) {
   pauses_.insert_or_assign(key, std::move(pause));
   dirty_.insert(std::move(key));
   ++changes_;
+  operator_dirty_ = operator_dirty_ || by_operator;
 }
 
-void PauseLedger::Lift(std::string_view site, std::string_view source) {
+void PauseLedger::Lift(std::string_view site, std::string_view source, bool by_operator) {
   Key key{std::string(site), std::string(source)};
   absl::MutexLock lock(&mutex_);
   if (pauses_.erase(key) == 0) return;
   dirty_.insert(std::move(key));
   ++changes_;
+  operator_dirty_ = operator_dirty_ || by_operator;
 }
 
 void PauseLedger::Restore(const std::vector<PairPause>& pauses) {
@@ -58,11 +60,13 @@ PauseDelta PauseLedger::TakeDirtyWhenAny(absl::Duration max_wait) {
   }
   dirty_.clear();
   delta.through = changes_;
+  delta.by_operator = operator_dirty_;
+  operator_dirty_ = false;
   return delta;
 }
 
 bool PauseDelta::has_operator_change() const {
-  return !lifted.empty() ||
+  return by_operator ||
          std::any_of(set.begin(), set.end(), [](const PairPause& p) { return p.manual; });
 }
 
@@ -85,6 +89,7 @@ void PauseLedger::Redirty(const PauseDelta& delta) {
   absl::MutexLock lock(&mutex_);
   for (const PairPause& pause : delta.set) dirty_.emplace(pause.site, pause.source);
   for (const Key& key : delta.lifted) dirty_.insert(key);
+  operator_dirty_ = operator_dirty_ || delta.by_operator;
 }
 
 void PauseLedger::Close() {

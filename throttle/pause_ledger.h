@@ -72,9 +72,12 @@ struct PauseDelta {
   std::vector<std::pair<std::string, std::string>> lifted;  // (site, source)
   // The ledger's change count this delta brings the store up to (Written).
   uint64_t through = 0;
+  // A change an operator made (Record or Lift `by_operator`) is in it.
+  bool by_operator = false;
   bool empty() const { return set.empty() && lifted.empty(); }
-  // An operator's change is in it (a manual pause, or a resume): worth a synced write. A
-  // reply's pause is advisory, like reputation, and rides the spool's next sync.
+  // An operator's change is in it (a manual pause, or a resume): worth a synced write, since
+  // the operator is told it is done. A reply's pause or back-off is advisory, like reputation,
+  // and rides the spool's next sync.
   bool has_operator_change() const;
 };
 
@@ -85,11 +88,13 @@ class PauseLedger {
   PauseLedger& operator=(const PauseLedger&) = delete;
 
   // The pair's pause is now `pause` (begun, extended, or replaced). Marked dirty unless equal
-  // to what the ledger holds.
-  void Record(PairPause pause);
-  // The pair's pause ended before its time (an operator's resume). Marked dirty when the ledger
-  // held one. A pause that simply runs out needs no call: its record expires by its time.
-  void Lift(std::string_view site, std::string_view source);
+  // to what the ledger holds. `by_operator`: an operator's command made the change (`site
+  // suspend`/`resume`), which is then written synced.
+  void Record(PairPause pause, bool by_operator = false);
+  // The pair has nothing left to keep before its time: an operator's resume, or a back-off
+  // recovered. Marked dirty when the ledger held a record. A pause that simply runs out needs
+  // no call: its record expires by its time.
+  void Lift(std::string_view site, std::string_view source, bool by_operator = false);
 
   // Pauses read back at start-up: held, not dirty (they are stored already).
   void Restore(const std::vector<PairPause>& pauses);
@@ -118,6 +123,7 @@ class PauseLedger {
   // Pairs changed since the last TakeDirty: their state is what pauses_ holds (none: lifted).
   std::set<Key> dirty_ ABSL_GUARDED_BY(mutex_);
   uint64_t changes_ ABSL_GUARDED_BY(mutex_) = 0;  // Record/Lift calls that made a pair dirty
+  bool operator_dirty_ ABSL_GUARDED_BY(mutex_) = false;  // an operator's change is not yet taken
   uint64_t written_ ABSL_GUARDED_BY(mutex_) = 0;  // of them, those stored
   bool closed_ ABSL_GUARDED_BY(mutex_) = false;
 };

@@ -1361,11 +1361,14 @@ std::vector<RecipientVerdict> ShardDelivery::Judge(
   for (size_t i = 0; i < replies.size(); ++i) {
     if (!replies[i].has_value()) continue;
     const absl::Time until_before = pair.suspended_until();
+    const std::optional<throttle::PairBackoff> backoff_before = pair.Backoff(now);
     const auto reply_class = static_cast<throttle::ResponseClass>(i);
     pair.OnReply(reply_class, now, *replies[i]);
-    // The pause, and the cut, cap, ceiling and hold that outlive it (the ledger writes only
-    // what changed).
-    NotePause(site, source, pair, now);
+    // The pause, and the cut, cap, ceiling and hold that outlive it, when the reply changed
+    // them (most replies do not: greylisting, unknown users).
+    if (pair.suspended_until() != until_before || pair.Backoff(now) != backoff_before) {
+      NotePause(site, source, pair, now);
+    }
     if (pair.suspended_until() > std::max(until_before, now) && until_before <= now) {
       RecordSuspension(site, source, *examples[i], reply_class, pair.suspended_until());
     }
@@ -1763,7 +1766,7 @@ SiteSuspensionResult ShardDelivery::Suspend(const SiteSuspension& request, bool 
     } else {
       site->manual_since = suspend ? now : absl::InfinitePast();
       site->manual_until = suspend ? request.until : absl::InfinitePast();
-      NoteSitePause(*site, now);
+      NoteSitePause(*site, now, /*by_operator=*/true);
     }
     for (const std::string& source : sources) {
       throttle::PairThrottle& pair = site->Pair(source);
@@ -1777,7 +1780,7 @@ SiteSuspensionResult ShardDelivery::Suspend(const SiteSuspension& request, bool 
       }
       if (!changed) continue;
       ++result.pairs;
-      NotePause(*site, source, pair, now);
+      NotePause(*site, source, pair, now, /*by_operator=*/true);
       RecordManual(*site, source, suspend ? pair.suspended_until() : absl::InfinitePast());
     }
     // A pause sends the waiting jobs back and lets idle connections go; a resumption starts
@@ -1800,11 +1803,12 @@ ShardDelivery::SiteQueue& ShardDelivery::SiteFor(const std::string& key) {
 }
 
 void ShardDelivery::NotePause(const SiteQueue& site, const std::string& source,
-                              const throttle::PairThrottle& pair, absl::Time now) {
+                              const throttle::PairThrottle& pair, absl::Time now,
+                              bool by_operator) {
   if (context_.pauses == nullptr) return;
   std::optional<throttle::PairBackoff> backoff = pair.Backoff(now);
   if (!pair.suspended(now) && !backoff.has_value()) {
-    context_.pauses->Lift(site.key, source);
+    context_.pauses->Lift(site.key, source, by_operator);
     return;
   }
   const bool manual = pair.manually_suspended(now);
@@ -1816,13 +1820,13 @@ void ShardDelivery::NotePause(const SiteQueue& site, const std::string& source,
       .until = pair.suspended_until(),
       .manual = manual,
       .cause = manual ? std::nullopt : pair.suspension_class(),
-      .backoff = std::move(backoff)});
+      .backoff = std::move(backoff)}, by_operator);
 }
 
-void ShardDelivery::NoteSitePause(const SiteQueue& site, absl::Time now) {
+void ShardDelivery::NoteSitePause(const SiteQueue& site, absl::Time now, bool by_operator) {
   if (context_.pauses == nullptr) return;
   if (site.manual_until <= now) {
-    context_.pauses->Lift(site.key, "");
+    context_.pauses->Lift(site.key, "", by_operator);
     return;
   }
   context_.pauses->Record(throttle::PairPause{.site = site.key,
@@ -1832,7 +1836,8 @@ void ShardDelivery::NoteSitePause(const SiteQueue& site, absl::Time now) {
                                               .until = site.manual_until,
                                               .manual = true,
                                               .cause = std::nullopt,
-                                              .backoff = std::nullopt});
+                                              .backoff = std::nullopt},
+                          by_operator);
 }
 
 size_t ShardDelivery::RestorePauses(const std::vector<throttle::PairPause>& pauses) {

@@ -455,11 +455,13 @@ class ShardDelivery {
   void ApplyRememberedPauses(SiteQueue& site, absl::Time now);
   // The site `key` this shard owns, created (configured, remembered pauses applied) when absent.
   SiteQueue& SiteFor(const std::string& key);
-  // Tells the pause ledger the pause of `source`'s pair, or of every source (NoteSitePause),
-  // as it stands at `now`: running (recorded) or not (lifted).
+  // Tells the pause ledger the pause of `source`'s pair and the back-off that outlives it, or
+  // the pause of every source (NoteSitePause), as they stand at `now`: recorded, or lifted when
+  // nothing is left to keep. `by_operator`: an operator's command (`site suspend`/`resume`)
+  // made the change, which is then written synced before the command answers.
   void NotePause(const SiteQueue& site, const std::string& source,
-                 const throttle::PairThrottle& pair, absl::Time now);
-  void NoteSitePause(const SiteQueue& site, absl::Time now);
+                 const throttle::PairThrottle& pair, absl::Time now, bool by_operator = false);
+  void NoteSitePause(const SiteQueue& site, absl::Time now, bool by_operator = false);
 
   io::EventLoop& loop_;
   dns::Resolver& resolver_;

@@ -104,10 +104,22 @@ TEST(PauseLedgerTest, WaitWrittenHoldsUntilTheWriterStoredEveryChangeMadeBefore)
   });
   EXPECT_TRUE(ledger.WaitWritten(absl::Seconds(30)));
   writer.join();
-  // A reply's pause alone is no operator's change; a lift is one.
+  // A reply's pause alone is no operator's change, nor is a back-off's end; an operator's
+  // resume is one, whether it lifts the record or leaves a back-off in it.
   ledger.Record(Blocklisted("gmail", "out1", kT0 + absl::Hours(4)));
   EXPECT_FALSE(ledger.TakeDirtyWhenAny(absl::ZeroDuration()).has_operator_change());
   ledger.Lift("gmail", "out1");
+  EXPECT_FALSE(ledger.TakeDirtyWhenAny(absl::ZeroDuration()).has_operator_change());
+  ledger.Record(Blocklisted("gmail", "out1", kT0 + absl::Hours(4)));
+  ledger.TakeDirtyWhenAny(absl::ZeroDuration());
+  ledger.Lift("gmail", "out1", /*by_operator=*/true);
+  EXPECT_TRUE(ledger.TakeDirtyWhenAny(absl::ZeroDuration()).has_operator_change());
+  PairPause resumed = Blocklisted("gmail", "out1", kT0);
+  resumed.cause = ResponseClass::kRateLimit;
+  ledger.Record(resumed, /*by_operator=*/true);
+  const PauseDelta refused = ledger.TakeDirtyWhenAny(absl::ZeroDuration());
+  EXPECT_TRUE(refused.has_operator_change());
+  ledger.Redirty(refused);  // still the operator's when given again
   EXPECT_TRUE(ledger.TakeDirtyWhenAny(absl::ZeroDuration()).has_operator_change());
 }
 
