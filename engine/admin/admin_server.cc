@@ -775,6 +775,13 @@ Json TimeOrNull(absl::Time t) {
 
 }  // namespace
 
+uint64_t AdminServer::NotTriedSinceStart(uint64_t scheduled) const {
+  delivery::QueueManager* manager = queue_manager_.load();
+  // Each message once, though it may be owed at several sites.
+  const uint64_t known = manager == nullptr ? 0 : manager->ScheduledWithKnownSite();
+  return scheduled > known ? scheduled - known : 0;
+}
+
 AdminServer::Response AdminServer::SiteList() {
   const DeliveryAccess* access = delivery_.load();
   if (access == nullptr || access->sites == nullptr) return Error(503, "Delivery is not running.");
@@ -887,9 +894,7 @@ AdminServer::Response AdminServer::QueueSummary() {
                                 {"ready_recipients", ready_recipients},
                                 {"in_flight_jobs", in_flight},
                                 {"scheduled_by_site", scheduled_known},
-                                {"unknown_site", counts.scheduled > scheduled_known
-                                                     ? counts.scheduled - scheduled_known
-                                                     : 0}}}});
+                                {"unknown_site", NotTriedSinceStart(counts.scheduled)}}}});
 }
 
 AdminServer::Response AdminServer::SiteOperation(const std::string& site, const std::string& action,

@@ -169,6 +169,8 @@ class AdminServer {
   absl::StatusOr<uint64_t> CountQueuedFor(std::string_view domain) const;
   Response QueueSummary();
   Response SiteList();
+  // Of `scheduled` messages, those with no site known yet (not tried since the start).
+  uint64_t NotTriedSinceStart(uint64_t scheduled) const;
   // POST /api/sites/<site>/{suspend,resume}.
   Response SiteOperation(const std::string& site, const std::string& action, std::string& body);
   Response ReputationView();

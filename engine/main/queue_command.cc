@@ -35,6 +35,7 @@ constexpr char kUsage[] =
     "       facteur queue delete ID             remove a message, without a DSN\n"
     "       facteur queue suspend|resume DOMAIN  hold / release a domain's mail\n"
     "       facteur queue suspended             the domains held\n"
+    "(not tried since start) row: scheduled mail whose site is not known yet (after a restart).\n"
     "ls, show and count read the spool whether the server runs or not; summary and the\n"
     "operations need a running server (its admin API).\n"
     "Common options: --config FILE, --data-dir DIR.\n";
@@ -225,7 +226,10 @@ int Summary(const config::Config& config, const CommandLine& command_line) {
                     : std::string("-"))
             << "\n";
   const nlohmann::json sites = a.value("sites", nlohmann::json::array());
-  if (sites.empty()) return kExitOk;
+  // Scheduled mail not tried since the server started: no site is known for it yet.
+  const uint64_t unattempted =
+      a.value("totals", nlohmann::json::object()).value("unknown_site", uint64_t{0});
+  if (sites.empty() && unattempted == 0) return kExitOk;
   std::cout << "\n";
   std::vector<std::vector<std::string>> rows = {
       {"SITE", "READY", "RECIPIENTS", "IN-FLIGHT", "HELD-BACK", "SCHEDULED"}};
@@ -235,6 +239,9 @@ int Summary(const config::Config& config, const CommandLine& command_line) {
                     absl::StrCat(site.value("in_flight_jobs", uint64_t{0})),
                     absl::StrCat(site.value("held_back_jobs", uint64_t{0})),
                     absl::StrCat(site.value("scheduled", uint64_t{0}))});
+  }
+  if (unattempted > 0) {
+    rows.push_back({"(not tried since start)", "-", "-", "-", "-", absl::StrCat(unattempted)});
   }
   std::vector<size_t> widths(rows[0].size(), 0);
   for (const auto& row : rows) {

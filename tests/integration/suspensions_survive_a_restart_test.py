@@ -153,6 +153,18 @@ class SuspensionsSurviveARestartTest(unittest.TestCase):
         self.assertEqual(self.delivered(*everything), [])
         summary = json.loads(self.server.cli("queue", "summary", "--json").stdout)
         self.assertGreaterEqual(summary["messages"], 6, summary)
+        # The text summary shows the mail not tried since the start (queued before the
+        # restart, no site known yet) on a row of its own: the rows add up to the total (it
+        # left that mail out).
+        unattempted = summary["totals"]["unknown_site"]
+        self.assertGreaterEqual(unattempted, 2, summary)  # paused1, later1
+        self.assertEqual(sum(s["scheduled"] for s in summary["sites"]) + unattempted,
+                         summary["scheduled"], summary)
+        rows = [l.split() for l in
+                self.server.cli("queue", "summary").stdout.decode().splitlines()]
+        row = next((r for r in rows if r[:4] == ["(not", "tried", "since", "start)"]), None)
+        self.assertIsNotNone(row, rows)
+        self.assertEqual(row[-1], str(unattempted))
 
         # Lifted by the operator: their mail goes at once.
         self.server.cli("queue", "resume", "hold.test")
