@@ -775,6 +775,11 @@ Json TimeOrNull(absl::Time t) {
 
 }  // namespace
 
+std::map<std::string, uint64_t> AdminServer::HeldBackNow() const {
+  delivery::QueueManager* manager = queue_manager_.load();
+  return manager == nullptr ? std::map<std::string, uint64_t>() : manager->HeldBackBySite();
+}
+
 uint64_t AdminServer::NotTriedSinceStart(uint64_t scheduled) const {
   delivery::QueueManager* manager = queue_manager_.load();
   // Each message once, though it may be owed at several sites.
@@ -787,6 +792,7 @@ AdminServer::Response AdminServer::SiteList() {
   if (access == nullptr || access->sites == nullptr) return Error(503, "Delivery is not running.");
   absl::StatusOr<std::vector<delivery::SiteSnapshot>> sites = access->sites->Sites(kShardTimeout);
   if (!sites.ok()) return StatusError(sites.status());
+  const std::map<std::string, uint64_t> held_now = HeldBackNow();
   Json items = Json::array();
   uint64_t ready_jobs = 0, ready_recipients = 0, in_flight = 0, held_back = 0, connections = 0,
            suspended = 0, pairs = 0;
@@ -812,7 +818,9 @@ AdminServer::Response AdminServer::SiteList() {
     ready_jobs += site.ready_jobs;
     ready_recipients += site.ready_recipients;
     in_flight += site.in_flight_jobs;
-    held_back += site.held_back_jobs;
+    const auto held = held_now.find(site.key);
+    const uint64_t held_back_jobs = held == held_now.end() ? 0 : held->second;
+    held_back += held_back_jobs;
     connections += open;
     items.push_back(Json{{"key", site.key},
                          {"label", site.label},
@@ -822,7 +830,8 @@ AdminServer::Response AdminServer::SiteList() {
                          {"ready_jobs", site.ready_jobs},
                          {"ready_recipients", site.ready_recipients},
                          {"in_flight_jobs", site.in_flight_jobs},
-                         {"held_back_jobs", site.held_back_jobs},
+                         {"held_back_jobs", held_back_jobs},
+                         {"held_back_since_start", site.held_back_jobs},
                          {"open_connections", open},
                          {"sources", std::move(sources)}});
   }
@@ -851,7 +860,7 @@ AdminServer::Response AdminServer::QueueSummary() {
     if (site.is_null()) {
       site = Json{{"site", key}, {"label", delivery::LabelOf(access->site_labels, key)}, {"ready_jobs", 0},
                   {"ready_recipients", 0}, {"in_flight_jobs", 0}, {"held_back_jobs", 0},
-                  {"scheduled", 0}};
+                  {"held_back_since_start", 0}, {"scheduled", 0}};
     }
     return site;
   };
@@ -864,9 +873,10 @@ AdminServer::Response AdminServer::QueueSummary() {
       e["ready_jobs"] = site.ready_jobs;
       e["ready_recipients"] = site.ready_recipients;
       e["in_flight_jobs"] = site.in_flight_jobs;
-      e["held_back_jobs"] = site.held_back_jobs;
+      e["held_back_since_start"] = site.held_back_jobs;
     }
   }
+  for (const auto& [key, count] : HeldBackNow()) entry(key)["held_back_jobs"] = count;
   uint64_t scheduled_known = 0;
   if (delivery::QueueManager* manager = queue_manager_.load()) {
     for (const auto& [key, count] : manager->ScheduledBySite()) {

@@ -64,6 +64,7 @@
 #pragma once
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 
@@ -169,6 +170,9 @@ class AdminServer {
   absl::StatusOr<uint64_t> CountQueuedFor(std::string_view domain) const;
   Response QueueSummary();
   Response SiteList();
+  // Messages each site handed back unattempted that wait in the spool now, by site key (the
+  // queue manager's live count); empty without a queue manager.
+  std::map<std::string, uint64_t> HeldBackNow() const;
   // Of `scheduled` messages, those with no site known yet (not tried since the start).
   uint64_t NotTriedSinceStart(uint64_t scheduled) const;
   // POST /api/sites/<site>/{suspend,resume}.

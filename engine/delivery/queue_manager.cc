@@ -912,22 +912,38 @@ std::map<std::string, uint64_t> QueueManager::ScheduledBySite() const {
   return std::map<std::string, uint64_t>(owed_by_site_.begin(), owed_by_site_.end());
 }
 
+std::map<std::string, uint64_t> QueueManager::HeldBackBySite() const {
+  absl::MutexLock lock(&owed_mutex_);
+  return std::map<std::string, uint64_t>(held_back_by_site_.begin(), held_back_by_site_.end());
+}
+
 size_t QueueManager::ScheduledWithKnownSite() const {
   absl::MutexLock lock(&owed_mutex_);
   return known_site_count_;
 }
+
+namespace {
+
+// Adds `sign` (±1) to `counts[key]`, erasing a count that falls to zero.
+void AddCount(absl::flat_hash_map<std::string, uint64_t>& counts, const std::string& key,
+              int sign) {
+  uint64_t& count = counts[key];
+  if (sign > 0) {
+    ++count;
+  } else if (--count == 0) {
+    counts.erase(key);
+  }
+}
+
+}  // namespace
 
 void QueueManager::CountOwedLocked(const std::vector<OwedSite>& sites, int sign) {
   bool known = false;
   for (const OwedSite& owed : sites) {
     if (owed.site.empty()) continue;
     known = true;
-    uint64_t& count = owed_by_site_[owed.site];
-    if (sign > 0) {
-      ++count;
-    } else if (--count == 0) {
-      owed_by_site_.erase(owed.site);
-    }
+    AddCount(owed_by_site_, owed.site, sign);
+    if (owed.held_back) AddCount(held_back_by_site_, owed.site, sign);
   }
   if (known) {
     if (sign > 0) {

@@ -136,6 +136,9 @@ class QueueManager final : public ResultSink {
   std::map<std::string, uint64_t> ScheduledBySite() const;
   // How many messages ScheduledBySite() knows a site of (each counted once).
   size_t ScheduledWithKnownSite() const;
+  // Of ScheduledBySite(), the messages each site handed back unattempted (paused or
+  // throttled) and that wait in the spool now for the time it named: what FlushSite() sends.
+  std::map<std::string, uint64_t> HeldBackBySite() const;
   // Recipients whose queue lifetime runs out are counted in facteur_messages_expired_total by
   // the site and source of their last attempt, as remembered here; those never attempted since
   // the start have site="unattempted", source="none".
@@ -172,7 +175,8 @@ class QueueManager final : public ResultSink {
   // sets it (a settling, or a lease handed back unsettled); an empty `sites` erases it.
   std::vector<OwedSite> TakeOwedSites(const MessageId& id);
   void RestoreOwedSites(const MessageId& id, std::vector<OwedSite> sites);
-  // The changes of scheduled_sites_, which keep owed_by_site_ and known_site_count_ current.
+  // The changes of scheduled_sites_, which keep owed_by_site_, held_back_by_site_
+  // and known_site_count_ current.
   void EraseOwedLocked(const MessageId& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(owed_mutex_);
   void CountOwedLocked(const std::vector<OwedSite>& sites, int sign)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(owed_mutex_);
@@ -239,6 +243,7 @@ class QueueManager final : public ResultSink {
   // Kept with each change of scheduled_sites_, so that a metrics scrape costs O(sites), not
   // O(messages): messages owed by site key, and messages with any known site.
   absl::flat_hash_map<std::string, uint64_t> owed_by_site_ ABSL_GUARDED_BY(owed_mutex_);
+  absl::flat_hash_map<std::string, uint64_t> held_back_by_site_ ABSL_GUARDED_BY(owed_mutex_);
   size_t known_site_count_ ABSL_GUARDED_BY(owed_mutex_) = 0;
 
   // Persist() calls not yet committed. Shared with their spool callbacks, which may run after

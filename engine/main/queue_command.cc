@@ -35,6 +35,7 @@ constexpr char kUsage[] =
     "       facteur queue delete ID             remove a message, without a DSN\n"
     "       facteur queue suspend|resume DOMAIN  hold / release a domain's mail\n"
     "       facteur queue suspended             the domains held\n"
+    "summary's HELD-BACK: messages a paused or throttled site handed back, waiting now; the\n"
     "(not tried since start) row: scheduled mail whose site is not known yet (after a restart).\n"
     "ls, show and count read the spool whether the server runs or not; summary and the\n"
     "operations need a running server (its admin API).\n"

@@ -38,6 +38,7 @@ constexpr char kSiteUsage[] =
     "overrides, or a full site key as `site list` prints it. suspend pauses every source (or\n"
     "S alone) for the site for N minutes (default 60); resume lifts any suspension of the\n"
     "pairs, manual or not, and makes the mail the site handed back due now.\n"
+    "HELD-BACK in `site list`: messages the site handed back unattempted, waiting now.\n"
     "Needs a running server (its admin API). Common options: --config FILE, --data-dir DIR.\n";
 
 constexpr char kTopUsage[] =

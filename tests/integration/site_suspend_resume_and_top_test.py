@@ -130,6 +130,8 @@ class SiteSuspendResumeAndTopTest(harness.unittest.TestCase):
             what="three messages scheduled for sinksite, one for sinksite/vip.test")
         self.assertEqual(summary["messages"], 4)
         self.assertEqual(summary["in_flight"], 0)
+        self.assertEqual({x["site"]: x["held_back_jobs"] for x in summary["sites"]
+                          if x["held_back_jobs"]}, {"sinksite": 3, "sinksite/vip.test": 1})
         self.assertIn(b"sinksite", self.server.cli("queue", "summary").stdout)
         time.sleep(0.5)
         self.assertEqual(self.delivered(), 2)
@@ -161,6 +163,12 @@ class SiteSuspendResumeAndTopTest(harness.unittest.TestCase):
         site, pair = self.pair()
         self.assertEqual(pair["state"], "normal")
         self.assertEqual(self.sim.duplicates(), {})
+        # Held back is what waits now (nothing: all went), beside the total since the start
+        # (the column read 3 with the queue empty).
+        site = harness.wait_until(
+            lambda: (lambda s: s if s["held_back_jobs"] == 0 else None)(self.pair()[0]),
+            what="nothing held back once delivered")
+        self.assertGreaterEqual(site["held_back_since_start"], 3)
 
         # The live reputation counters, and the CLI reading them through the API.
         pairs = self.api("/api/reputation")["pairs"]

@@ -842,6 +842,9 @@ TEST_F(QueueManagerTest, HeldBackMessagesCountBySiteAndFlushSiteMakesThemDue) {
   WaitForCommits(2);
   EXPECT_THAT(manager_->ScheduledBySite(),
               ElementsAre(Pair("google/x.test", 1u), Pair("orange", 1u)));
+  // Both wait in the spool, held back: a live count, not one since the start.
+  EXPECT_THAT(manager_->HeldBackBySite(),
+              ElementsAre(Pair("google/x.test", 1u), Pair("orange", 1u)));
 
   auto flushed = RunOperation(*manager_, [&] { return manager_->FlushSite("google"); });
   ASSERT_TRUE(flushed.ok()) << flushed.status();
@@ -854,6 +857,7 @@ TEST_F(QueueManagerTest, HeldBackMessagesCountBySiteAndFlushSiteMakesThemDue) {
   ASSERT_THAT(jobs, SizeIs(1));
   EXPECT_EQ(jobs[0].domain, "x.test");
   EXPECT_THAT(manager_->ScheduledBySite(), ElementsAre(Pair("orange", 1u)));
+  EXPECT_THAT(manager_->HeldBackBySite(), ElementsAre(Pair("orange", 1u)));
 }
 
 // FlushSite sends the site's recipients now; another recipient of the same message, greylisted
@@ -882,6 +886,8 @@ TEST_F(QueueManagerTest, FlushSiteLeavesOtherRecipientsTheirOwnTime) {
   WaitForCommits(1);
   const absl::Time greylist_over = Read(id).recipients[1].retry_at;
   ASSERT_GT(greylist_over, clock_.Now() + absl::Minutes(30));
+  // Held back at one site only: the greylisted recipient waits after a real reply.
+  EXPECT_THAT(manager_->HeldBackBySite(), ElementsAre(Pair("google/x.test", 1u)));
 
   auto flushed = RunOperation(*manager_, [&] { return manager_->FlushSite("google"); });
   ASSERT_TRUE(flushed.ok()) << flushed.status();
