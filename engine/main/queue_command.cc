@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <iostream>
+#include <limits>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -25,7 +26,7 @@ namespace facteur::cli {
 namespace {
 
 constexpr char kUsage[] =
-    "usage: facteur queue ls [--limit N] [--json]\n"
+    "usage: facteur queue ls [--limit N | --all] [--json]  the first N messages (default 100)\n"
     "       facteur queue show ID [--json] [--body]\n"
     "       facteur queue count [--json]\n"
     "       facteur queue summary [--json]      due now, scheduled, in flight; by site\n"
@@ -41,9 +42,13 @@ constexpr char kUsage[] =
     "operations need a running server (its admin API).\n"
     "Common options: --config FILE, --data-dir DIR.\n";
 
+constexpr size_t kDefaultListLimit = 100;
+
 int List(queue::Store& store, const CommandLine& command_line) {
-  size_t limit = 100;
-  if (auto it = command_line.values.find("limit"); it != command_line.values.end()) {
+  size_t limit = kDefaultListLimit;
+  if (command_line.switches.count("all")) {
+    limit = std::numeric_limits<size_t>::max();
+  } else if (auto it = command_line.values.find("limit"); it != command_line.values.end()) {
     if (!absl::SimpleAtoi(it->second, &limit) || limit == 0) {
       std::cerr << "facteur queue ls: --limit needs a positive number\n";
       return kExitUsage;
@@ -51,10 +56,19 @@ int List(queue::Store& store, const CommandLine& command_line) {
   }
   absl::StatusOr<std::vector<queue::Envelope>> envelopes = queue::ListEnvelopes(store, limit);
   if (!envelopes.ok()) return ReportError("queue ls", envelopes.status());
+  // Only a full page may leave messages out: then the whole queue is counted.
+  uint64_t total = envelopes->size();
+  if (envelopes->size() >= limit) {
+    absl::StatusOr<uint64_t> count = queue::CountMessages(store);
+    if (!count.ok()) return ReportError("queue ls", count.status());
+    total = std::max<uint64_t>(*count, envelopes->size());
+  }
   if (command_line.json) {
     nlohmann::json messages = nlohmann::json::array();
     for (const queue::Envelope& e : *envelopes) messages.push_back(admin::EnvelopeSummaryJson(e));
-    std::cout << admin::DumpJson(nlohmann::json{{"messages", std::move(messages)}}) << "\n";
+    std::cout << admin::DumpJson(nlohmann::json{{"messages", std::move(messages)},
+                                                {"total", total}})
+              << "\n";
     return kExitOk;
   }
   for (const queue::Envelope& e : *envelopes) {
@@ -63,6 +77,10 @@ int List(queue::Store& store, const CommandLine& command_line) {
         "%s  %s  <%s>  %s\n", e.id.ToString(),
         absl::FormatTime("%Y-%m-%d %H:%M:%S", e.received_at, absl::UTCTimeZone()), e.sender,
         absl::StrJoin(recipients, ", "));
+  }
+  if (total > envelopes->size()) {
+    std::cout << absl::StrFormat("... %d of %d messages shown; --limit N or --all for more\n",
+                                 envelopes->size(), total);
   }
   return kExitOk;
 }
@@ -263,7 +281,7 @@ int Summary(const config::Config& config, const CommandLine& command_line) {
 int QueueMain(const std::vector<std::string>& args) {
   int exit_code = kExitOk;
   std::optional<CommandLine> command_line =
-      ParseOrExit(args, "queue", kUsage, {"limit", "domain"}, {"body"}, &exit_code);
+      ParseOrExit(args, "queue", kUsage, {"limit", "domain"}, {"body", "all"}, &exit_code);
   if (!command_line.has_value()) return exit_code;
   if (command_line->positional.empty()) {
     std::cerr << kUsage;

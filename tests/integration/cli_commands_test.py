@@ -341,11 +341,18 @@ class CliCommandsTest(harness.unittest.TestCase):
                         "listener"):
                 self.assertIn(key, entry)
             self.assertEqual(entry["attempts"], 0)
-        limited = json.loads(stopped("queue", "ls", "--json", "--limit", "2").stdout)["messages"]
-        self.assertEqual(len(limited), 2)
+        limited = json.loads(stopped("queue", "ls", "--json", "--limit", "2").stdout)
+        self.assertEqual(len(limited["messages"]), 2)
+        self.assertEqual(limited["total"], 3)
         text = stopped("queue", "ls").stdout.decode()
         for message_id in ids:
             self.assertIn(message_id, text)
+        self.assertNotIn("shown", text)
+        # A limit that leaves messages out says so (it stopped silently at 100).
+        cut = stopped("queue", "ls", "--limit", "2").stdout.decode().splitlines()
+        self.assertEqual(len(cut), 3, cut)
+        self.assertEqual(cut[-1], "... 2 of 3 messages shown; --limit N or --all for more")
+        self.assertEqual(len(stopped("queue", "ls", "--all").stdout.decode().splitlines()), 3)
         shown = json.loads(stopped("queue", "show", ids[1], "--json").stdout)
         self.assertEqual((shown["id"], shown["sender"], shown["recipients"]),
                          (ids[1], "app@asso.example", ["r1@example.com"]))
