@@ -574,14 +574,24 @@ AdminServer::Response AdminServer::AccountList() {
   auto accounts = accounts_.List();
   if (!accounts.ok()) return StatusError(accounts.status());
   Json list = Json::array();
-  for (const policy::Account& account : *accounts) list.push_back(AccountJson(account));
+  for (const policy::Account& account : *accounts) {
+    const std::optional<throttle::AccountQuotaState> quota = QuotaStateOf(account.name);
+    list.push_back(AccountJson(account, quota.has_value() ? &*quota : nullptr));
+  }
   return JsonResponse(200, Json{{"accounts", std::move(list)}});
+}
+
+std::optional<throttle::AccountQuotaState> AdminServer::QuotaStateOf(const std::string& name) {
+  policy::AccountQuotas* quotas = quotas_.load();
+  if (quotas == nullptr) return std::nullopt;
+  return quotas->table().Get(name, quotas->clock().Now());
 }
 
 AdminServer::Response AdminServer::AccountGet(const std::string& name) {
   auto account = accounts_.Get(name);
   if (!account.ok()) return StatusError(account.status());
-  return JsonResponse(200, AccountJson(*account));
+  const std::optional<throttle::AccountQuotaState> quota = QuotaStateOf(name);
+  return JsonResponse(200, AccountJson(*account, quota.has_value() ? &*quota : nullptr));
 }
 
 AdminServer::Response AdminServer::AccountCreate(std::string& body) {

@@ -65,6 +65,7 @@
 
 #include <functional>
 #include <map>
+#include <optional>
 #include <memory>
 #include <string>
 
@@ -173,6 +174,8 @@ class AdminServer {
   // Messages each site handed back unattempted that wait in the spool now, by site key (the
   // queue manager's live count); empty without a queue manager.
   std::map<std::string, uint64_t> HeldBackNow() const;
+  // The live [quota] state of account `name`; nullopt without quotas or before it sent.
+  std::optional<throttle::AccountQuotaState> QuotaStateOf(const std::string& name);
   // Of `scheduled` messages, those with no site known yet (not tried since the start).
   uint64_t NotTriedSinceStart(uint64_t scheduled) const;
   // POST /api/sites/<site>/{suspend,resume}.

@@ -72,11 +72,26 @@ nlohmann::json MessageJson(const queue::Envelope& envelope, size_t body_size) {
   return message;
 }
 
-nlohmann::json AccountJson(const policy::Account& account) {
-  return nlohmann::json{{"name", account.name},
-                        {"grants", account.grants},
-                        {"suspended", account.suspended},
-                        {"created_at", Rfc3339(account.created_at)}};
+nlohmann::json AccountJson(const policy::Account& account,
+                           const throttle::AccountQuotaState* quota) {
+  // Two suspensions hold an account: an administrator's (the account's own flag) and the
+  // [quota] rule's for unusual volume (its quota state); either lasts until `account resume`.
+  const bool by_volume = quota != nullptr && quota->suspended;
+  nlohmann::json by = nullptr;
+  if (by_volume) {
+    by = "unusual volume";
+  } else if (account.suspended) {
+    by = "administrator";
+  }
+  const nlohmann::json none;
+  return nlohmann::json{
+      {"name", account.name},
+      {"grants", account.grants},
+      {"suspended", account.suspended || by_volume},
+      {"suspended_by", std::move(by)},
+      {"suspended_at", by_volume ? nlohmann::json(Rfc3339(quota->suspended_at)) : none},
+      {"suspension_detail", by_volume ? nlohmann::json(quota->suspension_detail) : none},
+      {"created_at", Rfc3339(account.created_at)}};
 }
 
 std::string DumpJson(const nlohmann::json& value) {

@@ -12,6 +12,7 @@
 #include "engine/policy/account_store.h"
 #include "nlohmann/json.hpp"
 #include "queue/spool.h"
+#include "throttle/account_quota.h"
 #include "throttle/reputation.h"
 #include "throttle/shaping.h"
 
@@ -25,8 +26,11 @@ std::vector<std::string> PendingRecipients(const queue::Envelope& envelope);
 nlohmann::json EnvelopeSummaryJson(const queue::Envelope& envelope);
 // The summary, with every recipient (delivered and bounced ones too), plus each one's state, client, next_attempt, SMTPUTF8/8BIT, DSN fields, size.
 nlohmann::json MessageJson(const queue::Envelope& envelope, size_t body_size);
-// name, grants, suspended, created_at. Never the password hash.
-nlohmann::json AccountJson(const policy::Account& account);
+// name, grants, suspended, created_at; suspended_by ("administrator", "unusual volume" or
+// null), suspended_at and suspension_detail (of the [quota] rule's suspension in `quota`, the
+// account's stored or live quota state when known). Never the password hash.
+nlohmann::json AccountJson(const policy::Account& account,
+                           const throttle::AccountQuotaState* quota = nullptr);
 const char* RecipientStateName(queue::RecipientState state);
 std::string Rfc3339(absl::Time t);
 // `facteur reputation --json` and GET /api/reputation: {"now", "pairs":[{source, site, health,

@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -53,7 +54,8 @@ class Accounts {
   virtual absl::Status SetPassword(const std::string& name, const std::string& password) = 0;
   virtual absl::Status Grant(const std::string& name, const std::string& pattern) = 0;
   virtual absl::Status Revoke(const std::string& name, const std::string& pattern) = 0;
-  virtual absl::StatusOr<std::vector<policy::Account>> List() = 0;
+  // Every account as admin::AccountJson gives it (with its [quota] suspension).
+  virtual absl::StatusOr<nlohmann::json> List() = 0;
   // Clears a suspension (volume or manual); whether there was one.
   virtual absl::StatusOr<bool> Resume(const std::string& name) = 0;
 };
@@ -75,7 +77,16 @@ class LocalAccounts final : public Accounts {
   absl::Status Revoke(const std::string& n, const std::string& p) override {
     return accounts_->Revoke(n, p);
   }
-  absl::StatusOr<std::vector<policy::Account>> List() override { return accounts_->List(); }
+  absl::StatusOr<nlohmann::json> List() override {
+    FACTEUR_ASSIGN_OR_RETURN(std::vector<policy::Account> accounts, accounts_->List());
+    nlohmann::json items = nlohmann::json::array();
+    for (const policy::Account& account : accounts) {
+      FACTEUR_ASSIGN_OR_RETURN(std::optional<throttle::AccountQuotaState> quota,
+                               policy::ReadStoredAccountQuota(*store_, account.name));
+      items.push_back(admin::AccountJson(account, quota.has_value() ? &*quota : nullptr));
+    }
+    return items;
+  }
   absl::StatusOr<bool> Resume(const std::string& n) override {
     FACTEUR_ASSIGN_OR_RETURN(policy::Account account, accounts_->Get(n));
     FACTEUR_ASSIGN_OR_RETURN(bool resumed, policy::ResumeStoredAccount(*store_, n));
@@ -114,30 +125,13 @@ class RemoteAccounts final : public Accounts {
                 absl::StrCat("/api/accounts/", PathSegment(name), "/grants/", PathSegment(pattern)),
                 nullptr);
   }
-  absl::StatusOr<std::vector<policy::Account>> List() override {
+  absl::StatusOr<nlohmann::json> List() override {
     nlohmann::json answer;
     if (absl::Status s = Call("GET", "/api/accounts", nullptr, &answer); !s.ok()) return s;
-    std::vector<policy::Account> accounts;
     if (!answer.contains("accounts") || !answer["accounts"].is_array()) {
       return absl::DataLossError("admin API: unexpected account list");
     }
-    for (const nlohmann::json& item : answer["accounts"]) {
-      policy::Account account;
-      account.name = item.value("name", "");
-      account.suspended = item.value("suspended", false);
-      absl::Time created;
-      std::string error;
-      if (absl::ParseTime(absl::RFC3339_full, item.value("created_at", ""), &created, &error)) {
-        account.created_at = created;
-      }
-      if (item.contains("grants") && item["grants"].is_array()) {
-        for (const nlohmann::json& g : item["grants"]) {
-          if (g.is_string()) account.grants.push_back(g.get<std::string>());
-        }
-      }
-      accounts.push_back(std::move(account));
-    }
-    return accounts;
+    return answer["accounts"];
   }
   absl::StatusOr<bool> Resume(const std::string& name) override {
     nlohmann::json answer;
@@ -207,6 +201,30 @@ absl::StatusOr<std::string> ReadPassword() {
   return line;
 }
 
+// "NAME (suspended): GRANTS", and for a suspended account a second line: by whom, since when,
+// why, and how it ends.
+void PrintAccount(const nlohmann::json& account, std::ostream& out) {
+  const std::string name = account.value("name", "");
+  const bool suspended = account.value("suspended", false);
+  std::vector<std::string> grants;
+  for (const nlohmann::json& g : account.value("grants", nlohmann::json::array())) {
+    if (g.is_string()) grants.push_back(g.get<std::string>());
+  }
+  out << name << (suspended ? " (suspended)" : "") << ": "
+      << (grants.empty() ? "(may send as nobody yet)" : absl::StrJoin(grants, " ")) << "\n";
+  if (!suspended) return;
+  const nlohmann::json by = account.value("suspended_by", nlohmann::json());
+  out << "  suspended by " << (by.is_string() ? by.get<std::string>() : "administrator");
+  if (const nlohmann::json at = account.value("suspended_at", nlohmann::json()); at.is_string()) {
+    out << " since " << at.get<std::string>();
+  }
+  if (const nlohmann::json detail = account.value("suspension_detail", nlohmann::json());
+      detail.is_string() && !detail.get<std::string>().empty()) {
+    out << " (" << detail.get<std::string>() << ")";
+  }
+  out << ", until `facteur account resume " << name << "`\n";
+}
+
 }  // namespace
 
 int AccountMain(const std::vector<std::string>& args) {
@@ -249,18 +267,12 @@ int AccountMain(const std::vector<std::string>& args) {
               << (*resumed ? " resumed: it may send again" : " was not suspended") << "\n";
     return kExitOk;
   } else {
-    absl::StatusOr<std::vector<policy::Account>> list = (*accounts)->List();
+    absl::StatusOr<nlohmann::json> list = (*accounts)->List();
     if (!list.ok()) return ReportError(command, list.status());
     if (command_line->json) {
-      nlohmann::json items = nlohmann::json::array();
-      for (const policy::Account& a : *list) items.push_back(admin::AccountJson(a));
-      std::cout << admin::DumpJson(nlohmann::json{{"accounts", std::move(items)}}) << "\n";
+      std::cout << admin::DumpJson(nlohmann::json{{"accounts", *std::move(list)}}) << "\n";
     } else {
-      for (const policy::Account& a : *list) {
-        std::cout << a.name << (a.suspended ? " (suspended)" : "") << ": "
-                  << (a.grants.empty() ? "(may send as nobody yet)" : absl::StrJoin(a.grants, " "))
-                  << "\n";
-      }
+      for (const nlohmann::json& a : *list) PrintAccount(a, std::cout);
     }
     return kExitOk;
   }

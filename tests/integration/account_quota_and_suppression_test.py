@@ -144,6 +144,17 @@ class AccountQuotaAndSuppressionTest(harness.ServerTestCase):
         self.assertGreaterEqual(
             self.metric("facteur_account_quota_refusals_total", '{reason="recipients"}'), 1)
 
+    def assert_listed_as_suspended_for_volume(self):
+        listed = {a["name"]: a for a in json.loads(
+            self.server.cli("account", "list", "--json").stdout)["accounts"]}
+        self.assertTrue(listed["burst"]["suspended"], listed["burst"])
+        self.assertEqual(listed["burst"]["suspended_by"], "unusual volume")
+        self.assertIn("usual", listed["burst"]["suspension_detail"])
+        self.assertFalse(listed["steady"]["suspended"])
+        text = self.server.cli("account", "list").stdout.decode()
+        self.assertIn("burst (suspended)", text)
+        self.assertIn("until `facteur account resume burst`", text)
+
     def test_burst_suspends_the_account_until_resumed(self):
         client = self.login("burst")
         refused_at = None
@@ -175,6 +186,8 @@ class AccountQuotaAndSuppressionTest(harness.ServerTestCase):
         self.assertGreaterEqual(
             self.metric("facteur_account_quota_refusals_total", '{reason="suspended"}'), 2)
         self.assertTrue(self.admin_get("/api/accounts/burst/quota")["suspended"])
+        # `account list` says so too (it said "suspended": false), by whom and how it ends.
+        self.assert_listed_as_suspended_for_volume()
 
         # The suspension survives a restart.
         self.server.stop()
@@ -201,6 +214,7 @@ class AccountQuotaAndSuppressionTest(harness.ServerTestCase):
                 break
         self.assertEqual((code, text[:5]), (550, b"5.7.1"), text)
         self.server.stop()
+        self.assert_listed_as_suspended_for_volume()  # read from the store itself
         result = self.server.cli("account", "resume", "burst")
         self.assertIn(b"resumed", result.stdout)
         self.server.start()
