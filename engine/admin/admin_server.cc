@@ -497,6 +497,7 @@ AdminServer::Response AdminServer::QueueOperation(const std::string& operation,
   delivery::QueueManager* manager = queue_manager_.load();
   if (manager == nullptr) return Error(503, "Delivery is not running: queue operations need it.");
   absl::StatusOr<delivery::OperationResult> result;
+  std::optional<std::string> domain;
   if (!id_text.empty()) {
     auto id = MessageId::Parse(id_text);
     if (!id) return Error(400, "Not a message id (26 base32 characters).");
@@ -504,7 +505,6 @@ AdminServer::Response AdminServer::QueueOperation(const std::string& operation,
     if (operation == "bounce") result = manager->Bounce(*id);
     if (operation == "delete") result = manager->Delete(*id);
   } else {
-    std::optional<std::string> domain;
     if (!body.empty()) {
       std::optional<Json> request = ParseObject(body);
       if (!request) return Error(400, R"(Expected a JSON object {"domain": ...}.)");
@@ -538,9 +538,12 @@ AdminServer::Response AdminServer::QueueOperation(const std::string& operation,
   if (!result.ok()) return StatusError(result.status());
   // The server log keeps what the operator did to the queue (the events log keeps what
   // happened to each recipient).
-  Log(LogLevel::kInfo, "admin: queue %s %s: %d message(s), %d recipient(s), %d out for delivery",
-      operation, absl::CHexEscape(id_text.empty() ? body : id_text), result->messages,
-      result->recipients, result->in_delivery);
+  // The id and the domain were checked above: they print as they are.
+  std::string target = id_text;
+  if (target.empty()) target = domain.has_value() ? absl::StrCat("domain=", *domain) : "(all)";
+  Log(LogLevel::kInfo, "admin: queue %s %s: %d message(s), %d recipient(s)%s", operation, target,
+      result->messages, result->recipients,
+      result->in_delivery > 0 ? absl::StrCat(", ", result->in_delivery, " out for delivery") : "");
   Json answer{{"messages", result->messages},
               {"recipients", result->recipients},
               {"in_delivery", result->in_delivery}};

@@ -1175,6 +1175,8 @@ void QueueManager::ExecuteOperation(Operation& operation) {
           return matches(envelope.recipients[index]);
         });
         if (!changed) return;  // already due: the scheduler takes it
+        result.recipients += static_cast<uint64_t>(
+            std::count_if(envelope.recipients.begin(), envelope.recipients.end(), matches));
         Persist(std::move(envelope), due, queue::Durability::kSynced);
         break;
       }

@@ -65,7 +65,7 @@ struct QueueManagerOptions {
 // What the queue operations report.
 struct OperationResult {
   uint64_t messages = 0;    // messages changed
-  uint64_t recipients = 0;  // recipients changed (bounce)
+  uint64_t recipients = 0;  // recipients changed: bounced, or made due (flush, retry, resume)
   // Of `messages`, those out for delivery now: the operation applies when the attempt ends,
   // and what the attempt delivers has gone.
   uint64_t in_delivery = 0;

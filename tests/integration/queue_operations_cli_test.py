@@ -70,6 +70,10 @@ class QueueOperationsTest(harness.ServerTestCase):
         result = self.server.cli("queue", "resume", "hold.test")
         self.assertIn("1 message", result.stdout.decode())
         self.sink.wait_for(lambda: self.sink.delivered_to("s@hold.test"))
+        # The server log says it plainly (it read 'resume {\"domain\":\"hold.test\"}: 1
+        # message(s), 0 recipient(s)').
+        self.assertIn("admin: queue resume domain=hold.test: 1 message(s), 1 recipient(s)\n",
+                      self.server.log())
 
     def test_bounce_domain_sends_a_dsn(self):
         queue_id = self.submit("b@hold.test", "to be bounced")
@@ -91,6 +95,7 @@ class QueueOperationsTest(harness.ServerTestCase):
         harness.wait_until(lambda: self.attempted(queue_id), what="first attempt")
         retried = self.queue("retry", queue_id)
         self.assertEqual(retried["messages"], 1)
+        self.assertEqual(retried["recipients"], 1)
         harness.wait_until(lambda: self.show(queue_id)["attempts"] >= 2, what="second attempt")
         self.server.cli("queue", "delete", queue_id)
         harness.wait_until(lambda: queue_id not in [m["id"] for m in self.queue("ls")["messages"]],

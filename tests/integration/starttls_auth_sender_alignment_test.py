@@ -130,6 +130,12 @@ class StartTlsAuthSenderAlignmentTest(harness.ServerTestCase):
         self.assertEqual(caught.exception.smtp_code, 535)
         code, text = client.mail("alice@asso.example")  # still not authenticated
         self.assertEqual((code, text[:5]), (530, b"5.7.0"), text)
+        # Each failure is a server log line with the address and the name tried (fail2ban),
+        # never the password.
+        log = self.server.log()
+        self.assertIn("authentication failed for account 'alice' from 127.0.0.1", log)
+        self.assertIn("authentication failed for account 'nobody' from 127.0.0.1", log)
+        self.assertNotIn("not the password", log)
 
     def test_auth_login_mechanism(self):
         client = self.secured()
@@ -163,6 +169,8 @@ class StartTlsAuthSenderAlignmentTest(harness.ServerTestCase):
             self.assertEqual((code, text[:5]), (553, b"5.7.1"), (foreign, text))
             self.assertGreater(len(text), 10, "553 must say why")
             client.rset()
+            self.assertIn("sender <%s> refused (553) for account 'alice' from 127.0.0.1" % foreign,
+                          self.server.log())
 
     def test_foreign_from_header_is_553(self):
         client = self.logged_in()
@@ -173,6 +181,8 @@ class StartTlsAuthSenderAlignmentTest(harness.ServerTestCase):
         self.assertEqual(code, 250)
         code, text = client.data(message_from("Alice <alice@private.example>"))
         self.assertEqual((code, text[:5]), (553, b"5.7.1"), text)
+        self.assertIn("message refused (553) for account 'alice' from 127.0.0.1",
+                      self.server.log())
         # The session goes on: the same account may send a well-aligned message next.
         self.submit(client, "alice@asso.example", message_from("alice@asso.example"))
         after = int(self.server.cli("queue", "count").stdout)

@@ -38,7 +38,7 @@ constexpr char kBareLfText[] =
 constexpr char kLineTooLongText[] =
     "Message has a line longer than 1000 octets (RFC 5321 section 4.5.3.1.6)";
 
-// Printable ASCII only, for client-supplied text copied into headers and replies.
+// Printable ASCII only, for client-supplied text copied into headers, replies and logs.
 std::string Printable(std::string_view text, size_t max_length = 255) {
   std::string out;
   for (char c : text.substr(0, max_length)) {
@@ -342,6 +342,9 @@ void Session::HandleMail(const Command& command) {
   }
   if (account_.has_value() && arguments.sender.has_value() &&
       !policy::MaySendAs(account_->grants, *arguments.sender)) {
+    Log(LogLevel::kWarning, "%s: sender <%s> refused (553) for account '%s' from %s: not granted",
+        policy_.listener_name, Printable(arguments.sender->ToString()),
+        Printable(account_->name), ClientAddress());
     Refuse(553, "5.7.1", policy::SenderRefusal(account_->name, *arguments.sender));
     return;
   }
@@ -616,19 +619,31 @@ void Session::HandleAuthResponse(std::string_view line) {
   }
 }
 
+std::string Session::ClientAddress() const {
+  return stream_.peer().ip_text.empty() ? stream_.peer().text : stream_.peer().ip_text;
+}
+
+void Session::LogAuthFailure(std::string_view account, std::string_view why) const {
+  // One line per failure, with the bare address, for fail2ban and the like.
+  Log(LogLevel::kWarning, "%s: authentication failed for account '%s' from %s%s",
+      policy_.listener_name, Printable(account), ClientAddress(), ToAbsl(why));
+}
+
 void Session::StartAuthentication(std::string authzid, std::string account,
                                   std::string password) {
   if (!authzid.empty() && authzid != account) {
     // Acting for another identity is not something accounts may do here.
+    LogAuthFailure(account, " (asked to act as another identity)");
     host_.OnAuthFailure();
     Refuse(535, "5.7.8", "Authentication credentials invalid");
     return;
   }
   waiting_ = Waiting::kHost;
   std::weak_ptr<bool> alive = alive_;
+  std::string tried = account;  // for the log: the name, never the password
   host_.Authenticate(
       std::move(account), std::move(password),
-      [this, alive](absl::StatusOr<AuthenticatedAccount> result) {
+      [this, alive, tried = std::move(tried)](absl::StatusOr<AuthenticatedAccount> result) {
         if (alive.expired()) return;
         HostWorkDone();
         if (result.ok()) {
@@ -637,9 +652,11 @@ void Session::StartAuthentication(std::string authzid, std::string account,
         } else if (absl::IsUnavailable(result.status())) {
           Reply(454, "4.7.0", "Temporary authentication failure, try again later");
         } else if (absl::IsResourceExhausted(result.status())) {
+          LogAuthFailure(tried, " (address locked out after too many failures)");
           host_.OnAuthFailure();
           Refuse(454, "4.7.0", "Too many failed authentications from your address; try later");
         } else {
+          LogAuthFailure(tried, "");
           host_.OnAuthFailure();
           Refuse(535, "5.7.8", "Authentication credentials invalid");  // RFC 4954 §6
         }
@@ -881,6 +898,9 @@ void Session::FinishMessage() {
     return;
   }
   if (std::optional<mail::Reply> refusal = CheckMessage(section)) {
+    Log(LogLevel::kWarning, "%s: message refused (%d) for account '%s' from %s: %s",
+        policy_.listener_name, refusal->code, Printable(account_->name), ClientAddress(),
+        absl::CHexEscape(ToAbsl(refusal->text)));
     host_.OnMessageRefused();
     RefuseWith(*refusal);
     ResetTransaction();

@@ -159,6 +159,11 @@ class Session final : public io::StreamHandler {
   void HandleAuth(const mail::Command& command);
   void HandleAuthResponse(std::string_view line);
   void StartAuthentication(std::string authzid, std::string account, std::string password);
+  // The server log's line for a failed AUTH: listener, the account name tried (never the
+  // password) and the client's address; `why` adds to it.
+  void LogAuthFailure(std::string_view account, std::string_view why) const;
+  // The client's bare IP address ("192.0.2.1"), or the Unix peer's description.
+  std::string ClientAddress() const;
 
   // DATA: consumes complete lines from input_; true when the terminating "." was read.
   // Sets closed_ when the data holds a bare CR or LF (refused at once, connection closed).
