@@ -504,6 +504,8 @@ void QueueManager::Settle(InFlight& flight, std::vector<JobResult> results) {
   std::vector<std::pair<uint32_t, mail::DeliveryOutcome>> relayed;
   // With the index of its recipient, whose retry time it reports once known.
   std::vector<std::pair<uint32_t, events::Event>> deferred;
+  // The events of the recipients this attempt bounced, for BounceRecipients to write.
+  absl::flat_hash_map<uint32_t, events::Event> bounce_events;
   // When each recipient is tried again, as this attempt decided (InfiniteFuture: undecided;
   // the retry policy's schedule, or the time the recipient already waited for).
   std::vector<absl::Time> retry_at(envelope.recipients.size(), absl::InfiniteFuture());
@@ -517,6 +519,17 @@ void QueueManager::Settle(InFlight& flight, std::vector<JobResult> results) {
     if (options_.metrics != nullptr) {
       options_.metrics->attempt_seconds.Observe(absl::ToDoubleSeconds(result.elapsed));
     }
+    // The event of one recipient's outcome, with where the attempt went.
+    auto AttemptEvent = [&](events::EventType type, uint32_t index,
+                            const mail::DeliveryOutcome& outcome) {
+      events::Event event = OutcomeEvent(type, envelope, index, outcome, now);
+      event.site = result.site.empty() ? result.destination : result.site;
+      event.source_ip = result.source_ip;
+      event.tls = result.tls;
+      event.delivery_time = result.elapsed;
+      if (event.mx.empty()) event.mx = result.mx;
+      return event;
+    };
     for (size_t k = 0; k < result.recipient_indexes.size() && k < result.outcomes.size(); ++k) {
       const uint32_t index = result.recipient_indexes[k];
       if (index >= envelope.recipients.size()) continue;
@@ -550,6 +563,7 @@ void QueueManager::Settle(InFlight& flight, std::vector<JobResult> results) {
           user_unknown_(recipient.address, outcome);
         }
         bounced.emplace_back(index, outcome);
+        bounce_events.emplace(index, AttemptEvent(type, index, outcome));
         continue;  // BounceRecipients writes its event
       }
       if (type == events::EventType::kDelivery) {
@@ -578,12 +592,7 @@ void QueueManager::Settle(InFlight& flight, std::vector<JobResult> results) {
         retry_at[index] = now;
       }  // else the retry policy's schedule
       if (type != events::EventType::kDelivery) recipient.last_reply = LastReplyOf(outcome);
-      events::Event event = OutcomeEvent(type, envelope, index, outcome, now);
-      event.site = result.site.empty() ? result.destination : result.site;
-      event.source_ip = result.source_ip;
-      event.tls = result.tls;
-      event.delivery_time = result.elapsed;
-      if (event.mx.empty()) event.mx = result.mx;
+      events::Event event = AttemptEvent(type, index, outcome);
       if (type == events::EventType::kDelivery) {
         if (events_ != nullptr) events_->Record(event);
       } else {
@@ -620,7 +629,8 @@ void QueueManager::Settle(InFlight& flight, std::vector<JobResult> results) {
                    deferred.end());
   }
   std::vector<queue::NewMessage> reports;  // written with the outcome they report, or not at all
-  BounceRecipients(envelope, flight.body.get(), bounced, events::EventType::kBounce, reports);
+  BounceRecipients(envelope, flight.body.get(), bounced, events::EventType::kBounce, reports,
+                   &bounce_events);
   ReportRelayed(envelope, flight.body.get(), relayed, reports);
 
   const bool open = std::any_of(envelope.recipients.begin(), envelope.recipients.end(), [](const auto& r) {
@@ -761,7 +771,8 @@ void QueueManager::CountOutcome(events::EventType type, const JobResult& result,
 void QueueManager::BounceRecipients(
     queue::Envelope& envelope, const std::string* body,
     const std::vector<std::pair<uint32_t, mail::DeliveryOutcome>>& bounced, events::EventType type,
-    std::vector<queue::NewMessage>& reports) {
+    std::vector<queue::NewMessage>& reports,
+    const absl::flat_hash_map<uint32_t, events::Event>* attempted) {
   if (bounced.empty()) return;
   const absl::Time now = clock_.Now();
   mail::DsnReport report;
@@ -770,7 +781,14 @@ void QueueManager::BounceRecipients(
     recipient.state = queue::RecipientState::kBounced;
     recipient.last_reply.clear();  // it waits no more; its outcome is in the events log
     recipient.retry_at = absl::InfinitePast();
-    if (events_ != nullptr) events_->Record(OutcomeEvent(type, envelope, index, outcome, now));
+    if (events_ != nullptr) {
+      const events::Event* known = nullptr;
+      if (attempted != nullptr) {
+        if (auto found = attempted->find(index); found != attempted->end()) known = &found->second;
+      }
+      events_->Record(known != nullptr ? *known
+                                       : OutcomeEvent(type, envelope, index, outcome, now));
+    }
     if (!WantsFailureReport(recipient)) continue;
     report.recipients.push_back(ReportLine(recipient, outcome, mail::DsnAction::kFailed, now));
   }

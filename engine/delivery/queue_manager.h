@@ -190,10 +190,13 @@ class QueueManager final : public ResultSink {
   void CountOutcome(events::EventType type, const JobResult& result,
                     const RecipientVerdict& verdict, absl::Time received_at, absl::Time now);
   // Bounces `indexes` of `envelope` and writes their events; adds to `reports` the DSN to the
-  // sender when asked, for Persist() to write with the bounce.
+  // sender when asked, for Persist() to write with the bounce. `attempted` holds the events of
+  // recipients a remote server refused (with the attempt's site, source IP, MX), written as
+  // they are.
   void BounceRecipients(queue::Envelope& envelope, const std::string* body,
                         const std::vector<std::pair<uint32_t, mail::DeliveryOutcome>>& bounced,
-                        events::EventType type, std::vector<queue::NewMessage>& reports);
+                        events::EventType type, std::vector<queue::NewMessage>& reports,
+                        const absl::flat_hash_map<uint32_t, events::Event>* attempted = nullptr);
   // A "relayed" DSN (RFC 3464 §2.3.3) for recipients delivered with NOTIFY=SUCCESS to a server
   // without DSN (RFC 3461 §5.2.2): it will send none. Added to `reports`, as above.
   void ReportRelayed(const queue::Envelope& envelope, const std::string* body,

@@ -519,6 +519,29 @@ TEST_F(QueueManagerTest, OnlyARcptRefusalPutsTheRecipientOnTheSuppressionList) {
   EXPECT_THAT(unknown_users_, IsEmpty());
 }
 
+// A recipient a server refused is logged as a bounce with where the attempt went (site, source
+// IP, MX), as its deliveries and deferrals are.
+TEST_F(QueueManagerTest, BounceEventsNameTheSiteAndSourceOfTheAttempt) {
+  Enqueue("alice@example.org", {R("gone@y.test")});
+  manager_->RunOnce();
+  std::vector<DeliveryJob> jobs = dispatcher_.Take();
+  ASSERT_THAT(jobs, SizeIs(1));
+  JobResult result = ResultFor(jobs[0], {Outcome(550, "5.1.1", "no such user")});
+  result.site = "orange";
+  result.source_ip = "192.0.2.7";
+  manager_->OnJobDone(std::move(result));
+  manager_->RunOnce();
+  WaitForCommits(2);  // the DSN and the envelope update
+  events_->Flush();
+  std::ifstream file(dir_.Sub("events.log"));
+  std::string line, bounce;
+  while (std::getline(file, line)) {
+    if (line.find("\"type\":\"bounce\"") != std::string::npos) bounce = line;
+  }
+  EXPECT_THAT(bounce, HasSubstr("\"site\":\"orange\""));
+  EXPECT_THAT(bounce, HasSubstr("\"source_ip\":\"192.0.2.7\""));
+}
+
 TEST_F(QueueManagerTest, SettlesMixedOutcomesRetriesAndBounces) {
   const MessageId id = Enqueue("alice@example.org", {R("ok@x.test"), R("later@x.test"), R("gone@y.test")});
   manager_->RunOnce();
