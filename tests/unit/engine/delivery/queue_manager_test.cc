@@ -693,6 +693,27 @@ TEST_F(QueueManagerTest, TheLastReplyFollowsEachAttemptAndGoesOnceDelivered) {
             "mx.example.test[127.0.0.1]:25 said: 450 4.2.0 greylisted, come back");
 }
 
+// A long reply is kept to 256 bytes, marked as cut, and cut between two UTF-8 characters.
+TEST_F(QueueManagerTest, ALongLastReplyIsMarkedAsCutBetweenCharacters) {
+  const MessageId id = Enqueue("alice@example.org", {R("a@x.test")});
+  manager_->RunOnce();
+  std::vector<DeliveryJob> jobs = dispatcher_.Take();
+  ASSERT_THAT(jobs, SizeIs(1));
+  std::string text = "a";
+  for (int i = 0; i < 150; ++i) text += "\xc3\xa9";  // "é", 2 bytes each
+  manager_->OnJobDone(ResultFor(jobs[0], {Outcome(451, "4.3.0", text)}));
+  manager_->RunOnce();
+  WaitForCommits(1);
+  const std::string reply = Read(id).recipients[0].last_reply;
+  EXPECT_LE(reply.size(), 256u);
+  EXPECT_THAT(reply, ::testing::EndsWith(" [cut]"));
+  const std::string kept = reply.substr(0, reply.size() - 6);
+  // "mx.example.test[127.0.0.1]:25 said: 451 4.3.0 a" is 47 bytes: an odd number of bytes is
+  // left for the "é"s, so a plain cut at the bound would split one.
+  EXPECT_THAT(kept, ::testing::EndsWith("\xc3\xa9"));
+  EXPECT_THAT(kept, HasSubstr("said: 451 4.3.0 a\xc3\xa9"));
+}
+
 // NOTIFY=SUCCESS (RFC 3461 §5.2.2): a server that offers DSN was given NOTIFY and reports
 // success itself; one that does not gets the message, and the sender a "relayed" DSN from us.
 TEST_F(QueueManagerTest, SuccessIsReportedAsRelayedWhereTheNextServerHasNoDsn) {
