@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -69,6 +70,14 @@ SiteMatcher::SiteMatcher(const ShapingOptions& options) : options_(options) {
 const SiteOptions* SiteMatcher::SiteByName(std::string_view name) const {
   auto found = names_.find(AsAbsl(name));
   return found == names_.end() ? nullptr : &options_.sites[found->second];
+}
+
+const SiteOptions* SiteMatcher::SiteByNameIgnoringCase(std::string_view name) const {
+  if (const SiteOptions* exact = SiteByName(name)) return exact;
+  for (const SiteOptions& site : options_.sites) {
+    if (absl::EqualsIgnoreCase(AsAbsl(site.name), AsAbsl(name))) return &site;
+  }
+  return nullptr;
 }
 
 uint32_t SiteMatcher::SiteIndexOfHost(std::string_view host) const {

@@ -55,6 +55,9 @@ class SiteMatcher {
 
   // The site named `name`, or nullptr.
   const SiteOptions* SiteByName(std::string_view name) const;
+  // The site named `name` in any case ("Google" finds "google"), or nullptr: for names an
+  // operator types.
+  const SiteOptions* SiteByNameIgnoringCase(std::string_view name) const;
 
  private:
   // The index in options_.sites of the first site matching `host` (lower case, no trailing

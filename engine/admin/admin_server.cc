@@ -955,7 +955,7 @@ AdminServer::Response AdminServer::SiteOperation(const std::string& site, const 
     return Error(503, absl::StrCat("The ", action, " holds now, but it could not be written to "
                                    "the spool (see the server log): a restart would undo it."));
   }
-  Json answer{{"sites", result->sites}, {"pairs", result->pairs}};
+  Json answer{{"site", result->site}, {"sites", result->sites}, {"pairs", result->pairs}};
   if (action == "suspend") {
     answer["until"] = Rfc3339(request.until);
     return JsonResponse(200, answer);
@@ -963,7 +963,7 @@ AdminServer::Response AdminServer::SiteOperation(const std::string& site, const 
   // What the paused site handed back waits in the spool for the end of the pause: due now.
   uint64_t messages = 0;
   if (delivery::QueueManager* manager = queue_manager_.load()) {
-    absl::StatusOr<delivery::OperationResult> flushed = manager->FlushSite(site);
+    absl::StatusOr<delivery::OperationResult> flushed = manager->FlushSite(result->site);
     if (!flushed.ok()) return StatusError(flushed.status());
     messages = flushed->messages;
   }

@@ -1728,6 +1728,17 @@ std::vector<SiteSnapshot> ShardDelivery::Sites() const {
   return sites;
 }
 
+std::string ShardDelivery::CanonicalSiteName(std::string_view name) const {
+  for (const auto& [key, site] : sites_) {
+    if (absl::EqualsIgnoreCase(ToAbsl(key), ToAbsl(name))) return key;
+    if (site->site != nullptr && absl::EqualsIgnoreCase(ToAbsl(site->name()), ToAbsl(name))) {
+      return std::string(site->name());
+    }
+  }
+  const throttle::SiteOptions* shipped = shaping_->matcher().SiteByNameIgnoringCase(name);
+  return shipped == nullptr ? std::string() : shipped->name;
+}
+
 SiteSuspensionResult ShardDelivery::Suspend(const SiteSuspension& request, bool create) {
   SiteSuspensionResult result;
   if (shutting_down_) return result;
@@ -1984,9 +1995,21 @@ absl::StatusOr<std::vector<SiteSnapshot>> SiteControl::Sites(absl::Duration time
   return sites;
 }
 
-absl::StatusOr<SiteSuspensionResult> SiteControl::Suspend(const SiteSuspension& request,
+absl::StatusOr<SiteSuspensionResult> SiteControl::Suspend(const SiteSuspension& asked_for,
                                                           absl::Duration timeout) const {
-  if (request.site.empty()) return absl::InvalidArgumentError("no site named");
+  if (asked_for.site.empty()) return absl::InvalidArgumentError("no site named");
+  // The site as the server spells it, before any shard matches it (or hashes it to its owner).
+  absl::StatusOr<std::vector<std::string>> spellings = AskShards<std::string>(
+      shards_, [name = asked_for.site](ShardDelivery& shard) {
+        return shard.CanonicalSiteName(name);
+      }, timeout);
+  if (!spellings.ok()) return spellings.status();
+  SiteSuspension request = asked_for;
+  for (const std::string& spelling : *spellings) {
+    if (spelling.empty()) continue;
+    request.site = spelling;
+    if (spelling == asked_for.site) break;  // the name as typed wins over another spelling
+  }
   for (bool create : {false, true}) {
     std::vector<ShardHandle> asked = shards_;
     if (create) {
@@ -2008,6 +2031,7 @@ absl::StatusOr<SiteSuspensionResult> SiteControl::Suspend(const SiteSuspension& 
       result.unknown_source = result.unknown_source || answer.unknown_source;
     }
     if (result.sites.empty()) continue;
+    result.site = request.site;
     std::sort(result.sites.begin(), result.sites.end());
     if (result.unknown_source && result.pairs == 0) {
       return absl::InvalidArgumentError(

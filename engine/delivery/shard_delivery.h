@@ -147,6 +147,7 @@ struct SiteSuspension {
   absl::Time until = absl::InfinitePast();
 };
 struct SiteSuspensionResult {
+  std::string site;                // the site asked for, as the server spells it ("google")
   std::vector<std::string> sites;  // keys of the sites matched
   uint32_t pairs = 0;              // pairs whose state changed
   bool unknown_source = false;     // `source` is not one of the site's pool
@@ -191,6 +192,9 @@ class ShardDelivery {
   // writes a "suspension" event per pair changed. With `create`, a shipped site this shard
   // does not hold yet is created (mail for it then finds it paused).
   SiteSuspensionResult Suspend(const SiteSuspension& request, bool create);
+  // `name` as this shard spells it, whatever its case: a key of a site it holds, or a site's
+  // (shipped) name; "" when it knows none.
+  std::string CanonicalSiteName(std::string_view name) const;
   // The pauses of before a restart that are still running (given to every shard): the shard
   // that owns a pause's site creates the site if need be and pauses the pair (or every source)
   // as it was, so that Sites() lists it as before the restart; every shard remembers an
@@ -508,7 +512,7 @@ class SiteControl {
   // Every shard's sites, sorted by key. Unavailable when a shard did not answer in time.
   absl::StatusOr<std::vector<SiteSnapshot>> Sites(absl::Duration timeout) const;
   // NotFound when no shard knows the site and it is no shipped site name; InvalidArgument for
-  // a source not in the site's pool.
+  // a source not in the site's pool. The site's name may be typed in any case.
   absl::StatusOr<SiteSuspensionResult> Suspend(const SiteSuspension& request,
                                                absl::Duration timeout) const;
   // ShardDelivery::RestorePauses on every shard; how many pauses were applied.

@@ -35,9 +35,9 @@ constexpr char kSiteUsage[] =
     "       facteur site suspend SITE [--source S] [--minutes N]\n"
     "       facteur site resume SITE [--source S]\n"
     "SITE is a shipped site name (google, outlook, orange, ...), which also covers its domain\n"
-    "overrides, or a full site key as `site list` prints it. suspend pauses every source (or\n"
-    "S alone) for the site for N minutes (default 60); resume lifts any suspension of the\n"
-    "pairs, manual or not, and makes the mail the site handed back due now.\n"
+    "overrides, or a full site key as `site list` prints it; in any case (Google). suspend\n"
+    "pauses every source (or S alone) for the site for N minutes (default 60); resume lifts any\n"
+    "suspension of the pairs, manual or not, and makes the mail the site handed back due now.\n"
     "HELD-BACK in `site list`: messages the site handed back unattempted, waiting now.\n"
     "Needs a running server (its admin API). Common options: --config FILE, --data-dir DIR.\n";
 

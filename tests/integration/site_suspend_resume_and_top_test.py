@@ -103,8 +103,10 @@ class SiteSuspendResumeAndTopTest(harness.unittest.TestCase):
         self.assertIsNone(pair["suspended_by"])
         self.assertIn(b"sinksite", self.server.cli("site", "list").stdout)
 
-        # Suspended by hand: nothing more reaches the site.
-        answer = self.cli_json("site", "suspend", "sinksite", "--minutes", "30")
+        # Suspended by hand: nothing more reaches the site. Its name is taken in any case (it
+        # was refused), and the answer spells it as the server does.
+        answer = self.cli_json("site", "suspend", "SinkSite", "--minutes", "30")
+        self.assertEqual(answer["site"], "sinksite")
         self.assertEqual(answer["sites"], ["sinksite"])
         self.assertGreaterEqual(answer["pairs"], 1)
         site, pair = self.pair()

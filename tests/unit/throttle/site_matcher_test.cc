@@ -239,5 +239,15 @@ TEST(SiteMatcherTest, SiteByName) {
   EXPECT_EQ(matcher.SiteByName("nope"), nullptr);
 }
 
+// What an operator types (`site suspend Apple`) finds the site whatever its case.
+TEST(SiteMatcherTest, SiteByNameIgnoringCase) {
+  const ShapingOptions options = Providers();
+  const SiteMatcher matcher(options);
+  EXPECT_EQ(matcher.SiteByNameIgnoringCase("Apple"), &options.sites[4]);
+  EXPECT_EQ(matcher.SiteByNameIgnoringCase("APPLE"), &options.sites[4]);
+  EXPECT_EQ(matcher.SiteByNameIgnoringCase("apple"), &options.sites[4]);
+  EXPECT_EQ(matcher.SiteByNameIgnoringCase("nope"), nullptr);
+}
+
 }  // namespace
 }  // namespace facteur::throttle
