@@ -25,6 +25,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "engine/admin/json.h"
@@ -956,8 +957,13 @@ AdminServer::Response AdminServer::SiteOperation(const std::string& site, const 
                                    "the spool (see the server log): a restart would undo it."));
   }
   Json answer{{"site", result->site}, {"sites", result->sites}, {"pairs", result->pairs}};
+  const std::string sources =
+      request.source.empty() ? "every source"
+                             : absl::StrCat("source ", absl::CHexEscape(request.source));
   if (action == "suspend") {
     answer["until"] = Rfc3339(request.until);
+    Log(LogLevel::kInfo, "admin: site suspend %s (%s) until %s: %d pair(s) of %s", result->site,
+        sources, Rfc3339(request.until), result->pairs, absl::StrJoin(result->sites, ", "));
     return JsonResponse(200, answer);
   }
   // What the paused site handed back waits in the spool for the end of the pause: due now.
@@ -968,6 +974,8 @@ AdminServer::Response AdminServer::SiteOperation(const std::string& site, const 
     messages = flushed->messages;
   }
   answer["messages"] = messages;
+  Log(LogLevel::kInfo, "admin: site resume %s (%s): %d pair(s) of %s, %d message(s) due now",
+      result->site, sources, result->pairs, absl::StrJoin(result->sites, ", "), messages);
   return JsonResponse(200, answer);
 }
 

@@ -104,10 +104,11 @@ class SiteSuspendResumeAndTopTest(harness.unittest.TestCase):
         self.assertIn(b"sinksite", self.server.cli("site", "list").stdout)
 
         # Suspended by hand: nothing more reaches the site. Its name is taken in any case (it
-        # was refused), and the answer spells it as the server does.
+        # was refused), and the answer and the log spell it as the server does.
         answer = self.cli_json("site", "suspend", "SinkSite", "--minutes", "30")
         self.assertEqual(answer["site"], "sinksite")
         self.assertEqual(answer["sites"], ["sinksite"])
+        self.assertIn("admin: site suspend sinksite (every source) until ", self.server.log())
         self.assertGreaterEqual(answer["pairs"], 1)
         site, pair = self.pair()
         self.assertEqual(pair["state"], "suspended")
@@ -165,6 +166,7 @@ class SiteSuspendResumeAndTopTest(harness.unittest.TestCase):
         site, pair = self.pair()
         self.assertEqual(pair["state"], "normal")
         self.assertEqual(self.sim.duplicates(), {})
+        self.assertIn("admin: site resume sinksite (every source): ", self.server.log())
         # Held back is what waits now (nothing: all went), beside the total since the start
         # (the column read 3 with the queue empty).
         site = harness.wait_until(
