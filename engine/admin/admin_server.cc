@@ -967,13 +967,19 @@ AdminServer::Response AdminServer::SiteOperation(const std::string& site, const 
     return JsonResponse(200, answer);
   }
   // What the paused site handed back waits in the spool for the end of the pause: due now.
-  uint64_t messages = 0;
+  // Mail not tried since the start (a restart) has no known site: its time stays, and the
+  // operator is told how many such messages wait (`queue flush DOMAIN` sends them).
+  uint64_t messages = 0, unattempted = 0;
   if (delivery::QueueManager* manager = queue_manager_.load()) {
     absl::StatusOr<delivery::OperationResult> flushed = manager->FlushSite(result->site);
     if (!flushed.ok()) return StatusError(flushed.status());
     messages = flushed->messages;
+    if (access->spool != nullptr) {
+      unattempted = NotTriedSinceStart(access->spool->Counts(access->clock->Now()).scheduled);
+    }
   }
   answer["messages"] = messages;
+  answer["unattempted"] = unattempted;
   Log(LogLevel::kInfo, "admin: site resume %s (%s): %d pair(s) of %s, %d message(s) due now",
       result->site, sources, result->pairs, absl::StrJoin(result->sites, ", "), messages);
   return JsonResponse(200, answer);

@@ -37,7 +37,8 @@ constexpr char kSiteUsage[] =
     "SITE is a shipped site name (google, outlook, orange, ...), which also covers its domain\n"
     "overrides, or a full site key as `site list` prints it; in any case (Google). suspend\n"
     "pauses every source (or S alone) for the site for N minutes (default 60); resume lifts any\n"
-    "suspension of the pairs, manual or not, and makes the mail the site handed back due now.\n"
+    "suspension of the pairs, manual or not, and makes the mail the site handed back due now\n"
+    "(mail queued before a restart keeps its time: `facteur queue flush DOMAIN` sends it).\n"
     "HELD-BACK in `site list`: messages the site handed back unattempted, waiting now.\n"
     "Needs a running server (its admin API). Common options: --config FILE, --data-dir DIR.\n";
 
@@ -185,6 +186,16 @@ int SuspendOrResume(const AdminEndpoint& admin, const CommandLine& command_line)
     std::cout << "; " << answer->value("messages", 0) << " message(s) due now";
   }
   std::cout << "\n";
+  const uint64_t unattempted = answer->value("unattempted", uint64_t{0});
+  if (verb == "resume" && (answer->value("messages", 0) == 0 || unattempted > 0)) {
+    // What the site handed back before a restart, or what waits after a real reply, keeps its
+    // time: only a flush of its domains sends it now.
+    std::cout << "mail waiting for a retry time keeps it";
+    if (unattempted > 0) {
+      std::cout << " (" << unattempted << " message(s) not tried since the server started)";
+    }
+    std::cout << ": `facteur queue flush DOMAIN` sends it now\n";
+  }
   return kExitOk;
 }
 

@@ -171,8 +171,12 @@ class SuspensionsSurviveARestartTest(unittest.TestCase):
         self.sim.wait_for(lambda: self.sim.delivered["held1@hold.test"] and
                           self.sim.delivered["held2@hold.test"], timeout=20)
         self.assertEqual(self.suspended_domains(), [])
-        self.server.cli("site", "resume", "pausesite")
+        resumed = self.server.cli("site", "resume", "pausesite").stdout.decode()
         self.sim.wait_for(lambda: self.sim.delivered["paused2@pause.test"], timeout=20)
+        # What waits since before the restart is not the site's to send: the answer says which
+        # command does.
+        self.assertIn("not tried since the server started", resumed)
+        self.assertIn("`facteur queue flush DOMAIN` sends it now", resumed)
         # A message the paused site handed back to the spool before the restart waits for the
         # time it was given (the pause's end): which site held it back is known only in memory
         # (QueueManager::FlushSite), so `site resume` cannot find it after a restart. A flush of
