@@ -41,6 +41,17 @@ constexpr std::string_view ResponseClassName(ResponseClass c) {
   return kResponseClassNames[static_cast<size_t>(c)];
 }
 
+// Classes whose permanent (5xx) reply does not end the recipient, who is kept and tried again:
+// replies about our IP or our pace (greylist, rate limit, too many connections, blocklist), a
+// full mailbox its owner may empty within the queue's lifetime (DESIGN.md §5), and replies a
+// classifier rule calls transient whatever their code (Gmail's "550 5.2.1 ... receiving mail
+// too quickly"). Such a reply is no final answer either: warmup caps count final answers.
+constexpr bool KeepsRecipient(ResponseClass c) {
+  return c == ResponseClass::kGreylist || c == ResponseClass::kRateLimit ||
+         c == ResponseClass::kTooManyConnections || c == ResponseClass::kBlocklist ||
+         c == ResponseClass::kMailboxFull || c == ResponseClass::kOtherTransient;
+}
+
 constexpr std::optional<ResponseClass> ParseResponseClass(std::string_view name) {
   for (size_t i = 0; i < kResponseClassCount; ++i) {
     if (kResponseClassNames[i] == name) return static_cast<ResponseClass>(i);

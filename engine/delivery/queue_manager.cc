@@ -135,20 +135,6 @@ events::Event OutcomeEvent(events::EventType type, const queue::Envelope& envelo
   return event;
 }
 
-// Classes whose replies are about our IP or our pace, or that a classifier rule calls
-// transient whatever the code (Gmail's "550 5.2.1 ... receiving mail too quickly"): a 5xx of
-// theirs does not bounce. A full mailbox is retried on the schedule even when refused with a
-// 5xx (Orange's "552 ... Boite du destinataire pleine", GMX's "552 ... exceeded storage
-// allocation"): its owner may make room within the queue's lifetime (DESIGN.md §5,
-// providers.md §4.4); it bounces when that ends. A mailbox full for good is classed inactive.
-bool KeepsRecipient(throttle::ResponseClass c) {
-  return c == throttle::ResponseClass::kGreylist || c == throttle::ResponseClass::kRateLimit ||
-         c == throttle::ResponseClass::kTooManyConnections ||
-         c == throttle::ResponseClass::kBlocklist ||
-         c == throttle::ResponseClass::kMailboxFull ||
-         c == throttle::ResponseClass::kOtherTransient;
-}
-
 // Replies the (source, site) throttle acts on: the pacing, not the retry schedule, decides when
 // the recipient goes again.
 bool PacedBySite(throttle::ResponseClass c) {
@@ -553,7 +539,7 @@ void QueueManager::Settle(InFlight& flight, std::vector<JobResult> results) {
       // Throttling and blocklisting concern the sender's IP, not the recipient: even in a 5xx
       // ("550 5.2.1 ... receiving mail too quickly", "550 5.7.1 ... blocked using ...") the
       // recipient is kept and tried again, later or from another source (DESIGN.md §5).
-      const bool held = outcome.permanent() && KeepsRecipient(verdict.response_class);
+      const bool held = outcome.permanent() && throttle::KeepsRecipient(verdict.response_class);
       events::EventType type = outcome.delivered()               ? events::EventType::kDelivery
                                : (outcome.permanent() && !held) ? events::EventType::kBounce
                                                                  : events::EventType::kTransientFailure;

@@ -1340,7 +1340,11 @@ std::vector<RecipientVerdict> ShardDelivery::Judge(
     // A failure of our own side (timeout, lost connection) says nothing of the site's mood.
     if (outcome.local) continue;
     if (context_.reputation != nullptr) {
-      context_.reputation->Record(source, site.key, c.response_class, outcome.permanent(), now);
+      // A 5xx that keeps the recipient (a full mailbox, a rate limit) is no final answer: the
+      // recipient is tried again, and a warmup cap must not count it at every try.
+      const bool final_refusal =
+          outcome.permanent() && !throttle::KeepsRecipient(c.response_class);
+      context_.reputation->Record(source, site.key, c.response_class, final_refusal, now);
     }
     if (c.response_class == throttle::ResponseClass::kSuccess) {
       delivered = true;

@@ -63,9 +63,10 @@ constexpr char kUsage[] =
     "header fields are folded at their white space; a body (HTML on one line) is re-encoded,\n"
     "text in quoted-printable, binary and other types in base64 (base64 is cut again at 76\n"
     "columns), each part of a multipart on its own.\n"
-    "Exit status: 0 once queued, for every recipient or for some (those refused are named on\n"
-    "standard error: a caller that retried would send the message twice to the others); 75\n"
-    "(EX_TEMPFAIL) when the server is unreachable or answers 4xx; 69 (EX_UNAVAILABLE) when it\n"
+    "Exit status: 0 once queued, for every recipient, or for some when the others were refused\n"
+    "for good (5xx: named on standard error; a caller that retried would send the message twice\n"
+    "to the rest); 75 (EX_TEMPFAIL) when the server is unreachable or answers 4xx (standard\n"
+    "error says when some recipients have the message already); 69 (EX_UNAVAILABLE) when it\n"
     "refuses the message; 64 (EX_USAGE); 65 (EX_DATAERR)\n"
     "when -t finds a To:, Cc: or Bcc: field it cannot read, or a line too long remains (a\n"
     "field with no white space, an attached message, a signed part); 66 (EX_NOINPUT).\n";
@@ -583,15 +584,16 @@ int SendmailMain(const std::vector<std::string>& args, const SendmailContext& co
   const std::string data = absl::StrCat(DotStuff(message), ".\r\n");
   size_t accepted = 0;
   int worst = 0;
-  // Queued for some already: the message is in the queue, and a caller that reads a non-zero
-  // status as "not sent" submits it again, to those recipients a second time (PHP's mail()
-  // returns false and scripts retry). So the status is 0 once any recipient has it; the others,
-  // and why, are on standard error.
+  // Queued for some already. When the others were refused for good, the status is 0: the
+  // message is in the queue, a retry could not reach them, and a caller that reads a non-zero
+  // status as "not sent" would submit it again, to those queued a second time (PHP's mail()
+  // returns false and scripts retry). A transient failure keeps its 75, since those recipients
+  // might be reached later; the count tells what a retry of the whole message would repeat.
   auto partial = [&](int code) {
     if (accepted == 0) return code;
     std::cerr << "facteur sendmail: queued for " << accepted << " of " << recipients.size()
               << " recipients; not for the others (see above)\n";
-    return 0;
+    return code == EX_UNAVAILABLE ? 0 : code;
   };
   std::vector<std::string> remaining = recipients;
   bool greeted = false;

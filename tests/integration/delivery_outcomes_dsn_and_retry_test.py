@@ -199,5 +199,45 @@ class DeliveryOutcomesTest(unittest.TestCase):
         self.assertEqual(len(sessions[0].transactions), 2)
 
 
+
+class AFullMailboxIsKeptTest(unittest.TestCase):
+    """A full mailbox refused with a 5xx ("552 5.2.2 Mailbox full") keeps its recipient for the
+    schedule's next try (DESIGN.md §5): no DSN, and in the pair's reputation a deferral, not a
+    bounce nor a final answer (a warmup cap counts final answers, and would count the recipient
+    at every try)."""
+
+    def setUp(self):
+        self.sink = SmtpTestServer(rcpt_replies={
+            "full@dest.test": "552 5.2.2 <full@dest.test>: Mailbox full",
+        }).start()
+        self.addCleanup(self.sink.stop)
+        self.server = harness.Facteur(extra="\n".join([
+            "[delivery]",
+            "[[source]]", 'name = "out1"', 'address = "127.0.0.5"',
+            "[[route]]", 'domain = "dest.test"',
+            'destination = "[127.0.0.1]:%d"' % self.sink.port, 'tls = "none"',
+        ]))
+        self.addCleanup(self.server.cleanup)
+        self.server.start()
+
+    def test_kept_for_the_next_try_and_no_final_answer(self):
+        with self.server.smtp() as client:
+            client.sendmail("app@asso.example", ["full@dest.test", "ok@dest.test"],
+                            harness.simple_message(to="ok@dest.test"))
+
+        def counted():
+            pairs = json.loads(self.server.cli("reputation", "--json").stdout)["pairs"]
+            day = pairs[0]["today"] if pairs else {}
+            return day if day.get("delivered") == 1 and day.get("deferred") == 1 else None
+
+        today = harness.wait_until(counted, timeout=30, what="both replies in the reputation")
+        self.assertEqual(today["deferred_by_class"], {"mailbox_full": 1})
+        self.assertEqual(today["bounced"], 0)
+        self.assertEqual(today["final_answers"], 1)  # the delivery only
+        listed = json.loads(self.server.cli("queue", "ls", "--json").stdout)["messages"]
+        # The message waits for its next try, and no DSN was queued beside it.
+        self.assertEqual([m["recipients"] for m in listed], [["full@dest.test"]])
+
+
 if __name__ == "__main__":
     harness.main()
