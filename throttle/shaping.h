@@ -46,7 +46,7 @@ struct ClassAction {
   // Keep the cut rate and the connection cap for this long after the reply, the pause
   // included, before deliveries start to bring them back (0: from the first delivery after the
   // pause). Microsoft's throttling wants 1 connection at 1 message a minute for 90 minutes, not
-  // a climb back within a few deliveries (providers.md §2, §6). Default: 0.
+  // a climb back within a few deliveries (providers.md §1.3, §6). Default: 0.
   absl::Duration hold = absl::ZeroDuration();
   // Pause only this source and prefer another healthy source of the pool (blocklist).
   // Default: false.

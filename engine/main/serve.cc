@@ -732,8 +732,8 @@ class Relay {
   // One line naming what a restart kept suspended, so that an operator who forgot a hold or a
   // pause sees it: "restored 2 domain holds (a.example, b.example), 1 site pause (gmail/out1
   // until 2026-12-06T13:20Z, blocklist)". Pauses of every source of a site read "gmail/*"; a
-  // back-off kept with a pause, or after it, adds its rate, connections and hold
-  // ("outlook/out1 backing off, 6.0/min, 1 connection held until ...").
+  // back-off kept with a pause, or after it, adds its rate, connections, hold and ceiling
+  // ("1 back-off (outlook/out1, 6.0/min, 1 connection held until ...)").
   static void LogRestoredSuspensions(const std::vector<std::string>& domains,
                                      const queue::PairPauseLoad& pauses, absl::Time now) {
     std::vector<std::string> parts;
@@ -743,20 +743,19 @@ class Relay {
                                    absl::StrJoin(domains, ", "), ")"));
     }
     if (!pauses.running.empty()) {
-      std::vector<std::string> named;
+      std::vector<std::string> paused;
+      std::vector<std::string> backing_off;  // their pause over, what it left not
       auto minute = [](absl::Time t) {
         return absl::FormatTime("%Y-%m-%dT%H:%MZ", t, absl::UTCTimeZone());
       };
       for (const throttle::PairPause& pause : pauses.running) {
-        const std::string_view cause = pause.manual || !pause.cause.has_value()
-                                           ? "manual"
-                                           : throttle::ResponseClassName(*pause.cause);
         std::string text = absl::StrCat(pause.site, "/",
                                         pause.source.empty() ? "*" : pause.source);
         if (pause.until > now) {
-          absl::StrAppend(&text, " until ", minute(pause.until), ", ", ToAbsl(cause));
-        } else {
-          text += " backing off";  // the pause is over; what it left is not
+          absl::StrAppend(&text, " until ", minute(pause.until), ", ",
+                          pause.manual || !pause.cause.has_value()
+                              ? "manual"
+                              : ToAbsl(throttle::ResponseClassName(*pause.cause)));
         }
         // What the reply left besides the pause: the pair does not resume at full speed.
         if (const std::optional<throttle::PairBackoff>& b = pause.backoff; b.has_value()) {
@@ -766,12 +765,21 @@ class Relay {
                             b->connections == 1 ? "" : "s");
           }
           if (b->hold_until > now) absl::StrAppend(&text, " held until ", minute(b->hold_until));
+          if (b->ceiling_until > now) {
+            absl::StrAppend(&text, ", at most ", absl::StrFormat("%.1f", b->ceiling),
+                            "/min until ", minute(b->ceiling_until));
+          }
         }
-        named.push_back(std::move(text));
+        (pause.until > now ? paused : backing_off).push_back(std::move(text));
       }
-      parts.push_back(absl::StrCat(parts.empty() ? "restored " : "", pauses.running.size(),
-                                   " site pause", pauses.running.size() == 1 ? "" : "s", " (",
-                                   absl::StrJoin(named, "; "), ")"));
+      auto counted = [&](const std::vector<std::string>& named, std::string_view what) {
+        if (named.empty()) return;
+        parts.push_back(absl::StrCat(parts.empty() ? "restored " : "", named.size(), " ",
+                                     ToAbsl(what), named.size() == 1 ? "" : "s", " (",
+                                     absl::StrJoin(named, "; "), ")"));
+      };
+      counted(paused, "site pause");
+      counted(backing_off, "back-off");
     }
     if (pauses.expired > 0) {
       parts.push_back(absl::StrCat(pauses.expired, " site pause",

@@ -301,7 +301,7 @@ TEST(PairThrottleTest, ConnectionsComeBackWhileTheRateStaysAtALearnedCeiling) {
   EXPECT_EQ(pair.state(now), PairState::kBackoff);  // the rate is still under its nominal
 }
 
-// Microsoft's throttling (providers.md §2, §6): one connection at a tenth of the rate for
+// Microsoft's throttling (providers.md §1.3, §6): one connection at a tenth of the rate for
 // 90 minutes after the reply, whatever is delivered meanwhile; recovery on success after that.
 TEST(PairThrottleTest, AHoldKeepsTheCutAndTheCapUntilItEnds) {
   PairOptions options = Options(Limits(60, 5));

@@ -124,7 +124,7 @@ TEST(ShippedShapingTest, ProviderLimitsFromTheResearch) {
   EXPECT_EQ(ActionOf(options, *orange, ResponseClass::kTooManyConnections).hold, absl::Hours(1));
   EXPECT_EQ(ActionOf(options, *orange, ResponseClass::kRateLimit).suspend, absl::Hours(2));
 
-  // Microsoft: 1 connection, a tenth of the rate, for 90 minutes (providers.md §2, §6).
+  // Microsoft: 1 connection, a tenth of the rate, for 90 minutes (providers.md §1.3, §6).
   for (const char* name : {"outlook", "office365"}) {
     const SiteOptions* microsoft = FindSite(options, name);
     ASSERT_NE(microsoft, nullptr) << name;
@@ -139,7 +139,7 @@ TEST(ShippedShapingTest, ProviderLimitsFromTheResearch) {
   const SiteOptions* yahoo = FindSite(options, "yahoo");
   ASSERT_NE(yahoo, nullptr);
   EXPECT_EQ(yahoo->limits.max_messages_per_connection, 20u);
-  // TS01 after 4 h in Yahoo's own help, TSS05 4 h (providers.md §2).
+  // TS01 after 4 h in Yahoo's own help, TSS05 4 h (providers.md §1.2).
   EXPECT_EQ(ActionOf(options, *yahoo, ResponseClass::kRateLimit).suspend, absl::Hours(4));
 
   const SiteOptions* apple = FindSite(options, "apple");
