@@ -66,9 +66,7 @@ std::string LastReplyOf(const mail::DeliveryOutcome& outcome) {
     // Marked as cut, within the bound, and never inside a UTF-8 sequence (a server's text may
     // be UTF-8): back to the lead byte of the first character that does not fit.
     constexpr std::string_view kCut = " [cut]";
-    size_t keep = kMaxLastReply - kCut.size();
-    while (keep > 0 && (static_cast<unsigned char>(line[keep]) & 0xC0) == 0x80) --keep;
-    line.resize(keep);
+    line.resize(mail::Utf8CutAtOrBefore(line, kMaxLastReply - kCut.size()));
     line += kCut;
   }
   return line;

@@ -131,8 +131,7 @@ void AppendField(std::string* out, std::string_view name, std::string_view value
       line = 0;
     }
     while (line + segment.size() > kMaxLineOctets) {
-      size_t take = kMaxLineOctets - line;
-      while (take > 1 && (static_cast<unsigned char>(segment[take]) & 0xC0) == 0x80) --take;
+      const size_t take = Utf8CutAtOrBefore(segment, kMaxLineOctets - line, 1);
       out->append(segment.substr(0, take));
       out->append("\r\n ");
       line = 1;
@@ -166,8 +165,7 @@ void AppendWrapped(std::string* out, std::string_view text, size_t indent) {
     if (line.size() > indent && line.size() + 1 + word.size() > kTextColumn) flush();
     if (line.size() > indent) line += ' ';
     while (line.size() + word.size() > kMaxLineOctets) {
-      size_t take = kMaxLineOctets - line.size();
-      while (take > 1 && (static_cast<unsigned char>(word[take]) & 0xC0) == 0x80) --take;
+      const size_t take = Utf8CutAtOrBefore(word, kMaxLineOctets - line.size(), 1);
       line.append(word.substr(0, take));
       word.remove_prefix(take);
       flush();
@@ -311,8 +309,7 @@ std::string CutLongLines(std::string_view s) {
     std::string_view line = s.substr(start, end - start);
     size_t budget = kMaxLineOctets;
     while (line.size() > budget) {
-      size_t take = budget;
-      while (take > 1 && (static_cast<unsigned char>(line[take]) & 0xC0) == 0x80) --take;
+      const size_t take = Utf8CutAtOrBefore(line, budget, 1);
       out.append(line.substr(0, take));
       out.append("\r\n ");
       line.remove_prefix(take);

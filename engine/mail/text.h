@@ -25,6 +25,12 @@ bool IsAtext(unsigned char c);
 // RFC 3629 §4: the length (2-4) of the well-formed UTF8-non-ascii sequence that starts at
 // `s[i]`, or 0 when the octets there are not one (overlong forms, surrogates, truncation).
 size_t Utf8NonAsciiLength(std::string_view s, size_t i);
+// Where to cut `s` at or before `at` without splitting a UTF-8 sequence: `at` moved back over
+// continuation octets (10xxxxxx), never below `floor`.
+inline size_t Utf8CutAtOrBefore(std::string_view s, size_t at, size_t floor = 0) {
+  while (at > floor && at < s.size() && (static_cast<unsigned char>(s[at]) & 0xC0) == 0x80) --at;
+  return at;
+}
 
 bool HasNonAscii(std::string_view s);
 bool EqualsIgnoreCase(std::string_view a, std::string_view b);

@@ -37,6 +37,7 @@
 #include "engine/mail/address.h"
 #include "engine/mail/header.h"
 #include "engine/mail/mime.h"
+#include "engine/mail/text.h"
 
 namespace facteur::cli {
 namespace {
@@ -186,11 +187,7 @@ std::vector<std::string> DisplayNameWords(std::string_view full_name) {
   std::vector<std::string> words;
   size_t start = 0;
   while (start < clean.size()) {
-    size_t end = std::min(clean.size(), start + 45);
-    while (end > start && end < clean.size() &&
-           (static_cast<unsigned char>(clean[end]) & 0xC0) == 0x80) {
-      --end;
-    }
+    size_t end = mail::Utf8CutAtOrBefore(clean, std::min(clean.size(), start + 45), start);
     if (end == start) end = std::min(clean.size(), start + 45);
     words.push_back(absl::StrCat("=?UTF-8?B?", absl::Base64Escape(clean.substr(start, end - start)),
                                  "?="));

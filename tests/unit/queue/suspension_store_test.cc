@@ -228,8 +228,8 @@ TEST(SuspensionStoreTest, PairRecordsRoundTripAndDamagedOnesAreSkipped) {
             absl::StatusCode::kDataLoss);
   // Without a back-off, version 1: what the facteur before back-offs were kept reads.
   EXPECT_EQ(value[0], '\x01');
-  // A newer facteur's record (version 3): not read, and not damaged either.
-  EXPECT_EQ(DecodePairPause(key, "\x03").status().code(), absl::StatusCode::kFailedPrecondition);
+  // A newer facteur's record (version 2): not read, and not damaged either.
+  EXPECT_EQ(DecodePairPause(key, "\x02").status().code(), absl::StatusCode::kFailedPrecondition);
 
   test::TempDir dir;
   std::unique_ptr<Store> store = OpenStore(dir.Sub("spool"));
@@ -240,7 +240,7 @@ TEST(SuspensionStoreTest, PairRecordsRoundTripAndDamagedOnesAreSkipped) {
                   .ok());
   ASSERT_TRUE(store->db()
                   .Put(rocksdb::WriteOptions(), store->family(Family::kSuspension),
-                       SuspensionPairKey("free", "out1"), "\x03 a newer facteur's")
+                       SuspensionPairKey("free", "out1"), "\x02 a newer facteur's")
                   .ok());
   absl::StatusOr<PairPauseLoad> load = SuspensionStore(*store).PairPauses(kT0);
   ASSERT_TRUE(load.ok()) << load.status();

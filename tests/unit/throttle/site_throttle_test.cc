@@ -69,6 +69,16 @@ std::vector<absl::Time> SendGreedily(PairThrottle& pair, absl::Time from, absl::
   return starts;
 }
 
+// Starts `count` messages from `from`, each as soon as the pair allows; the last start's time.
+absl::Time StartAtItsPace(PairThrottle& pair, absl::Time from, int count) {
+  absl::Time now = from;
+  for (int i = 0; i < count; ++i) {
+    now = std::max(now, pair.MayStartMessage(now));
+    pair.OnMessageStarted(now);
+  }
+  return now;
+}
+
 std::map<int64_t, int> CountPer(const std::vector<absl::Time>& times, absl::Duration unit) {
   std::map<int64_t, int> counts;
   for (const absl::Time t : times) ++counts[Calendar(t, unit)];
@@ -259,10 +269,7 @@ TEST(PairThrottleTest, RateLimitSuspendsCutsAndRecoversAdditivelyToNominal) {
 TEST(PairThrottleTest, ARateLimitReplyTeachesACeilingThatRecoveryRespects) {
   PairThrottle pair(Options(Limits(30)));
   absl::Time now = kT0;
-  for (int i = 0; i < 11; ++i) {
-    now = std::max(now, pair.MayStartMessage(now));
-    pair.OnMessageStarted(now);
-  }
+  now = StartAtItsPace(pair, now, 11);
   pair.OnReply(ResponseClass::kRateLimit, now);
   EXPECT_NEAR(pair.current_message_rate(), 9.9, 1e-9);
   now = pair.suspended_until();
@@ -287,10 +294,7 @@ TEST(PairThrottleTest, ConnectionsComeBackWhileTheRateStaysAtALearnedCeiling) {
   options.actions[Idx(ResponseClass::kRateLimit)].max_connections = 1;
   PairThrottle pair(options);
   absl::Time now = kT0;
-  for (int i = 0; i < 11; ++i) {
-    now = std::max(now, pair.MayStartMessage(now));
-    pair.OnMessageStarted(now);
-  }
+  now = StartAtItsPace(pair, now, 11);
   pair.OnReply(ResponseClass::kRateLimit, now);
   EXPECT_EQ(pair.current_max_connections(), 1u);
   now = pair.suspended_until();
@@ -633,10 +637,7 @@ TEST(PairThrottleTest, ARestoredBackoffCutsCapsAndHoldsAsBeforeTheRestart) {
   rate_limit.hold = absl::Minutes(30);
   PairThrottle before(options);
   absl::Time now = kT0;
-  for (int i = 0; i < 11; ++i) {
-    now = std::max(now, before.MayStartMessage(now));
-    before.OnMessageStarted(now);
-  }
+  now = StartAtItsPace(before, now, 11);
   before.OnReply(ResponseClass::kRateLimit, now);
   const absl::Time reply = now;
   std::optional<PairBackoff> kept = before.Backoff(reply);
